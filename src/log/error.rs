@@ -1,0 +1,77 @@
+//! Errors of the storage engine, as variants a caller can act on.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::format::FrameError;
+
+/// Everything the storage engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The disk (or a quota) has no room for the blocks the append needs. Nothing of the
+    /// batch was written; appends succeed again once space returns.
+    #[error("no space left to reserve {needed_bytes} bytes in {path}")]
+    NoSpace { path: PathBuf, needed_bytes: u64 },
+
+    /// A read asked for an offset outside `[earliest, latest]`.
+    #[error("offset {offset} is out of range [{earliest}, {latest}]")]
+    OffsetOutOfRange {
+        offset: u64,
+        earliest: u64,
+        latest: u64,
+    },
+
+    /// A record or batch that cannot be stored at all (e.g. larger than the 32-bit length).
+    #[error("record too large: {0}")]
+    RecordTooLarge(String),
+
+    /// Frames handed to `append_frames` are not valid frames.
+    #[error("invalid frame at byte {position}: {source}")]
+    InvalidFrame { position: usize, source: FrameError },
+
+    /// Bytes on disk are not what the format says they must be, beyond what recovery may
+    /// repair (recovery repairs only the unsealed tail).
+    #[error("corrupt data in {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    /// The file was written by a format version this build does not read.
+    #[error("{path} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// A previous flush failed: the partition refuses writes rather than pretend they are
+    /// durable. Reopen the partition to clear it.
+    #[error("partition stopped after a failed flush: {0}")]
+    Stopped(String),
+
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl LogError {
+    /// Wraps an `io::Error` with the path it happened on.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        LogError::Corrupt {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Whether an `io::Error` means the disk or a quota is full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || e.kind() == io::ErrorKind::StorageFull
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

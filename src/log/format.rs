@@ -1,0 +1,510 @@
+//! Byte layouts of the on-disk format, as constants and pure encode/decode functions.
+//!
+//! The normative description is `FORMAT.md` (the rustdoc of [`crate::log`]); this module is its
+//! executable form. Nothing here touches files or mappings: it works on byte slices, so the
+//! same code checks frames in a segment, in a binary produce request and in a tailer.
+
+use std::ops::Range;
+
+/// The on-disk format version written by this build, and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Alignment of every frame's start and of every frame's padded length.
+pub const FRAME_ALIGN: usize = 8;
+
+/// First eight bytes of a segment file.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"MAPQSEG\0";
+/// First eight bytes of an offset index file.
+pub const OFFSET_INDEX_MAGIC: [u8; 8] = *b"MAPQOIX\0";
+/// First eight bytes of a time index file.
+pub const TIME_INDEX_MAGIC: [u8; 8] = *b"MAPQTIX\0";
+
+/// File name extensions; the stem is the segment's base offset, zero-padded to 20 digits.
+pub const SEGMENT_EXT: &str = "log";
+pub const OFFSET_INDEX_EXT: &str = "index";
+pub const TIME_INDEX_EXT: &str = "timeindex";
+/// Suffix of a file still being created; renamed to its final name once its header is durable.
+pub const CREATING_SUFFIX: &str = "new";
+
+/// Field positions of the segment header. Each field starts where the previous one ends, so
+/// the positions are derived, not typed twice; the dynamic fields sit on their own 64-byte
+/// cache lines so that the writer, the flusher and spinning tailers do not share a line.
+pub mod segment_header {
+    use std::mem::size_of;
+
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = MAGIC + size_of::<[u8; 8]>();
+    pub const HEADER_BYTES: usize = VERSION + size_of::<u32>();
+    pub const BASE_OFFSET: usize = HEADER_BYTES + size_of::<u32>();
+    pub const CAPACITY_BYTES: usize = BASE_OFFSET + size_of::<u64>();
+    pub const CREATED_MS: usize = CAPACITY_BYTES + size_of::<u64>();
+    pub const INDEX_INTERVAL_BYTES: usize = CREATED_MS + size_of::<i64>();
+    /// CRC32C of bytes `[0, HEADER_CRC)`: the fields above never change after creation.
+    pub const HEADER_CRC: usize = INDEX_INTERVAL_BYTES + size_of::<u32>();
+    pub const STATIC_END: usize = HEADER_CRC + size_of::<u32>();
+
+    const CACHE_LINE: usize = 64;
+    /// u64, atomic: end of the last published frame (byte position in the file).
+    pub const COMMITTED_END: usize = CACHE_LINE;
+    /// u64, atomic: position up to which msync has completed.
+    pub const DURABLE_END: usize = 2 * CACHE_LINE;
+    /// u32, atomic: 0 while records may still be added, 1 once sealed.
+    pub const SEALED: usize = 3 * CACHE_LINE;
+    /// u32, atomic futex word: bumped by the writer after a publish or seal when WAITERS > 0.
+    pub const WAKE_SEQ: usize = 4 * CACHE_LINE;
+    /// u32, atomic: number of tailers blocked in a futex wait on WAKE_SEQ.
+    pub const WAITERS: usize = WAKE_SEQ + size_of::<u32>();
+
+    /// Size of the whole header; the first frame starts here.
+    pub const SIZE: usize = 4096;
+
+    const _: () = assert!(STATIC_END <= COMMITTED_END);
+    const _: () = assert!(WAITERS + size_of::<u32>() <= SIZE);
+}
+
+/// Field positions of the header shared by the offset and time index files.
+pub mod index_header {
+    use std::mem::size_of;
+
+    pub const MAGIC: usize = 0;
+    pub const VERSION: usize = MAGIC + size_of::<[u8; 8]>();
+    pub const ENTRY_BYTES: usize = VERSION + size_of::<u32>();
+    pub const BASE_OFFSET: usize = ENTRY_BYTES + size_of::<u32>();
+    pub const CAPACITY_ENTRIES: usize = BASE_OFFSET + size_of::<u64>();
+    /// CRC32C of bytes `[0, HEADER_CRC)`.
+    pub const HEADER_CRC: usize = CAPACITY_ENTRIES + size_of::<u64>();
+    /// u64, atomic: number of published entries.
+    pub const COUNT: usize = 64;
+    /// Size of the header; entry 0 starts here.
+    pub const SIZE: usize = 128;
+    /// Every entry is two little-endian 64-bit integers.
+    pub const ENTRY_SIZE: usize = 2 * size_of::<u64>();
+
+    const _: () = assert!(HEADER_CRC + size_of::<u32>() <= COUNT);
+}
+
+/// Field positions of a record frame.
+pub mod frame {
+    use std::mem::size_of;
+
+    /// u32: bytes from the frame's start to the end of its headers, padding excluded.
+    pub const LENGTH: usize = 0;
+    /// u32: CRC32C of bytes `[CRC_START, LENGTH)`.
+    pub const CRC: usize = LENGTH + size_of::<u32>();
+    /// u64: the record's offset. Not covered by the CRC, so the broker can assign it.
+    pub const OFFSET: usize = CRC + size_of::<u32>();
+    /// i64: milliseconds since the Unix epoch. First byte covered by the CRC.
+    pub const TIMESTAMP_MS: usize = OFFSET + size_of::<u64>();
+    /// u32: attribute flags, see [`super::attributes`].
+    pub const ATTRIBUTES: usize = TIMESTAMP_MS + size_of::<i64>();
+    /// u32: key length in bytes (0 when the key is null).
+    pub const KEY_LEN: usize = ATTRIBUTES + size_of::<u32>();
+    /// u32: value length in bytes.
+    pub const VALUE_LEN: usize = KEY_LEN + size_of::<u32>();
+    /// u32: number of headers.
+    pub const HEADER_COUNT: usize = VALUE_LEN + size_of::<u32>();
+    /// Size of the fixed part; the key starts here.
+    pub const FIXED_SIZE: usize = HEADER_COUNT + size_of::<u32>();
+    /// The CRC covers everything from here to the end of the headers.
+    pub const CRC_START: usize = TIMESTAMP_MS;
+}
+
+/// Attribute flag bits of a record frame. Bits not listed must be zero in version 1.
+pub mod attributes {
+    /// The value is the UTF-8 text of a JSON document (produced as JSON, consumed as JSON).
+    pub const VALUE_JSON: u32 = 1 << 0;
+    /// The record has a key (possibly empty). When clear the key is null and its length is 0.
+    pub const HAS_KEY: u32 = 1 << 1;
+    /// Every bit defined by version 1.
+    pub const KNOWN: u32 = VALUE_JSON | HAS_KEY;
+}
+
+/// Rounds `n` up to the frame alignment.
+pub const fn align_up(n: usize) -> usize {
+    (n + FRAME_ALIGN - 1) & !(FRAME_ALIGN - 1)
+}
+
+/// File name of a segment (or index) with the given base offset.
+pub fn file_name(base_offset: u64, ext: &str) -> String {
+    format!("{base_offset:020}.{ext}")
+}
+
+/// Parses `00000000000000000042.log` into 42; `None` for any other name.
+pub fn parse_file_name(name: &str, ext: &str) -> Option<u64> {
+    let stem = name.strip_suffix(ext)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+/// A record to append: borrowed key, value and headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    /// Header names and values; by convention (and in the HTTP API) UTF-8.
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+    pub timestamp_ms: i64,
+    /// Sets [`attributes::VALUE_JSON`]: the value is JSON text.
+    pub value_is_json: bool,
+}
+
+impl<'a> Record<'a> {
+    /// A record with only a value, no key, no headers.
+    pub fn value(value: &'a [u8], timestamp_ms: i64) -> Self {
+        Record {
+            key: None,
+            value,
+            headers: &[],
+            timestamp_ms,
+            value_is_json: false,
+        }
+    }
+
+    /// Unpadded frame length, or `None` when it does not fit the 32-bit length field.
+    pub fn frame_len(&self) -> Option<usize> {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| 8 + n.len() + v.len())
+            .sum();
+        let len = frame::FIXED_SIZE + self.key.map_or(0, <[u8]>::len) + self.value.len() + headers;
+        (len <= u32::MAX as usize - FRAME_ALIGN).then_some(len)
+    }
+
+    /// Frame length including the padding to the next frame.
+    pub fn padded_len(&self) -> Option<usize> {
+        self.frame_len().map(align_up)
+    }
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Reads a little-endian u32 at `at`. Callers check bounds first.
+pub fn get_u32(buf: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&buf[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+/// Reads a little-endian u64 at `at`. Callers check bounds first.
+pub fn get_u64(buf: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&buf[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Encodes `record` with `offset` into `buf`, which must be exactly `record.padded_len()`
+/// bytes long. The padding is zeroed.
+pub fn encode_frame(buf: &mut [u8], offset: u64, record: &Record<'_>) {
+    let len = record
+        .frame_len()
+        .expect("caller sized the buffer with padded_len");
+    let mut attrs = 0;
+    if record.value_is_json {
+        attrs |= attributes::VALUE_JSON;
+    }
+    let key = record.key.unwrap_or(&[]);
+    if record.key.is_some() {
+        attrs |= attributes::HAS_KEY;
+    }
+    put_u32(buf, frame::LENGTH, len as u32);
+    put_u64(buf, frame::OFFSET, offset);
+    put_u64(buf, frame::TIMESTAMP_MS, record.timestamp_ms as u64);
+    put_u32(buf, frame::ATTRIBUTES, attrs);
+    put_u32(buf, frame::KEY_LEN, key.len() as u32);
+    put_u32(buf, frame::VALUE_LEN, record.value.len() as u32);
+    put_u32(buf, frame::HEADER_COUNT, record.headers.len() as u32);
+    let mut at = frame::FIXED_SIZE;
+    for part in [key, record.value] {
+        buf[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    for (name, value) in record.headers {
+        put_u32(buf, at, name.len() as u32);
+        at += 4;
+        buf[at..at + name.len()].copy_from_slice(name);
+        at += name.len();
+        put_u32(buf, at, value.len() as u32);
+        at += 4;
+        buf[at..at + value.len()].copy_from_slice(value);
+        at += value.len();
+    }
+    debug_assert_eq!(at, len);
+    buf[len..].fill(0);
+    let crc = crc32c::crc32c(&buf[frame::CRC_START..len]);
+    put_u32(buf, frame::CRC, crc);
+}
+
+/// Overwrites the offset field of an encoded frame (not covered by the CRC).
+pub fn set_frame_offset(frame_bytes: &mut [u8], offset: u64) {
+    put_u64(frame_bytes, frame::OFFSET, offset);
+}
+
+/// Sets the timestamp of an encoded frame and recomputes its CRC.
+pub fn set_frame_timestamp(frame_bytes: &mut [u8], timestamp_ms: i64) {
+    put_u64(frame_bytes, frame::TIMESTAMP_MS, timestamp_ms as u64);
+    let len = get_u32(frame_bytes, frame::LENGTH) as usize;
+    let crc = crc32c::crc32c(&frame_bytes[frame::CRC_START..len]);
+    put_u32(frame_bytes, frame::CRC, crc);
+}
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame is truncated: {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("frame length {0} is out of range")]
+    BadLength(u32),
+    #[error("frame checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadCrc { stored: u32, computed: u32 },
+    #[error("frame has unknown attribute bits {0:#x}")]
+    UnknownAttributes(u32),
+    #[error("frame fields do not add up to its length")]
+    BadLayout,
+}
+
+/// A validated frame, borrowing the bytes it was decoded from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameView<'a> {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub attributes: u32,
+    /// Position of the key and value inside the frame, for zero-copy slicing by callers that
+    /// hold the frame as `Bytes`.
+    pub key_range: Option<Range<usize>>,
+    pub value_range: Range<usize>,
+    pub headers_range: Range<usize>,
+    pub header_count: u32,
+    /// Length including padding: where the next frame starts.
+    pub padded_len: usize,
+    pub bytes: &'a [u8],
+}
+
+impl<'a> FrameView<'a> {
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.key_range.clone().map(|r| &self.bytes[r])
+    }
+
+    pub fn value(&self) -> &'a [u8] {
+        &self.bytes[self.value_range.clone()]
+    }
+
+    pub fn value_is_json(&self) -> bool {
+        self.attributes & attributes::VALUE_JSON != 0
+    }
+
+    pub fn headers(&self) -> HeaderIter<'a> {
+        HeaderIter {
+            rest: &self.bytes[self.headers_range.clone()],
+        }
+    }
+}
+
+/// Iterator over a frame's `(name, value)` headers. Only built for validated frames.
+#[derive(Debug, Clone)]
+pub struct HeaderIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> HeaderIter<'a> {
+    pub fn new_validated(headers: &'a [u8]) -> Self {
+        HeaderIter { rest: headers }
+    }
+}
+
+fn split_len_prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = get_u32(buf.get(..4)?, 0) as usize;
+    let body = buf.get(4..)?;
+    (body.len() >= len).then(|| body.split_at(len))
+}
+
+impl<'a> Iterator for HeaderIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, rest) = split_len_prefixed(self.rest)?;
+        let (value, rest) = split_len_prefixed(rest)?;
+        self.rest = rest;
+        Some((name, value))
+    }
+}
+
+/// Decodes and fully validates the frame at the start of `buf` (length, layout, attributes,
+/// CRC). `buf` ends where readable bytes end, e.g. at the committed end; the frame's padding
+/// must fit in it too. Never panics, whatever the bytes.
+pub fn decode_frame(buf: &[u8]) -> Result<FrameView<'_>, FrameError> {
+    let view = decode_frame_unchecked_crc(buf)?;
+    let len = view.headers_range.end;
+    let stored = get_u32(buf, frame::CRC);
+    let computed = crc32c::crc32c(&buf[frame::CRC_START..len]);
+    if stored != computed {
+        return Err(FrameError::BadCrc { stored, computed });
+    }
+    Ok(view)
+}
+
+/// [`decode_frame`] without the CRC check, for callers that only need to walk frames they
+/// checked before.
+pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameError> {
+    if buf.len() < frame::FIXED_SIZE {
+        return Err(FrameError::Truncated {
+            needed: frame::FIXED_SIZE,
+            available: buf.len(),
+        });
+    }
+    let length = get_u32(buf, frame::LENGTH);
+    let len = length as usize;
+    if len < frame::FIXED_SIZE || len > u32::MAX as usize - FRAME_ALIGN {
+        return Err(FrameError::BadLength(length));
+    }
+    let padded_len = align_up(len);
+    if padded_len > buf.len() {
+        return Err(FrameError::Truncated {
+            needed: padded_len,
+            available: buf.len(),
+        });
+    }
+    let attrs = get_u32(buf, frame::ATTRIBUTES);
+    if attrs & !attributes::KNOWN != 0 {
+        return Err(FrameError::UnknownAttributes(attrs));
+    }
+    let key_len = get_u32(buf, frame::KEY_LEN) as usize;
+    let value_len = get_u32(buf, frame::VALUE_LEN) as usize;
+    let header_count = get_u32(buf, frame::HEADER_COUNT);
+    if attrs & attributes::HAS_KEY == 0 && key_len != 0 {
+        return Err(FrameError::BadLayout);
+    }
+    let key_end = frame::FIXED_SIZE + key_len;
+    let value_end = key_end
+        .checked_add(value_len)
+        .ok_or(FrameError::BadLayout)?;
+    if value_end > len {
+        return Err(FrameError::BadLayout);
+    }
+    // The headers must fill the rest of the frame exactly.
+    let mut rest = &buf[value_end..len];
+    for _ in 0..header_count {
+        let (_, r) = split_len_prefixed(rest).ok_or(FrameError::BadLayout)?;
+        let (_, r) = split_len_prefixed(r).ok_or(FrameError::BadLayout)?;
+        rest = r;
+    }
+    if !rest.is_empty() {
+        return Err(FrameError::BadLayout);
+    }
+    Ok(FrameView {
+        offset: get_u64(buf, frame::OFFSET),
+        timestamp_ms: get_u64(buf, frame::TIMESTAMP_MS) as i64,
+        attributes: attrs,
+        key_range: (attrs & attributes::HAS_KEY != 0).then_some(frame::FIXED_SIZE..key_end),
+        value_range: key_end..value_end,
+        headers_range: value_end..len,
+        header_count,
+        padded_len,
+        bytes: &buf[..padded_len],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(offset: u64, r: &Record<'_>) -> Vec<u8> {
+        let mut buf = vec![0xAA; r.padded_len().unwrap()];
+        encode_frame(&mut buf, offset, r);
+        buf
+    }
+
+    #[test]
+    fn round_trip_with_key_and_headers() {
+        let headers: &[(&[u8], &[u8])] = &[(b"source", b"web"), (b"", b"")];
+        let r = Record {
+            key: Some(b"user-1"),
+            value: b"{\"a\":1}",
+            headers,
+            timestamp_ms: 1_764_201_600_000,
+            value_is_json: true,
+        };
+        let buf = encode(41, &r);
+        assert_eq!(buf.len() % FRAME_ALIGN, 0);
+        let f = decode_frame(&buf).unwrap();
+        assert_eq!(f.offset, 41);
+        assert_eq!(f.timestamp_ms, 1_764_201_600_000);
+        assert_eq!(f.key(), Some(&b"user-1"[..]));
+        assert_eq!(f.value(), b"{\"a\":1}");
+        assert!(f.value_is_json());
+        assert_eq!(f.headers().collect::<Vec<_>>(), headers.to_vec());
+        assert_eq!(f.padded_len, buf.len());
+    }
+
+    #[test]
+    fn null_key_differs_from_empty_key() {
+        let null = encode(0, &Record::value(b"v", 0));
+        let empty = encode(
+            0,
+            &Record {
+                key: Some(b""),
+                ..Record::value(b"v", 0)
+            },
+        );
+        assert_eq!(decode_frame(&null).unwrap().key(), None);
+        assert_eq!(decode_frame(&empty).unwrap().key(), Some(&b""[..]));
+    }
+
+    #[test]
+    fn offset_is_outside_the_crc() {
+        let mut buf = encode(1, &Record::value(b"hello", 5));
+        set_frame_offset(&mut buf, 99);
+        assert_eq!(decode_frame(&buf).unwrap().offset, 99);
+        set_frame_timestamp(&mut buf, 77);
+        assert_eq!(decode_frame(&buf).unwrap().timestamp_ms, 77);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_rejected() {
+        let buf = encode(3, &Record::value(b"some value bytes", 123));
+        for i in 0..buf.len() {
+            // Flipping the offset changes what the frame says, not whether it is intact.
+            if (frame::OFFSET..frame::OFFSET + 8).contains(&i) {
+                continue;
+            }
+            let mut bad = buf.clone();
+            bad[i] ^= 0x01;
+            let len = get_u32(&buf, 0) as usize;
+            if i >= len {
+                // Padding is not part of the frame.
+                assert!(decode_frame(&bad).is_ok());
+            } else {
+                assert!(decode_frame(&bad).is_err(), "flip at byte {i} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn truncations_are_errors_not_panics() {
+        let buf = encode(3, &Record::value(b"value", 1));
+        for n in 0..buf.len() {
+            assert!(decode_frame(&buf[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        let name = file_name(42, SEGMENT_EXT);
+        assert_eq!(name, "00000000000000000042.log");
+        assert_eq!(parse_file_name(&name, SEGMENT_EXT), Some(42));
+        assert_eq!(parse_file_name("42.log", SEGMENT_EXT), None);
+        assert_eq!(parse_file_name(&name, TIME_INDEX_EXT), None);
+        assert_eq!(
+            parse_file_name("0000000000000000004x.log", SEGMENT_EXT),
+            None
+        );
+    }
+}

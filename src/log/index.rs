@@ -1,0 +1,229 @@
+//! Offset and time index files: mapped arrays of checkpoints.
+//!
+//! Entry `k` of both files of a segment describes the same checkpoint: the frame at byte
+//! `position` holds record `offset`, and every record of the segment before `offset` has a
+//! timestamp of at most `max_timestamp_before`. See `FORMAT.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::error::{LogError, Result};
+use super::format::{self, get_u32, get_u64, index_header as ih, FORMAT_VERSION};
+use super::mmap::MappedFile;
+
+/// Which of the two index files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    /// Entries `(offset, position)`.
+    Offset,
+    /// Entries `(max_timestamp_before as i64, offset)`.
+    Time,
+}
+
+impl IndexKind {
+    pub fn magic(self) -> [u8; 8] {
+        match self {
+            IndexKind::Offset => format::OFFSET_INDEX_MAGIC,
+            IndexKind::Time => format::TIME_INDEX_MAGIC,
+        }
+    }
+
+    pub fn ext(self) -> &'static str {
+        match self {
+            IndexKind::Offset => format::OFFSET_INDEX_EXT,
+            IndexKind::Time => format::TIME_INDEX_EXT,
+        }
+    }
+}
+
+/// One mapped index file.
+#[derive(Debug)]
+pub struct Index {
+    map: MappedFile,
+    path: PathBuf,
+    capacity: usize,
+}
+
+/// Bytes of an index file holding `capacity` entries.
+pub fn file_len(capacity: usize) -> u64 {
+    (ih::SIZE + capacity * ih::ENTRY_SIZE) as u64
+}
+
+impl Index {
+    /// Creates the index file at `path` (replacing any file there through a rename), with
+    /// all its blocks reserved: indexes are small and must never fault for lack of space.
+    pub fn create(path: &Path, kind: IndexKind, base_offset: u64, capacity: usize) -> Result<Self> {
+        let tmp = path.with_extension(format!("{}.{}", kind.ext(), format::CREATING_SUFFIX));
+        let _ = std::fs::remove_file(&tmp);
+        let len = file_len(capacity);
+        let map = MappedFile::create(&tmp, len).map_err(|e| LogError::io(&tmp, e))?;
+        map.reserve(0..len as usize).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            if super::error::is_no_space(&e) {
+                LogError::NoSpace {
+                    path: tmp.clone(),
+                    needed_bytes: len,
+                }
+            } else {
+                LogError::io(&tmp, e)
+            }
+        })?;
+        let mut header = [0u8; ih::HEADER_CRC + 4];
+        header[ih::MAGIC..ih::MAGIC + 8].copy_from_slice(&kind.magic());
+        header[ih::VERSION..ih::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[ih::ENTRY_BYTES..ih::ENTRY_BYTES + 4]
+            .copy_from_slice(&(ih::ENTRY_SIZE as u32).to_le_bytes());
+        header[ih::BASE_OFFSET..ih::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
+        header[ih::CAPACITY_ENTRIES..ih::CAPACITY_ENTRIES + 8]
+            .copy_from_slice(&(capacity as u64).to_le_bytes());
+        let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
+        header[ih::HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
+        // SAFETY: the file was just created under a temporary name; nobody else maps it.
+        unsafe { map.writable(0..header.len()) }.copy_from_slice(&header);
+        std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+        Ok(Index {
+            map,
+            path: path.to_owned(),
+            capacity,
+        })
+    }
+
+    /// Opens and checks an existing index file.
+    pub fn open(path: &Path, kind: IndexKind, base_offset: u64, writable: bool) -> Result<Self> {
+        let map = MappedFile::open(path, writable).map_err(|e| LogError::io(path, e))?;
+        let bad = |reason: String| LogError::corrupt(path, reason);
+        if map.len() < ih::SIZE {
+            return Err(bad(format!("index file of {} bytes", map.len())));
+        }
+        // SAFETY: the static header is written once, before the file gets its final name.
+        let header = unsafe { map.frozen(0..ih::HEADER_CRC + 4) };
+        if header[..8] != kind.magic() {
+            return Err(bad("bad magic".into()));
+        }
+        let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
+        if crc != get_u32(header, ih::HEADER_CRC) {
+            return Err(bad("header checksum mismatch".into()));
+        }
+        let version = get_u32(header, ih::VERSION);
+        if version != FORMAT_VERSION {
+            return Err(LogError::UnsupportedVersion {
+                path: path.to_owned(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if get_u32(header, ih::ENTRY_BYTES) as usize != ih::ENTRY_SIZE {
+            return Err(bad("unexpected entry size".into()));
+        }
+        if get_u64(header, ih::BASE_OFFSET) != base_offset {
+            return Err(bad("base offset does not match the file name".into()));
+        }
+        let capacity = get_u64(header, ih::CAPACITY_ENTRIES);
+        if file_len(0) + capacity.saturating_mul(ih::ENTRY_SIZE as u64) > map.len() as u64 {
+            return Err(bad(format!("capacity {capacity} exceeds the file")));
+        }
+        Ok(Index {
+            map,
+            path: path.to_owned(),
+            capacity: capacity as usize,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of published entries, clamped to the capacity so that a corrupt count can never
+    /// send a reader out of bounds.
+    pub fn count(&self) -> usize {
+        // Acquire: pairs with the Release in `push`, so the entries below are visible.
+        let n = self.map.atomic_u64(ih::COUNT).load(Ordering::Acquire);
+        (n as usize).min(self.capacity)
+    }
+
+    /// Entry `i`, which must be below `count()`.
+    pub fn entry(&self, i: usize) -> (u64, u64) {
+        let at = ih::SIZE + i * ih::ENTRY_SIZE;
+        assert!(i < self.capacity);
+        // SAFETY: entries below the published count are never rewritten while readers may
+        // look (recovery rewrites them before the segment is shared).
+        let bytes = unsafe { self.map.frozen(at..at + ih::ENTRY_SIZE) };
+        (get_u64(bytes, 0), get_u64(bytes, 8))
+    }
+
+    /// The index of the last entry among the first `count` whose key (given by `key`) is at
+    /// most `target`, if any. Keys must be non-decreasing.
+    pub fn last_at_or_below(
+        &self,
+        count: usize,
+        target: u64,
+        key: impl Fn((u64, u64)) -> u64,
+    ) -> Option<usize> {
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if key(self.entry(mid)) <= target {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo.checked_sub(1)
+    }
+
+    /// Writes entry `i`, at or above the published count (the single writer only), without
+    /// publishing it. Returns false when the index is full.
+    pub fn write_entry(&self, i: usize, a: u64, b: u64) -> bool {
+        assert!(i >= self.count(), "published entries are never rewritten");
+        if i >= self.capacity {
+            return false;
+        }
+        let at = ih::SIZE + i * ih::ENTRY_SIZE;
+        // SAFETY: the entry lies at or above the published count: only the single writer
+        // touches it, and readers only read below the count.
+        let slot = unsafe { self.map.writable(at..at + ih::ENTRY_SIZE) };
+        slot[..8].copy_from_slice(&a.to_le_bytes());
+        slot[8..].copy_from_slice(&b.to_le_bytes());
+        true
+    }
+
+    /// Publishes entries up to `count`.
+    pub fn publish(&self, count: usize) {
+        // Release: entries written before are visible to any reader that sees the count.
+        self.map
+            .atomic_u64(ih::COUNT)
+            .store(count as u64, Ordering::Release);
+    }
+
+    /// Drops every entry from `count` on and zeroes them. Only before the file is shared
+    /// with in-process readers (recovery).
+    pub fn truncate(&self, count: usize) {
+        let old = self.count();
+        self.publish(count.min(old));
+        if count < old {
+            let range = ih::SIZE + count * ih::ENTRY_SIZE..ih::SIZE + old * ih::ENTRY_SIZE;
+            // SAFETY: called during recovery, before any in-process reader exists; the
+            // entries are above the new count, so no reader may look at them.
+            unsafe { self.map.writable(range) }.fill(0);
+        }
+    }
+
+    /// Writes back the header and the first `count` entries.
+    pub fn flush(&self, count: usize) -> Result<()> {
+        let end = (ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE).min(self.map.len());
+        self.map
+            .flush(0..end)
+            .map_err(|e| LogError::io(&self.path, e))
+    }
+
+    /// Releases the disk blocks past the first `count` entries (on seal).
+    pub fn release_unused(&self, count: usize) {
+        let start = ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE;
+        let start = start.next_multiple_of(4096).min(self.map.len());
+        let _ = self.map.punch_hole(start..self.map.len());
+    }
+}

@@ -1,0 +1,22 @@
+#![doc = include_str!("FORMAT.md")]
+//!
+//! # The engine's modules
+//!
+//! - [`format`]: the byte layouts above as constants and pure encode/decode functions;
+//! - [`mmap`]: the only place with `unsafe` mapping access (reserve, pre-fault, msync, futex);
+//! - [`index`]: the offset and time index files;
+//! - [`segment`]: one segment, its shared read side and its single writer, and recovery;
+//! - [`partition`]: a partition's run of segments: append, read, roll, flush, open;
+//! - [`verify`]: the full read-only check behind `mapq verify`.
+
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod mmap;
+pub mod partition;
+pub mod segment;
+pub mod verify;
+
+pub use error::LogError;
+pub use format::{FrameView, Record};
+pub use partition::{Appended, LogConfig, PartitionLog, ReadBatch, RecoveryReport, StoredRecord};

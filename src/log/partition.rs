@@ -1,0 +1,581 @@
+//! A partition's log: an ordered run of segments with one writer and lock-free readers.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use super::error::{LogError, Result};
+use super::format::{
+    self, decode_frame, decode_frame_unchecked_crc, FrameView, HeaderIter, Record,
+};
+use super::segment::{Segment, SegmentHeader, SegmentWriter, DATA_START};
+
+/// Tunables of a partition log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Size of a new segment file; the active segment rolls when a batch does not fit. A
+    /// single batch larger than this gets a segment of its own, sized to fit it.
+    pub segment_bytes: u64,
+    /// Bytes of frames between two index checkpoints.
+    pub index_interval_bytes: u32,
+    /// Disk blocks are reserved (and pre-faulted) ahead of the writer this much at a time.
+    pub reserve_chunk_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            index_interval_bytes: 4096,
+            reserve_chunk_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Offsets given to an appended batch: `first_offset .. first_offset + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_offset: u64,
+    pub count: u64,
+}
+
+/// What opening a partition found and did.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Bytes cut from torn tails.
+    pub truncated_bytes: u64,
+    /// Index checkpoints rebuilt from the data.
+    pub rebuilt_checkpoints: usize,
+    /// Segments removed because they lay beyond a truncated (torn) segment.
+    pub removed_segments: Vec<u64>,
+    /// Leftovers of an interrupted segment creation, removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Files that are not part of the format: reported, left alone.
+    pub stray_files: Vec<PathBuf>,
+}
+
+/// Records read from a partition: zero-copy views of the mappings.
+#[derive(Debug, Clone, Default)]
+pub struct ReadBatch {
+    /// The frames as they lie in the segments, one chunk per segment touched. Each `Bytes`
+    /// points into a mapping and keeps it alive.
+    pub chunks: Vec<Bytes>,
+    pub record_count: usize,
+    /// The offset to read next.
+    pub next_offset: u64,
+    /// The partition's end offset when the read happened.
+    pub high_watermark: u64,
+}
+
+/// One record of a [`ReadBatch`], its parts sliced (not copied) from the mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    pub attributes: u32,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    headers: Bytes,
+}
+
+impl StoredRecord {
+    pub fn value_is_json(&self) -> bool {
+        self.attributes & format::attributes::VALUE_JSON != 0
+    }
+
+    /// The `(name, value)` headers.
+    pub fn headers(&self) -> HeaderIter<'_> {
+        HeaderIter::new_validated(&self.headers)
+    }
+}
+
+impl ReadBatch {
+    /// Total bytes of frames.
+    pub fn byte_len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The frames, borrowed. The read already checked each one.
+    pub fn frames(&self) -> impl Iterator<Item = FrameView<'_>> {
+        self.chunks.iter().flat_map(|chunk| frames_of(chunk))
+    }
+
+    /// The records as owned, zero-copy `Bytes` slices.
+    pub fn records(&self) -> impl Iterator<Item = StoredRecord> + '_ {
+        self.chunks.iter().flat_map(|chunk| {
+            frames_of(chunk).map(move |f| {
+                let base = f.bytes.as_ptr() as usize - chunk.as_ptr() as usize;
+                let slice = |r: std::ops::Range<usize>| chunk.slice(base + r.start..base + r.end);
+                StoredRecord {
+                    offset: f.offset,
+                    timestamp_ms: f.timestamp_ms,
+                    attributes: f.attributes,
+                    key: f.key_range.clone().map(slice),
+                    value: slice(f.value_range.clone()),
+                    headers: slice(f.headers_range.clone()),
+                }
+            })
+        })
+    }
+}
+
+/// Walks the frames of a chunk that was validated when it was read.
+fn frames_of(chunk: &[u8]) -> impl Iterator<Item = FrameView<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let f = decode_frame_unchecked_crc(chunk.get(at..)?).ok()?;
+        at += f.padded_len;
+        Some(f)
+    })
+}
+
+/// Checks a buffer of client-built frames (binary produce): every frame whole, valid and
+/// CRC-correct. Returns the number of frames.
+pub fn validate_frames(frames: &[u8]) -> Result<u64> {
+    let mut at = 0;
+    let mut count = 0;
+    while at < frames.len() {
+        let f = decode_frame(&frames[at..]).map_err(|source| LogError::InvalidFrame {
+            position: at,
+            source,
+        })?;
+        at += f.padded_len;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A partition's log. Appends are serialized by one writer lock; reads never take it.
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    /// The segments, oldest first. Replaced whole (copy on write) by the writer on roll;
+    /// readers load a snapshot without waiting.
+    segments: ArcSwap<Vec<Arc<Segment>>>,
+    /// The offset the next record will get (the high watermark). Stored (Release) by the
+    /// writer after each publish and after a new segment is in `segments`.
+    end_offset: AtomicU64,
+    /// Every record below this offset has been made durable by a flush.
+    durable_offset: AtomicU64,
+    /// The single writer: the active segment. Lock order: `writer`, then `flush_lock`.
+    writer: Mutex<SegmentWriter>,
+    /// Serializes flushes against each other (not against appends).
+    flush_lock: Mutex<()>,
+    /// Set when a flush failed: the partition then refuses appends.
+    stopped: OnceLock<String>,
+}
+
+impl PartitionLog {
+    /// Opens the partition in `dir` (creating it, with a first segment at offset 0, if it
+    /// does not exist), recovering from an unclean stop.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport)> {
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mut report = RecoveryReport::default();
+        let bases = scan_dir(dir, &mut report)?;
+        let chunk = config.reserve_chunk_bytes as usize;
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
+        let mut writer = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let seg = Arc::new(Segment::open(dir, base, true)?);
+            if let Some(prev) = segments.last() {
+                if prev.next_offset() != base {
+                    return Err(LogError::corrupt(
+                        seg.path(),
+                        format!(
+                            "gap: the previous segment ends at offset {}, this one starts at {base}",
+                            prev.next_offset()
+                        ),
+                    ));
+                }
+            }
+            let last = i + 1 == bases.len();
+            // Sealed and durable segments are trusted up to their end; anything else is
+            // validated from its last durable checkpoint and repaired.
+            let repair = last || !seg.is_sealed() || seg.durable_end() < seg.committed_end();
+            let trust_end = if repair {
+                seg.durable_end()
+            } else {
+                seg.committed_end()
+            };
+            let (w, rec) = SegmentWriter::recover(Arc::clone(&seg), trust_end, repair, chunk)?;
+            report.rebuilt_checkpoints += rec.rebuilt_checkpoints;
+            if let Some(reason) = &rec.stopped_by {
+                report.truncated_bytes += rec.truncated_bytes;
+                tracing::warn!(
+                    segment = %seg.path().display(),
+                    truncated_bytes = rec.truncated_bytes,
+                    end_offset = w.next_offset(),
+                    reason = %reason,
+                    "recovery cut a torn tail"
+                );
+            }
+            segments.push(seg);
+            if rec.stopped_by.is_some() && !last {
+                // The log has a hole here: later segments cannot follow it.
+                for &later in &bases[i + 1..] {
+                    remove_segment_files(dir, later);
+                    report.removed_segments.push(later);
+                }
+                tracing::error!(
+                    partition = %dir.display(),
+                    removed = ?report.removed_segments,
+                    "segments after a torn segment were removed"
+                );
+            }
+            if last || rec.stopped_by.is_some() {
+                writer = Some(w);
+                break;
+            }
+            if !w.segment().is_sealed() {
+                // A crash after the next segment was created but before this one was sealed.
+                w.seal();
+            }
+        }
+        report.segments = segments.len();
+        let log_config = config.clone();
+        let writer = match writer {
+            Some(w) if !w.segment().is_sealed() => w,
+            other => {
+                // Empty directory, or the newest segment is sealed: start a new active one.
+                let base = other.map_or(0, |w| w.next_offset());
+                let seg = Arc::new(Segment::create(dir, new_header(&log_config, base, 0))?);
+                segments.push(Arc::clone(&seg));
+                SegmentWriter::new(seg, chunk)
+            }
+        };
+        let end = writer.next_offset();
+        if report.truncated_bytes > 0
+            || report.rebuilt_checkpoints > 0
+            || !report.removed_temp_files.is_empty()
+        {
+            tracing::info!(
+                partition = %dir.display(),
+                segments = segments.len(),
+                end_offset = end,
+                truncated_bytes = report.truncated_bytes,
+                rebuilt_checkpoints = report.rebuilt_checkpoints,
+                "partition recovered"
+            );
+        }
+        Ok((
+            PartitionLog {
+                dir: dir.to_owned(),
+                config,
+                segments: ArcSwap::from_pointee(segments),
+                end_offset: AtomicU64::new(end),
+                durable_offset: AtomicU64::new(0),
+                writer: Mutex::new(writer),
+                flush_lock: Mutex::new(()),
+                stopped: OnceLock::new(),
+            },
+            report,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// A snapshot of the segments, oldest first.
+    pub fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
+        self.segments.load_full()
+    }
+
+    /// The earliest offset still stored.
+    pub fn start_offset(&self) -> u64 {
+        self.segments.load().first().map_or(0, |s| s.base_offset())
+    }
+
+    /// The offset the next record will get (the high watermark).
+    pub fn end_offset(&self) -> u64 {
+        // Acquire: pairs with the writer's Release; records below are published.
+        self.end_offset.load(Ordering::Acquire)
+    }
+
+    /// Every record below this offset survives power loss.
+    pub fn durable_offset(&self) -> u64 {
+        self.durable_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes of frames stored.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.load().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.load().len()
+    }
+
+    fn lock_writer(&self) -> Result<MutexGuard<'_, SegmentWriter>> {
+        if let Some(reason) = self.stopped.get() {
+            return Err(LogError::Stopped(reason.clone()));
+        }
+        // A panic while holding the lock leaves the writer consistent (the publish is the
+        // last step of an append), so a poisoned lock is still usable.
+        Ok(self.writer.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Appends a batch and publishes it to readers with one atomic store. All or nothing:
+    /// on error no record of the batch is visible.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
+        let mut total = 0usize;
+        for r in records {
+            let len = r
+                .padded_len()
+                .ok_or_else(|| LogError::RecordTooLarge("record over 4 GiB".into()))?;
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| LogError::RecordTooLarge("batch size overflows".into()))?;
+        }
+        let mut w = self.lock_writer()?;
+        if records.is_empty() {
+            return Ok(Appended {
+                first_offset: w.next_offset(),
+                count: 0,
+            });
+        }
+        self.make_room(&mut w, total)?;
+        let first_offset = w.append(records, total)?;
+        self.end_offset.store(w.next_offset(), Ordering::Release);
+        Ok(Appended {
+            first_offset,
+            count: records.len() as u64,
+        })
+    }
+
+    /// Appends frames built by a client (binary produce) without re-encoding them: checks
+    /// every frame, assigns offsets, and the current time where a timestamp is 0.
+    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended> {
+        let count = validate_frames(frames)?;
+        let mut w = self.lock_writer()?;
+        if count == 0 {
+            return Ok(Appended {
+                first_offset: w.next_offset(),
+                count: 0,
+            });
+        }
+        self.make_room(&mut w, frames.len())?;
+        let first_offset = w.append_frames(frames, count, now_ms())?;
+        self.end_offset.store(w.next_offset(), Ordering::Release);
+        Ok(Appended {
+            first_offset,
+            count,
+        })
+    }
+
+    /// Rolls to a new segment if `bytes` do not fit in the active one.
+    fn make_room(&self, w: &mut SegmentWriter, bytes: usize) -> Result<()> {
+        if bytes > w.remaining() {
+            self.roll_locked(w, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one, if the active one holds any record.
+    pub fn roll(&self) -> Result<()> {
+        let mut w = self.lock_writer()?;
+        if !w.is_empty() {
+            self.roll_locked(&mut w, 0)?;
+        }
+        Ok(())
+    }
+
+    fn roll_locked(&self, w: &mut SegmentWriter, need_bytes: usize) -> Result<()> {
+        let base = w.next_offset();
+        let header = new_header(&self.config, base, need_bytes);
+        let replaces_empty = w.is_empty();
+        // The new file exists before the old one is sealed, so a tailer that sees the seal
+        // finds its successor.
+        let seg = Arc::new(Segment::create(&self.dir, header)?);
+        let new_writer =
+            SegmentWriter::new(Arc::clone(&seg), self.config.reserve_chunk_bytes as usize);
+        let old = std::mem::replace(w, new_writer);
+        let old_path = old.segment().path().to_owned();
+        old.seal();
+        self.segments.rcu(|segs| {
+            let mut next: Vec<Arc<Segment>> = segs.as_ref().clone();
+            if replaces_empty {
+                // An empty segment too small for the batch: replaced under the same name.
+                next.pop();
+            }
+            next.push(Arc::clone(&seg));
+            next
+        });
+        tracing::debug!(
+            sealed = %old_path.display(),
+            base_offset = base,
+            capacity_bytes = header.capacity_bytes,
+            "rolled segment"
+        );
+        Ok(())
+    }
+
+    /// Reads from `offset`: at most `max_records` records and `max_bytes` bytes of frames,
+    /// but always at least one record when one exists. Never waits for the writer.
+    pub fn read(&self, offset: u64, max_records: usize, max_bytes: usize) -> Result<ReadBatch> {
+        // The end first, then the segments: every record below the loaded end lies in a
+        // segment that was in the list before the end was stored.
+        let end = self.end_offset();
+        let segs = self.segments.load_full();
+        let start = segs.first().map_or(end, |s| s.base_offset());
+        if offset < start || offset > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                earliest: start,
+                latest: end,
+            });
+        }
+        let mut batch = ReadBatch {
+            next_offset: offset,
+            high_watermark: end,
+            ..ReadBatch::default()
+        };
+        if offset == end || max_records == 0 {
+            return Ok(batch);
+        }
+        let mut i = segs.partition_point(|s| s.base_offset() <= offset) - 1;
+        let mut bytes = 0;
+        while i < segs.len() && batch.record_count < max_records {
+            let seg = &segs[i];
+            let committed = seg.committed_end();
+            let Some(pos) = seg.locate(batch.next_offset, committed)? else {
+                break;
+            };
+            let budget = if batch.record_count == 0 {
+                max_bytes
+            } else {
+                max_bytes.saturating_sub(bytes)
+            };
+            let (stop, n, next) = seg.scan_for_read(
+                pos,
+                committed,
+                max_records - batch.record_count,
+                budget,
+                batch.record_count == 0,
+            )?;
+            if n == 0 {
+                break;
+            }
+            batch.chunks.push(seg.published_bytes(pos, stop));
+            batch.record_count += n;
+            batch.next_offset = next;
+            bytes += stop - pos;
+            // Go on to the next segment only when this one is sealed and fully read (with the
+            // committed end loaded before the seal was seen, nothing can have been missed).
+            if stop < committed || !seg.is_sealed() || seg.committed_end() != committed {
+                break;
+            }
+            i += 1;
+        }
+        batch.high_watermark = end.max(batch.next_offset);
+        Ok(batch)
+    }
+
+    /// The offset of the first record with a timestamp at or after `timestamp_ms`, or `None`
+    /// when there is none yet.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {
+        let end = self.end_offset();
+        for seg in self.segments.load().iter() {
+            if let Some((offset, _)) = seg.find_timestamp(timestamp_ms)? {
+                return Ok((offset < end).then_some(offset));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes every record published so far durable (msync), and advances the durable offset.
+    /// A failure stops the partition: later appends fail with [`LogError::Stopped`].
+    pub fn flush(&self) -> Result<u64> {
+        let _guard = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let end = self.end_offset();
+        for seg in self.segments.load().iter() {
+            if seg.durable_end() < seg.committed_end() {
+                if let Err(e) = seg.flush() {
+                    let reason = e.to_string();
+                    tracing::error!(partition = %self.dir.display(), error = %reason, "flush failed; partition stopped");
+                    let _ = self.stopped.set(reason);
+                    return Err(e);
+                }
+            }
+        }
+        self.durable_offset.fetch_max(end, Ordering::AcqRel);
+        Ok(end)
+    }
+}
+
+fn new_header(config: &LogConfig, base_offset: u64, need_bytes: usize) -> SegmentHeader {
+    let min = (DATA_START + need_bytes).next_multiple_of(4096) as u64;
+    SegmentHeader {
+        base_offset,
+        capacity_bytes: config.segment_bytes.max(min).max(DATA_START as u64 + 4096),
+        created_ms: now_ms(),
+        index_interval_bytes: config.index_interval_bytes.max(format::FRAME_ALIGN as u32),
+    }
+}
+
+fn remove_segment_files(dir: &Path, base: u64) {
+    for ext in [
+        format::SEGMENT_EXT,
+        format::OFFSET_INDEX_EXT,
+        format::TIME_INDEX_EXT,
+    ] {
+        let _ = fs::remove_file(super::segment::segment_path(dir, base, ext));
+    }
+}
+
+/// Lists the segment base offsets in `dir`, oldest first; removes leftovers of interrupted
+/// segment creation; reports stray files without touching them.
+fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let mut index_bases = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            report.stray_files.push(path);
+            continue;
+        };
+        if let Some(base) = format::parse_file_name(&name, format::SEGMENT_EXT) {
+            bases.push(base);
+        } else if let Some(base) = format::parse_file_name(&name, format::OFFSET_INDEX_EXT)
+            .or_else(|| format::parse_file_name(&name, format::TIME_INDEX_EXT))
+        {
+            index_bases.push((base, path));
+        } else if name.ends_with(&format!(".{}", format::CREATING_SUFFIX)) {
+            let _ = fs::remove_file(&path);
+            report.removed_temp_files.push(path);
+        } else {
+            report.stray_files.push(path);
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in index_bases {
+        if bases.binary_search(&base).is_err() {
+            // Index files of a segment whose data file was never renamed into place.
+            let _ = fs::remove_file(&path);
+            report.removed_temp_files.push(path);
+        }
+    }
+    for path in &report.stray_files {
+        tracing::warn!(path = %path.display(), "unexpected file in partition directory; left alone");
+    }
+    Ok(bases)
+}

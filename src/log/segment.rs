@@ -1,0 +1,863 @@
+//! One segment: a mapped data file of frames plus its two index files.
+//!
+//! [`Segment`] is the shared, read side: any number of threads read it without locks.
+//! [`SegmentWriter`] is the single writer of the active segment; it owns the bytes above the
+//! committed end and publishes them with one Release store.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::error::{is_no_space, LogError, Result};
+use super::format::{
+    self, decode_frame, decode_frame_unchecked_crc, get_u32, get_u64, segment_header as sh,
+    FrameView, Record, FORMAT_VERSION,
+};
+use super::index::{Index, IndexKind};
+use super::mmap::{futex_wake_all, MappedFile};
+
+/// Position of the first frame in every segment file.
+pub const DATA_START: usize = sh::SIZE;
+
+/// Maps an i64 timestamp to a u64 with the same order, for binary searches.
+fn ordered(ts: i64) -> u64 {
+    (ts as u64) ^ (1 << 63)
+}
+
+/// Path of a segment's file of the given extension.
+pub fn segment_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
+    dir.join(format::file_name(base_offset, ext))
+}
+
+/// The static header fields of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub base_offset: u64,
+    pub capacity_bytes: u64,
+    pub created_ms: i64,
+    pub index_interval_bytes: u32,
+}
+
+impl SegmentHeader {
+    fn encode(&self) -> [u8; sh::STATIC_END] {
+        let mut h = [0u8; sh::STATIC_END];
+        h[sh::MAGIC..sh::MAGIC + 8].copy_from_slice(&format::SEGMENT_MAGIC);
+        h[sh::VERSION..sh::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[sh::HEADER_BYTES..sh::HEADER_BYTES + 4].copy_from_slice(&(sh::SIZE as u32).to_le_bytes());
+        h[sh::BASE_OFFSET..sh::BASE_OFFSET + 8].copy_from_slice(&self.base_offset.to_le_bytes());
+        h[sh::CAPACITY_BYTES..sh::CAPACITY_BYTES + 8]
+            .copy_from_slice(&self.capacity_bytes.to_le_bytes());
+        h[sh::CREATED_MS..sh::CREATED_MS + 8].copy_from_slice(&self.created_ms.to_le_bytes());
+        h[sh::INDEX_INTERVAL_BYTES..sh::INDEX_INTERVAL_BYTES + 4]
+            .copy_from_slice(&self.index_interval_bytes.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..sh::HEADER_CRC]);
+        h[sh::HEADER_CRC..sh::HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        h
+    }
+
+    /// Checks a header read from `path` against the format; `file_len` is the file's length.
+    pub fn decode(h: &[u8], path: &Path, file_len: u64) -> Result<Self> {
+        let bad = |reason: &str| LogError::corrupt(path, reason.to_owned());
+        if h.len() < sh::STATIC_END || h[..8] != format::SEGMENT_MAGIC {
+            return Err(bad("bad segment magic"));
+        }
+        if crc32c::crc32c(&h[..sh::HEADER_CRC]) != get_u32(h, sh::HEADER_CRC) {
+            return Err(bad("segment header checksum mismatch"));
+        }
+        let version = get_u32(h, sh::VERSION);
+        if version != FORMAT_VERSION {
+            return Err(LogError::UnsupportedVersion {
+                path: path.to_owned(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if get_u32(h, sh::HEADER_BYTES) as usize != sh::SIZE {
+            return Err(bad("unexpected header size"));
+        }
+        let header = SegmentHeader {
+            base_offset: get_u64(h, sh::BASE_OFFSET),
+            capacity_bytes: get_u64(h, sh::CAPACITY_BYTES),
+            created_ms: get_u64(h, sh::CREATED_MS) as i64,
+            index_interval_bytes: get_u32(h, sh::INDEX_INTERVAL_BYTES),
+        };
+        if header.capacity_bytes != file_len || file_len < DATA_START as u64 {
+            return Err(bad("capacity does not match the file length"));
+        }
+        if header.index_interval_bytes == 0 {
+            return Err(bad("index interval is zero"));
+        }
+        Ok(header)
+    }
+}
+
+/// A segment, shared by the writer and every reader.
+#[derive(Debug)]
+pub struct Segment {
+    header: SegmentHeader,
+    path: PathBuf,
+    data: Arc<MappedFile>,
+    offset_index: Index,
+    time_index: Index,
+    /// The offset after the last published record. Written by the writer after each
+    /// publish (Release), so in-process readers know a segment's last offset without a scan.
+    next_offset: AtomicU64,
+    /// Largest timestamp of any published record (`i64::MIN` while empty), for retention
+    /// and timestamp lookups.
+    max_timestamp_ms: AtomicI64,
+}
+
+/// Capacity of each index file for a segment of `capacity` bytes: one entry per full
+/// interval of data at most.
+fn index_capacity(capacity: usize, interval: usize) -> usize {
+    (capacity - DATA_START) / interval + 1
+}
+
+impl Segment {
+    /// Creates a new segment in `dir`: its index files first, then the data file under a
+    /// temporary name, made durable and renamed into place, so a `.log` file always has a
+    /// whole header. Replaces an existing (empty) segment with the same base offset.
+    pub fn create(dir: &Path, header: SegmentHeader) -> Result<Self> {
+        let base = header.base_offset;
+        let capacity = header.capacity_bytes as usize;
+        let interval = header.index_interval_bytes as usize;
+        let index_cap = index_capacity(capacity, interval);
+        let offset_index = Index::create(
+            &segment_path(dir, base, format::OFFSET_INDEX_EXT),
+            IndexKind::Offset,
+            base,
+            index_cap,
+        )?;
+        let time_index = Index::create(
+            &segment_path(dir, base, format::TIME_INDEX_EXT),
+            IndexKind::Time,
+            base,
+            index_cap,
+        )?;
+        let path = segment_path(dir, base, format::SEGMENT_EXT);
+        let tmp = path.with_extension(format!(
+            "{}.{}",
+            format::SEGMENT_EXT,
+            format::CREATING_SUFFIX
+        ));
+        let _ = fs::remove_file(&tmp);
+        let data = MappedFile::create(&tmp, capacity as u64).map_err(|e| LogError::io(&tmp, e))?;
+        let cleanup = |e: std::io::Error| {
+            let _ = fs::remove_file(&tmp);
+            if is_no_space(&e) {
+                LogError::NoSpace {
+                    path: tmp.clone(),
+                    needed_bytes: DATA_START as u64,
+                }
+            } else {
+                LogError::io(&tmp, e)
+            }
+        };
+        data.reserve(0..DATA_START).map_err(cleanup)?;
+        // SAFETY: the file exists only under its temporary name; nobody else maps it.
+        unsafe { data.writable(0..sh::STATIC_END) }.copy_from_slice(&header.encode());
+        data.atomic_u64(sh::COMMITTED_END)
+            .store(DATA_START as u64, Ordering::Release);
+        data.atomic_u64(sh::DURABLE_END)
+            .store(DATA_START as u64, Ordering::Release);
+        data.flush(0..DATA_START).map_err(cleanup)?;
+        fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
+        sync_dir(dir)?;
+        Ok(Segment {
+            header,
+            path,
+            data: Arc::new(data),
+            offset_index,
+            time_index,
+            next_offset: AtomicU64::new(base),
+            max_timestamp_ms: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    /// Opens an existing segment. With `writable`, index files that are missing or damaged
+    /// are recreated empty (recovery refills them); read-only, they are an error.
+    pub fn open(dir: &Path, base_offset: u64, writable: bool) -> Result<Self> {
+        let path = segment_path(dir, base_offset, format::SEGMENT_EXT);
+        let data = MappedFile::open(&path, writable).map_err(|e| LogError::io(&path, e))?;
+        if data.len() < DATA_START {
+            return Err(LogError::corrupt(
+                &path,
+                "file shorter than a segment header",
+            ));
+        }
+        // SAFETY: the static header is written once, before the file gets its final name.
+        let header_bytes = unsafe { data.frozen(0..sh::STATIC_END) };
+        let header = SegmentHeader::decode(header_bytes, &path, data.len() as u64)?;
+        if header.base_offset != base_offset {
+            return Err(LogError::corrupt(
+                &path,
+                "base offset does not match the file name",
+            ));
+        }
+        let committed = data.atomic_u64(sh::COMMITTED_END).load(Ordering::Acquire);
+        if committed < DATA_START as u64
+            || committed > header.capacity_bytes
+            || !committed.is_multiple_of(format::FRAME_ALIGN as u64)
+        {
+            return Err(LogError::corrupt(
+                &path,
+                format!("committed end {committed} outside the data area"),
+            ));
+        }
+        let index_cap = index_capacity(data.len(), header.index_interval_bytes as usize);
+        let open_index = |kind: IndexKind| -> Result<Index> {
+            let p = segment_path(dir, base_offset, kind.ext());
+            match Index::open(&p, kind, base_offset, writable) {
+                Ok(ix) if !writable || ix.capacity() >= index_cap => Ok(ix),
+                Err(e) if !writable => Err(e),
+                _ => {
+                    tracing::warn!(path = %p.display(), "index file missing or damaged; rebuilding it");
+                    Index::create(&p, kind, base_offset, index_cap)
+                }
+            }
+        };
+        let offset_index = open_index(IndexKind::Offset)?;
+        let time_index = open_index(IndexKind::Time)?;
+        Ok(Segment {
+            header,
+            path,
+            data: Arc::new(data),
+            offset_index,
+            time_index,
+            next_offset: AtomicU64::new(base_offset),
+            max_timestamp_ms: AtomicI64::new(i64::MIN),
+        })
+    }
+
+    pub fn base_offset(&self) -> u64 {
+        self.header.base_offset
+    }
+
+    pub fn header(&self) -> &SegmentHeader {
+        &self.header
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The offset the next record appended to this segment would get (for a sealed segment:
+    /// one past its last record).
+    pub fn next_offset(&self) -> u64 {
+        // Acquire: pairs with the writer's Release after publishing.
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub fn max_timestamp_ms(&self) -> i64 {
+        self.max_timestamp_ms.load(Ordering::Acquire)
+    }
+
+    /// The committed end, clamped into the data area so that a damaged header can never send
+    /// a reader out of bounds.
+    pub fn committed_end(&self) -> usize {
+        // Acquire: pairs with the writer's Release store in `publish`; every frame below the
+        // loaded value is complete and visible.
+        let end = self
+            .data
+            .atomic_u64(sh::COMMITTED_END)
+            .load(Ordering::Acquire);
+        (end as usize).clamp(DATA_START, self.capacity())
+    }
+
+    pub fn durable_end(&self) -> usize {
+        let end = self
+            .data
+            .atomic_u64(sh::DURABLE_END)
+            .load(Ordering::Acquire);
+        (end as usize).clamp(DATA_START, self.committed_end())
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        // Acquire: a reader that sees the seal sees the final committed end.
+        self.data.atomic_u32(sh::SEALED).load(Ordering::Acquire) != 0
+    }
+
+    /// Bytes of data published in this segment (frames only, header excluded).
+    pub fn size_bytes(&self) -> u64 {
+        (self.committed_end() - DATA_START) as u64
+    }
+
+    /// The published bytes `[from, to)`; `to` must not exceed a committed end loaded before.
+    pub fn published(&self, from: usize, to: usize) -> &[u8] {
+        assert!(DATA_START <= from && from <= to && to <= self.committed_end());
+        // SAFETY: the range lies below the committed end, and bytes there never change.
+        unsafe { self.data.frozen(from..to) }
+    }
+
+    /// The published bytes `[from, to)` as a `Bytes` that keeps the mapping alive: the
+    /// zero-copy handle for consumers.
+    pub fn published_bytes(&self, from: usize, to: usize) -> Bytes {
+        assert!(DATA_START <= from && from <= to && to <= self.committed_end());
+        Bytes::from_owner(PublishedSlice {
+            data: Arc::clone(&self.data),
+            from,
+            to,
+        })
+    }
+
+    /// Number of index checkpoints readable in both index files.
+    fn checkpoint_count(&self) -> usize {
+        self.offset_index.count().min(self.time_index.count())
+    }
+
+    /// The published checkpoints `(offset, position, max_timestamp_before)`.
+    pub fn checkpoints(&self) -> Vec<(u64, u64, i64)> {
+        (0..self.checkpoint_count())
+            .map(|i| {
+                let (offset, pos) = self.offset_index.entry(i);
+                let (ts, _) = self.time_index.entry(i);
+                (offset, pos, ts as i64)
+            })
+            .collect()
+    }
+
+    /// The time index's offset of checkpoint `i`, to check it matches the offset index.
+    pub fn time_checkpoint_offset(&self, i: usize) -> u64 {
+        self.time_index.entry(i).1
+    }
+
+    /// The start position of the scan for `offset`: the last checkpoint at or before it.
+    fn checkpoint_for_offset(&self, offset: u64, committed: usize) -> usize {
+        let count = self.checkpoint_count();
+        match self
+            .offset_index
+            .last_at_or_below(count, offset, |(o, _)| o)
+        {
+            Some(i) => {
+                let pos = self.offset_index.entry(i).1 as usize;
+                if (DATA_START..committed).contains(&pos) && pos.is_multiple_of(format::FRAME_ALIGN) {
+                    pos
+                } else {
+                    DATA_START
+                }
+            }
+            None => DATA_START,
+        }
+    }
+
+    /// Walks published frames from `pos` up to `end`, checking structure (not the CRC).
+    fn walk<'a>(
+        &'a self,
+        pos: usize,
+        end: usize,
+    ) -> impl Iterator<Item = Result<(usize, FrameView<'a>)>> + 'a {
+        let mut at = pos;
+        std::iter::from_fn(move || {
+            if at >= end {
+                return None;
+            }
+            let buf = self.published(at, end);
+            Some(match decode_frame_unchecked_crc(buf) {
+                Ok(f) => {
+                    let here = at;
+                    at += f.padded_len;
+                    Ok((here, f))
+                }
+                Err(e) => {
+                    let err = LogError::corrupt(&self.path, format!("at byte {at}: {e}"));
+                    at = end;
+                    Err(err)
+                }
+            })
+        })
+    }
+
+    /// Position of the frame holding `offset`, or `None` when it is not published here.
+    pub fn locate(&self, offset: u64, committed: usize) -> Result<Option<usize>> {
+        let start = self.checkpoint_for_offset(offset, committed);
+        for item in self.walk(start, committed) {
+            let (pos, f) = item?;
+            if f.offset == offset {
+                return Ok(Some(pos));
+            }
+            if f.offset > offset {
+                return Err(LogError::corrupt(
+                    &self.path,
+                    format!("offset {offset} missing: found {} at byte {pos}", f.offset),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The first published record of this segment with a timestamp at or after
+    /// `timestamp_ms`: its offset and position.
+    pub fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, usize)>> {
+        if self.max_timestamp_ms() < timestamp_ms {
+            return Ok(None);
+        }
+        let committed = self.committed_end();
+        let count = self.checkpoint_count();
+        // The last checkpoint whose records before it are all older than the target.
+        let start = match timestamp_ms.checked_sub(1) {
+            Some(below) => self
+                .time_index
+                .last_at_or_below(count, ordered(below), |(t, _)| ordered(t as i64))
+                .map(|i| self.offset_index.entry(i).1 as usize)
+                .filter(|p| (DATA_START..committed).contains(p) && p.is_multiple_of(format::FRAME_ALIGN))
+                .unwrap_or(DATA_START),
+            None => DATA_START,
+        };
+        for item in self.walk(start, committed) {
+            let (pos, f) = item?;
+            if f.timestamp_ms >= timestamp_ms {
+                return Ok(Some((f.offset, pos)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads frames starting at `pos` (which must be a frame start below `committed`),
+    /// checking each CRC, until `max_records` or `max_bytes` or the end; with `force_one`, the
+    /// first frame is taken even when it alone exceeds `max_bytes`. Returns the end
+    /// position, the number of frames and the offset after the last one.
+    pub fn scan_for_read(
+        &self,
+        pos: usize,
+        committed: usize,
+        max_records: usize,
+        max_bytes: usize,
+        force_one: bool,
+    ) -> Result<(usize, usize, u64)> {
+        let mut at = pos;
+        let mut n = 0;
+        let mut next = 0;
+        while at < committed && n < max_records {
+            let f = decode_frame(self.published(at, committed))
+                .map_err(|e| LogError::corrupt(&self.path, format!("at byte {at}: {e}")))?;
+            if (n > 0 || !force_one) && at - pos + f.padded_len > max_bytes {
+                break;
+            }
+            at += f.padded_len;
+            n += 1;
+            next = f.offset + 1;
+        }
+        Ok((at, n, next))
+    }
+
+    /// Makes everything published so far durable (msync of the new data, the header and the
+    /// indexes), then records the new durable end. Returns it.
+    pub fn flush(&self) -> Result<usize> {
+        let committed = self.committed_end();
+        let durable = self.durable_end();
+        let count = self.checkpoint_count();
+        if committed > durable {
+            let start = durable & !(4096 - 1);
+            self.data
+                .flush(start..committed)
+                .map_err(|e| LogError::io(&self.path, e))?;
+            self.offset_index.flush(count)?;
+            self.time_index.flush(count)?;
+        }
+        self.data
+            .flush(0..DATA_START)
+            .map_err(|e| LogError::io(&self.path, e))?;
+        // Release: a tailer that reads only durable data sees the frames below it.
+        self.data
+            .atomic_u64(sh::DURABLE_END)
+            .fetch_max(committed as u64, Ordering::Release);
+        self.wake_tailers();
+        Ok(committed)
+    }
+
+    /// Wakes tailers blocked on this segment's futex word, if any are registered.
+    fn wake_tailers(&self) {
+        // SeqCst fence: orders the publish above before the waiter-count load below, pairing
+        // with the tailer's SeqCst increment of WAITERS before it re-checks the committed end
+        // (the two sides of a Dekker handshake), so a wake is never lost.
+        fence(Ordering::SeqCst);
+        if self.data.atomic_u32(sh::WAITERS).load(Ordering::Relaxed) != 0 {
+            let seq: &AtomicU32 = self.data.atomic_u32(sh::WAKE_SEQ);
+            seq.fetch_add(1, Ordering::SeqCst);
+            futex_wake_all(seq);
+        }
+    }
+
+    /// Marks the segment sealed: no record will ever be added. Called by the writer after
+    /// its last publish and after the next segment's file exists.
+    fn seal(&self) {
+        // Release: whoever sees the seal sees the final committed end.
+        self.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
+        self.wake_tailers();
+    }
+
+    /// Releases the blocks reserved past the committed end of a sealed segment, and the unused
+    /// tail of its indexes. The file keeps its length, so mappings stay valid.
+    fn release_unused(&self) {
+        let committed = self.committed_end();
+        let _ = self.data.punch_hole(committed..self.capacity());
+        let count = self.checkpoint_count();
+        self.offset_index.release_unused(count);
+        self.time_index.release_unused(count);
+    }
+}
+
+/// A published range of a segment, owned by a `Bytes`.
+struct PublishedSlice {
+    data: Arc<MappedFile>,
+    from: usize,
+    to: usize,
+}
+
+impl AsRef<[u8]> for PublishedSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: built only by `Segment::published_bytes` for a range below a committed end;
+        // those bytes never change while the file (kept mapped by the Arc) exists.
+        unsafe { self.data.frozen(self.from..self.to) }
+    }
+}
+
+/// fsyncs a directory so that entries created or renamed in it survive power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io(dir, e))
+}
+
+/// The writer's view of the active segment. There is exactly one per partition.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    seg: Arc<Segment>,
+    /// Equal to the published committed end.
+    position: usize,
+    /// Disk blocks are reserved (and pages pre-faulted) below this position.
+    reserved_end: usize,
+    next_offset: u64,
+    max_timestamp_ms: i64,
+    last_checkpoint_pos: usize,
+    checkpoints: usize,
+    reserve_chunk_bytes: usize,
+}
+
+/// What recovery found in a segment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SegmentRecovery {
+    /// Bytes discarded from a torn tail (between the last valid frame and the old end).
+    pub truncated_bytes: u64,
+    /// Index checkpoints rebuilt from the data.
+    pub rebuilt_checkpoints: usize,
+    /// Why the scan stopped early, if it did.
+    pub stopped_by: Option<String>,
+}
+
+impl SegmentWriter {
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    pub fn position(&self) -> usize {
+        self.position
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.position == DATA_START
+    }
+
+    /// Bytes still free for frames.
+    pub fn remaining(&self) -> usize {
+        self.seg.capacity() - self.position
+    }
+
+    /// A writer for a freshly created segment.
+    pub fn new(seg: Arc<Segment>, reserve_chunk_bytes: usize) -> Self {
+        let base = seg.base_offset();
+        SegmentWriter {
+            seg,
+            position: DATA_START,
+            reserved_end: DATA_START,
+            next_offset: base,
+            max_timestamp_ms: i64::MIN,
+            last_checkpoint_pos: DATA_START,
+            checkpoints: 0,
+            reserve_chunk_bytes,
+        }
+    }
+
+    /// Validates the segment from its last trustworthy checkpoint (at or below `trust_end`)
+    /// to its committed end, rebuilding index entries on the way. With `repair`, a torn tail
+    /// is cut off: the committed end moves back to the last whole, valid frame and everything
+    /// after it is zeroed. Without, a bad frame is an error. Needs a writable mapping and
+    /// must run before the segment is shared with readers.
+    pub fn recover(
+        seg: Arc<Segment>,
+        trust_end: usize,
+        repair: bool,
+        reserve_chunk_bytes: usize,
+    ) -> Result<(Self, SegmentRecovery)> {
+        let committed = seg.committed_end();
+        let trust_end = trust_end.clamp(DATA_START, committed);
+        let base = seg.base_offset();
+        // The last checkpoint that is consistent and lies in trusted data.
+        let count = seg.checkpoint_count();
+        let mut keep = 0;
+        let (mut prev_pos, mut prev_off, mut prev_ts) = (DATA_START as u64, base, i64::MIN);
+        while keep < count {
+            let (off, pos) = seg.offset_index.entry(keep);
+            let (ts, toff) = seg.time_index.entry(keep);
+            let ts = ts as i64;
+            let ok = pos > prev_pos
+                && (pos as usize) < trust_end
+                && pos.is_multiple_of(format::FRAME_ALIGN as u64)
+                && off > prev_off
+                && toff == off
+                && ts >= prev_ts
+                && decode_frame(seg.published(pos as usize, committed))
+                    .map(|f| f.offset == off)
+                    .unwrap_or(false);
+            if !ok {
+                break;
+            }
+            (prev_pos, prev_off, prev_ts) = (pos, off, ts);
+            keep += 1;
+        }
+        seg.offset_index.truncate(keep);
+        seg.time_index.truncate(keep);
+        let mut w = SegmentWriter {
+            position: prev_pos as usize,
+            reserved_end: 0,
+            next_offset: prev_off,
+            max_timestamp_ms: prev_ts,
+            last_checkpoint_pos: prev_pos as usize,
+            checkpoints: keep,
+            reserve_chunk_bytes,
+            seg,
+        };
+        let mut report = SegmentRecovery::default();
+        let seg = Arc::clone(&w.seg);
+        while w.position < committed {
+            let at = w.position;
+            let frame = decode_frame(seg.published(at, committed));
+            let f = match frame {
+                Ok(f) if f.offset == w.next_offset => f,
+                Ok(f) => {
+                    report.stopped_by = Some(format!(
+                        "at byte {at}: offset {} where {} was expected",
+                        f.offset, w.next_offset
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    report.stopped_by = Some(format!("at byte {at}: {e}"));
+                    break;
+                }
+            };
+            if w.checkpoint(at, f.offset, w.max_timestamp_ms) {
+                report.rebuilt_checkpoints += 1;
+            }
+            w.position += f.padded_len;
+            w.next_offset += 1;
+            w.max_timestamp_ms = w.max_timestamp_ms.max(f.timestamp_ms);
+        }
+        if let Some(reason) = &report.stopped_by {
+            if !repair {
+                return Err(LogError::corrupt(seg.path(), reason.clone()));
+            }
+            report.truncated_bytes = (committed - w.position) as u64;
+        }
+        if repair {
+            // Cut the tail: move the committed end back, then zero everything after it
+            // (including any frames written but never published before a crash).
+            seg.data
+                .atomic_u64(sh::COMMITTED_END)
+                .store(w.position as u64, Ordering::Release);
+            let durable = seg.data.atomic_u64(sh::DURABLE_END);
+            durable.fetch_min(w.position as u64, Ordering::AcqRel);
+            w.zero_tail()?;
+        }
+        w.publish_checkpoints();
+        seg.next_offset.store(w.next_offset, Ordering::Release);
+        seg.max_timestamp_ms
+            .store(w.max_timestamp_ms, Ordering::Release);
+        w.reserved_end = w.position.next_multiple_of(4096).min(seg.capacity());
+        Ok((w, report))
+    }
+
+    /// Zeroes everything after the committed end, releasing its blocks where the file
+    /// system can.
+    fn zero_tail(&self) -> Result<()> {
+        let seg = &self.seg;
+        let end = seg.capacity();
+        if seg.data.punch_hole(self.position..end).is_ok() {
+            return Ok(());
+        }
+        // No hole punching here: write zeros, a page at a time, over pages that hold data.
+        let mut at = self.position;
+        while at < end {
+            let page_end = (at + 1).next_multiple_of(4096).min(end);
+            // SAFETY: above the committed end, before the segment is shared: only this
+            // (recovering) writer touches these bytes.
+            let page = unsafe { seg.data.writable(at..page_end) };
+            if page.iter().all(|&b| b == 0) && at > self.position + (1 << 20) {
+                break;
+            }
+            page.fill(0);
+            at = page_end;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_due(&self, pos: usize) -> bool {
+        pos - self.last_checkpoint_pos >= self.seg.header.index_interval_bytes as usize
+            && self.checkpoints < self.seg.offset_index.capacity()
+    }
+
+    /// Writes (does not publish) a checkpoint for the frame at `pos` holding `offset`, if
+    /// one is due there; `max_ts_before` is the largest timestamp of the records before it.
+    /// The writer and recovery apply this same rule frame by frame, so recovery rebuilds
+    /// exactly the checkpoints the writer would have written.
+    fn checkpoint(&mut self, pos: usize, offset: u64, max_ts_before: i64) -> bool {
+        if !self.checkpoint_due(pos) {
+            return false;
+        }
+        let i = self.checkpoints;
+        if self.seg.offset_index.write_entry(i, offset, pos as u64)
+            && self
+                .seg
+                .time_index
+                .write_entry(i, max_ts_before as u64, offset)
+        {
+            self.checkpoints += 1;
+            self.last_checkpoint_pos = pos;
+            return true;
+        }
+        false
+    }
+
+    fn publish_checkpoints(&self) {
+        self.seg.offset_index.publish(self.checkpoints);
+        self.seg.time_index.publish(self.checkpoints);
+    }
+
+    /// Makes sure disk blocks exist below `end`, reserving a chunk at a time and
+    /// pre-faulting the pages so the copy into the mapping takes no page faults.
+    fn reserve(&mut self, end: usize) -> Result<()> {
+        if end <= self.reserved_end {
+            return Ok(());
+        }
+        let cap = self.seg.capacity();
+        let new_end = end
+            .max(self.reserved_end + self.reserve_chunk_bytes)
+            .next_multiple_of(4096)
+            .min(cap);
+        let range = self.reserved_end..new_end;
+        self.seg.data.reserve(range.clone()).map_err(|e| {
+            if is_no_space(&e) {
+                LogError::NoSpace {
+                    path: self.seg.path.clone(),
+                    needed_bytes: range.len() as u64,
+                }
+            } else {
+                LogError::io(&self.seg.path, e)
+            }
+        })?;
+        self.seg.data.populate_write(range);
+        self.reserved_end = new_end;
+        Ok(())
+    }
+
+    /// Reserves the next chunk ahead of the writer if less than half a chunk is left.
+    pub fn reserve_ahead(&mut self) -> Result<()> {
+        let want = (self.position + self.reserve_chunk_bytes).min(self.seg.capacity());
+        if self.reserved_end < self.position + self.reserve_chunk_bytes / 2 {
+            self.reserve(want)?;
+        }
+        Ok(())
+    }
+
+    /// Appends records whose padded lengths sum to `total_bytes` (which must fit in
+    /// `remaining()`), then publishes them. Returns the first offset.
+    pub fn append(&mut self, records: &[Record<'_>], total_bytes: usize) -> Result<u64> {
+        let start = self.position;
+        let end = start + total_bytes;
+        self.reserve(end)?;
+        let first = self.next_offset;
+        let data = Arc::clone(&self.seg.data);
+        // SAFETY: `[start, end)` lies above the published committed end, which only this
+        // single writer advances; no reader looks there until `finish_batch` publishes it.
+        let buf = unsafe { data.writable(start..end) };
+        let mut at = 0;
+        let mut max_ts = self.max_timestamp_ms;
+        for (i, r) in records.iter().enumerate() {
+            let len = r.padded_len().expect("caller checked frame sizes");
+            let offset = first + i as u64;
+            self.checkpoint(start + at, offset, max_ts);
+            format::encode_frame(&mut buf[at..at + len], offset, r);
+            max_ts = max_ts.max(r.timestamp_ms);
+            at += len;
+        }
+        debug_assert_eq!(at, total_bytes);
+        self.finish_batch(end, records.len() as u64, max_ts);
+        Ok(first)
+    }
+
+    /// Appends already-encoded, already-validated frames (binary produce): assigns their
+    /// offsets, and the server's time `now_ms` to frames whose timestamp is 0, then publishes.
+    pub fn append_frames(&mut self, frames: &[u8], count: u64, now_ms: i64) -> Result<u64> {
+        let start = self.position;
+        let end = start + frames.len();
+        self.reserve(end)?;
+        let first = self.next_offset;
+        let data = Arc::clone(&self.seg.data);
+        // SAFETY: as in `append`: above the committed end, single writer.
+        let buf = unsafe { data.writable(start..end) };
+        buf.copy_from_slice(frames);
+        let mut at = 0;
+        let mut max_ts = self.max_timestamp_ms;
+        for i in 0..count {
+            let len = get_u32(&buf[at..], format::frame::LENGTH) as usize;
+            let padded = format::align_up(len);
+            self.checkpoint(start + at, first + i, max_ts);
+            let frame = &mut buf[at..at + padded];
+            format::set_frame_offset(frame, first + i);
+            let mut ts = get_u64(frame, format::frame::TIMESTAMP_MS) as i64;
+            if ts == 0 {
+                format::set_frame_timestamp(frame, now_ms);
+                ts = now_ms;
+            }
+            max_ts = max_ts.max(ts);
+            at += padded;
+        }
+        self.finish_batch(end, count, max_ts);
+        Ok(first)
+    }
+
+    /// Publishes the batch written from the current position up to `end`.
+    fn finish_batch(&mut self, end: usize, count: u64, max_ts: i64) {
+        self.position = end;
+        self.next_offset += count;
+        self.max_timestamp_ms = max_ts;
+        let seg = &self.seg;
+        // Release: the frames written above happen-before any Acquire load that sees this
+        // committed end, in this process or any other mapping the file. This single store is
+        // the publication of the whole batch.
+        seg.data
+            .atomic_u64(sh::COMMITTED_END)
+            .store(end as u64, Ordering::Release);
+        self.publish_checkpoints();
+        seg.max_timestamp_ms.store(max_ts, Ordering::Release);
+        seg.next_offset.store(self.next_offset, Ordering::Release);
+        seg.wake_tailers();
+    }
+
+    /// Seals the segment (after the next one exists) and releases its unused blocks.
+    pub fn seal(self) {
+        self.seg.seal();
+        self.seg.release_unused();
+    }
+}

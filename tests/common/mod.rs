@@ -1,0 +1,67 @@
+//! Helpers shared by the engine tests.
+#![allow(dead_code)]
+
+use mapq::log::{LogConfig, PartitionLog, Record};
+
+/// Small segments and dense checkpoints, so that tests cross rolls and indexes quickly.
+pub fn small_config(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        index_interval_bytes: 256,
+        reserve_chunk_bytes: 16 << 10,
+    }
+}
+
+/// The value of record `i` in generated workloads: varied lengths, recognisable bytes.
+pub fn value_for(i: u64) -> Vec<u8> {
+    let len = (i * 37 % 300) as usize;
+    let mut v = format!("value-{i}-").into_bytes();
+    v.extend((0..len).map(|j| (i as usize + j) as u8));
+    v
+}
+
+pub fn key_for(i: u64) -> Option<Vec<u8>> {
+    (!i.is_multiple_of(3)).then(|| format!("key-{}", i % 7).into_bytes())
+}
+
+/// Appends records `from..to` as one batch with the generated keys and values.
+pub fn append_range(log: &PartitionLog, from: u64, to: u64) -> u64 {
+    let values: Vec<Vec<u8>> = (from..to).map(value_for).collect();
+    let keys: Vec<Option<Vec<u8>>> = (from..to).map(key_for).collect();
+    let headers: &[(&[u8], &[u8])] = &[(b"h", b"v")];
+    let records: Vec<Record<'_>> = (from..to)
+        .zip(values.iter().zip(&keys))
+        .map(|(i, (v, k))| Record {
+            key: k.as_deref(),
+            value: v,
+            headers: if i.is_multiple_of(2) { headers } else { &[] },
+            timestamp_ms: 1_000 + i as i64,
+            value_is_json: false,
+        })
+        .collect();
+    log.append(&records).expect("append").first_offset
+}
+
+/// Reads everything from `from` to the end, checking each record against the generator.
+pub fn check_all(log: &PartitionLog, from: u64) -> u64 {
+    let mut next = from;
+    loop {
+        let batch = log.read(next, 1000, 1 << 20).expect("read");
+        if batch.record_count == 0 {
+            return next;
+        }
+        for r in batch.records() {
+            assert_eq!(r.offset, next, "offsets are contiguous");
+            assert_eq!(
+                r.value.as_ref(),
+                value_for(next).as_slice(),
+                "value of {next}"
+            );
+            assert_eq!(r.key.as_deref(), key_for(next).as_deref(), "key of {next}");
+            assert_eq!(r.timestamp_ms, 1_000 + next as i64);
+            assert_eq!(r.headers().count(), usize::from(next.is_multiple_of(2)));
+            next += 1;
+        }
+        assert_eq!(batch.next_offset, next);
+    }
+}

@@ -1,0 +1,244 @@
+//! Behaviour of the partition log through its public API.
+
+mod common;
+
+use common::*;
+use mapq::log::{LogConfig, LogError, PartitionLog, Record};
+
+#[test]
+fn append_then_read_back_across_rolls_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(64 << 10);
+    {
+        let (log, report) = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+        assert_eq!(report.segments, 0, "a new partition has nothing to recover");
+        let mut next = 0;
+        while next < 3000 {
+            let n = 1 + next % 17;
+            assert_eq!(append_range(&log, next, next + n), next);
+            next += n;
+        }
+        assert_eq!(log.end_offset(), next);
+        assert!(
+            log.segment_count() > 5,
+            "rolled {} times",
+            log.segment_count()
+        );
+        assert_eq!(check_all(&log, 0), next);
+        log.flush().unwrap();
+    }
+    let (log, report) = PartitionLog::open(dir.path(), cfg).unwrap();
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(
+        report.rebuilt_checkpoints, 0,
+        "a clean reopen rebuilds nothing"
+    );
+    let end = log.end_offset();
+    assert_eq!(check_all(&log, 0), end);
+    // Appends continue where the log ended.
+    assert_eq!(append_range(&log, end, end + 10), end);
+    assert_eq!(check_all(&log, 0), end + 10);
+}
+
+#[test]
+fn reads_honour_record_and_byte_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(1 << 20)).unwrap();
+    let big = vec![7u8; 10_000];
+    let small = vec![1u8; 10];
+    let recs: Vec<Record<'_>> = [&big, &small, &small, &small]
+        .iter()
+        .map(|v| Record::value(v, 5))
+        .collect();
+    log.append(&recs).unwrap();
+    // One record even when it alone is over the byte budget.
+    let b = log.read(0, 100, 100).unwrap();
+    assert_eq!(b.record_count, 1);
+    assert_eq!(b.next_offset, 1);
+    let b = log.read(1, 2, 1 << 20).unwrap();
+    assert_eq!(b.record_count, 2);
+    let b = log.read(1, 100, 130).unwrap();
+    assert_eq!(
+        b.record_count, 2,
+        "two 56-byte frames fit in 130 bytes, three do not"
+    );
+    assert_eq!(b.byte_len(), 112);
+    assert_eq!(b.high_watermark, 4);
+}
+
+#[test]
+fn out_of_range_offsets_report_earliest_and_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(1 << 20)).unwrap();
+    append_range(&log, 0, 5);
+    match log.read(6, 10, 1000) {
+        Err(LogError::OffsetOutOfRange {
+            offset: 6,
+            earliest: 0,
+            latest: 5,
+        }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let at_end = log.read(5, 10, 1000).unwrap();
+    assert_eq!(at_end.record_count, 0);
+    assert_eq!(at_end.next_offset, 5);
+}
+
+#[test]
+fn reads_are_zero_copy_views_of_the_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(1 << 20)).unwrap();
+    append_range(&log, 0, 50);
+    let a = log.read(10, 5, 1 << 20).unwrap();
+    let b = log.read(10, 5, 1 << 20).unwrap();
+    // Two reads of the same records hand out the same memory: the mapping, not copies.
+    assert_eq!(a.chunks[0].as_ptr(), b.chunks[0].as_ptr());
+    let rec = a.records().next().unwrap();
+    let chunk = a.chunks[0].as_ptr_range();
+    assert!(
+        chunk.contains(&rec.value.as_ptr()),
+        "the value is a slice of the frame bytes"
+    );
+    // The views stay valid after the log itself is gone.
+    drop(log);
+    assert_eq!(a.records().next().unwrap().value, value_for(10));
+}
+
+#[test]
+fn timestamp_lookup_finds_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(32 << 10)).unwrap();
+    // Timestamps rise by 10 per record, with one record out of order.
+    let v = vec![0u8; 100];
+    for i in 0..2000i64 {
+        let ts = if i == 500 { 5 } else { 10 * i };
+        log.append(&[Record::value(&v, ts)]).unwrap();
+    }
+    assert!(log.segment_count() > 3);
+    assert_eq!(log.offset_for_timestamp(i64::MIN).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(0).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(1).unwrap(), Some(1));
+    assert_eq!(log.offset_for_timestamp(4_995).unwrap(), Some(501));
+    assert_eq!(log.offset_for_timestamp(12_340).unwrap(), Some(1234));
+    assert_eq!(log.offset_for_timestamp(19_990).unwrap(), Some(1999));
+    assert_eq!(log.offset_for_timestamp(19_991).unwrap(), None);
+}
+
+#[test]
+fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
+    append_range(&log, 0, 3);
+    let big = vec![9u8; 200 << 10];
+    let first = log.append(&[Record::value(&big, 1)]).unwrap().first_offset;
+    assert_eq!(first, 3);
+    append_range(&log, 4, 8);
+    let b = log.read(3, 1, 1).unwrap();
+    assert_eq!(b.records().next().unwrap().value.len(), 200 << 10);
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
+    assert_eq!(log.end_offset(), 8);
+}
+
+#[test]
+fn an_empty_active_segment_too_small_for_a_batch_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(64 << 10);
+    let (log, _) = PartitionLog::open(dir.path(), cfg.clone()).unwrap();
+    let big = vec![9u8; 100 << 10];
+    assert_eq!(
+        log.append(&[Record::value(&big, 1)]).unwrap().first_offset,
+        0
+    );
+    assert_eq!(log.segment_count(), 1);
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+    assert_eq!(log.end_offset(), 1);
+    assert_eq!(
+        log.read(0, 1, 1)
+            .unwrap()
+            .records()
+            .next()
+            .unwrap()
+            .value
+            .len(),
+        100 << 10
+    );
+}
+
+#[test]
+fn client_built_frames_are_appended_without_reencoding() {
+    use mapq::log::format::{encode_frame, Record as R};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), LogConfig::default()).unwrap();
+    append_range(&log, 0, 2);
+    let mut frames = Vec::new();
+    for (i, ts) in [(0u8, 0i64), (1, 1234)] {
+        let value = [i; 20];
+        let r = R::value(&value, ts);
+        let mut buf = vec![0; r.padded_len().unwrap()];
+        encode_frame(&mut buf, 999, &r);
+        frames.extend(buf);
+    }
+    let appended = log.append_frames(&frames).unwrap();
+    assert_eq!((appended.first_offset, appended.count), (2, 2));
+    let b = log.read(2, 10, 1 << 20).unwrap();
+    let recs: Vec<_> = b.records().collect();
+    assert_eq!(recs[0].offset, 2);
+    assert!(
+        recs[0].timestamp_ms > 1_700_000_000_000,
+        "timestamp 0 gets the server's clock"
+    );
+    assert_eq!(recs[1].offset, 3);
+    assert_eq!(recs[1].timestamp_ms, 1234);
+    // A damaged frame rejects the whole request and appends nothing.
+    let mut bad = frames.clone();
+    let last = bad.len() - 9;
+    bad[last] ^= 0xFF;
+    assert!(matches!(
+        log.append_frames(&bad),
+        Err(LogError::InvalidFrame { .. })
+    ));
+    assert_eq!(log.end_offset(), 4);
+}
+
+#[test]
+fn flush_advances_the_durable_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
+    append_range(&log, 0, 500);
+    assert_eq!(log.durable_offset(), 0);
+    assert_eq!(log.flush().unwrap(), 500);
+    assert_eq!(log.durable_offset(), 500);
+    for seg in log.segments().iter() {
+        assert_eq!(seg.durable_end(), seg.committed_end());
+    }
+}
+
+#[test]
+fn concurrent_readers_see_a_consistent_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
+    let log = std::sync::Arc::new(log);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            let log = &log;
+            s.spawn(move || {
+                let mut next = 0;
+                while next < 5000 {
+                    let b = log.read(next, 100, 1 << 20).unwrap();
+                    for r in b.records() {
+                        assert_eq!(r.offset, next);
+                        assert_eq!(r.value.as_ref(), value_for(next).as_slice());
+                        next += 1;
+                    }
+                }
+            });
+        }
+        let mut next = 0;
+        while next < 5000 {
+            append_range(&log, next, next + 10);
+            next += 10;
+        }
+    });
+}
