@@ -242,3 +242,27 @@ fn concurrent_readers_see_a_consistent_prefix() {
         }
     });
 }
+
+#[test]
+fn a_prefaulter_reserves_ahead_of_the_writer() {
+    let prefaulter = mapq::log::Prefaulter::spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = LogConfig {
+        prefaulter: Some(prefaulter.handle()),
+        ..small_config(256 << 10)
+    };
+    let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();
+    let mut next = 0;
+    while next < 4000 {
+        append_range(&log, next, next + 20);
+        next += 20;
+    }
+    assert!(log.segment_count() > 3);
+    assert_eq!(check_all(&log, 0), next);
+    let active = log.segments().last().cloned().unwrap();
+    assert!(active.reserved_end() >= active.committed_end());
+    // Stopping the prefaulter leaves writers working: they reserve for themselves.
+    drop(prefaulter);
+    append_range(&log, next, next + 2000);
+    assert_eq!(check_all(&log, 0), next + 2000);
+}

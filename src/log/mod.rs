@@ -7,6 +7,7 @@
 //! - [`index`]: the offset and time index files;
 //! - [`segment`]: one segment, its shared read side and its single writer, and recovery;
 //! - [`partition`]: a partition's run of segments: append, read, roll, flush, open;
+//! - [`prefault`]: reserving and pre-faulting disk blocks ahead of writers, off the append path;
 //! - [`verify`]: the full read-only check behind `mapq verify`.
 
 pub mod error;
@@ -14,9 +15,11 @@ pub mod format;
 pub mod index;
 pub mod mmap;
 pub mod partition;
+pub mod prefault;
 pub mod segment;
 pub mod verify;
 
 pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{Appended, LogConfig, PartitionLog, ReadBatch, RecoveryReport, StoredRecord};
+pub use prefault::Prefaulter;

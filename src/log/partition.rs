@@ -13,18 +13,37 @@ use super::error::{LogError, Result};
 use super::format::{
     self, decode_frame, decode_frame_unchecked_crc, FrameView, HeaderIter, Record,
 };
-use super::segment::{Segment, SegmentHeader, SegmentWriter, DATA_START};
+use super::prefault::PrefaultHandle;
+use super::segment::{ReservePolicy, Segment, SegmentHeader, SegmentWriter, DATA_START};
 
 /// Tunables of a partition log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct LogConfig {
     /// Size of a new segment file; the active segment rolls when a batch does not fit. A
     /// single batch larger than this gets a segment of its own, sized to fit it.
     pub segment_bytes: u64,
     /// Bytes of frames between two index checkpoints.
     pub index_interval_bytes: u32,
-    /// Disk blocks are reserved (and pre-faulted) ahead of the writer this much at a time.
+    /// Disk blocks are allocated (`fallocate`) ahead of the writer this much at a time: at
+    /// most this much disk is allocated but unused per active segment. Larger chunks mean
+    /// fewer, larger extents and cheaper page faults.
     pub reserve_chunk_bytes: u64,
+    /// Pages are pre-faulted for writing up to this far ahead of the writer: at most this
+    /// much memory holds zeroed pages waiting for data, per active segment.
+    pub prefault_bytes: u64,
+    /// Pre-fault on this prefaulter's thread, off the append path (see
+    /// [`super::prefault`]). Without one, the writer pre-faults itself when it gets there.
+    pub prefaulter: Option<PrefaultHandle>,
+}
+
+impl LogConfig {
+    fn reserve_policy(&self) -> ReservePolicy {
+        ReservePolicy {
+            chunk_bytes: self.reserve_chunk_bytes as usize,
+            prefault_bytes: self.prefault_bytes as usize,
+            prefaulter: self.prefaulter.clone(),
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -32,7 +51,9 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 1 << 30,
             index_interval_bytes: 4096,
-            reserve_chunk_bytes: 4 << 20,
+            reserve_chunk_bytes: 16 << 20,
+            prefault_bytes: 4 << 20,
+            prefaulter: None,
         }
     }
 }
@@ -185,7 +206,7 @@ impl PartitionLog {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let mut report = RecoveryReport::default();
         let bases = scan_dir(dir, &mut report)?;
-        let chunk = config.reserve_chunk_bytes as usize;
+        let chunk = config.reserve_policy();
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
         let mut writer = None;
         for (i, &base) in bases.iter().enumerate() {
@@ -210,7 +231,8 @@ impl PartitionLog {
             } else {
                 seg.committed_end()
             };
-            let (w, rec) = SegmentWriter::recover(Arc::clone(&seg), trust_end, repair, chunk)?;
+            let (w, rec) =
+                SegmentWriter::recover(Arc::clone(&seg), trust_end, repair, chunk.clone())?;
             report.rebuilt_checkpoints += rec.rebuilt_checkpoints;
             if let Some(reason) = &rec.stopped_by {
                 report.truncated_bytes += rec.truncated_bytes;
@@ -404,8 +426,7 @@ impl PartitionLog {
         // The new file exists before the old one is sealed, so a tailer that sees the seal
         // finds its successor.
         let seg = Arc::new(Segment::create(&self.dir, header)?);
-        let new_writer =
-            SegmentWriter::new(Arc::clone(&seg), self.config.reserve_chunk_bytes as usize);
+        let new_writer = SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy());
         let old = std::mem::replace(w, new_writer);
         let old_path = old.segment().path().to_owned();
         old.seal();

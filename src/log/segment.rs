@@ -6,8 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -18,9 +20,13 @@ use super::format::{
 };
 use super::index::{Index, IndexKind};
 use super::mmap::{futex_wake_all, MappedFile};
+use super::prefault::PrefaultHandle;
 
 /// Position of the first frame in every segment file.
 pub const DATA_START: usize = sh::SIZE;
+
+/// Reservations proceed in steps of this many bytes (a multiple of the page size).
+pub const RESERVE_STEP_BYTES: usize = 512 << 10;
 
 /// Maps an i64 timestamp to a u64 with the same order, for binary searches.
 fn ordered(ts: i64) -> u64 {
@@ -108,6 +114,16 @@ pub struct Segment {
     /// Largest timestamp of any published record (`i64::MIN` while empty), for retention
     /// and timestamp lookups.
     max_timestamp_ms: AtomicI64,
+    /// Disk blocks are reserved and pages pre-faulted below this position. Grows only, under
+    /// `reserve_lock`, by the writer or a prefaulter.
+    reserved_end: AtomicUsize,
+    /// Disk blocks are allocated below this position (at or above `reserved_end`). Only
+    /// accessed under `reserve_lock`.
+    allocated_end: AtomicUsize,
+    /// Serializes reservations (fallocate + pre-fault) of this segment.
+    reserve_lock: Mutex<()>,
+    /// A prefault request for this segment is queued.
+    pub(super) prefault_requested: AtomicBool,
 }
 
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
@@ -174,6 +190,10 @@ impl Segment {
             time_index,
             next_offset: AtomicU64::new(base),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
+            reserved_end: AtomicUsize::new(DATA_START),
+            allocated_end: AtomicUsize::new(DATA_START),
+            reserve_lock: Mutex::new(()),
+            prefault_requested: AtomicBool::new(false),
         })
     }
 
@@ -229,6 +249,11 @@ impl Segment {
             time_index,
             next_offset: AtomicU64::new(base_offset),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
+            // Recovery sets the real value; until then nothing counts as reserved.
+            reserved_end: AtomicUsize::new(DATA_START),
+            allocated_end: AtomicUsize::new(DATA_START),
+            reserve_lock: Mutex::new(()),
+            prefault_requested: AtomicBool::new(false),
         })
     }
 
@@ -337,7 +362,8 @@ impl Segment {
         {
             Some(i) => {
                 let pos = self.offset_index.entry(i).1 as usize;
-                if (DATA_START..committed).contains(&pos) && pos.is_multiple_of(format::FRAME_ALIGN) {
+                if (DATA_START..committed).contains(&pos) && pos.is_multiple_of(format::FRAME_ALIGN)
+                {
                     pos
                 } else {
                     DATA_START
@@ -406,7 +432,9 @@ impl Segment {
                 .time_index
                 .last_at_or_below(count, ordered(below), |(t, _)| ordered(t as i64))
                 .map(|i| self.offset_index.entry(i).1 as usize)
-                .filter(|p| (DATA_START..committed).contains(p) && p.is_multiple_of(format::FRAME_ALIGN))
+                .filter(|p| {
+                    (DATA_START..committed).contains(p) && p.is_multiple_of(format::FRAME_ALIGN)
+                })
                 .unwrap_or(DATA_START),
             None => DATA_START,
         };
@@ -472,6 +500,51 @@ impl Segment {
         Ok(committed)
     }
 
+    /// Position below which disk blocks are reserved.
+    pub fn reserved_end(&self) -> usize {
+        self.reserved_end.load(Ordering::Acquire)
+    }
+
+    /// Reserves disk blocks (`fallocate`) below `end` and pre-faults their pages for writing,
+    /// so that the writer's copies take no page faults and a full disk is an error here, not
+    /// a SIGBUS later. Only ranges above the committed end are touched. Works in steps of
+    /// [`RESERVE_STEP_BYTES`], publishing each, so that a writer waiting for the first step
+    /// does not wait for the whole range.
+    pub fn reserve_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
+        let end = end.next_multiple_of(4096).min(self.capacity());
+        while self.reserved_end() < end {
+            let _guard = self.reserve_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let start = self.reserved_end();
+            if start >= end {
+                break;
+            }
+            let step_end = end.min(start + RESERVE_STEP_BYTES);
+            let allocated = self.allocated_end.load(Ordering::Relaxed);
+            if allocated < step_end {
+                // Blocks are allocated a chunk at a time: fewer, larger extents.
+                let alloc_end = (allocated + chunk_bytes)
+                    .max(step_end)
+                    .next_multiple_of(4096)
+                    .min(self.capacity());
+                self.data.reserve(allocated..alloc_end).map_err(|e| {
+                    if is_no_space(&e) {
+                        LogError::NoSpace {
+                            path: self.path.clone(),
+                            needed_bytes: (alloc_end - allocated) as u64,
+                        }
+                    } else {
+                        LogError::io(&self.path, e)
+                    }
+                })?;
+                self.allocated_end.store(alloc_end, Ordering::Relaxed);
+            }
+            self.data.populate_write(start..step_end);
+            // Release: pairs with the Acquire in `reserved_end`.
+            self.reserved_end.store(step_end, Ordering::Release);
+        }
+        Ok(())
+    }
+
     /// Wakes tailers blocked on this segment's futex word, if any are registered.
     fn wake_tailers(&self) {
         // SeqCst fence: orders the publish above before the waiter-count load below, pairing
@@ -532,13 +605,23 @@ pub struct SegmentWriter {
     seg: Arc<Segment>,
     /// Equal to the published committed end.
     position: usize,
-    /// Disk blocks are reserved (and pages pre-faulted) below this position.
-    reserved_end: usize,
     next_offset: u64,
     max_timestamp_ms: i64,
     last_checkpoint_pos: usize,
     checkpoints: usize,
-    reserve_chunk_bytes: usize,
+    reserve: ReservePolicy,
+}
+
+/// How a writer reserves disk blocks and pre-faults pages ahead of itself.
+#[derive(Debug, Clone)]
+pub struct ReservePolicy {
+    /// Blocks are allocated this many bytes at a time.
+    pub chunk_bytes: usize,
+    /// Pages are pre-faulted up to this far ahead of the writer.
+    pub prefault_bytes: usize,
+    /// When set, the next chunk is reserved on the prefaulter's thread before the writer
+    /// needs it; otherwise the writer reserves it itself when it gets there.
+    pub prefaulter: Option<PrefaultHandle>,
 }
 
 /// What recovery found in a segment.
@@ -575,18 +658,19 @@ impl SegmentWriter {
     }
 
     /// A writer for a freshly created segment.
-    pub fn new(seg: Arc<Segment>, reserve_chunk_bytes: usize) -> Self {
+    pub fn new(seg: Arc<Segment>, reserve: ReservePolicy) -> Self {
         let base = seg.base_offset();
-        SegmentWriter {
+        let w = SegmentWriter {
             seg,
             position: DATA_START,
-            reserved_end: DATA_START,
             next_offset: base,
             max_timestamp_ms: i64::MIN,
             last_checkpoint_pos: DATA_START,
             checkpoints: 0,
-            reserve_chunk_bytes,
-        }
+            reserve,
+        };
+        w.request_prefault();
+        w
     }
 
     /// Validates the segment from its last trustworthy checkpoint (at or below `trust_end`)
@@ -598,7 +682,7 @@ impl SegmentWriter {
         seg: Arc<Segment>,
         trust_end: usize,
         repair: bool,
-        reserve_chunk_bytes: usize,
+        reserve: ReservePolicy,
     ) -> Result<(Self, SegmentRecovery)> {
         let committed = seg.committed_end();
         let trust_end = trust_end.clamp(DATA_START, committed);
@@ -630,12 +714,11 @@ impl SegmentWriter {
         seg.time_index.truncate(keep);
         let mut w = SegmentWriter {
             position: prev_pos as usize,
-            reserved_end: 0,
             next_offset: prev_off,
             max_timestamp_ms: prev_ts,
             last_checkpoint_pos: prev_pos as usize,
             checkpoints: keep,
-            reserve_chunk_bytes,
+            reserve,
             seg,
         };
         let mut report = SegmentRecovery::default();
@@ -684,7 +767,10 @@ impl SegmentWriter {
         seg.next_offset.store(w.next_offset, Ordering::Release);
         seg.max_timestamp_ms
             .store(w.max_timestamp_ms, Ordering::Release);
-        w.reserved_end = w.position.next_multiple_of(4096).min(seg.capacity());
+        // The block holding the committed end is allocated; everything after it was released.
+        let reserved = w.position.next_multiple_of(4096).min(seg.capacity());
+        seg.reserved_end.store(reserved, Ordering::Release);
+        seg.allocated_end.store(reserved, Ordering::Release);
         Ok((w, report))
     }
 
@@ -744,40 +830,34 @@ impl SegmentWriter {
         self.seg.time_index.publish(self.checkpoints);
     }
 
-    /// Makes sure disk blocks exist below `end`, reserving a chunk at a time and
-    /// pre-faulting the pages so the copy into the mapping takes no page faults.
+    /// Makes sure disk blocks exist below `end`: normally the prefaulter has done it already.
+    /// Without a prefaulter the writer reserves a whole chunk at a time itself.
     fn reserve(&mut self, end: usize) -> Result<()> {
-        if end <= self.reserved_end {
-            return Ok(());
+        if end > self.seg.reserved_end() {
+            let target = match self.reserve.prefaulter {
+                Some(_) => end,
+                None => end.max(self.position + self.reserve.prefault_bytes),
+            };
+            self.seg.reserve_to(target, self.reserve.chunk_bytes)?;
         }
-        let cap = self.seg.capacity();
-        let new_end = end
-            .max(self.reserved_end + self.reserve_chunk_bytes)
-            .next_multiple_of(4096)
-            .min(cap);
-        let range = self.reserved_end..new_end;
-        self.seg.data.reserve(range.clone()).map_err(|e| {
-            if is_no_space(&e) {
-                LogError::NoSpace {
-                    path: self.seg.path.clone(),
-                    needed_bytes: range.len() as u64,
-                }
-            } else {
-                LogError::io(&self.seg.path, e)
-            }
-        })?;
-        self.seg.data.populate_write(range);
-        self.reserved_end = new_end;
         Ok(())
     }
 
-    /// Reserves the next chunk ahead of the writer if less than half a chunk is left.
-    pub fn reserve_ahead(&mut self) -> Result<()> {
-        let want = (self.position + self.reserve_chunk_bytes).min(self.seg.capacity());
-        if self.reserved_end < self.position + self.reserve_chunk_bytes / 2 {
-            self.reserve(want)?;
+    /// Keeps the prefaulter busy while less than `prefault_bytes` are ready ahead of the
+    /// writer.
+    fn request_prefault(&self) {
+        if let Some(p) = &self.reserve.prefaulter {
+            let reserved = self.seg.reserved_end();
+            if reserved < self.position + self.reserve.prefault_bytes
+                && reserved < self.seg.capacity()
+            {
+                p.request(
+                    &self.seg,
+                    self.reserve.prefault_bytes,
+                    self.reserve.chunk_bytes,
+                );
+            }
         }
-        Ok(())
     }
 
     /// Appends records whose padded lengths sum to `total_bytes` (which must fit in
@@ -853,6 +933,7 @@ impl SegmentWriter {
         seg.max_timestamp_ms.store(max_ts, Ordering::Release);
         seg.next_offset.store(self.next_offset, Ordering::Release);
         seg.wake_tailers();
+        self.request_prefault();
     }
 
     /// Seals the segment (after the next one exists) and releases its unused blocks.
