@@ -496,6 +496,12 @@ mod tests {
     }
 
     #[test]
+    fn crc_is_crc32c_castagnoli() {
+        // The check value FORMAT.md gives to implementers in other languages.
+        assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    }
+
+    #[test]
     fn file_names_round_trip() {
         let name = file_name(42, SEGMENT_EXT);
         assert_eq!(name, "00000000000000000042.log");
