@@ -72,7 +72,7 @@ impl Prefaulter {
                         continue;
                     }
                     let target = (seg.committed_end() + req.ahead_bytes).min(seg.capacity());
-                    if let Err(e) = seg.reserve_to(target, req.chunk_bytes) {
+                    if let Err(e) = seg.prefault_to(target, req.chunk_bytes) {
                         // The writer meets the same error synchronously and reports it.
                         tracing::debug!(segment = %seg.path().display(), error = %e, "pre-fault failed");
                     }

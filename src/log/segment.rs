@@ -25,8 +25,8 @@ use super::prefault::PrefaultHandle;
 /// Position of the first frame in every segment file.
 pub const DATA_START: usize = sh::SIZE;
 
-/// Reservations proceed in steps of this many bytes (a multiple of the page size).
-pub const RESERVE_STEP_BYTES: usize = 512 << 10;
+/// Pre-faulting proceeds in steps of this many bytes (a multiple of the page size).
+pub const PREFAULT_STEP_BYTES: usize = 256 << 10;
 
 /// Maps an i64 timestamp to a u64 with the same order, for binary searches.
 fn ordered(ts: i64) -> u64 {
@@ -114,14 +114,14 @@ pub struct Segment {
     /// Largest timestamp of any published record (`i64::MIN` while empty), for retention
     /// and timestamp lookups.
     max_timestamp_ms: AtomicI64,
-    /// Disk blocks are reserved and pages pre-faulted below this position. Grows only, under
-    /// `reserve_lock`, by the writer or a prefaulter.
-    reserved_end: AtomicUsize,
-    /// Disk blocks are allocated below this position (at or above `reserved_end`). Only
-    /// accessed under `reserve_lock`.
+    /// Disk blocks are allocated (`fallocate`) below this position, so writes below it cannot
+    /// fault for lack of space. Grows only, under `allocate_lock`.
     allocated_end: AtomicUsize,
-    /// Serializes reservations (fallocate + pre-fault) of this segment.
-    reserve_lock: Mutex<()>,
+    /// Serializes allocations of this segment (quick: `fallocate` of unwritten extents).
+    allocate_lock: Mutex<()>,
+    /// Pages are pre-faulted for writing below this position (a hint: the writer does not
+    /// depend on it). Advanced by whoever pre-faults.
+    prefaulted_end: AtomicUsize,
     /// A prefault request for this segment is queued.
     pub(super) prefault_requested: AtomicBool,
 }
@@ -190,9 +190,9 @@ impl Segment {
             time_index,
             next_offset: AtomicU64::new(base),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
-            reserved_end: AtomicUsize::new(DATA_START),
             allocated_end: AtomicUsize::new(DATA_START),
-            reserve_lock: Mutex::new(()),
+            allocate_lock: Mutex::new(()),
+            prefaulted_end: AtomicUsize::new(DATA_START),
             prefault_requested: AtomicBool::new(false),
         })
     }
@@ -250,9 +250,9 @@ impl Segment {
             next_offset: AtomicU64::new(base_offset),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             // Recovery sets the real value; until then nothing counts as reserved.
-            reserved_end: AtomicUsize::new(DATA_START),
             allocated_end: AtomicUsize::new(DATA_START),
-            reserve_lock: Mutex::new(()),
+            allocate_lock: Mutex::new(()),
+            prefaulted_end: AtomicUsize::new(DATA_START),
             prefault_requested: AtomicBool::new(false),
         })
     }
@@ -500,49 +500,66 @@ impl Segment {
         Ok(committed)
     }
 
-    /// Position below which disk blocks are reserved.
-    pub fn reserved_end(&self) -> usize {
-        self.reserved_end.load(Ordering::Acquire)
+    /// Position below which disk blocks are allocated.
+    pub fn allocated_end(&self) -> usize {
+        // Acquire: pairs with the Release in `allocate_to`.
+        self.allocated_end.load(Ordering::Acquire)
     }
 
-    /// Reserves disk blocks (`fallocate`) below `end` and pre-faults their pages for writing,
-    /// so that the writer's copies take no page faults and a full disk is an error here, not
-    /// a SIGBUS later. Only ranges above the committed end are touched. Works in steps of
-    /// [`RESERVE_STEP_BYTES`], publishing each, so that a writer waiting for the first step
-    /// does not wait for the whole range.
-    pub fn reserve_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
-        let end = end.next_multiple_of(4096).min(self.capacity());
-        while self.reserved_end() < end {
-            let _guard = self.reserve_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let start = self.reserved_end();
-            if start >= end {
-                break;
-            }
-            let step_end = end.min(start + RESERVE_STEP_BYTES);
-            let allocated = self.allocated_end.load(Ordering::Relaxed);
-            if allocated < step_end {
-                // Blocks are allocated a chunk at a time: fewer, larger extents.
-                let alloc_end = (allocated + chunk_bytes)
-                    .max(step_end)
-                    .next_multiple_of(4096)
-                    .min(self.capacity());
-                self.data.reserve(allocated..alloc_end).map_err(|e| {
-                    if is_no_space(&e) {
-                        LogError::NoSpace {
-                            path: self.path.clone(),
-                            needed_bytes: (alloc_end - allocated) as u64,
-                        }
-                    } else {
-                        LogError::io(&self.path, e)
-                    }
-                })?;
-                self.allocated_end.store(alloc_end, Ordering::Relaxed);
-            }
-            self.data.populate_write(start..step_end);
-            // Release: pairs with the Acquire in `reserved_end`.
-            self.reserved_end.store(step_end, Ordering::Release);
+    /// Allocates disk blocks (`fallocate`) below `end`, at least `chunk_bytes` at a time, so
+    /// that writes through the mapping below it cannot fail: a full disk is an error here,
+    /// never a SIGBUS later.
+    pub fn allocate_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
+        if self.allocated_end() >= end {
+            return Ok(());
         }
+        let _guard = self.allocate_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let start = self.allocated_end();
+        if start >= end {
+            return Ok(());
+        }
+        let new_end = end
+            .max(start + chunk_bytes)
+            .next_multiple_of(4096)
+            .min(self.capacity());
+        self.data.reserve(start..new_end).map_err(|e| {
+            if is_no_space(&e) {
+                LogError::NoSpace {
+                    path: self.path.clone(),
+                    needed_bytes: (end - start) as u64,
+                }
+            } else {
+                LogError::io(&self.path, e)
+            }
+        })?;
+        // Release: a writer that sees the new end sees the allocation done.
+        self.allocated_end.store(new_end, Ordering::Release);
         Ok(())
+    }
+
+    /// Position below which pages were pre-faulted.
+    pub fn prefaulted_end(&self) -> usize {
+        self.prefaulted_end.load(Ordering::Acquire)
+    }
+
+    /// Allocates blocks below `end` and pre-faults their pages for writing
+    /// (`MADV_POPULATE_WRITE`), a step at a time, so that the writer's copies take no page
+    /// faults. Needs no lock against the writer: pre-faulting changes no byte, so it may
+    /// overlap pages the writer is filling.
+    pub fn prefault_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
+        let end = end.next_multiple_of(4096).min(self.capacity());
+        loop {
+            let start = self
+                .prefaulted_end()
+                .max(self.committed_end() & !(4096 - 1));
+            if start >= end || self.is_sealed() {
+                return Ok(());
+            }
+            let step_end = end.min(start + PREFAULT_STEP_BYTES);
+            self.allocate_to(step_end, chunk_bytes)?;
+            self.data.populate_write(start..step_end);
+            self.prefaulted_end.fetch_max(step_end, Ordering::AcqRel);
+        }
     }
 
     /// Wakes tailers blocked on this segment's futex word, if any are registered.
@@ -769,8 +786,8 @@ impl SegmentWriter {
             .store(w.max_timestamp_ms, Ordering::Release);
         // The block holding the committed end is allocated; everything after it was released.
         let reserved = w.position.next_multiple_of(4096).min(seg.capacity());
-        seg.reserved_end.store(reserved, Ordering::Release);
         seg.allocated_end.store(reserved, Ordering::Release);
+        seg.prefaulted_end.store(reserved, Ordering::Release);
         Ok((w, report))
     }
 
@@ -830,26 +847,27 @@ impl SegmentWriter {
         self.seg.time_index.publish(self.checkpoints);
     }
 
-    /// Makes sure disk blocks exist below `end`: normally the prefaulter has done it already.
-    /// Without a prefaulter the writer reserves a whole chunk at a time itself.
+    /// Makes sure disk blocks exist below `end` before the copy. With a prefaulter the pages
+    /// are usually pre-faulted already (and if it lags, the copy takes the faults itself);
+    /// without one the writer pre-faults `prefault_bytes` ahead of itself.
     fn reserve(&mut self, end: usize) -> Result<()> {
-        if end > self.seg.reserved_end() {
-            let target = match self.reserve.prefaulter {
-                Some(_) => end,
-                None => end.max(self.position + self.reserve.prefault_bytes),
-            };
-            self.seg.reserve_to(target, self.reserve.chunk_bytes)?;
+        match self.reserve.prefaulter {
+            Some(_) => self.seg.allocate_to(end, self.reserve.chunk_bytes),
+            None if end > self.seg.prefaulted_end() => self.seg.prefault_to(
+                end.max(self.position + self.reserve.prefault_bytes),
+                self.reserve.chunk_bytes,
+            ),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Keeps the prefaulter busy while less than `prefault_bytes` are ready ahead of the
     /// writer.
     fn request_prefault(&self) {
         if let Some(p) = &self.reserve.prefaulter {
-            let reserved = self.seg.reserved_end();
-            if reserved < self.position + self.reserve.prefault_bytes
-                && reserved < self.seg.capacity()
+            let ready = self.seg.prefaulted_end();
+            if ready < self.position + self.reserve.prefault_bytes / 2
+                && ready < self.seg.capacity()
             {
                 p.request(
                     &self.seg,
