@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::{Config, Overrides};
 use crate::log::verify;
 
 /// mapq: a message queue on memory-mapped, segmented log files.
@@ -17,6 +18,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server (embedded defaults, then --config, then MAPQ_* variables, then flags).
+    Serve {
+        /// A TOML file of settings (see config/mapq.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, e.g. 127.0.0.1:8080 (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
     Verify {
         /// The data directory (`<dir>/<topic>/<partition>/`), or one partition directory.
@@ -28,7 +41,40 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => run_serve(config.as_deref(), Overrides { listen, data_dir }),
         Command::Verify { data_dir } => run_verify(&data_dir),
+    }
+}
+
+fn run_serve(file: Option<&std::path::Path>, overrides: Overrides) -> ExitCode {
+    let config = match Config::load(file, std::env::vars(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mapq serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(config = ?config, "effective configuration");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mapq serve: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mapq serve: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

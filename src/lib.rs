@@ -12,5 +12,9 @@
 //! A local process that wants to read the log without the server uses [`log`] directly, or
 //! implements the format document in any language.
 
+pub mod broker;
 pub mod cli;
+pub mod config;
 pub mod log;
+pub mod metrics;
+pub mod server;

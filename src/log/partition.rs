@@ -524,7 +524,22 @@ impl PartitionLog {
     /// Makes every record published so far durable (msync), and advances the durable offset.
     /// A failure stops the partition: later appends fail with [`LogError::Stopped`].
     pub fn flush(&self) -> Result<u64> {
+        self.flush_until(u64::MAX)
+    }
+
+    /// Makes records below `offset` durable, sharing flushes between callers (group
+    /// commit): whoever waits for the flush lock finds, once it has it, that the flush that
+    /// held it may already have covered its records, and then returns without an msync.
+    /// Returns the durable offset.
+    pub fn flush_until(&self, offset: u64) -> Result<u64> {
         let _guard = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reason) = self.stopped.get() {
+            return Err(LogError::Stopped(reason.clone()));
+        }
+        let durable = self.durable_offset();
+        if durable >= offset.min(self.end_offset()) {
+            return Ok(durable);
+        }
         let end = self.end_offset();
         for seg in self.segments.load().iter() {
             if seg.durable_end() < seg.committed_end() {

@@ -1,0 +1,33 @@
+//! Errors of the broker, wrapping the engine's.
+
+use std::path::Path;
+
+use crate::log::LogError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("topic '{0}' does not exist")]
+    TopicNotFound(String),
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("topic '{topic}' has no partition {partition}")]
+    PartitionNotFound { topic: String, partition: u32 },
+    #[error("invalid name {0:?}: names match ^[A-Za-z0-9._-]{{1,200}}$ and are not . or ..")]
+    InvalidName(String),
+    #[error("invalid topic config: {0}")]
+    InvalidConfig(String),
+    #[error("consumer group '{0}' does not exist")]
+    GroupNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("corrupt metadata: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl BrokerError {
+    pub fn io(path: &Path, e: std::io::Error) -> Self {
+        BrokerError::Log(LogError::io(path, e))
+    }
+}

@@ -1,0 +1,146 @@
+//! Consumer group offsets: one small JSON file per group, `<data_dir>/@groups/<group>.json`,
+//! replaced atomically and fsynced before a commit is acknowledged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::BrokerError;
+use super::topic::write_durably;
+use super::validate_name;
+
+/// Committed offsets of one group, by topic and partition.
+pub type GroupOffsets = BTreeMap<(String, u32), u64>;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GroupFile {
+    group: String,
+    offsets: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    topic: String,
+    partition: u32,
+    offset: u64,
+}
+
+/// All groups.
+#[derive(Debug)]
+pub struct Groups {
+    dir: PathBuf,
+    /// Groups by name. Held only to find or insert a group's entry; each group's own mutex
+    /// serializes its commits, including the file write (lock order: this map, then the
+    /// group).
+    groups: RwLock<HashMap<String, Arc<Mutex<GroupOffsets>>>>,
+}
+
+impl Groups {
+    /// Loads every group file in `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Self, BrokerError> {
+        fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
+        let mut groups = HashMap::new();
+        for entry in fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
+            let entry = entry.map_err(|e| BrokerError::io(dir, e))?;
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| validate_name(n).is_ok())
+            else {
+                if path.extension().is_some_and(|e| e == "tmp") {
+                    let _ = fs::remove_file(&path);
+                } else {
+                    tracing::warn!(path = %path.display(), "unexpected file among group offsets; left alone");
+                }
+                continue;
+            };
+            let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
+            let file: GroupFile = serde_json::from_slice(&bytes)
+                .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+            let offsets = file
+                .offsets
+                .into_iter()
+                .map(|e| ((e.topic, e.partition), e.offset))
+                .collect();
+            groups.insert(name.to_owned(), Arc::new(Mutex::new(offsets)));
+        }
+        Ok(Groups {
+            dir: dir.to_owned(),
+            groups: RwLock::new(groups),
+        })
+    }
+
+    /// Names of every group, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A copy of a group's committed offsets.
+    pub fn offsets(&self, group: &str) -> Result<GroupOffsets, BrokerError> {
+        validate_name(group)?;
+        let g = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+            .ok_or_else(|| BrokerError::GroupNotFound(group.to_owned()))?;
+        let offsets = g.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Ok(offsets)
+    }
+
+    /// Commits offsets for a group (created on first commit). Durable (fsync) on return.
+    /// Blocks.
+    pub fn commit(&self, group: &str, entries: &[(String, u32, u64)]) -> Result<(), BrokerError> {
+        validate_name(group)?;
+        let g = Arc::clone(
+            self.groups
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(group.to_owned())
+                .or_default(),
+        );
+        let mut offsets = g.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = offsets.clone();
+        for (topic, partition, offset) in entries {
+            next.insert((topic.clone(), *partition), *offset);
+        }
+        let file = GroupFile {
+            group: group.to_owned(),
+            offsets: next
+                .iter()
+                .map(|((topic, partition), offset)| Entry {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
+                })
+                .collect(),
+        };
+        let json = serde_json::to_vec(&file).expect("group offsets serialize");
+        let result = write_durably(&self.dir.join(format!("{group}.json")), &json);
+        if result.is_ok() {
+            *offsets = next;
+        } else if offsets.is_empty() {
+            // A group whose first commit failed does not exist.
+            drop(offsets);
+            self.groups
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(group);
+        }
+        result
+    }
+}

@@ -1,0 +1,208 @@
+//! The broker: topics made of partitions, their metadata on disk, the partitioner, and
+//! consumer group offsets. It owns the partition logs and wakes waiting consumers after each
+//! append. Methods that touch files block: the HTTP layer calls them off the async workers.
+
+pub mod error;
+pub mod groups;
+pub mod partitioner;
+pub mod topic;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+pub use error::BrokerError;
+pub use topic::{Partition, Topic, TopicOverrides};
+
+use crate::config::Config;
+use crate::log::Prefaulter;
+
+/// Topic and group names: `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`. Checked before any
+/// path is built from a name.
+pub fn validate_name(name: &str) -> Result<(), BrokerError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BrokerError::InvalidName(name.to_owned()))
+    }
+}
+
+/// Name of the directory holding group offsets: `@` cannot appear in a topic name.
+pub const GROUPS_DIR: &str = "@groups";
+
+/// All topics of a data directory.
+#[derive(Debug)]
+pub struct Broker {
+    config: Arc<Config>,
+    data_dir: PathBuf,
+    /// The topics by name. Held only to look up, insert or remove an `Arc<Topic>`, never
+    /// across file work; topic creation and deletion are serialized by `admin`.
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes topic creation and deletion (file work). Lock order: `admin`, then
+    /// `topics`.
+    admin: std::sync::Mutex<()>,
+    groups: groups::Groups,
+    prefaulter: Prefaulter,
+}
+
+impl Broker {
+    /// Opens the data directory, recovering every partition of every topic.
+    pub fn open(config: Arc<Config>) -> Result<Self, BrokerError> {
+        let data_dir = config.data_dir.clone();
+        fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
+        let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
+        let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
+        let broker = Broker {
+            config,
+            data_dir,
+            topics: RwLock::new(BTreeMap::new()),
+            admin: std::sync::Mutex::new(()),
+            groups,
+            prefaulter,
+        };
+        let mut topics = BTreeMap::new();
+        let entries =
+            fs::read_dir(&broker.data_dir).map_err(|e| BrokerError::io(&broker.data_dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| BrokerError::io(&broker.data_dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == GROUPS_DIR {
+                continue;
+            }
+            let path = entry.path();
+            if validate_name(&name).is_err() || !path.join(topic::META_FILE).is_file() {
+                tracing::warn!(path = %path.display(), "unexpected entry in data directory; left alone");
+                continue;
+            }
+            let t = Topic::open(&path, &name, &broker.config, broker.prefaulter.handle())?;
+            topics.insert(name, Arc::new(t));
+        }
+        tracing::info!(topics = topics.len(), data_dir = %broker.data_dir.display(), "data directory opened");
+        *broker.topics.write().unwrap_or_else(|p| p.into_inner()) = topics;
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn groups(&self) -> &groups::Groups {
+        &self.groups
+    }
+
+    /// The topic called `name`, if it exists.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        validate_name(name)?;
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    /// Every topic, by name.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a topic. Blocks (creates files).
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: Option<u32>,
+        overrides: TopicOverrides,
+    ) -> Result<Arc<Topic>, BrokerError> {
+        validate_name(name)?;
+        let partitions = partitions.unwrap_or(self.config.default_partitions);
+        if partitions == 0 || partitions > self.config.max_partitions_per_topic {
+            return Err(BrokerError::InvalidConfig(format!(
+                "partitions must be between 1 and {}",
+                self.config.max_partitions_per_topic
+            )));
+        }
+        overrides.validate()?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.topic(name).is_ok() {
+            return Err(BrokerError::TopicExists(name.to_owned()));
+        }
+        let dir = self.data_dir.join(name);
+        let t = Topic::create(
+            &dir,
+            name,
+            partitions,
+            overrides,
+            &self.config,
+            self.prefaulter.handle(),
+        )?;
+        let t = Arc::new(t);
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), Arc::clone(&t));
+        tracing::info!(topic = name, partitions, "topic created");
+        Ok(t)
+    }
+
+    /// The topic, created with the defaults if it is missing and auto-creation is on.
+    pub fn topic_for_produce(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        match self.topic(name) {
+            Err(BrokerError::TopicNotFound(_)) if self.config.auto_create_topics => {
+                match self.create_topic(name, None, TopicOverrides::default()) {
+                    Err(BrokerError::TopicExists(_)) => self.topic(name),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes a topic and its files. Local tailers that map its segments keep reading what
+    /// they mapped. Blocks.
+    pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        validate_name(name)?;
+        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))?;
+        t.mark_deleted();
+        let dir = self.data_dir.join(name);
+        fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
+        let _ = crate::log::segment::sync_dir(&self.data_dir);
+        tracing::info!(topic = name, "topic deleted");
+        Ok(())
+    }
+
+    /// msyncs every partition. Blocks.
+    pub fn flush_all(&self) -> Result<(), BrokerError> {
+        let mut first_error = None;
+        for t in self.topics() {
+            for p in t.partitions() {
+                if let Err(e) = p.log().flush() {
+                    first_error.get_or_insert(BrokerError::Log(e));
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

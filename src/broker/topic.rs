@@ -1,0 +1,271 @@
+//! A topic: its metadata file and its partitions.
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::sync::watch;
+
+use super::error::BrokerError;
+use super::partitioner::RoundRobin;
+use crate::config::Config;
+use crate::log::prefault::PrefaultHandle;
+use crate::log::{Appended, LogError, PartitionLog, Record};
+
+/// The topic metadata file, `<data_dir>/<topic>/topic.json`.
+pub const META_FILE: &str = "topic.json";
+
+/// A topic's overrides of the server's defaults. Absent: the server default applies;
+/// `null`: no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicOverrides {
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some"
+    )]
+    pub retention_ms: Option<Option<u64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some"
+    )]
+    pub retention_bytes: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some"
+    )]
+    pub segment_ms: Option<Option<u64>>,
+}
+
+/// A present field (even `null`) is `Some`.
+fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
+}
+
+impl TopicOverrides {
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        if let Some(b) = self.segment_bytes {
+            if b < 64 << 10 {
+                return Err(BrokerError::InvalidConfig(
+                    "segment_bytes must be at least 65536".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A topic's effective settings: its overrides over the server defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TopicConfig {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: u64,
+    pub segment_ms: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TopicMeta {
+    name: String,
+    partitions: u32,
+    #[serde(default)]
+    config: TopicOverrides,
+}
+
+/// One partition: its log, and a watch of its end offset that wakes waiting consumers.
+#[derive(Debug)]
+pub struct Partition {
+    id: u32,
+    log: PartitionLog,
+    end_offset: watch::Sender<u64>,
+}
+
+impl Partition {
+    fn open(dir: &Path, id: u32, config: &crate::log::LogConfig) -> Result<Self, BrokerError> {
+        let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
+        let end = log.end_offset();
+        Ok(Partition {
+            id,
+            log,
+            end_offset: watch::Sender::new(end),
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    /// A receiver that changes whenever records are appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.end_offset.subscribe()
+    }
+
+    /// Appends a batch (blocks: may create a segment file) and wakes waiting consumers.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended, LogError> {
+        let appended = self.log.append(records)?;
+        self.end_offset.send_replace(self.log.end_offset());
+        Ok(appended)
+    }
+
+    /// Appends client-built frames (blocks) and wakes waiting consumers.
+    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended, LogError> {
+        let appended = self.log.append_frames(frames)?;
+        self.end_offset.send_replace(self.log.end_offset());
+        Ok(appended)
+    }
+}
+
+/// A topic: a fixed number of partitions.
+#[derive(Debug)]
+pub struct Topic {
+    name: String,
+    overrides: TopicOverrides,
+    config: TopicConfig,
+    partitions: Vec<Arc<Partition>>,
+    round_robin: RoundRobin,
+    deleted: AtomicBool,
+}
+
+fn effective(o: &TopicOverrides, c: &Config) -> TopicConfig {
+    TopicConfig {
+        retention_ms: o.retention_ms.unwrap_or(c.retention_ms),
+        retention_bytes: o.retention_bytes.unwrap_or(c.retention_bytes),
+        segment_bytes: o.segment_bytes.unwrap_or(c.segment_bytes),
+        segment_ms: o.segment_ms.unwrap_or(c.segment_ms),
+    }
+}
+
+impl Topic {
+    /// Creates the topic's directory, metadata (durably) and partitions.
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        partitions: u32,
+        overrides: TopicOverrides,
+        config: &Config,
+        prefaulter: PrefaultHandle,
+    ) -> Result<Self, BrokerError> {
+        fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
+        let meta = TopicMeta {
+            name: name.to_owned(),
+            partitions,
+            config: overrides,
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        write_durably(&dir.join(META_FILE), &json)?;
+        if let Some(parent) = dir.parent() {
+            let _ = crate::log::segment::sync_dir(parent);
+        }
+        Self::open(dir, name, config, prefaulter)
+    }
+
+    /// Opens an existing topic directory.
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        config: &Config,
+        prefaulter: PrefaultHandle,
+    ) -> Result<Self, BrokerError> {
+        let path = dir.join(META_FILE);
+        let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
+        let meta: TopicMeta = serde_json::from_slice(&bytes)
+            .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+        if meta.name != name || meta.partitions == 0 {
+            return Err(BrokerError::Corrupt(format!(
+                "{}: does not describe topic {name}",
+                path.display()
+            )));
+        }
+        let topic_config = effective(&meta.config, config);
+        let mut log_config = config.log_config(topic_config.segment_bytes);
+        log_config.prefaulter = Some(prefaulter);
+        let partitions = (0..meta.partitions)
+            .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Topic {
+            name: name.to_owned(),
+            overrides: meta.config,
+            config: topic_config,
+            partitions,
+            round_robin: RoundRobin::default(),
+            deleted: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    pub fn overrides(&self) -> &TopicOverrides {
+        &self.overrides
+    }
+
+    pub fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+
+    pub fn partition_count(&self) -> u32 {
+        self.partitions.len() as u32
+    }
+
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>, BrokerError> {
+        self.partitions
+            .get(id as usize)
+            .ok_or(BrokerError::PartitionNotFound {
+                topic: self.name.clone(),
+                partition: id,
+            })
+    }
+
+    /// The partition for a record: explicit, else by key, else round-robin.
+    pub fn choose_partition(
+        &self,
+        explicit: Option<u32>,
+        key: Option<&[u8]>,
+    ) -> Result<u32, BrokerError> {
+        let n = self.partition_count();
+        match (explicit, key) {
+            (Some(p), _) => self.partition(p).map(|_| p),
+            (None, Some(k)) => Ok(super::partitioner::partition_for_key(k, n)),
+            (None, None) => Ok(self.round_robin.next(n)),
+        }
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, fsync of
+/// the directory.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(|e| BrokerError::io(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| BrokerError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| BrokerError::io(&tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| BrokerError::io(path, e))?;
+    if let Some(dir) = path.parent() {
+        crate::log::segment::sync_dir(dir).map_err(BrokerError::Log)?;
+    }
+    Ok(())
+}

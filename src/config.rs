@@ -1,0 +1,304 @@
+//! Server configuration: embedded defaults, then a TOML file, then `MAPQ_<KEY>` environment
+//! variables, then command-line flags. Every key, its unit and its default are documented in
+//! `config/mapq.toml`, which is also the embedded default file, so the two cannot disagree.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The documented default configuration, embedded in the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/mapq.toml");
+
+/// Durability of a produce acknowledgement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged once published in the mapping (page cache): survives a process crash.
+    Memory,
+    /// Acknowledged once msync has made it durable: survives power loss.
+    Fsync,
+}
+
+/// Every setting. Sizes and durations carry their unit in their name. See
+/// `config/mapq.toml` for what each one means.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub auto_create_topics: bool,
+    pub default_partitions: u32,
+    pub segment_bytes: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub segment_ms: Option<u64>,
+    #[serde(deserialize_with = "nullable")]
+    pub retention_ms: Option<u64>,
+    #[serde(deserialize_with = "nullable")]
+    pub retention_bytes: Option<u64>,
+    pub retention_check_interval_ms: u64,
+    pub flush_interval_ms: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub flush_messages: Option<u64>,
+    pub default_durability: Durability,
+    pub max_request_bytes: u64,
+    pub max_record_bytes: u64,
+    pub max_long_poll_waiters: u64,
+    pub max_partitions_per_topic: u32,
+    pub reserve_chunk_bytes: u64,
+    pub prefault_bytes: u64,
+}
+
+/// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.
+fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(Some(n)),
+        Raw::Text(t) if t == "null" || t == "none" => Ok(None),
+        Raw::Text(t) => Err(serde::de::Error::custom(format!(
+            "expected a non-negative integer or \"null\", found {t:?}"
+        ))),
+    }
+}
+
+/// A configuration that cannot be used, with the key at fault named.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// Overrides from the command line, highest precedence.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// The embedded defaults.
+    pub fn defaults() -> Self {
+        toml::from_str(DEFAULT_TOML).expect("the embedded config/mapq.toml is valid")
+    }
+
+    /// Loads defaults, then `file`, then `MAPQ_*` variables from `env`, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = DEFAULT_TOML.parse().expect("embedded config parses");
+        let known: Vec<String> = table.keys().cloned().collect();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let origin = path.display().to_string();
+            let file_table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        origin: origin.clone(),
+                        message: e.message().to_owned(),
+                    })?;
+            for (key, value) in file_table {
+                if !known.contains(&key) {
+                    return Err(ConfigError::Invalid {
+                        origin,
+                        message: format!("unknown key `{key}`"),
+                    });
+                }
+                table.insert(key, value);
+            }
+        }
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix("MAPQ_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if !known.contains(&key) {
+                return Err(ConfigError::Invalid {
+                    origin: format!("environment variable {name}"),
+                    message: format!("unknown key `{key}`"),
+                });
+            }
+            table.insert(key, env_value(&raw));
+        }
+        if let Some(listen) = overrides.listen {
+            table.insert("listen".into(), toml::Value::String(listen.to_string()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            table.insert(
+                "data_dir".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        let config = Config::deserialize(table.clone()).map_err(|e| {
+            // Name the key at fault: the defaults are valid, so swap values in one by one.
+            let defaults: toml::Table = DEFAULT_TOML.parse().expect("embedded config parses");
+            let culprit = table.iter().find(|(key, value)| {
+                let mut one = defaults.clone();
+                one.insert((*key).clone(), (*value).clone());
+                Config::deserialize(one).is_err()
+            });
+            match culprit {
+                Some((key, value)) => ConfigError::Invalid {
+                    origin: format!("key `{key}`"),
+                    message: format!("bad value {value}: {}", e.message()),
+                },
+                None => ConfigError::Invalid {
+                    origin: "configuration".into(),
+                    message: e.message().to_owned(),
+                },
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                origin: format!("key `{key}`"),
+                message: message.to_owned(),
+            })
+        };
+        if self.segment_bytes < 64 << 10 {
+            return bad("segment_bytes", "must be at least 65536");
+        }
+        if self.default_partitions == 0 || self.default_partitions > self.max_partitions_per_topic {
+            return bad(
+                "default_partitions",
+                "must be between 1 and max_partitions_per_topic",
+            );
+        }
+        if self.max_record_bytes > self.max_request_bytes {
+            return bad("max_record_bytes", "must not exceed max_request_bytes");
+        }
+        if self.max_record_bytes >= u32::MAX as u64 / 2 {
+            return bad("max_record_bytes", "must be below 2 GiB");
+        }
+        if self.flush_interval_ms == 0 {
+            return bad("flush_interval_ms", "must be at least 1");
+        }
+        if self.retention_check_interval_ms == 0 {
+            return bad("retention_check_interval_ms", "must be at least 1");
+        }
+        if self.flush_messages == Some(0) {
+            return bad("flush_messages", "must be at least 1, or null");
+        }
+        Ok(())
+    }
+
+    /// The engine settings for a partition of a topic with `segment_bytes`.
+    pub fn log_config(&self, segment_bytes: u64) -> crate::log::LogConfig {
+        crate::log::LogConfig {
+            segment_bytes,
+            reserve_chunk_bytes: self.reserve_chunk_bytes,
+            prefault_bytes: self.prefault_bytes,
+            ..crate::log::LogConfig::default()
+        }
+    }
+}
+
+/// An environment value as TOML: a number, a boolean, or else a string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(n) = raw.parse::<i64>() {
+        return toml::Value::Integer(n);
+    }
+    match raw {
+        "true" => toml::Value::Boolean(true),
+        "false" => toml::Value::Boolean(false),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(None, env, &Overrides::default())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::defaults();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.auto_create_topics);
+        assert_eq!(c.default_partitions, 1);
+        assert_eq!(c.segment_bytes, 1_073_741_824);
+        assert_eq!(c.segment_ms, Some(604_800_000));
+        assert_eq!(c.retention_ms, Some(604_800_000));
+        assert_eq!(c.retention_bytes, None);
+        assert_eq!(c.retention_check_interval_ms, 30_000);
+        assert_eq!(c.flush_interval_ms, 1000);
+        assert_eq!(c.flush_messages, None);
+        assert_eq!(c.default_durability, Durability::Memory);
+        assert_eq!(c.max_request_bytes, 16_777_216);
+        assert_eq!(c.max_record_bytes, 1_048_576);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn environment_overrides_and_null() {
+        let c = load_env(&[
+            ("MAPQ_FLUSH_INTERVAL_MS", "100"),
+            ("MAPQ_RETENTION_MS", "null"),
+            ("MAPQ_AUTO_CREATE_TOPICS", "false"),
+            ("MAPQ_DEFAULT_DURABILITY", "fsync"),
+            ("PATH", "/usr/bin"),
+        ])
+        .unwrap();
+        assert_eq!(c.flush_interval_ms, 100);
+        assert_eq!(c.retention_ms, None);
+        assert!(!c.auto_create_topics);
+        assert_eq!(c.default_durability, Durability::Fsync);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e = load_env(&[("MAPQ_FLUSH_INTERVALL_MS", "1")]).unwrap_err();
+        assert!(e.to_string().contains("flush_intervall_ms"), "{e}");
+        let e = load_env(&[("MAPQ_FLUSH_INTERVAL_MS", "soon")]).unwrap_err();
+        assert!(e.to_string().contains("flush_interval_ms"), "{e}");
+        let e = load_env(&[("MAPQ_SEGMENT_BYTES", "10")]).unwrap_err();
+        assert!(e.to_string().contains("segment_bytes"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9\"\nbogus = 1\n").unwrap();
+        let e = Config::load(Some(&f), [], &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn flags_beat_environment_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:1\"\nflush_interval_ms = 5\n").unwrap();
+        let env = [("MAPQ_LISTEN".to_string(), "127.0.0.1:2".to_string())];
+        let c = Config::load(Some(&f), env.clone(), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.flush_interval_ms, 5);
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".parse().unwrap()),
+            data_dir: Some("/tmp/x".into()),
+        };
+        let c = Config::load(Some(&f), env, &flags).unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics, named by Prometheus conventions (base units, `_total` counters).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::broker::Broker;
+
+/// Buckets from 10 µs to 10 s: produce and consume latencies span that range.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The server's metrics and their registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub records_appended: IntCounterVec,
+    pub bytes_appended: IntCounterVec,
+    pub records_read: IntCounterVec,
+    pub bytes_read: IntCounterVec,
+    log_start: IntGaugeVec,
+    log_end: IntGaugeVec,
+    log_durable: IntGaugeVec,
+    log_size: IntGaugeVec,
+    log_segments: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let tp = &["topic", "partition"];
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(name, help), tp)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mapq_http_request_duration_seconds",
+                "HTTP request latency, by method and route template",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "route"],
+        )?;
+        registry.register(Box::new(http_duration.clone()))?;
+        let m = Metrics {
+            http_requests: counter(
+                "mapq_http_requests_total",
+                "HTTP requests, by method, route template and status",
+                &["method", "route", "status"],
+            )?,
+            http_duration,
+            records_appended: counter("mapq_records_appended_total", "Records appended", tp)?,
+            bytes_appended: counter("mapq_bytes_appended_total", "Bytes of frames appended", tp)?,
+            records_read: counter("mapq_records_read_total", "Records served to consumers", tp)?,
+            bytes_read: counter(
+                "mapq_bytes_read_total",
+                "Bytes of frames served to consumers",
+                tp,
+            )?,
+            log_start: gauge("mapq_log_start_offset", "Earliest offset stored")?,
+            log_end: gauge("mapq_log_end_offset", "Offset the next record will get")?,
+            log_durable: gauge(
+                "mapq_log_durable_offset",
+                "Records below this offset are durable",
+            )?,
+            log_size: gauge("mapq_log_size_bytes", "Bytes of frames stored")?,
+            log_segments: gauge("mapq_log_segments", "Segments of the partition")?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Called once the broker is open (the gauges are read from it at each scrape).
+    pub fn register_broker(&self, _broker: &Broker) {}
+
+    /// The text exposition, with the log gauges refreshed from `broker`.
+    pub fn render(&self, broker: Option<&Broker>) -> String {
+        if let Some(b) = broker {
+            for g in [
+                &self.log_start,
+                &self.log_end,
+                &self.log_durable,
+                &self.log_size,
+                &self.log_segments,
+            ] {
+                g.reset();
+            }
+            for t in b.topics() {
+                for p in t.partitions() {
+                    let labels = [t.name(), &p.id().to_string()];
+                    let log = p.log();
+                    self.log_start
+                        .with_label_values(&labels)
+                        .set(log.start_offset() as i64);
+                    self.log_end
+                        .with_label_values(&labels)
+                        .set(log.end_offset() as i64);
+                    self.log_durable
+                        .with_label_values(&labels)
+                        .set(log.durable_offset() as i64);
+                    self.log_size
+                        .with_label_values(&labels)
+                        .set(log.size_bytes() as i64);
+                    self.log_segments
+                        .with_label_values(&labels)
+                        .set(log.segment_count() as i64);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Forgets the series of a deleted topic.
+    pub fn remove_topic(&self, topic: &str, partitions: u32) {
+        for p in 0..partitions {
+            let labels = [topic, &p.to_string()];
+            for c in [
+                &self.records_appended,
+                &self.bytes_appended,
+                &self.records_read,
+                &self.bytes_read,
+            ] {
+                let _ = c.remove_label_values(&labels);
+            }
+        }
+    }
+}

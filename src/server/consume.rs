@@ -1,0 +1,411 @@
+//! Consuming: `GET .../records` (JSON or the raw frames, zero-copy, with long-poll) and
+//! `GET .../stream` (Server-Sent Events).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::OwnedSemaphorePermit;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{record_target, AppState};
+use crate::broker::{Partition, Topic};
+use crate::log::{ReadBatch, StoredRecord};
+
+/// Longest long-poll a consumer may ask for.
+const MAX_WAIT_MS: u64 = 30_000;
+/// Largest `max_bytes` honoured; larger values are clamped.
+const MAX_BYTES_CAP: usize = 64 << 20;
+/// Largest `max_records` honoured; larger values are clamped.
+const MAX_RECORDS_CAP: usize = 100_000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeQuery {
+    /// A number, `earliest` or `latest`. Default `earliest`.
+    offset: Option<String>,
+    /// Start at the first record with a timestamp at or after this (instead of `offset`).
+    timestamp_ms: Option<i64>,
+    /// Default 1000.
+    max_records: Option<usize>,
+    /// Default 1 MiB; at least one record is returned even if it alone is larger.
+    max_bytes: Option<usize>,
+    /// Long-poll: wait up to this long (at most 30000) for a record at or after `offset`.
+    wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// A number, `earliest` or `latest`. Default `latest`. `Last-Event-ID` wins over it.
+    offset: Option<String>,
+}
+
+/// A record as JSON.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordOut<'a> {
+    pub offset: u64,
+    pub timestamp_ms: i64,
+    /// The key when it is UTF-8; `null` when the record has no key.
+    #[schema(value_type = Option<String>)]
+    pub key: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_b64: Option<String>,
+    /// The value: as JSON when produced as JSON, else a string when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<ValueOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+    #[schema(value_type = BTreeMap<String, String>)]
+    pub headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ValueOut<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumeResponse<'a> {
+    #[schema(value_type = Vec<RecordOut>)]
+    pub records: Vec<RecordOut<'a>>,
+    /// The offset to ask for next.
+    pub next_offset: u64,
+    /// The offset the next produced record will get.
+    pub high_watermark: u64,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The JSON form of a stored record.
+pub fn record_json(r: &StoredRecord) -> RecordOut<'_> {
+    let (key, key_b64) = match r.key.as_deref() {
+        None => (None, None),
+        Some(k) => match std::str::from_utf8(k) {
+            Ok(s) => (Some(Cow::Borrowed(s)), None),
+            Err(_) => (None, Some(b64(k))),
+        },
+    };
+    let json = r
+        .value_is_json()
+        .then(|| serde_json::from_slice::<&RawValue>(&r.value).ok())
+        .flatten();
+    let (value, value_b64) = match json {
+        Some(raw) => (Some(ValueOut::Json(raw)), None),
+        None => match std::str::from_utf8(&r.value) {
+            Ok(s) => (Some(ValueOut::Text(s)), None),
+            Err(_) => (None, Some(b64(&r.value))),
+        },
+    };
+    let headers = r
+        .headers()
+        .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+        .collect();
+    RecordOut {
+        offset: r.offset,
+        timestamp_ms: r.timestamp_ms,
+        key,
+        key_b64,
+        value,
+        value_b64,
+        headers,
+    }
+}
+
+/// Resolves `earliest`, `latest`, a number, or a timestamp to an offset.
+fn start_offset(
+    p: &Partition,
+    offset: Option<&str>,
+    timestamp_ms: Option<i64>,
+    default_latest: bool,
+) -> ApiResult<u64> {
+    let log = p.log();
+    match (offset, timestamp_ms) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give either `offset` or `timestamp_ms`, not both",
+        )),
+        (None, Some(ts)) => Ok(log.offset_for_timestamp(ts)?.unwrap_or(log.end_offset())),
+        (Some("earliest"), None) => Ok(log.start_offset()),
+        (Some("latest"), None) => Ok(log.end_offset()),
+        (None, None) if default_latest => Ok(log.end_offset()),
+        (None, None) => Ok(log.start_offset()),
+        (Some(n), None) => n.parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "offset must be a number, `earliest` or `latest`, not {n:?}"
+            ))
+        }),
+    }
+}
+
+fn parse_partition(topic: &Topic, raw: &str) -> ApiResult<Arc<Partition>> {
+    let id: u32 = raw.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "partition must be a non-negative number, not {raw:?}"
+        ))
+    })?;
+    Ok(Arc::clone(topic.partition(id)?))
+}
+
+fn wants_octets(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/octet-stream"))
+}
+
+/// Takes a waiter permit, or answers 429 when too many consumers already wait.
+fn waiter_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
+    Arc::clone(state.waiters())
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_waiters",
+                "too many consumers are waiting; retry later or without wait_ms",
+            )
+        })
+}
+
+/// Read records from a partition.
+///
+/// With `Accept: application/octet-stream` the body is the record frames exactly as they
+/// lie in the segment (see the on-disk format), sent straight from the mapping, with the
+/// headers `X-Mapq-Next-Offset` and `X-Mapq-High-Watermark`. Otherwise JSON.
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records", tag = "records",
+    params(("topic" = String, Path), ("partition" = u32, Path), ConsumeQuery),
+    responses(
+        (status = 200, content(
+            (ConsumeResponse = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
+        (status = 416, description = "`offset_out_of_range`, with `earliest` and `latest`", body = ErrorBody),
+        (status = 429, description = "`too_many_waiters`", body = ErrorBody),
+    ))]
+pub async fn consume(
+    State(state): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    query: Result<Query<ConsumeQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let broker = state.broker_for_read()?;
+    let t = broker.topic(&topic)?;
+    let p = parse_partition(&t, &partition)?;
+    record_target(&topic, Some(p.id()));
+    let max_records = q.max_records.unwrap_or(1000);
+    if max_records == 0 {
+        return Err(ApiError::bad_request("max_records must be at least 1"));
+    }
+    let max_records = max_records.min(MAX_RECORDS_CAP);
+    let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP);
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let offset = start_offset(&p, q.offset.as_deref(), q.timestamp_ms, false)?;
+    let mut batch = p.log().read(offset, max_records, max_bytes)?;
+    if batch.record_count == 0 && wait_ms > 0 {
+        let _permit = waiter_permit(&state)?;
+        let mut changes = p.subscribe();
+        let mut shutdown = state.shutdown_signal();
+        let deadline = tokio::time::sleep(Duration::from_millis(wait_ms));
+        tokio::pin!(deadline);
+        // Woken by the append itself (the partition's watch), not by a timer.
+        tokio::select! {
+            _ = changes.wait_for(|&end| end > offset) => {}
+            _ = &mut deadline => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        batch = p.log().read(offset, max_records, max_bytes)?;
+    }
+    let labels = [topic.as_str(), &p.id().to_string()];
+    let metrics = state.metrics();
+    metrics
+        .records_read
+        .with_label_values(&labels)
+        .inc_by(batch.record_count as u64);
+    metrics
+        .bytes_read
+        .with_label_values(&labels)
+        .inc_by(batch.byte_len() as u64);
+    if wants_octets(&headers) {
+        Ok(octets_response(batch))
+    } else {
+        Ok(json_response(&batch))
+    }
+}
+
+/// The frames, straight from the mapping: the body is the batch's `Bytes` chunks, which
+/// point into the segment files; nothing is copied in user space.
+fn octets_response(batch: ReadBatch) -> Response {
+    let len = batch.byte_len();
+    let next = batch.next_offset;
+    let hwm = batch.high_watermark;
+    let body = match batch.chunks.len() {
+        1 => Body::from(batch.chunks.into_iter().next().unwrap_or_default()),
+        _ => Body::from_stream(stream::iter(
+            batch.chunks.into_iter().map(Ok::<Bytes, Infallible>),
+        )),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert("x-mapq-next-offset", HeaderValue::from(next));
+    h.insert("x-mapq-high-watermark", HeaderValue::from(hwm));
+    resp
+}
+
+fn json_response(batch: &ReadBatch) -> Response {
+    let records: Vec<StoredRecord> = batch.records().collect();
+    let body = ConsumeResponse {
+        records: records.iter().map(record_json).collect(),
+        next_offset: batch.next_offset,
+        high_watermark: batch.high_watermark,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// A live tail as Server-Sent Events: one event per record, `id:` its offset, `data:` the
+/// record as JSON. Honours `Last-Event-ID` to resume after the last event received.
+#[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/stream", tag = "records",
+    params(("topic" = String, Path), ("partition" = u32, Path), StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset")),
+    responses(
+        (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
+        (status = 416, description = "`offset_out_of_range`", body = ErrorBody),
+        (status = 429, description = "`too_many_waiters`", body = ErrorBody),
+    ))]
+pub async fn stream(
+    State(state): State<AppState>,
+    Path((topic, partition)): Path<(String, String)>,
+    query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let broker = state.broker_for_read()?;
+    let t = broker.topic(&topic)?;
+    let p = parse_partition(&t, &partition)?;
+    record_target(&topic, Some(p.id()));
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|id| id + 1)
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an offset"))
+        })
+        .transpose()?;
+    let offset = match resume {
+        Some(o) => o,
+        None => start_offset(&p, q.offset.as_deref(), None, true)?,
+    };
+    // Fail fast on an offset outside the log.
+    p.log().read(offset, 1, 1)?;
+    let permit = waiter_permit(&state)?;
+    let tail = Tail {
+        partition: p,
+        offset,
+        changes: None,
+        shutdown: state.shutdown_signal(),
+        done: false,
+        _permit: permit,
+    };
+    let events = stream::unfold(tail, |mut tail| async move {
+        let events = tail.next_events().await?;
+        Some((stream::iter(events.into_iter().map(Ok)), tail))
+    })
+    .flatten();
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+struct Tail {
+    partition: Arc<Partition>,
+    offset: u64,
+    changes: Option<tokio::sync::watch::Receiver<u64>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Tail {
+    /// The next events: records as soon as there are some, an error event at the end when the
+    /// position is lost, `None` when the stream ends (shutdown).
+    async fn next_events(&mut self) -> Option<Vec<Event>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            // Subscribe before reading, so an append between the read and the wait wakes us.
+            let changes = self
+                .changes
+                .get_or_insert_with(|| self.partition.subscribe());
+            changes.borrow_and_update();
+            match self.partition.log().read(self.offset, 100, 1 << 20) {
+                Ok(batch) if batch.record_count > 0 => {
+                    self.offset = batch.next_offset;
+                    let events = batch
+                        .records()
+                        .map(|r| {
+                            let data = serde_json::to_string(&record_json(&r))
+                                .unwrap_or_else(|_| "{}".into());
+                            Event::default().id(r.offset.to_string()).data(data)
+                        })
+                        .collect();
+                    return Some(events);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    let err = ApiError::from(e);
+                    let data =
+                        serde_json::json!({"error": {"code": err.code, "message": err.message}});
+                    return Some(vec![Event::default().event("error").data(data.to_string())]);
+                }
+            }
+            let changes = self.changes.as_mut()?;
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return None },
+                _ = self.shutdown.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Consumer group offsets.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{blocking, AppState};
+use crate::broker::validate_name;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OffsetIn {
+    pub topic: String,
+    pub partition: u32,
+    /// The next offset the group will consume (at most the high watermark).
+    pub offset: u64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub offsets: Vec<OffsetIn>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OffsetOut {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// High watermark minus the committed offset.
+    pub lag: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupOffsets {
+    pub offsets: Vec<OffsetOut>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupList {
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct GroupQuery {
+    /// Only this topic's offsets.
+    topic: Option<String>,
+}
+
+/// Commit a group's offsets. Durable (fsync) before the answer.
+#[utoipa::path(put, path = "/v1/groups/{group}/offsets", tag = "groups",
+    params(("group" = String, Path)),
+    request_body = CommitRequest,
+    responses(
+        (status = 204, description = "Committed, durably"),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
+    ))]
+pub async fn commit_offsets(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    body: Result<Json<CommitRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    validate_name(&group)?;
+    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if req.offsets.is_empty() {
+        return Err(ApiError::bad_request("`offsets` is empty"));
+    }
+    let broker = state.broker()?;
+    let mut entries = Vec::with_capacity(req.offsets.len());
+    for o in req.offsets {
+        let t = broker.topic(&o.topic)?;
+        let hwm = t.partition(o.partition)?.log().end_offset();
+        if o.offset > hwm {
+            return Err(ApiError::bad_request(format!(
+                "offset {} is beyond the end ({hwm}) of {}/{}",
+                o.offset, o.topic, o.partition
+            )));
+        }
+        entries.push((o.topic, o.partition, o.offset));
+    }
+    blocking(move || {
+        broker
+            .groups()
+            .commit(&group, &entries)
+            .map_err(ApiError::from)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A group's committed offsets and lag.
+#[utoipa::path(get, path = "/v1/groups/{group}/offsets", tag = "groups",
+    params(("group" = String, Path), GroupQuery),
+    responses(
+        (status = 200, body = GroupOffsets),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`group_not_found`", body = ErrorBody),
+    ))]
+pub async fn get_offsets(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    query: Result<Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<GroupOffsets>> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let broker = state.broker_for_read()?;
+    let committed = broker.groups().offsets(&group)?;
+    let mut offsets = Vec::new();
+    for ((topic, partition), offset) in committed {
+        if q.topic.as_ref().is_some_and(|t| *t != topic) {
+            continue;
+        }
+        // Offsets of deleted topics or partitions are not shown.
+        let Ok(t) = broker.topic(&topic) else {
+            continue;
+        };
+        let Ok(p) = t.partition(partition) else {
+            continue;
+        };
+        let hwm = p.log().end_offset();
+        offsets.push(OffsetOut {
+            topic,
+            partition,
+            offset,
+            lag: hwm.saturating_sub(offset),
+        });
+    }
+    Ok(Json(GroupOffsets { offsets }))
+}
+
+/// List groups with committed offsets.
+#[utoipa::path(get, path = "/v1/groups", tag = "groups",
+    responses((status = 200, body = GroupList)))]
+pub async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<GroupList>> {
+    let broker = state.broker_for_read()?;
+    Ok(Json(GroupList {
+        groups: broker.groups().names(),
+    }))
+}

@@ -1,0 +1,306 @@
+//! The HTTP layer: axum handlers for every route of the API contract, request tracing,
+//! readiness and graceful shutdown. It speaks in topics, partitions and records; byte layouts
+//! stay in the engine.
+
+mod consume;
+pub mod error;
+mod groups;
+mod ops;
+mod produce;
+mod topics;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use tokio::sync::{watch, Semaphore};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use error::{ApiError, ApiResult, ErrorCode};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Arc<Config>,
+    /// Set once every partition has been recovered.
+    broker: OnceLock<Arc<Broker>>,
+    shutting_down: AtomicBool,
+    /// Becomes true when shutdown begins: wakes long-polls and SSE streams.
+    shutdown: watch::Sender<bool>,
+    /// Permits for consumers blocked in a long-poll or an SSE stream.
+    waiters: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
+        let waiters = Arc::new(Semaphore::new(config.max_long_poll_waiters as usize));
+        AppState(Arc::new(Inner {
+            config,
+            broker: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+            shutdown: watch::Sender::new(false),
+            waiters,
+            metrics,
+        }))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The broker, once recovery has finished and while not shutting down.
+    pub fn broker(&self) -> ApiResult<Arc<Broker>> {
+        if self.0.shutting_down.load(Ordering::Acquire) {
+            return Err(ApiError::shutting_down());
+        }
+        self.0.broker.get().cloned().ok_or_else(ApiError::not_ready)
+    }
+
+    /// The broker even while shutting down (reads finish during a graceful stop).
+    pub fn broker_for_read(&self) -> ApiResult<Arc<Broker>> {
+        self.0.broker.get().cloned().ok_or_else(ApiError::not_ready)
+    }
+
+    pub fn set_broker(&self, broker: Arc<Broker>) {
+        let _ = self.0.broker.set(broker);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.broker.get().is_some() && !self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::Release);
+        self.0.shutdown.send_replace(true);
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.0.shutdown.subscribe()
+    }
+
+    pub fn waiters(&self) -> &Arc<Semaphore> {
+        &self.0.waiters
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mapq",
+        description = "HTTP API of mapq, a message queue on memory-mapped, segmented log files."
+    ),
+    tags(
+        (name = "topics"), (name = "records"), (name = "groups"), (name = "operations")
+    )
+)]
+struct ApiDoc;
+
+/// The router with every route, and the OpenAPI document generated from the same handlers.
+pub fn router(state: AppState) -> Router {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(topics::create_topic, topics::list_topics))
+        .routes(routes!(topics::describe_topic, topics::delete_topic))
+        .routes(routes!(produce::produce))
+        .routes(routes!(consume::consume))
+        .routes(routes!(consume::stream))
+        .routes(routes!(groups::commit_offsets, groups::get_offsets))
+        .routes(routes!(groups::list_groups))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .split_for_parts();
+    let api = Arc::new(api);
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), trace_request))
+        // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::Extension(api))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// One span per request, with the route template, topic, partition, status and latency;
+/// the request metrics. No per-record logging.
+async fn trace_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        topic = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    );
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status();
+    let elapsed = start.elapsed();
+    span.record("status", status.as_u16());
+    span.record("latency_us", elapsed.as_micros() as u64);
+    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(code, "request failed");
+        } else {
+            tracing::debug!(code, "request");
+        }
+    });
+    state
+        .metrics()
+        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+    resp
+}
+
+/// Records the topic (and partition) of the request on its span.
+pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
+    let span = tracing::Span::current();
+    span.record("topic", topic);
+    if let Some(p) = partition {
+        span.record("partition", p);
+    }
+}
+
+/// Runs blocking file work (append with possible segment creation, msync, fsync, file
+/// creation and deletion) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("blocking task failed: {e}"))))
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, finishes in-flight requests, msyncs
+/// every partition and returns.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let metrics = Metrics::new()?;
+    let state = AppState::new(Arc::clone(&config), metrics);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr: SocketAddr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    // Tests and scripts read the bound address (port 0 picks one) from this line.
+    println!("mapq listening on http://{addr}");
+
+    // Recovery runs while /healthz already answers and /readyz says 503.
+    let recovering = {
+        let state = state.clone();
+        let config = Arc::clone(&config);
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Broker>> {
+            let started = Instant::now();
+            let broker = Arc::new(Broker::open(config)?);
+            state.metrics().register_broker(&broker);
+            state.set_broker(Arc::clone(&broker));
+            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
+            Ok(broker)
+        })
+    };
+
+    let app = router(state.clone());
+    let shutdown_state = state.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_requested().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        shutdown_state.begin_shutdown();
+    });
+    let server = tokio::spawn(async move { server.await });
+
+    let broker = match recovering.await? {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the data directory");
+            return Err(e);
+        }
+    };
+    let flusher = tokio::spawn(flush_periodically(
+        Arc::clone(&broker),
+        Duration::from_millis(config.flush_interval_ms),
+        state.shutdown_signal(),
+    ));
+
+    server.await??;
+    let _ = flusher.await;
+    tokio::task::spawn_blocking(move || broker.flush_all()).await??;
+    tracing::info!("all partitions flushed; bye");
+    Ok(())
+}
+
+/// msyncs every partition every `interval`, until shutdown.
+async fn flush_periodically(
+    broker: Arc<Broker>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let b = Arc::clone(&broker);
+        match tokio::task::spawn_blocking(move || b.flush_all()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic flush failed"),
+            Err(e) => tracing::error!(error = %e, "periodic flush task failed"),
+        }
+    }
+}
+
+async fn shutdown_requested() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

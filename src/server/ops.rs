@@ -1,0 +1,73 @@
+//! Operations: health, readiness, metrics, the OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// `ok`, `ready`, `recovering` or `shutting_down`.
+    pub status: &'static str,
+}
+
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// 200 once every partition is recovered and the server accepts traffic; 503 before, and
+/// while shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Status), (status = 503, body = Status)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>) {
+    if state.is_ready() {
+        (StatusCode::OK, Json(Status { status: "ready" }))
+    } else if state.broker_for_read().is_ok() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Status {
+                status: "shutting_down",
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Status {
+                status: "recovering",
+            }),
+        )
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let broker = state.broker_for_read().ok();
+    let text = state.metrics().render(broker.as_deref());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn openapi(
+    Extension(api): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> impl IntoResponse {
+    Json(api.as_ref().clone())
+}

@@ -1,0 +1,445 @@
+//! `POST /v1/topics/{topic}/records`: JSON, NDJSON, a raw value, or binary frames.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::{blocking, record_target, AppState};
+use crate::broker::Topic;
+use crate::config::Durability;
+use crate::log::format::{self, decode_frame_unchecked_crc, Record};
+
+/// Query of a produce request.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceQuery {
+    /// `memory` (acknowledged once in the mapping) or `fsync` (once msync has made it
+    /// durable). Default: the server's `default_durability`.
+    durability: Option<Durability>,
+    /// Key of the record, for `application/octet-stream`.
+    key: Option<String>,
+    /// Partition, for `application/octet-stream` and `application/vnd.mapq.frames`.
+    partition: Option<u32>,
+}
+
+/// One record of a JSON or NDJSON produce request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordIn<'a> {
+    /// Key as a string; or use `key_b64`. Both absent: null key.
+    #[serde(borrow, default)]
+    key: Option<Cow<'a, str>>,
+    /// Key bytes, base64.
+    #[serde(borrow, default)]
+    key_b64: Option<Cow<'a, str>>,
+    /// Any JSON value, stored as its JSON text and returned as JSON.
+    #[serde(borrow, default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    value: Option<&'a RawValue>,
+    /// Value bytes, base64.
+    #[serde(borrow, default)]
+    value_b64: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    partition: Option<u32>,
+    /// Milliseconds since the Unix epoch; default: the server's clock.
+    timestamp_ms: Option<i64>,
+}
+
+/// A present `value`, even `null`, is `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// `application/json` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProduceRequest<'a> {
+    #[serde(borrow)]
+    records: Vec<RecordIn<'a>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordOffset {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// One entry per record, in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProduceResponse {
+    pub offsets: Vec<RecordOffset>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A record decoded from the request, owning what had to be decoded (base64, escapes).
+struct Owned<'a> {
+    partition: u32,
+    key: Option<Cow<'a, [u8]>>,
+    value: Cow<'a, [u8]>,
+    json: bool,
+    headers: Vec<Header<'a>>,
+    timestamp_ms: i64,
+}
+
+type Header<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+/// Offsets in request order, and the end offset of each partition written.
+type Appended = (Vec<RecordOffset>, Vec<(u32, u64)>);
+
+fn b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| ApiError::bad_request(format!("`{field}` is not valid base64: {e}")))
+}
+
+fn cow_bytes(c: Cow<'_, str>) -> Cow<'_, [u8]> {
+    match c {
+        Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+        Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+    }
+}
+
+fn decode_record<'a>(
+    r: RecordIn<'a>,
+    topic: &Topic,
+    now: i64,
+    max_record_bytes: u64,
+) -> ApiResult<Owned<'a>> {
+    let key = match (r.key, r.key_b64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a record has both `key` and `key_b64`",
+            ))
+        }
+        (Some(k), None) => Some(cow_bytes(k)),
+        (None, Some(k)) => Some(Cow::Owned(b64("key_b64", &k)?)),
+        (None, None) => None,
+    };
+    let (value, json) = match (r.value, r.value_b64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a record has both `value` and `value_b64`",
+            ))
+        }
+        (Some(v), None) => (Cow::Borrowed(v.get().as_bytes()), true),
+        (None, Some(v)) => (Cow::Owned(b64("value_b64", &v)?), false),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "a record needs `value` or `value_b64`",
+            ))
+        }
+    };
+    let headers: Vec<_> = r
+        .headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (cow_bytes(k), cow_bytes(v)))
+        .collect();
+    let size = key.as_ref().map_or(0, |k| k.len())
+        + value.len()
+        + headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size as u64 > max_record_bytes {
+        return Err(ApiError::too_large(format!(
+            "a record of {size} bytes is over max_record_bytes ({max_record_bytes})"
+        )));
+    }
+    let partition = topic.choose_partition(r.partition, key.as_deref())?;
+    Ok(Owned {
+        partition,
+        key,
+        value,
+        json,
+        headers,
+        timestamp_ms: r.timestamp_ms.unwrap_or(now),
+    })
+}
+
+/// Appends decoded records, partition by partition (each partition's share is one atomic
+/// batch). Returns the offsets in request order and the end offset per touched partition.
+fn append_owned(topic: &Topic, records: &[Owned<'_>]) -> ApiResult<Appended> {
+    let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        by_partition.entry(r.partition).or_default().push(i);
+    }
+    let mut offsets: Vec<RecordOffset> = records
+        .iter()
+        .map(|r| RecordOffset {
+            partition: r.partition,
+            offset: 0,
+        })
+        .collect();
+    let mut ends = Vec::new();
+    for (partition, indices) in by_partition {
+        let header_refs: Vec<Vec<(&[u8], &[u8])>> = indices
+            .iter()
+            .map(|&i| {
+                records[i]
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                    .collect()
+            })
+            .collect();
+        let batch: Vec<Record<'_>> = indices
+            .iter()
+            .zip(&header_refs)
+            .map(|(&i, headers)| {
+                let r = &records[i];
+                Record {
+                    key: r.key.as_deref(),
+                    value: &r.value,
+                    headers,
+                    timestamp_ms: r.timestamp_ms,
+                    value_is_json: r.json,
+                }
+            })
+            .collect();
+        let p = topic.partition(partition)?;
+        let appended = p.append(&batch)?;
+        for (n, &i) in indices.iter().enumerate() {
+            offsets[i].offset = appended.first_offset + n as u64;
+        }
+        ends.push((partition, appended.first_offset + appended.count));
+    }
+    Ok((offsets, ends))
+}
+
+/// Checks the sizes of client-built frames (their CRCs are checked by the append).
+fn check_frame_sizes(frames: &[u8], max_record_bytes: u64) -> ApiResult<()> {
+    let mut at = 0;
+    while at < frames.len() {
+        let f = decode_frame_unchecked_crc(&frames[at..])
+            .map_err(|e| ApiError::bad_request(format!("invalid frame at byte {at}: {e}")))?;
+        let payload = f.headers_range.end - format::frame::FIXED_SIZE;
+        if payload as u64 > max_record_bytes {
+            return Err(ApiError::too_large(format!(
+                "a record of {payload} bytes is over max_record_bytes ({max_record_bytes})"
+            )));
+        }
+        at += f.padded_len;
+    }
+    Ok(())
+}
+
+enum Kind {
+    Json,
+    Ndjson,
+    Octets,
+    Frames,
+}
+
+fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(Kind::Json),
+        "application/x-ndjson" => Ok(Kind::Ndjson),
+        "application/octet-stream" => Ok(Kind::Octets),
+        "application/vnd.mapq.frames" => Ok(Kind::Frames),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {ct:?} is not one of application/json, application/x-ndjson, \
+                 application/octet-stream, application/vnd.mapq.frames"
+            ),
+        )),
+    }
+}
+
+/// Produce records to a topic.
+///
+/// Bodies by `Content-Type`: `application/json` (`{"records": [...]}`),
+/// `application/x-ndjson` (one record object per line), `application/octet-stream` (one
+/// record's value; key and partition from the query) or `application/vnd.mapq.frames`
+/// (record frames in the on-disk format, appended without re-encoding). A request is all or
+/// nothing per partition.
+#[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "records",
+    params(("topic" = String, Path), ProduceQuery),
+    request_body(content(
+        (ProduceRequest = "application/json"),
+        (String = "application/x-ndjson"),
+        (Vec<u8> = "application/octet-stream"),
+        (Vec<u8> = "application/vnd.mapq.frames"),
+    )),
+    responses(
+        (status = 200, body = ProduceResponse),
+        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
+        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`", body = ErrorBody),
+    ))]
+pub async fn produce(
+    State(state): State<AppState>,
+    Path(topic_name): Path<String>,
+    query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<ProduceResponse>> {
+    let started = Instant::now();
+    record_target(&topic_name, None);
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    crate::broker::validate_name(&topic_name)?;
+    let kind = content_kind(&headers)?;
+    let config = state.config();
+    let max_request = config.max_request_bytes;
+    let max_record = config.max_record_bytes;
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > max_request {
+            return Err(ApiError::too_large(format!(
+                "request body of {len} bytes is over max_request_bytes ({max_request})"
+            )));
+        }
+    }
+    let body = axum::body::to_bytes(body, max_request as usize)
+        .await
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError::too_large(format!(
+                    "request body is over max_request_bytes ({max_request})"
+                ))
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?;
+    let durability = query.durability.unwrap_or(config.default_durability);
+    let broker = state.broker()?;
+    let metrics = state.metrics().clone();
+    let (response, ends, topic) = blocking(move || {
+        let topic = broker.topic_for_produce(&topic_name)?;
+        let now = now_ms();
+        let (offsets, ends) = match kind {
+            Kind::Json => {
+                let req: ProduceRequest<'_> = serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+                let records = req
+                    .records
+                    .into_iter()
+                    .map(|r| decode_record(r, &topic, now, max_record))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                append_owned(&topic, &records)?
+            }
+            Kind::Ndjson => {
+                let text = std::str::from_utf8(&body)
+                    .map_err(|_| ApiError::bad_request("NDJSON body is not UTF-8"))?;
+                let records = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .map(|(n, line)| {
+                        let r: RecordIn<'_> = serde_json::from_str(line)
+                            .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
+                        decode_record(r, &topic, now, max_record)
+                    })
+                    .collect::<ApiResult<Vec<_>>>()?;
+                append_owned(&topic, &records)?
+            }
+            Kind::Octets => {
+                if body.len() as u64 > max_record {
+                    return Err(ApiError::too_large(format!(
+                        "a record of {} bytes is over max_record_bytes ({max_record})",
+                        body.len()
+                    )));
+                }
+                let key = query.key.as_deref().map(str::as_bytes);
+                let partition = topic.choose_partition(query.partition, key)?;
+                let record = Owned {
+                    partition,
+                    key: key.map(Cow::Borrowed),
+                    value: Cow::Borrowed(&body),
+                    json: false,
+                    headers: Vec::new(),
+                    timestamp_ms: now,
+                };
+                append_owned(&topic, std::slice::from_ref(&record))?
+            }
+            Kind::Frames => {
+                check_frame_sizes(&body, max_record)?;
+                let partition = topic.choose_partition(query.partition, None)?;
+                let p = topic.partition(partition)?;
+                let appended = p.append_frames(&body)?;
+                let offsets = (0..appended.count)
+                    .map(|i| RecordOffset {
+                        partition,
+                        offset: appended.first_offset + i,
+                    })
+                    .collect();
+                (
+                    offsets,
+                    vec![(partition, appended.first_offset + appended.count)],
+                )
+            }
+        };
+        Ok((ProduceResponse { offsets }, ends, topic))
+    })
+    .await?;
+    for &(partition, _) in &ends {
+        let n = response
+            .offsets
+            .iter()
+            .filter(|o| o.partition == partition)
+            .count() as u64;
+        metrics
+            .records_appended
+            .with_label_values(&[topic.name(), &partition.to_string()])
+            .inc_by(n);
+    }
+    if durability == Durability::Fsync {
+        wait_durable(&topic, ends).await?;
+    }
+    tracing::trace!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "produced"
+    );
+    Ok(Json(response))
+}
+
+/// Waits until msync has covered every record below each partition's end. Concurrent
+/// callers share flushes (group commit, see `PartitionLog::flush_until`).
+async fn wait_durable(topic: &Arc<Topic>, ends: Vec<(u32, u64)>) -> ApiResult<()> {
+    let topic = Arc::clone(topic);
+    blocking(move || {
+        for (partition, end) in ends {
+            topic.partition(partition)?.log().flush_until(end)?;
+        }
+        Ok(())
+    })
+    .await
+}
