@@ -29,6 +29,7 @@ pub struct Metrics {
     log_durable: IntGaugeVec,
     log_size: IntGaugeVec,
     log_segments: IntGaugeVec,
+    long_poll_waiters: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -78,6 +79,14 @@ impl Metrics {
             )?,
             log_size: gauge("mapq_log_size_bytes", "Bytes of frames stored")?,
             log_segments: gauge("mapq_log_segments", "Segments of the partition")?,
+            long_poll_waiters: {
+                let g = prometheus::IntGauge::new(
+                    "mapq_long_poll_waiters",
+                    "Consumers blocked in a long-poll or an SSE stream",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -100,7 +109,8 @@ impl Metrics {
     pub fn register_broker(&self, _broker: &Broker) {}
 
     /// The text exposition, with the log gauges refreshed from `broker`.
-    pub fn render(&self, broker: Option<&Broker>) -> String {
+    pub fn render(&self, broker: Option<&Broker>, waiters: u64) -> String {
+        self.long_poll_waiters.set(waiters as i64);
         if let Some(b) = broker {
             for g in [
                 &self.log_start,

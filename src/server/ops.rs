@@ -53,7 +53,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>)
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let broker = state.broker_for_read().ok();
-    let text = state.metrics().render(broker.as_deref());
+    let waiting = state.config().max_long_poll_waiters - state.waiters().available_permits() as u64;
+    let text = state.metrics().render(broker.as_deref(), waiting);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,8 @@
 //! Helpers shared by the engine tests.
 #![allow(dead_code)]
 
+pub mod server;
+
 use mapq::log::{LogConfig, PartitionLog, Record};
 
 /// Small segments and dense checkpoints, so that tests cross rolls and indexes quickly.
