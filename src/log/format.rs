@@ -269,6 +269,8 @@ pub enum FrameError {
     UnknownAttributes(u32),
     #[error("frame fields do not add up to its length")]
     BadLayout,
+    #[error("padding after the frame is not zero")]
+    NonZeroPadding,
 }
 
 /// A validated frame, borrowing the bytes it was decoded from.
@@ -371,6 +373,9 @@ pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameErro
             needed: padded_len,
             available: buf.len(),
         });
+    }
+    if buf[len..padded_len].iter().any(|&b| b != 0) {
+        return Err(FrameError::NonZeroPadding);
     }
     let attrs = get_u32(buf, frame::ATTRIBUTES);
     if attrs & !attributes::KNOWN != 0 {
@@ -477,13 +482,8 @@ mod tests {
             }
             let mut bad = buf.clone();
             bad[i] ^= 0x01;
-            let len = get_u32(&buf, 0) as usize;
-            if i >= len {
-                // Padding is not part of the frame.
-                assert!(decode_frame(&bad).is_ok());
-            } else {
-                assert!(decode_frame(&bad).is_err(), "flip at byte {i} accepted");
-            }
+            // Padding is outside the CRC but must be zero, so it is checked too.
+            assert!(decode_frame(&bad).is_err(), "flip at byte {i} accepted");
         }
     }
 

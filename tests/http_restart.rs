@@ -1,0 +1,261 @@
+//! Concurrency and restarts against the real server: many producers at once, a graceful stop
+//! (SIGTERM), and a kill -9 under load.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::server::Server;
+use mapq::broker::partitioner::partition_for_key;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+async fn consume_all(http: &Client, base: &str, topic: &str, partition: u32) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next = 0;
+    loop {
+        let v: Value = http
+            .get(format!(
+                "{base}/v1/topics/{topic}/partitions/{partition}/records?offset={next}&max_records=5000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let recs = v["records"].as_array().unwrap();
+        if recs.is_empty() {
+            return out;
+        }
+        next = v["next_offset"].as_u64().unwrap();
+        out.extend(recs.iter().cloned());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_producers_every_record_exactly_once_in_partition_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "load", "partitions": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut tasks = Vec::new();
+    for producer in 0..8 {
+        let http = http.clone();
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..20 {
+                let records: Vec<Value> = (0..50)
+                    .map(|i| {
+                        let seq = batch * 50 + i;
+                        json!({"key": format!("k{}", seq % 13), "value": {"p": producer, "seq": seq}})
+                    })
+                    .collect();
+                let r = http
+                    .post(format!("{base}/v1/topics/load/records"))
+                    .json(&json!({"records": records}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut seen = HashSet::new();
+    for partition in 0..4 {
+        let records = consume_all(&http, &base, "load", partition).await;
+        let mut last_seq: BTreeMap<u64, i64> = BTreeMap::new();
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!(r["offset"], i as u64, "offsets are dense");
+            let key = r["key"].as_str().unwrap();
+            assert_eq!(
+                partition_for_key(key.as_bytes(), 4),
+                partition,
+                "keys stay in their partition"
+            );
+            let p = r["value"]["p"].as_u64().unwrap();
+            let seq = r["value"]["seq"].as_i64().unwrap();
+            assert!(seen.insert((p, seq)), "record ({p}, {seq}) consumed twice");
+            // Each producer's records of one partition keep their order.
+            let prev = last_seq.insert(p, seq).unwrap_or(-1);
+            assert!(seq > prev, "producer {p}: {seq} after {prev}");
+        }
+    }
+    assert_eq!(seen.len(), 8 * 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_FLUSH_INTERVAL_MS", "3600000")]);
+    let http = Client::new();
+    let base = server.base.clone();
+    for i in 0..10 {
+        let records: Vec<Value> = (0..100).map(|j| json!({"value": i * 100 + j})).collect();
+        let r = http
+            .post(format!("{base}/v1/topics/keep/records"))
+            .json(&json!({"records": records}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = http
+        .put(format!("{base}/v1/groups/g1/offsets"))
+        .json(&json!({"offsets": [{"topic": "keep", "partition": 0, "offset": 400}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(server.terminate(), 0, "graceful stop exits 0");
+
+    // Nothing was left unflushed or torn: every byte is below the durable end.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["verify", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("note:"),
+        "unflushed data after a graceful stop: {text}"
+    );
+
+    let server = Server::start(dir.path(), &[]);
+    assert!(
+        !server.log_text().contains("recovery cut"),
+        "{}",
+        server.log_text()
+    );
+    let records = consume_all(&http, &server.base, "keep", 0).await;
+    let values: Vec<i64> = records
+        .iter()
+        .map(|r| r["value"].as_i64().unwrap())
+        .collect();
+    assert_eq!(values, (0..1000).collect::<Vec<_>>());
+    let g: Value = http
+        .get(format!("{}/v1/groups/g1/offsets", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["offsets"][0]["offset"], 400);
+    assert_eq!(g["offsets"][0]["lag"], 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "hard", "partitions": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let acked: Arc<Mutex<Vec<(u32, u64, i64)>>> = Arc::default();
+    let committed: Arc<Mutex<Option<u64>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for producer in 0..4i64 {
+        let (http, base, acked) = (http.clone(), base.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0.. {
+                let value = producer * 1_000_000 + n;
+                let resp = http
+                    .post(format!("{base}/v1/topics/hard/records"))
+                    .json(&json!({"records": [{"value": value, "partition": (value % 2) as u32}]}))
+                    .send()
+                    .await;
+                let Ok(resp) = resp else { return };
+                let Ok(v) = resp.json::<Value>().await else {
+                    return;
+                };
+                let o = &v["offsets"][0];
+                acked.lock().unwrap().push((
+                    o["partition"].as_u64().unwrap() as u32,
+                    o["offset"].as_u64().unwrap(),
+                    value,
+                ));
+            }
+        }));
+    }
+    {
+        let (http, base, committed) = (http.clone(), base.clone(), committed.clone());
+        tasks.push(tokio::spawn(async move {
+            for offset in 1.. {
+                let r = http
+                    .put(format!("{base}/v1/groups/c/offsets"))
+                    .json(
+                        &json!({"offsets": [{"topic": "hard", "partition": 0, "offset": offset}]}),
+                    )
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 204 => *committed.lock().unwrap() = Some(offset),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    // Let the load run until plenty is acknowledged (several segments), then kill -9.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 3000 {
+        assert!(std::time::Instant::now() < deadline, "load too slow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    let committed = committed.lock().unwrap().expect("some commit succeeded");
+
+    let server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
+    let mut stored = BTreeMap::new();
+    for partition in 0..2 {
+        for r in consume_all(&http, &server.base, "hard", partition).await {
+            stored.insert(
+                (partition, r["offset"].as_u64().unwrap()),
+                r["value"].as_i64().unwrap(),
+            );
+        }
+    }
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            stored.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged record lost"
+        );
+    }
+    let g: Value = http
+        .get(format!("{}/v1/groups/c/offsets", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        g["offsets"][0]["offset"].as_u64().unwrap() >= committed,
+        "{g}"
+    );
+}
