@@ -175,12 +175,6 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
                 return next_offset;
             }
         };
-        let unpadded = f.headers_range.end;
-        if f.bytes[unpadded..].iter().any(|&b| b != 0) {
-            s.problems.push(format!(
-                "{name}: at byte {at}: padding after the frame is not zero"
-            ));
-        }
         if f.offset != next_offset {
             s.problems.push(format!(
                 "{name}: at byte {at}: offset {} where {next_offset} was expected",
