@@ -30,6 +30,8 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// HTTP load generator: produce N records, then consume them as frames and as JSON.
+    Bench(crate::bench::BenchArgs),
     /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
     Verify {
         /// The data directory (`<dir>/<topic>/<partition>/`), or one partition directory.
@@ -47,6 +49,19 @@ pub fn run(cli: Cli) -> ExitCode {
             data_dir,
         } => run_serve(config.as_deref(), Overrides { listen, data_dir }),
         Command::Verify { data_dir } => run_verify(&data_dir),
+        Command::Bench(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match runtime.block_on(crate::bench::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mapq bench: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

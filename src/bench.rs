@@ -1,0 +1,352 @@
+//! `mapq bench`: an HTTP load generator. Produces N records of S bytes in batches of B over C
+//! concurrent connections, then consumes them all back as binary frames and as JSON, and
+//! prints throughput and latency percentiles, ending with `RESULT` lines:
+//! `RESULT <scenario> records_per_s=<n> mb_per_s=<n> p50_us=<n> p99_us=<n> p999_us=<n>`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::log::format::{encode_frame, Record};
+
+/// What to run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Topic to use (created with `--partitions`); default: a fresh `bench-<pid>` topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Records to produce.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Bytes of each record's value.
+    #[arg(long, default_value_t = 1024)]
+    pub record_bytes: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent connections (producers, then consumers).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Partitions of the topic; default: one per connection.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// `memory` or `fsync`.
+    #[arg(long, default_value = "memory")]
+    pub durability: String,
+    /// Produce body: `frames` (application/vnd.mapq.frames) or `json`.
+    #[arg(long, default_value = "frames")]
+    pub produce_format: String,
+    /// Records per consume request.
+    #[arg(long, default_value_t = 5000)]
+    pub fetch_records: usize,
+}
+
+struct Phase {
+    name: String,
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+impl Phase {
+    fn print(&self) {
+        let secs = self.elapsed.as_secs_f64();
+        let h = &self.latency_us;
+        println!(
+            "{:<40} {:>12.0} records/s {:>9.1} MB/s   latency p50 {} µs, p99 {} µs, p99.9 {} µs ({} requests)",
+            self.name,
+            self.records as f64 / secs,
+            self.bytes as f64 / secs / 1e6,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.len(),
+        );
+    }
+
+    fn result_line(&self) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let h = &self.latency_us;
+        format!(
+            "RESULT {} records_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} p999_us={}",
+            self.name,
+            self.records as f64 / secs,
+            self.bytes as f64 / secs / 1e6,
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+        )
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn size_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{}KiB", bytes / 1024)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
+/// Runs the benchmark against a running server.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(args.connections * 2)
+        .build()?;
+    let partitions = args.partitions.unwrap_or(args.connections as u32).max(1);
+    let topic = args
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("bench-{}", std::process::id()));
+    let r = http
+        .post(format!("{}/v1/topics", args.server))
+        .json(&json!({"name": topic, "partitions": partitions}))
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", args.server))?;
+    if !(r.status().is_success() || r.status().as_u16() == 409) {
+        anyhow::bail!("creating topic {topic}: {} {}", r.status(), r.text().await?);
+    }
+    let label = format!(
+        "{}_batch{}_c{}",
+        size_label(args.record_bytes),
+        args.batch,
+        args.connections
+    );
+    println!(
+        "mapq bench: {} records of {} bytes, batches of {}, {} connections, {} partitions, durability={}, against {}",
+        args.records, args.record_bytes, args.batch, args.connections, partitions, args.durability, args.server
+    );
+    let produce = produce(&http, &args, &topic, partitions).await?;
+    let produce = Phase {
+        name: format!("produce_{}_{label}", args.produce_format),
+        ..produce
+    };
+    produce.print();
+    let binary = consume(&http, &args, &topic, partitions, true).await?;
+    let binary = Phase {
+        name: format!("consume_binary_{label}"),
+        ..binary
+    };
+    binary.print();
+    let json_phase = consume(&http, &args, &topic, partitions, false).await?;
+    let json_phase = Phase {
+        name: format!("consume_json_{label}"),
+        ..json_phase
+    };
+    json_phase.print();
+    for p in [&produce, &binary, &json_phase] {
+        println!("{}", p.result_line());
+    }
+    Ok(())
+}
+
+/// One produce request body for `n` records of the given size.
+fn produce_body(args: &BenchArgs, n: usize, seq: u64) -> (Vec<u8>, &'static str) {
+    let value: Vec<u8> = (0..args.record_bytes)
+        .map(|i| (seq as usize + i) as u8)
+        .collect();
+    if args.produce_format == "json" {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&value);
+        let records: Vec<Value> = (0..n).map(|_| json!({"value_b64": b64})).collect();
+        let body = serde_json::to_vec(&json!({ "records": records })).expect("serializes");
+        (body, "application/json")
+    } else {
+        let r = Record::value(&value, 0);
+        let len = r.padded_len().expect("record fits a frame");
+        let mut body = vec![0u8; len * n];
+        for chunk in body.chunks_mut(len) {
+            encode_frame(chunk, 0, &r);
+        }
+        (body, "application/vnd.mapq.frames")
+    }
+}
+
+async fn produce(
+    http: &reqwest::Client,
+    args: &BenchArgs,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<Phase> {
+    let batches = args.records.div_ceil(args.batch as u64);
+    let bar = Arc::new(progress(args.records, "produce"));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let http = http.clone();
+        let args = args.clone();
+        let bar = Arc::clone(&bar);
+        let url_base = format!("{}/v1/topics/{topic}/records", args.server);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut records = 0u64;
+            let mut bytes = 0u64;
+            // Each connection sends every `connections`-th batch.
+            let mut b = c as u64;
+            let (body, content_type) = produce_body(&args, args.batch, c as u64);
+            let body = bytes::Bytes::from(body);
+            while b < batches {
+                let n = (args.records - b * args.batch as u64).min(args.batch as u64);
+                let body = if n as usize == args.batch {
+                    body.clone()
+                } else {
+                    bytes::Bytes::from(produce_body(&args, n as usize, b).0)
+                };
+                let partition = (b % u64::from(partitions)) as u32;
+                let url = format!(
+                    "{url_base}?partition={partition}&durability={}",
+                    args.durability
+                );
+                let t = Instant::now();
+                let sent = body.len();
+                let resp = http
+                    .post(&url)
+                    .header("content-type", content_type)
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let text = resp.bytes().await?;
+                if !status.is_success() {
+                    anyhow::bail!(
+                        "produce failed: {status} {}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+                hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                records += n;
+                bytes += sent as u64;
+                bar.inc(n);
+                b += args.connections as u64;
+            }
+            Ok::<_, anyhow::Error>((hist, records, bytes))
+        }));
+    }
+    let mut phase = Phase {
+        name: String::new(),
+        records: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        latency_us: histogram(),
+    };
+    for t in tasks {
+        let (h, r, b) = t.await??;
+        phase.latency_us.add(h)?;
+        phase.records += r;
+        phase.bytes += b;
+    }
+    phase.elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(phase)
+}
+
+async fn consume(
+    http: &reqwest::Client,
+    args: &BenchArgs,
+    topic: &str,
+    partitions: u32,
+    binary: bool,
+) -> anyhow::Result<Phase> {
+    let bar = Arc::new(progress(
+        args.records,
+        if binary { "binary" } else { "json" },
+    ));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let http = http.clone();
+        let args = args.clone();
+        let bar = Arc::clone(&bar);
+        let topic = topic.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = histogram();
+            let mut records = 0u64;
+            let mut bytes = 0u64;
+            // Connection c reads partitions c, c + connections, ...
+            let mut partition = c as u32;
+            while partition < partitions {
+                let mut offset = 0u64;
+                loop {
+                    let url = format!(
+                        "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records={}&max_bytes={}",
+                        args.server,
+                        args.fetch_records,
+                        64 << 20
+                    );
+                    let accept = if binary { "application/octet-stream" } else { "application/json" };
+                    let t = Instant::now();
+                    let resp = http.get(&url).header("accept", accept).send().await?;
+                    let status = resp.status();
+                    let next = resp
+                        .headers()
+                        .get("x-mapq-next-offset")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let body = resp.bytes().await?;
+                    if !status.is_success() {
+                        anyhow::bail!("consume failed: {status} {}", String::from_utf8_lossy(&body));
+                    }
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                    let (n, next) = if binary {
+                        let next = next.ok_or_else(|| anyhow::anyhow!("no X-Mapq-Next-Offset"))?;
+                        (next - offset, next)
+                    } else {
+                        let v: Value = serde_json::from_slice(&body)?;
+                        let n = v["records"].as_array().map_or(0, Vec::len) as u64;
+                        (n, v["next_offset"].as_u64().unwrap_or(offset))
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    records += n;
+                    bytes += body.len() as u64;
+                    bar.inc(n);
+                    offset = next;
+                }
+                partition += args.connections as u32;
+            }
+            Ok::<_, anyhow::Error>((hist, records, bytes))
+        }));
+    }
+    let mut phase = Phase {
+        name: String::new(),
+        records: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+        latency_us: histogram(),
+    };
+    for t in tasks {
+        let (h, r, b) = t.await??;
+        phase.latency_us.add(h)?;
+        phase.records += r;
+        phase.bytes += b;
+    }
+    phase.elapsed = started.elapsed();
+    bar.finish_and_clear();
+    Ok(phase)
+}
