@@ -905,3 +905,40 @@ async fn operations_routes() {
     let r = api.http.patch(api.url("/v1/topics")).send().await.unwrap();
     expect_error(r, 405, "method_not_allowed").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_bounded() {
+    let api = Api::start(&[("MAPQ_MAX_LONG_POLL_WAITERS", "1")]);
+    api.create("w", 1).await;
+    let url = api.url("/v1/topics/w/partitions/0/records?wait_ms=20000");
+    let first = tokio::spawn({
+        let http = api.http.clone();
+        async move { http.get(url).send().await.unwrap().status() }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !api
+        .get("/metrics")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("mapq_long_poll_waiters 1")
+    {
+        assert!(Instant::now() < deadline, "the first consumer never waited");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    expect_error(
+        api.get("/v1/topics/w/partitions/0/records?wait_ms=1000")
+            .await,
+        429,
+        "too_many_waiters",
+    )
+    .await;
+    // Without a wait, others are served as usual.
+    assert_eq!(
+        api.get("/v1/topics/w/partitions/0/records").await.status(),
+        200
+    );
+    api.produce("w", json!([{"value": 1}])).await;
+    assert_eq!(first.await.unwrap(), 200);
+}

@@ -304,3 +304,76 @@ async fn shutdown_requested() {
         _ = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state() -> AppState {
+        let config = Arc::new(Config::defaults());
+        AppState::new(config, Metrics::new().unwrap())
+    }
+
+    async fn call(app: Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"records":[{"value":1}]}"#))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn not_ready_until_recovered_then_503_while_shutting_down() {
+        let s = state();
+        let (status, body) = call(router(s.clone()), "GET", "/readyz").await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &"recovering".into())
+        );
+        let (status, body) = call(router(s.clone()), "POST", "/v1/topics/t/records").await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &"not_ready".into())
+        );
+        assert_eq!(
+            call(router(s.clone()), "GET", "/healthz").await.0,
+            StatusCode::OK
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().to_owned();
+        s.set_broker(Arc::new(Broker::open(Arc::new(config)).unwrap()));
+        assert_eq!(
+            call(router(s.clone()), "GET", "/readyz").await.0,
+            StatusCode::OK
+        );
+        let (status, _) = call(router(s.clone()), "POST", "/v1/topics/t/records").await;
+        assert_eq!(status, StatusCode::OK);
+
+        s.begin_shutdown();
+        let (status, body) = call(router(s.clone()), "GET", "/readyz").await;
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &"shutting_down".into())
+        );
+        let (status, body) = call(router(s.clone()), "POST", "/v1/topics/t/records").await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (StatusCode::SERVICE_UNAVAILABLE, &"shutting_down".into())
+        );
+        // Reads still finish while shutting down.
+        let (status, _) = call(router(s), "GET", "/v1/topics/t/partitions/0/records").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
