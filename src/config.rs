@@ -47,6 +47,8 @@ pub struct Config {
     pub max_partitions_per_topic: u32,
     pub reserve_chunk_bytes: u64,
     pub prefault_bytes: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub max_disk_bytes: Option<u64>,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.

@@ -17,5 +17,6 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod log;
+pub mod maintenance;
 pub mod metrics;
 pub mod server;

@@ -9,7 +9,7 @@ use prometheus::{
 use crate::broker::Broker;
 
 /// Buckets from 10 µs to 10 s: produce and consume latencies span that range.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
@@ -30,6 +30,12 @@ pub struct Metrics {
     log_size: IntGaugeVec,
     log_segments: IntGaugeVec,
     long_poll_waiters: prometheus::IntGauge,
+    segments_rolled: IntCounterVec,
+    segments_deleted: IntCounterVec,
+    flushes: IntCounterVec,
+    flush_errors: IntCounterVec,
+    disk_used: prometheus::IntGauge,
+    disk_limit: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +93,28 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            segments_rolled: counter(
+                "mapq_segments_rolled_total",
+                "Segments sealed and rolled over",
+                tp,
+            )?,
+            segments_deleted: counter(
+                "mapq_segments_deleted_total",
+                "Segments deleted by retention, by reason (age, size)",
+                &["topic", "partition", "reason"],
+            )?,
+            flushes: counter("mapq_flushes_total", "Flushes (msync) that wrote data", tp)?,
+            flush_errors: counter("mapq_flush_errors_total", "Failed flushes", tp)?,
+            disk_used: plain_gauge(
+                &registry,
+                "mapq_disk_used_bytes",
+                "Disk blocks charged to the max_disk_bytes quota",
+            )?,
+            disk_limit: plain_gauge(
+                &registry,
+                "mapq_disk_limit_bytes",
+                "The max_disk_bytes quota (absent: no quota)",
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -106,7 +134,11 @@ impl Metrics {
     }
 
     /// Called once the broker is open (the gauges are read from it at each scrape).
-    pub fn register_broker(&self, _broker: &Broker) {}
+    pub fn register_broker(&self, broker: &Broker) {
+        let _ = self
+            .registry
+            .register(Box::new(broker.flush_duration().clone()));
+    }
 
     /// The text exposition, with the log gauges refreshed from `broker`.
     pub fn render(&self, broker: Option<&Broker>, waiters: u64) -> String {
@@ -140,7 +172,33 @@ impl Metrics {
                     self.log_segments
                         .with_label_values(&labels)
                         .set(log.segment_count() as i64);
+                    let st = log.stats();
+                    let load = |a: &std::sync::atomic::AtomicU64| {
+                        a.load(std::sync::atomic::Ordering::Relaxed)
+                    };
+                    catch_up(
+                        &self.segments_rolled.with_label_values(&labels),
+                        load(&st.segments_rolled),
+                    );
+                    catch_up(&self.flushes.with_label_values(&labels), load(&st.flushes));
+                    catch_up(
+                        &self.flush_errors.with_label_values(&labels),
+                        load(&st.flush_errors),
+                    );
+                    for (reason, n) in [
+                        ("age", load(&st.segments_deleted_by_age)),
+                        ("size", load(&st.segments_deleted_by_size)),
+                    ] {
+                        let c = self
+                            .segments_deleted
+                            .with_label_values(&[labels[0], labels[1], reason]);
+                        catch_up(&c, n);
+                    }
                 }
+            }
+            if let Some(q) = b.quota() {
+                self.disk_used.set(q.used_bytes() as i64);
+                self.disk_limit.set(q.limit_bytes() as i64);
             }
         }
         let mut out = Vec::new();
@@ -157,9 +215,35 @@ impl Metrics {
                 &self.bytes_appended,
                 &self.records_read,
                 &self.bytes_read,
+                &self.segments_rolled,
+                &self.flushes,
+                &self.flush_errors,
             ] {
                 let _ = c.remove_label_values(&labels);
             }
+            for reason in ["age", "size"] {
+                let _ = self
+                    .segments_deleted
+                    .remove_label_values(&[labels[0], labels[1], reason]);
+            }
         }
     }
+}
+
+/// Brings a counter up to an engine's own count (counters only move forward).
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+fn plain_gauge(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+) -> prometheus::Result<prometheus::IntGauge> {
+    let g = prometheus::IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }

@@ -22,6 +22,7 @@ fn config() -> LogConfig {
         reserve_chunk_bytes: 4096,
         prefault_bytes: 4096,
         prefaulter: None,
+        quota: None,
     }
 }
 

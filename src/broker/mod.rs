@@ -10,13 +10,13 @@ pub mod topic;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
 pub use topic::{Partition, Topic, TopicOverrides};
 
 use crate::config::Config;
-use crate::log::Prefaulter;
+use crate::log::{DiskQuota, Prefaulter};
 
 /// Topic and group names: `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`. Checked before any
 /// path is built from a name.
@@ -51,6 +51,13 @@ pub struct Broker {
     admin: std::sync::Mutex<()>,
     groups: groups::Groups,
     prefaulter: Prefaulter,
+    /// The `max_disk_bytes` quota, shared by every partition.
+    quota: Option<Arc<DiskQuota>>,
+    /// Partitions that crossed `flush_messages`, for the maintenance task to flush.
+    flush_requests: tokio::sync::mpsc::UnboundedSender<Weak<Partition>>,
+    flush_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<Partition>>>>,
+    /// How long flushes take (msync of one partition), wherever they run.
+    flush_duration: prometheus::Histogram,
 }
 
 impl Broker {
@@ -60,6 +67,16 @@ impl Broker {
         fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
         let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
+        let quota = config.max_disk_bytes.map(|b| Arc::new(DiskQuota::new(b)));
+        let (flush_requests, flush_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let flush_duration = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "mapq_flush_duration_seconds",
+                "Time to msync one partition's new data",
+            )
+            .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid histogram");
         let broker = Broker {
             config,
             data_dir,
@@ -67,6 +84,10 @@ impl Broker {
             admin: std::sync::Mutex::new(()),
             groups,
             prefaulter,
+            quota,
+            flush_requests,
+            flush_receiver: std::sync::Mutex::new(Some(flush_receiver)),
+            flush_duration,
         };
         let mut topics = BTreeMap::new();
         let entries =
@@ -82,7 +103,13 @@ impl Broker {
                 tracing::warn!(path = %path.display(), "unexpected entry in data directory; left alone");
                 continue;
             }
-            let t = Topic::open(&path, &name, &broker.config, broker.prefaulter.handle())?;
+            let t = Topic::open(
+                &path,
+                &name,
+                &broker.config,
+                broker.prefaulter.handle(),
+                broker.quota.clone(),
+            )?;
             topics.insert(name, Arc::new(t));
         }
         tracing::info!(topics = topics.len(), data_dir = %broker.data_dir.display(), "data directory opened");
@@ -151,6 +178,7 @@ impl Broker {
             overrides,
             &self.config,
             self.prefaulter.handle(),
+            self.quota.clone(),
         )?;
         let t = Arc::new(t);
         self.topics
@@ -186,6 +214,9 @@ impl Broker {
             .remove(name)
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))?;
         t.mark_deleted();
+        for p in t.partitions() {
+            p.log().release_quota();
+        }
         let dir = self.data_dir.join(name);
         fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
         let _ = crate::log::segment::sync_dir(&self.data_dir);
@@ -193,16 +224,57 @@ impl Broker {
         Ok(())
     }
 
-    /// msyncs every partition. Blocks.
+    /// msyncs every partition with unflushed records. Blocks.
     pub fn flush_all(&self) -> Result<(), BrokerError> {
         let mut first_error = None;
         for t in self.topics() {
             for p in t.partitions() {
-                if let Err(e) = p.log().flush() {
-                    first_error.get_or_insert(BrokerError::Log(e));
+                if let Err(e) = self.flush(p, u64::MAX) {
+                    first_error.get_or_insert(e);
                 }
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes a partition durable up to `offset` (sharing flushes with concurrent callers),
+    /// timing the msync. Blocks.
+    pub fn flush(&self, p: &Partition, offset: u64) -> Result<u64, BrokerError> {
+        let log = p.log();
+        if log.durable_offset() >= offset.min(log.end_offset()) {
+            return Ok(log.durable_offset());
+        }
+        let timer = self.flush_duration.start_timer();
+        let result = log.flush_until(offset);
+        timer.observe_duration();
+        result.map_err(BrokerError::Log)
+    }
+
+    /// Called after an append: queues a flush once a partition holds `flush_messages`
+    /// unflushed records.
+    pub fn after_append(&self, p: &Arc<Partition>) {
+        if let Some(n) = self.config.flush_messages {
+            if p.unflushed_records() >= n && p.queue_flush() {
+                let _ = self.flush_requests.send(Arc::downgrade(p));
+            }
+        }
+    }
+
+    /// The queue of flush requests; the maintenance task takes it once.
+    pub fn take_flush_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Weak<Partition>>> {
+        self.flush_receiver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn flush_duration(&self) -> &prometheus::Histogram {
+        &self.flush_duration
+    }
+
+    pub fn quota(&self) -> Option<&Arc<DiskQuota>> {
+        self.quota.as_ref()
     }
 }

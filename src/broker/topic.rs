@@ -12,7 +12,7 @@ use super::error::BrokerError;
 use super::partitioner::RoundRobin;
 use crate::config::Config;
 use crate::log::prefault::PrefaultHandle;
-use crate::log::{Appended, LogError, PartitionLog, Record};
+use crate::log::{Appended, DiskQuota, LogError, PartitionLog, Record};
 
 /// The topic metadata file, `<data_dir>/<topic>/topic.json`.
 pub const META_FILE: &str = "topic.json";
@@ -83,23 +83,54 @@ struct TopicMeta {
 #[derive(Debug)]
 pub struct Partition {
     id: u32,
+    topic: String,
     log: PartitionLog,
     end_offset: watch::Sender<u64>,
+    /// A flush of this partition is queued (after `flush_messages` records).
+    flush_queued: AtomicBool,
 }
 
 impl Partition {
-    fn open(dir: &Path, id: u32, config: &crate::log::LogConfig) -> Result<Self, BrokerError> {
+    fn open(
+        dir: &Path,
+        topic: &str,
+        id: u32,
+        config: &crate::log::LogConfig,
+    ) -> Result<Self, BrokerError> {
         let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
         let end = log.end_offset();
         Ok(Partition {
             id,
+            topic: topic.to_owned(),
             log,
             end_offset: watch::Sender::new(end),
+            flush_queued: AtomicBool::new(false),
         })
     }
 
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Marks a flush as queued; false if one already was.
+    pub fn queue_flush(&self) -> bool {
+        !self.flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the queued mark before the queued flush runs.
+    pub fn take_queued_flush(&self) {
+        self.flush_queued.store(false, Ordering::Release);
+    }
+
+    /// Records appended but not yet flushed.
+    pub fn unflushed_records(&self) -> u64 {
+        self.log
+            .end_offset()
+            .saturating_sub(self.log.durable_offset())
     }
 
     pub fn log(&self) -> &PartitionLog {
@@ -155,6 +186,7 @@ impl Topic {
         overrides: TopicOverrides,
         config: &Config,
         prefaulter: PrefaultHandle,
+        quota: Option<Arc<DiskQuota>>,
     ) -> Result<Self, BrokerError> {
         fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
         let meta = TopicMeta {
@@ -167,7 +199,7 @@ impl Topic {
         if let Some(parent) = dir.parent() {
             let _ = crate::log::segment::sync_dir(parent);
         }
-        Self::open(dir, name, config, prefaulter)
+        Self::open(dir, name, config, prefaulter, quota)
     }
 
     /// Opens an existing topic directory.
@@ -176,6 +208,7 @@ impl Topic {
         name: &str,
         config: &Config,
         prefaulter: PrefaultHandle,
+        quota: Option<Arc<DiskQuota>>,
     ) -> Result<Self, BrokerError> {
         let path = dir.join(META_FILE);
         let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
@@ -190,8 +223,11 @@ impl Topic {
         let topic_config = effective(&meta.config, config);
         let mut log_config = config.log_config(topic_config.segment_bytes);
         log_config.prefaulter = Some(prefaulter);
+        log_config.quota = quota;
         let partitions = (0..meta.partitions)
-            .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
+            .map(|id| {
+                Partition::open(&dir.join(id.to_string()), name, id, &log_config).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Topic {
             name: name.to_owned(),

@@ -220,10 +220,14 @@ impl Index {
             .map_err(|e| LogError::io(&self.path, e))
     }
 
-    /// Releases the disk blocks past the first `count` entries (on seal).
-    pub fn release_unused(&self, count: usize) {
+    /// Releases the disk blocks past the first `count` entries (on seal). Returns the bytes
+    /// released.
+    pub fn release_unused(&self, count: usize) -> u64 {
         let start = ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE;
         let start = start.next_multiple_of(4096).min(self.map.len());
-        let _ = self.map.punch_hole(start..self.map.len());
+        match self.map.punch_hole(start..self.map.len()) {
+            Ok(()) => (self.map.len() - start) as u64,
+            Err(_) => 0,
+        }
     }
 }

@@ -16,10 +16,15 @@ pub mod index;
 pub mod mmap;
 pub mod partition;
 pub mod prefault;
+pub mod quota;
 pub mod segment;
 pub mod verify;
 
 pub use error::LogError;
 pub use format::{FrameView, Record};
-pub use partition::{Appended, LogConfig, PartitionLog, ReadBatch, RecoveryReport, StoredRecord};
+pub use partition::{
+    Appended, DeleteReason, DeletedSegment, LogConfig, LogStats, PartitionLog, ReadBatch,
+    RecoveryReport, StoredRecord,
+};
 pub use prefault::Prefaulter;
+pub use quota::DiskQuota;

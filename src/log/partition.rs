@@ -14,6 +14,7 @@ use super::format::{
     self, decode_frame, decode_frame_unchecked_crc, FrameView, HeaderIter, Record,
 };
 use super::prefault::PrefaultHandle;
+use super::quota::DiskQuota;
 use super::segment::{ReservePolicy, Segment, SegmentHeader, SegmentWriter, DATA_START};
 
 /// Tunables of a partition log.
@@ -34,6 +35,8 @@ pub struct LogConfig {
     /// Pre-fault on this prefaulter's thread, off the append path (see
     /// [`super::prefault`]). Without one, the writer pre-faults itself when it gets there.
     pub prefaulter: Option<PrefaultHandle>,
+    /// A disk quota shared with other partitions (`max_disk_bytes`).
+    pub quota: Option<Arc<DiskQuota>>,
 }
 
 impl LogConfig {
@@ -54,6 +57,7 @@ impl Default for LogConfig {
             reserve_chunk_bytes: 16 << 20,
             prefault_bytes: 4 << 20,
             prefaulter: None,
+            quota: None,
         }
     }
 }
@@ -197,6 +201,45 @@ pub struct PartitionLog {
     flush_lock: Mutex<()>,
     /// Set when a flush failed: the partition then refuses appends.
     stopped: OnceLock<String>,
+    /// Counters of the engine's own work, for metrics.
+    stats: LogStats,
+}
+
+/// Counters of work a partition log did since it was opened.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub segments_rolled: AtomicU64,
+    pub segments_deleted_by_age: AtomicU64,
+    pub segments_deleted_by_size: AtomicU64,
+    pub flushes: AtomicU64,
+    pub flush_errors: AtomicU64,
+}
+
+/// Why retention deleted a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Its newest record is older than `retention_ms`.
+    Age,
+    /// The partition is larger than `retention_bytes`.
+    Size,
+}
+
+impl DeleteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteReason::Age => "age",
+            DeleteReason::Size => "size",
+        }
+    }
+}
+
+/// A segment removed by retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedSegment {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub reason: DeleteReason,
 }
 
 impl PartitionLog {
@@ -210,7 +253,7 @@ impl PartitionLog {
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
         let mut writer = None;
         for (i, &base) in bases.iter().enumerate() {
-            let seg = Arc::new(Segment::open(dir, base, true)?);
+            let seg = Arc::new(Segment::open(dir, base, true, config.quota.as_ref())?);
             if let Some(prev) = segments.last() {
                 if prev.next_offset() != base {
                     return Err(LogError::corrupt(
@@ -273,7 +316,11 @@ impl PartitionLog {
             other => {
                 // Empty directory, or the newest segment is sealed: start a new active one.
                 let base = other.map_or(0, |w| w.next_offset());
-                let seg = Arc::new(Segment::create(dir, new_header(&log_config, base, 0))?);
+                let seg = Arc::new(Segment::create(
+                    dir,
+                    new_header(&log_config, base, 0),
+                    log_config.quota.as_ref(),
+                )?);
                 segments.push(Arc::clone(&seg));
                 SegmentWriter::new(seg, chunk)
             }
@@ -302,6 +349,7 @@ impl PartitionLog {
                 writer: Mutex::new(writer),
                 flush_lock: Mutex::new(()),
                 stopped: OnceLock::new(),
+                stats: LogStats::default(),
             },
             report,
         ))
@@ -339,6 +387,11 @@ impl PartitionLog {
     /// Bytes of frames stored.
     pub fn size_bytes(&self) -> u64 {
         self.segments.load().iter().map(|s| s.size_bytes()).sum()
+    }
+
+    /// Counters of rolls, deletions and flushes since open.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
     }
 
     pub fn segment_count(&self) -> usize {
@@ -419,13 +472,110 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Rolls the active segment if it holds records and was created at least `max_age_ms`
+    /// before `now_ms`. Returns whether it rolled.
+    pub fn roll_if_older(&self, now_ms: i64, max_age_ms: u64) -> Result<bool> {
+        let mut w = self.lock_writer()?;
+        let created = w.segment().header().created_ms;
+        if w.is_empty() || now_ms.saturating_sub(created) < max_age_ms as i64 {
+            return Ok(false);
+        }
+        self.roll_locked(&mut w, 0)?;
+        Ok(true)
+    }
+
+    /// Deletes whole sealed segments from the oldest on: those whose newest record is older
+    /// than `retention_ms` before `now_ms`, then the oldest while the partition is larger than
+    /// `retention_bytes`. Never the active segment. Readers (and tailers in other processes)
+    /// that still map a deleted segment keep reading it; the start offset moves on. Blocks
+    /// (unlinks files).
+    pub fn apply_retention(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<Vec<DeletedSegment>> {
+        let segs = self.segments.load_full();
+        let mut total: u64 = segs.iter().map(|s| s.size_bytes()).sum();
+        let mut doomed = Vec::new();
+        // Everything but the newest segment is sealed (the newest is the active one).
+        for seg in segs.iter().take(segs.len().saturating_sub(1)) {
+            if !seg.is_sealed() {
+                break;
+            }
+            let expired = retention_ms.is_some_and(|ms| {
+                let newest = seg.max_timestamp_ms();
+                newest != i64::MIN && now_ms.saturating_sub(newest) > ms as i64
+            });
+            let oversized = retention_bytes.is_some_and(|max| total > max);
+            let reason = if expired {
+                DeleteReason::Age
+            } else if oversized {
+                DeleteReason::Size
+            } else {
+                break;
+            };
+            total -= seg.size_bytes();
+            doomed.push((Arc::clone(seg), reason));
+        }
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let gone: Vec<u64> = doomed.iter().map(|(s, _)| s.base_offset()).collect();
+        // Readers see the new start before any file disappears.
+        self.segments.rcu(|segs| {
+            segs.iter()
+                .filter(|s| !gone.contains(&s.base_offset()))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        let mut deleted = Vec::with_capacity(doomed.len());
+        for (seg, reason) in doomed {
+            remove_segment_files(&self.dir, seg.base_offset());
+            seg.release_quota();
+            let counter = match reason {
+                DeleteReason::Age => &self.stats.segments_deleted_by_age,
+                DeleteReason::Size => &self.stats.segments_deleted_by_size,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let d = DeletedSegment {
+                base_offset: seg.base_offset(),
+                next_offset: seg.next_offset(),
+                size_bytes: seg.size_bytes(),
+                reason,
+            };
+            tracing::info!(
+                segment = %seg.path().display(),
+                reason = reason.as_str(),
+                offsets = ?(d.base_offset..d.next_offset),
+                size_bytes = d.size_bytes,
+                "retention deleted segment"
+            );
+            deleted.push(d);
+        }
+        let _ = super::segment::sync_dir(&self.dir);
+        Ok(deleted)
+    }
+
+    /// Gives back every byte this partition charged to the disk quota (its files are being
+    /// deleted with its topic).
+    pub fn release_quota(&self) {
+        for seg in self.segments.load().iter() {
+            seg.release_quota();
+        }
+    }
+
     fn roll_locked(&self, w: &mut SegmentWriter, need_bytes: usize) -> Result<()> {
         let base = w.next_offset();
         let header = new_header(&self.config, base, need_bytes);
         let replaces_empty = w.is_empty();
         // The new file exists before the old one is sealed, so a tailer that sees the seal
         // finds its successor.
-        let seg = Arc::new(Segment::create(&self.dir, header)?);
+        let seg = Arc::new(Segment::create(
+            &self.dir,
+            header,
+            self.config.quota.as_ref(),
+        )?);
         let new_writer = SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy());
         let old = std::mem::replace(w, new_writer);
         let old_path = old.segment().path().to_owned();
@@ -439,7 +589,8 @@ impl PartitionLog {
             next.push(Arc::clone(&seg));
             next
         });
-        tracing::debug!(
+        self.stats.segments_rolled.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
             sealed = %old_path.display(),
             base_offset = base,
             capacity_bytes = header.capacity_bytes,
@@ -544,6 +695,7 @@ impl PartitionLog {
         for seg in self.segments.load().iter() {
             if seg.durable_end() < seg.committed_end() {
                 if let Err(e) = seg.flush() {
+                    self.stats.flush_errors.fetch_add(1, Ordering::Relaxed);
                     let reason = e.to_string();
                     tracing::error!(partition = %self.dir.display(), error = %reason, "flush failed; partition stopped");
                     let _ = self.stopped.set(reason);
@@ -552,6 +704,7 @@ impl PartitionLog {
             }
         }
         self.durable_offset.fetch_max(end, Ordering::AcqRel);
+        self.stats.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(end)
     }
 }

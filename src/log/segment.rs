@@ -21,6 +21,7 @@ use super::format::{
 use super::index::{Index, IndexKind};
 use super::mmap::{futex_wake_all, MappedFile};
 use super::prefault::PrefaultHandle;
+use super::quota::DiskQuota;
 
 /// Position of the first frame in every segment file.
 pub const DATA_START: usize = sh::SIZE;
@@ -124,6 +125,9 @@ pub struct Segment {
     prefaulted_end: AtomicUsize,
     /// A prefault request for this segment is queued.
     pub(super) prefault_requested: AtomicBool,
+    /// The data directory's disk quota, if any, and the bytes this segment has charged to it.
+    quota: Option<Arc<DiskQuota>>,
+    charged_bytes: AtomicU64,
 }
 
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
@@ -136,11 +140,43 @@ impl Segment {
     /// Creates a new segment in `dir`: its index files first, then the data file under a
     /// temporary name, made durable and renamed into place, so a `.log` file always has a
     /// whole header. Replaces an existing (empty) segment with the same base offset.
-    pub fn create(dir: &Path, header: SegmentHeader) -> Result<Self> {
+    pub fn create(
+        dir: &Path,
+        header: SegmentHeader,
+        quota: Option<&Arc<DiskQuota>>,
+    ) -> Result<Self> {
         let base = header.base_offset;
         let capacity = header.capacity_bytes as usize;
         let interval = header.index_interval_bytes as usize;
         let index_cap = index_capacity(capacity, interval);
+        // The index files are allocated whole, the data file its header page for now.
+        let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
+        if let Some(q) = quota {
+            if !q.try_take(charge) {
+                return Err(LogError::NoSpace {
+                    path: segment_path(dir, base, format::SEGMENT_EXT),
+                    needed_bytes: charge,
+                });
+            }
+        }
+        let created = Self::create_files(dir, header, index_cap, quota, charge);
+        if created.is_err() {
+            if let Some(q) = quota {
+                q.give_back(charge);
+            }
+        }
+        created
+    }
+
+    fn create_files(
+        dir: &Path,
+        header: SegmentHeader,
+        index_cap: usize,
+        quota: Option<&Arc<DiskQuota>>,
+        charged: u64,
+    ) -> Result<Self> {
+        let base = header.base_offset;
+        let capacity = header.capacity_bytes as usize;
         let offset_index = Index::create(
             &segment_path(dir, base, format::OFFSET_INDEX_EXT),
             IndexKind::Offset,
@@ -194,12 +230,19 @@ impl Segment {
             allocate_lock: Mutex::new(()),
             prefaulted_end: AtomicUsize::new(DATA_START),
             prefault_requested: AtomicBool::new(false),
+            quota: quota.cloned(),
+            charged_bytes: AtomicU64::new(charged),
         })
     }
 
     /// Opens an existing segment. With `writable`, index files that are missing or damaged
     /// are recreated empty (recovery refills them); read-only, they are an error.
-    pub fn open(dir: &Path, base_offset: u64, writable: bool) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        base_offset: u64,
+        writable: bool,
+        quota: Option<&Arc<DiskQuota>>,
+    ) -> Result<Self> {
         let path = segment_path(dir, base_offset, format::SEGMENT_EXT);
         let data = MappedFile::open(&path, writable).map_err(|e| LogError::io(&path, e))?;
         if data.len() < DATA_START {
@@ -241,6 +284,15 @@ impl Segment {
         };
         let offset_index = open_index(IndexKind::Offset)?;
         let time_index = open_index(IndexKind::Time)?;
+        // Blocks that exist are charged whatever the limit.
+        let charged: u64 = [path.as_path(), offset_index.path(), time_index.path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .sum();
+        if let Some(q) = quota {
+            q.take(charged);
+        }
         Ok(Segment {
             header,
             path,
@@ -254,6 +306,8 @@ impl Segment {
             allocate_lock: Mutex::new(()),
             prefaulted_end: AtomicUsize::new(DATA_START),
             prefault_requested: AtomicBool::new(false),
+            quota: quota.cloned(),
+            charged_bytes: AtomicU64::new(charged),
         })
     }
 
@@ -522,7 +576,18 @@ impl Segment {
             .max(start + chunk_bytes)
             .next_multiple_of(4096)
             .min(self.capacity());
+        let bytes = (new_end - start) as u64;
+        if let Some(q) = &self.quota {
+            if !q.try_take(bytes) {
+                return Err(LogError::NoSpace {
+                    path: self.path.clone(),
+                    needed_bytes: bytes,
+                });
+            }
+        }
+        self.charged_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.data.reserve(start..new_end).map_err(|e| {
+            self.give_back(bytes);
             if is_no_space(&e) {
                 LogError::NoSpace {
                     path: self.path.clone(),
@@ -535,6 +600,26 @@ impl Segment {
         // Release: a writer that sees the new end sees the allocation done.
         self.allocated_end.store(new_end, Ordering::Release);
         Ok(())
+    }
+
+    /// Returns `bytes` of this segment's charge to the quota.
+    fn give_back(&self, bytes: u64) {
+        let _ = self
+            .charged_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(bytes))
+            });
+        if let Some(q) = &self.quota {
+            q.give_back(bytes);
+        }
+    }
+
+    /// Returns everything this segment charged to the quota (its files are being deleted).
+    pub fn release_quota(&self) {
+        let all = self.charged_bytes.swap(0, Ordering::Relaxed);
+        if let Some(q) = &self.quota {
+            q.give_back(all);
+        }
     }
 
     /// Position below which pages were pre-faulted.
@@ -587,10 +672,14 @@ impl Segment {
     /// tail of its indexes. The file keeps its length, so mappings stay valid.
     fn release_unused(&self) {
         let committed = self.committed_end();
-        let _ = self.data.punch_hole(committed..self.capacity());
+        let allocated = self.allocated_end();
+        if self.data.punch_hole(committed..self.capacity()).is_ok() {
+            let kept = committed.next_multiple_of(4096);
+            self.give_back(allocated.saturating_sub(kept) as u64);
+        }
         let count = self.checkpoint_count();
-        self.offset_index.release_unused(count);
-        self.time_index.release_unused(count);
+        let freed = self.offset_index.release_unused(count) + self.time_index.release_unused(count);
+        self.give_back(freed);
     }
 }
 
@@ -797,6 +886,11 @@ impl SegmentWriter {
         let seg = &self.seg;
         let end = seg.capacity();
         if seg.data.punch_hole(self.position..end).is_ok() {
+            // Blocks past the kept page are free again; the writer will re-allocate.
+            let kept = self.position.next_multiple_of(4096) as u64;
+            let on_disk = seg.charged_bytes.load(Ordering::Relaxed);
+            let indexes = 2 * super::index::file_len(seg.offset_index.capacity());
+            seg.give_back(on_disk.saturating_sub(kept + indexes));
             return Ok(());
         }
         // No hole punching here: write zeros, a page at a time, over pages that hold data.

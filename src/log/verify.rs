@@ -112,7 +112,7 @@ pub fn verify_partition(dir: &Path) -> PartitionSummary {
     s.segments = bases.len();
     let mut expected: Option<u64> = None;
     for (i, &base) in bases.iter().enumerate() {
-        let seg = match Segment::open(dir, base, false) {
+        let seg = match Segment::open(dir, base, false, None) {
             Ok(seg) => seg,
             Err(e) => {
                 s.problems.push(e.to_string());

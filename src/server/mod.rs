@@ -12,7 +12,7 @@ mod topics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -252,39 +252,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let flusher = tokio::spawn(flush_periodically(
-        Arc::clone(&broker),
-        Duration::from_millis(config.flush_interval_ms),
-        state.shutdown_signal(),
-    ));
+    let maintenance = crate::maintenance::spawn(Arc::clone(&broker), state.shutdown_signal());
 
     server.await??;
-    let _ = flusher.await;
+    let _ = maintenance.await;
     tokio::task::spawn_blocking(move || broker.flush_all()).await??;
     tracing::info!("all partitions flushed; bye");
     Ok(())
-}
-
-/// msyncs every partition every `interval`, until shutdown.
-async fn flush_periodically(
-    broker: Arc<Broker>,
-    interval: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
-        let b = Arc::clone(&broker);
-        match tokio::task::spawn_blocking(move || b.flush_all()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "periodic flush failed"),
-            Err(e) => tracing::error!(error = %e, "periodic flush task failed"),
-        }
-    }
 }
 
 async fn shutdown_requested() {

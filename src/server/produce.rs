@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{blocking, record_target, AppState};
-use crate::broker::Topic;
+use crate::broker::{Broker, Topic};
 use crate::config::Durability;
 use crate::log::format::{self, decode_frame_unchecked_crc, Record};
 
@@ -342,7 +342,7 @@ pub async fn produce(
     let durability = query.durability.unwrap_or(config.default_durability);
     let broker = state.broker()?;
     let metrics = state.metrics().clone();
-    let (response, ends, topic) = blocking(move || {
+    let (response, ends, topic, broker) = blocking(move || {
         let topic = broker.topic_for_produce(&topic_name)?;
         let now = now_ms();
         let (offsets, ends) = match kind {
@@ -407,7 +407,10 @@ pub async fn produce(
                 )
             }
         };
-        Ok((ProduceResponse { offsets }, ends, topic))
+        for &(partition, _) in &ends {
+            broker.after_append(topic.partition(partition)?);
+        }
+        Ok((ProduceResponse { offsets }, ends, topic, broker))
     })
     .await?;
     for &(partition, _) in &ends {
@@ -422,7 +425,7 @@ pub async fn produce(
             .inc_by(n);
     }
     if durability == Durability::Fsync {
-        wait_durable(&topic, ends).await?;
+        wait_durable(broker, &topic, ends).await?;
     }
     tracing::trace!(
         elapsed_us = started.elapsed().as_micros() as u64,
@@ -433,11 +436,15 @@ pub async fn produce(
 
 /// Waits until msync has covered every record below each partition's end. Concurrent
 /// callers share flushes (group commit, see `PartitionLog::flush_until`).
-async fn wait_durable(topic: &Arc<Topic>, ends: Vec<(u32, u64)>) -> ApiResult<()> {
+async fn wait_durable(
+    broker: Arc<Broker>,
+    topic: &Arc<Topic>,
+    ends: Vec<(u32, u64)>,
+) -> ApiResult<()> {
     let topic = Arc::clone(topic);
     blocking(move || {
         for (partition, end) in ends {
-            topic.partition(partition)?.log().flush_until(end)?;
+            broker.flush(topic.partition(partition)?, end)?;
         }
         Ok(())
     })

@@ -13,6 +13,7 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         reserve_chunk_bytes: 16 << 10,
         prefault_bytes: 8 << 10,
         prefaulter: None,
+        quota: None,
     }
 }
 

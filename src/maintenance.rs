@@ -1,0 +1,123 @@
+//! Background maintenance: one supervised task per server that flushes (msync) on a timer
+//! and after `flush_messages` records, rolls segments by age, and applies retention by age
+//! and by size. It talks to the engine through its public API; every piece of file work runs
+//! on the blocking pool. Rolling by size happens in the append itself, and the next chunk of
+//! every active segment is reserved and pre-faulted by the engine's prefaulter thread.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::broker::{Broker, Partition};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Starts the maintenance task; it ends when `shutdown` turns true.
+pub fn spawn(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    let requests = broker.take_flush_requests();
+    tokio::spawn(run(broker, requests, shutdown))
+}
+
+async fn run(
+    broker: Arc<Broker>,
+    requests: Option<mpsc::UnboundedReceiver<Weak<Partition>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let config = broker.config().clone();
+    let mut flush_tick = tokio::time::interval(Duration::from_millis(config.flush_interval_ms));
+    flush_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut housekeeping =
+        tokio::time::interval(Duration::from_millis(config.retention_check_interval_ms));
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut requests = requests;
+    tracing::info!(
+        flush_interval_ms = config.flush_interval_ms,
+        flush_messages = ?config.flush_messages,
+        retention_check_interval_ms = config.retention_check_interval_ms,
+        "maintenance started"
+    );
+    loop {
+        tokio::select! {
+            _ = flush_tick.tick() => {
+                let b = Arc::clone(&broker);
+                supervise("flush", move || { b.flush_all().map_err(|e| e.to_string()) }).await;
+            }
+            _ = housekeeping.tick() => {
+                let b = Arc::clone(&broker);
+                supervise("housekeeping", move || { housekeep(&b); Ok(()) }).await;
+            }
+            Some(p) = recv(&mut requests) => {
+                let Some(p) = p.upgrade() else { continue };
+                p.take_queued_flush();
+                let b = Arc::clone(&broker);
+                supervise("flush_messages", move || {
+                    b.flush(&p, u64::MAX).map(|_| ()).map_err(|e| e.to_string())
+                }).await;
+            }
+            _ = until_true(&mut shutdown) => break,
+        }
+    }
+    tracing::info!("maintenance stopped");
+}
+
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs one piece of blocking maintenance work; a failure or a panic is logged and the
+/// task carries on (the next tick retries), never taking the server down.
+async fn supervise(what: &'static str, work: impl FnOnce() -> Result<(), String> + Send + 'static) {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(task = what, error = %e, "maintenance work failed"),
+        Err(e) => tracing::error!(task = what, error = %e, "maintenance work panicked"),
+    }
+}
+
+/// Rolls segments that are too old and applies retention, partition by partition.
+fn housekeep(broker: &Broker) {
+    let now = now_ms();
+    for topic in broker.topics() {
+        let cfg = topic.config().clone();
+        for p in topic.partitions() {
+            let log = p.log();
+            if let Some(age) = cfg.segment_ms {
+                match log.roll_if_older(now, age) {
+                    Ok(true) => tracing::info!(
+                        topic = topic.name(),
+                        partition = p.id(),
+                        segment_ms = age,
+                        "rolled segment by age"
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(
+                        topic = topic.name(),
+                        partition = p.id(),
+                        error = %e,
+                        "roll by age failed"
+                    ),
+                }
+            }
+            if cfg.retention_ms.is_none() && cfg.retention_bytes.is_none() {
+                continue;
+            }
+            if let Err(e) = log.apply_retention(now, cfg.retention_ms, cfg.retention_bytes) {
+                tracing::warn!(topic = topic.name(), partition = p.id(), error = %e, "retention failed");
+            }
+        }
+    }
+}
