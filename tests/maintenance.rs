@@ -1,0 +1,387 @@
+//! Background maintenance against the real server, with tiny segments and short retention:
+//! rolls, retention by age and by size, the disk quota, fsync acknowledgements, restarts.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+const SEGMENT: &str = "65536";
+
+fn segment_files(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                mapq::log::format::parse_file_name(&name, "log")
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+async fn produce(
+    http: &Client,
+    base: &str,
+    topic: &str,
+    n: usize,
+    bytes: usize,
+) -> reqwest::Response {
+    let value = "x".repeat(bytes);
+    let records: Vec<Value> = (0..n).map(|_| json!({ "value": value })).collect();
+    http.post(format!("{base}/v1/topics/{topic}/records"))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn describe(http: &Client, base: &str, topic: &str) -> Value {
+    http.get(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolls_at_segment_size_and_retention_deletes_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("MAPQ_SEGMENT_BYTES", SEGMENT),
+        ("MAPQ_RETENTION_MS", "1500"),
+        ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let http = Client::new();
+    let base = server.base.clone();
+    // 1 KiB values: a frame is 1064 bytes, a batch of 30 is 31920 bytes; a 64 KiB segment
+    // has 61440 bytes after its header, so it holds one batch and the next one rolls.
+    for _ in 0..10 {
+        assert_eq!(produce(&http, &base, "aged", 30, 1024).await.status(), 200);
+    }
+    let pdir = dir.path().join("aged/0");
+    let files = segment_files(&pdir);
+    assert_eq!(
+        files,
+        (0..10).map(|i| i * 30).collect::<Vec<u64>>(),
+        "a roll per batch"
+    );
+    for f in &files {
+        let len = std::fs::metadata(pdir.join(format!("{f:020}.log")))
+            .unwrap()
+            .len();
+        assert_eq!(len, 65536, "segment files are sized up front");
+    }
+
+    // After the retention period every sealed segment goes; the active one stays.
+    eventually(
+        Duration::from_secs(15),
+        "sealed segments deleted by age",
+        || async { segment_files(&pdir).len() == 1 },
+    )
+    .await;
+    let d = describe(&http, &base, "aged").await;
+    let stats = &d["partition_stats"][0];
+    assert_eq!(stats["end_offset"], 300);
+    let start = stats["start_offset"].as_u64().unwrap();
+    assert_eq!(
+        start,
+        *segment_files(&pdir).first().unwrap(),
+        "start offset moved to the active segment"
+    );
+    let r = http
+        .get(format!(
+            "{base}/v1/topics/aged/partitions/0/records?offset=0"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "offset_out_of_range");
+    assert_eq!(e["error"]["earliest"], start);
+    // What is left still reads.
+    let r: Value = http
+        .get(format!(
+            "{base}/v1/topics/aged/partitions/0/records?offset={start}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["records"].as_array().unwrap().len() as u64, 300 - start);
+    let m = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"mapq_segments_deleted_total{partition="0",reason="age",topic="aged"} 9"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"mapq_segments_rolled_total{partition="0",topic="aged"} 9"#),
+        "{m}"
+    );
+
+    // Survives kill -9 and a restart with the same state.
+    server.kill();
+    let server = Server::start(dir.path(), &env);
+    let d = describe(&http, &server.base, "aged").await;
+    assert_eq!(d["partition_stats"][0]["start_offset"], start);
+    assert_eq!(d["partition_stats"][0]["end_offset"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_size_keeps_the_newest_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+            ("MAPQ_RETENTION_MS", "null"),
+        ],
+    );
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "sized", "config": {"segment_bytes": 65536, "retention_bytes": 150000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for _ in 0..10 {
+        assert_eq!(produce(&http, &base, "sized", 30, 1024).await.status(), 200);
+    }
+    let pdir = dir.path().join("sized/0");
+    eventually(
+        Duration::from_secs(15),
+        "oldest segments deleted by size",
+        || async {
+            let d = describe(&http, &base, "sized").await;
+            d["partition_stats"][0]["size_bytes"].as_u64().unwrap() <= 150_000
+        },
+    )
+    .await;
+    let d = describe(&http, &base, "sized").await;
+    let stats = &d["partition_stats"][0];
+    // 300 records in batches of 30 of 1064-byte frames: segments of 30 + 30 + ... records.
+    assert!(
+        stats["size_bytes"].as_u64().unwrap() > 150_000 - 65_536,
+        "no more than needed went: {d}"
+    );
+    assert_eq!(
+        stats["segments"].as_u64().unwrap() as usize,
+        segment_files(&pdir).len()
+    );
+    assert_eq!(
+        stats["start_offset"].as_u64(),
+        segment_files(&pdir).first().copied()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_quota_answers_507_then_recovers_when_retention_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("MAPQ_SEGMENT_BYTES", SEGMENT),
+        ("MAPQ_RESERVE_CHUNK_BYTES", "16384"),
+        ("MAPQ_PREFAULT_BYTES", "16384"),
+        ("MAPQ_MAX_DISK_BYTES", "400000"),
+        ("MAPQ_RETENTION_MS", "2000"),
+        ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let http = Client::new();
+    let base = server.base.clone();
+    let mut acked = 0u64;
+    let mut status = 200;
+    for _ in 0..100 {
+        let r = produce(&http, &base, "full", 10, 1024).await;
+        status = r.status().as_u16();
+        if status != 200 {
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["error"]["code"], "insufficient_storage");
+            break;
+        }
+        acked += 10;
+    }
+    assert_eq!(status, 507, "the quota was reached");
+    let end = describe(&http, &base, "full").await["partition_stats"][0]["end_offset"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        end, acked,
+        "nothing partial was appended by the refused request"
+    );
+    assert!(
+        server.log_text().contains("disk full"),
+        "{}",
+        server.log_text()
+    );
+    let m = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("mapq_disk_limit_bytes 400000"), "{m}");
+
+    // Retention frees the old segments; writes resume by themselves.
+    eventually(
+        Duration::from_secs(20),
+        "produce accepted again",
+        || async { produce(&http, &base, "full", 10, 1024).await.status() == 200 },
+    )
+    .await;
+    let r: Value = http
+        .get(format!(
+            "{base}/v1/topics/full/partitions/0/records?offset=latest"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["high_watermark"].as_u64().unwrap(), acked + 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsync_produce_answers_only_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    // No timer flush during the test: only the fsync requests themselves flush.
+    let server = Server::start(dir.path(), &[("MAPQ_FLUSH_INTERVAL_MS", "3600000")]);
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = produce(&http, &base, "d", 5, 100).await;
+    assert_eq!(r.status(), 200);
+    let header_durable_end = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let committed = u64::from_le_bytes(bytes[64..72].try_into().unwrap());
+        let durable = u64::from_le_bytes(bytes[128..136].try_into().unwrap());
+        (committed, durable)
+    };
+    let seg = dir.path().join("d/0/00000000000000000000.log");
+    let (committed, durable) = header_durable_end(&seg);
+    assert!(
+        durable < committed,
+        "memory acknowledgements do not wait for msync"
+    );
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/topics/d/records?durability=fsync"))
+                .json(&json!({"records": [{"value": "sure"}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["offsets"][0]["offset"].as_u64().unwrap()
+        }));
+    }
+    let mut max_offset = 0;
+    for t in tasks {
+        max_offset = max_offset.max(t.await.unwrap());
+    }
+    let (committed, durable) = header_durable_end(&seg);
+    assert_eq!(
+        durable, committed,
+        "every acknowledged fsync record is below the durable end"
+    );
+    let m = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = m
+        .lines()
+        .find(|l| l.starts_with(r#"mapq_log_durable_offset{partition="0",topic="d"}"#))
+        .unwrap();
+    let durable_offset: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(durable_offset > max_offset, "{line}");
+    // Group commit: eight fsync producers needed fewer msyncs than requests.
+    let flushes: u64 = m
+        .lines()
+        .find(|l| l.starts_with(r#"mapq_flushes_total{partition="0",topic="d"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!((1..=8).contains(&flushes), "{flushes} flushes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_messages_and_roll_by_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_FLUSH_INTERVAL_MS", "3600000"),
+            ("MAPQ_FLUSH_MESSAGES", "50"),
+            ("MAPQ_SEGMENT_MS", "500"),
+            ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+        ],
+    );
+    let http = Client::new();
+    let base = server.base.clone();
+    assert_eq!(produce(&http, &base, "f", 60, 10).await.status(), 200);
+    eventually(
+        Duration::from_secs(10),
+        "a flush after 50 messages",
+        || async {
+            let d = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            d.contains(r#"mapq_log_durable_offset{partition="0",topic="f"} 60"#)
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "a roll by age", || async {
+        describe(&http, &base, "f").await["partition_stats"][0]["segments"] == 2
+    })
+    .await;
+    assert_eq!(produce(&http, &base, "f", 1, 10).await.status(), 200);
+    let files = segment_files(&dir.path().join("f/0"));
+    assert_eq!(files, [0, 60], "the new segment starts at the next offset");
+}
