@@ -190,6 +190,11 @@ async fn topics_create_list_describe_delete() {
         "bad_request",
     )
     .await;
+    // Administrative bodies are JSON whatever the Content-Type says.
+    let r = api
+        .post_raw("/v1/topics", "text/plain", br#"{"name": "plain"}"#.to_vec())
+        .await;
+    assert_eq!(r.status(), 201);
     assert!(
         !api.server.data_dir.join("t").exists(),
         "rejected creates touch nothing"
@@ -367,6 +372,11 @@ async fn rejected_produce_requests_append_nothing() {
             413,
             "payload_too_large",
         ),
+        (
+            json!({"records": [{"value": 1}, {"value": 1, "timestamp_ms": -5}]}),
+            400,
+            "bad_request",
+        ),
     ];
     for (body, status, code) in cases {
         expect_error(api.post_json(path, body).await, status, code).await;
@@ -431,6 +441,16 @@ async fn rejected_produce_requests_append_nothing() {
             "/v1/topics/t/records?durability=maybe",
             "application/octet-stream",
             b"x".to_vec(),
+        )
+        .await,
+        400,
+        "bad_request",
+    )
+    .await;
+    expect_error(
+        api.post_json(
+            "/v1/topics/t/records?partition=1",
+            json!({"records": [{"value": 1}]}),
         )
         .await,
         400,

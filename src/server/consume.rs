@@ -149,7 +149,7 @@ fn start_offset(
         (None, None) => Ok(log.start_offset()),
         (Some(n), None) => n.parse().map_err(|_| {
             ApiError::bad_request(format!(
-                "offset must be a number, `earliest` or `latest`, not {n:?}"
+                "offset must be `earliest`, `latest` or a number from 0 to 18446744073709551615, not {n:?}"
             ))
         }),
     }

@@ -1,6 +1,5 @@
 //! Consumer group offsets.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -64,10 +63,10 @@ pub struct GroupQuery {
 pub async fn commit_offsets(
     State(state): State<AppState>,
     Path(group): Path<String>,
-    body: Result<Json<CommitRequest>, JsonRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     validate_name(&group)?;
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req: CommitRequest = super::read_json(body).await?;
     if req.offsets.is_empty() {
         return Err(ApiError::bad_request("`offsets` is empty"));
     }

@@ -198,6 +198,23 @@ pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
     }
 }
 
+/// Largest body accepted by the administrative routes (topics, group offsets).
+const ADMIN_BODY_LIMIT: usize = 1 << 20;
+
+/// Reads a small JSON body, whatever its `Content-Type`, with the same error wording as the
+/// produce route.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    body: axum::body::Body,
+) -> ApiResult<T> {
+    let bytes = axum::body::to_bytes(body, ADMIN_BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            ApiError::too_large(format!("request body is over {ADMIN_BODY_LIMIT} bytes"))
+        })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
+}
+
 /// Runs blocking file work (append with possible segment creation, msync, fsync, file
 /// creation and deletion) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -54,7 +54,7 @@ pub struct RecordIn<'a> {
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
     partition: Option<u32>,
-    /// Milliseconds since the Unix epoch; default: the server's clock.
+    /// Milliseconds since the Unix epoch; absent or 0: the server's clock.
     timestamp_ms: Option<i64>,
 }
 
@@ -165,13 +165,22 @@ fn decode_record<'a>(
         )));
     }
     let partition = topic.choose_partition(r.partition, key.as_deref())?;
+    let timestamp_ms = match r.timestamp_ms {
+        None | Some(0) => now,
+        Some(t) if t < 0 => {
+            return Err(ApiError::bad_request(format!(
+                "timestamp_ms must be milliseconds since the Unix epoch, not {t}"
+            )))
+        }
+        Some(t) => t,
+    };
     Ok(Owned {
         partition,
         key,
         value,
         json,
         headers,
-        timestamp_ms: r.timestamp_ms.unwrap_or(now),
+        timestamp_ms,
     })
 }
 
@@ -339,6 +348,18 @@ pub async fn produce(
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
         })?;
+    if matches!(kind, Kind::Json | Kind::Ndjson)
+        && (query.key.is_some() || query.partition.is_some())
+    {
+        return Err(ApiError::bad_request(
+            "`key` and `partition` in the query apply to raw bodies; JSON records carry their own",
+        ));
+    }
+    if matches!(kind, Kind::Frames) && query.key.is_some() {
+        return Err(ApiError::bad_request(
+            "frames carry their own keys; drop `key` from the query",
+        ));
+    }
     let durability = query.durability.unwrap_or(config.default_durability);
     let broker = state.broker()?;
     let metrics = state.metrics().clone();

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -103,9 +102,9 @@ pub fn describe(t: &Topic) -> TopicDescription {
     ))]
 pub async fn create_topic(
     State(state): State<AppState>,
-    body: Result<Json<CreateTopic>, JsonRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<TopicDescription>)> {
-    let Json(req) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let req: CreateTopic = super::read_json(body).await?;
     record_target(&req.name, None);
     let overrides: TopicOverrides = match req.config {
         None | Some(serde_json::Value::Null) => TopicOverrides::default(),
