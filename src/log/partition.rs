@@ -3,7 +3,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -195,10 +195,13 @@ pub struct PartitionLog {
     end_offset: AtomicU64,
     /// Every record below this offset has been made durable by a flush.
     durable_offset: AtomicU64,
-    /// The single writer: the active segment. Lock order: `writer`, then `flush_lock`.
+    /// The single writer: the active segment. Lock order: `writer`, then `flush_running`.
     writer: Mutex<SegmentWriter>,
-    /// Serializes flushes against each other (not against appends).
-    flush_lock: Mutex<()>,
+    /// Whether a flush is running: flushes run one at a time (never under this lock, and
+    /// never against appends); callers wait on `flush_done` instead of queueing on a lock,
+    /// so that everyone a flush covered returns as soon as it ends.
+    flush_running: Mutex<bool>,
+    flush_done: Condvar,
     /// Set when a flush failed: the partition then refuses appends.
     stopped: OnceLock<String>,
     /// Counters of the engine's own work, for metrics.
@@ -347,7 +350,8 @@ impl PartitionLog {
                 end_offset: AtomicU64::new(end),
                 durable_offset: AtomicU64::new(0),
                 writer: Mutex::new(writer),
-                flush_lock: Mutex::new(()),
+                flush_running: Mutex::new(false),
+                flush_done: Condvar::new(),
                 stopped: OnceLock::new(),
                 stats: LogStats::default(),
             },
@@ -683,14 +687,35 @@ impl PartitionLog {
     /// held it may already have covered its records, and then returns without an msync.
     /// Returns the durable offset.
     pub fn flush_until(&self, offset: u64) -> Result<u64> {
-        let _guard = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(reason) = self.stopped.get() {
-            return Err(LogError::Stopped(reason.clone()));
+        let mut running = self.flush_running.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(reason) = self.stopped.get() {
+                return Err(LogError::Stopped(reason.clone()));
+            }
+            let durable = self.durable_offset();
+            if durable >= offset.min(self.end_offset()) {
+                return Ok(durable);
+            }
+            if !*running {
+                break;
+            }
+            // Someone is flushing: wait for it, then look again. Waiters that it covered
+            // return without an msync of their own: that is the group commit.
+            running = self
+                .flush_done
+                .wait(running)
+                .unwrap_or_else(|p| p.into_inner());
         }
-        let durable = self.durable_offset();
-        if durable >= offset.min(self.end_offset()) {
-            return Ok(durable);
-        }
+        *running = true;
+        drop(running);
+        let result = self.flush_published();
+        *self.flush_running.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.flush_done.notify_all();
+        result
+    }
+
+    /// msyncs every segment with data above its durable end; only one runs at a time.
+    fn flush_published(&self) -> Result<u64> {
         let end = self.end_offset();
         for seg in self.segments.load().iter() {
             if seg.durable_end() < seg.committed_end() {

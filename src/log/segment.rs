@@ -529,23 +529,17 @@ impl Segment {
         Ok((at, n, next))
     }
 
-    /// Makes everything published so far durable (msync of the new data, the header and the
-    /// indexes), then records the new durable end. Returns it.
+    /// Makes everything published so far durable with one msync over the header and the new
+    /// data, then records the new durable end (which itself reaches the disk with the next
+    /// flush). Index files are left to the kernel's writeback: recovery checks every
+    /// checkpoint it keeps against the data and rebuilds the rest. Returns the durable end.
     pub fn flush(&self) -> Result<usize> {
         let committed = self.committed_end();
-        let durable = self.durable_end();
-        let count = self.checkpoint_count();
-        if committed > durable {
-            let start = durable & !(4096 - 1);
+        if committed > self.durable_end() {
             self.data
-                .flush(start..committed)
+                .flush(0..committed)
                 .map_err(|e| LogError::io(&self.path, e))?;
-            self.offset_index.flush(count)?;
-            self.time_index.flush(count)?;
         }
-        self.data
-            .flush(0..DATA_START)
-            .map_err(|e| LogError::io(&self.path, e))?;
         // Release: a tailer that reads only durable data sees the frames below it.
         self.data
             .atomic_u64(sh::DURABLE_END)
