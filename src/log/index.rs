@@ -54,6 +54,20 @@ impl Index {
     /// all its blocks reserved: indexes are small and must never fault for lack of space.
     pub fn create(path: &Path, kind: IndexKind, base_offset: u64, capacity: usize) -> Result<Self> {
         let tmp = path.with_extension(format!("{}.{}", kind.ext(), format::CREATING_SUFFIX));
+        let mut index = Self::create_at(&tmp, kind, base_offset, capacity)?;
+        std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
+        index.path = path.to_owned();
+        Ok(index)
+    }
+
+    /// Creates the index file at exactly `path` (replacing any file there), blocks reserved.
+    pub fn create_at(
+        path: &Path,
+        kind: IndexKind,
+        base_offset: u64,
+        capacity: usize,
+    ) -> Result<Self> {
+        let tmp = path.to_owned();
         let _ = std::fs::remove_file(&tmp);
         let len = file_len(capacity);
         let map = MappedFile::create(&tmp, len).map_err(|e| LogError::io(&tmp, e))?;
@@ -80,12 +94,23 @@ impl Index {
         header[ih::HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
         // SAFETY: the file was just created under a temporary name; nobody else maps it.
         unsafe { map.writable(0..header.len()) }.copy_from_slice(&header);
-        std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
         Ok(Index {
             map,
-            path: path.to_owned(),
+            path: tmp,
             capacity,
         })
+    }
+
+    /// Rewrites the base offset in the header (and its CRC), and the path the index will
+    /// have once renamed. Only for a spare index nobody else maps yet.
+    pub fn adopt(&mut self, base_offset: u64, path: PathBuf) {
+        // SAFETY: called on a spare segment owned by value by the writer: not shared with any
+        // reader, in this process or another (its file still has a temporary name).
+        let header = unsafe { self.map.writable(0..ih::HEADER_CRC + 4) };
+        header[ih::BASE_OFFSET..ih::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
+        let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
+        header[ih::HEADER_CRC..ih::HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        self.path = path;
     }
 
     /// Opens and checks an existing index file.

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,7 +15,9 @@ use super::format::{
 };
 use super::prefault::PrefaultHandle;
 use super::quota::DiskQuota;
-use super::segment::{ReservePolicy, Segment, SegmentHeader, SegmentWriter, DATA_START};
+use super::segment::{
+    spare_path, ReservePolicy, Segment, SegmentHeader, SegmentWriter, DATA_START, SPARE_BASE_OFFSET,
+};
 
 /// Tunables of a partition log.
 #[derive(Debug, Clone)]
@@ -182,6 +184,122 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A roll to finish: (old segment, new segment, the new one's temporary file name).
+type PendingRoll = (Arc<Segment>, Arc<Segment>, String);
+
+/// Rolls prepared and finished off the append path: a spare segment created ahead of time,
+/// and rolls whose new segment still has temporary file names and whose old segment is not
+/// sealed yet. Shared (weakly) with the prefaulter thread, which does that work.
+#[derive(Debug)]
+pub struct Rolls {
+    dir: PathBuf,
+    capacity_bytes: u64,
+    index_interval_bytes: u32,
+    quota: Option<Arc<DiskQuota>>,
+    /// A spare segment and its temporary name, ready to be adopted.
+    spare: Mutex<Option<(Segment, String)>>,
+    spare_requested: AtomicBool,
+    next_spare: AtomicU64,
+    /// Rolls to finish, oldest first: (old segment, new segment, its temporary name). Held
+    /// only to queue or take entries. Lock order: `writer`, then `finishing`, then this.
+    pending: Mutex<Vec<PendingRoll>>,
+    /// Serializes finishing, so rolls finish in order.
+    finishing: Mutex<()>,
+    /// A file was created or renamed since the directory was last fsynced.
+    dir_dirty: AtomicBool,
+}
+
+impl Rolls {
+    /// Creates the spare segment if there is none (blocks: creates files).
+    pub fn prepare_spare(&self) -> Result<()> {
+        let _clear = ClearOnDrop(&self.spare_requested);
+        if self
+            .spare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let name = format!("spare-{}", self.next_spare.fetch_add(1, Ordering::Relaxed));
+        let seg = Segment::create_spare(
+            &self.dir,
+            &name,
+            self.capacity_bytes,
+            self.index_interval_bytes,
+            self.quota.as_ref(),
+        )?;
+        seg.prefault_to(DATA_START + (1 << 20), 1 << 20)?;
+        self.dir_dirty.store(true, Ordering::Release);
+        *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some((seg, name));
+        Ok(())
+    }
+
+    /// Takes the spare if it can hold `capacity` bytes.
+    fn take_spare(&self, capacity: usize) -> Option<(Segment, String)> {
+        let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some((seg, _)) if seg.capacity() >= capacity => slot.take(),
+            _ => None,
+        }
+    }
+
+    /// Finishes pending rolls, oldest first: renames the new segment's files to their final
+    /// names, fsyncs the directory, then seals the old segment, so a tailer that sees the
+    /// seal finds the next file. Blocks.
+    pub fn finish_pending(&self) -> Result<()> {
+        let _one_at_a_time = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        // Take the batch out, so the writer can queue more rolls meanwhile.
+        let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let renamed = batch.iter().try_for_each(|(_, new, name)| {
+            if spare_path(&self.dir, name, format::SEGMENT_EXT).exists() {
+                Segment::rename_spare_files(&self.dir, name, new.base_offset())?;
+            }
+            Ok(())
+        });
+        if let Err(e) = renamed.and_then(|()| super::segment::sync_dir(&self.dir)) {
+            // Put the batch back in front; renames already done are skipped next time.
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let later = std::mem::replace(&mut *pending, batch);
+            pending.extend(later);
+            return Err(e);
+        }
+        self.dir_dirty.store(false, Ordering::Release);
+        for (old, _, _) in batch {
+            old.seal();
+            old.release_unused();
+        }
+        Ok(())
+    }
+
+    /// Makes every segment file name durable (before an fsync acknowledgement).
+    fn sync_names(&self) -> Result<()> {
+        self.finish_pending()?;
+        if self.dir_dirty.swap(false, Ordering::AcqRel) {
+            super::segment::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn release_quota(&self) {
+        if let Some((seg, _)) = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            seg.release_quota();
+        }
+    }
+}
+
+/// Clears a flag when dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// A partition's log. Appends are serialized by one writer lock; reads never take it.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -206,6 +324,7 @@ pub struct PartitionLog {
     stopped: OnceLock<String>,
     /// Counters of the engine's own work, for metrics.
     stats: LogStats,
+    rolls: Arc<Rolls>,
 }
 
 /// Counters of work a partition log did since it was opened.
@@ -354,6 +473,18 @@ impl PartitionLog {
                 flush_done: Condvar::new(),
                 stopped: OnceLock::new(),
                 stats: LogStats::default(),
+                rolls: Arc::new(Rolls {
+                    dir: dir.to_owned(),
+                    capacity_bytes: new_header(&log_config, 0, 0).capacity_bytes,
+                    index_interval_bytes: new_header(&log_config, 0, 0).index_interval_bytes,
+                    quota: log_config.quota.clone(),
+                    spare: Mutex::new(None),
+                    spare_requested: AtomicBool::new(false),
+                    next_spare: AtomicU64::new(0),
+                    pending: Mutex::new(Vec::new()),
+                    finishing: Mutex::new(()),
+                    dir_dirty: AtomicBool::new(false),
+                }),
             },
             report,
         ))
@@ -433,6 +564,7 @@ impl PartitionLog {
         self.make_room(&mut w, total)?;
         let first_offset = w.append(records, total)?;
         self.end_offset.store(w.next_offset(), Ordering::Release);
+        self.want_spare(&w);
         Ok(Appended {
             first_offset,
             count: records.len() as u64,
@@ -453,6 +585,7 @@ impl PartitionLog {
         self.make_room(&mut w, frames.len())?;
         let first_offset = w.append_frames(frames, count, now_ms())?;
         self.end_offset.store(w.next_offset(), Ordering::Release);
+        self.want_spare(&w);
         Ok(Appended {
             first_offset,
             count,
@@ -567,12 +700,65 @@ impl PartitionLog {
         for seg in self.segments.load().iter() {
             seg.release_quota();
         }
+        self.rolls.release_quota();
+    }
+
+    /// Once the active segment is half full, asks the prefaulter for a spare segment.
+    fn want_spare(&self, w: &SegmentWriter) {
+        let Some(p) = &self.config.prefaulter else {
+            return;
+        };
+        if w.position() > w.segment().capacity() / 2
+            && !self.rolls.spare_requested.swap(true, Ordering::AcqRel)
+        {
+            p.request_spare(&self.rolls);
+        }
+    }
+
+    /// Finishes rolls whose files still have temporary names (blocks).
+    pub fn finish_rolls(&self) -> Result<()> {
+        self.rolls.finish_pending()
+    }
+
+    /// The roll work shared with the prefaulter thread.
+    pub fn rolls(&self) -> &Arc<Rolls> {
+        &self.rolls
     }
 
     fn roll_locked(&self, w: &mut SegmentWriter, need_bytes: usize) -> Result<()> {
         let base = w.next_offset();
         let header = new_header(&self.config, base, need_bytes);
         let replaces_empty = w.is_empty();
+        if !replaces_empty {
+            if let Some((spare, name)) = self.rolls.take_spare(header.capacity_bytes as usize) {
+                // The fast path: no file is created here. The spare becomes the active
+                // segment at once; its files are renamed and the old segment sealed by the
+                // prefaulter thread right after (or by the next flush).
+                let seg = Arc::new(spare.adopt(&self.dir, base, now_ms()));
+                let new_writer = SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy());
+                let old = std::mem::replace(w, new_writer).into_segment();
+                self.segments.rcu(|segs| {
+                    let mut next: Vec<Arc<Segment>> = segs.as_ref().clone();
+                    next.push(Arc::clone(&seg));
+                    next
+                });
+                self.rolls
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((old, seg, name));
+                self.rolls.dir_dirty.store(true, Ordering::Release);
+                match &self.config.prefaulter {
+                    Some(p) => p.request_finish(&self.rolls),
+                    None => self.rolls.finish_pending()?,
+                }
+                self.stats.segments_rolled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(base_offset = base, partition = %self.dir.display(), "rolled segment (prepared spare)");
+                return Ok(());
+            }
+        }
+        // Earlier rolls finish first, so names appear and seals happen in order.
+        self.rolls.finish_pending()?;
         // The new file exists before the old one is sealed, so a tailer that sees the seal
         // finds its successor.
         let seg = Arc::new(Segment::create(
@@ -653,9 +839,10 @@ impl PartitionLog {
             batch.record_count += n;
             batch.next_offset = next;
             bytes += stop - pos;
-            // Go on to the next segment only when this one is sealed and fully read (with the
-            // committed end loaded before the seal was seen, nothing can have been missed).
-            if stop < committed || !seg.is_sealed() || seg.committed_end() != committed {
+            // Go on to the next segment when this one is fully read and a newer one exists:
+            // the writer moved on before the newer segment entered the list we loaded, so the
+            // committed end we loaded is this segment's last.
+            if stop < committed || i + 1 >= segs.len() {
                 break;
             }
             i += 1;
@@ -717,6 +904,8 @@ impl PartitionLog {
     /// msyncs every segment with data above its durable end; only one runs at a time.
     fn flush_published(&self) -> Result<u64> {
         let end = self.end_offset();
+        // Durable records need durable file names.
+        self.rolls.sync_names()?;
         for seg in self.segments.load().iter() {
             if seg.durable_end() < seg.committed_end() {
                 if let Err(e) = seg.flush() {
@@ -759,6 +948,8 @@ fn remove_segment_files(dir: &Path, base: u64) {
 fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
     let mut bases = Vec::new();
     let mut index_bases = Vec::new();
+    let mut spares = Vec::new();
+    let mut spare_parts = Vec::new();
     let entries = fs::read_dir(dir).map_err(|e| LogError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| LogError::io(dir, e))?;
@@ -769,15 +960,70 @@ fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
         };
         if let Some(base) = format::parse_file_name(&name, format::SEGMENT_EXT) {
             bases.push(base);
+        } else if let Some(spare) = name
+            .strip_suffix(&format!(
+                ".{}.{}",
+                format::SEGMENT_EXT,
+                format::CREATING_SUFFIX
+            ))
+            .filter(|n| n.starts_with("spare-"))
+        {
+            spares.push((spare.to_owned(), path));
         } else if let Some(base) = format::parse_file_name(&name, format::OFFSET_INDEX_EXT)
             .or_else(|| format::parse_file_name(&name, format::TIME_INDEX_EXT))
         {
             index_bases.push((base, path));
         } else if name.ends_with(&format!(".{}", format::CREATING_SUFFIX)) {
+            if name.starts_with("spare-") {
+                // A spare's index file: handled with its data file below.
+                spare_parts.push(path);
+                continue;
+            }
             let _ = fs::remove_file(&path);
             report.removed_temp_files.push(path);
         } else {
             report.stray_files.push(path);
+        }
+    }
+    for (name, path) in spares {
+        // A spare adopted by a roll whose files were not renamed before a crash holds
+        // records: finish its renaming. Any other spare is a leftover.
+        let adopted = fs::read(&path).ok().and_then(|bytes| {
+            let len = bytes.len() as u64;
+            let h = SegmentHeader::decode(bytes.get(..DATA_START)?, &path, len).ok()?;
+            (h.base_offset != SPARE_BASE_OFFSET).then_some(h.base_offset)
+        });
+        match adopted {
+            Some(base) if !bases.contains(&base) => {
+                for ext in [format::OFFSET_INDEX_EXT, format::TIME_INDEX_EXT] {
+                    let from = spare_path(dir, &name, ext);
+                    if from.exists() {
+                        let _ = fs::rename(&from, super::segment::segment_path(dir, base, ext));
+                    }
+                }
+                let to = super::segment::segment_path(dir, base, format::SEGMENT_EXT);
+                fs::rename(&path, &to).map_err(|e| LogError::io(&path, e))?;
+                tracing::info!(segment = %to.display(), "finished renaming a rolled segment");
+                bases.push(base);
+            }
+            _ => {
+                for ext in [
+                    format::SEGMENT_EXT,
+                    format::OFFSET_INDEX_EXT,
+                    format::TIME_INDEX_EXT,
+                ] {
+                    let p = spare_path(dir, &name, ext);
+                    if fs::remove_file(&p).is_ok() {
+                        report.removed_temp_files.push(p);
+                    }
+                }
+            }
+        }
+    }
+    for path in spare_parts {
+        // Index files of a spare whose data file never appeared, or was removed above.
+        if fs::remove_file(&path).is_ok() {
+            report.removed_temp_files.push(path);
         }
     }
     bases.sort_unstable();
@@ -792,4 +1038,13 @@ fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
         tracing::warn!(path = %path.display(), "unexpected file in partition directory; left alone");
     }
     Ok(bases)
+}
+
+impl Drop for PartitionLog {
+    fn drop(&mut self) {
+        // Leave final names and seals behind, so a clean stop has nothing to repair.
+        if let Err(e) = self.rolls.finish_pending() {
+            tracing::warn!(partition = %self.dir.display(), error = %e, "could not finish a roll");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
+use super::partition::Rolls;
 use super::segment::Segment;
 
 /// A cheap, cloneable handle writers use to ask for pre-faulting.
@@ -20,13 +21,22 @@ pub struct PrefaultHandle {
     tx: mpsc::Sender<Request>,
 }
 
-/// Pre-fault `segment` up to `ahead_bytes` past its committed end, allocating blocks
-/// `chunk_bytes` at a time.
+/// Work for the prefaulter thread.
 #[derive(Debug)]
-struct Request {
-    segment: Weak<Segment>,
-    ahead_bytes: usize,
-    chunk_bytes: usize,
+enum Request {
+    /// Pre-fault `segment` up to `ahead_bytes` past its committed end, allocating blocks
+    /// `chunk_bytes` at a time.
+    Prefault {
+        segment: Weak<Segment>,
+        ahead_bytes: usize,
+        chunk_bytes: usize,
+    },
+    /// Create a spare segment for the partition's next roll.
+    PrepareSpare(Weak<Rolls>),
+    /// Rename a rolled segment's files and seal its predecessor.
+    FinishRolls(Weak<Rolls>),
+    /// Stop the thread.
+    Stop,
 }
 
 impl PrefaultHandle {
@@ -34,12 +44,22 @@ impl PrefaultHandle {
     /// end. Never blocks; at most one request per segment is outstanding.
     pub fn request(&self, seg: &Arc<Segment>, ahead_bytes: usize, chunk_bytes: usize) {
         if !seg.prefault_requested.swap(true, Ordering::AcqRel) {
-            let _ = self.tx.send(Request {
+            let _ = self.tx.send(Request::Prefault {
                 segment: Arc::downgrade(seg),
                 ahead_bytes,
                 chunk_bytes,
             });
         }
+    }
+
+    /// Asks for a spare segment to be created for `rolls`' partition.
+    pub fn request_spare(&self, rolls: &Arc<Rolls>) {
+        let _ = self.tx.send(Request::PrepareSpare(Arc::downgrade(rolls)));
+    }
+
+    /// Asks for `rolls`' pending rolls to be finished.
+    pub fn request_finish(&self, rolls: &Arc<Rolls>) {
+        let _ = self.tx.send(Request::FinishRolls(Arc::downgrade(rolls)));
     }
 }
 
@@ -64,17 +84,27 @@ impl Prefaulter {
                     if stopping.load(Ordering::Acquire) {
                         break;
                     }
-                    let Some(seg) = req.segment.upgrade() else {
-                        continue;
-                    };
-                    seg.prefault_requested.store(false, Ordering::Release);
-                    if seg.is_sealed() {
-                        continue;
-                    }
-                    let target = (seg.committed_end() + req.ahead_bytes).min(seg.capacity());
-                    if let Err(e) = seg.prefault_to(target, req.chunk_bytes) {
-                        // The writer meets the same error synchronously and reports it.
-                        tracing::debug!(segment = %seg.path().display(), error = %e, "pre-fault failed");
+                    match req {
+                        Request::Prefault {
+                            segment,
+                            ahead_bytes,
+                            chunk_bytes,
+                        } => prefault(segment, ahead_bytes, chunk_bytes),
+                        Request::PrepareSpare(rolls) => {
+                            if let Some(r) = rolls.upgrade() {
+                                if let Err(e) = r.prepare_spare() {
+                                    tracing::debug!(error = %e, "spare segment not prepared");
+                                }
+                            }
+                        }
+                        Request::FinishRolls(rolls) => {
+                            if let Some(r) = rolls.upgrade() {
+                                if let Err(e) = r.finish_pending() {
+                                    tracing::warn!(error = %e, "finishing a roll failed; the next flush retries");
+                                }
+                            }
+                        }
+                        Request::Stop => break,
                     }
                 }
             })?;
@@ -95,13 +125,24 @@ impl Drop for Prefaulter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         // Wake the thread (logs may still hold senders, so the channel stays open).
-        let _ = self.handle.tx.send(Request {
-            segment: Weak::new(),
-            ahead_bytes: 0,
-            chunk_bytes: 0,
-        });
+        let _ = self.handle.tx.send(Request::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+fn prefault(segment: Weak<Segment>, ahead_bytes: usize, chunk_bytes: usize) {
+    let Some(seg) = segment.upgrade() else {
+        return;
+    };
+    seg.prefault_requested.store(false, Ordering::Release);
+    if seg.is_sealed() {
+        return;
+    }
+    let target = (seg.committed_end() + ahead_bytes).min(seg.capacity());
+    if let Err(e) = seg.prefault_to(target, chunk_bytes) {
+        // The writer meets the same error synchronously and reports it.
+        tracing::debug!(segment = %seg.path().display(), error = %e, "pre-fault failed");
     }
 }

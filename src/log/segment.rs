@@ -34,6 +34,14 @@ fn ordered(ts: i64) -> u64 {
     (ts as u64) ^ (1 << 63)
 }
 
+/// Base offset written in a spare segment's header until it is adopted.
+pub const SPARE_BASE_OFFSET: u64 = u64::MAX;
+
+/// Path of a spare segment's file of the given extension: `<name>.<ext>.new`.
+pub fn spare_path(dir: &Path, name: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{name}.{ext}.{}", format::CREATING_SUFFIX))
+}
+
 /// Path of a segment's file of the given extension.
 pub fn segment_path(dir: &Path, base_offset: u64, ext: &str) -> PathBuf {
     dir.join(format::file_name(base_offset, ext))
@@ -209,22 +217,157 @@ impl Segment {
             }
         };
         data.reserve(0..DATA_START).map_err(cleanup)?;
-        // SAFETY: the file exists only under its temporary name; nobody else maps it.
-        unsafe { data.writable(0..sh::STATIC_END) }.copy_from_slice(&header.encode());
-        data.atomic_u64(sh::COMMITTED_END)
-            .store(DATA_START as u64, Ordering::Release);
-        data.atomic_u64(sh::DURABLE_END)
-            .store(DATA_START as u64, Ordering::Release);
-        data.flush(0..DATA_START).map_err(cleanup)?;
+        let seg = Self::assemble(
+            header,
+            path.clone(),
+            data,
+            offset_index,
+            time_index,
+            quota,
+            charged,
+        );
+        seg.data.flush(0..DATA_START).map_err(cleanup)?;
         fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
         sync_dir(dir)?;
-        Ok(Segment {
+        Ok(seg)
+    }
+
+    /// Creates a spare segment for a future roll, under temporary names
+    /// (`<name>.log.new` and its index files), with a placeholder base offset: the writer
+    /// adopts it when the active segment fills, and the files get their final names shortly
+    /// after (see [`Segment::rename_spare_files`]). Creating it, the slow part of a roll, thus
+    /// happens off the append path.
+    pub fn create_spare(
+        dir: &Path,
+        name: &str,
+        capacity_bytes: u64,
+        index_interval_bytes: u32,
+        quota: Option<&Arc<DiskQuota>>,
+    ) -> Result<Self> {
+        let header = SegmentHeader {
+            base_offset: SPARE_BASE_OFFSET,
+            capacity_bytes,
+            created_ms: 0,
+            index_interval_bytes,
+        };
+        let index_cap = index_capacity(capacity_bytes as usize, index_interval_bytes as usize);
+        let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
+        let path = spare_path(dir, name, format::SEGMENT_EXT);
+        if let Some(q) = quota {
+            if !q.try_take(charge) {
+                return Err(LogError::NoSpace {
+                    path,
+                    needed_bytes: charge,
+                });
+            }
+        }
+        let created = (|| {
+            let offset_index = Index::create_at(
+                &spare_path(dir, name, format::OFFSET_INDEX_EXT),
+                IndexKind::Offset,
+                SPARE_BASE_OFFSET,
+                index_cap,
+            )?;
+            let time_index = Index::create_at(
+                &spare_path(dir, name, format::TIME_INDEX_EXT),
+                IndexKind::Time,
+                SPARE_BASE_OFFSET,
+                index_cap,
+            )?;
+            let _ = fs::remove_file(&path);
+            let data =
+                MappedFile::create(&path, capacity_bytes).map_err(|e| LogError::io(&path, e))?;
+            data.reserve(0..DATA_START)
+                .map_err(|e| LogError::io(&path, e))?;
+            Ok(Self::assemble(
+                header,
+                path.clone(),
+                data,
+                offset_index,
+                time_index,
+                quota,
+                charge,
+            ))
+        })();
+        if created.is_err() {
+            if let Some(q) = quota {
+                q.give_back(charge);
+            }
+            for ext in [
+                format::SEGMENT_EXT,
+                format::OFFSET_INDEX_EXT,
+                format::TIME_INDEX_EXT,
+            ] {
+                let _ = fs::remove_file(spare_path(dir, name, ext));
+            }
+        }
+        created
+    }
+
+    /// Makes a spare the segment with `base_offset`: writes its real header (base offset,
+    /// creation time, checksum) and the index headers. The files keep their temporary names
+    /// until [`Segment::rename_spare_files`]. Only on a spare owned by value (shared with no
+    /// one).
+    pub fn adopt(mut self, dir: &Path, base_offset: u64, created_ms: i64) -> Self {
+        self.header.base_offset = base_offset;
+        self.header.created_ms = created_ms;
+        self.write_header();
+        self.path = segment_path(dir, base_offset, format::SEGMENT_EXT);
+        self.offset_index.adopt(
+            base_offset,
+            segment_path(dir, base_offset, format::OFFSET_INDEX_EXT),
+        );
+        self.time_index.adopt(
+            base_offset,
+            segment_path(dir, base_offset, format::TIME_INDEX_EXT),
+        );
+        self.next_offset = AtomicU64::new(base_offset);
+        self
+    }
+
+    fn write_header(&self) {
+        // SAFETY: only called while the segment is owned by one thread and its file has a
+        // temporary name: nobody else reads the static header yet.
+        unsafe { self.data.writable(0..sh::STATIC_END) }.copy_from_slice(&self.header.encode());
+        self.data
+            .atomic_u64(sh::COMMITTED_END)
+            .store(DATA_START as u64, Ordering::Release);
+        self.data
+            .atomic_u64(sh::DURABLE_END)
+            .store(DATA_START as u64, Ordering::Release);
+    }
+
+    /// Gives an adopted spare's files their final names: the index files first, the data
+    /// file last, so a `.log` file always comes with its indexes.
+    pub fn rename_spare_files(dir: &Path, name: &str, base_offset: u64) -> Result<()> {
+        for ext in [
+            format::OFFSET_INDEX_EXT,
+            format::TIME_INDEX_EXT,
+            format::SEGMENT_EXT,
+        ] {
+            let from = spare_path(dir, name, ext);
+            let to = segment_path(dir, base_offset, ext);
+            fs::rename(&from, &to).map_err(|e| LogError::io(&from, e))?;
+        }
+        Ok(())
+    }
+
+    fn assemble(
+        header: SegmentHeader,
+        path: PathBuf,
+        data: MappedFile,
+        offset_index: Index,
+        time_index: Index,
+        quota: Option<&Arc<DiskQuota>>,
+        charged: u64,
+    ) -> Self {
+        let seg = Segment {
             header,
             path,
             data: Arc::new(data),
             offset_index,
             time_index,
-            next_offset: AtomicU64::new(base),
+            next_offset: AtomicU64::new(header.base_offset),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             allocated_end: AtomicUsize::new(DATA_START),
             allocate_lock: Mutex::new(()),
@@ -232,7 +375,9 @@ impl Segment {
             prefault_requested: AtomicBool::new(false),
             quota: quota.cloned(),
             charged_bytes: AtomicU64::new(charged),
-        })
+        };
+        seg.write_header();
+        seg
     }
 
     /// Opens an existing segment. With `writable`, index files that are missing or damaged
@@ -656,7 +801,7 @@ impl Segment {
 
     /// Marks the segment sealed: no record will ever be added. Called by the writer after
     /// its last publish and after the next segment's file exists.
-    fn seal(&self) {
+    pub(super) fn seal(&self) {
         // Release: whoever sees the seal sees the final committed end.
         self.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
         self.wake_tailers();
@@ -664,7 +809,7 @@ impl Segment {
 
     /// Releases the blocks reserved past the committed end of a sealed segment, and the unused
     /// tail of its indexes. The file keeps its length, so mappings stay valid.
-    fn release_unused(&self) {
+    pub(super) fn release_unused(&self) {
         let committed = self.committed_end();
         let allocated = self.allocated_end();
         if self.data.punch_hole(committed..self.capacity()).is_ok() {
@@ -1040,6 +1185,11 @@ impl SegmentWriter {
         seg.next_offset.store(self.next_offset, Ordering::Release);
         seg.wake_tailers();
         self.request_prefault();
+    }
+
+    /// Gives up the segment without sealing it (its roll finishes in the background).
+    pub fn into_segment(self) -> Arc<Segment> {
+        self.seg
     }
 
     /// Seals the segment (after the next one exists) and releases its unused blocks.
