@@ -49,6 +49,8 @@ pub struct Config {
     pub prefault_bytes: u64,
     #[serde(deserialize_with = "nullable")]
     pub max_disk_bytes: Option<u64>,
+    pub max_open_segments: u64,
+    pub segment_idle_close_ms: u64,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.

@@ -88,9 +88,47 @@ async fn supervise(what: &'static str, work: impl FnOnce() -> Result<(), String>
     }
 }
 
-/// Rolls segments that are too old and applies retention, partition by partition.
+/// Rolls segments that are too old, applies retention, and keeps the number of mapped
+/// segments bounded.
 fn housekeep(broker: &Broker) {
     let now = now_ms();
+    roll_and_retain(broker, now);
+    close_segments(broker, now);
+}
+
+/// Unmaps idle sealed segments, then the least recently read ones while more than
+/// `max_open_segments` are mapped.
+fn close_segments(broker: &Broker, now: i64) {
+    let config = broker.config();
+    let idle_since = now - config.segment_idle_close_ms as i64;
+    let mut open = 0usize;
+    let mut candidates = Vec::new();
+    for topic in broker.topics() {
+        for p in topic.partitions() {
+            let log = p.log();
+            log.close_idle(idle_since);
+            let segs = log.segments();
+            open += segs.iter().filter(|s| s.is_open()).count();
+            let sealed = segs.len().saturating_sub(1);
+            candidates.extend(segs.iter().take(sealed).filter(|s| s.is_open()).cloned());
+        }
+    }
+    let limit = config.max_open_segments as usize;
+    if open > limit {
+        candidates.sort_by_key(|s| s.last_used_ms());
+        for seg in candidates {
+            if open <= limit {
+                break;
+            }
+            if seg.close_if_idle(i64::MAX) {
+                open -= 1;
+            }
+        }
+    }
+}
+
+/// Rolls segments that are too old and applies retention, partition by partition.
+fn roll_and_retain(broker: &Broker, now: i64) {
     for topic in broker.topics() {
         let cfg = topic.config().clone();
         for p in topic.partitions() {

@@ -36,6 +36,7 @@ pub struct Metrics {
     flush_errors: IntCounterVec,
     disk_used: prometheus::IntGauge,
     disk_limit: prometheus::IntGauge,
+    open_segments: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -114,6 +115,11 @@ impl Metrics {
                 &registry,
                 "mapq_disk_limit_bytes",
                 "The max_disk_bytes quota (absent: no quota)",
+            )?,
+            open_segments: plain_gauge(
+                &registry,
+                "mapq_open_segments",
+                "Segments mapped, with their files open, across all partitions",
             )?,
             registry,
         };
@@ -196,6 +202,12 @@ impl Metrics {
                     }
                 }
             }
+            let open: usize = b
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.log().open_segment_count()))
+                .sum();
+            self.open_segments.set(open as i64);
             if let Some(q) = b.quota() {
                 self.disk_used.set(q.used_bytes() as i64);
                 self.disk_limit.set(q.limit_bytes() as i64);

@@ -266,3 +266,42 @@ fn a_prefaulter_reserves_ahead_of_the_writer() {
     append_range(&log, next, next + 2000);
     assert_eq!(check_all(&log, 0), next + 2000);
 }
+
+#[test]
+fn idle_sealed_segments_unmap_and_reopen_on_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(32 << 10)).unwrap();
+    let mut next = 0;
+    while next < 2000 {
+        append_range(&log, next, next + 20);
+        next += 20;
+    }
+    let segments = log.segment_count();
+    assert!(segments > 5);
+    // Unflushed segments stay mapped: their data is not durable yet.
+    assert_eq!(log.close_idle(i64::MAX), 0);
+    log.flush().unwrap();
+    assert_eq!(
+        log.close_idle(i64::MAX),
+        segments - 1,
+        "every sealed segment closes"
+    );
+    assert_eq!(
+        log.open_segment_count(),
+        1,
+        "only the active segment stays mapped"
+    );
+    let size = log.size_bytes();
+    assert!(size > 2000 * 40, "closed segments still count: {size}");
+    // Reads, timestamp lookups and the start offset work on closed segments, reopening them.
+    assert_eq!(log.offset_for_timestamp(1_000 + 777).unwrap(), Some(777));
+    assert_eq!(check_all(&log, 0), next);
+    assert_eq!(log.open_segment_count(), segments);
+    // Appends and a reopen of the partition are unaffected.
+    log.close_idle(i64::MAX);
+    append_range(&log, next, next + 5);
+    drop(log);
+    let (log, report) = PartitionLog::open(dir.path(), small_config(32 << 10)).unwrap();
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(check_all(&log, 0), next + 5);
+}

@@ -385,3 +385,62 @@ async fn flush_messages_and_roll_by_age() {
     let files = segment_files(&dir.path().join("f/0"));
     assert_eq!(files, [0, 60], "the new segment starts at the next offset");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapped_segments_stay_under_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_SEGMENT_BYTES", SEGMENT),
+            ("MAPQ_MAX_OPEN_SEGMENTS", "4"),
+            ("MAPQ_FLUSH_INTERVAL_MS", "100"),
+            ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+        ],
+    );
+    let http = Client::new();
+    let base = server.base.clone();
+    for topic in ["a", "b"] {
+        for _ in 0..8 {
+            assert_eq!(produce(&http, &base, topic, 30, 1024).await.status(), 200);
+        }
+    }
+    let open_segments = || async {
+        let m = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find(|l| l.starts_with("mapq_open_segments "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "at most 4 segments mapped",
+        || async { open_segments().await <= 4 },
+    )
+    .await;
+    // Everything still reads, from the oldest offset on.
+    for topic in ["a", "b"] {
+        let r: Value = http
+            .get(format!("{base}/v1/topics/{topic}/partitions/0/records?offset=0&max_records=1000&max_bytes=10000000"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["records"].as_array().unwrap().len(), 240, "{topic}");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "closed again after the reads",
+        || async { open_segments().await <= 4 },
+    )
+    .await;
+}

@@ -529,6 +529,23 @@ impl PartitionLog {
         &self.stats
     }
 
+    /// Segments mapped right now (the active one always is).
+    pub fn open_segment_count(&self) -> usize {
+        self.segments.load().iter().filter(|s| s.is_open()).count()
+    }
+
+    /// Unmaps sealed, durable segments no reader used since `idle_since_ms`; they reopen on
+    /// demand. Returns how many closed.
+    pub fn close_idle(&self, idle_since_ms: i64) -> usize {
+        let segs = self.segments.load();
+        // Never the newest segment: it is the active one.
+        let sealed = segs.len().saturating_sub(1);
+        segs.iter()
+            .take(sealed)
+            .filter(|s| s.close_if_idle(idle_since_ms))
+            .count()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.load().len()
     }
@@ -816,33 +833,31 @@ impl PartitionLog {
         let mut bytes = 0;
         while i < segs.len() && batch.record_count < max_records {
             let seg = &segs[i];
-            let committed = seg.committed_end();
-            let Some(pos) = seg.locate(batch.next_offset, committed)? else {
-                break;
-            };
             let budget = if batch.record_count == 0 {
                 max_bytes
             } else {
                 max_bytes.saturating_sub(bytes)
             };
-            let (stop, n, next) = seg.scan_for_read(
-                pos,
-                committed,
+            let Some((chunk, n, next, at_end)) = seg.read_from(
+                batch.next_offset,
                 max_records - batch.record_count,
                 budget,
                 batch.record_count == 0,
-            )?;
+            )?
+            else {
+                break;
+            };
             if n == 0 {
                 break;
             }
-            batch.chunks.push(seg.published_bytes(pos, stop));
+            bytes += chunk.len();
+            batch.chunks.push(chunk);
             batch.record_count += n;
             batch.next_offset = next;
-            bytes += stop - pos;
             // Go on to the next segment when this one is fully read and a newer one exists:
             // the writer moved on before the newer segment entered the list we loaded, so the
             // committed end we loaded is this segment's last.
-            if stop < committed || i + 1 >= segs.len() {
+            if !at_end || i + 1 >= segs.len() {
                 break;
             }
             i += 1;

@@ -11,6 +11,7 @@ use std::sync::atomic::{
 };
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
 use super::error::{is_no_space, LogError, Result};
@@ -114,9 +115,15 @@ impl SegmentHeader {
 pub struct Segment {
     header: SegmentHeader,
     path: PathBuf,
-    data: Arc<MappedFile>,
-    offset_index: Index,
-    time_index: Index,
+    /// The mapped files; `None` once closed while idle (sealed, durable segments only),
+    /// reopened on demand. Readers hold an `Arc<Mapped>` while they use it.
+    mapped: ArcSwapOption<Mapped>,
+    /// The committed end, remembered when the segment is closed.
+    closed_end: AtomicUsize,
+    /// When a reader last asked for the mapping (ms since the Unix epoch).
+    last_used_ms: AtomicI64,
+    /// Serializes reopening.
+    reopen_lock: Mutex<()>,
     /// The offset after the last published record. Written by the writer after each
     /// publish (Release), so in-process readers know a segment's last offset without a scan.
     next_offset: AtomicU64,
@@ -136,6 +143,21 @@ pub struct Segment {
     /// The data directory's disk quota, if any, and the bytes this segment has charged to it.
     quota: Option<Arc<DiskQuota>>,
     charged_bytes: AtomicU64,
+}
+
+/// A segment's mapped files.
+#[derive(Debug)]
+pub struct Mapped {
+    path: PathBuf,
+    data: Arc<MappedFile>,
+    offset_index: Index,
+    time_index: Index,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
@@ -226,7 +248,11 @@ impl Segment {
             quota,
             charged,
         );
-        seg.data.flush(0..DATA_START).map_err(cleanup)?;
+        seg.live()
+            .expect("a new segment is mapped")
+            .data
+            .flush(0..DATA_START)
+            .map_err(cleanup)?;
         fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
         sync_dir(dir)?;
         Ok(seg)
@@ -313,26 +339,37 @@ impl Segment {
         self.header.created_ms = created_ms;
         self.write_header();
         self.path = segment_path(dir, base_offset, format::SEGMENT_EXT);
-        self.offset_index.adopt(
-            base_offset,
-            segment_path(dir, base_offset, format::OFFSET_INDEX_EXT),
-        );
-        self.time_index.adopt(
-            base_offset,
-            segment_path(dir, base_offset, format::TIME_INDEX_EXT),
-        );
+        if let Some(m) = self.mapped.swap(None) {
+            // Owned by value and never shared: the writer holds the only reference.
+            match Arc::try_unwrap(m) {
+                Ok(mut m) => {
+                    m.path = self.path.clone();
+                    m.offset_index.adopt(
+                        base_offset,
+                        segment_path(dir, base_offset, format::OFFSET_INDEX_EXT),
+                    );
+                    m.time_index.adopt(
+                        base_offset,
+                        segment_path(dir, base_offset, format::TIME_INDEX_EXT),
+                    );
+                    self.mapped.store(Some(Arc::new(m)));
+                }
+                Err(m) => self.mapped.store(Some(m)),
+            }
+        }
         self.next_offset = AtomicU64::new(base_offset);
         self
     }
 
     fn write_header(&self) {
+        let Some(m) = self.live() else { return };
         // SAFETY: only called while the segment is owned by one thread and its file has a
         // temporary name: nobody else reads the static header yet.
-        unsafe { self.data.writable(0..sh::STATIC_END) }.copy_from_slice(&self.header.encode());
-        self.data
+        unsafe { m.data.writable(0..sh::STATIC_END) }.copy_from_slice(&self.header.encode());
+        m.data
             .atomic_u64(sh::COMMITTED_END)
             .store(DATA_START as u64, Ordering::Release);
-        self.data
+        m.data
             .atomic_u64(sh::DURABLE_END)
             .store(DATA_START as u64, Ordering::Release);
     }
@@ -363,10 +400,16 @@ impl Segment {
     ) -> Self {
         let seg = Segment {
             header,
+            mapped: ArcSwapOption::from_pointee(Mapped {
+                path: path.clone(),
+                data: Arc::new(data),
+                offset_index,
+                time_index,
+            }),
             path,
-            data: Arc::new(data),
-            offset_index,
-            time_index,
+            closed_end: AtomicUsize::new(0),
+            last_used_ms: AtomicI64::new(now_ms()),
+            reopen_lock: Mutex::new(()),
             next_offset: AtomicU64::new(header.base_offset),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             allocated_end: AtomicUsize::new(DATA_START),
@@ -440,10 +483,16 @@ impl Segment {
         }
         Ok(Segment {
             header,
+            mapped: ArcSwapOption::from_pointee(Mapped {
+                path: path.clone(),
+                data: Arc::new(data),
+                offset_index,
+                time_index,
+            }),
             path,
-            data: Arc::new(data),
-            offset_index,
-            time_index,
+            closed_end: AtomicUsize::new(0),
+            last_used_ms: AtomicI64::new(now_ms()),
+            reopen_lock: Mutex::new(()),
             next_offset: AtomicU64::new(base_offset),
             max_timestamp_ms: AtomicI64::new(i64::MIN),
             // Recovery sets the real value; until then nothing counts as reserved.
@@ -469,7 +518,66 @@ impl Segment {
     }
 
     pub fn capacity(&self) -> usize {
-        self.data.len()
+        self.header.capacity_bytes as usize
+    }
+
+    /// The mapping if the segment is open, without reopening it.
+    pub fn live(&self) -> Option<Arc<Mapped>> {
+        self.mapped.load_full()
+    }
+
+    /// The mapping, reopened (read-only) if the segment was closed while idle. Blocks then.
+    pub fn mapped(&self) -> Result<Arc<Mapped>> {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        if let Some(m) = self.live() {
+            return Ok(m);
+        }
+        let _one = self.reopen_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = self.live() {
+            return Ok(m);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let base = self.base_offset();
+        let data = MappedFile::open(&self.path, false).map_err(|e| LogError::io(&self.path, e))?;
+        if data.len() != self.capacity() {
+            return Err(LogError::corrupt(&self.path, "segment file changed size"));
+        }
+        let index =
+            |kind: IndexKind| Index::open(&segment_path(dir, base, kind.ext()), kind, base, false);
+        let m = Arc::new(Mapped {
+            path: self.path.clone(),
+            data: Arc::new(data),
+            offset_index: index(IndexKind::Offset)?,
+            time_index: index(IndexKind::Time)?,
+        });
+        self.mapped.store(Some(Arc::clone(&m)));
+        Ok(m)
+    }
+
+    /// Unmaps the segment and closes its files if it is sealed, fully durable and was not
+    /// used since `idle_since_ms`. It reopens on demand; readers still holding the mapping
+    /// keep it until they are done. Returns whether it closed.
+    pub fn close_if_idle(&self, idle_since_ms: i64) -> bool {
+        let Some(m) = self.live() else { return false };
+        if self.last_used_ms.load(Ordering::Relaxed) > idle_since_ms
+            || !m.is_sealed()
+            || m.durable_end() < m.committed_end()
+        {
+            return false;
+        }
+        self.closed_end.store(m.committed_end(), Ordering::Release);
+        self.mapped.store(None);
+        true
+    }
+
+    /// Whether the segment is mapped now.
+    pub fn is_open(&self) -> bool {
+        self.live().is_some()
+    }
+
+    /// When a reader last used the segment (ms since the Unix epoch).
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used_ms.load(Ordering::Relaxed)
     }
 
     /// The offset the next record appended to this segment would get (for a sealed segment:
@@ -483,11 +591,232 @@ impl Segment {
         self.max_timestamp_ms.load(Ordering::Acquire)
     }
 
+    /// The committed end (of a closed segment: the one it had when closed).
+    pub fn committed_end(&self) -> usize {
+        match self.live() {
+            Some(m) => m.committed_end(),
+            None => self.closed_end.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn durable_end(&self) -> usize {
+        match self.live() {
+            Some(m) => m.durable_end(),
+            None => self.closed_end.load(Ordering::Acquire),
+        }
+    }
+
+    /// Whether the segment is sealed (a closed segment always is).
+    pub fn is_sealed(&self) -> bool {
+        self.live().is_none_or(|m| m.is_sealed())
+    }
+
+    /// Bytes of data published in this segment (frames only, header excluded).
+    pub fn size_bytes(&self) -> u64 {
+        (self.committed_end().saturating_sub(DATA_START)) as u64
+    }
+
+    /// Position of the frame holding `offset`, or `None` when it is not published here.
+    pub fn locate(&self, offset: u64, committed: usize) -> Result<Option<usize>> {
+        self.mapped()?.locate(offset, committed)
+    }
+
+    /// The published checkpoints `(offset, position, max_timestamp_before)`; none when the
+    /// files cannot be mapped.
+    pub fn checkpoints(&self) -> Vec<(u64, u64, i64)> {
+        self.mapped().map(|m| m.checkpoints()).unwrap_or_default()
+    }
+
+    /// The first published record of this segment with a timestamp at or after
+    /// `timestamp_ms`: its offset and position.
+    pub fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, usize)>> {
+        if self.max_timestamp_ms() < timestamp_ms {
+            return Ok(None);
+        }
+        self.mapped()?.find_timestamp(timestamp_ms)
+    }
+
+    /// Reads frames from the one at `offset` (if published here) within the budgets: the
+    /// frames as zero-copy `Bytes`, their count and the offset after the last one. With
+    /// `force_one`, the first frame is taken even when it alone exceeds `max_bytes`.
+    pub fn read_from(
+        &self,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+        force_one: bool,
+    ) -> Result<Option<(Bytes, usize, u64, bool)>> {
+        let m = self.mapped()?;
+        let committed = m.committed_end();
+        let Some(pos) = m.locate(offset, committed)? else {
+            return Ok(None);
+        };
+        let (stop, n, next) = m.scan_for_read(pos, committed, max_records, max_bytes, force_one)?;
+        Ok(Some((
+            m.published_bytes(pos, stop),
+            n,
+            next,
+            stop == committed,
+        )))
+    }
+
+    /// Makes everything published so far durable with one msync over the header and the new
+    /// data, then records the new durable end (which itself reaches the disk with the next
+    /// flush). Index files are left to the kernel's writeback: recovery checks every
+    /// checkpoint it keeps against the data and rebuilds the rest. Returns the durable end.
+    pub fn flush(&self) -> Result<usize> {
+        let Some(m) = self.live() else {
+            // Only sealed, durable segments are closed.
+            return Ok(self.committed_end());
+        };
+        let committed = m.committed_end();
+        if committed > m.durable_end() {
+            m.data
+                .flush(0..committed)
+                .map_err(|e| LogError::io(&self.path, e))?;
+        }
+        // Release: a tailer that reads only durable data sees the frames below it.
+        m.data
+            .atomic_u64(sh::DURABLE_END)
+            .fetch_max(committed as u64, Ordering::Release);
+        m.wake_tailers();
+        Ok(committed)
+    }
+
+    /// Position below which disk blocks are allocated.
+    pub fn allocated_end(&self) -> usize {
+        // Acquire: pairs with the Release in `allocate_to`.
+        self.allocated_end.load(Ordering::Acquire)
+    }
+
+    /// Allocates disk blocks (`fallocate`) below `end`, at least `chunk_bytes` at a time, so
+    /// that writes through the mapping below it cannot fail: a full disk is an error here,
+    /// never a SIGBUS later.
+    pub fn allocate_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
+        if self.allocated_end() >= end {
+            return Ok(());
+        }
+        let _guard = self.allocate_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let start = self.allocated_end();
+        if start >= end {
+            return Ok(());
+        }
+        let new_end = end
+            .max(start + chunk_bytes)
+            .next_multiple_of(4096)
+            .min(self.capacity());
+        let bytes = (new_end - start) as u64;
+        if let Some(q) = &self.quota {
+            if !q.try_take(bytes) {
+                return Err(LogError::NoSpace {
+                    path: self.path.clone(),
+                    needed_bytes: bytes,
+                });
+            }
+        }
+        self.charged_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let Some(m) = self.live() else {
+            self.give_back(bytes);
+            return Ok(());
+        };
+        m.data.reserve(start..new_end).map_err(|e| {
+            self.give_back(bytes);
+            if is_no_space(&e) {
+                LogError::NoSpace {
+                    path: self.path.clone(),
+                    needed_bytes: (end - start) as u64,
+                }
+            } else {
+                LogError::io(&self.path, e)
+            }
+        })?;
+        // Release: a writer that sees the new end sees the allocation done.
+        self.allocated_end.store(new_end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Returns `bytes` of this segment's charge to the quota.
+    fn give_back(&self, bytes: u64) {
+        let _ = self
+            .charged_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(bytes))
+            });
+        if let Some(q) = &self.quota {
+            q.give_back(bytes);
+        }
+    }
+
+    /// Returns everything this segment charged to the quota (its files are being deleted).
+    pub fn release_quota(&self) {
+        let all = self.charged_bytes.swap(0, Ordering::Relaxed);
+        if let Some(q) = &self.quota {
+            q.give_back(all);
+        }
+    }
+
+    /// Position below which pages were pre-faulted.
+    pub fn prefaulted_end(&self) -> usize {
+        self.prefaulted_end.load(Ordering::Acquire)
+    }
+
+    /// Allocates blocks below `end` and pre-faults their pages for writing
+    /// (`MADV_POPULATE_WRITE`), a step at a time, so that the writer's copies take no page
+    /// faults. Needs no lock against the writer: pre-faulting changes no byte, so it may
+    /// overlap pages the writer is filling.
+    pub fn prefault_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
+        let end = end.next_multiple_of(4096).min(self.capacity());
+        loop {
+            let start = self
+                .prefaulted_end()
+                .max(self.committed_end() & !(4096 - 1));
+            if start >= end || self.is_sealed() {
+                return Ok(());
+            }
+            let step_end = end.min(start + PREFAULT_STEP_BYTES);
+            self.allocate_to(step_end, chunk_bytes)?;
+            let Some(m) = self.live() else { return Ok(()) };
+            m.data.populate_write(start..step_end);
+            self.prefaulted_end.fetch_max(step_end, Ordering::AcqRel);
+        }
+    }
+
+    /// Marks the segment sealed: no record will ever be added. Called by the writer after
+    /// its last publish and after the next segment's file exists.
+    pub(super) fn seal(&self) {
+        if let Some(m) = self.live() {
+            // Release: whoever sees the seal sees the final committed end.
+            m.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
+            m.wake_tailers();
+        }
+    }
+
+    /// Releases the blocks reserved past the committed end of a sealed segment, and the unused
+    /// tail of its indexes. The file keeps its length, so mappings stay valid.
+    pub(super) fn release_unused(&self) {
+        let Some(m) = self.live() else { return };
+        let committed = m.committed_end();
+        let allocated = self.allocated_end();
+        if m.data.punch_hole(committed..self.capacity()).is_ok() {
+            let kept = committed.next_multiple_of(4096);
+            self.give_back(allocated.saturating_sub(kept) as u64);
+        }
+        let count = m.checkpoint_count();
+        let freed = m.offset_index.release_unused(count) + m.time_index.release_unused(count);
+        self.give_back(freed);
+    }
+}
+
+impl Mapped {
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
     /// The committed end, clamped into the data area so that a damaged header can never send
     /// a reader out of bounds.
     pub fn committed_end(&self) -> usize {
-        // Acquire: pairs with the writer's Release store in `publish`; every frame below the
-        // loaded value is complete and visible.
+        // Acquire: pairs with the writer's Release store in `finish_batch`; every frame below
+        // the loaded value is complete and visible.
         let end = self
             .data
             .atomic_u64(sh::COMMITTED_END)
@@ -506,11 +835,6 @@ impl Segment {
     pub fn is_sealed(&self) -> bool {
         // Acquire: a reader that sees the seal sees the final committed end.
         self.data.atomic_u32(sh::SEALED).load(Ordering::Acquire) != 0
-    }
-
-    /// Bytes of data published in this segment (frames only, header excluded).
-    pub fn size_bytes(&self) -> u64 {
-        (self.committed_end() - DATA_START) as u64
     }
 
     /// The published bytes `[from, to)`; `to` must not exceed a committed end loaded before.
@@ -617,12 +941,9 @@ impl Segment {
         Ok(None)
     }
 
-    /// The first published record of this segment with a timestamp at or after
-    /// `timestamp_ms`: its offset and position.
+    /// The first published record with a timestamp at or after `timestamp_ms`: its offset
+    /// and position.
     pub fn find_timestamp(&self, timestamp_ms: i64) -> Result<Option<(u64, usize)>> {
-        if self.max_timestamp_ms() < timestamp_ms {
-            return Ok(None);
-        }
         let committed = self.committed_end();
         let count = self.checkpoint_count();
         // The last checkpoint whose records before it are all older than the target.
@@ -674,118 +995,6 @@ impl Segment {
         Ok((at, n, next))
     }
 
-    /// Makes everything published so far durable with one msync over the header and the new
-    /// data, then records the new durable end (which itself reaches the disk with the next
-    /// flush). Index files are left to the kernel's writeback: recovery checks every
-    /// checkpoint it keeps against the data and rebuilds the rest. Returns the durable end.
-    pub fn flush(&self) -> Result<usize> {
-        let committed = self.committed_end();
-        if committed > self.durable_end() {
-            self.data
-                .flush(0..committed)
-                .map_err(|e| LogError::io(&self.path, e))?;
-        }
-        // Release: a tailer that reads only durable data sees the frames below it.
-        self.data
-            .atomic_u64(sh::DURABLE_END)
-            .fetch_max(committed as u64, Ordering::Release);
-        self.wake_tailers();
-        Ok(committed)
-    }
-
-    /// Position below which disk blocks are allocated.
-    pub fn allocated_end(&self) -> usize {
-        // Acquire: pairs with the Release in `allocate_to`.
-        self.allocated_end.load(Ordering::Acquire)
-    }
-
-    /// Allocates disk blocks (`fallocate`) below `end`, at least `chunk_bytes` at a time, so
-    /// that writes through the mapping below it cannot fail: a full disk is an error here,
-    /// never a SIGBUS later.
-    pub fn allocate_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
-        if self.allocated_end() >= end {
-            return Ok(());
-        }
-        let _guard = self.allocate_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let start = self.allocated_end();
-        if start >= end {
-            return Ok(());
-        }
-        let new_end = end
-            .max(start + chunk_bytes)
-            .next_multiple_of(4096)
-            .min(self.capacity());
-        let bytes = (new_end - start) as u64;
-        if let Some(q) = &self.quota {
-            if !q.try_take(bytes) {
-                return Err(LogError::NoSpace {
-                    path: self.path.clone(),
-                    needed_bytes: bytes,
-                });
-            }
-        }
-        self.charged_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.data.reserve(start..new_end).map_err(|e| {
-            self.give_back(bytes);
-            if is_no_space(&e) {
-                LogError::NoSpace {
-                    path: self.path.clone(),
-                    needed_bytes: (end - start) as u64,
-                }
-            } else {
-                LogError::io(&self.path, e)
-            }
-        })?;
-        // Release: a writer that sees the new end sees the allocation done.
-        self.allocated_end.store(new_end, Ordering::Release);
-        Ok(())
-    }
-
-    /// Returns `bytes` of this segment's charge to the quota.
-    fn give_back(&self, bytes: u64) {
-        let _ = self
-            .charged_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                Some(c.saturating_sub(bytes))
-            });
-        if let Some(q) = &self.quota {
-            q.give_back(bytes);
-        }
-    }
-
-    /// Returns everything this segment charged to the quota (its files are being deleted).
-    pub fn release_quota(&self) {
-        let all = self.charged_bytes.swap(0, Ordering::Relaxed);
-        if let Some(q) = &self.quota {
-            q.give_back(all);
-        }
-    }
-
-    /// Position below which pages were pre-faulted.
-    pub fn prefaulted_end(&self) -> usize {
-        self.prefaulted_end.load(Ordering::Acquire)
-    }
-
-    /// Allocates blocks below `end` and pre-faults their pages for writing
-    /// (`MADV_POPULATE_WRITE`), a step at a time, so that the writer's copies take no page
-    /// faults. Needs no lock against the writer: pre-faulting changes no byte, so it may
-    /// overlap pages the writer is filling.
-    pub fn prefault_to(&self, end: usize, chunk_bytes: usize) -> Result<()> {
-        let end = end.next_multiple_of(4096).min(self.capacity());
-        loop {
-            let start = self
-                .prefaulted_end()
-                .max(self.committed_end() & !(4096 - 1));
-            if start >= end || self.is_sealed() {
-                return Ok(());
-            }
-            let step_end = end.min(start + PREFAULT_STEP_BYTES);
-            self.allocate_to(step_end, chunk_bytes)?;
-            self.data.populate_write(start..step_end);
-            self.prefaulted_end.fetch_max(step_end, Ordering::AcqRel);
-        }
-    }
-
     /// Wakes tailers blocked on this segment's futex word, if any are registered.
     fn wake_tailers(&self) {
         // SeqCst fence: orders the publish above before the waiter-count load below, pairing
@@ -797,28 +1006,6 @@ impl Segment {
             seq.fetch_add(1, Ordering::SeqCst);
             futex_wake_all(seq);
         }
-    }
-
-    /// Marks the segment sealed: no record will ever be added. Called by the writer after
-    /// its last publish and after the next segment's file exists.
-    pub(super) fn seal(&self) {
-        // Release: whoever sees the seal sees the final committed end.
-        self.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
-        self.wake_tailers();
-    }
-
-    /// Releases the blocks reserved past the committed end of a sealed segment, and the unused
-    /// tail of its indexes. The file keeps its length, so mappings stay valid.
-    pub(super) fn release_unused(&self) {
-        let committed = self.committed_end();
-        let allocated = self.allocated_end();
-        if self.data.punch_hole(committed..self.capacity()).is_ok() {
-            let kept = committed.next_multiple_of(4096);
-            self.give_back(allocated.saturating_sub(kept) as u64);
-        }
-        let count = self.checkpoint_count();
-        let freed = self.offset_index.release_unused(count) + self.time_index.release_unused(count);
-        self.give_back(freed);
     }
 }
 
@@ -848,6 +1035,8 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 #[derive(Debug)]
 pub struct SegmentWriter {
     seg: Arc<Segment>,
+    /// The active segment's mapping (an unsealed segment is never closed).
+    m: Arc<Mapped>,
     /// Equal to the published committed end.
     position: usize,
     next_offset: u64,
@@ -905,8 +1094,10 @@ impl SegmentWriter {
     /// A writer for a freshly created segment.
     pub fn new(seg: Arc<Segment>, reserve: ReservePolicy) -> Self {
         let base = seg.base_offset();
+        let m = seg.live().expect("a new or recovered segment is mapped");
         let w = SegmentWriter {
             seg,
+            m,
             position: DATA_START,
             next_offset: base,
             max_timestamp_ms: i64::MIN,
@@ -929,16 +1120,19 @@ impl SegmentWriter {
         repair: bool,
         reserve: ReservePolicy,
     ) -> Result<(Self, SegmentRecovery)> {
-        let committed = seg.committed_end();
+        let m = seg
+            .live()
+            .ok_or_else(|| LogError::corrupt(seg.path(), "segment not mapped for recovery"))?;
+        let committed = m.committed_end();
         let trust_end = trust_end.clamp(DATA_START, committed);
         let base = seg.base_offset();
         // The last checkpoint that is consistent and lies in trusted data.
-        let count = seg.checkpoint_count();
+        let count = m.checkpoint_count();
         let mut keep = 0;
         let (mut prev_pos, mut prev_off, mut prev_ts) = (DATA_START as u64, base, i64::MIN);
         while keep < count {
-            let (off, pos) = seg.offset_index.entry(keep);
-            let (ts, toff) = seg.time_index.entry(keep);
+            let (off, pos) = m.offset_index.entry(keep);
+            let (ts, toff) = m.time_index.entry(keep);
             let ts = ts as i64;
             let ok = pos > prev_pos
                 && (pos as usize) < trust_end
@@ -946,7 +1140,7 @@ impl SegmentWriter {
                 && off > prev_off
                 && toff == off
                 && ts >= prev_ts
-                && decode_frame(seg.published(pos as usize, committed))
+                && decode_frame(m.published(pos as usize, committed))
                     .map(|f| f.offset == off)
                     .unwrap_or(false);
             if !ok {
@@ -955,8 +1149,8 @@ impl SegmentWriter {
             (prev_pos, prev_off, prev_ts) = (pos, off, ts);
             keep += 1;
         }
-        seg.offset_index.truncate(keep);
-        seg.time_index.truncate(keep);
+        m.offset_index.truncate(keep);
+        m.time_index.truncate(keep);
         let mut w = SegmentWriter {
             position: prev_pos as usize,
             next_offset: prev_off,
@@ -964,13 +1158,14 @@ impl SegmentWriter {
             last_checkpoint_pos: prev_pos as usize,
             checkpoints: keep,
             reserve,
+            m: Arc::clone(&m),
             seg,
         };
         let mut report = SegmentRecovery::default();
         let seg = Arc::clone(&w.seg);
         while w.position < committed {
             let at = w.position;
-            let frame = decode_frame(seg.published(at, committed));
+            let frame = decode_frame(m.published(at, committed));
             let f = match frame {
                 Ok(f) if f.offset == w.next_offset => f,
                 Ok(f) => {
@@ -1001,10 +1196,10 @@ impl SegmentWriter {
         if repair {
             // Cut the tail: move the committed end back, then zero everything after it
             // (including any frames written but never published before a crash).
-            seg.data
+            m.data
                 .atomic_u64(sh::COMMITTED_END)
                 .store(w.position as u64, Ordering::Release);
-            let durable = seg.data.atomic_u64(sh::DURABLE_END);
+            let durable = m.data.atomic_u64(sh::DURABLE_END);
             durable.fetch_min(w.position as u64, Ordering::AcqRel);
             w.zero_tail()?;
         }
@@ -1024,11 +1219,11 @@ impl SegmentWriter {
     fn zero_tail(&self) -> Result<()> {
         let seg = &self.seg;
         let end = seg.capacity();
-        if seg.data.punch_hole(self.position..end).is_ok() {
+        if self.m.data.punch_hole(self.position..end).is_ok() {
             // Blocks past the kept page are free again; the writer will re-allocate.
             let kept = self.position.next_multiple_of(4096) as u64;
             let on_disk = seg.charged_bytes.load(Ordering::Relaxed);
-            let indexes = 2 * super::index::file_len(seg.offset_index.capacity());
+            let indexes = 2 * super::index::file_len(self.m.offset_index.capacity());
             seg.give_back(on_disk.saturating_sub(kept + indexes));
             return Ok(());
         }
@@ -1038,7 +1233,7 @@ impl SegmentWriter {
             let page_end = (at + 1).next_multiple_of(4096).min(end);
             // SAFETY: above the committed end, before the segment is shared: only this
             // (recovering) writer touches these bytes.
-            let page = unsafe { seg.data.writable(at..page_end) };
+            let page = unsafe { self.m.data.writable(at..page_end) };
             if page.iter().all(|&b| b == 0) && at > self.position + (1 << 20) {
                 break;
             }
@@ -1050,7 +1245,7 @@ impl SegmentWriter {
 
     fn checkpoint_due(&self, pos: usize) -> bool {
         pos - self.last_checkpoint_pos >= self.seg.header.index_interval_bytes as usize
-            && self.checkpoints < self.seg.offset_index.capacity()
+            && self.checkpoints < self.m.offset_index.capacity()
     }
 
     /// Writes (does not publish) a checkpoint for the frame at `pos` holding `offset`, if
@@ -1062,9 +1257,9 @@ impl SegmentWriter {
             return false;
         }
         let i = self.checkpoints;
-        if self.seg.offset_index.write_entry(i, offset, pos as u64)
+        if self.m.offset_index.write_entry(i, offset, pos as u64)
             && self
-                .seg
+                .m
                 .time_index
                 .write_entry(i, max_ts_before as u64, offset)
         {
@@ -1076,8 +1271,8 @@ impl SegmentWriter {
     }
 
     fn publish_checkpoints(&self) {
-        self.seg.offset_index.publish(self.checkpoints);
-        self.seg.time_index.publish(self.checkpoints);
+        self.m.offset_index.publish(self.checkpoints);
+        self.m.time_index.publish(self.checkpoints);
     }
 
     /// Makes sure disk blocks exist below `end` before the copy. With a prefaulter the pages
@@ -1118,7 +1313,7 @@ impl SegmentWriter {
         let end = start + total_bytes;
         self.reserve(end)?;
         let first = self.next_offset;
-        let data = Arc::clone(&self.seg.data);
+        let data = Arc::clone(&self.m.data);
         // SAFETY: `[start, end)` lies above the published committed end, which only this
         // single writer advances; no reader looks there until `finish_batch` publishes it.
         let buf = unsafe { data.writable(start..end) };
@@ -1144,7 +1339,7 @@ impl SegmentWriter {
         let end = start + frames.len();
         self.reserve(end)?;
         let first = self.next_offset;
-        let data = Arc::clone(&self.seg.data);
+        let data = Arc::clone(&self.m.data);
         // SAFETY: as in `append`: above the committed end, single writer.
         let buf = unsafe { data.writable(start..end) };
         buf.copy_from_slice(frames);
@@ -1177,13 +1372,14 @@ impl SegmentWriter {
         // Release: the frames written above happen-before any Acquire load that sees this
         // committed end, in this process or any other mapping the file. This single store is
         // the publication of the whole batch.
-        seg.data
+        self.m
+            .data
             .atomic_u64(sh::COMMITTED_END)
             .store(end as u64, Ordering::Release);
         self.publish_checkpoints();
         seg.max_timestamp_ms.store(max_ts, Ordering::Release);
         seg.next_offset.store(self.next_offset, Ordering::Release);
-        seg.wake_tailers();
+        self.m.wake_tailers();
         self.request_prefault();
     }
 

@@ -155,7 +155,14 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
             committed - durable
         ));
     }
-    let checkpoints = seg.checkpoints();
+    let m = match seg.mapped() {
+        Ok(m) => m,
+        Err(e) => {
+            s.problems.push(e.to_string());
+            return base;
+        }
+    };
+    let checkpoints = m.checkpoints();
     let mut next_cp = 0;
     let mut at = DATA_START;
     let mut next_offset = base;
@@ -168,7 +175,7 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
             ));
             next_cp += 1;
         }
-        let f = match decode_frame(seg.published(at, committed)) {
+        let f = match decode_frame(m.published(at, committed)) {
             Ok(f) => f,
             Err(e) => {
                 s.problems.push(format!("{name}: at byte {at}: {e}"));
@@ -183,7 +190,7 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
         }
         if next_cp < checkpoints.len() && checkpoints[next_cp].1 as usize == at {
             let (cp_offset, _, cp_ts) = checkpoints[next_cp];
-            if cp_offset != f.offset || seg.time_checkpoint_offset(next_cp) != f.offset {
+            if cp_offset != f.offset || m.time_checkpoint_offset(next_cp) != f.offset {
                 s.problems.push(format!(
                     "{name}: checkpoint {next_cp} says offset {cp_offset}, the frame holds {}",
                     f.offset
