@@ -247,22 +247,7 @@ async fn produce(
             Ok::<_, anyhow::Error>((hist, records, bytes))
         }));
     }
-    let mut phase = Phase {
-        name: String::new(),
-        records: 0,
-        bytes: 0,
-        elapsed: Duration::ZERO,
-        latency_us: histogram(),
-    };
-    for t in tasks {
-        let (h, r, b) = t.await??;
-        phase.latency_us.add(h)?;
-        phase.records += r;
-        phase.bytes += b;
-    }
-    phase.elapsed = started.elapsed();
-    bar.finish_and_clear();
-    Ok(phase)
+    gather(tasks, started, &bar).await
 }
 
 async fn consume(
@@ -333,6 +318,18 @@ async fn consume(
             Ok::<_, anyhow::Error>((hist, records, bytes))
         }));
     }
+    gather(tasks, started, &bar).await
+}
+
+/// What one connection measured: latencies, records and bytes.
+type ConnectionResult = anyhow::Result<(Histogram<u64>, u64, u64)>;
+
+/// Waits for every connection's task and adds up what they measured.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<ConnectionResult>>,
+    started: Instant,
+    bar: &ProgressBar,
+) -> anyhow::Result<Phase> {
     let mut phase = Phase {
         name: String::new(),
         records: 0,

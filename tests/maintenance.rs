@@ -52,6 +52,14 @@ async fn describe(http: &Client, base: &str, topic: &str) -> Value {
         .unwrap()
 }
 
+/// The value of one sample (metric name with its labels, as printed) in a scrape.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+}
+
 /// Polls `check` until it holds, failing after `limit`.
 async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
@@ -331,18 +339,10 @@ async fn fsync_produce_answers_only_once_durable() {
         .text()
         .await
         .unwrap();
-    let line = m
-        .lines()
-        .find(|l| l.starts_with(r#"mapq_log_durable_offset{partition="0",topic="d"}"#))
-        .unwrap();
-    let durable_offset: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(durable_offset > max_offset, "{line}");
+    let durable_offset = sample(&m, r#"mapq_log_durable_offset{partition="0",topic="d"}"#);
+    assert!(durable_offset > max_offset, "{m}");
     // Group commit: eight fsync producers needed fewer msyncs than requests.
-    let flushes: u64 = m
-        .lines()
-        .find(|l| l.starts_with(r#"mapq_flushes_total{partition="0",topic="d"}"#))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap();
+    let flushes = sample(&m, r#"mapq_flushes_total{partition="0",topic="d"}"#);
     assert!((1..=8).contains(&flushes), "{flushes} flushes");
 }
 
@@ -414,10 +414,7 @@ async fn mapped_segments_stay_under_the_bound() {
             .text()
             .await
             .unwrap();
-        m.lines()
-            .find(|l| l.starts_with("mapq_open_segments "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap()
+        sample(&m, "mapq_open_segments")
     };
     eventually(
         Duration::from_secs(10),

@@ -160,6 +160,21 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Charges `bytes` to the quota, if there is one; over it, the error a full disk gives.
+fn charge_quota(
+    quota: Option<&Arc<DiskQuota>>,
+    bytes: u64,
+    path: impl FnOnce() -> PathBuf,
+) -> Result<()> {
+    match quota {
+        Some(q) if !q.try_take(bytes) => Err(LogError::NoSpace {
+            path: path(),
+            needed_bytes: bytes,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
 /// interval of data at most.
 fn index_capacity(capacity: usize, interval: usize) -> usize {
@@ -181,14 +196,9 @@ impl Segment {
         let index_cap = index_capacity(capacity, interval);
         // The index files are allocated whole, the data file its header page for now.
         let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
-        if let Some(q) = quota {
-            if !q.try_take(charge) {
-                return Err(LogError::NoSpace {
-                    path: segment_path(dir, base, format::SEGMENT_EXT),
-                    needed_bytes: charge,
-                });
-            }
-        }
+        charge_quota(quota, charge, || {
+            segment_path(dir, base, format::SEGMENT_EXT)
+        })?;
         let created = Self::create_files(dir, header, index_cap, quota, charge);
         if created.is_err() {
             if let Some(q) = quota {
@@ -279,14 +289,7 @@ impl Segment {
         let index_cap = index_capacity(capacity_bytes as usize, index_interval_bytes as usize);
         let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
         let path = spare_path(dir, name, format::SEGMENT_EXT);
-        if let Some(q) = quota {
-            if !q.try_take(charge) {
-                return Err(LogError::NoSpace {
-                    path,
-                    needed_bytes: charge,
-                });
-            }
-        }
+        charge_quota(quota, charge, || path.clone())?;
         let created = (|| {
             let offset_index = Index::create_at(
                 &spare_path(dir, name, format::OFFSET_INDEX_EXT),
@@ -706,14 +709,7 @@ impl Segment {
             .next_multiple_of(4096)
             .min(self.capacity());
         let bytes = (new_end - start) as u64;
-        if let Some(q) = &self.quota {
-            if !q.try_take(bytes) {
-                return Err(LogError::NoSpace {
-                    path: self.path.clone(),
-                    needed_bytes: bytes,
-                });
-            }
-        }
+        charge_quota(self.quota.as_ref(), bytes, || self.path.clone())?;
         self.charged_bytes.fetch_add(bytes, Ordering::Relaxed);
         let Some(m) = self.live() else {
             self.give_back(bytes);
