@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Overrides};
+use crate::log::tailer::{OnDeleted, StartAt, TailError, TailOptions, Tailer, WaitMode};
 use crate::log::verify;
+use crate::record_json::RecordOut;
 
 /// mapq: a message queue on memory-mapped, segmented log files.
 #[derive(Debug, Parser)]
@@ -32,12 +34,62 @@ pub enum Command {
     },
     /// HTTP load generator: produce N records, then consume them as frames and as JSON.
     Bench(crate::bench::BenchArgs),
+    /// Read a partition straight from its segment files (no server needed, read-only
+    /// access is enough), one line per record.
+    Tail(TailArgs),
     /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
     Verify {
         /// The data directory (`<dir>/<topic>/<partition>/`), or one partition directory.
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// The server's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The topic to read.
+    pub topic: String,
+    #[arg(long, default_value_t = 0)]
+    pub partition: u32,
+    /// `earliest`, `latest`, an offset, or `@TIMESTAMP_MS` (the first record at or after it).
+    #[arg(long, default_value = "earliest")]
+    pub from: String,
+    /// Keep waiting for new records at the end of the log.
+    #[arg(long)]
+    pub follow: bool,
+    /// Only records that msync has made durable.
+    #[arg(long)]
+    pub durable_only: bool,
+    /// How to wait when following: `spin` (lowest latency, a busy core) or `block`.
+    #[arg(long, value_enum, default_value = "block")]
+    pub wait: WaitArg,
+    /// `json` (the record object of the JSON consume API), `value` (the value bytes and a
+    /// newline) or `raw` (the frames as on disk).
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: FormatArg,
+    /// Exit after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// When records not read yet were deleted by retention, jump to the earliest one left
+    /// instead of stopping with an error.
+    #[arg(long)]
+    pub skip_deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum WaitArg {
+    Spin,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Json,
+    Value,
+    Raw,
 }
 
 /// Runs a parsed command line.
@@ -49,6 +101,13 @@ pub fn run(cli: Cli) -> ExitCode {
             data_dir,
         } => run_serve(config.as_deref(), Overrides { listen, data_dir }),
         Command::Verify { data_dir } => run_verify(&data_dir),
+        Command::Tail(args) => match run_tail(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mapq tail: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -116,5 +175,82 @@ fn run_verify(data_dir: &std::path::Path) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn parse_from(from: &str) -> Result<StartAt, String> {
+    match from {
+        "earliest" => Ok(StartAt::Earliest),
+        "latest" => Ok(StartAt::Latest),
+        _ => match from.strip_prefix('@') {
+            Some(ts) => ts
+                .parse()
+                .map(StartAt::Timestamp)
+                .map_err(|_| format!("--from @{ts}: not a timestamp in milliseconds")),
+            None => from.parse().map(StartAt::Offset).map_err(|_| {
+                format!("--from {from}: expected earliest, latest, an offset or @TIMESTAMP_MS")
+            }),
+        },
+    }
+}
+
+fn run_tail(args: &TailArgs) -> Result<(), String> {
+    use std::io::Write;
+    crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
+    let options = TailOptions {
+        from: parse_from(&args.from)?,
+        follow: args.follow,
+        durable_only: args.durable_only,
+        wait: match args.wait {
+            WaitArg::Spin => WaitMode::Spin,
+            WaitArg::Block => WaitMode::Block,
+        },
+        on_deleted: if args.skip_deleted {
+            OnDeleted::Jump
+        } else {
+            OnDeleted::Fail
+        },
+    };
+    let explain = |e: TailError| match e {
+        TailError::OffsetDeleted { .. } => {
+            format!("{e} (start again with --from earliest, or pass --skip-deleted to jump)")
+        }
+        TailError::NoPartition(_) => format!(
+            "no topic {:?} with partition {} in {}",
+            args.topic,
+            args.partition,
+            args.data_dir.display()
+        ),
+        e => e.to_string(),
+    };
+    let mut tailer =
+        Tailer::open(&args.data_dir, &args.topic, args.partition, options).map_err(explain)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut written = 0u64;
+    while args.count.is_none_or(|n| written < n) {
+        let Some(f) = tailer.next_record().map_err(explain)? else {
+            break;
+        };
+        let result = match args.format {
+            FormatArg::Json => serde_json::to_writer(&mut out, &RecordOut::of_frame(&f))
+                .map_err(std::io::Error::other)
+                .and_then(|()| out.write_all(b"\n")),
+            FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
+            FormatArg::Raw => out.write_all(f.bytes),
+        };
+        written += 1;
+        // Followers show each record as it comes.
+        let result = result.and_then(|()| if args.follow { out.flush() } else { Ok(()) });
+        match result {
+            Ok(()) => {}
+            // The reader went away (`| head`): not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(format!("cannot write: {e}")),
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write: {e}")),
+        _ => Ok(()),
     }
 }

@@ -19,4 +19,5 @@ pub mod config;
 pub mod log;
 pub mod maintenance;
 pub mod metrics;
+pub mod record_json;
 pub mod server;

@@ -49,6 +49,21 @@ impl MappedFile {
         Self::map(file, writable)
     }
 
+    /// Maps only the first `len` bytes of an existing file, read-write: a tailer uses it to
+    /// register as a waiter in a segment header, without mapping the data writable.
+    pub fn open_prefix_rw(path: &Path, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        if file.metadata()?.len() < len as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "file too short"));
+        }
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(MappedFile {
+            map,
+            file,
+            writable: true,
+        })
+    }
+
     fn map(file: File, writable: bool) -> io::Result<Self> {
         let len = file.metadata()?.len();
         if len == 0 || len > isize::MAX as u64 {

@@ -8,6 +8,7 @@
 //! - [`segment`]: one segment, its shared read side and its single writer, and recovery;
 //! - [`partition`]: a partition's run of segments: append, read, roll, flush, open;
 //! - [`prefault`]: reserving and pre-faulting disk blocks ahead of writers, off the append path;
+//! - [`tailer`]: reading a partition from its files in another process (`mapq tail`);
 //! - [`verify`]: the full read-only check behind `mapq verify`.
 
 pub mod error;
@@ -18,6 +19,7 @@ pub mod partition;
 pub mod prefault;
 pub mod quota;
 pub mod segment;
+pub mod tailer;
 pub mod verify;
 
 pub use error::LogError;

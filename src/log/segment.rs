@@ -991,6 +991,31 @@ impl Mapped {
         Ok((at, n, next))
     }
 
+    /// The offset after the last record below `limit` (a frame boundary at or below the
+    /// committed end), found from the last checkpoint before it.
+    pub fn offset_at(&self, base_offset: u64, limit: usize) -> Result<u64> {
+        let count = self.checkpoint_count();
+        let mut next = base_offset;
+        let mut at = DATA_START;
+        for i in (0..count).rev() {
+            let (offset, pos) = self.offset_index.entry(i);
+            if (pos as usize) < limit && pos as usize >= DATA_START {
+                (next, at) = (offset, pos as usize);
+                break;
+            }
+        }
+        for item in self.walk(at, limit) {
+            let (_, f) = item?;
+            next = f.offset + 1;
+        }
+        Ok(next)
+    }
+
+    /// The futex word tailers wait on (section 5.1 of FORMAT.md).
+    pub fn wake_seq(&self) -> &AtomicU32 {
+        self.data.atomic_u32(sh::WAKE_SEQ)
+    }
+
     /// Wakes tailers blocked on this segment's futex word, if any are registered.
     fn wake_tailers(&self) {
         // SeqCst fence: orders the publish above before the waiter-count load below, pairing

@@ -1,8 +1,6 @@
 //! Consuming: `GET .../records` (JSON or the raw frames, zero-copy, with long-poll) and
 //! `GET .../stream` (Server-Sent Events).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +10,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
@@ -24,6 +20,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{record_target, AppState};
 use crate::broker::{Partition, Topic};
 use crate::log::{ReadBatch, StoredRecord};
+use crate::record_json::RecordOut;
 
 /// Longest long-poll a consumer may ask for.
 const MAX_WAIT_MS: u64 = 30_000;
@@ -54,33 +51,6 @@ pub struct StreamQuery {
     offset: Option<String>,
 }
 
-/// A record as JSON.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecordOut<'a> {
-    pub offset: u64,
-    pub timestamp_ms: i64,
-    /// The key when it is UTF-8; `null` when the record has no key.
-    #[schema(value_type = Option<String>)]
-    pub key: Option<Cow<'a, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_b64: Option<String>,
-    /// The value: as JSON when produced as JSON, else a string when it is UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<ValueOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub value_b64: Option<String>,
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(untagged)]
-pub enum ValueOut<'a> {
-    Json(&'a RawValue),
-    Text(&'a str),
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ConsumeResponse<'a> {
     #[schema(value_type = Vec<RecordOut>)]
@@ -91,43 +61,16 @@ pub struct ConsumeResponse<'a> {
     pub high_watermark: u64,
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// The JSON form of a stored record.
 pub fn record_json(r: &StoredRecord) -> RecordOut<'_> {
-    let (key, key_b64) = match r.key.as_deref() {
-        None => (None, None),
-        Some(k) => match std::str::from_utf8(k) {
-            Ok(s) => (Some(Cow::Borrowed(s)), None),
-            Err(_) => (None, Some(b64(k))),
-        },
-    };
-    let json = r
-        .value_is_json()
-        .then(|| serde_json::from_slice::<&RawValue>(&r.value).ok())
-        .flatten();
-    let (value, value_b64) = match json {
-        Some(raw) => (Some(ValueOut::Json(raw)), None),
-        None => match std::str::from_utf8(&r.value) {
-            Ok(s) => (Some(ValueOut::Text(s)), None),
-            Err(_) => (None, Some(b64(&r.value))),
-        },
-    };
-    let headers = r
-        .headers()
-        .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
-        .collect();
-    RecordOut {
-        offset: r.offset,
-        timestamp_ms: r.timestamp_ms,
-        key,
-        key_b64,
-        value,
-        value_b64,
-        headers,
-    }
+    RecordOut::new(
+        r.offset,
+        r.timestamp_ms,
+        r.key.as_deref(),
+        &r.value,
+        r.value_is_json(),
+        r.headers(),
+    )
 }
 
 /// Resolves `earliest`, `latest`, a number, or a timestamp to an offset.

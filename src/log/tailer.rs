@@ -1,0 +1,399 @@
+//! Local tailing: read a partition straight from its segment files, in another process than
+//! the server, with no server round trip, no lock and read-only access.
+//!
+//! ```no_run
+//! use mapq::log::tailer::{StartAt, TailOptions, Tailer, WaitMode};
+//!
+//! let options = TailOptions {
+//!     from: StartAt::Earliest,
+//!     follow: true,
+//!     wait: WaitMode::Block,
+//!     ..TailOptions::default()
+//! };
+//! let mut tailer = Tailer::open("./data".as_ref(), "orders", 0, options)?;
+//! while let Some(record) = tailer.next_record()? {
+//!     // `record` borrows the mapping: no copy was made.
+//!     println!("{} {}", record.offset, String::from_utf8_lossy(record.value()));
+//! }
+//! # Ok::<(), mapq::log::tailer::TailError>(())
+//! ```
+//!
+//! The tailer follows the publication protocol of `FORMAT.md`: it reads frames below the
+//! committed end (or the durable end), moves to the next segment once the current one is
+//! sealed and fully read (or a newer segment exists, after a crash left it unsealed), and
+//! keeps reading a segment that retention deleted under it. Waiting is a busy spin (lowest
+//! latency) or a futex wait on the segment header's wake word (no CPU while idle; with write
+//! access to the files the tailer registers as a waiter so the writer wakes it at once, with
+//! read access only it checks every millisecond).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::error::LogError;
+use super::format::{self, decode_frame, segment_header as sh, FrameView};
+use super::mmap::{futex_wait, MappedFile};
+use super::segment::{segment_path, Mapped, Segment, DATA_START};
+
+/// Where a tailer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The oldest record still stored.
+    Earliest,
+    /// After the newest record: only records appended from now on.
+    Latest,
+    /// At this offset (at most the end offset).
+    Offset(u64),
+    /// At the first record with a timestamp at or after this many ms since the epoch.
+    Timestamp(i64),
+}
+
+/// How a following tailer waits for records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Spin on the committed end: lowest latency, one core busy.
+    Spin,
+    /// Sleep in a futex wait: no CPU while idle.
+    Block,
+}
+
+/// What a tailer does when records it has not read yet were deleted by retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeleted {
+    /// Return [`TailError::OffsetDeleted`].
+    Fail,
+    /// Jump to the earliest record still stored.
+    Jump,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TailOptions {
+    pub from: StartAt,
+    /// Wait for new records at the end instead of stopping there.
+    pub follow: bool,
+    /// Read only records that msync has made durable.
+    pub durable_only: bool,
+    pub wait: WaitMode,
+    pub on_deleted: OnDeleted,
+}
+
+impl Default for TailOptions {
+    fn default() -> Self {
+        TailOptions {
+            from: StartAt::Earliest,
+            follow: false,
+            durable_only: false,
+            wait: WaitMode::Block,
+            on_deleted: OnDeleted::Fail,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("no partition at {0}")]
+    NoPartition(PathBuf),
+    #[error("offset {offset} was deleted by retention; the earliest offset is {earliest}")]
+    OffsetDeleted { offset: u64, earliest: u64 },
+    #[error("offset {offset} is beyond the end of the log ({latest})")]
+    OffsetBeyondEnd { offset: u64, latest: u64 },
+    #[error("the topic was deleted")]
+    TopicDeleted,
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+pub type Result<T, E = TailError> = std::result::Result<T, E>;
+
+/// How often a waiting tailer checks the directory (newer segment after a crash, topic
+/// deleted), and how long a futex wait lasts at most.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// A tailer without write access cannot register as a waiter: it looks this often.
+const UNREGISTERED_POLL: Duration = Duration::from_millis(1);
+
+/// A reader of one partition's files.
+pub struct Tailer {
+    dir: PathBuf,
+    opts: TailOptions,
+    seg: Arc<Segment>,
+    m: Arc<Mapped>,
+    /// The current segment's header mapped writable, to register as a waiter; `None`
+    /// without write access.
+    waiter: Option<MappedFile>,
+    /// Identity (device, inode) of the current segment's file.
+    file_id: (u64, u64),
+    pos: usize,
+    next_offset: u64,
+    last_check: Instant,
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer")
+            .field("dir", &self.dir)
+            .field("segment", &self.seg.base_offset())
+            .field("next_offset", &self.next_offset)
+            .finish()
+    }
+}
+
+fn bases(dir: &Path) -> Result<Vec<u64>> {
+    let entries = std::fs::read_dir(dir).map_err(|_| TailError::NoPartition(dir.to_owned()))?;
+    let mut v: Vec<u64> = entries
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            format::parse_file_name(name.to_str()?, format::SEGMENT_EXT)
+        })
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+impl Tailer {
+    /// Opens `<data_dir>/<topic>/<partition>` read-only and positions the tailer.
+    pub fn open(data_dir: &Path, topic: &str, partition: u32, opts: TailOptions) -> Result<Self> {
+        Self::open_dir(&data_dir.join(topic).join(partition.to_string()), opts)
+    }
+
+    /// Opens a partition directory read-only and positions the tailer.
+    pub fn open_dir(dir: &Path, opts: TailOptions) -> Result<Self> {
+        let all = bases(dir)?;
+        let (&first, &last) = all
+            .first()
+            .zip(all.last())
+            .ok_or_else(|| TailError::NoPartition(dir.to_owned()))?;
+        let mut t = Self::at_segment(dir, opts, first)?;
+        match opts.from {
+            StartAt::Earliest => {}
+            StartAt::Latest => t.seek_end(last)?,
+            StartAt::Offset(offset) => {
+                if offset < first {
+                    return match opts.on_deleted {
+                        OnDeleted::Fail => t.deleted(offset, first),
+                        OnDeleted::Jump => Ok(t),
+                    };
+                }
+                let base = all
+                    .iter()
+                    .rev()
+                    .find(|&&b| b <= offset)
+                    .copied()
+                    .unwrap_or(first);
+                t = Self::at_segment(dir, opts, base)?;
+                let end = t.visible_end();
+                match t.m.locate(offset, end)? {
+                    Some(pos) => (t.pos, t.next_offset) = (pos, offset),
+                    None => {
+                        t.seek_end(last)?;
+                        if offset != t.next_offset {
+                            return Err(TailError::OffsetBeyondEnd {
+                                offset,
+                                latest: t.next_offset,
+                            });
+                        }
+                    }
+                }
+            }
+            StartAt::Timestamp(ts) => {
+                let mut found = false;
+                for &base in &all {
+                    let c = Self::at_segment(dir, opts, base)?;
+                    if let Some((offset, pos)) = c.m.find_timestamp(ts)? {
+                        t = c;
+                        (t.pos, t.next_offset) = (pos, offset);
+                        found = true;
+                        break;
+                    }
+                }
+                if !found {
+                    t.seek_end(last)?;
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    fn at_segment(dir: &Path, opts: TailOptions, base: u64) -> Result<Self> {
+        let seg = Arc::new(Segment::open(dir, base, false, None)?);
+        let m = seg
+            .live()
+            .ok_or_else(|| LogError::corrupt(seg.path(), "segment not mapped"))?;
+        let path = segment_path(dir, base, format::SEGMENT_EXT);
+        Ok(Tailer {
+            dir: dir.to_owned(),
+            opts,
+            waiter: MappedFile::open_prefix_rw(&path, sh::SIZE).ok(),
+            file_id: file_id(&path).unwrap_or_default(),
+            seg,
+            m,
+            pos: DATA_START,
+            next_offset: base,
+            last_check: Instant::now(),
+        })
+    }
+
+    /// Moves to the end of the newest segment.
+    fn seek_end(&mut self, last: u64) -> Result<()> {
+        if self.seg.base_offset() != last {
+            *self = Self::at_segment(&self.dir, self.opts, last)?;
+        }
+        let end = self.visible_end();
+        self.next_offset = self.m.offset_at(last, end)?;
+        self.pos = end;
+        Ok(())
+    }
+
+    fn deleted<T>(&self, offset: u64, earliest: u64) -> Result<T> {
+        Err(TailError::OffsetDeleted { offset, earliest })
+    }
+
+    /// The offset of the next record the tailer will return.
+    pub fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Where reading must stop: the committed end, or the durable end.
+    fn visible_end(&self) -> usize {
+        if self.opts.durable_only {
+            self.m.durable_end()
+        } else {
+            self.m.committed_end()
+        }
+    }
+
+    /// The next record, a zero-copy view of the mapping. `None` at the end of the log when
+    /// not following; when following, waits for it.
+    pub fn next_record(&mut self) -> Result<Option<FrameView<'_>>> {
+        loop {
+            let end = self.visible_end();
+            if self.pos < end {
+                let at = self.pos;
+                let m = &self.m;
+                let f = decode_frame(m.published(at, end)).map_err(|e| {
+                    LogError::corrupt(self.seg.path(), format!("at byte {at}: {e}"))
+                })?;
+                if f.offset != self.next_offset {
+                    return Err(LogError::corrupt(
+                        self.seg.path(),
+                        format!(
+                            "offset {} where {} was expected",
+                            f.offset, self.next_offset
+                        ),
+                    )
+                    .into());
+                }
+                self.pos += f.padded_len;
+                self.next_offset += 1;
+                return Ok(Some(f));
+            }
+            if self.advance(false)? {
+                continue;
+            }
+            if !self.opts.follow {
+                return Ok(None);
+            }
+            self.wait(end)?;
+            if self.last_check.elapsed() >= CHECK_EVERY {
+                self.last_check = Instant::now();
+                if self.advance(true)? {
+                    continue;
+                }
+                self.check_still_there()?;
+            }
+        }
+    }
+
+    /// At the end of the current segment: moves to the next one if this one is finished
+    /// (sealed; or, with `look_for_newer`, a newer segment exists, as after a crash that left
+    /// it unsealed). Returns whether it moved.
+    fn advance(&mut self, look_for_newer: bool) -> Result<bool> {
+        let sealed = self.m.is_sealed();
+        let committed = self.m.committed_end();
+        if self.pos < committed {
+            return Ok(false);
+        }
+        let next_path = segment_path(&self.dir, self.next_offset, format::SEGMENT_EXT);
+        if !(sealed || (look_for_newer && next_path.exists())) {
+            return Ok(false);
+        }
+        if next_path.exists() {
+            *self = Self::at_segment(&self.dir, self.opts, self.next_offset)?;
+            return Ok(true);
+        }
+        // No successor: retention deleted it (and us) before we got there, or the topic is
+        // gone.
+        let all = match bases(&self.dir) {
+            Ok(all) => all,
+            Err(_) => return Err(TailError::TopicDeleted),
+        };
+        match all.first() {
+            Some(&earliest) if earliest > self.next_offset => match self.opts.on_deleted {
+                OnDeleted::Fail => self.deleted(self.next_offset, earliest),
+                OnDeleted::Jump => {
+                    *self = Self::at_segment(&self.dir, self.opts, earliest)?;
+                    Ok(true)
+                }
+            },
+            Some(_) => Ok(false),
+            None => Err(TailError::TopicDeleted),
+        }
+    }
+
+    /// A segment that vanished while unsealed means its topic was deleted (or deleted and
+    /// created again): never read on from a file that is not ours.
+    fn check_still_there(&self) -> Result<()> {
+        let path = segment_path(&self.dir, self.seg.base_offset(), format::SEGMENT_EXT);
+        match file_id(&path) {
+            Some(id) if id == self.file_id => Ok(()),
+            _ if self.m.is_sealed() => Ok(()),
+            _ => Err(TailError::TopicDeleted),
+        }
+    }
+
+    /// Waits until the visible end moves past `end`, the segment is sealed, or a while has
+    /// passed.
+    fn wait(&self, end: usize) -> Result<()> {
+        let changed = || self.visible_end() != end || self.m.is_sealed();
+        match self.opts.wait {
+            WaitMode::Spin => {
+                let started = Instant::now();
+                let mut spins = 0u32;
+                while !changed() {
+                    std::hint::spin_loop();
+                    spins = spins.wrapping_add(1);
+                    if spins.is_multiple_of(1 << 16) && started.elapsed() >= CHECK_EVERY {
+                        break;
+                    }
+                }
+            }
+            WaitMode::Block => match &self.waiter {
+                Some(rw) => {
+                    let seq = rw.atomic_u32(sh::WAKE_SEQ);
+                    let waiters = rw.atomic_u32(sh::WAITERS);
+                    let expected = seq.load(Ordering::Acquire);
+                    // SeqCst: pairs with the writer's fence between its publish and its load
+                    // of WAITERS, so either it sees us registered or we see its publish.
+                    waiters.fetch_add(1, Ordering::SeqCst);
+                    if !changed() {
+                        futex_wait(seq, expected, CHECK_EVERY);
+                    }
+                    waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+                None => {
+                    let seq = self.m.wake_seq();
+                    let expected = seq.load(Ordering::Acquire);
+                    if !changed() {
+                        futex_wait(seq, expected, UNREGISTERED_POLL);
+                    }
+                }
+            },
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! `mapq tail` as a separate process reading the files of a running server: rolls,
+//! retention, waking at `latest`, a kill -9 of the writer, read-only access, topic deletion.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use reqwest::Client;
+use serde_json::{json, Value};
+
+/// A running `mapq tail` whose stdout lines arrive on a channel.
+struct Tail {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Tail {
+    fn start(data_dir: &Path, args: &[&str], as_nobody: bool) -> Tail {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        cmd.arg("tail")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if as_nobody {
+            std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+            std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+        }
+        let mut child = cmd.spawn().expect("start mapq tail");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+            }
+        });
+        Tail {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next `n` records, each within `limit`.
+    fn records(&self, n: usize, limit: Duration) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                let line = self.lines.recv_timeout(limit).unwrap_or_else(|_| {
+                    panic!(
+                        "record {i} of {n} did not arrive; stderr: {}",
+                        self.stderr.lock().unwrap()
+                    )
+                });
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect()
+    }
+
+    fn exit_code(&mut self, limit: Duration) -> i32 {
+        common::server::wait_with_deadline(&mut self.child, limit)
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn produce(http: &Client, base: &str, topic: &str, from: u64, n: u64) {
+    let records: Vec<Value> = (from..from + n)
+        .map(|i| json!({"value": {"seq": i, "pad": "x".repeat(500)}, "partition": 0}))
+        .collect();
+    let r = http
+        .post(format!("{base}/v1/topics/{topic}/records"))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+}
+
+async fn create(http: &Client, base: &str, topic: &str) {
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": topic}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+}
+
+fn check_sequence(records: &[Value], first: u64) {
+    for (i, r) in records.iter().enumerate() {
+        let want = first + i as u64;
+        assert_eq!(r["offset"], want, "no gap, no duplicate");
+        assert_eq!(r["value"]["seq"], want, "the record's own content");
+    }
+}
+
+/// Waits until a tailer has registered as a blocked waiter in the segment header.
+fn wait_for_blocked_tailer(segment: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bytes = std::fs::read(segment).unwrap();
+        if u32::from_le_bytes(bytes[260..264].try_into().unwrap()) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the tailer never blocked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_in_order_across_rolls_and_a_retention_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_SEGMENT_BYTES", "65536"),
+            ("MAPQ_RETENTION_MS", "1000"),
+            ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "100"),
+        ],
+    );
+    let http = Client::new();
+    create(&http, &server.base, "roll").await;
+    let total = 1200u64;
+    let tail = Tail::start(dir.path(), &["roll", "--follow", "--count", "1200"], false);
+    let mut sent = 0;
+    let started = Instant::now();
+    while sent < total {
+        produce(&http, &server.base, "roll", sent, 40).await;
+        sent += 40;
+        // Spread the load over ~3 s so retention deletes segments while the tail follows.
+        let due = started + Duration::from_millis(100 * sent / 40);
+        tokio::time::sleep_until(due.into()).await;
+    }
+    let records = tail.records(total as usize, Duration::from_secs(20));
+    check_sequence(&records, 0);
+    let m = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |series: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        sample(r#"mapq_segments_rolled_total{partition="0",topic="roll"}"#) >= 5,
+        "{m}"
+    );
+    assert!(
+        sample(r#"mapq_segments_deleted_total{partition="0",reason="age",topic="roll"}"#) >= 1,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tailer_at_latest_on_a_quiet_partition_wakes_on_the_next_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create(&http, &server.base, "quiet").await;
+    produce(&http, &server.base, "quiet", 0, 3).await;
+    let mut tail = Tail::start(
+        dir.path(),
+        &[
+            "quiet", "--from", "latest", "--follow", "--count", "1", "--wait", "block",
+        ],
+        false,
+    );
+    wait_for_blocked_tailer(&dir.path().join("quiet/0/00000000000000000000.log"));
+    produce(&http, &server.base, "quiet", 3, 1).await;
+    let got = tail.records(1, Duration::from_secs(5));
+    check_sequence(&got, 3);
+    assert_eq!(tail.exit_code(Duration::from_secs(5)), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tailer_survives_a_kill_9_of_the_writer_and_continues_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("MAPQ_SEGMENT_BYTES", "65536")];
+    let server = Server::start(dir.path(), &env);
+    let http = Client::new();
+    create(&http, &server.base, "k").await;
+    let tail = Tail::start(dir.path(), &["k", "--follow", "--count", "600"], false);
+    produce(&http, &server.base, "k", 0, 300).await;
+    let first = tail.records(300, Duration::from_secs(10));
+    check_sequence(&first, 0);
+    server.kill();
+    let server = Server::start(dir.path(), &env);
+    for from in (300..600).step_by(50) {
+        produce(&http, &server.base, "k", from, 50).await;
+    }
+    let rest = tail.records(300, Duration::from_secs(10));
+    check_sequence(&rest, 300);
+    assert!(
+        tail.lines.recv_timeout(Duration::from_millis(200)).is_err(),
+        "nothing after the count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tailer_needs_no_write_permission() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create(&http, &server.base, "ro").await;
+    produce(&http, &server.base, "ro", 0, 20).await;
+    let as_root = euid() == 0;
+    use std::os::unix::fs::PermissionsExt;
+    // Readable by everyone, writable by nobody else: the tailer gets read access only.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    if !as_root {
+        for f in std::fs::read_dir(dir.path().join("ro/0")).unwrap() {
+            let p = f.unwrap().path();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    // Root ignores permissions: run the tailer as user nobody instead.
+    let mut tail = Tail::start(dir.path(), &["ro"], as_root);
+    check_sequence(&tail.records(20, Duration::from_secs(5)), 0);
+    assert_eq!(
+        tail.exit_code(Duration::from_secs(5)),
+        0,
+        "{}",
+        tail.stderr.lock().unwrap()
+    );
+    // Following works too (it polls, since it cannot register as a waiter).
+    let tail = Tail::start(dir.path(), &["ro", "--from", "20", "--follow"], as_root);
+    if as_root {
+        produce(&http, &server.base, "ro", 20, 5).await;
+        check_sequence(&tail.records(5, Duration::from_secs(5)), 20);
+    }
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_topic_stops_the_tailer_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create(&http, &server.base, "gone").await;
+    produce(&http, &server.base, "gone", 0, 10).await;
+    let mut tail = Tail::start(dir.path(), &["gone", "--follow"], false);
+    check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
+    let r = http
+        .delete(format!("{}/v1/topics/gone", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // The topic comes back with other records: the tailer must not read them as its own.
+    create(&http, &server.base, "gone").await;
+    produce(&http, &server.base, "gone", 1000, 10).await;
+    assert_eq!(tail.exit_code(Duration::from_secs(10)), 1);
+    assert!(
+        tail.stderr.lock().unwrap().contains("topic was deleted"),
+        "{}",
+        tail.stderr.lock().unwrap()
+    );
+    assert!(tail.lines.try_recv().is_err(), "no record of the new topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_deleted_by_retention_is_reported_or_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_SEGMENT_BYTES", "65536"),
+            ("MAPQ_RETENTION_MS", "200"),
+            ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "50"),
+        ],
+    );
+    let http = Client::new();
+    create(&http, &server.base, "old").await;
+    for from in (0..400).step_by(40) {
+        produce(&http, &server.base, "old", from, 40).await;
+    }
+    // Wait until retention has deleted the first segment.
+    let first = dir.path().join("old/0/00000000000000000000.log");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.exists() {
+        assert!(Instant::now() < deadline, "retention never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut tail = Tail::start(dir.path(), &["old", "--from", "0"], false);
+    assert_eq!(tail.exit_code(Duration::from_secs(5)), 1);
+    let err = tail.stderr.lock().unwrap().clone();
+    assert!(
+        err.contains("was deleted by retention") && err.contains("--skip-deleted"),
+        "{err}"
+    );
+    let tail = Tail::start(
+        dir.path(),
+        &["old", "--from", "earliest", "--count", "1"],
+        false,
+    );
+    let earliest = tail.records(1, Duration::from_secs(5))[0]["offset"]
+        .as_u64()
+        .unwrap();
+    assert!(earliest > 0);
+    let tail = Tail::start(
+        dir.path(),
+        &["old", "--from", "0", "--skip-deleted", "--count", "1"],
+        false,
+    );
+    let jumped = tail.records(1, Duration::from_secs(5))[0]["offset"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        jumped, earliest,
+        "--skip-deleted jumps to the earliest record left"
+    );
+}
