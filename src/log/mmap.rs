@@ -190,6 +190,18 @@ impl MappedFile {
             .advise_range(Advice::PopulateWrite, range.start, range.len());
     }
 
+    /// Maps the pages of `range` into this process ahead of use (`MADV_POPULATE_READ`), so
+    /// reading them takes no page faults. Best effort.
+    pub fn populate_read(&self, range: Range<usize>) {
+        self.check(&range);
+        if range.is_empty() {
+            return;
+        }
+        let _ = self
+            .map
+            .advise_range(Advice::PopulateRead, range.start, range.len());
+    }
+
     /// Releases the disk blocks of `range` (reads then return zeros). The file keeps its
     /// length, so mappings stay valid.
     pub fn punch_hole(&self, range: Range<usize>) -> io::Result<()> {

@@ -1011,6 +1011,12 @@ impl Mapped {
         Ok(next)
     }
 
+    /// Maps the pages of `range` into this process ahead of reading them.
+    pub fn populate_read(&self, range: std::ops::Range<usize>) {
+        let end = range.end.min(self.capacity());
+        self.data.populate_read(range.start.min(end)..end);
+    }
+
     /// The futex word tailers wait on (section 5.1 of FORMAT.md).
     pub fn wake_seq(&self) -> &AtomicU32 {
         self.data.atomic_u32(sh::WAKE_SEQ)
