@@ -193,6 +193,23 @@ impl Config {
         if self.max_record_bytes >= u32::MAX as u64 / 2 {
             return bad("max_record_bytes", "must be below 2 GiB");
         }
+        for (key, value) in [
+            ("segment_ms", self.segment_ms),
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+            ("max_disk_bytes", self.max_disk_bytes),
+            ("segment_bytes", Some(self.segment_bytes)),
+            ("flush_interval_ms", Some(self.flush_interval_ms)),
+            (
+                "retention_check_interval_ms",
+                Some(self.retention_check_interval_ms),
+            ),
+            ("segment_idle_close_ms", Some(self.segment_idle_close_ms)),
+        ] {
+            if value.is_some_and(|v| v > i64::MAX as u64) {
+                return bad(key, "must be at most 9223372036854775807");
+            }
+        }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");
         }

@@ -177,6 +177,16 @@ async fn topics_create_list_describe_delete() {
     )
     .await;
     expect_error(
+        api.post_json(
+            "/v1/topics",
+            json!({"name": "t", "config": {"retention_ms": u64::MAX}}),
+        )
+        .await,
+        400,
+        "invalid_config",
+    )
+    .await;
+    expect_error(
         api.post_json("/v1/topics", json!({"name": "t", "partitions": 0}))
             .await,
         400,
@@ -757,6 +767,14 @@ async fn sse_stream_delivers_records_and_resumes_from_last_event_id() {
         "resumes after event 1: {text}"
     );
     assert!(!text.contains("\"offset\":1"), "{text}");
+    let r = api
+        .http
+        .get(api.url("/v1/topics/s/partitions/0/stream"))
+        .header("last-event-id", u64::MAX.to_string())
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "bad_request").await;
     expect_error(
         api.get("/v1/topics/s/partitions/0/stream?offset=9").await,
         416,

@@ -441,3 +441,56 @@ async fn mapped_segments_stay_under_the_bound() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_two_partitions_refused_for_space_appends_to_neither() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("MAPQ_SEGMENT_BYTES", SEGMENT),
+        ("MAPQ_RESERVE_CHUNK_BYTES", "16384"),
+        ("MAPQ_PREFAULT_BYTES", "16384"),
+        ("MAPQ_MAX_DISK_BYTES", "300000"),
+        ("MAPQ_RETENTION_MS", "null"),
+    ];
+    let server = Server::start(dir.path(), &env);
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "two", "partitions": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let value = "y".repeat(1024);
+    let mut acked = 0;
+    for round in 0..200 {
+        // Partition 0 gets one record, partition 1 a batch of ten.
+        let mut records = vec![json!({"value": value, "partition": 0})];
+        records.extend((0..10).map(|_| json!({"value": value, "partition": 1})));
+        let r = http
+            .post(format!("{base}/v1/topics/two/records"))
+            .json(&json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 507 {
+            acked = round;
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    assert!(acked > 0, "the quota was reached");
+    let d = describe(&http, &base, "two").await;
+    let ends: Vec<u64> = d["partition_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["end_offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ends,
+        [acked, acked * 10],
+        "the refused request appended to neither partition"
+    );
+}

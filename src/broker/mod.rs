@@ -215,6 +215,8 @@ impl Broker {
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))?;
         t.mark_deleted();
         for p in t.partitions() {
+            // Waits for appends and file work in flight; none starts afterwards.
+            p.log().mark_deleted();
             p.log().release_quota();
         }
         let dir = self.data_dir.join(name);

@@ -51,6 +51,19 @@ fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error
 
 impl TopicOverrides {
     pub fn validate(&self) -> Result<(), BrokerError> {
+        for (key, value) in [
+            ("retention_ms", self.retention_ms.flatten()),
+            ("retention_bytes", self.retention_bytes.flatten()),
+            ("segment_ms", self.segment_ms.flatten()),
+            ("segment_bytes", self.segment_bytes),
+        ] {
+            if value.is_some_and(|v| v > i64::MAX as u64) {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "{key} must be at most {}",
+                    i64::MAX
+                )));
+            }
+        }
         if let Some(b) = self.segment_bytes {
             if b < 64 << 10 {
                 return Err(BrokerError::InvalidConfig(
@@ -142,17 +155,29 @@ impl Partition {
         self.end_offset.subscribe()
     }
 
+    /// Wakes consumers waiting for records below `end`. Appends finish their notification
+    /// in any order, so the watched value only ever grows.
+    pub fn notify(&self, end: u64) {
+        self.end_offset.send_if_modified(|current| {
+            let grew = end > *current;
+            if grew {
+                *current = end;
+            }
+            grew
+        });
+    }
+
     /// Appends a batch (blocks: may create a segment file) and wakes waiting consumers.
     pub fn append(&self, records: &[Record<'_>]) -> Result<Appended, LogError> {
         let appended = self.log.append(records)?;
-        self.end_offset.send_replace(self.log.end_offset());
+        self.notify(appended.first_offset + appended.count);
         Ok(appended)
     }
 
     /// Appends client-built frames (blocks) and wakes waiting consumers.
     pub fn append_frames(&self, frames: &[u8]) -> Result<Appended, LogError> {
         let appended = self.log.append_frames(frames)?;
-        self.end_offset.send_replace(self.log.end_offset());
+        self.notify(appended.first_offset + appended.count);
         Ok(appended)
     }
 }

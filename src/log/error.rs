@@ -47,6 +47,10 @@ pub enum LogError {
     #[error("partition stopped after a failed flush: {0}")]
     Stopped(String),
 
+    /// The partition's topic was deleted: no more file work is done for it.
+    #[error("the partition was deleted")]
+    Deleted,
+
     #[error("i/o error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }

@@ -144,7 +144,11 @@ impl Index {
             return Err(bad("base offset does not match the file name".into()));
         }
         let capacity = get_u64(header, ih::CAPACITY_ENTRIES);
-        if file_len(0) + capacity.saturating_mul(ih::ENTRY_SIZE as u64) > map.len() as u64 {
+        if capacity
+            .checked_mul(ih::ENTRY_SIZE as u64)
+            .and_then(|b| b.checked_add(file_len(0)))
+            .is_none_or(|total| total > map.len() as u64)
+        {
             return Err(bad(format!("capacity {capacity} exceeds the file")));
         }
         Ok(Index {

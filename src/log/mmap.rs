@@ -95,6 +95,12 @@ impl MappedFile {
         self.map.len() == 0
     }
 
+    /// Whether the mapping may be written (atomics stored through a read-only mapping would
+    /// fault: writers check this before storing into a segment header).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
     pub fn file(&self) -> &File {
         &self.file
     }
@@ -136,7 +142,9 @@ impl MappedFile {
         }
     }
 
-    /// The 8-byte aligned word at `pos`, accessed atomically.
+    /// The 8-byte aligned word at `pos`, accessed atomically. Only load through it unless
+    /// the mapping [`is_writable`](Self::is_writable): a store into a read-only mapping
+    /// faults.
     pub fn atomic_u64(&self, pos: usize) -> &AtomicU64 {
         self.check(&(pos..pos + 8));
         assert_eq!(pos % 8, 0, "unaligned atomic");

@@ -25,8 +25,8 @@ pub mod verify;
 pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{
-    Appended, DeleteReason, DeletedSegment, LogConfig, LogStats, PartitionLog, ReadBatch,
-    RecoveryReport, StoredRecord,
+    batch_bytes, AppendGuard, Appended, DeleteReason, DeletedSegment, LogConfig, LogStats,
+    PartitionLog, ReadBatch, RecoveryReport, StoredRecord,
 };
 pub use prefault::Prefaulter;
 pub use quota::DiskQuota;

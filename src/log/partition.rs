@@ -71,6 +71,60 @@ pub struct Appended {
     pub count: u64,
 }
 
+/// Bytes of frames a batch of records needs.
+pub fn batch_bytes(records: &[Record<'_>]) -> Result<usize> {
+    let mut total = 0usize;
+    for r in records {
+        let len = r
+            .padded_len()
+            .ok_or_else(|| LogError::RecordTooLarge("record over 4 GiB".into()))?;
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| LogError::RecordTooLarge("batch size overflows".into()))?;
+    }
+    Ok(total)
+}
+
+/// The writer lock of one partition, for appends that must succeed together across
+/// partitions: lock every partition involved (in a fixed order, e.g. by partition number),
+/// [`reserve`](Self::reserve) room in each, and only then append to each. Once every
+/// reservation succeeded, the appends cannot fail for lack of space.
+pub struct AppendGuard<'a> {
+    log: &'a PartitionLog,
+    w: MutexGuard<'a, SegmentWriter>,
+}
+
+impl AppendGuard<'_> {
+    /// Makes room for `bytes` of frames: rolls if they do not fit, and allocates the disk
+    /// blocks. Appends of at most that many bytes then cannot fail with `NoSpace`.
+    pub fn reserve(&mut self, bytes: usize) -> Result<()> {
+        self.log.make_room(&mut self.w, bytes)?;
+        let end = self.w.position() + bytes;
+        self.w.reserve(end)
+    }
+
+    /// Appends a batch, published with one atomic store.
+    pub fn append(&mut self, records: &[Record<'_>]) -> Result<Appended> {
+        let total = batch_bytes(records)?;
+        if records.is_empty() {
+            return Ok(Appended {
+                first_offset: self.w.next_offset(),
+                count: 0,
+            });
+        }
+        self.log.make_room(&mut self.w, total)?;
+        let first_offset = self.w.append(records, total)?;
+        self.log
+            .end_offset
+            .store(self.w.next_offset(), Ordering::Release);
+        self.log.want_spare(&self.w);
+        Ok(Appended {
+            first_offset,
+            count: records.len() as u64,
+        })
+    }
+}
+
 /// What opening a partition found and did.
 #[derive(Debug, Default, Clone)]
 pub struct RecoveryReport {
@@ -207,12 +261,22 @@ pub struct Rolls {
     finishing: Mutex<()>,
     /// A file was created or renamed since the directory was last fsynced.
     dir_dirty: AtomicBool,
+    /// Set when the partition's topic is deleted: from then on no file is created, renamed
+    /// or removed for it (the name may already belong to a new topic).
+    deleted: AtomicBool,
+    /// Held around file work done outside the writer lock (spares, finishing rolls,
+    /// retention) and by `mark_deleted`, so that none is half done when the files go.
+    file_work: Mutex<()>,
 }
 
 impl Rolls {
     /// Creates the spare segment if there is none (blocks: creates files).
     pub fn prepare_spare(&self) -> Result<()> {
         let _clear = ClearOnDrop(&self.spare_requested);
+        let _files = self.file_work();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         if self
             .spare
             .lock()
@@ -249,6 +313,10 @@ impl Rolls {
     /// seal finds the next file. Blocks.
     pub fn finish_pending(&self) -> Result<()> {
         let _one_at_a_time = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        let _files = self.file_work();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         // Take the batch out, so the writer can queue more rolls meanwhile.
         let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
@@ -273,6 +341,10 @@ impl Rolls {
             old.release_unused();
         }
         Ok(())
+    }
+
+    fn file_work(&self) -> MutexGuard<'_, ()> {
+        self.file_work.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes every segment file name durable (before an fsync acknowledgement).
@@ -484,6 +556,8 @@ impl PartitionLog {
                     pending: Mutex::new(Vec::new()),
                     finishing: Mutex::new(()),
                     dir_dirty: AtomicBool::new(false),
+                    deleted: AtomicBool::new(false),
+                    file_work: Mutex::new(()),
                 }),
             },
             report,
@@ -556,36 +630,42 @@ impl PartitionLog {
         }
         // A panic while holding the lock leaves the writer consistent (the publish is the
         // last step of an append), so a poisoned lock is still usable.
-        Ok(self.writer.lock().unwrap_or_else(|p| p.into_inner()))
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.rolls.deleted.load(Ordering::Acquire) {
+            return Err(LogError::Deleted);
+        }
+        Ok(w)
+    }
+
+    /// Marks the partition deleted, and waits for any append or file work in progress:
+    /// afterwards nothing creates, renames or removes a file of this partition, so its
+    /// directory can go (and its name be reused by a new topic).
+    pub fn mark_deleted(&self) {
+        self.rolls.deleted.store(true, Ordering::Release);
+        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(self.rolls.file_work());
+        drop(
+            self.rolls
+                .finishing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+    }
+
+    /// Locks the writer for a group of appends that must all happen or none: see
+    /// [`AppendGuard`].
+    pub fn lock(&self) -> Result<AppendGuard<'_>> {
+        Ok(AppendGuard {
+            log: self,
+            w: self.lock_writer()?,
+        })
     }
 
     /// Appends a batch and publishes it to readers with one atomic store. All or nothing:
     /// on error no record of the batch is visible.
     pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
-        let mut total = 0usize;
-        for r in records {
-            let len = r
-                .padded_len()
-                .ok_or_else(|| LogError::RecordTooLarge("record over 4 GiB".into()))?;
-            total = total
-                .checked_add(len)
-                .ok_or_else(|| LogError::RecordTooLarge("batch size overflows".into()))?;
-        }
-        let mut w = self.lock_writer()?;
-        if records.is_empty() {
-            return Ok(Appended {
-                first_offset: w.next_offset(),
-                count: 0,
-            });
-        }
-        self.make_room(&mut w, total)?;
-        let first_offset = w.append(records, total)?;
-        self.end_offset.store(w.next_offset(), Ordering::Release);
-        self.want_spare(&w);
-        Ok(Appended {
-            first_offset,
-            count: records.len() as u64,
-        })
+        let mut guard = self.lock()?;
+        guard.append(records)
     }
 
     /// Appends frames built by a client (binary produce) without re-encoding them: checks
@@ -673,6 +753,10 @@ impl PartitionLog {
             doomed.push((Arc::clone(seg), reason));
         }
         if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _files = self.rolls.file_work();
+        if self.rolls.deleted.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
         let gone: Vec<u64> = doomed.iter().map(|(s, _)| s.base_offset()).collect();
@@ -838,13 +922,31 @@ impl PartitionLog {
             } else {
                 max_bytes.saturating_sub(bytes)
             };
-            let Some((chunk, n, next, at_end)) = seg.read_from(
+            let read = seg.read_from(
                 batch.next_offset,
                 max_records - batch.record_count,
                 budget,
                 batch.record_count == 0,
-            )?
-            else {
+            );
+            let read = match read {
+                // A closed segment deleted by retention since we loaded the list.
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && batch.record_count == 0 =>
+                {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset,
+                        earliest: self.start_offset(),
+                        latest: self.end_offset(),
+                    });
+                }
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    break;
+                }
+                other => other?,
+            };
+            let Some((chunk, n, next, at_end)) = read else {
                 break;
             };
             if n == 0 {
@@ -893,6 +995,9 @@ impl PartitionLog {
         loop {
             if let Some(reason) = self.stopped.get() {
                 return Err(LogError::Stopped(reason.clone()));
+            }
+            if self.rolls.deleted.load(Ordering::Acquire) {
+                return Err(LogError::Deleted);
             }
             let durable = self.durable_offset();
             if durable >= offset.min(self.end_offset()) {
@@ -958,6 +1063,16 @@ fn remove_segment_files(dir: &Path, base: u64) {
     }
 }
 
+/// The first page of a file (its header) and the file's length.
+fn read_header(path: &Path) -> Option<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut bytes = vec![0u8; DATA_START];
+    f.read_exact(&mut bytes).ok()?;
+    Some((bytes, len))
+}
+
 /// Lists the segment base offsets in `dir`, oldest first; removes leftovers of interrupted
 /// segment creation; reports stray files without touching them.
 fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
@@ -1003,9 +1118,8 @@ fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
     for (name, path) in spares {
         // A spare adopted by a roll whose files were not renamed before a crash holds
         // records: finish its renaming. Any other spare is a leftover.
-        let adopted = fs::read(&path).ok().and_then(|bytes| {
-            let len = bytes.len() as u64;
-            let h = SegmentHeader::decode(bytes.get(..DATA_START)?, &path, len).ok()?;
+        let adopted = read_header(&path).and_then(|(bytes, len)| {
+            let h = SegmentHeader::decode(&bytes, &path, len).ok()?;
             (h.base_offset != SPARE_BASE_OFFSET).then_some(h.base_offset)
         });
         match adopted {

@@ -673,11 +673,12 @@ impl Segment {
             return Ok(self.committed_end());
         };
         let committed = m.committed_end();
-        if committed > m.durable_end() {
-            m.data
-                .flush(0..committed)
-                .map_err(|e| LogError::io(&self.path, e))?;
+        if committed <= m.durable_end() || !m.data.is_writable() {
+            return Ok(committed);
         }
+        m.data
+            .flush(0..committed)
+            .map_err(|e| LogError::io(&self.path, e))?;
         // Release: a tailer that reads only durable data sees the frames below it.
         m.data
             .atomic_u64(sh::DURABLE_END)
@@ -780,7 +781,7 @@ impl Segment {
     /// Marks the segment sealed: no record will ever be added. Called by the writer after
     /// its last publish and after the next segment's file exists.
     pub(super) fn seal(&self) {
-        if let Some(m) = self.live() {
+        if let Some(m) = self.live().filter(|m| m.data.is_writable()) {
             // Release: whoever sees the seal sees the final committed end.
             m.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
             m.wake_tailers();
@@ -833,11 +834,15 @@ impl Mapped {
         self.data.atomic_u32(sh::SEALED).load(Ordering::Acquire) != 0
     }
 
-    /// The published bytes `[from, to)`; `to` must not exceed a committed end loaded before.
+    /// The published bytes `[from, to)`, cut at the committed end (a caller holding an end
+    /// loaded earlier gets fewer bytes, never unpublished ones, should recovery after a power
+    /// loss have moved the end back).
     pub fn published(&self, from: usize, to: usize) -> &[u8] {
-        assert!(DATA_START <= from && from <= to && to <= self.committed_end());
-        // SAFETY: the range lies below the committed end, and bytes there never change.
-        unsafe { self.data.frozen(from..to) }
+        let to = to.min(self.committed_end());
+        let from = from.clamp(DATA_START, to.max(DATA_START));
+        // SAFETY: the range lies below the committed end, and in this process bytes there
+        // never change (only a recovery, which runs before any reader exists, rewrites them).
+        unsafe { self.data.frozen(from..to.max(from)) }
     }
 
     /// The published bytes `[from, to)` as a `Bytes` that keeps the mapping alive: the
@@ -986,7 +991,7 @@ impl Mapped {
             }
             at += f.padded_len;
             n += 1;
-            next = f.offset + 1;
+            next = f.offset.saturating_add(1);
         }
         Ok((at, n, next))
     }
@@ -1006,7 +1011,7 @@ impl Mapped {
         }
         for item in self.walk(at, limit) {
             let (_, f) = item?;
-            next = f.offset + 1;
+            next = f.offset.saturating_add(1);
         }
         Ok(next)
     }
@@ -1305,7 +1310,7 @@ impl SegmentWriter {
     /// Makes sure disk blocks exist below `end` before the copy. With a prefaulter the pages
     /// are usually pre-faulted already (and if it lags, the copy takes the faults itself);
     /// without one the writer pre-faults `prefault_bytes` ahead of itself.
-    fn reserve(&mut self, end: usize) -> Result<()> {
+    pub(super) fn reserve(&mut self, end: usize) -> Result<()> {
         match self.reserve.prefaulter {
             Some(_) => self.seg.allocate_to(end, self.reserve.chunk_bytes),
             None if end > self.seg.prefaulted_end() => self.seg.prefault_to(

@@ -204,7 +204,7 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
             next_cp += 1;
         }
         max_ts = max_ts.max(f.timestamp_ms);
-        next_offset = f.offset + 1;
+        next_offset = f.offset.saturating_add(1);
         at += f.padded_len;
         s.records += 1;
         s.bytes += f.padded_len as u64;

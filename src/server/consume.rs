@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
-use super::{record_target, AppState};
+use super::{blocking, record_target, AppState};
 use crate::broker::{Partition, Topic};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::record_json::RecordOut;
@@ -167,8 +167,17 @@ pub async fn consume(
             "wait_ms must be at most {MAX_WAIT_MS}"
         )));
     }
-    let offset = start_offset(&p, q.offset.as_deref(), q.timestamp_ms, false)?;
-    let mut batch = p.log().read(offset, max_records, max_bytes)?;
+    // Reads run off the async workers: a segment unmapped while idle is reopened (file
+    // opens and mmap), and cold pages fault in from disk.
+    let (offset, mut batch) = {
+        let p = Arc::clone(&p);
+        let from = q.offset.clone();
+        blocking(move || {
+            let offset = start_offset(&p, from.as_deref(), q.timestamp_ms, false)?;
+            Ok((offset, p.log().read(offset, max_records, max_bytes)?))
+        })
+        .await?
+    };
     if batch.record_count == 0 && wait_ms > 0 {
         let _permit = waiter_permit(&state)?;
         let mut changes = p.subscribe();
@@ -181,7 +190,8 @@ pub async fn consume(
             _ = &mut deadline => {}
             _ = shutdown.wait_for(|s| *s) => {}
         }
-        batch = p.log().read(offset, max_records, max_bytes)?;
+        let p = Arc::clone(&p);
+        batch = blocking(move || Ok(p.log().read(offset, max_records, max_bytes)?)).await?;
     }
     let labels = [topic.as_str(), &p.id().to_string()];
     let metrics = state.metrics();
@@ -273,7 +283,7 @@ pub async fn stream(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|id| id + 1)
+                .and_then(|id| id.checked_add(1))
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an offset"))
         })
         .transpose()?;
@@ -282,7 +292,10 @@ pub async fn stream(
         None => start_offset(&p, q.offset.as_deref(), None, true)?,
     };
     // Fail fast on an offset outside the log.
-    p.log().read(offset, 1, 1)?;
+    {
+        let p = Arc::clone(&p);
+        blocking(move || Ok(p.log().read(offset, 1, 1)?)).await?;
+    }
     let permit = waiter_permit(&state)?;
     let tail = Tail {
         partition: p,
@@ -322,7 +335,12 @@ impl Tail {
                 .changes
                 .get_or_insert_with(|| self.partition.subscribe());
             changes.borrow_and_update();
-            match self.partition.log().read(self.offset, 100, 1 << 20) {
+            let p = Arc::clone(&self.partition);
+            let offset = self.offset;
+            let read = tokio::task::spawn_blocking(move || p.log().read(offset, 100, 1 << 20))
+                .await
+                .unwrap_or_else(|e| Err(crate::log::LogError::Stopped(e.to_string())));
+            match read {
                 Ok(batch) if batch.record_count > 0 => {
                     self.offset = batch.next_offset;
                     let events = batch

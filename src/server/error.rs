@@ -123,6 +123,11 @@ impl From<LogError> for ApiError {
                 ..Self::new(S::RANGE_NOT_SATISFIABLE, "offset_out_of_range", msg)
             },
             LogError::RecordTooLarge(_) => Self::too_large(msg),
+            LogError::Deleted => Self::new(
+                S::NOT_FOUND,
+                "topic_not_found",
+                "the topic was deleted while the request ran",
+            ),
             LogError::InvalidFrame { .. } => Self::bad_request(msg),
             LogError::Stopped(_) => {
                 tracing::error!(error = %msg, "write to a stopped partition");

@@ -191,6 +191,48 @@ fn append_owned(topic: &Topic, records: &[Owned<'_>]) -> ApiResult<Appended> {
     for (i, r) in records.iter().enumerate() {
         by_partition.entry(r.partition).or_default().push(i);
     }
+    let header_refs: Vec<Vec<(&[u8], &[u8])>> = records
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                .collect()
+        })
+        .collect();
+    let batches: Vec<(u32, &Vec<usize>, Vec<Record<'_>>)> = by_partition
+        .iter()
+        .map(|(&partition, indices)| {
+            let batch = indices
+                .iter()
+                .map(|&i| {
+                    let r = &records[i];
+                    Record {
+                        key: r.key.as_deref(),
+                        value: &r.value,
+                        headers: &header_refs[i],
+                        timestamp_ms: r.timestamp_ms,
+                        value_is_json: r.json,
+                    }
+                })
+                .collect();
+            (partition, indices, batch)
+        })
+        .collect();
+    // All or nothing across partitions: lock every writer involved (in partition order, as
+    // every multi-partition request does, so two requests cannot deadlock), make room in
+    // each, and only then append. A full disk or a stopped partition fails the request
+    // before any record is visible.
+    let partitions = batches
+        .iter()
+        .map(|(p, _, _)| topic.partition(*p).map(Arc::clone))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut guards = Vec::with_capacity(partitions.len());
+    for (p, (_, _, batch)) in partitions.iter().zip(&batches) {
+        let mut guard = p.log().lock()?;
+        guard.reserve(crate::log::batch_bytes(batch)?)?;
+        guards.push(guard);
+    }
     let mut offsets: Vec<RecordOffset> = records
         .iter()
         .map(|r| RecordOffset {
@@ -198,38 +240,17 @@ fn append_owned(topic: &Topic, records: &[Owned<'_>]) -> ApiResult<Appended> {
             offset: 0,
         })
         .collect();
-    let mut ends = Vec::new();
-    for (partition, indices) in by_partition {
-        let header_refs: Vec<Vec<(&[u8], &[u8])>> = indices
-            .iter()
-            .map(|&i| {
-                records[i]
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_ref(), v.as_ref()))
-                    .collect()
-            })
-            .collect();
-        let batch: Vec<Record<'_>> = indices
-            .iter()
-            .zip(&header_refs)
-            .map(|(&i, headers)| {
-                let r = &records[i];
-                Record {
-                    key: r.key.as_deref(),
-                    value: &r.value,
-                    headers,
-                    timestamp_ms: r.timestamp_ms,
-                    value_is_json: r.json,
-                }
-            })
-            .collect();
-        let p = topic.partition(partition)?;
-        let appended = p.append(&batch)?;
+    let mut ends = Vec::with_capacity(batches.len());
+    for (guard, (partition, indices, batch)) in guards.iter_mut().zip(&batches) {
+        let appended = guard.append(batch)?;
         for (n, &i) in indices.iter().enumerate() {
             offsets[i].offset = appended.first_offset + n as u64;
         }
-        ends.push((partition, appended.first_offset + appended.count));
+        ends.push((*partition, appended.first_offset + appended.count));
+    }
+    drop(guards);
+    for (p, &(_, end)) in partitions.iter().zip(&ends) {
+        p.notify(end);
     }
     Ok((offsets, ends))
 }
