@@ -14,8 +14,33 @@ use crate::record_json::RecordOut;
 #[derive(Debug, Parser)]
 #[command(name = "mapq", version, about)]
 pub struct Cli {
+    /// Log lines as `text` or as `json` (one object per line), on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr at the level of `RUST_LOG` if set, else `default_level`.
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::try_new(default_level).unwrap_or_else(|_| EnvFilter::new("info")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,12 +119,19 @@ pub enum FormatArg {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_logging(cli.log_format, "warn");
+    }
     match cli.command {
         Command::Serve {
             config,
             listen,
             data_dir,
-        } => run_serve(config.as_deref(), Overrides { listen, data_dir }),
+        } => run_serve(
+            config.as_deref(),
+            Overrides { listen, data_dir },
+            cli.log_format,
+        ),
         Command::Verify { data_dir } => run_verify(&data_dir),
         Command::Tail(args) => match run_tail(&args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -124,7 +156,11 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn run_serve(file: Option<&std::path::Path>, overrides: Overrides) -> ExitCode {
+fn run_serve(
+    file: Option<&std::path::Path>,
+    overrides: Overrides,
+    log_format: LogFormat,
+) -> ExitCode {
     let config = match Config::load(file, std::env::vars(), &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -132,6 +168,7 @@ fn run_serve(file: Option<&std::path::Path>, overrides: Overrides) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(log_format, &config.log_level);
     tracing::info!(config = ?config, "effective configuration");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

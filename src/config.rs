@@ -51,6 +51,7 @@ pub struct Config {
     pub max_disk_bytes: Option<u64>,
     pub max_open_segments: u64,
     pub segment_idle_close_ms: u64,
+    pub log_level: String,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.

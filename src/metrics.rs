@@ -37,6 +37,10 @@ pub struct Metrics {
     disk_used: prometheus::IntGauge,
     disk_limit: prometheus::IntGauge,
     open_segments: prometheus::IntGauge,
+    produce_duration: HistogramVec,
+    group_offset: IntGaugeVec,
+    group_lag: IntGaugeVec,
+    tail_waiters: IntGaugeVec,
 }
 
 impl Metrics {
@@ -116,6 +120,41 @@ impl Metrics {
                 "mapq_disk_limit_bytes",
                 "The max_disk_bytes quota (absent: no quota)",
             )?,
+            produce_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "mapq_produce_duration_seconds",
+                        "Produce request latency, from the body read to the answer, by durability",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["durability"],
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            group_offset: {
+                let g = IntGaugeVec::new(
+                    Opts::new("mapq_consumer_group_offset", "Committed offset of a consumer group"),
+                    &["group", "topic", "partition"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            group_lag: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "mapq_consumer_group_lag",
+                        "High watermark minus the committed offset of a consumer group",
+                    ),
+                    &["group", "topic", "partition"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            tail_waiters: gauge(
+                "mapq_tail_waiters",
+                "Local tailers blocked in a futex wait on the partition's files",
+            )?,
             open_segments: plain_gauge(
                 &registry,
                 "mapq_open_segments",
@@ -128,6 +167,16 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(m)
+    }
+
+    pub fn observe_produce(&self, durability: crate::config::Durability, elapsed: Duration) {
+        let label = match durability {
+            crate::config::Durability::Memory => "memory",
+            crate::config::Durability::Fsync => "fsync",
+        };
+        self.produce_duration
+            .with_label_values(&[label])
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
@@ -159,10 +208,30 @@ impl Metrics {
             ] {
                 g.reset();
             }
+            self.tail_waiters.reset();
+            self.group_offset.reset();
+            self.group_lag.reset();
+            for group in b.groups().names() {
+                let Ok(offsets) = b.groups().offsets(&group) else {
+                    continue;
+                };
+                for ((topic, partition), offset) in offsets {
+                    let Ok(t) = b.topic(&topic) else { continue };
+                    let Ok(p) = t.partition(partition) else { continue };
+                    let labels = [group.as_str(), topic.as_str(), &partition.to_string()];
+                    self.group_offset.with_label_values(&labels).set(offset as i64);
+                    let lag = p.log().end_offset().saturating_sub(offset);
+                    self.group_lag.with_label_values(&labels).set(lag as i64);
+                }
+            }
             for t in b.topics() {
                 for p in t.partitions() {
                     let labels = [t.name(), &p.id().to_string()];
                     let log = p.log();
+                    let waiters: u32 = log.segments().iter().map(|s| s.tail_waiters()).sum();
+                    self.tail_waiters
+                        .with_label_values(&labels)
+                        .set(i64::from(waiters));
                     self.log_start
                         .with_label_values(&labels)
                         .set(log.start_offset() as i64);

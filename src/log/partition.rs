@@ -98,9 +98,12 @@ impl AppendGuard<'_> {
     /// Makes room for `bytes` of frames: rolls if they do not fit, and allocates the disk
     /// blocks. Appends of at most that many bytes then cannot fail with `NoSpace`.
     pub fn reserve(&mut self, bytes: usize) -> Result<()> {
-        self.log.make_room(&mut self.w, bytes)?;
-        let end = self.w.position() + bytes;
-        self.w.reserve(end)
+        let result = self.log.make_room(&mut self.w, bytes).and_then(|()| {
+            let end = self.w.position() + bytes;
+            self.w.reserve(end)
+        });
+        self.log.note_space(&result);
+        result
     }
 
     /// Appends a batch, published with one atomic store.
@@ -112,8 +115,12 @@ impl AppendGuard<'_> {
                 count: 0,
             });
         }
-        self.log.make_room(&mut self.w, total)?;
-        let first_offset = self.w.append(records, total)?;
+        let result = self
+            .log
+            .make_room(&mut self.w, total)
+            .and_then(|()| self.w.append(records, total));
+        self.log.note_space(&result);
+        let first_offset = result?;
         self.log
             .end_offset
             .store(self.w.next_offset(), Ordering::Release);
@@ -397,6 +404,8 @@ pub struct PartitionLog {
     /// Counters of the engine's own work, for metrics.
     stats: LogStats,
     rolls: Arc<Rolls>,
+    /// The last append failed for lack of space (for logging the transitions only).
+    out_of_space: AtomicBool,
 }
 
 /// Counters of work a partition log did since it was opened.
@@ -545,6 +554,7 @@ impl PartitionLog {
                 flush_done: Condvar::new(),
                 stopped: OnceLock::new(),
                 stats: LogStats::default(),
+                out_of_space: AtomicBool::new(false),
                 rolls: Arc::new(Rolls {
                     dir: dir.to_owned(),
                     capacity_bytes: new_header(&log_config, 0, 0).capacity_bytes,
@@ -637,6 +647,28 @@ impl PartitionLog {
         Ok(w)
     }
 
+    /// Logs running out of space once when it starts, and once when writes succeed again,
+    /// rather than once per refused append.
+    fn note_space<T>(&self, result: &Result<T>) {
+        match result {
+            Err(LogError::NoSpace { needed_bytes, .. }) => {
+                if !self.out_of_space.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        partition = %self.dir.display(),
+                        needed_bytes,
+                        "disk full (or over max_disk_bytes): appends refused until space returns"
+                    );
+                }
+            }
+            Ok(_) if self.out_of_space.load(Ordering::Relaxed) => {
+                if self.out_of_space.swap(false, Ordering::Relaxed) {
+                    tracing::info!(partition = %self.dir.display(), "space available again: appends resumed");
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Marks the partition deleted, and waits for any append or file work in progress:
     /// afterwards nothing creates, renames or removes a file of this partition, so its
     /// directory can go (and its name be reused by a new topic).
@@ -679,8 +711,11 @@ impl PartitionLog {
                 count: 0,
             });
         }
-        self.make_room(&mut w, frames.len())?;
-        let first_offset = w.append_frames(frames, count, now_ms())?;
+        let result = self
+            .make_room(&mut w, frames.len())
+            .and_then(|()| w.append_frames(frames, count, now_ms()));
+        self.note_space(&result);
+        let first_offset = result?;
         self.end_offset.store(w.next_offset(), Ordering::Release);
         self.want_spare(&w);
         Ok(Appended {

@@ -573,6 +573,12 @@ impl Segment {
         true
     }
 
+    /// Tailers (in any process) registered as blocked on this segment's futex word.
+    pub fn tail_waiters(&self) -> u32 {
+        self.live()
+            .map_or(0, |m| m.data.atomic_u32(sh::WAITERS).load(Ordering::Relaxed))
+    }
+
     /// Whether the segment is mapped now.
     pub fn is_open(&self) -> bool {
         self.live().is_some()

@@ -109,7 +109,6 @@ impl From<LogError> for ApiError {
         let msg = e.to_string();
         match e {
             LogError::NoSpace { .. } => {
-                tracing::warn!(error = %msg, "disk full: produce refused");
                 Self::new(
                     S::INSUFFICIENT_STORAGE,
                     "insufficient_storage",

@@ -101,8 +101,9 @@ struct Owned<'a> {
 
 type Header<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
 
-/// Offsets in request order, and the end offset of each partition written.
-type Appended = (Vec<RecordOffset>, Vec<(u32, u64)>);
+/// Offsets in request order, and for each partition written: its end offset after the
+/// append and the bytes of frames appended.
+type Appended = (Vec<RecordOffset>, Vec<(u32, u64, u64)>);
 
 fn b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
@@ -246,10 +247,11 @@ fn append_owned(topic: &Topic, records: &[Owned<'_>]) -> ApiResult<Appended> {
         for (n, &i) in indices.iter().enumerate() {
             offsets[i].offset = appended.first_offset + n as u64;
         }
-        ends.push((*partition, appended.first_offset + appended.count));
+        let bytes = crate::log::batch_bytes(batch)? as u64;
+        ends.push((*partition, appended.first_offset + appended.count, bytes));
     }
     drop(guards);
-    for (p, &(_, end)) in partitions.iter().zip(&ends) {
+    for (p, &(_, end, _)) in partitions.iter().zip(&ends) {
         p.notify(end);
     }
     Ok((offsets, ends))
@@ -445,34 +447,34 @@ pub async fn produce(
                     .collect();
                 (
                     offsets,
-                    vec![(partition, appended.first_offset + appended.count)],
+                    vec![(
+                        partition,
+                        appended.first_offset + appended.count,
+                        body.len() as u64,
+                    )],
                 )
             }
         };
-        for &(partition, _) in &ends {
+        for &(partition, _, _) in &ends {
             broker.after_append(topic.partition(partition)?);
         }
         Ok((ProduceResponse { offsets }, ends, topic, broker))
     })
     .await?;
-    for &(partition, _) in &ends {
+    for &(partition, _, bytes) in &ends {
         let n = response
             .offsets
             .iter()
             .filter(|o| o.partition == partition)
             .count() as u64;
-        metrics
-            .records_appended
-            .with_label_values(&[topic.name(), &partition.to_string()])
-            .inc_by(n);
+        let labels = [topic.name(), &partition.to_string()];
+        metrics.records_appended.with_label_values(&labels).inc_by(n);
+        metrics.bytes_appended.with_label_values(&labels).inc_by(bytes);
     }
     if durability == Durability::Fsync {
         wait_durable(broker, &topic, ends).await?;
     }
-    tracing::trace!(
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "produced"
-    );
+    metrics.observe_produce(durability, started.elapsed());
     Ok(Json(response))
 }
 
@@ -481,11 +483,11 @@ pub async fn produce(
 async fn wait_durable(
     broker: Arc<Broker>,
     topic: &Arc<Topic>,
-    ends: Vec<(u32, u64)>,
+    ends: Vec<(u32, u64, u64)>,
 ) -> ApiResult<()> {
     let topic = Arc::clone(topic);
     blocking(move || {
-        for (partition, end) in ends {
+        for (partition, end, _) in ends {
             broker.flush(topic.partition(partition)?, end)?;
         }
         Ok(())
