@@ -134,7 +134,10 @@ impl Metrics {
             },
             group_offset: {
                 let g = IntGaugeVec::new(
-                    Opts::new("mapq_consumer_group_offset", "Committed offset of a consumer group"),
+                    Opts::new(
+                        "mapq_consumer_group_offset",
+                        "Committed offset of a consumer group",
+                    ),
                     &["group", "topic", "partition"],
                 )?;
                 registry.register(Box::new(g.clone()))?;
@@ -217,9 +220,13 @@ impl Metrics {
                 };
                 for ((topic, partition), offset) in offsets {
                     let Ok(t) = b.topic(&topic) else { continue };
-                    let Ok(p) = t.partition(partition) else { continue };
+                    let Ok(p) = t.partition(partition) else {
+                        continue;
+                    };
                     let labels = [group.as_str(), topic.as_str(), &partition.to_string()];
-                    self.group_offset.with_label_values(&labels).set(offset as i64);
+                    self.group_offset
+                        .with_label_values(&labels)
+                        .set(offset as i64);
                     let lag = p.log().end_offset().saturating_sub(offset);
                     self.group_lag.with_label_values(&labels).set(lag as i64);
                 }

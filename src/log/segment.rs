@@ -575,8 +575,9 @@ impl Segment {
 
     /// Tailers (in any process) registered as blocked on this segment's futex word.
     pub fn tail_waiters(&self) -> u32 {
-        self.live()
-            .map_or(0, |m| m.data.atomic_u32(sh::WAITERS).load(Ordering::Relaxed))
+        self.live().map_or(0, |m| {
+            m.data.atomic_u32(sh::WAITERS).load(Ordering::Relaxed)
+        })
     }
 
     /// Whether the segment is mapped now.

@@ -108,13 +108,11 @@ impl From<LogError> for ApiError {
         use StatusCode as S;
         let msg = e.to_string();
         match e {
-            LogError::NoSpace { .. } => {
-                Self::new(
-                    S::INSUFFICIENT_STORAGE,
-                    "insufficient_storage",
-                    "no disk space left for these records; nothing was appended",
-                )
-            }
+            LogError::NoSpace { .. } => Self::new(
+                S::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "no disk space left for these records; nothing was appended",
+            ),
             LogError::OffsetOutOfRange {
                 earliest, latest, ..
             } => ApiError {

@@ -468,8 +468,14 @@ pub async fn produce(
             .filter(|o| o.partition == partition)
             .count() as u64;
         let labels = [topic.name(), &partition.to_string()];
-        metrics.records_appended.with_label_values(&labels).inc_by(n);
-        metrics.bytes_appended.with_label_values(&labels).inc_by(bytes);
+        metrics
+            .records_appended
+            .with_label_values(&labels)
+            .inc_by(n);
+        metrics
+            .bytes_appended
+            .with_label_values(&labels)
+            .inc_by(bytes);
     }
     if durability == Durability::Fsync {
         wait_durable(broker, &topic, ends).await?;

@@ -1,0 +1,245 @@
+//! `GET /metrics` as Prometheus reads it: a known workload, scraped and parsed with a real
+//! Prometheus text-format parser, must show exactly that workload.
+
+mod common;
+
+use common::server::Server;
+use mapq::log::format::Record;
+use openmetrics_parser::prometheus::parse_prometheus;
+use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
+use reqwest::Client;
+use serde_json::{json, Value as Json};
+
+type Scrape = MetricsExposition<PrometheusType, PrometheusValue>;
+
+async fn scrape(http: &Client, base: &str) -> Scrape {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_prometheus(&text).expect("valid Prometheus exposition format")
+}
+
+/// Label values of every sample of `metric`.
+fn samples(s: &Scrape, metric: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let Some(family) = s.families.get(metric) else {
+        return Vec::new();
+    };
+    family
+        .iter_samples()
+        .map(|x| {
+            let labels = x.get_labelset().expect("labels");
+            let pairs = family
+                .get_label_names()
+                .iter()
+                .filter_map(|n| Some((n.to_string(), labels.get_label_value(n)?.to_string())))
+                .collect();
+            let v = match &x.value {
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                PrometheusValue::Gauge(v) | PrometheusValue::Unknown(v) => v.as_f64(),
+                PrometheusValue::Histogram(h) => h.count.unwrap_or(0) as f64,
+                PrometheusValue::Summary(s) => s.count.unwrap_or(0) as f64,
+            };
+            (pairs, v)
+        })
+        .collect()
+}
+
+/// The value of the sample of `metric` whose labels include all of `labels`.
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(s, metric)
+        .into_iter()
+        .find(|(pairs, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| pairs.iter().any(|(pk, pv)| pk == k && pv == v))
+        })
+        .unwrap_or_else(|| panic!("no {metric} {labels:?}"))
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_match_the_workload_and_gauges_match_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let base = server.base.clone();
+    let r = http
+        .post(format!("{base}/v1/topics"))
+        .json(&json!({"name": "m", "partitions": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // 3 requests x 10 records of the JSON value 12345 into partition 0, 1 fsync request
+    // of 5 records into partition 1.
+    for _ in 0..3 {
+        let records: Vec<Json> = (0..10)
+            .map(|_| json!({"value": 12345, "partition": 0}))
+            .collect();
+        let r = http
+            .post(format!("{base}/v1/topics/m/records"))
+            .json(&json!({ "records": records }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let records: Vec<Json> = (0..5)
+        .map(|_| json!({"value": 12345, "partition": 1}))
+        .collect();
+    let r = http
+        .post(format!("{base}/v1/topics/m/records?durability=fsync"))
+        .json(&json!({ "records": records }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Read 7 records of partition 0, commit a group offset.
+    let r = http
+        .get(format!(
+            "{base}/v1/topics/m/partitions/0/records?offset=0&max_records=7"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .put(format!("{base}/v1/groups/g/offsets"))
+        .json(&json!({"offsets": [{"topic": "m", "partition": 0, "offset": 7}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let _ = http
+        .get(format!("{base}/v1/topics/nope"))
+        .send()
+        .await
+        .unwrap();
+
+    let s = scrape(&http, &base).await;
+    let frame = Record {
+        value_is_json: true,
+        ..Record::value(b"12345", 0)
+    }
+    .padded_len()
+    .unwrap() as f64;
+    let p0 = [("topic", "m"), ("partition", "0")];
+    let p1 = [("topic", "m"), ("partition", "1")];
+    assert_eq!(value(&s, "mapq_records_appended_total", &p0), 30.0);
+    assert_eq!(value(&s, "mapq_records_appended_total", &p1), 5.0);
+    assert_eq!(value(&s, "mapq_bytes_appended_total", &p0), 30.0 * frame);
+    assert_eq!(value(&s, "mapq_records_read_total", &p0), 7.0);
+    assert_eq!(value(&s, "mapq_bytes_read_total", &p0), 7.0 * frame);
+    assert_eq!(
+        value(
+            &s,
+            "mapq_produce_duration_seconds",
+            &[("durability", "memory")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mapq_produce_duration_seconds",
+            &[("durability", "fsync")]
+        ),
+        1.0
+    );
+    let g = [("group", "g"), ("topic", "m"), ("partition", "0")];
+    assert_eq!(value(&s, "mapq_consumer_group_offset", &g), 7.0);
+    assert_eq!(value(&s, "mapq_consumer_group_lag", &g), 23.0);
+    assert!(
+        value(&s, "mapq_log_durable_offset", &p1) >= 5.0,
+        "fsync made partition 1 durable"
+    );
+    assert!(value(&s, "mapq_flushes_total", &p1) >= 1.0);
+    assert!(value(&s, "process_resident_memory_bytes", &[]) > 0.0);
+
+    // The log gauges say what GET /v1/topics/m says.
+    let d: Json = http
+        .get(format!("{base}/v1/topics/m"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for stats in d["partition_stats"].as_array().unwrap() {
+        let p = stats["partition"].to_string();
+        let l = [("topic", "m"), ("partition", p.as_str())];
+        assert_eq!(
+            value(&s, "mapq_log_start_offset", &l),
+            stats["start_offset"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&s, "mapq_log_end_offset", &l),
+            stats["end_offset"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&s, "mapq_log_size_bytes", &l),
+            stats["size_bytes"].as_f64().unwrap()
+        );
+        assert_eq!(
+            value(&s, "mapq_log_segments", &l),
+            stats["segments"].as_f64().unwrap()
+        );
+    }
+
+    // Routes are templates, never raw paths.
+    let routes: Vec<String> = samples(&s, "mapq_http_requests_total")
+        .into_iter()
+        .flat_map(|(pairs, _)| {
+            pairs
+                .into_iter()
+                .filter(|(k, _)| k == "route")
+                .map(|(_, v)| v)
+        })
+        .collect();
+    assert!(
+        routes.iter().any(|r| r == "/v1/topics/{topic}/records"),
+        "{routes:?}"
+    );
+    assert!(
+        routes.iter().any(|r| r == "/v1/topics/{topic}"),
+        "{routes:?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .all(|r| !r.contains("/m/") && !r.ends_with("/m") && !r.contains("nope")),
+        "{routes:?}"
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mapq_http_requests_total",
+            &[
+                ("method", "POST"),
+                ("route", "/v1/topics/{topic}/records"),
+                ("status", "200")
+            ]
+        ),
+        4.0
+    );
+
+    // Deleting the topic removes its series.
+    let r = http
+        .delete(format!("{base}/v1/topics/m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let s = scrape(&http, &base).await;
+    for name in s.families.keys() {
+        let left = samples(&s, name)
+            .into_iter()
+            .any(|(pairs, _)| pairs.iter().any(|(k, v)| k == "topic" && v == "m"));
+        assert!(!left, "series of the deleted topic remain in {name}");
+    }
+}
