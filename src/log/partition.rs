@@ -650,22 +650,20 @@ impl PartitionLog {
     /// Logs running out of space once when it starts, and once when writes succeed again,
     /// rather than once per refused append.
     fn note_space<T>(&self, result: &Result<T>) {
-        match result {
-            Err(LogError::NoSpace { needed_bytes, .. }) => {
-                if !self.out_of_space.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        partition = %self.dir.display(),
-                        needed_bytes,
-                        "disk full (or over max_disk_bytes): appends refused until space returns"
-                    );
-                }
-            }
-            Ok(_) if self.out_of_space.load(Ordering::Relaxed) => {
-                if self.out_of_space.swap(false, Ordering::Relaxed) {
-                    tracing::info!(partition = %self.dir.display(), "space available again: appends resumed");
-                }
-            }
-            _ => {}
+        let full = matches!(result, Err(LogError::NoSpace { .. }));
+        if full == self.out_of_space.load(Ordering::Relaxed) || result.is_err() && !full {
+            return;
+        }
+        if self.out_of_space.swap(full, Ordering::Relaxed) == full {
+            return;
+        }
+        if full {
+            tracing::warn!(
+                partition = %self.dir.display(),
+                "disk full (or over max_disk_bytes): appends refused until space returns"
+            );
+        } else {
+            tracing::info!(partition = %self.dir.display(), "space available again: appends resumed");
         }
     }
 
