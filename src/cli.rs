@@ -60,6 +60,27 @@ pub enum Command {
     },
     /// HTTP load generator: produce N records, then consume them as frames and as JSON.
     Bench(crate::bench::BenchArgs),
+    /// Manage topics over HTTP: list, create, describe, delete.
+    Topics {
+        #[command(subcommand)]
+        command: crate::client::TopicsCommand,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
+    /// Produce records read from stdin, one per line, in batches.
+    Produce {
+        #[command(flatten)]
+        args: crate::client::ProduceArgs,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
+    /// Print a partition's records over HTTP, optionally following and committing a group.
+    Consume {
+        #[command(flatten)]
+        args: crate::client::ConsumeArgs,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
     /// Read a partition straight from its segment files (no server needed, read-only
     /// access is enough), one line per record.
     Tail(TailArgs),
@@ -141,6 +162,15 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Topics { command, client } => {
+            client_command(|| async move { crate::client::topics(&client, &command).await })
+        }
+        Command::Produce { args, client } => {
+            client_command(|| async move { crate::client::produce(&client, &args).await })
+        }
+        Command::Consume { args, client } => {
+            client_command(|| async move { crate::client::consume(&client, &args).await })
+        }
         Command::Bench(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -290,5 +320,30 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
     match out.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write: {e}")),
         _ => Ok(()),
+    }
+}
+
+/// Runs an HTTP client command on a small runtime; errors go to stderr, exit code 1.
+fn client_command<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::client::ClientError>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mapq: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mapq: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,417 @@
+//! The admin and client commands, over the HTTP API: `mapq topics ...`, `mapq produce`,
+//! `mapq consume`. Human-readable output unless `--json`.
+
+use std::io::{BufRead, Write};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// Where the server is, and how to print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// The server's base URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Print the server's JSON answers instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TopicsCommand {
+    /// List the topics.
+    List,
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// A topic setting, `key=value` (`retention_ms`, `retention_bytes`, `segment_bytes`,
+        /// `segment_ms`; `null` for no limit). Repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+    },
+    /// Show a topic's settings and partitions.
+    Describe { name: String },
+    /// Delete a topic and its files.
+    Delete { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Send every record to this partition (default: by key, else round-robin).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Each line is a JSON value (default: each line is a string value).
+    #[arg(long)]
+    pub json_values: bool,
+    /// Records per request.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// `memory` or `fsync`.
+    #[arg(long)]
+    pub durability: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    #[arg(long, default_value_t = 0)]
+    pub partition: u32,
+    /// `earliest`, `latest` or an offset. Default: the group's committed offset with
+    /// `--group`, else `earliest`.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Wait for new records (long-poll) instead of stopping at the end.
+    #[arg(long)]
+    pub follow: bool,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Consumer group: start where it left off.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// With `--group`: commit the offset after each batch printed.
+    #[arg(long, requires = "group")]
+    pub commit: bool,
+}
+
+/// A client command failed: the message says why.
+#[derive(Debug)]
+pub struct ClientError(pub String);
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(server: &str) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok(Api {
+            http,
+            base: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Sends a request; an error answer becomes its `message` (and `code`).
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| ClientError(e.to_string()))?;
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or(Value::Null)
+        };
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let e = &value["error"];
+            Err(ClientError(format!(
+                "{} ({}, {})",
+                e["message"].as_str().unwrap_or("request failed"),
+                e["code"].as_str().unwrap_or("error"),
+                status.as_u16()
+            )))
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints rows as left-aligned columns under a header.
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "none".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_config(pairs: &[String]) -> Result<Value> {
+    let mut config = serde_json::Map::new();
+    for pair in pairs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| ClientError(format!("--config {pair}: expected KEY=VALUE")))?;
+        let value = if v == "null" {
+            Value::Null
+        } else {
+            v.parse::<u64>()
+                .map(Value::from)
+                .map_err(|_| ClientError(format!("--config {pair}: expected a number or null")))?
+        };
+        config.insert(k.to_owned(), value);
+    }
+    Ok(Value::Object(config))
+}
+
+fn describe(v: &Value) {
+    println!(
+        "topic {}  partitions {}",
+        cell(&v["name"]),
+        cell(&v["partitions"])
+    );
+    if let Some(config) = v["config"].as_object() {
+        let settings: Vec<String> = config
+            .iter()
+            .map(|(k, v)| format!("{k}={}", cell(v)))
+            .collect();
+        println!("config {}", settings.join(" "));
+    }
+    let rows = v["partition_stats"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .map(|p| {
+                    [
+                        "partition",
+                        "start_offset",
+                        "end_offset",
+                        "size_bytes",
+                        "segments",
+                    ]
+                    .iter()
+                    .map(|k| cell(&p[*k]))
+                    .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["PARTITION", "START", "END", "BYTES", "SEGMENTS"], rows);
+}
+
+pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
+    let api = Api::new(&args.server)?;
+    match cmd {
+        TopicsCommand::List => {
+            let v = api.call(api.http.get(api.url("/v1/topics"))).await?;
+            if args.json {
+                return Ok(print_json(&v));
+            }
+            let rows = v["topics"]
+                .as_array()
+                .map(|ts| {
+                    ts.iter()
+                        .map(|t| vec![cell(&t["name"]), cell(&t["partitions"])])
+                        .collect()
+                })
+                .unwrap_or_default();
+            table(&["TOPIC", "PARTITIONS"], rows);
+        }
+        TopicsCommand::Create {
+            name,
+            partitions,
+            config,
+        } => {
+            let mut body = json!({ "name": name, "config": parse_config(config)? });
+            if let Some(p) = partitions {
+                body["partitions"] = json!(p);
+            }
+            let v = api
+                .call(api.http.post(api.url("/v1/topics")).json(&body))
+                .await?;
+            if args.json {
+                print_json(&v);
+            } else {
+                describe(&v);
+            }
+        }
+        TopicsCommand::Describe { name } => {
+            let v = api
+                .call(api.http.get(api.url(&format!("/v1/topics/{name}"))))
+                .await?;
+            if args.json {
+                print_json(&v);
+            } else {
+                describe(&v);
+            }
+        }
+        TopicsCommand::Delete { name } => {
+            api.call(api.http.delete(api.url(&format!("/v1/topics/{name}"))))
+                .await?;
+            if !args.json {
+                println!("deleted topic {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads records from stdin, one per line, and produces them in batches.
+pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
+    let api = Api::new(&args.server)?;
+    let mut query = Vec::new();
+    if let Some(d) = &p.durability {
+        query.push(format!("durability={d}"));
+    }
+    let url = api.url(&format!(
+        "/v1/topics/{}/records?{}",
+        p.topic,
+        query.join("&")
+    ));
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} records sent ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    let mut sent = 0u64;
+    loop {
+        let mut records = Vec::with_capacity(p.batch);
+        for line in lines.by_ref().take(p.batch.max(1)) {
+            let line = line.map_err(|e| ClientError(format!("cannot read stdin: {e}")))?;
+            let mut record = if p.json_values {
+                let value: Value = serde_json::from_str(&line).map_err(|e| {
+                    ClientError(format!(
+                        "line {}: not JSON: {e}",
+                        sent as usize + records.len() + 1
+                    ))
+                })?;
+                json!({ "value": value })
+            } else {
+                json!({ "value_b64": base64::engine::general_purpose::STANDARD.encode(line) })
+            };
+            if let Some(partition) = p.partition {
+                record["partition"] = json!(partition);
+            }
+            records.push(record);
+        }
+        if records.is_empty() {
+            break;
+        }
+        let n = records.len() as u64;
+        api.call(api.http.post(&url).json(&json!({ "records": records })))
+            .await?;
+        sent += n;
+        progress.set_position(sent);
+    }
+    progress.finish_and_clear();
+    if args.json {
+        print_json(&json!({ "records_sent": sent }));
+    } else {
+        eprintln!("{sent} records sent to {}", p.topic);
+    }
+    Ok(())
+}
+
+/// Prints records, one per line: the value as text (or the record as JSON with `--json`).
+pub async fn consume(args: &ClientArgs, c: &ConsumeArgs) -> Result<()> {
+    let api = Api::new(&args.server)?;
+    let mut offset = match (&c.from, &c.group) {
+        (Some(from), _) => from.clone(),
+        (None, Some(group)) => {
+            let committed = api
+                .call(
+                    api.http
+                        .get(api.url(&format!("/v1/groups/{group}/offsets?topic={}", c.topic))),
+                )
+                .await;
+            committed
+                .ok()
+                .and_then(|v| {
+                    v["offsets"].as_array()?.iter().find_map(|o| {
+                        (o["partition"] == json!(c.partition)).then(|| o["offset"].as_u64())?
+                    })
+                })
+                .map_or_else(|| "earliest".to_owned(), |o| o.to_string())
+        }
+        (None, None) => "earliest".to_owned(),
+    };
+    let mut printed = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        let wait = if c.follow { "&wait_ms=30000" } else { "" };
+        let url = api.url(&format!(
+            "/v1/topics/{}/partitions/{}/records?offset={offset}{wait}",
+            c.topic, c.partition
+        ));
+        let v = api.call(api.http.get(url)).await?;
+        let records = v["records"].as_array().cloned().unwrap_or_default();
+        let mut out = stdout.lock();
+        let mut position = None;
+        for r in &records {
+            if c.count.is_some_and(|n| printed >= n) {
+                break;
+            }
+            position = r["offset"].as_u64().map(|o| o + 1);
+            let line = if args.json {
+                r.to_string()
+            } else if let Some(s) = r["value"].as_str() {
+                s.to_owned()
+            } else if r["value"].is_null() {
+                format!("(bytes) {}", cell(&r["value_b64"]))
+            } else {
+                r["value"].to_string()
+            };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+            printed += 1;
+        }
+        let _ = out.flush();
+        drop(out);
+        // Resume (and commit) right after the last record printed.
+        let next = position.or(v["next_offset"].as_u64()).unwrap_or(0);
+        offset = next.to_string();
+        if let (Some(group), true) = (&c.group, c.commit && position.is_some()) {
+            let body =
+                json!({"offsets": [{"topic": c.topic, "partition": c.partition, "offset": next}]});
+            api.call(
+                api.http
+                    .put(api.url(&format!("/v1/groups/{group}/offsets")))
+                    .json(&body),
+            )
+            .await?;
+        }
+        let done = c.count.is_some_and(|n| printed >= n);
+        if done || (records.is_empty() && !c.follow) {
+            return Ok(());
+        }
+    }
+}
