@@ -230,7 +230,8 @@ pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
         TopicsCommand::List => {
             let v = api.call(api.http.get(api.url("/v1/topics"))).await?;
             if args.json {
-                return Ok(print_json(&v));
+                print_json(&v);
+                return Ok(());
             }
             let rows = v["topics"]
                 .as_array()
