@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# mapq side by side with Redis Streams and NATS JetStream, on this machine, in one run.
+#
+#   benches/compare.sh            # about 3 minutes; needs root for apt-get on first run
+#
+# Installs what is missing from Debian's packages (redis-server, redis-tools, nats-server,
+# golang-go and the Go NATS client, to build benches/nats_bench offline), builds mapq in
+# release mode, starts every server on loopback with its data in a temporary directory, runs
+# the same workload against each, prints one table with mapq's ratios, and stops every
+# process it started (by PID), also on failure or Ctrl-C.
+#
+# Workload, for 1 KiB and 100 B records (RECORDS_1K / RECORDS_100 of them):
+#   produce  Redis: XADD with redis-benchmark, 50 connections, pipeline 16 (800 in flight)
+#            NATS:  JetStream async publish with acks, 1 connection, 256 in flight
+#            mapq:  HTTP produce of binary frames, batches of 100, 4 connections to 4
+#                   partitions (400 in flight); fsync class: 8 connections to 1 partition
+#                   (800 in flight, as Redis), so that group commit can share each msync
+#   consume  Redis: XRANGE COUNT 100 with redis-benchmark, 10 connections
+#            NATS:  pull consumer, fetch batches of 1000
+#            mapq:  HTTP binary consume, 5000 records per request, 4 connections
+#            mapq local tail: `mapq tail --format raw` reading the segment files
+# Durability classes:
+#   memory   Redis appendonly yes + appendfsync everysec; NATS JetStream file storage with
+#            its default sync; mapq durability=memory (flush every second)
+#   fsync    Redis appendfsync always; mapq durability=fsync. NATS 2.9 (Debian's) has no
+#            per-message sync setting (sync_interval arrived in 2.10): no fsync-class row.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RECORDS_1K=${RECORDS_1K:-200000}
+RECORDS_100=${RECORDS_100:-500000}
+
+PIDS=()
+WORK=$(mktemp -d /tmp/mapq-compare-XXXXXX)
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]:-}"; do
+    [ -n "$pid" ] && wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || need+=(golang-github-nats-io-go-nats-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Debian starts the packaged servers; only ours run during the comparison.
+for svc in redis-server nats-server; do
+  (systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null) >/dev/null 2>&1 || true
+done
+
+echo "building mapq (release) and the NATS client" >&2
+cargo build --release --quiet --bin mapq
+MAPQ=$ROOT/target/release/mapq
+(cd benches/nats_bench && GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE=$WORK/gocache \
+   go build -o "$WORK/nats_bench" .)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+  for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+RESULTS=$WORK/results
+: >"$RESULTS"
+result() { echo "$1 $2 $3 $4 $5" >>"$RESULTS"; }   # system scenario records_per_s mb_per_s p50/p99
+
+redis_run() {   # $1 class, $2 appendfsync, $3 size, $4 records
+  local port dir value
+  port=$(free_port); dir=$WORK/redis-$1-$3; mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
+    --appendonly yes --appendfsync "$2" --daemonize no --logfile "$dir/log" &
+  PIDS+=($!); local pid=$!
+  wait_port "$port"
+  value=$(head -c "$3" /dev/zero | tr '\0' 'x')
+  local csv
+  csv=$(redis-benchmark -p "$port" -n "$4" -c 50 -P 16 --csv XADD s '*' v "$value" | tail -1)
+  # "test","rps","avg","min","p50","p95","p99","max"
+  local rps p50 p99
+  rps=$(echo "$csv" | cut -d, -f2 | tr -d '"'); p50=$(echo "$csv" | cut -d, -f5 | tr -d '"'); p99=$(echo "$csv" | cut -d, -f7 | tr -d '"')
+  result redis "produce_$1_$3B" "$rps" "$(python3 -c "print(round($rps*$3/1e6,1))")" "${p50}ms/${p99}ms"
+  if [ "$1" = memory ]; then
+    csv=$(redis-benchmark -p "$port" -n $(( $4 / 100 )) -c 10 -P 1 --csv XRANGE s - + COUNT 100 | tail -1)
+    rps=$(echo "$csv" | cut -d, -f2 | tr -d '"'); p50=$(echo "$csv" | cut -d, -f5 | tr -d '"'); p99=$(echo "$csv" | cut -d, -f7 | tr -d '"')
+    local recs; recs=$(python3 -c "print(round($rps*100))")
+    result redis "consume_$3B" "$recs" "$(python3 -c "print(round($recs*$3/1e6,1))")" "${p50}ms/${p99}ms"
+  fi
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+nats_run() {   # $1 size, $2 records
+  local port dir
+  port=$(free_port); dir=$WORK/nats-$1; mkdir -p "$dir"
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s" }\n' "$port" "$dir" >"$dir/nats.conf"
+  nats-server -c "$dir/nats.conf" >"$dir/log" 2>&1 &
+  PIDS+=($!); local pid=$!
+  wait_port "$port"
+  "$WORK/nats_bench" -url "nats://127.0.0.1:$port" -n "$2" -size "$1" -inflight 256 -fetch 1000 -label nats \
+    | while read -r _ scenario rps mbs p50 p99; do
+        case $scenario in
+          nats_produce) name="produce_memory_$1B" ;;
+          *) name="consume_$1B" ;;
+        esac
+        result nats "$name" "${rps#*=}" "${mbs#*=}" "$(( ${p50#*=} ))us/$(( ${p99#*=} ))us"
+      done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+mapq_run() {   # $1 class (memory|fsync), $2 size, $3 records, $4 connections, $5 partitions
+  local port dir
+  port=$(free_port); dir=$WORK/mapq-$1-$2
+  "$MAPQ" serve --listen "127.0.0.1:$port" --data-dir "$dir" >"$WORK/mapq-$1-$2.out" 2>"$WORK/mapq-$1-$2.log" &
+  PIDS+=($!); local pid=$!
+  wait_port "$port"
+  "$MAPQ" bench --server "http://127.0.0.1:$port" --topic bench --records "$3" --record-bytes "$2" \
+    --batch 100 --connections "$4" --partitions "$5" --durability "$1" >"$WORK/bench-$1-$2.txt" 2>/dev/null
+  while read -r _ scenario rps mbs p50 p99 _; do
+    case $scenario in
+      produce_*) result mapq "produce_$1_$2B" "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us" ;;
+      consume_binary_*) [ "$1" = memory ] && result mapq "consume_$2B" "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us" ;;
+    esac
+  done < <(grep '^RESULT' "$WORK/bench-$1-$2.txt")
+  if [ "$1" = memory ]; then
+    # The same consume done by a local tailer, straight from the files (frames written to
+    # /dev/null: the pipe to a counter would measure the pipe).
+    local start end
+    start=$(date +%s%N)
+    for p in $(seq 0 $(( $5 - 1 ))); do
+      "$MAPQ" tail --data-dir "$dir" bench --partition "$p" --format raw >/dev/null
+    done
+    end=$(date +%s%N)
+    local secs frame; secs=$(python3 -c "print(($end-$start)/1e9)")
+    frame=$(( ($2 + 40 + 7) / 8 * 8 ))
+    result mapq_tail "consume_$2B" "$(python3 -c "print(round($3/$secs))")" "$(python3 -c "print(round($3*$frame/$secs/1e6,1))")" "-"
+  fi
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+for size in 1024 100; do
+  records=$RECORDS_1K; [ "$size" = 100 ] && records=$RECORDS_100
+  echo "== $size B records: $records" >&2
+  redis_run memory everysec "$size" "$records"
+  redis_run fsync always "$size" "$records"
+  nats_run "$size" "$records"
+  mapq_run memory "$size" "$records" 4 4
+  mapq_run fsync "$size" "$records" 8 1
+done
+
+python3 - "$RESULTS" <<'EOF'
+import sys, collections
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+by = collections.defaultdict(dict)
+for system, scenario, rps, mbs, lat in rows:
+    by[scenario][system] = (float(rps), float(mbs), lat)
+print("| scenario | system | records/s | MB/s | latency p50/p99 | mapq ratio |")
+print("|---|---|---|---|---|---|")
+for scenario in sorted(by):
+    systems = by[scenario]
+    mine = systems.get("mapq")
+    for system in ["mapq", "mapq_tail", "redis", "nats"]:
+        if system not in systems:
+            continue
+        rps, mbs, lat = systems[system]
+        ratio = "" if (mine is None or system.startswith("mapq") or rps == 0) else f"{mine[0] / rps:.2f}x"
+        print(f"| {scenario} | {system} | {rps:,.0f} | {mbs:,.1f} | {lat} | {ratio} |")
+EOF
