@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::server::Server;
+use common::server::{get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::json;
 
@@ -142,12 +142,12 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     let http = Client::new();
     let base = &server.base;
     // A workload that gives every labelled family at least one series.
-    let r = http
-        .post(format!("{base}/v1/topics/d/records?durability=fsync"))
-        .json(&json!({"records": [{"value": 1}]}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics/d/records?durability=fsync"),
+        &json!({"records": [{"value": 1}]}),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     http.get(format!("{base}/v1/topics/d/partitions/0/records"))
         .send()
@@ -160,14 +160,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&http, format!("{base}/metrics")).await;
     let exported: BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::Server;
+use common::server::{get_json, post_json, Server};
 use mapq::broker::partitioner::partition_for_key;
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -16,16 +16,9 @@ async fn consume_all(http: &Client, base: &str, topic: &str, partition: u32) -> 
     let mut out = Vec::new();
     let mut next = 0;
     loop {
-        let v: Value = http
-            .get(format!(
+        let v: Value = get_json(http, format!(
                 "{base}/v1/topics/{topic}/partitions/{partition}/records?offset={next}&max_records=5000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            )).await;
         let recs = v["records"].as_array().unwrap();
         if recs.is_empty() {
             return out;
@@ -41,12 +34,12 @@ async fn eight_producers_every_record_exactly_once_in_partition_order() {
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": "load", "partitions": 4}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics"),
+        &json!({"name": "load", "partitions": 4}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let mut tasks = Vec::new();
     for producer in 0..8 {
@@ -60,12 +53,7 @@ async fn eight_producers_every_record_exactly_once_in_partition_order() {
                         json!({"key": format!("k{}", seq % 13), "value": {"p": producer, "seq": seq}})
                     })
                     .collect();
-                let r = http
-                    .post(format!("{base}/v1/topics/load/records"))
-                    .json(&json!({"records": records}))
-                    .send()
-                    .await
-                    .unwrap();
+                let r = post_json(&http, format!("{base}/v1/topics/load/records"), &json!({"records": records})).await;
                 assert_eq!(r.status(), 200);
             }
         }));
@@ -104,12 +92,12 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
     let base = server.base.clone();
     for i in 0..10 {
         let records: Vec<Value> = (0..100).map(|j| json!({"value": i * 100 + j})).collect();
-        let r = http
-            .post(format!("{base}/v1/topics/keep/records"))
-            .json(&json!({"records": records}))
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(
+            &http,
+            format!("{base}/v1/topics/keep/records"),
+            &json!({"records": records}),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     let r = http
@@ -146,14 +134,7 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
         .map(|r| r["value"].as_i64().unwrap())
         .collect();
     assert_eq!(values, (0..1000).collect::<Vec<_>>());
-    let g: Value = http
-        .get(format!("{}/v1/groups/g1/offsets", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let g: Value = get_json(&http, format!("{}/v1/groups/g1/offsets", server.base)).await;
     assert_eq!(g["offsets"][0]["offset"], 400);
     assert_eq!(g["offsets"][0]["lag"], 600);
 }
@@ -164,12 +145,12 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": "hard", "partitions": 2}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics"),
+        &json!({"name": "hard", "partitions": 2}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let acked: Arc<Mutex<Vec<(u32, u64, i64)>>> = Arc::default();
     let committed: Arc<Mutex<Option<u64>>> = Arc::default();
@@ -246,14 +227,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
             "acknowledged record lost"
         );
     }
-    let g: Value = http
-        .get(format!("{}/v1/groups/c/offsets", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let g: Value = get_json(&http, format!("{}/v1/groups/c/offsets", server.base)).await;
     assert!(
         g["offsets"][0]["offset"].as_u64().unwrap() >= committed,
         "{g}"

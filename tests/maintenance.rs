@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::server::{get_json, get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -35,21 +35,16 @@ async fn produce(
 ) -> reqwest::Response {
     let value = "x".repeat(bytes);
     let records: Vec<Value> = (0..n).map(|_| json!({ "value": value })).collect();
-    http.post(format!("{base}/v1/topics/{topic}/records"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .unwrap()
+    post_json(
+        http,
+        format!("{base}/v1/topics/{topic}/records"),
+        &json!({ "records": records }),
+    )
+    .await
 }
 
 async fn describe(http: &Client, base: &str, topic: &str) -> Value {
-    http.get(format!("{base}/v1/topics/{topic}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(http, format!("{base}/v1/topics/{topic}")).await
 }
 
 /// The value of one sample (metric name with its labels, as printed) in a scrape.
@@ -131,25 +126,13 @@ async fn rolls_at_segment_size_and_retention_deletes_by_age() {
     assert_eq!(e["error"]["code"], "offset_out_of_range");
     assert_eq!(e["error"]["earliest"], start);
     // What is left still reads.
-    let r: Value = http
-        .get(format!(
-            "{base}/v1/topics/aged/partitions/0/records?offset={start}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(
+        &http,
+        format!("{base}/v1/topics/aged/partitions/0/records?offset={start}"),
+    )
+    .await;
     assert_eq!(r["records"].as_array().unwrap().len() as u64, 300 - start);
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, format!("{base}/metrics")).await;
     assert!(
         m.contains(r#"mapq_segments_deleted_total{partition="0",reason="age",topic="aged"} 9"#),
         "{m}"
@@ -179,12 +162,12 @@ async fn retention_by_size_keeps_the_newest_segments() {
     );
     let http = Client::new();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": "sized", "config": {"segment_bytes": 65536, "retention_bytes": 150000}}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics"),
+        &json!({"name": "sized", "config": {"segment_bytes": 65536, "retention_bytes": 150000}}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     for _ in 0..10 {
         assert_eq!(produce(&http, &base, "sized", 30, 1024).await.status(), 200);
@@ -255,14 +238,7 @@ async fn disk_quota_answers_507_then_recovers_when_retention_frees_space() {
         "{}",
         server.log_text()
     );
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, format!("{base}/metrics")).await;
     assert!(m.contains("mapq_disk_limit_bytes 400000"), "{m}");
 
     // Retention frees the old segments; writes resume by themselves.
@@ -272,16 +248,11 @@ async fn disk_quota_answers_507_then_recovers_when_retention_frees_space() {
         || async { produce(&http, &base, "full", 10, 1024).await.status() == 200 },
     )
     .await;
-    let r: Value = http
-        .get(format!(
-            "{base}/v1/topics/full/partitions/0/records?offset=latest"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(
+        &http,
+        format!("{base}/v1/topics/full/partitions/0/records?offset=latest"),
+    )
+    .await;
     assert_eq!(r["high_watermark"].as_u64().unwrap(), acked + 10);
 }
 
@@ -311,12 +282,12 @@ async fn fsync_produce_answers_only_once_durable() {
     for _ in 0..8 {
         let (http, base) = (http.clone(), base.clone());
         tasks.push(tokio::spawn(async move {
-            let r = http
-                .post(format!("{base}/v1/topics/d/records?durability=fsync"))
-                .json(&json!({"records": [{"value": "sure"}]}))
-                .send()
-                .await
-                .unwrap();
+            let r = post_json(
+                &http,
+                format!("{base}/v1/topics/d/records?durability=fsync"),
+                &json!({"records": [{"value": "sure"}]}),
+            )
+            .await;
             assert_eq!(r.status(), 200);
             let v: Value = r.json().await.unwrap();
             v["offsets"][0]["offset"].as_u64().unwrap()
@@ -331,14 +302,7 @@ async fn fsync_produce_answers_only_once_durable() {
         durable, committed,
         "every acknowledged fsync record is below the durable end"
     );
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, format!("{base}/metrics")).await;
     let durable_offset = sample(&m, r#"mapq_log_durable_offset{partition="0",topic="d"}"#);
     assert!(durable_offset > max_offset, "{m}");
     // Group commit: eight fsync producers needed fewer msyncs than requests.
@@ -365,14 +329,7 @@ async fn flush_messages_and_roll_by_age() {
         Duration::from_secs(10),
         "a flush after 50 messages",
         || async {
-            let d = http
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let d = get_text(&http, format!("{base}/metrics")).await;
             d.contains(r#"mapq_log_durable_offset{partition="0",topic="f"} 60"#)
         },
     )
@@ -406,14 +363,7 @@ async fn mapped_segments_stay_under_the_bound() {
         }
     }
     let open_segments = || async {
-        let m = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&http, format!("{base}/metrics")).await;
         sample(&m, "mapq_open_segments")
     };
     eventually(
@@ -424,14 +374,7 @@ async fn mapped_segments_stay_under_the_bound() {
     .await;
     // Everything still reads, from the oldest offset on.
     for topic in ["a", "b"] {
-        let r: Value = http
-            .get(format!("{base}/v1/topics/{topic}/partitions/0/records?offset=0&max_records=1000&max_bytes=10000000"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = get_json(&http, format!("{base}/v1/topics/{topic}/partitions/0/records?offset=0&max_records=1000&max_bytes=10000000")).await;
         assert_eq!(r["records"].as_array().unwrap().len(), 240, "{topic}");
     }
     eventually(
@@ -455,12 +398,12 @@ async fn a_request_over_two_partitions_refused_for_space_appends_to_neither() {
     let server = Server::start(dir.path(), &env);
     let http = Client::new();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": "two", "partitions": 2}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics"),
+        &json!({"name": "two", "partitions": 2}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     let value = "y".repeat(1024);
     let mut acked = 0;
@@ -468,12 +411,12 @@ async fn a_request_over_two_partitions_refused_for_space_appends_to_neither() {
         // Partition 0 gets one record, partition 1 a batch of ten.
         let mut records = vec![json!({"value": value, "partition": 0})];
         records.extend((0..10).map(|_| json!({"value": value, "partition": 1})));
-        let r = http
-            .post(format!("{base}/v1/topics/two/records"))
-            .json(&json!({ "records": records }))
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(
+            &http,
+            format!("{base}/v1/topics/two/records"),
+            &json!({ "records": records }),
+        )
+        .await;
         if r.status() == 507 {
             acked = round;
             break;

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::server::Server;
+use common::server::{get_json, get_text, post_json, Server};
 use mapq::log::format::Record;
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
@@ -13,14 +13,7 @@ use serde_json::{json, Value as Json};
 type Scrape = MetricsExposition<PrometheusType, PrometheusValue>;
 
 async fn scrape(http: &Client, base: &str) -> Scrape {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(http, format!("{base}/metrics")).await;
     parse_prometheus(&text).expect("valid Prometheus exposition format")
 }
 
@@ -68,12 +61,12 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": "m", "partitions": 2}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics"),
+        &json!({"name": "m", "partitions": 2}),
+    )
+    .await;
     assert_eq!(r.status(), 201);
     // 3 requests x 10 records of the JSON value 12345 into partition 0, 1 fsync request
     // of 5 records into partition 1.
@@ -81,23 +74,23 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
         let records: Vec<Json> = (0..10)
             .map(|_| json!({"value": 12345, "partition": 0}))
             .collect();
-        let r = http
-            .post(format!("{base}/v1/topics/m/records"))
-            .json(&json!({ "records": records }))
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(
+            &http,
+            format!("{base}/v1/topics/m/records"),
+            &json!({ "records": records }),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     let records: Vec<Json> = (0..5)
         .map(|_| json!({"value": 12345, "partition": 1}))
         .collect();
-    let r = http
-        .post(format!("{base}/v1/topics/m/records?durability=fsync"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        &http,
+        format!("{base}/v1/topics/m/records?durability=fsync"),
+        &json!({ "records": records }),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     // Read 7 records of partition 0, commit a group offset.
     let r = http
@@ -162,14 +155,7 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
     assert!(value(&s, "process_resident_memory_bytes", &[]) > 0.0);
 
     // The log gauges say what GET /v1/topics/m says.
-    let d: Json = http
-        .get(format!("{base}/v1/topics/m"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Json = get_json(&http, format!("{base}/v1/topics/m")).await;
     for stats in d["partition_stats"].as_array().unwrap() {
         let p = stats["partition"].to_string();
         let l = [("topic", "m"), ("partition", p.as_str())];

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::server::Server;
+use common::server::{get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -89,22 +89,17 @@ async fn produce(http: &Client, base: &str, topic: &str, from: u64, n: u64) {
     let records: Vec<Value> = (from..from + n)
         .map(|i| json!({"value": {"seq": i, "pad": "x".repeat(500)}, "partition": 0}))
         .collect();
-    let r = http
-        .post(format!("{base}/v1/topics/{topic}/records"))
-        .json(&json!({ "records": records }))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(
+        http,
+        format!("{base}/v1/topics/{topic}/records"),
+        &json!({ "records": records }),
+    )
+    .await;
     assert_eq!(r.status(), 200, "{:?}", r.text().await);
 }
 
 async fn create(http: &Client, base: &str, topic: &str) {
-    let r = http
-        .post(format!("{base}/v1/topics"))
-        .json(&json!({"name": topic}))
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(http, format!("{base}/v1/topics"), &json!({"name": topic})).await;
     assert_eq!(r.status(), 201);
 }
 
@@ -155,14 +150,7 @@ async fn every_record_in_order_across_rolls_and_a_retention_deletion() {
     }
     let records = tail.records(total as usize, Duration::from_secs(20));
     check_sequence(&records, 0);
-    let m = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = get_text(&http, format!("{}/metrics", server.base)).await;
     let sample = |series: &str| -> u64 {
         m.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())

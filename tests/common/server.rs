@@ -137,3 +137,22 @@ pub fn raw_get_status(base: &str, path: &str) -> Option<u16> {
     s.read_exact(&mut buf).ok()?;
     std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
 }
+
+/// GET `url` and parse the answer as JSON.
+pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url` and return the answer as text.
+pub async fn get_text(http: &reqwest::Client, url: String) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// POST `body` as JSON to `url`.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: String,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    http.post(url).json(body).send().await.unwrap()
+}
