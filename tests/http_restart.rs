@@ -233,3 +233,25 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
         "{g}"
     );
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start(dir.path(), &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let pid = first.child.id().to_string();
+    assert!(
+        err.contains("is in use by another mapq server") && err.contains(&pid),
+        "{err}"
+    );
+    // Once the first one stops, the directory is free again.
+    assert_eq!(first.terminate(), 0);
+    let again = Server::start(dir.path(), &[]);
+    drop(again);
+}

@@ -20,6 +20,14 @@ pub enum BrokerError {
     GroupNotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error(
+        "the data directory {} is in use by another mapq server (pid {owner}); stop it, or give this one another --data-dir",
+        data_dir.display()
+    )]
+    Locked {
+        data_dir: std::path::PathBuf,
+        owner: String,
+    },
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
     #[error(transparent)]

@@ -37,6 +37,39 @@ pub fn validate_name(name: &str) -> Result<(), BrokerError> {
 
 /// Name of the directory holding group offsets: `@` cannot appear in a topic name.
 pub const GROUPS_DIR: &str = "@groups";
+/// The lock file that keeps a second server off a data directory.
+pub const LOCK_FILE: &str = "@lock";
+
+/// Takes the data directory's exclusive lock (`flock` on `@lock`, which holds the owner's
+/// pid), so that a second server on the same directory refuses to start instead of
+/// corrupting the logs. The lock lasts as long as the returned file is open; the kernel
+/// drops it when the process dies, so a crash leaves nothing to clean up.
+pub fn lock_data_dir(data_dir: &Path) -> Result<fs::File, BrokerError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| BrokerError::io(&path, e))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let mut owner = String::new();
+        let _ = file.read_to_string(&mut owner);
+        return Err(BrokerError::Locked {
+            data_dir: data_dir.to_owned(),
+            owner: owner.trim().to_owned(),
+        });
+    }
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(file)
+}
 
 /// All topics of a data directory.
 #[derive(Debug)]
@@ -58,6 +91,8 @@ pub struct Broker {
     flush_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<Partition>>>>,
     /// How long flushes take (msync of one partition), wherever they run.
     flush_duration: prometheus::Histogram,
+    /// The data directory's lock, held while the broker lives.
+    _lock: fs::File,
 }
 
 impl Broker {
@@ -65,6 +100,7 @@ impl Broker {
     pub fn open(config: Arc<Config>) -> Result<Self, BrokerError> {
         let data_dir = config.data_dir.clone();
         fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
+        let lock = lock_data_dir(&data_dir)?;
         let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
         let quota = config.max_disk_bytes.map(|b| Arc::new(DiskQuota::new(b)));
@@ -88,6 +124,7 @@ impl Broker {
             flush_requests,
             flush_receiver: std::sync::Mutex::new(Some(flush_receiver)),
             flush_duration,
+            _lock: lock,
         };
         let mut topics = BTreeMap::new();
         let entries =
@@ -95,7 +132,8 @@ impl Broker {
         for entry in entries {
             let entry = entry.map_err(|e| BrokerError::io(&broker.data_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == GROUPS_DIR {
+            if name.starts_with('@') {
+                // mapq's own entries (group offsets, the lock): never topics.
                 continue;
             }
             let path = entry.path();

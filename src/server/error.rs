@@ -98,7 +98,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::GroupNotFound(_) => Self::new(S::NOT_FOUND, "group_not_found", msg),
             BrokerError::BadRequest(_) => Self::bad_request(msg),
             BrokerError::Log(e) => e.into(),
-            BrokerError::Corrupt(_) => Self::internal(msg),
+            BrokerError::Corrupt(_) | BrokerError::Locked { .. } => Self::internal(msg),
         }
     }
 }
