@@ -52,6 +52,10 @@ pub struct Config {
     pub max_open_segments: u64,
     pub segment_idle_close_ms: u64,
     pub log_level: String,
+    /// Bearer tokens (none: no authentication). Only from a config file.
+    pub tokens: Vec<crate::auth::TokenConfig>,
+    /// Route templates answered without a token.
+    pub open_routes: Vec<String>,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.
@@ -210,6 +214,9 @@ impl Config {
             if value.is_some_and(|v| v > i64::MAX as u64) {
                 return bad(key, "must be at most 9223372036854775807");
             }
+        }
+        if let Err(e) = crate::auth::Tokens::new(&self.tokens) {
+            return bad("tokens", &e);
         }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");

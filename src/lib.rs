@@ -12,6 +12,7 @@
 //! A local process that wants to read the log without the server uses [`log`] directly, or
 //! implements the format document in any language.
 
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;

@@ -1,6 +1,9 @@
 //! Consumer group offsets.
 
 use axum::extract::{Path, Query, State};
+use axum::Extension;
+
+use crate::auth::{Permission, Principal};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -62,11 +65,19 @@ pub struct GroupQuery {
     ))]
 pub async fn commit_offsets(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     validate_name(&group)?;
     let req: CommitRequest = super::read_json(body).await?;
+    if req
+        .offsets
+        .iter()
+        .any(|o| !principal.may(Permission::Admin, &o.topic))
+    {
+        return Err(super::forbidden(&principal));
+    }
     if req.offsets.is_empty() {
         return Err(ApiError::bad_request("`offsets` is empty"));
     }

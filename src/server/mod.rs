@@ -17,7 +17,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::sync::{watch, Semaphore};
 use utoipa::OpenApi;
@@ -43,12 +43,16 @@ struct Inner {
     /// Permits for consumers blocked in a long-poll or an SSE stream.
     waiters: Arc<Semaphore>,
     metrics: Metrics,
+    tokens: crate::auth::Tokens,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
         let waiters = Arc::new(Semaphore::new(config.max_long_poll_waiters as usize));
+        // Validated when the configuration was loaded.
+        let tokens = crate::auth::Tokens::new(&config.tokens).unwrap_or_default();
         AppState(Arc::new(Inner {
+            tokens,
             config,
             broker: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
@@ -132,6 +136,7 @@ pub fn router(state: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), trace_request))
         // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
         .layer(DefaultBodyLimit::disable())
@@ -149,6 +154,62 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this route",
     )
+}
+
+/// Authenticates the bearer token (401 without a valid one) and checks the permission the
+/// route needs on its topic (403). Routes whose check needs the body (topic creation,
+/// group commits) finish it in their handler, with the [`Principal`] left in the request.
+async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    use crate::auth::{Permission, Principal};
+    use axum::http::Method;
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", |p| p.as_str())
+        .to_owned();
+    if state.0.tokens.is_empty() || state.config().open_routes.contains(&route) {
+        req.extensions_mut().insert(Principal::Anyone);
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(principal) = state.0.tokens.authenticate(bearer) else {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    };
+    let topic = req.uri().path().split('/').nth(3).unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let allowed = match (method, route.as_str()) {
+        (Method::POST, "/v1/topics/{topic}/records") => principal.may(Permission::Produce, &topic),
+        (Method::GET, "/v1/topics/{topic}")
+        | (Method::GET, "/v1/topics/{topic}/partitions/{partition}/records")
+        | (Method::GET, "/v1/topics/{topic}/partitions/{partition}/stream") => {
+            principal.may(Permission::Consume, &topic)
+        }
+        (Method::DELETE, "/v1/topics/{topic}") => principal.may(Permission::Admin, &topic),
+        (Method::GET, "/v1/topics") => principal.holds(Permission::Consume),
+        (_, r) if r.starts_with("/v1/groups") => principal.holds(Permission::Admin),
+        // Topic creation: checked on the name in the body, by the handler.
+        // Operations routes that are not open: any valid token.
+        _ => true,
+    };
+    if !allowed {
+        return forbidden(&principal).into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 /// One span per request, with the route template, topic, partition, status and latency;
@@ -198,6 +259,18 @@ pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
     }
 }
 
+/// 403 for a principal that lacks a permission a handler checked.
+pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "token {:?} lacks the permission for this request",
+            principal.name()
+        ),
+    )
+}
+
 /// Largest body accepted by the administrative routes (topics, group offsets).
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
@@ -236,6 +309,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
+    if config.tokens.is_empty() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "no tokens configured: anyone who can reach this address can produce, consume and delete topics"
+        );
+    }
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("mapq listening on http://{addr}");
 

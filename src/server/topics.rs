@@ -3,6 +3,9 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::Extension;
+
+use crate::auth::{Permission, Principal};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -102,10 +105,14 @@ pub fn describe(t: &Topic) -> TopicDescription {
     ))]
 pub async fn create_topic(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<TopicDescription>)> {
     let req: CreateTopic = super::read_json(body).await?;
     record_target(&req.name, None);
+    if !principal.may(Permission::Admin, &req.name) {
+        return Err(super::forbidden(&principal));
+    }
     let overrides: TopicOverrides = match req.config {
         None | Some(serde_json::Value::Null) => TopicOverrides::default(),
         Some(v) => serde_json::from_value(v).map_err(|e| {

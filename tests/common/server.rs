@@ -18,10 +18,22 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data_dir` with extra `MAPQ_*` settings, and waits until it is ready.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        Self::spawn(data_dir, env, None)
+    }
+
+    /// Starts a server with a configuration file.
+    pub fn start_with_config(data_dir: &Path, config: &Path) -> Server {
+        Self::spawn(data_dir, &[], Some(config))
+    }
+
+    fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
+            .arg(data_dir);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, _) in std::env::vars() {

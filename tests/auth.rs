@@ -1,0 +1,188 @@
+//! Bearer tokens and per-topic permissions against the real server.
+
+mod common;
+
+use common::server::Server;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_permissions_per_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mapq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[tokens]]
+name = "ops"
+sha256 = "{}"
+grants = [{{ topics = "*", allow = ["produce", "consume", "admin"] }}]
+
+[[tokens]]
+name = "writer"
+sha256 = "{}"
+grants = [{{ topics = "orders*", allow = ["produce"] }}]
+
+[[tokens]]
+name = "reader"
+sha256 = "{}"
+grants = [{{ topics = "orders*", allow = ["consume"] }}]
+"#,
+            sha256_hex("ops-secret"),
+            sha256_hex("writer-secret"),
+            sha256_hex("reader-secret")
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start_with_config(&data, &config);
+    let http = Client::new();
+    let base = &server.base;
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut req = http.request(method, format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    use reqwest::Method as M;
+    let code = |r: reqwest::Response| r.status();
+
+    // Open routes stay open.
+    assert_eq!(
+        code(call(M::GET, "/healthz", None, None).await.unwrap()),
+        StatusCode::OK
+    );
+    assert_eq!(
+        code(call(M::GET, "/metrics", None, None).await.unwrap()),
+        StatusCode::OK
+    );
+    // No token, a wrong token: 401 with the contract's error shape.
+    let r = call(M::GET, "/v1/topics", None, None).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "unauthorized");
+    let r = call(M::GET, "/v1/topics", Some("guess"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Admin creates topics; the writer may not.
+    let create = |name: &str| json!({"name": name});
+    let r = call(
+        M::POST,
+        "/v1/topics",
+        Some("writer-secret"),
+        Some(create("orders")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "forbidden");
+    for name in ["orders", "audit"] {
+        let r = call(
+            M::POST,
+            "/v1/topics",
+            Some("ops-secret"),
+            Some(create(name)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+    let records = json!({"records": [{"value": 1}]});
+    // The writer produces to orders*, not to audit, and cannot read.
+    let r = call(
+        M::POST,
+        "/v1/topics/orders/records",
+        Some("writer-secret"),
+        Some(records.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = call(
+        M::POST,
+        "/v1/topics/audit/records",
+        Some("writer-secret"),
+        Some(records.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = call(
+        M::GET,
+        "/v1/topics/orders/partitions/0/records",
+        Some("writer-secret"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The reader reads orders*, cannot produce, cannot touch audit, cannot delete or commit.
+    let r = call(
+        M::GET,
+        "/v1/topics/orders/partitions/0/records",
+        Some("reader-secret"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["records"][0]["value"], 1);
+    let r = call(
+        M::POST,
+        "/v1/topics/orders/records",
+        Some("reader-secret"),
+        Some(records.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = call(M::GET, "/v1/topics/audit", Some("reader-secret"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = call(M::DELETE, "/v1/topics/orders", Some("reader-secret"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let commit = json!({"offsets": [{"topic": "orders", "partition": 0, "offset": 1}]});
+    let r = call(
+        M::PUT,
+        "/v1/groups/g/offsets",
+        Some("reader-secret"),
+        Some(commit.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = call(
+        M::PUT,
+        "/v1/groups/g/offsets",
+        Some("ops-secret"),
+        Some(commit),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = call(M::DELETE, "/v1/topics/audit", Some("ops-secret"), None)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+}
