@@ -56,6 +56,9 @@ pub struct Config {
     pub tokens: Vec<crate::auth::TokenConfig>,
     /// Route templates answered without a token.
     pub open_routes: Vec<String>,
+    pub max_connections: u64,
+    pub connection_idle_timeout_ms: u64,
+    pub request_body_timeout_ms: u64,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.
@@ -217,6 +220,15 @@ impl Config {
         }
         if let Err(e) = crate::auth::Tokens::new(&self.tokens) {
             return bad("tokens", &e);
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.connection_idle_timeout_ms < 1000 {
+            return bad("connection_idle_timeout_ms", "must be at least 1000");
+        }
+        if self.request_body_timeout_ms == 0 {
+            return bad("request_body_timeout_ms", "must be at least 1");
         }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");

@@ -5,6 +5,7 @@
 mod consume;
 pub mod error;
 mod groups;
+mod listener;
 mod ops;
 mod produce;
 mod topics;
@@ -12,7 +13,7 @@ mod topics;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::StatusCode;
@@ -334,6 +335,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
 
     let app = router(state.clone());
     let shutdown_state = state.clone();
+    let listener = listener::LimitedListener::new(
+        listener,
+        config.max_connections as usize,
+        Duration::from_millis(config.connection_idle_timeout_ms),
+    );
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_requested().await;
         tracing::info!("shutting down: finishing in-flight requests");

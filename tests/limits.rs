@@ -1,0 +1,83 @@
+//! Limits and timeouts: a slow or silent client cannot hold a connection forever, and the
+//! server answers over its limits with clear errors while it keeps serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::server::{raw_get_status, Server};
+
+fn addr(server: &Server) -> String {
+    server.base.strip_prefix("http://").unwrap().to_owned()
+}
+
+#[test]
+fn a_silent_client_is_disconnected_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_CONNECTION_IDLE_TIMEOUT_MS", "1000")]);
+    let mut silent = TcpStream::connect(addr(&server)).unwrap();
+    silent
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap(); // never finished
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    // Meanwhile everyone else is served.
+    assert_eq!(raw_get_status(&server.base, "/healthz"), Some(200));
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server closed the stalled connection");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503_and_the_slot_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_MAX_CONNECTIONS", "2")]);
+    let a = TcpStream::connect(addr(&server)).unwrap();
+    let b = TcpStream::connect(addr(&server)).unwrap();
+    let mut c = TcpStream::connect(addr(&server)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"too_many_connections\""),
+        "{answer}"
+    );
+    drop((a, b));
+    // Once the idle connections go, requests are served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while raw_get_status(&server.base, "/healthz") != Some(200) {
+        assert!(Instant::now() < deadline, "the slots never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_body_that_trickles_in_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_REQUEST_BODY_TIMEOUT_MS", "500")]);
+    let mut s = TcpStream::connect(addr(&server)).unwrap();
+    s.write_all(
+        b"POST /v1/topics/slow/records HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\nabc",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = [0u8; 512];
+    let n = s.read(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(
+        !dir.path().join("slow").exists(),
+        "nothing was created for the refused request"
+    );
+}
