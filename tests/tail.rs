@@ -18,6 +18,7 @@ struct Tail {
     child: Child,
     lines: mpsc::Receiver<String>,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Tail {
@@ -46,15 +47,18 @@ impl Tail {
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = stderr.clone();
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
+                sink.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&line);
             }
         });
         Tail {
             child,
             lines,
             stderr,
+            stderr_reader: Some(stderr_reader),
         }
     }
 
@@ -73,8 +77,13 @@ impl Tail {
             .collect()
     }
 
+    /// Waits for the process to exit, and for everything it wrote on stderr.
     fn exit_code(&mut self, limit: Duration) -> i32 {
-        common::server::wait_with_deadline(&mut self.child, limit)
+        let code = common::server::wait_with_deadline(&mut self.child, limit);
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
+        code
     }
 }
 

@@ -111,6 +111,21 @@ impl Server {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Waits (at most 10 s) until the server's log contains `needle`; the log is read by a
+    /// background thread, so a line written a moment ago may not have arrived yet.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> i32 {
