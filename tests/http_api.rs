@@ -940,6 +940,34 @@ async fn operations_routes() {
         got.sort();
         assert_eq!(got, methods, "{path}");
     }
+    // Every reference in the document resolves (a client generator would choke otherwise).
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    match (k.as_str(), x) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(x, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    for r in &all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .expect("local schema reference");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{r} does not resolve"
+        );
+    }
+    let topic_param = &doc["paths"]["/v1/topics/{topic}"]["get"]["parameters"][0];
+    assert_eq!(topic_param["schema"]["pattern"], "^[A-Za-z0-9._-]{1,200}$");
     let r = api.http.patch(api.url("/v1/topics")).send().await.unwrap();
     expect_error(r, 405, "method_not_allowed").await;
 }

@@ -133,7 +133,7 @@ fn waiter_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
 /// lie in the segment (see the on-disk format), sent straight from the mapping, with the
 /// headers `X-Mapq-Next-Offset` and `X-Mapq-High-Watermark`. Otherwise JSON.
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/records", tag = "records",
-    params(("topic" = String, Path), ("partition" = u32, Path), ConsumeQuery),
+    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), ("partition" = u32, Path), ConsumeQuery),
     responses(
         (status = 200, content(
             (ConsumeResponse = "application/json"),
@@ -257,7 +257,7 @@ fn json_response(batch: &ReadBatch) -> Response {
 /// A live tail as Server-Sent Events: one event per record, `id:` its offset, `data:` the
 /// record as JSON. Honours `Last-Event-ID` to resume after the last event received.
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/stream", tag = "records",
-    params(("topic" = String, Path), ("partition" = u32, Path), StreamQuery,
+    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), ("partition" = u32, Path), StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset")),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),

@@ -16,6 +16,7 @@ use crate::broker::validate_name;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OffsetIn {
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,200}$")]
     pub topic: String,
     pub partition: u32,
     /// The next offset the group will consume (at most the high watermark).
@@ -56,7 +57,7 @@ pub struct GroupQuery {
 
 /// Commit a group's offsets. Durable (fsync) before the answer.
 #[utoipa::path(put, path = "/v1/groups/{group}/offsets", tag = "groups",
-    params(("group" = String, Path)),
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = CommitRequest,
     responses(
         (status = 204, description = "Committed, durably"),
@@ -106,7 +107,7 @@ pub async fn commit_offsets(
 
 /// A group's committed offsets and lag.
 #[utoipa::path(get, path = "/v1/groups/{group}/offsets", tag = "groups",
-    params(("group" = String, Path), GroupQuery),
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), GroupQuery),
     responses(
         (status = 200, body = GroupOffsets),
         (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),

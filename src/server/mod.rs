@@ -114,7 +114,8 @@ impl AppState {
     ),
     tags(
         (name = "topics"), (name = "records"), (name = "groups"), (name = "operations")
-    )
+    ),
+    components(schemas(crate::config::Durability))
 )]
 struct ApiDoc;
 

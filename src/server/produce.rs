@@ -316,7 +316,7 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
 /// (record frames in the on-disk format, appended without re-encoding). A request is all or
 /// nothing per partition.
 #[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "records",
-    params(("topic" = String, Path), ProduceQuery),
+    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), ProduceQuery),
     request_body(content(
         (ProduceRequest = "application/json"),
         (String = "application/x-ndjson"),

@@ -20,6 +20,7 @@ use crate::broker::{Topic, TopicOverrides};
 #[serde(deny_unknown_fields)]
 pub struct CreateTopic {
     /// `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,200}$")]
     pub name: String,
     /// Default: the server's `default_partitions`.
     pub partitions: Option<u32>,
@@ -148,7 +149,7 @@ pub async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<TopicL
 
 /// Describe a topic: its configuration and per-partition offsets and sizes.
 #[utoipa::path(get, path = "/v1/topics/{topic}", tag = "topics",
-    params(("topic" = String, Path)),
+    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     responses(
         (status = 200, body = TopicDescription),
         (status = 400, description = "`invalid_name`", body = ErrorBody),
@@ -166,7 +167,7 @@ pub async fn describe_topic(
 /// Delete a topic and its files. Local tailers holding mappings keep reading what they
 /// mapped.
 #[utoipa::path(delete, path = "/v1/topics/{topic}", tag = "topics",
-    params(("topic" = String, Path)),
+    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "`invalid_name`", body = ErrorBody),
