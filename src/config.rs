@@ -57,6 +57,7 @@ pub struct Config {
     /// Route templates answered without a token.
     pub open_routes: Vec<String>,
     pub max_connections: u64,
+    pub max_topics: u64,
     pub connection_idle_timeout_ms: u64,
     pub request_body_timeout_ms: u64,
 }

@@ -81,3 +81,34 @@ fn a_body_that_trickles_in_gets_408() {
         "nothing was created for the refused request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_beyond_max_topics_get_429() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_MAX_TOPICS", "2")]);
+    let http = reqwest::Client::new();
+    for (name, want) in [("a", 201), ("b", 201), ("c", 429)] {
+        let r = http
+            .post(format!("{}/v1/topics", server.base))
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{name}");
+    }
+    // Auto-creation hits the same limit; existing topics still take records.
+    let r = http
+        .post(format!("{}/v1/topics/d/records", server.base))
+        .json(&serde_json::json!({"records": [{"value": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let r = http
+        .post(format!("{}/v1/topics/a/records", server.base))
+        .json(&serde_json::json!({"records": [{"value": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

@@ -20,6 +20,8 @@ pub enum BrokerError {
     GroupNotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    #[error("the server already has max_topics ({0}) topics")]
+    TooManyTopics(u64),
     #[error(
         "the data directory {} is in use by another mapq server (pid {owner}); stop it, or give this one another --data-dir",
         data_dir.display()

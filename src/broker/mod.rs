@@ -208,6 +208,10 @@ impl Broker {
         if self.topic(name).is_ok() {
             return Err(BrokerError::TopicExists(name.to_owned()));
         }
+        let count = self.topics.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        if count >= self.config.max_topics {
+            return Err(BrokerError::TooManyTopics(self.config.max_topics));
+        }
         let dir = self.data_dir.join(name);
         let t = Topic::create(
             &dir,

@@ -97,6 +97,9 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidConfig(_) => Self::new(S::BAD_REQUEST, "invalid_config", msg),
             BrokerError::GroupNotFound(_) => Self::new(S::NOT_FOUND, "group_not_found", msg),
             BrokerError::BadRequest(_) => Self::bad_request(msg),
+            BrokerError::TooManyTopics(_) => {
+                Self::new(S::TOO_MANY_REQUESTS, "too_many_topics", msg)
+            }
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_) | BrokerError::Locked { .. } => Self::internal(msg),
         }

@@ -328,7 +328,9 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
         (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
         (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`too_many_topics` (auto-creation beyond `max_topics`)", body = ErrorBody),
         (status = 507, description = "`insufficient_storage`", body = ErrorBody),
         (status = 503, description = "`shutting_down`", body = ErrorBody),
     ))]

@@ -103,6 +103,7 @@ pub fn describe(t: &Topic) -> TopicDescription {
         (status = 201, description = "Created", body = TopicDescription),
         (status = 400, description = "`bad_request`, `invalid_name` or `invalid_config`", body = ErrorBody),
         (status = 409, description = "`topic_exists`", body = ErrorBody),
+        (status = 429, description = "`too_many_topics`", body = ErrorBody),
     ))]
 pub async fn create_topic(
     State(state): State<AppState>,
