@@ -2,15 +2,23 @@
 //!
 //! # Crate map
 //!
-//! Data flows down this list when producing and back up it when consuming:
+//! A produced record travels up this list from the HTTP layer to the files; a consumed one
+//! travels back down; a local tailer reads the files through [`log::tailer`] alone.
 //!
 //! - [`log`]: the storage engine. The on-disk format (its rustdoc is the normative format
 //!   document), segments, indexes, the partition log with its single writer and lock-free
-//!   zero-copy readers, crash recovery and verification. It knows nothing of HTTP or tokio.
-//! - [`cli`]: the `mapq` command line (`verify`; the server arrives with the HTTP layer).
-//!
-//! A local process that wants to read the log without the server uses [`log`] directly, or
-//! implements the format document in any language.
+//!   zero-copy readers, recovery, the prefaulter, the disk quota, the tailer and
+//!   verification. It knows nothing of HTTP or tokio.
+//! - [`broker`]: topics made of partitions, their metadata, the partitioner, consumer group
+//!   offsets, the data directory's lock.
+//! - [`maintenance`]: the background task: flushes, rolls by age, retention, idle segments.
+//! - [`server`]: the axum handlers of the HTTP API, authorization, limits, tracing,
+//!   graceful shutdown; [`record_json`] is the JSON form of a record it serves.
+//! - [`auth`]: bearer tokens and per-topic permissions.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`config`]: settings: embedded defaults, file, environment, flags.
+//! - [`cli`], [`client`], [`bench`]: the `mapq` command, its HTTP client commands and the
+//!   load generator.
 
 pub mod auth;
 pub mod bench;
