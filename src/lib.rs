@@ -17,7 +17,7 @@
 //! - [`auth`]: bearer tokens and per-topic permissions.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`config`]: settings: embedded defaults, file, environment, flags.
-//! - [`cli`], [`client`], [`bench`]: the `mapq` command, its HTTP client commands and the
+//! - [`cli`], [`client`], [`bench`](mod@bench): the `mapq` command, its HTTP client commands and the
 //!   load generator.
 
 pub mod auth;

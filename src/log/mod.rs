@@ -2,7 +2,7 @@
 //!
 //! # The engine's modules
 //!
-//! - [`format`]: the byte layouts above as constants and pure encode/decode functions;
+//! - [`format`](mod@format): the byte layouts above as constants and pure encode/decode functions;
 //! - [`mmap`]: the only place with `unsafe` mapping access (reserve, pre-fault, msync, futex);
 //! - [`index`]: the offset and time index files;
 //! - [`segment`]: one segment, its shared read side and its single writer, and recovery;
