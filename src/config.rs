@@ -58,6 +58,9 @@ pub struct Config {
     pub open_routes: Vec<String>,
     pub max_connections: u64,
     pub max_topics: u64,
+    /// A group (name or number) whose members may read the data directory (local
+    /// tailers); empty: files are readable by everyone, as the umask allows.
+    pub data_group: String,
     pub connection_idle_timeout_ms: u64,
     pub request_body_timeout_ms: u64,
 }
@@ -145,7 +148,13 @@ impl Config {
                     message: format!("unknown key `{key}`"),
                 });
             }
-            table.insert(key, env_value(&raw));
+            // A setting whose default is text stays text ("8080" as a group name, say);
+            // others (numbers, booleans, and numbers that may be "null") are parsed.
+            let value = match table.get(&key) {
+                Some(toml::Value::String(d)) if d != "null" => toml::Value::String(raw),
+                _ => env_value(&raw),
+            };
+            table.insert(key, value);
         }
         if let Some(listen) = overrides.listen {
             table.insert("listen".into(), toml::Value::String(listen.to_string()));

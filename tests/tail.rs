@@ -254,6 +254,11 @@ async fn the_tailer_needs_no_write_permission() {
     }
 }
 
+fn egid() -> u32 {
+    // SAFETY: getegid has no preconditions and cannot fail.
+    unsafe { libc::getegid() }
+}
+
 fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
@@ -337,4 +342,66 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
         jumped, earliest,
         "--skip-deleted jumps to the earliest record left"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_group_can_tail_and_nobody_else_can_write() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    // Others may cross the temporary directory, nothing more.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let as_root = euid() == 0;
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let group = if as_root {
+        65534
+    } else {
+        unsafe { libc::getegid() }
+    };
+    let data = dir.path().join("data");
+    let gid = group.to_string();
+    let server = Server::start(&data, &[("MAPQ_DATA_GROUP", gid.as_str())]);
+    let http = Client::new();
+    create(&http, &server.base, "grp").await;
+    produce(&http, &server.base, "grp", 0, 10).await;
+    for path in [
+        data.clone(),
+        data.join("grp"),
+        data.join("grp/0"),
+        data.join("grp/topic.json"),
+        data.join("grp/0/00000000000000000000.log"),
+        data.join("grp/0/00000000000000000000.index"),
+    ] {
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            m.gid(),
+            group,
+            "{} belongs to the data group",
+            path.display()
+        );
+        let mode = m.permissions().mode();
+        assert_eq!(
+            mode & 0o007,
+            0,
+            "{}: no access for others ({mode:o})",
+            path.display()
+        );
+        assert_eq!(
+            mode & 0o020,
+            0,
+            "{}: the group cannot write ({mode:o})",
+            path.display()
+        );
+        assert_ne!(
+            mode & 0o040,
+            0,
+            "{}: the group can read ({mode:o})",
+            path.display()
+        );
+    }
+    if as_root {
+        // A member of the group (here: nobody, in nogroup) tails it with read access only.
+        let mut tail = Tail::start(&data, &["grp"], true);
+        check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
+        assert_eq!(tail.exit_code(Duration::from_secs(5)), 0);
+    }
 }

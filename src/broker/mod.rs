@@ -40,6 +40,43 @@ pub const GROUPS_DIR: &str = "@groups";
 /// The lock file that keeps a second server off a data directory.
 pub const LOCK_FILE: &str = "@lock";
 
+/// Lets `group` read the data directory, and nobody else: from now on this process creates
+/// files without access for others (umask 027), and the directory is setgid to the group, so
+/// everything created below it belongs to the group (subdirectories inherit the setgid bit).
+pub fn share_with_group(data_dir: &Path, group: &str) -> Result<(), BrokerError> {
+    use std::os::unix::ffi::OsStrExt;
+    let gid = match group.parse::<u32>() {
+        Ok(gid) => gid,
+        Err(_) => {
+            let name = std::ffi::CString::new(group)
+                .map_err(|_| BrokerError::BadRequest(format!("data_group {group:?}")))?;
+            // SAFETY: getgrnam reads a NUL-terminated name we own and returns a pointer to
+            // static storage, read at once before any other call could overwrite it.
+            let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+            if entry.is_null() {
+                return Err(BrokerError::BadRequest(format!(
+                    "data_group: no group named {group:?}"
+                )));
+            }
+            // SAFETY: non-null, points to a valid `group` struct (see above).
+            unsafe { (*entry).gr_gid }
+        }
+    };
+    let path = std::ffi::CString::new(data_dir.as_os_str().as_bytes())
+        .map_err(|_| BrokerError::BadRequest("data_dir contains a NUL byte".into()))?;
+    // SAFETY: plain syscalls on a NUL-terminated path we own; uid -1 leaves the owner alone.
+    let rc = unsafe {
+        libc::umask(0o027);
+        libc::chown(path.as_ptr(), u32::MAX, gid)
+    };
+    if rc != 0 {
+        return Err(BrokerError::io(data_dir, std::io::Error::last_os_error()));
+    }
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o2750);
+    fs::set_permissions(data_dir, mode).map_err(|e| BrokerError::io(data_dir, e))?;
+    Ok(())
+}
+
 /// Takes the data directory's exclusive lock (`flock` on `@lock`, which holds the owner's
 /// pid), so that a second server on the same directory refuses to start instead of
 /// corrupting the logs. The lock lasts as long as the returned file is open; the kernel
@@ -100,6 +137,9 @@ impl Broker {
     pub fn open(config: Arc<Config>) -> Result<Self, BrokerError> {
         let data_dir = config.data_dir.clone();
         fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
+        if !config.data_group.is_empty() {
+            share_with_group(&data_dir, &config.data_group)?;
+        }
         let lock = lock_data_dir(&data_dir)?;
         let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
