@@ -351,12 +351,7 @@ async fn the_data_group_can_tail_and_nobody_else_can_write() {
     // Others may cross the temporary directory, nothing more.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let as_root = euid() == 0;
-    // SAFETY: getegid has no preconditions and cannot fail.
-    let group = if as_root {
-        65534
-    } else {
-        unsafe { libc::getegid() }
-    };
+    let group = if as_root { 65534 } else { egid() };
     let data = dir.path().join("data");
     let gid = group.to_string();
     let server = Server::start(&data, &[("MAPQ_DATA_GROUP", gid.as_str())]);
