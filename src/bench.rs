@@ -57,32 +57,31 @@ struct Phase {
 }
 
 impl Phase {
-    fn print(&self) {
+    /// Records/s, MB/s, and the p50, p99 and p99.9 latencies in µs.
+    fn figures(&self) -> (f64, f64, [u64; 3]) {
         let secs = self.elapsed.as_secs_f64();
         let h = &self.latency_us;
-        println!(
-            "{:<40} {:>12.0} records/s {:>9.1} MB/s   latency p50 {} µs, p99 {} µs, p99.9 {} µs ({} requests)",
-            self.name,
+        (
             self.records as f64 / secs,
             self.bytes as f64 / secs / 1e6,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.len(),
+            [0.5, 0.99, 0.999].map(|q| h.value_at_quantile(q)),
+        )
+    }
+
+    fn print(&self) {
+        let (rps, mbs, [p50, p99, p999]) = self.figures();
+        println!(
+            "{:<40} {rps:>12.0} records/s {mbs:>9.1} MB/s   latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs ({} requests)",
+            self.name,
+            self.latency_us.len(),
         );
     }
 
     fn result_line(&self) -> String {
-        let secs = self.elapsed.as_secs_f64();
-        let h = &self.latency_us;
+        let (rps, mbs, [p50, p99, p999]) = self.figures();
         format!(
-            "RESULT {} records_per_s={:.0} mb_per_s={:.1} p50_us={} p99_us={} p999_us={}",
-            self.name,
-            self.records as f64 / secs,
-            self.bytes as f64 / secs / 1e6,
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
+            "RESULT {} records_per_s={rps:.0} mb_per_s={mbs:.1} p50_us={p50} p99_us={p99} p999_us={p999}",
+            self.name
         )
     }
 }
