@@ -199,10 +199,6 @@ impl Broker {
         &self.config
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
     pub fn groups(&self) -> &groups::Groups {
         &self.groups
     }
@@ -295,7 +291,6 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))?;
-        t.mark_deleted();
         for p in t.partitions() {
             // Waits for appends and file work in flight; none starts afterwards.
             p.log().mark_deleted();

@@ -96,7 +96,6 @@ struct TopicMeta {
 #[derive(Debug)]
 pub struct Partition {
     id: u32,
-    topic: String,
     log: PartitionLog,
     end_offset: watch::Sender<u64>,
     /// A flush of this partition is queued (after `flush_messages` records).
@@ -104,17 +103,11 @@ pub struct Partition {
 }
 
 impl Partition {
-    fn open(
-        dir: &Path,
-        topic: &str,
-        id: u32,
-        config: &crate::log::LogConfig,
-    ) -> Result<Self, BrokerError> {
+    fn open(dir: &Path, id: u32, config: &crate::log::LogConfig) -> Result<Self, BrokerError> {
         let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
         let end = log.end_offset();
         Ok(Partition {
             id,
-            topic: topic.to_owned(),
             log,
             end_offset: watch::Sender::new(end),
             flush_queued: AtomicBool::new(false),
@@ -123,10 +116,6 @@ impl Partition {
 
     pub fn id(&self) -> u32 {
         self.id
-    }
-
-    pub fn topic(&self) -> &str {
-        &self.topic
     }
 
     /// Marks a flush as queued; false if one already was.
@@ -186,11 +175,9 @@ impl Partition {
 #[derive(Debug)]
 pub struct Topic {
     name: String,
-    overrides: TopicOverrides,
     config: TopicConfig,
     partitions: Vec<Arc<Partition>>,
     round_robin: RoundRobin,
-    deleted: AtomicBool,
 }
 
 fn effective(o: &TopicOverrides, c: &Config) -> TopicConfig {
@@ -250,17 +237,13 @@ impl Topic {
         log_config.prefaulter = Some(prefaulter);
         log_config.quota = quota;
         let partitions = (0..meta.partitions)
-            .map(|id| {
-                Partition::open(&dir.join(id.to_string()), name, id, &log_config).map(Arc::new)
-            })
+            .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Topic {
             name: name.to_owned(),
-            overrides: meta.config,
             config: topic_config,
             partitions,
             round_robin: RoundRobin::default(),
-            deleted: AtomicBool::new(false),
         })
     }
 
@@ -270,10 +253,6 @@ impl Topic {
 
     pub fn config(&self) -> &TopicConfig {
         &self.config
-    }
-
-    pub fn overrides(&self) -> &TopicOverrides {
-        &self.overrides
     }
 
     pub fn partitions(&self) -> &[Arc<Partition>] {
@@ -305,14 +284,6 @@ impl Topic {
             (None, Some(k)) => Ok(super::partitioner::partition_for_key(k, n)),
             (None, None) => Ok(self.round_robin.next(n)),
         }
-    }
-
-    pub fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-    }
-
-    pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
     }
 }
 

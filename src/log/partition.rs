@@ -849,16 +849,6 @@ impl PartitionLog {
         }
     }
 
-    /// Finishes rolls whose files still have temporary names (blocks).
-    pub fn finish_rolls(&self) -> Result<()> {
-        self.rolls.finish_pending()
-    }
-
-    /// The roll work shared with the prefaulter thread.
-    pub fn rolls(&self) -> &Arc<Rolls> {
-        &self.rolls
-    }
-
     fn roll_locked(&self, w: &mut SegmentWriter, need_bytes: usize) -> Result<()> {
         let base = w.next_offset();
         let header = new_header(&self.config, base, need_bytes);
