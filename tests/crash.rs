@@ -15,8 +15,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{check_all, key_for, small_config, value_for};
-use mapq::log::{verify, LogConfig, LogError, PartitionLog, Prefaulter, Record, RecoveryReport};
+use common::{check_all, small_config, try_append_range};
+use mapq::log::{verify, LogConfig, PartitionLog, Prefaulter, RecoveryReport};
 
 const DIR_ENV: &str = "MAPQ_CRASH_DIR";
 /// Marks the child's own lines among libtest's (which may share a line with the first).
@@ -51,25 +51,6 @@ impl Rng {
     }
 }
 
-/// Appends records `from..to`, generated exactly as `common::append_range` does (so that
-/// `common::check_all` checks them).
-fn append_generated(log: &PartitionLog, from: u64, to: u64) -> Result<u64, LogError> {
-    let values: Vec<Vec<u8>> = (from..to).map(value_for).collect();
-    let keys: Vec<Option<Vec<u8>>> = (from..to).map(key_for).collect();
-    let headers: &[(&[u8], &[u8])] = &[(b"h", b"v")];
-    let records: Vec<Record<'_>> = (from..to)
-        .zip(values.iter().zip(&keys))
-        .map(|(i, (v, k))| Record {
-            key: k.as_deref(),
-            value: v,
-            headers: if i.is_multiple_of(2) { headers } else { &[] },
-            timestamp_ms: 1_000 + i as i64,
-            value_is_json: false,
-        })
-        .collect();
-    Ok(log.append(&records)?.first_offset)
-}
-
 /// The child: appends batches and prints `ack <last offset>` after each one that returned.
 fn child_main(dir: &Path, seed: u64, prefault: bool) -> Result<(), String> {
     let prefaulter = if prefault {
@@ -95,7 +76,7 @@ fn child_main(dir: &Path, seed: u64, prefault: bool) -> Result<(), String> {
     let deadline = Instant::now() + CHILD_LIFETIME;
     while Instant::now() < deadline {
         let n = 1 + rng.below(24);
-        let first = append_generated(&log, next, next + n)
+        let first = try_append_range(&log, next, next + n)
             .map_err(|e| format!("append of {next}..{}: {e}", next + n))?;
         if first != next {
             return Err(format!("batch appended at {first}, expected {next}"));

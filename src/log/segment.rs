@@ -160,6 +160,11 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A segment's offset and time index files, made by `create` (which names them).
+fn create_indexes(create: impl Fn(IndexKind) -> Result<Index>) -> Result<(Index, Index)> {
+    Ok((create(IndexKind::Offset)?, create(IndexKind::Time)?))
+}
+
 /// Charges `bytes` to the quota, if there is one; over it, the error a full disk gives.
 fn charge_quota(
     quota: Option<&Arc<DiskQuota>>,
@@ -217,18 +222,9 @@ impl Segment {
     ) -> Result<Self> {
         let base = header.base_offset;
         let capacity = header.capacity_bytes as usize;
-        let offset_index = Index::create(
-            &segment_path(dir, base, format::OFFSET_INDEX_EXT),
-            IndexKind::Offset,
-            base,
-            index_cap,
-        )?;
-        let time_index = Index::create(
-            &segment_path(dir, base, format::TIME_INDEX_EXT),
-            IndexKind::Time,
-            base,
-            index_cap,
-        )?;
+        let (offset_index, time_index) = create_indexes(|kind| {
+            Index::create(&segment_path(dir, base, kind.ext()), kind, base, index_cap)
+        })?;
         let path = segment_path(dir, base, format::SEGMENT_EXT);
         let tmp = path.with_extension(format!(
             "{}.{}",
@@ -291,18 +287,10 @@ impl Segment {
         let path = spare_path(dir, name, format::SEGMENT_EXT);
         charge_quota(quota, charge, || path.clone())?;
         let created = (|| {
-            let offset_index = Index::create_at(
-                &spare_path(dir, name, format::OFFSET_INDEX_EXT),
-                IndexKind::Offset,
-                SPARE_BASE_OFFSET,
-                index_cap,
-            )?;
-            let time_index = Index::create_at(
-                &spare_path(dir, name, format::TIME_INDEX_EXT),
-                IndexKind::Time,
-                SPARE_BASE_OFFSET,
-                index_cap,
-            )?;
+            let (offset_index, time_index) = create_indexes(|kind| {
+                let path = spare_path(dir, name, kind.ext());
+                Index::create_at(&path, kind, SPARE_BASE_OFFSET, index_cap)
+            })?;
             let _ = fs::remove_file(&path);
             let data =
                 MappedFile::create(&path, capacity_bytes).map_err(|e| LogError::io(&path, e))?;

@@ -31,6 +31,15 @@ pub fn key_for(i: u64) -> Option<Vec<u8>> {
 
 /// Appends records `from..to` as one batch with the generated keys and values.
 pub fn append_range(log: &PartitionLog, from: u64, to: u64) -> u64 {
+    try_append_range(log, from, to).expect("append")
+}
+
+/// [`append_range`] that returns the engine's error instead of failing the test.
+pub fn try_append_range(
+    log: &PartitionLog,
+    from: u64,
+    to: u64,
+) -> Result<u64, mapq::log::LogError> {
     let values: Vec<Vec<u8>> = (from..to).map(value_for).collect();
     let keys: Vec<Option<Vec<u8>>> = (from..to).map(key_for).collect();
     let headers: &[(&[u8], &[u8])] = &[(b"h", b"v")];
@@ -44,7 +53,7 @@ pub fn append_range(log: &PartitionLog, from: u64, to: u64) -> u64 {
             value_is_json: false,
         })
         .collect();
-    log.append(&records).expect("append").first_offset
+    Ok(log.append(&records)?.first_offset)
 }
 
 /// Reads everything from `from` to the end, checking each record against the generator.
