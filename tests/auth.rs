@@ -105,84 +105,82 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
         assert_eq!(r.status(), StatusCode::CREATED);
     }
     let records = json!({"records": [{"value": 1}]});
-    // The writer produces to orders*, not to audit, and cannot read.
-    let r = call(
-        M::POST,
-        "/v1/topics/orders/records",
-        Some("writer-secret"),
-        Some(records.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let r = call(
-        M::POST,
-        "/v1/topics/audit/records",
-        Some("writer-secret"),
-        Some(records.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = call(
-        M::GET,
-        "/v1/topics/orders/partitions/0/records",
-        Some("writer-secret"),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    // The reader reads orders*, cannot produce, cannot touch audit, cannot delete or commit.
-    let r = call(
-        M::GET,
-        "/v1/topics/orders/partitions/0/records",
-        Some("reader-secret"),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["records"][0]["value"], 1);
-    let r = call(
-        M::POST,
-        "/v1/topics/orders/records",
-        Some("reader-secret"),
-        Some(records.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = call(M::GET, "/v1/topics/audit", Some("reader-secret"), None)
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = call(M::DELETE, "/v1/topics/orders", Some("reader-secret"), None)
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let commit = json!({"offsets": [{"topic": "orders", "partition": 0, "offset": 1}]});
-    let r = call(
-        M::PUT,
-        "/v1/groups/g/offsets",
-        Some("reader-secret"),
-        Some(commit.clone()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = call(
-        M::PUT,
-        "/v1/groups/g/offsets",
-        Some("ops-secret"),
-        Some(commit),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = call(M::DELETE, "/v1/topics/audit", Some("ops-secret"), None)
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let read = "/v1/topics/orders/partitions/0/records";
+    // (method, path, token, body, expected status), in order: each permission allowed and
+    // refused, per token.
+    let cases: Vec<(M, &str, &str, Option<Value>, StatusCode)> = vec![
+        // The writer produces to orders*, not to audit, and cannot read.
+        (
+            M::POST,
+            "/v1/topics/orders/records",
+            "writer-secret",
+            Some(records.clone()),
+            StatusCode::OK,
+        ),
+        (
+            M::POST,
+            "/v1/topics/audit/records",
+            "writer-secret",
+            Some(records.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (M::GET, read, "writer-secret", None, StatusCode::FORBIDDEN),
+        // The reader reads orders*, cannot produce, cannot touch audit, cannot delete or commit.
+        (M::GET, read, "reader-secret", None, StatusCode::OK),
+        (
+            M::POST,
+            "/v1/topics/orders/records",
+            "reader-secret",
+            Some(records),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            M::GET,
+            "/v1/topics/audit",
+            "reader-secret",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            M::DELETE,
+            "/v1/topics/orders",
+            "reader-secret",
+            None,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            M::PUT,
+            "/v1/groups/g/offsets",
+            "reader-secret",
+            Some(commit.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        // The admin may do both.
+        (
+            M::PUT,
+            "/v1/groups/g/offsets",
+            "ops-secret",
+            Some(commit),
+            StatusCode::NO_CONTENT,
+        ),
+        (
+            M::DELETE,
+            "/v1/topics/audit",
+            "ops-secret",
+            None,
+            StatusCode::NO_CONTENT,
+        ),
+    ];
+    for (method, path, token, body, want) in cases {
+        let r = call(method.clone(), path, Some(token), body).await.unwrap();
+        assert_eq!(r.status(), want, "{method} {path} with {token}");
+        if method == M::GET && path == read && want == StatusCode::OK {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(
+                v["records"][0]["value"], 1,
+                "the reader sees the writer's record"
+            );
+        }
+    }
 }

@@ -830,51 +830,31 @@ async fn group_offsets_commit_read_and_lag() {
         "invalid_name",
     )
     .await;
-    expect_error(
-        put(
+    let refused = [
+        (
             "x",
             json!({"offsets": [{"topic": "zz", "partition": 0, "offset": 0}]}),
-        )
-        .await
-        .unwrap(),
-        404,
-        "topic_not_found",
-    )
-    .await;
-    expect_error(
-        put(
+            404,
+            "topic_not_found",
+        ),
+        (
             "x",
             json!({"offsets": [{"topic": "g", "partition": 5, "offset": 0}]}),
-        )
-        .await
-        .unwrap(),
-        404,
-        "partition_not_found",
-    )
-    .await;
-    expect_error(
-        put(
+            404,
+            "partition_not_found",
+        ),
+        (
             "x",
             json!({"offsets": [{"topic": "g", "partition": 0, "offset": 99}]}),
-        )
-        .await
-        .unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    expect_error(
-        put("x", json!({"offsets": "all"})).await.unwrap(),
-        400,
-        "bad_request",
-    )
-    .await;
-    expect_error(
-        put("b d", json!({"offsets": []})).await.unwrap(),
-        400,
-        "invalid_name",
-    )
-    .await;
+            400,
+            "bad_request",
+        ),
+        ("x", json!({"offsets": "all"}), 400, "bad_request"),
+        ("b d", json!({"offsets": []}), 400, "invalid_name"),
+    ];
+    for (group, body, status, code) in refused {
+        expect_error(put(group, body).await.unwrap(), status, code).await;
+    }
     expect_error(
         api.get("/v1/groups/x/offsets").await,
         404,
