@@ -27,6 +27,22 @@ impl Api {
         }
     }
 
+    /// Waits (bounded) until the server counts one long-poll waiter in its metrics.
+    async fn await_one_waiter(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("mapq_long_poll_waiters 1")
+        {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         self.server.url(path)
     }
@@ -680,18 +696,7 @@ async fn long_poll_is_woken_by_the_append() {
         }
     });
     // Produce once the consumer is waiting (the server counts its waiters).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !api
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .unwrap()
-        .contains("mapq_long_poll_waiters 1")
-    {
-        assert!(Instant::now() < deadline, "the consumer never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    api.await_one_waiter("the consumer never waited").await;
     api.produce("lp", json!([{"value": "wake"}])).await;
     let v = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
@@ -961,18 +966,8 @@ async fn waiters_are_bounded() {
         let http = api.http.clone();
         async move { http.get(url).send().await.unwrap().status() }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !api
-        .get("/metrics")
-        .await
-        .text()
-        .await
-        .unwrap()
-        .contains("mapq_long_poll_waiters 1")
-    {
-        assert!(Instant::now() < deadline, "the first consumer never waited");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    api.await_one_waiter("the first consumer never waited")
+        .await;
     expect_error(
         api.get("/v1/topics/w/partitions/0/records?wait_ms=1000")
             .await,
