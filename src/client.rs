@@ -15,6 +15,13 @@ pub struct ClientArgs {
     /// Print the server's JSON answers instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token, for a server with tokens configured.
+    #[arg(long, global = true, env = "MAPQ_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust besides the system's (for an https server with a
+    /// private or self-signed certificate).
+    #[arg(long, global = true, env = "MAPQ_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -95,14 +102,27 @@ struct Api {
 }
 
 impl Api {
-    fn new(server: &str) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ClientError(e.to_string()))?;
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let mut builder = reqwest::Client::builder().tcp_nodelay(true);
+        if let Some(token) = &args.token {
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| ClientError("the token holds characters a header cannot".into()))?;
+            value.set_sensitive(true);
+            let headers =
+                reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+            builder = builder.default_headers(headers);
+        }
+        if let Some(path) = &args.cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError(format!("cannot read {}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| ClientError(e.to_string()))?;
         Ok(Api {
             http,
-            base: server.trim_end_matches('/').to_owned(),
+            base: args.server.trim_end_matches('/').to_owned(),
         })
     }
 
@@ -225,7 +245,7 @@ fn describe(v: &Value) {
 }
 
 pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(args)?;
     match cmd {
         TopicsCommand::List => {
             let v = api.call(api.http.get(api.url("/v1/topics"))).await?;
@@ -284,7 +304,7 @@ pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
 
 /// Reads records from stdin, one per line, and produces them in batches.
 pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(args)?;
     let mut query = Vec::new();
     if let Some(d) = &p.durability {
         query.push(format!("durability={d}"));
@@ -343,7 +363,7 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
 
 /// Prints records, one per line: the value as text (or the record as JSON with `--json`).
 pub async fn consume(args: &ClientArgs, c: &ConsumeArgs) -> Result<()> {
-    let api = Api::new(&args.server)?;
+    let api = Api::new(args)?;
     let mut offset = match (&c.from, &c.group) {
         (Some(from), _) => from.clone(),
         (None, Some(group)) => {

@@ -63,6 +63,11 @@ pub struct Config {
     pub data_group: String,
     pub connection_idle_timeout_ms: u64,
     pub request_body_timeout_ms: u64,
+    pub request_header_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    /// PEM certificate chain; with `tls_key_file`, the server speaks only TLS. Empty: no TLS.
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
 
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.
@@ -237,8 +242,20 @@ impl Config {
         if self.connection_idle_timeout_ms < 1000 {
             return bad("connection_idle_timeout_ms", "must be at least 1000");
         }
-        if self.request_body_timeout_ms == 0 {
-            return bad("request_body_timeout_ms", "must be at least 1");
+        for (key, value) in [
+            ("request_body_timeout_ms", self.request_body_timeout_ms),
+            ("request_header_timeout_ms", self.request_header_timeout_ms),
+            ("request_timeout_ms", self.request_timeout_ms),
+        ] {
+            if value == 0 || value > u32::MAX as u64 {
+                return bad(key, "must be between 1 and 4294967295");
+            }
+        }
+        if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
+            return bad(
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file must be set together",
+            );
         }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{raw_get_status, Server};
+use common::server::{raw_get_status, trickle, Server};
 
 fn addr(server: &Server) -> String {
     server.base.strip_prefix("http://").unwrap().to_owned()
@@ -35,6 +35,38 @@ fn a_silent_client_is_disconnected_and_others_are_served() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
         "{waited:?}"
     );
+}
+
+#[test]
+fn headers_that_trickle_in_are_cut_at_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // The idle timeout (60 s by default) never fires: a byte arrives every 100 ms.
+    let server = Server::start(dir.path(), &[("MAPQ_REQUEST_HEADER_TIMEOUT_MS", "1000")]);
+    let header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+    let slow_byte = |i: usize| header.get(i).copied().unwrap_or(b'a');
+    // One connection trickles its first request; another sends a first request whole, then
+    // trickles its second (each request's headers have the same deadline).
+    let first = TcpStream::connect(addr(&server)).unwrap();
+    let mut second = TcpStream::connect(addr(&server)).unwrap();
+    second
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 12];
+    second.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let trickles = [first, second].map(|s| std::thread::spawn(move || trickle(s, slow_byte)));
+    // Meanwhile everyone else is served.
+    assert_eq!(raw_get_status(&server.base, "/healthz"), Some(200));
+    for t in trickles {
+        let closed_after = t.join().unwrap();
+        assert!(
+            closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(8),
+            "{closed_after:?}"
+        );
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::log::{ReadBatch, StoredRecord};
 use crate::record_json::RecordOut;
 
 /// Longest long-poll a consumer may ask for.
-const MAX_WAIT_MS: u64 = 30_000;
+pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 /// Largest `max_bytes` honoured; larger values are clamped.
 const MAX_BYTES_CAP: usize = 64 << 20;
 /// Largest `max_records` honoured; larger values are clamped.

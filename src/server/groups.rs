@@ -71,7 +71,7 @@ pub async fn commit_offsets(
     body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     validate_name(&group)?;
-    let req: CommitRequest = super::read_json(body).await?;
+    let req: CommitRequest = super::read_json(state.config(), body).await?;
     if req
         .offsets
         .iter()

@@ -1,4 +1,4 @@
-//! The TCP listener in front of axum: at most `max_connections` connections at once (beyond
+//! The TCP listener in front of the HTTP server: at most `max_connections` connections at once (beyond
 //! it a new connection gets `503 too_many_connections` and is closed), and a connection on
 //! which nothing is read or written for `connection_idle_timeout_ms` is closed, so a silent
 //! or stalled client cannot hold a connection forever.
@@ -34,11 +34,10 @@ impl LimitedListener {
 
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 102\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"the server has reached max_connections; retry\"}}";
 
-impl axum::serve::Listener for LimitedListener {
-    type Io = Connection;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl LimitedListener {
+    /// The next connection within the limit; connections beyond it are answered 503 and
+    /// closed on a task of their own.
+    pub async fn accept(&mut self) -> (Connection, SocketAddr) {
         loop {
             let (stream, addr) = match self.inner.accept().await {
                 Ok(c) => c,
@@ -74,10 +73,6 @@ impl axum::serve::Listener for LimitedListener {
                 }
             }
         }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
     }
 }
 

@@ -5,9 +5,11 @@
 mod consume;
 pub mod error;
 mod groups;
+mod http;
 mod listener;
 mod ops;
 mod produce;
+mod tls;
 mod topics;
 
 use std::net::SocketAddr;
@@ -139,6 +141,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_millis(state.config().request_timeout_ms),
+            request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), trace_request))
         // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
         .layer(DefaultBodyLimit::disable())
@@ -214,6 +220,33 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
     next.run(req).await
 }
 
+/// `503 request_timed_out` for a request not answered within `request_timeout_ms` (plus its
+/// own `wait_ms`). A handler that returns a stream has answered once the stream starts.
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let wait_ms = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(consume::MAX_WAIT_MS);
+    let limit = limit + Duration::from_millis(wait_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timed_out",
+            format!(
+                "no answer within request_timeout_ms ({} ms); the request may or may not have taken effect",
+                limit.as_millis() - wait_ms as u128
+            ),
+        )
+        .into_response(),
+    }
+}
+
 /// One span per request, with the route template, topic, partition, status and latency;
 /// the request metrics. No per-record logging.
 async fn trace_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -276,16 +309,45 @@ pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
 /// Largest body accepted by the administrative routes (topics, group offsets).
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
+/// Reads a request body of at most `limit` bytes (`413` beyond, with `limit_name` in the
+/// message), within `request_body_timeout_ms` (`408 request_timeout` after).
+pub(crate) async fn read_body(
+    config: &Config,
+    body: axum::body::Body,
+    limit: usize,
+    limit_name: &str,
+) -> ApiResult<bytes::Bytes> {
+    let timeout = Duration::from_millis(config.request_body_timeout_ms);
+    tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body took longer than request_body_timeout_ms ({} ms)",
+                    timeout.as_millis()
+                ),
+            )
+        })?
+        .map_err(|e| {
+            let source = std::error::Error::source(&e);
+            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                ApiError::too_large(format!("request body is over {limit_name}"))
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })
+}
+
 /// Reads a small JSON body, whatever its `Content-Type`, with the same error wording as the
 /// produce route.
 pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    config: &Config,
     body: axum::body::Body,
 ) -> ApiResult<T> {
-    let bytes = axum::body::to_bytes(body, ADMIN_BODY_LIMIT)
-        .await
-        .map_err(|_| {
-            ApiError::too_large(format!("request body is over {ADMIN_BODY_LIMIT} bytes"))
-        })?;
+    let limit_name = format!("{ADMIN_BODY_LIMIT} bytes");
+    let bytes = read_body(config, body, ADMIN_BODY_LIMIT, &limit_name).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
@@ -306,11 +368,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let metrics = Metrics::new()?;
     let state = AppState::new(Arc::clone(&config), metrics);
+    let tls = if config.tls_cert_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(tls::acceptor(&config.tls_cert_file, &config.tls_key_file)?)
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
+    tracing::info!(%addr, scheme, "listening");
     if config.tokens.is_empty() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
@@ -318,7 +386,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     // Tests and scripts read the bound address (port 0 picks one) from this line.
-    println!("mapq listening on http://{addr}");
+    println!("mapq listening on {scheme}://{addr}");
 
     // Recovery runs while /healthz already answers and /readyz says 503.
     let recovering = {
@@ -341,12 +409,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         config.max_connections as usize,
         Duration::from_millis(config.connection_idle_timeout_ms),
     );
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let options = http::HttpOptions {
+        header_timeout: Duration::from_millis(config.request_header_timeout_ms),
+        tls,
+    };
+    let server = tokio::spawn(http::run(listener, app, options, async move {
         shutdown_requested().await;
         tracing::info!("shutting down: finishing in-flight requests");
         shutdown_state.begin_shutdown();
-    });
-    let server = tokio::spawn(async move { server.await });
+    }));
 
     let broker = match recovering.await? {
         Ok(b) => b,
@@ -357,7 +428,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let maintenance = crate::maintenance::spawn(Arc::clone(&broker), state.shutdown_signal());
 
-    server.await??;
+    server.await?;
     let _ = maintenance.await;
     tokio::task::spawn_blocking(move || broker.flush_all()).await??;
     tracing::info!("all partitions flushed; bye");
@@ -407,6 +478,32 @@ mod tests {
             .await
             .unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_request_not_answered_in_time_gets_503_and_wait_ms_extends_the_limit() {
+        let slow = Router::new()
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    "done"
+                }),
+            )
+            .layer(middleware::from_fn_with_state(
+                Duration::from_millis(100),
+                request_timeout,
+            ));
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+        let resp = slow.clone().oneshot(get("/slow")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "request_timed_out", "{body}");
+        let resp = slow.oneshot(get("/slow?wait_ms=2000")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -360,32 +360,8 @@ pub async fn produce(
             )));
         }
     }
-    let body_timeout = Duration::from_millis(config.request_body_timeout_ms);
-    let body = tokio::time::timeout(
-        body_timeout,
-        axum::body::to_bytes(body, max_request as usize),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body took longer than request_body_timeout_ms ({} ms)",
-                body_timeout.as_millis()
-            ),
-        )
-    })?
-    .map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            ApiError::too_large(format!(
-                "request body is over max_request_bytes ({max_request})"
-            ))
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {e}"))
-        }
-    })?;
+    let limit_name = format!("max_request_bytes ({max_request})");
+    let body = super::read_body(config, body, max_request as usize, &limit_name).await?;
     if matches!(kind, Kind::Json | Kind::Ndjson)
         && (query.key.is_some() || query.partition.is_some())
     {

@@ -110,7 +110,7 @@ pub async fn create_topic(
     Extension(principal): Extension<Principal>,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<TopicDescription>)> {
-    let req: CreateTopic = super::read_json(body).await?;
+    let req: CreateTopic = super::read_json(state.config(), body).await?;
     record_target(&req.name, None);
     if !principal.may(Permission::Admin, &req.name) {
         return Err(super::forbidden(&principal));

@@ -71,7 +71,10 @@ impl Server {
             data_dir: data_dir.to_owned(),
             log,
         };
-        server.wait_ready();
+        // An https server has no raw-HTTP readiness probe: its tests wait with their client.
+        if server.base.starts_with("http://") {
+            server.wait_ready();
+        }
         server
     }
 
@@ -147,6 +150,33 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes one byte (`byte(i)`) every 100 ms on `s` until the server closes the connection
+/// (at most 10 s); returns how long that took. Whatever the server sends meanwhile is read
+/// and dropped.
+pub fn trickle(mut s: std::net::TcpStream, byte: impl Fn(usize) -> u8) -> Duration {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let started = Instant::now();
+    for i in 0.. {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the connection was never closed"
+        );
+        if std::io::Write::write_all(&mut s, &[byte(i)]).is_err() {
+            return started.elapsed();
+        }
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return started.elapsed(),
+        }
+    }
+    unreachable!()
 }
 
 /// The status code of a plain HTTP/1.1 GET, without an HTTP client library.

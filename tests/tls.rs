@@ -1,0 +1,193 @@
+//! TLS with a certificate generated here: HTTPS round trips over HTTP/1.1 and HTTP/2 (by
+//! ALPN), the CLI trusting the certificate with `--cacert`, plain HTTP refused on the TLS
+//! port, a handshake that trickles in cut at the header timeout; and HTTP/2 by prior
+//! knowledge on a cleartext server.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::server::{trickle, Server};
+use serde_json::{json, Value};
+
+struct Tls {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    ca_pem: std::path::PathBuf,
+    ca: reqwest::Certificate,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and a config file that uses it.
+fn tls_setup(extra: &str) -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let config = dir.path().join("mapq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}\n{extra}",
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    Tls {
+        _dir: dir,
+        config,
+        ca_pem: cert_file,
+        ca,
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(resp) = http.get(server.url("/readyz")).send().await {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Produces three records and reads them back, checking the protocol version of each answer.
+async fn round_trip(http: &reqwest::Client, server: &Server, version: reqwest::Version) {
+    let resp = http
+        .post(server.url("/v1/topics/secure/records"))
+        .json(&json!({"records": [{"value": "a"}, {"value": "b"}, {"value": "c"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, version));
+    let offsets: Value = resp.json().await.unwrap();
+    let last = offsets["offsets"][2]["offset"].as_u64().unwrap();
+    let resp = http
+        .get(server.url(&format!(
+            "/v1/topics/secure/partitions/0/records?offset={}",
+            last - 2
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, version));
+    let body: Value = resp.json().await.unwrap();
+    let values: Vec<&str> = body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_round_trips_over_http1_and_http2() {
+    let tls = tls_setup("");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(data.path(), &tls.config);
+    assert!(
+        server.base.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.base
+    );
+
+    let h2 = reqwest::Client::builder()
+        .add_root_certificate(tls.ca.clone())
+        .build()
+        .unwrap();
+    wait_ready(&h2, &server).await;
+    round_trip(&h2, &server, reqwest::Version::HTTP_2).await;
+
+    let h1 = reqwest::Client::builder()
+        .add_root_certificate(tls.ca.clone())
+        .http1_only()
+        .build()
+        .unwrap();
+    round_trip(&h1, &server, reqwest::Version::HTTP_11).await;
+
+    // A client that does not trust the certificate does not get through.
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    let err = untrusting
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let addr = server.base.strip_prefix("https://").unwrap();
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+
+    // The CLI reaches it with --cacert.
+    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args([
+            "topics",
+            "list",
+            "--json",
+            "--server",
+            &server.base,
+            "--cacert",
+        ])
+        .arg(&tls.ca_pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["topics"][0]["name"], "secure", "{listed}");
+}
+
+#[test]
+fn a_tls_handshake_that_trickles_in_is_cut_at_the_header_timeout() {
+    let tls = tls_setup("request_header_timeout_ms = 1000\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(data.path(), &tls.config);
+    let addr = server.base.strip_prefix("https://").unwrap();
+    let closed_after = trickle(TcpStream::connect(addr).unwrap(), |i| {
+        // A TLS record header announcing a large ClientHello, then its body a byte at a time.
+        [0x16, 0x03, 0x01, 0x40, 0x00, 0x01][..]
+            .get(i)
+            .copied()
+            .unwrap_or(0)
+    });
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(8),
+        "{closed_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_http2_by_prior_knowledge() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    round_trip(&h2c, &server, reqwest::Version::HTTP_2).await;
+}
