@@ -183,4 +183,25 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
             );
         }
     }
+
+    // The CLI sends its token: refused without it, served with it (from MAPQ_TOKEN too).
+    let cli = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"));
+        cmd.args(["topics", "list", "--json", "--server", base])
+            .env_remove("MAPQ_TOKEN");
+        if let Some(t) = token {
+            cmd.env("MAPQ_TOKEN", t);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthorized"),
+        "{refused:?}"
+    );
+    let listed = cli(Some("reader-secret"));
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["topics"][0]["name"], "orders", "{listed}");
 }
