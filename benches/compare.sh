@@ -3,15 +3,17 @@
 #
 #   benches/compare.sh            # about 3 minutes; needs root for apt-get on first run
 #
-# Installs what is missing from Debian's packages (redis-server, redis-tools, nats-server,
-# golang-go and the Go NATS client, to build benches/nats_bench offline), builds mapq in
+# Installs what is missing from Debian's packages (redis-server, redis-tools, golang-go and
+# the Go NATS client, to build benches/nats_bench offline; nats-server 2.10 from Debian 13's
+# package, unpacked under target/peers/, when the installed one is older: 2.9 has no
+# per-message sync setting), builds mapq in
 # release mode, starts every server on loopback with its data in a temporary directory, runs
 # the same workload against each, prints one table with mapq's ratios, and stops every
 # process it started (by PID), also on failure or Ctrl-C.
 #
 # Workload, for 1 KiB and 100 B records (RECORDS_1K / RECORDS_100 of them):
 #   produce  Redis: XADD with redis-benchmark, 50 connections, pipeline 16 (800 in flight)
-#            NATS:  JetStream async publish with acks, 1 connection, 256 in flight
+#            NATS:  JetStream async publish with acks, 1 connection, 800 in flight
 #            mapq:  HTTP produce of binary frames, batches of 100, 4 connections to 4
 #                   partitions (400 in flight); fsync class: 8 connections to 1 partition
 #                   (800 in flight, as Redis), so that group commit can share each msync
@@ -22,8 +24,8 @@
 # Durability classes:
 #   memory   Redis appendonly yes + appendfsync everysec; NATS JetStream file storage with
 #            its default sync; mapq durability=memory (flush every second)
-#   fsync    Redis appendfsync always; mapq durability=fsync. NATS 2.9 (Debian's) has no
-#            per-message sync setting (sync_interval arrived in 2.10): no fsync-class row.
+#   fsync    Redis appendfsync always; NATS JetStream sync_interval: always; mapq
+#            durability=fsync
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,7 +49,6 @@ trap 'exit 130' INT TERM
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
-command -v nats-server >/dev/null || need+=(nats-server)
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || need+=(golang-github-nats-io-go-nats-dev)
 if [ ${#need[@]} -gt 0 ]; then
@@ -56,6 +57,25 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# nats-server 2.10 or later (sync_interval: always): the installed one if it is recent
+# enough, else Debian 13's package, downloaded with apt-get through a private source list
+# and unpacked (not installed) under target/peers/.
+NATS=$(command -v nats-server || true)
+if ! { [ -n "$NATS" ] && "$NATS" --version | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])\.'; }; then
+  NATS=$ROOT/target/peers/usr/sbin/nats-server
+  if [ ! -x "$NATS" ]; then
+    echo "fetching nats-server 2.10 from Debian 13 (trixie)" >&2
+    apt_dir=$ROOT/target/peers/apt
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+    echo "deb http://deb.debian.org/debian trixie main" >"$apt_dir/sources.list"
+    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$apt_dir" && apt-get "${apt_opts[@]}" download nats-server 2>/dev/null)
+    dpkg-deb -x "$apt_dir"/nats-server_*.deb "$ROOT/target/peers"
+  fi
+fi
+echo "peers: $(redis-server --version | cut -d' ' -f3), nats-server $("$NATS" --version | cut -d' ' -f2)" >&2
 # Debian starts the packaged servers; only ours run during the comparison.
 for svc in redis-server nats-server; do
   (systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null) >/dev/null 2>&1 || true
@@ -103,20 +123,21 @@ redis_run() {   # $1 class, $2 appendfsync, $3 size, $4 records
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-nats_run() {   # $1 size, $2 records
-  local port dir
-  port=$(free_port); dir=$WORK/nats-$1; mkdir -p "$dir"
-  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s" }\n' "$port" "$dir" >"$dir/nats.conf"
-  nats-server -c "$dir/nats.conf" >"$dir/log" 2>&1 &
+nats_run() {   # $1 class (memory|fsync), $2 size, $3 records
+  local port dir sync=""
+  port=$(free_port); dir=$WORK/nats-$1-$2; mkdir -p "$dir"
+  [ "$1" = fsync ] && sync="sync_interval: always"
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s"\n %s }\n' "$port" "$dir" "$sync" >"$dir/nats.conf"
+  "$NATS" -c "$dir/nats.conf" >"$dir/log" 2>&1 &
   PIDS+=($!); local pid=$!
   wait_port "$port"
-  "$WORK/nats_bench" -url "nats://127.0.0.1:$port" -n "$2" -size "$1" -inflight 256 -fetch 1000 -label nats \
+  "$WORK/nats_bench" -url "nats://127.0.0.1:$port" -n "$3" -size "$2" -inflight 800 -fetch 1000 -label nats \
     | while read -r _ scenario rps mbs p50 p99; do
+        lat="$(( ${p50#*=} ))us/$(( ${p99#*=} ))us"
         case $scenario in
-          nats_produce) name="produce_memory_$1B" ;;
-          *) name="consume_$1B" ;;
+          nats_produce) result nats "produce_$1_$2B" "${rps#*=}" "${mbs#*=}" "$lat" ;;
+          nats_consume) if [ "$1" = memory ]; then result nats "consume_$2B" "${rps#*=}" "${mbs#*=}" "$lat"; fi ;;
         esac
-        result nats "$name" "${rps#*=}" "${mbs#*=}" "$(( ${p50#*=} ))us/$(( ${p99#*=} ))us"
       done
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -132,7 +153,7 @@ mapq_run() {   # $1 class (memory|fsync), $2 size, $3 records, $4 connections, $
   while read -r _ scenario rps mbs p50 p99 _; do
     case $scenario in
       produce_*) result mapq "produce_$1_$2B" "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us" ;;
-      consume_binary_*) [ "$1" = memory ] && result mapq "consume_$2B" "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us" ;;
+      consume_binary_*) if [ "$1" = memory ]; then result mapq "consume_$2B" "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us"; fi ;;
     esac
   done < <(grep '^RESULT' "$WORK/bench-$1-$2.txt")
   if [ "$1" = memory ]; then
@@ -156,7 +177,8 @@ for size in 1024 100; do
   echo "== $size B records: $records" >&2
   redis_run memory everysec "$size" "$records"
   redis_run fsync always "$size" "$records"
-  nats_run "$size" "$records"
+  nats_run memory "$size" "$records"
+  nats_run fsync "$size" "$records"
   mapq_run memory "$size" "$records" 4 4
   mapq_run fsync "$size" "$records" 8 1
 done

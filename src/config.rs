@@ -201,8 +201,11 @@ impl Config {
                 message: message.to_owned(),
             })
         };
-        if self.segment_bytes < 64 << 10 {
-            return bad("segment_bytes", "must be at least 65536");
+        if !(64 << 10..=crate::log::MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return bad(
+                "segment_bytes",
+                "must be between 65536 and 68719476736 (64 GiB)",
+            );
         }
         if self.default_partitions == 0 || self.default_partitions > self.max_partitions_per_topic {
             return bad(

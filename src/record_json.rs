@@ -25,7 +25,7 @@ pub struct RecordOut<'a> {
     pub key_b64: Option<String>,
     /// The value: as JSON when produced as JSON, else a string when it is UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     pub value: Option<ValueOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,

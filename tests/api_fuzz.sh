@@ -3,6 +3,10 @@
 # when missing): no 5xx, and every response matches the schema. Starts a release server on
 # loopback with a temporary data directory, and stops it on exit.
 #   tests/api_fuzz.sh [MAX_EXAMPLES]      (default 50 per operation)
+# The SSE route is left out: a live stream never ends, by design, so every generated
+# request to an existing partition would hang until the request timeout (tests/http_api.rs
+# covers it). Any other request still unanswered after 40 s (a long-poll waits at most
+# 30 s) fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v st >/dev/null || pip install -q schemathesis
@@ -18,4 +22,6 @@ for _ in $(seq 1 100); do
 done
 st run "http://127.0.0.1:$PORT/openapi.json" \
   --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
+  --exclude-path-regex '/stream$' \
+  --request-timeout 40 \
   --max-examples "${1:-50}"

@@ -216,6 +216,47 @@ fn flush_advances_the_durable_end() {
 }
 
 #[test]
+fn concurrent_fsync_producers_return_only_once_their_records_are_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: flushes race with rolls.
+    let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
+    let requests = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (log, requests) = (&log, &requests);
+            s.spawn(move || {
+                for i in 0..150 {
+                    let from = (t * 1000 + i) * 8;
+                    let end = append_range(log, from, from + 8) + 8;
+                    let durable = log.flush_until(end).unwrap();
+                    requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    assert!(durable >= end, "{durable} < {end}");
+                    assert!(log.durable_offset() >= end);
+                    // Every segment wholly below `end` is flushed to its last byte.
+                    let segments = log.segments();
+                    for pair in segments.windows(2) {
+                        if pair[1].base_offset() <= end {
+                            assert_eq!(pair[0].durable_end(), pair[0].committed_end());
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(log.durable_offset(), 4 * 150 * 8);
+    assert!(log.segments().len() > 5, "the test rolled segments");
+    let flushes = log
+        .stats()
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let requests = requests.into_inner();
+    assert!(
+        flushes < requests,
+        "group commit shared flushes: {flushes} flushes for {requests} requests"
+    );
+}
+
+#[test]
 fn concurrent_readers_see_a_consistent_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();

@@ -182,16 +182,19 @@ async fn topics_create_list_describe_delete() {
         "invalid_config",
     )
     .await;
-    expect_error(
-        api.post_json(
-            "/v1/topics",
-            json!({"name": "t", "config": {"segment_bytes": 100}}),
+    // Too small, and too large to map (schemathesis found a 500 for the second).
+    for segment_bytes in [100, i64::MAX as u64 - 1] {
+        expect_error(
+            api.post_json(
+                "/v1/topics",
+                json!({"name": "t", "config": {"segment_bytes": segment_bytes}}),
+            )
+            .await,
+            400,
+            "invalid_config",
         )
-        .await,
-        400,
-        "invalid_config",
-    )
-    .await;
+        .await;
+    }
     expect_error(
         api.post_json(
             "/v1/topics",
@@ -924,6 +927,13 @@ async fn operations_routes() {
         got.retain(|k| ["get", "post", "put", "delete"].contains(k));
         got.sort();
         assert_eq!(got, methods, "{path}");
+    }
+    // A record's value may be any JSON (a string, an array, a number...): its schema must not
+    // restrict the type (schemathesis found an `"[]"` value refused by an object-only schema).
+    for schema in ["RecordIn", "RecordOut"] {
+        let value = &doc["components"]["schemas"][schema]["properties"]["value"];
+        assert!(value.is_object(), "{schema}: {value}");
+        assert!(value.get("type").is_none(), "{schema}: {value}");
     }
     // Every reference in the document resolves (a client generator would choke otherwise).
     fn refs(v: &Value, out: &mut Vec<String>) {

@@ -65,10 +65,11 @@ impl TopicOverrides {
             }
         }
         if let Some(b) = self.segment_bytes {
-            if b < 64 << 10 {
-                return Err(BrokerError::InvalidConfig(
-                    "segment_bytes must be at least 65536".into(),
-                ));
+            if !(64 << 10..=crate::log::MAX_SEGMENT_BYTES).contains(&b) {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "segment_bytes must be between 65536 and {}",
+                    crate::log::MAX_SEGMENT_BYTES
+                )));
             }
         }
         Ok(())

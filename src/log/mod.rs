@@ -26,7 +26,7 @@ pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{
     batch_bytes, AppendGuard, Appended, DeleteReason, DeletedSegment, LogConfig, LogStats,
-    PartitionLog, ReadBatch, RecoveryReport, StoredRecord,
+    PartitionLog, ReadBatch, RecoveryReport, StoredRecord, MAX_SEGMENT_BYTES,
 };
 pub use prefault::Prefaulter;
 pub use quota::DiskQuota;

@@ -45,7 +45,7 @@ pub struct RecordIn<'a> {
     key_b64: Option<Cow<'a, str>>,
     /// Any JSON value, stored as its JSON text and returned as JSON.
     #[serde(borrow, default, deserialize_with = "present")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Value>)]
     value: Option<&'a RawValue>,
     /// Value bytes, base64.
     #[serde(borrow, default)]
