@@ -361,14 +361,8 @@ impl Rolls {
     /// Makes every segment file name durable (before an fsync acknowledgement).
     fn sync_names(&self) -> Result<()> {
         self.finish_pending()?;
-        // Held through the fsync, so that a concurrent flush that finds the flag cleared
-        // knows the fsync that cleared it has ended.
-        let _one_at_a_time = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
         if self.dir_dirty.swap(false, Ordering::AcqRel) {
-            if let Err(e) = super::segment::sync_dir(&self.dir) {
-                self.dir_dirty.store(true, Ordering::Release);
-                return Err(e);
-            }
+            super::segment::sync_dir(&self.dir)?;
         }
         Ok(())
     }
@@ -378,18 +372,6 @@ impl Rolls {
             seg.release_quota();
         }
     }
-}
-
-/// Flushes of one partition that may run at once: the second starts while the first
-/// waits for the disk, with the records appended meanwhile.
-pub const MAX_CONCURRENT_FLUSHES: u32 = 2;
-
-/// The flushes running, and the offset below which they will have made every record
-/// durable when they end.
-#[derive(Debug, Default)]
-struct Flushes {
-    running: u32,
-    covering: u64,
 }
 
 /// Clears a flag when dropped.
@@ -414,12 +396,12 @@ pub struct PartitionLog {
     end_offset: AtomicU64,
     /// Every record below this offset has been made durable by a flush.
     durable_offset: AtomicU64,
-    /// The single writer: the active segment. Lock order: `writer`, then `flushes`.
+    /// The single writer: the active segment. Lock order: `writer`, then `flush_running`.
     writer: Mutex<SegmentWriter>,
-    /// The flushes running (never under this lock, and never against appends). Callers wait
-    /// on `flush_done` instead of queueing on a lock, so that everyone a flush covered
-    /// returns as soon as it ends.
-    flushes: Mutex<Flushes>,
+    /// Whether a flush is running: flushes run one at a time (never under this lock, and
+    /// never against appends); callers wait on `flush_done` instead of queueing on a lock,
+    /// so that everyone a flush covered returns as soon as it ends.
+    flush_running: Mutex<bool>,
     flush_done: Condvar,
     /// Set when a flush failed: the partition then refuses appends.
     stopped: OnceLock<String>,
@@ -572,7 +554,7 @@ impl PartitionLog {
                 end_offset: AtomicU64::new(end),
                 durable_offset: AtomicU64::new(0),
                 writer: Mutex::new(writer),
-                flushes: Mutex::new(Flushes::default()),
+                flush_running: Mutex::new(false),
                 flush_done: Condvar::new(),
                 stopped: OnceLock::new(),
                 stats: LogStats::default(),
@@ -1032,14 +1014,12 @@ impl PartitionLog {
     }
 
     /// Makes records below `offset` durable, sharing flushes between callers (group
-    /// commit): a caller whose records a running flush covers waits for it and returns
-    /// without an msync of its own. A caller whose records no running flush covers starts
-    /// one at once, alongside the running one (at most [`MAX_CONCURRENT_FLUSHES`]), so
-    /// producers that arrive just after a flush began do not wait for it to end before their
-    /// own can start: the disk is kept busy. Returns the durable offset.
+    /// commit): whoever waits for the flush lock finds, once it has it, that the flush that
+    /// held it may already have covered its records, and then returns without an msync.
+    /// Returns the durable offset.
     pub fn flush_until(&self, offset: u64) -> Result<u64> {
-        let mut flushes = self.flushes.lock().unwrap_or_else(|p| p.into_inner());
-        let covering = loop {
+        let mut running = self.flush_running.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
             if let Some(reason) = self.stopped.get() {
                 return Err(LogError::Stopped(reason.clone()));
             }
@@ -1047,39 +1027,28 @@ impl PartitionLog {
                 return Err(LogError::Deleted);
             }
             let durable = self.durable_offset();
-            let end = self.end_offset();
-            let target = offset.min(end);
-            if durable >= target {
+            if durable >= offset.min(self.end_offset()) {
                 return Ok(durable);
             }
-            if flushes.running == 0
-                || (flushes.covering < target && flushes.running < MAX_CONCURRENT_FLUSHES)
-            {
-                break end;
+            if !*running {
+                break;
             }
-            // A running flush covers these records, or too many are running: wait for one
-            // to end, then look again.
-            flushes = self
+            // Someone is flushing: wait for it, then look again. Waiters that it covered
+            // return without an msync of their own: that is the group commit.
+            running = self
                 .flush_done
-                .wait(flushes)
+                .wait(running)
                 .unwrap_or_else(|p| p.into_inner());
-        };
-        flushes.running += 1;
-        flushes.covering = flushes.covering.max(covering);
-        drop(flushes);
+        }
+        *running = true;
+        drop(running);
         let result = self.flush_published();
-        self.flushes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .running -= 1;
+        *self.flush_running.lock().unwrap_or_else(|p| p.into_inner()) = false;
         self.flush_done.notify_all();
         result
     }
 
-    /// msyncs every segment with data above its durable end. Flushes may overlap: each
-    /// msyncs from the start of every segment it covers, and msync waits for pages another
-    /// flush is writing, so when one returns everything it covers is durable, whichever
-    /// ends first.
+    /// msyncs every segment with data above its durable end; only one runs at a time.
     fn flush_published(&self) -> Result<u64> {
         let end = self.end_offset();
         // Durable records need durable file names.
