@@ -291,24 +291,39 @@ async fn consume(
                         .get("x-mapq-next-offset")
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse::<u64>().ok());
-                    let body = resp.bytes().await?;
                     if !status.is_success() {
-                        anyhow::bail!("consume failed: {status} {}", String::from_utf8_lossy(&body));
+                        let body = resp.text().await.unwrap_or_default();
+                        anyhow::bail!("consume failed: {status} {body}");
                     }
-                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
-                    let (n, next) = if binary {
+                    let (n, next, len) = if binary {
+                        // The frames are taken as they arrive, chunk by chunk, as a consumer
+                        // that processes them in place would; not gathered into one buffer.
                         let next = next.ok_or_else(|| anyhow::anyhow!("no X-Mapq-Next-Offset"))?;
-                        (next - offset, next)
+                        let mut resp = resp;
+                        let mut frames = FrameWalker::default();
+                        while let Some(chunk) = resp.chunk().await? {
+                            frames.feed(&chunk);
+                        }
+                        let n = next - offset;
+                        anyhow::ensure!(
+                            frames.complete() && frames.frames == n,
+                            "expected {n} whole frames, got {} ({} bytes)",
+                            frames.frames,
+                            frames.bytes
+                        );
+                        (n, next, frames.bytes)
                     } else {
+                        let body = resp.bytes().await?;
                         let v: Value = serde_json::from_slice(&body)?;
                         let n = v["records"].as_array().map_or(0, Vec::len) as u64;
-                        (n, v["next_offset"].as_u64().unwrap_or(offset))
+                        (n, v["next_offset"].as_u64().unwrap_or(offset), body.len() as u64)
                     };
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
                     if n == 0 {
                         break;
                     }
                     records += n;
-                    bytes += body.len() as u64;
+                    bytes += len;
                     bar.inc(n);
                     offset = next;
                 }
@@ -318,6 +333,49 @@ async fn consume(
         }));
     }
     gather(tasks, started, &bar).await
+}
+
+/// Walks a stream of record frames as it arrives, chunk by chunk, from each frame's length
+/// to the next frame, counting them (as a consumer that processes frames in place would,
+/// without gathering the body into one buffer).
+#[derive(Default)]
+struct FrameWalker {
+    frames: u64,
+    bytes: u64,
+    /// Bytes of the current frame still to skip.
+    skip: usize,
+    /// The first bytes of a length field split across chunks.
+    partial: Vec<u8>,
+}
+
+impl FrameWalker {
+    fn feed(&mut self, mut chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        loop {
+            let n = self.skip.min(chunk.len());
+            chunk = &chunk[n..];
+            self.skip -= n;
+            if chunk.is_empty() {
+                return;
+            }
+            let want = 4 - self.partial.len();
+            let take = want.min(chunk.len());
+            self.partial.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.partial.len() < 4 {
+                return;
+            }
+            let len = u32::from_le_bytes(self.partial[..4].try_into().unwrap_or_default());
+            self.partial.clear();
+            self.frames += 1;
+            self.skip = crate::log::format::align_up(len.max(4) as usize) - 4;
+        }
+    }
+
+    /// Whether the stream ended on a frame boundary.
+    fn complete(&self) -> bool {
+        self.skip == 0 && self.partial.is_empty()
+    }
 }
 
 /// What one connection measured: latencies, records and bytes.
@@ -345,4 +403,37 @@ async fn gather(
     phase.elapsed = started.elapsed();
     bar.finish_and_clear();
     Ok(phase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameWalker;
+    use crate::log::format::{encode_frame, Record};
+
+    #[test]
+    fn frame_walker_counts_frames_whatever_the_chunking() {
+        let mut stream = Vec::new();
+        for (i, value) in [&b""[..], b"a", b"hello world", &[7u8; 1000][..]]
+            .iter()
+            .enumerate()
+        {
+            let record = Record::value(value, i as i64);
+            let mut frame = vec![0; record.padded_len().unwrap()];
+            encode_frame(&mut frame, i as u64, &record);
+            stream.extend(frame);
+        }
+        for chunk in 1..=stream.len() {
+            let mut walker = FrameWalker::default();
+            stream.chunks(chunk).for_each(|c| walker.feed(c));
+            assert_eq!(
+                (walker.frames, walker.complete()),
+                (4, true),
+                "chunks of {chunk}"
+            );
+            assert_eq!(walker.bytes, stream.len() as u64);
+        }
+        let mut cut = FrameWalker::default();
+        cut.feed(&stream[..stream.len() - 3]);
+        assert!(!cut.complete(), "a stream cut inside a frame is incomplete");
+    }
 }

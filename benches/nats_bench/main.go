@@ -71,7 +71,8 @@ func main() {
 	start := time.Now()
 	for i := 0; i < *n; i++ {
 		t := time.Now()
-		f, err := js.PublishAsync("bench", payload)
+		// A generous stall wait: with a sync on every message, acks come slowly.
+		f, err := js.PublishAsync("bench", payload, nats.StallWait(60*time.Second))
 		if err != nil {
 			fail("publish", err)
 		}
