@@ -1,6 +1,7 @@
 //! Helpers shared by the engine tests.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod server;
 
 use mapq::log::{LogConfig, PartitionLog, Record};
