@@ -9,7 +9,5 @@ use std::sync::OnceLock;
 static TARGET: OnceLock<checks::SegmentRecovery> = OnceLock::new();
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    TARGET
-        .get_or_init(checks::SegmentRecovery::new)
-        .check(data)
+    TARGET.get_or_init(checks::SegmentRecovery::new).check(data)
 });
