@@ -255,3 +255,45 @@ fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let again = Server::start(dir.path(), &[]);
     drop(again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stray_files_are_reported_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let http = Client::new();
+    let server = Server::start(data, &[]);
+    let records = json!({"records": [{"value": "a"}, {"value": "b"}]});
+    let r = post_json(&http, server.url("/v1/topics/t/records"), &records).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(server.terminate(), 0);
+
+    // Files nobody expects, at every level; one looks like a temporary file but is not
+    // one of mapq's.
+    let strays = [
+        data.join("notes.txt"),
+        data.join("Not A Topic"),
+        data.join("t/notes.txt"),
+        data.join("t/7"),
+        data.join("t/0/notes.txt"),
+        data.join("t/0/backup.new"),
+    ];
+    for path in &strays {
+        std::fs::write(path, b"mine").unwrap();
+    }
+    let server = Server::start(data, &[]);
+    for path in &strays {
+        let shown = path.display().to_string();
+        assert!(
+            server.log_contains(&shown),
+            "{shown} not reported: {}",
+            server.log_text()
+        );
+        assert_eq!(std::fs::read(path).unwrap(), b"mine", "{shown} was touched");
+    }
+    let values: Vec<Value> = consume_all(&http, &server.base, "t", 0)
+        .await
+        .into_iter()
+        .map(|r| r["value"].clone())
+        .collect();
+    assert_eq!(values, [json!("a"), json!("b")]);
+}

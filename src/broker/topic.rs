@@ -49,6 +49,24 @@ fn some<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error
     Option::<u64>::deserialize(d).map(Some)
 }
 
+/// Logs every entry of a topic directory that is neither its metadata nor one of its
+/// partitions, and leaves it alone.
+fn report_strays(dir: &Path, partitions: u32) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let partition = name
+            .parse::<u32>()
+            .is_ok_and(|id| id < partitions && id.to_string() == name);
+        if name != META_FILE && !partition {
+            tracing::warn!(path = %entry.path().display(), "unexpected entry in topic directory; left alone");
+        }
+    }
+}
+
 impl TopicOverrides {
     pub fn validate(&self) -> Result<(), BrokerError> {
         for (key, value) in [
@@ -240,6 +258,7 @@ impl Topic {
         let partitions = (0..meta.partitions)
             .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        report_strays(dir, meta.partitions);
         Ok(Topic {
             name: name.to_owned(),
             config: topic_config,

@@ -1130,14 +1130,26 @@ fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
             .or_else(|| format::parse_file_name(&name, format::TIME_INDEX_EXT))
         {
             index_bases.push((base, path));
-        } else if name.ends_with(&format!(".{}", format::CREATING_SUFFIX)) {
+        } else if let Some(created) = name.strip_suffix(&format!(".{}", format::CREATING_SUFFIX)) {
             if name.starts_with("spare-") {
                 // A spare's index file: handled with its data file below.
                 spare_parts.push(path);
                 continue;
             }
-            let _ = fs::remove_file(&path);
-            report.removed_temp_files.push(path);
+            let ours = [
+                format::SEGMENT_EXT,
+                format::OFFSET_INDEX_EXT,
+                format::TIME_INDEX_EXT,
+            ]
+            .iter()
+            .any(|ext| format::parse_file_name(created, ext).is_some());
+            if ours {
+                // A file mapq was creating when it stopped.
+                let _ = fs::remove_file(&path);
+                report.removed_temp_files.push(path);
+            } else {
+                report.stray_files.push(path);
+            }
         } else {
             report.stray_files.push(path);
         }
