@@ -342,6 +342,8 @@ async fn consume(
 struct FrameWalker {
     frames: u64,
     bytes: u64,
+    /// A length below a frame's fixed part was met: the stream is not frames.
+    invalid: bool,
     /// Bytes of the current frame still to skip.
     skip: usize,
     /// The first bytes of a length field split across chunks.
@@ -351,7 +353,7 @@ struct FrameWalker {
 impl FrameWalker {
     fn feed(&mut self, mut chunk: &[u8]) {
         self.bytes += chunk.len() as u64;
-        loop {
+        while !self.invalid {
             let n = self.skip.min(chunk.len());
             chunk = &chunk[n..];
             self.skip -= n;
@@ -367,14 +369,18 @@ impl FrameWalker {
             }
             let len = u32::from_le_bytes(self.partial[..4].try_into().unwrap_or_default());
             self.partial.clear();
+            if (len as usize) < crate::log::format::frame::FIXED_SIZE {
+                self.invalid = true;
+                return;
+            }
             self.frames += 1;
-            self.skip = crate::log::format::align_up(len.max(4) as usize) - 4;
+            self.skip = crate::log::format::align_up(len as usize) - 4;
         }
     }
 
-    /// Whether the stream ended on a frame boundary.
+    /// Whether the stream was whole frames, ending on a frame boundary.
     fn complete(&self) -> bool {
-        self.skip == 0 && self.partial.is_empty()
+        !self.invalid && self.skip == 0 && self.partial.is_empty()
     }
 }
 
@@ -435,5 +441,8 @@ mod tests {
         let mut cut = FrameWalker::default();
         cut.feed(&stream[..stream.len() - 3]);
         assert!(!cut.complete(), "a stream cut inside a frame is incomplete");
+        let mut zeros = FrameWalker::default();
+        zeros.feed(&[0; 64]);
+        assert!(!zeros.complete(), "zeros are not frames");
     }
 }

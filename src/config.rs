@@ -65,6 +65,7 @@ pub struct Config {
     pub request_body_timeout_ms: u64,
     pub request_header_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
     /// PEM certificate chain; with `tls_key_file`, the server speaks only TLS. Empty: no TLS.
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
@@ -253,6 +254,12 @@ impl Config {
             if value == 0 || value > u32::MAX as u64 {
                 return bad(key, "must be between 1 and 4294967295");
             }
+        }
+        if self.request_timeout_ms < self.request_body_timeout_ms {
+            return bad(
+                "request_timeout_ms",
+                "must be at least request_body_timeout_ms (a slow body gets 408 first)",
+            );
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
             return bad(

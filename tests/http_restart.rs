@@ -297,3 +297,72 @@ async fn stray_files_are_reported_and_left_alone() {
         .collect();
     assert_eq!(values, [json!("a"), json!("b")]);
 }
+
+/// A server holding about 40 MB in topic `big`, and a connection that asked for all of it
+/// and reads nothing, so the server's write of the answer stalls.
+async fn server_with_a_stalled_reader(
+    data: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Server, std::net::TcpStream) {
+    let server = Server::start(data, env);
+    let http = Client::new();
+    let value = vec![b'v'; 900 << 10];
+    for _ in 0..44 {
+        let r = http
+            .post(server.url("/v1/topics/big/records"))
+            .header("content-type", "application/octet-stream")
+            .body(value.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let addr = server.base.strip_prefix("http://").unwrap();
+    let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        b"GET /v1/topics/big/partitions/0/records?max_bytes=67108864 HTTP/1.1\r\nHost: x\r\naccept: application/octet-stream\r\n\r\n",
+    )
+    .unwrap();
+    // Let the server fill the socket buffers and block.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (server, stalled)
+}
+
+fn signal(server: &Server, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(server.child.id() as i32, sig) };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_stalled_reader_ends_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _stalled) =
+        server_with_a_stalled_reader(dir.path(), &[("MAPQ_SHUTDOWN_GRACE_MS", "1000")]).await;
+    let started = std::time::Instant::now();
+    let log = server.log.clone();
+    assert_eq!(server.terminate(), 0);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    let log = log.lock().unwrap().join("\n");
+    assert!(log.contains("closing them"), "{log}");
+    assert!(log.contains("all partitions flushed"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _stalled) =
+        server_with_a_stalled_reader(dir.path(), &[("MAPQ_SHUTDOWN_GRACE_MS", "600000")]).await;
+    signal(&server, libc::SIGTERM);
+    assert!(server.log_contains("shutting down"));
+    let started = std::time::Instant::now();
+    signal(&server, libc::SIGINT);
+    let code = common::server::wait_with_deadline(&mut server.child, Duration::from_secs(10));
+    assert_eq!(code, 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(server.log_contains("second signal"));
+}

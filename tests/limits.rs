@@ -40,13 +40,21 @@ fn a_silent_client_is_disconnected_and_others_are_served() {
 #[test]
 fn headers_that_trickle_in_are_cut_at_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    // The idle timeout (60 s by default) never fires: a byte arrives every 100 ms.
-    let server = Server::start(dir.path(), &[("MAPQ_REQUEST_HEADER_TIMEOUT_MS", "1000")]);
+    // A byte arrives every 100 ms, so the idle timeout alone would never fire.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_REQUEST_HEADER_TIMEOUT_MS", "1000"),
+            ("MAPQ_CONNECTION_IDLE_TIMEOUT_MS", "2500"),
+        ],
+    );
     let header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     let slow_byte = |i: usize| header.get(i).copied().unwrap_or(b'a');
-    // One connection trickles its first request; another sends a first request whole, then
-    // trickles its second (each request's headers have the same deadline).
+    // A first request trickled from the connection's start: cut at the header timeout.
     let first = TcpStream::connect(addr(&server)).unwrap();
+    let first = std::thread::spawn(move || trickle(first, slow_byte));
+    // A second request trickled after a complete first one on the same connection: cut at
+    // the keep-alive limit (the idle timeout) counted from the first response.
     let mut second = TcpStream::connect(addr(&server)).unwrap();
     second
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -57,16 +65,46 @@ fn headers_that_trickle_in_are_cut_at_the_header_timeout() {
     let mut answer = [0u8; 12];
     second.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
-    let trickles = [first, second].map(|s| std::thread::spawn(move || trickle(s, slow_byte)));
+    let second = std::thread::spawn(move || trickle(second, slow_byte));
     // Meanwhile everyone else is served.
     assert_eq!(raw_get_status(&server.base, "/healthz"), Some(200));
-    for t in trickles {
-        let closed_after = t.join().unwrap();
-        assert!(
-            closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(8),
-            "{closed_after:?}"
-        );
-    }
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    assert!(
+        first >= Duration::from_millis(900) && first < Duration::from_secs(8),
+        "{first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(1500) && second < Duration::from_secs(8),
+        "{second:?}"
+    );
+}
+
+#[test]
+fn a_kept_alive_connection_outlives_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_REQUEST_HEADER_TIMEOUT_MS", "1000"),
+            ("MAPQ_CONNECTION_IDLE_TIMEOUT_MS", "5000"),
+        ],
+    );
+    let mut s = TcpStream::connect(addr(&server)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut answer = [0u8; 12];
+    s.write_all(request).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    // Drain the rest of the first answer, then stay idle past the header timeout.
+    std::thread::sleep(Duration::from_millis(300));
+    s.set_nonblocking(true).unwrap();
+    let mut rest = [0u8; 1024];
+    let _ = s.read(&mut rest);
+    s.set_nonblocking(false).unwrap();
+    std::thread::sleep(Duration::from_millis(1700));
+    s.write_all(request).unwrap();
+    s.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200", "the idle connection was kept");
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! Serving connections: HTTP/1.1 and HTTP/2 (by prior knowledge in cleartext, by ALPN over
 //! TLS) on the [`LimitedListener`], with the timeouts that keep a slow client from holding a
 //! connection: a TLS handshake and the first request's headers must arrive within
-//! `request_header_timeout_ms` of the connection, and so must every later HTTP/1.1 request's
-//! headers once its first byte has arrived. A graceful stop lets in-flight requests finish.
+//! `request_header_timeout_ms` of the connection; a later HTTP/1.1 request's headers within
+//! `connection_idle_timeout_ms` of the previous response (hyper's header timer starts when
+//! the connection goes back to waiting for a request, so it is also the keep-alive limit);
+//! and a connection on which nothing moves is closed after `connection_idle_timeout_ms`
+//! (the server sends no HTTP/2 pings of its own, which would keep it busy for ever). A
+//! graceful stop lets in-flight requests finish, for at most `shutdown_grace_ms`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,15 +29,18 @@ use super::listener::LimitedListener;
 /// How connections are served.
 pub struct HttpOptions {
     /// From accepting a connection to the end of its first request's headers (TLS handshake
-    /// included), and for the headers of each later HTTP/1.1 request.
+    /// included).
     pub header_timeout: Duration,
+    /// From a response to the end of the next HTTP/1.1 request's headers on the same
+    /// connection (the keep-alive limit).
+    pub keep_alive_timeout: Duration,
+    /// How long a graceful stop waits for open connections to finish their requests before
+    /// it closes them.
+    pub shutdown_grace: Duration,
     /// TLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
 }
 
-/// An HTTP/2 connection is pinged this often when idle; no answer within the same time
-/// closes it.
-const H2_KEEPALIVE: Duration = Duration::from_secs(20);
 /// Concurrent requests on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 256;
 
@@ -49,12 +56,11 @@ pub async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(options.header_timeout);
+        .header_read_timeout(options.keep_alive_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEPALIVE)
-        .keep_alive_timeout(H2_KEEPALIVE)
+        .keep_alive_interval(None)
         .max_concurrent_streams(H2_MAX_STREAMS);
     let builder = Arc::new(builder);
     let options = Arc::new(options);
@@ -80,7 +86,15 @@ pub async fn run(
         }
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(options.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = options.shutdown_grace.as_millis() as u64,
+            "connections still busy after shutdown_grace_ms; closing them"
+        );
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,14 +20,22 @@ pub struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
     idle: Duration,
+    /// Whether a refused connection gets a plain-HTTP 503 (not over TLS).
+    answer_refusals: bool,
 }
 
 impl LimitedListener {
-    pub fn new(inner: TcpListener, max_connections: usize, idle: Duration) -> Self {
+    pub fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        idle: Duration,
+        answer_refusals: bool,
+    ) -> Self {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections)),
             idle,
+            answer_refusals,
         }
     }
 }
@@ -61,6 +69,7 @@ impl LimitedListener {
                         addr,
                     )
                 }
+                Err(_) if !self.answer_refusals => drop(stream),
                 Err(_) => {
                     tokio::spawn(async move {
                         let mut stream = stream;

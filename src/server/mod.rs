@@ -408,15 +408,28 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         listener,
         config.max_connections as usize,
         Duration::from_millis(config.connection_idle_timeout_ms),
+        tls.is_none(),
     );
     let options = http::HttpOptions {
         header_timeout: Duration::from_millis(config.request_header_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(
+            config
+                .connection_idle_timeout_ms
+                .max(config.request_header_timeout_ms),
+        ),
+        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         tls,
     };
     let server = tokio::spawn(http::run(listener, app, options, async move {
         shutdown_requested().await;
         tracing::info!("shutting down: finishing in-flight requests");
         shutdown_state.begin_shutdown();
+        tokio::spawn(async {
+            shutdown_requested().await;
+            // Acknowledged records are in the page cache already: they survive the exit.
+            tracing::warn!("second signal: exiting without waiting");
+            std::process::exit(1);
+        });
     }));
 
     let broker = match recovering.await? {

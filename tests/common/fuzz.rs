@@ -80,6 +80,12 @@ impl SegmentRecovery {
     }
 
     pub fn check(&self, input: &[u8]) {
+        self.recover(input);
+    }
+
+    /// Recovers the segment made from `input`; the number of records it then holds, or
+    /// `None` when the partition refuses to open.
+    pub fn recover(&self, input: &[u8]) -> Option<u64> {
         let dir = tempfile::tempdir().unwrap();
         let mut file = self.original.clone();
         if input.len() >= 8 {
@@ -90,26 +96,30 @@ impl SegmentRecovery {
         }
         std::fs::write(dir.path().join(SEGMENT), &file).unwrap();
         // Index files are left out: recovery rebuilds them.
-        if let Ok((log, _)) = PartitionLog::open(dir.path(), recovery_config()) {
-            let end = log.end_offset();
-            let mut next = log.start_offset();
-            while next < end {
-                let b = log.read(next, 100, 1 << 20).unwrap();
-                assert!(b.record_count > 0, "a recovered record below the end reads");
-                next = b.next_offset;
-            }
-            drop(log);
-            let summary = verify::verify_partition(dir.path());
-            assert!(
-                summary.is_ok(),
-                "recovered partition does not verify: {summary}"
-            );
+        let (log, _) = PartitionLog::open(dir.path(), recovery_config()).ok()?;
+        let end = log.end_offset();
+        let mut next = log.start_offset();
+        let mut records = 0;
+        while next < end {
+            let b = log.read(next, 100, 1 << 20).unwrap();
+            assert!(b.record_count > 0, "a recovered record below the end reads");
+            records += b.record_count as u64;
+            next = b.next_offset;
         }
+        drop(log);
+        let summary = verify::verify_partition(dir.path());
+        assert!(
+            summary.is_ok(),
+            "recovered partition does not verify: {summary}"
+        );
+        Some(records)
     }
 }
 
 /// Request bodies through the real router: the input's first byte picks the route and
-/// content type, the rest is the body. No answer may be a 5xx.
+/// content type, the rest is the body. No answer may be a 5xx. The broker is shared by all
+/// inputs (a fresh one per input would be too slow), so an input may meet topics and offsets
+/// left by earlier ones.
 pub struct RequestBodies {
     _dir: tempfile::TempDir,
     state: mapq::server::AppState,
@@ -136,10 +146,18 @@ pub const ROUTES: [(&str, &str, &str); 6] = [
 impl RequestBodies {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Small limits, so that inputs creating topics and partitions stay cheap, and bodies
+        // can go over max_request_bytes (the fuzzer's inputs reach 64 KiB).
         let mut config = mapq::config::Config::defaults();
         config.data_dir = dir.path().to_owned();
-        config.max_request_bytes = 65536;
+        config.max_request_bytes = 16384;
         config.max_record_bytes = 4096;
+        config.segment_bytes = 65536;
+        config.reserve_chunk_bytes = 65536;
+        config.prefault_bytes = 0;
+        config.max_partitions_per_topic = 8;
+        config.default_partitions = 1;
+        config.max_topics = 64;
         let config = Arc::new(config);
         let state =
             mapq::server::AppState::new(config.clone(), mapq::metrics::Metrics::new().unwrap());
