@@ -96,6 +96,21 @@ impl std::fmt::Display for ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
+/// An error and its causes, outermost first: reqwest's own message rarely says why (a
+/// refused connection, an untrusted certificate).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
 struct Api {
     http: reqwest::Client,
     base: String,
@@ -131,7 +146,7 @@ impl Api {
         let resp = req
             .send()
             .await
-            .map_err(|e| ClientError(format!("cannot reach {}: {e}", self.base)))?;
+            .map_err(|e| ClientError(format!("cannot reach {}: {}", self.base, causes(&e))))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| ClientError(e.to_string()))?;
         let value: Value = if body.is_empty() {

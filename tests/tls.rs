@@ -149,7 +149,15 @@ async fn https_round_trips_over_http1_and_http2() {
         String::from_utf8_lossy(&answer)
     );
 
-    // The CLI reaches it with --cacert.
+    // The CLI says why it cannot connect without --cacert, and reaches it with it.
+    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["topics", "list", "--server", &server.base])
+        .env_remove("MAPQ_CACERT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("certificate"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
         .args([
             "topics",
