@@ -20,7 +20,8 @@
 #   consume  Redis: XRANGE COUNT 100 with redis-benchmark, 10 connections
 #            NATS:  pull consumer, fetch batches of 1000
 #            mapq:  HTTP binary consume, 5000 records per request, 4 connections
-#            mapq local tail: `mapq tail --format raw` reading the segment files
+#            mapq local tail: `mapq tail --format raw` reading the segment files, one
+#                   process per partition at once
 # Durability classes:
 #   memory   Redis appendonly yes + appendfsync everysec; NATS JetStream file storage with
 #            its default sync; mapq durability=memory (flush every second)
@@ -157,13 +158,16 @@ mapq_run() {   # $1 class (memory|fsync), $2 size, $3 records, $4 connections, $
     esac
   done < <(grep '^RESULT' "$WORK/bench-$1-$2.txt")
   if [ "$1" = memory ]; then
-    # The same consume done by a local tailer, straight from the files (frames written to
-    # /dev/null: the pipe to a counter would measure the pipe).
-    local start end
+    # The same consume done by local tailers, straight from the files: one process per
+    # partition at once, as the HTTP consume uses one connection per partition (frames
+    # written to /dev/null: the pipe to a counter would measure the pipe).
+    local start end tails=()
     start=$(date +%s%N)
     for p in $(seq 0 $(( $5 - 1 ))); do
-      "$MAPQ" tail --data-dir "$dir" bench --partition "$p" --format raw >/dev/null
+      "$MAPQ" tail --data-dir "$dir" bench --partition "$p" --format raw >/dev/null &
+      tails+=($!)
     done
+    for t in "${tails[@]}"; do wait "$t"; done
     end=$(date +%s%N)
     local secs frame; secs=$(python3 -c "print(($end-$start)/1e9)")
     frame=$(( ($2 + 40 + 7) / 8 * 8 ))
