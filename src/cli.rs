@@ -302,7 +302,11 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
         };
         let result = match args.format {
             FormatArg::Json => serde_json::to_writer(&mut out, &RecordOut::of_frame(&f))
-                .map_err(std::io::Error::other)
+                // Keep the kind of an I/O error (a closed pipe is not a failure).
+                .map_err(|e| match e.io_error_kind() {
+                    Some(kind) => std::io::Error::from(kind),
+                    None => std::io::Error::other(e),
+                })
                 .and_then(|()| out.write_all(b"\n")),
             FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
             FormatArg::Raw => out.write_all(f.bytes),

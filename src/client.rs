@@ -20,7 +20,13 @@ pub struct ClientArgs {
     pub token: Option<String>,
     /// A PEM CA certificate to trust besides the system's (for an https server with a
     /// private or self-signed certificate).
-    #[arg(long, global = true, env = "MAPQ_CACERT", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAPQ_CACERT",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub cacert: Option<std::path::PathBuf>,
 }
 
@@ -143,10 +149,15 @@ impl Api {
 
     /// Sends a request; an error answer becomes its `message` (and `code`).
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError(format!("cannot reach {}: {}", self.base, causes(&e))))?;
+        let resp = req.send().await.map_err(|e| {
+            let why = causes(&e);
+            let hint = if why.contains("certificate") {
+                " (a private or self-signed server certificate? pass --cacert FILE)"
+            } else {
+                ""
+            };
+            ClientError(format!("cannot reach {}: {why}{hint}", self.base))
+        })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| ClientError(e.to_string()))?;
         let value: Value = if body.is_empty() {

@@ -110,13 +110,12 @@ impl Metrics {
             )?,
             flushes: counter("mapq_flushes_total", "Flushes (msync) that wrote data", tp)?,
             flush_errors: counter("mapq_flush_errors_total", "Failed flushes", tp)?,
-            disk_used: plain_gauge(
-                &registry,
+            // Registered with the broker, and only when it has a quota.
+            disk_used: prometheus::IntGauge::new(
                 "mapq_disk_used_bytes",
                 "Disk blocks charged to the max_disk_bytes quota",
             )?,
-            disk_limit: plain_gauge(
-                &registry,
+            disk_limit: prometheus::IntGauge::new(
                 "mapq_disk_limit_bytes",
                 "The max_disk_bytes quota (absent: no quota)",
             )?,
@@ -196,6 +195,11 @@ impl Metrics {
         let _ = self
             .registry
             .register(Box::new(broker.flush_duration().clone()));
+        if broker.quota().is_some() {
+            for g in [&self.disk_used, &self.disk_limit] {
+                let _ = self.registry.register(Box::new(g.clone()));
+            }
+        }
     }
 
     /// The text exposition, with the log gauges refreshed from `broker`.

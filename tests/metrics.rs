@@ -228,4 +228,9 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
             .any(|(pairs, _)| pairs.iter().any(|(k, v)| k == "topic" && v == "m"));
         assert!(!left, "series of the deleted topic remain in {name}");
     }
+    // No quota configured: the quota's gauges are absent, not a misleading 0
+    // (tests/maintenance.rs checks them with a quota).
+    for name in ["mapq_disk_used_bytes", "mapq_disk_limit_bytes"] {
+        assert!(!s.families.contains_key(name), "{name} without a quota");
+    }
 }

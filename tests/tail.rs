@@ -400,3 +400,32 @@ async fn the_data_group_can_tail_and_nobody_else_can_write() {
         assert_eq!(tail.exit_code(Duration::from_secs(5)), 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_the_tailer_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create(&http, &server.base, "piped").await;
+    // About 1 MB of JSON lines: far more than the pipe and the tailer's buffer hold.
+    for from in (0..2000).step_by(500) {
+        produce(&http, &server.base, "piped", from, 500).await;
+    }
+    for format in ["json", "value", "raw"] {
+        // `mapq tail ... | head -c 100`: the reader closes the pipe early.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["tail", "--data-dir"])
+            .arg(dir.path())
+            .args(["piped", "--format", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{format}: {out:?}");
+        assert!(out.stderr.is_empty(), "{format}: {out:?}");
+    }
+}

@@ -63,6 +63,8 @@ pub struct GroupQuery {
         (status = 204, description = "Committed, durably"),
         (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
         (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 1 MiB", body = ErrorBody),
     ))]
 pub async fn commit_offsets(
     State(state): State<AppState>,

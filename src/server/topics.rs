@@ -102,7 +102,9 @@ pub fn describe(t: &Topic) -> TopicDescription {
     responses(
         (status = 201, description = "Created", body = TopicDescription),
         (status = 400, description = "`bad_request`, `invalid_name` or `invalid_config`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
         (status = 409, description = "`topic_exists`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: a body over 1 MiB", body = ErrorBody),
         (status = 429, description = "`too_many_topics`", body = ErrorBody),
     ))]
 pub async fn create_topic(
