@@ -120,6 +120,8 @@ fn causes(e: &dyn std::error::Error) -> String {
 struct Api {
     http: reqwest::Client,
     base: String,
+    /// Whether `--cacert` was given (for the hint on certificate errors).
+    has_cacert: bool,
 }
 
 impl Api {
@@ -144,6 +146,7 @@ impl Api {
         Ok(Api {
             http,
             base: args.server.trim_end_matches('/').to_owned(),
+            has_cacert: args.cacert.is_some(),
         })
     }
 
@@ -151,7 +154,9 @@ impl Api {
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let resp = req.send().await.map_err(|e| {
             let why = causes(&e);
-            let hint = if why.contains("certificate") {
+            let hint = if why.contains("CaUsedAsEndEntity") {
+                " (the server's certificate is marked as a CA: make it with CA:FALSE)"
+            } else if !self.has_cacert && why.contains("certificate") {
                 " (a private or self-signed server certificate? pass --cacert FILE)"
             } else {
                 ""

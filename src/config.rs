@@ -255,10 +255,10 @@ impl Config {
                 return bad(key, "must be between 1 and 4294967295");
             }
         }
-        if self.request_timeout_ms < self.request_body_timeout_ms {
+        if self.request_timeout_ms <= self.request_body_timeout_ms {
             return bad(
                 "request_timeout_ms",
-                "must be at least request_body_timeout_ms (a slow body gets 408 first)",
+                "must be greater than request_body_timeout_ms (a slow body gets 408 first)",
             );
         }
         if self.tls_cert_file.as_os_str().is_empty() != self.tls_key_file.as_os_str().is_empty() {
@@ -355,6 +355,21 @@ mod tests {
         assert!(e.to_string().contains("flush_interval_ms"), "{e}");
         let e = load_env(&[("MAPQ_SEGMENT_BYTES", "10")]).unwrap_err();
         assert!(e.to_string().contains("segment_bytes"), "{e}");
+        // Settings that only make sense together.
+        for (vars, key) in [
+            (&[("MAPQ_TLS_CERT_FILE", "cert.pem")][..], "tls_cert_file"),
+            (
+                &[("MAPQ_REQUEST_TIMEOUT_MS", "30000")][..],
+                "request_timeout_ms",
+            ),
+            (
+                &[("MAPQ_REQUEST_HEADER_TIMEOUT_MS", "0")][..],
+                "request_header_timeout_ms",
+            ),
+        ] {
+            let e = load_env(vars).unwrap_err();
+            assert!(e.to_string().contains(key), "{e}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "listen = \"127.0.0.1:9\"\nbogus = 1\n").unwrap();

@@ -324,8 +324,10 @@ async fn server_with_a_stalled_reader(
         b"GET /v1/topics/big/partitions/0/records?max_bytes=67108864 HTTP/1.1\r\nHost: x\r\naccept: application/octet-stream\r\n\r\n",
     )
     .unwrap();
-    // Let the server fill the socket buffers and block.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The answer has started (the rest, tens of MB, fills the socket buffers and blocks).
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut stalled, &mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
     (server, stalled)
 }
 
@@ -347,9 +349,14 @@ async fn sigterm_with_a_stalled_reader_ends_after_the_grace_period() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "{took:?}"
     );
-    let log = log.lock().unwrap().join("\n");
-    assert!(log.contains("closing them"), "{log}");
-    assert!(log.contains("all partitions flushed"), "{log}");
+    // The log is read by a background thread: wait for its last lines.
+    for line in ["closing them", "all partitions flushed"] {
+        assert!(
+            common::server::log_contains(&log, line),
+            "{line}: {}",
+            log.lock().unwrap().join("\n")
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

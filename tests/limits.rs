@@ -51,8 +51,9 @@ fn headers_that_trickle_in_are_cut_at_the_header_timeout() {
     let header = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     let slow_byte = |i: usize| header.get(i).copied().unwrap_or(b'a');
     // A first request trickled from the connection's start: cut at the header timeout.
+    let started = Instant::now();
     let first = TcpStream::connect(addr(&server)).unwrap();
-    let first = std::thread::spawn(move || trickle(first, slow_byte));
+    let first = std::thread::spawn(move || trickle(first, started, slow_byte));
     // A second request trickled after a complete first one on the same connection: cut at
     // the keep-alive limit (the idle timeout) counted from the first response.
     let mut second = TcpStream::connect(addr(&server)).unwrap();
@@ -65,7 +66,8 @@ fn headers_that_trickle_in_are_cut_at_the_header_timeout() {
     let mut answer = [0u8; 12];
     second.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200");
-    let second = std::thread::spawn(move || trickle(second, slow_byte));
+    let answered = Instant::now();
+    let second = std::thread::spawn(move || trickle(second, answered, slow_byte));
     // Meanwhile everyone else is served.
     assert_eq!(raw_get_status(&server.base, "/healthz"), Some(200));
     let (first, second) = (first.join().unwrap(), second.join().unwrap());

@@ -181,7 +181,8 @@ fn a_tls_handshake_that_trickles_in_is_cut_at_the_header_timeout() {
     let data = tempfile::tempdir().unwrap();
     let server = Server::start_with_config(data.path(), &tls.config);
     let addr = server.base.strip_prefix("https://").unwrap();
-    let closed_after = trickle(TcpStream::connect(addr).unwrap(), |i| {
+    let started = Instant::now();
+    let closed_after = trickle(TcpStream::connect(addr).unwrap(), started, |i| {
         // A TLS record header announcing a large ClientHello, then its body a byte at a time.
         [0x16, 0x03, 0x01, 0x40, 0x00, 0x01][..]
             .get(i)
@@ -203,4 +204,22 @@ async fn cleartext_http2_by_prior_knowledge() {
         .build()
         .unwrap();
     round_trip(&h2c, &server, reqwest::Version::HTTP_2).await;
+}
+
+#[test]
+fn over_tls_a_connection_beyond_the_limit_is_closed_without_plaintext() {
+    let tls = tls_setup("max_connections = 1\n");
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(data.path(), &tls.config);
+    let addr = server.base.strip_prefix("https://").unwrap();
+    let _held = TcpStream::connect(addr).unwrap();
+    // Let the first connection take the only slot.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = TcpStream::connect(addr).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = refused.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
 }

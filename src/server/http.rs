@@ -65,6 +65,9 @@ pub async fn run(
     let builder = Arc::new(builder);
     let options = Arc::new(options);
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that those still busy after the grace period can be
+    // stopped before the final flush.
+    let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -76,12 +79,14 @@ pub async fn run(
                     Arc::clone(&options),
                     graceful.watcher(),
                 );
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%addr, error = %e, "connection ended with an error");
                     }
                 });
             }
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
         }
     }
@@ -95,6 +100,7 @@ pub async fn run(
             "connections still busy after shutdown_grace_ms; closing them"
         );
     }
+    connections.shutdown().await;
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

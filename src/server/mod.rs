@@ -365,6 +365,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Serves until SIGTERM or SIGINT, then stops accepting, finishes in-flight requests, msyncs
 /// every partition and returns.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
     let config = Arc::new(config);
     let metrics = Metrics::new()?;
     let state = AppState::new(Arc::clone(&config), metrics);
@@ -421,15 +422,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tls,
     };
     let server = tokio::spawn(http::run(listener, app, options, async move {
-        shutdown_requested().await;
-        tracing::info!("shutting down: finishing in-flight requests");
+        signals.next().await;
         shutdown_state.begin_shutdown();
-        tokio::spawn(async {
-            shutdown_requested().await;
+        tokio::spawn(async move {
+            signals.next().await;
             // Acknowledged records are in the page cache already: they survive the exit.
             tracing::warn!("second signal: exiting without waiting");
             std::process::exit(1);
         });
+        tracing::info!("shutting down: finishing in-flight requests");
     }));
 
     let broker = match recovering.await? {
@@ -448,21 +449,27 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_requested() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT, listened to from start-up on: a signal that arrives while nobody is
+/// waiting is kept for the next wait, so a second signal is never lost.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

@@ -118,16 +118,21 @@ impl Server {
     /// Waits (at most 10 s) until the server's log contains `needle`; the log is read by a
     /// background thread, so a line written a moment ago may not have arrived yet.
     pub fn log_contains(&self, needle: &str) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if self.log_text().contains(needle) {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        log_contains(&self.log, needle)
+    }
+}
+
+/// [`Server::log_contains`] on a log kept after the server is gone.
+pub fn log_contains(log: &std::sync::Mutex<Vec<String>>, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if log.lock().unwrap().join("\n").contains(needle) {
+            return true;
         }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -153,12 +158,15 @@ impl Drop for Server {
 }
 
 /// Writes one byte (`byte(i)`) every 100 ms on `s` until the server closes the connection
-/// (at most 10 s); returns how long that took. Whatever the server sends meanwhile is read
-/// and dropped.
-pub fn trickle(mut s: std::net::TcpStream, byte: impl Fn(usize) -> u8) -> Duration {
+/// (at most 10 s after `started`); returns how long after `started` that was. Whatever the
+/// server sends meanwhile is read and dropped.
+pub fn trickle(
+    mut s: std::net::TcpStream,
+    started: Instant,
+    byte: impl Fn(usize) -> u8,
+) -> Duration {
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let started = Instant::now();
     for i in 0.. {
         assert!(
             started.elapsed() < Duration::from_secs(10),
