@@ -240,6 +240,15 @@ fn parse_config(pairs: &[String]) -> Result<Value> {
     Ok(Value::Object(config))
 }
 
+/// A topic's description: its JSON with `--json`, else a table.
+fn show_topic(args: &ClientArgs, v: &Value) {
+    if args.json {
+        print_json(v);
+    } else {
+        describe(v);
+    }
+}
+
 fn describe(v: &Value) {
     println!(
         "topic {}  partitions {}",
@@ -306,21 +315,13 @@ pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
             let v = api
                 .call(api.http.post(api.url("/v1/topics")).json(&body))
                 .await?;
-            if args.json {
-                print_json(&v);
-            } else {
-                describe(&v);
-            }
+            show_topic(args, &v);
         }
         TopicsCommand::Describe { name } => {
             let v = api
                 .call(api.http.get(api.url(&format!("/v1/topics/{name}"))))
                 .await?;
-            if args.json {
-                print_json(&v);
-            } else {
-                describe(&v);
-            }
+            show_topic(args, &v);
         }
         TopicsCommand::Delete { name } => {
             api.call(api.http.delete(api.url(&format!("/v1/topics/{name}"))))

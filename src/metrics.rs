@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::broker::Broker;
@@ -29,14 +30,14 @@ pub struct Metrics {
     log_durable: IntGaugeVec,
     log_size: IntGaugeVec,
     log_segments: IntGaugeVec,
-    long_poll_waiters: prometheus::IntGauge,
+    long_poll_waiters: IntGauge,
     segments_rolled: IntCounterVec,
     segments_deleted: IntCounterVec,
     flushes: IntCounterVec,
     flush_errors: IntCounterVec,
-    disk_used: prometheus::IntGauge,
-    disk_limit: prometheus::IntGauge,
-    open_segments: prometheus::IntGauge,
+    disk_used: IntGauge,
+    disk_limit: IntGauge,
+    open_segments: IntGauge,
     produce_duration: HistogramVec,
     group_offset: IntGaugeVec,
     group_lag: IntGaugeVec,
@@ -47,33 +48,33 @@ impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let tp = &["topic", "partition"];
-        let counter =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGaugeVec> {
-            let g = IntGaugeVec::new(Opts::new(name, help), tp)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "mapq_http_request_duration_seconds",
-                "HTTP request latency, by method and route template",
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
             )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "route"],
-        )?;
-        registry.register(Box::new(http_duration.clone()))?;
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        };
+        let gauge = |name: &str, help: &str| gauges(name, help, tp);
+        let gauge_alone =
+            |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            registered(&registry, HistogramVec::new(opts, labels)?)
+        };
         let m = Metrics {
             http_requests: counter(
                 "mapq_http_requests_total",
                 "HTTP requests, by method, route template and status",
                 &["method", "route", "status"],
             )?,
-            http_duration,
+            http_duration: histogram(
+                "mapq_http_request_duration_seconds",
+                "HTTP request latency, by method and route template",
+                &["method", "route"],
+            )?,
             records_appended: counter("mapq_records_appended_total", "Records appended", tp)?,
             bytes_appended: counter("mapq_bytes_appended_total", "Bytes of frames appended", tp)?,
             records_read: counter("mapq_records_read_total", "Records served to consumers", tp)?,
@@ -90,14 +91,10 @@ impl Metrics {
             )?,
             log_size: gauge("mapq_log_size_bytes", "Bytes of frames stored")?,
             log_segments: gauge("mapq_log_segments", "Segments of the partition")?,
-            long_poll_waiters: {
-                let g = prometheus::IntGauge::new(
-                    "mapq_long_poll_waiters",
-                    "Consumers blocked in a long-poll or an SSE stream",
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            long_poll_waiters: gauge_alone(
+                "mapq_long_poll_waiters",
+                "Consumers blocked in a long-poll or an SSE stream",
+            )?,
             segments_rolled: counter(
                 "mapq_segments_rolled_total",
                 "Segments sealed and rolled over",
@@ -111,54 +108,34 @@ impl Metrics {
             flushes: counter("mapq_flushes_total", "Flushes (msync) that wrote data", tp)?,
             flush_errors: counter("mapq_flush_errors_total", "Failed flushes", tp)?,
             // Registered with the broker, and only when it has a quota.
-            disk_used: prometheus::IntGauge::new(
+            disk_used: IntGauge::new(
                 "mapq_disk_used_bytes",
                 "Disk blocks charged to the max_disk_bytes quota",
             )?,
-            disk_limit: prometheus::IntGauge::new(
+            disk_limit: IntGauge::new(
                 "mapq_disk_limit_bytes",
                 "The max_disk_bytes quota (absent: no quota)",
             )?,
-            produce_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "mapq_produce_duration_seconds",
-                        "Produce request latency, from the body read to the answer, by durability",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["durability"],
-                )?;
-                registry.register(Box::new(h.clone()))?;
-                h
-            },
-            group_offset: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "mapq_consumer_group_offset",
-                        "Committed offset of a consumer group",
-                    ),
-                    &["group", "topic", "partition"],
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
-            group_lag: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "mapq_consumer_group_lag",
-                        "High watermark minus the committed offset of a consumer group",
-                    ),
-                    &["group", "topic", "partition"],
-                )?;
-                registry.register(Box::new(g.clone()))?;
-                g
-            },
+            produce_duration: histogram(
+                "mapq_produce_duration_seconds",
+                "Produce request latency, from the body read to the answer, by durability",
+                &["durability"],
+            )?,
+            group_offset: gauges(
+                "mapq_consumer_group_offset",
+                "Committed offset of a consumer group",
+                &["group", "topic", "partition"],
+            )?,
+            group_lag: gauges(
+                "mapq_consumer_group_lag",
+                "High watermark minus the committed offset of a consumer group",
+                &["group", "topic", "partition"],
+            )?,
             tail_waiters: gauge(
                 "mapq_tail_waiters",
                 "Local tailers blocked in a futex wait on the partition's files",
             )?,
-            open_segments: plain_gauge(
-                &registry,
+            open_segments: gauge_alone(
                 "mapq_open_segments",
                 "Segments mapped, with their files open, across all partitions",
             )?,
@@ -330,12 +307,11 @@ fn catch_up(counter: &prometheus::IntCounter, total: u64) {
     }
 }
 
-fn plain_gauge(
+/// `collector`, once registered.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
-    name: &str,
-    help: &str,
-) -> prometheus::Result<prometheus::IntGauge> {
-    let g = prometheus::IntGauge::new(name, help)?;
-    registry.register(Box::new(g.clone()))?;
-    Ok(g)
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
 }

@@ -410,103 +410,91 @@ async fn rejected_produce_requests_append_nothing() {
     for (body, status, code) in cases {
         expect_error(api.post_json(path, body).await, status, code).await;
     }
-    let big = vec![b'x'; 5000];
-    expect_error(
-        api.post_raw(path, "application/octet-stream", big).await,
-        413,
-        "payload_too_large",
-    )
-    .await;
-    expect_error(
-        api.post_raw(path, "application/octet-stream", vec![1; 2000])
-            .await,
-        413,
-        "payload_too_large",
-    )
-    .await;
-    expect_error(
-        api.post_raw(path, "text/plain", b"hi".to_vec()).await,
-        415,
-        "unsupported_media_type",
-    )
-    .await;
-    expect_error(
-        api.post_raw(
-            path,
-            "application/x-ndjson",
-            b"{\"value\":1}\n{oops\n".to_vec(),
-        )
-        .await,
-        400,
-        "bad_request",
-    )
-    .await;
     // A frame with a bad CRC rejects the whole binary request.
     let mut frames = frame(b"ok", 0);
     let mut bad = frame(b"bad", 0);
     let n = bad.len();
     bad[n - 8] ^= 1;
     frames.extend(bad);
-    expect_error(
-        api.post_raw(path, "application/vnd.mapq.frames", frames)
-            .await,
-        400,
-        "bad_request",
-    )
-    .await;
-    expect_error(
-        api.post_raw(
+    let json_body = |v: Value| v.to_string().into_bytes();
+    let one_record = || json_body(json!({"records": [{"value": 1}]}));
+    // (path, content type, body, status, code)
+    let raw_cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        (
+            path,
+            "application/octet-stream",
+            vec![b'x'; 5000],
+            413,
+            "payload_too_large",
+        ),
+        (
+            path,
+            "application/octet-stream",
+            vec![1; 2000],
+            413,
+            "payload_too_large",
+        ),
+        (
+            path,
+            "text/plain",
+            b"hi".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            path,
+            "application/x-ndjson",
+            b"{\"value\":1}\n{oops\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            path,
+            "application/vnd.mapq.frames",
+            frames,
+            400,
+            "bad_request",
+        ),
+        (
             "/v1/topics/t/records?partition=9",
             "application/octet-stream",
             b"x".to_vec(),
-        )
-        .await,
-        404,
-        "partition_not_found",
-    )
-    .await;
-    expect_error(
-        api.post_raw(
+            404,
+            "partition_not_found",
+        ),
+        (
             "/v1/topics/t/records?durability=maybe",
             "application/octet-stream",
             b"x".to_vec(),
-        )
-        .await,
-        400,
-        "bad_request",
-    )
-    .await;
-    expect_error(
-        api.post_json(
+            400,
+            "bad_request",
+        ),
+        (
             "/v1/topics/t/records?partition=1",
-            json!({"records": [{"value": 1}]}),
-        )
-        .await,
-        400,
-        "bad_request",
-    )
-    .await;
-    // Auto-creation is off here.
-    expect_error(
-        api.post_json(
+            "application/json",
+            one_record(),
+            400,
+            "bad_request",
+        ),
+        // Auto-creation is off here.
+        (
             "/v1/topics/nope/records",
-            json!({"records": [{"value": 1}]}),
-        )
-        .await,
-        404,
-        "topic_not_found",
-    )
-    .await;
-    expect_error(
-        api.post_json(
+            "application/json",
+            one_record(),
+            404,
+            "topic_not_found",
+        ),
+        (
             "/v1/topics/no%20pe/records",
-            json!({"records": [{"value": 1}]}),
-        )
-        .await,
-        400,
-        "invalid_name",
-    )
-    .await;
+            "application/json",
+            one_record(),
+            400,
+            "invalid_name",
+        ),
+    ];
+    for (path, content_type, body, status, code) in raw_cases {
+        expect_error(api.post_raw(path, content_type, body).await, status, code).await;
+    }
     assert_eq!(
         api.ends("t").await,
         before,

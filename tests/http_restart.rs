@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{get_json, post_json, Server};
+use common::server::{create_topic, get_json, post_json, Server};
 use mapq::broker::partitioner::partition_for_key;
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -34,13 +34,7 @@ async fn eight_producers_every_record_exactly_once_in_partition_order() {
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = post_json(
-        &http,
-        format!("{base}/v1/topics"),
-        &json!({"name": "load", "partitions": 4}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    create_topic(&http, &base, json!({"name": "load", "partitions": 4})).await;
     let mut tasks = Vec::new();
     for producer in 0..8 {
         let http = http.clone();
@@ -145,13 +139,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = post_json(
-        &http,
-        format!("{base}/v1/topics"),
-        &json!({"name": "hard", "partitions": 2}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    create_topic(&http, &base, json!({"name": "hard", "partitions": 2})).await;
     let acked: Arc<Mutex<Vec<(u32, u64, i64)>>> = Arc::default();
     let committed: Arc<Mutex<Option<u64>>> = Arc::default();
     let mut tasks = Vec::new();

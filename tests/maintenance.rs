@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::server::{get_json, get_text, post_json, Server};
+use common::server::{create_topic, get_json, get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -172,13 +172,12 @@ async fn retention_by_size_keeps_the_newest_segments() {
     );
     let http = Client::new();
     let base = server.base.clone();
-    let r = post_json(
+    create_topic(
         &http,
-        format!("{base}/v1/topics"),
-        &json!({"name": "sized", "config": {"segment_bytes": 65536, "retention_bytes": 150000}}),
+        &base,
+        json!({"name": "sized", "config": {"segment_bytes": 65536, "retention_bytes": 150000}}),
     )
     .await;
-    assert_eq!(r.status(), 201);
     for _ in 0..10 {
         assert_eq!(produce(&http, &base, "sized", 30, 1024).await.status(), 200);
     }
@@ -407,13 +406,7 @@ async fn a_request_over_two_partitions_refused_for_space_appends_to_neither() {
     let server = Server::start(dir.path(), &env);
     let http = Client::new();
     let base = server.base.clone();
-    let r = post_json(
-        &http,
-        format!("{base}/v1/topics"),
-        &json!({"name": "two", "partitions": 2}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    create_topic(&http, &base, json!({"name": "two", "partitions": 2})).await;
     let value = "y".repeat(1024);
     let mut acked = 0;
     for round in 0..200 {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::server::{get_json, get_text, post_json, Server};
+use common::server::{create_topic, get_json, get_text, post_json, Server};
 use mapq::log::format::Record;
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
@@ -61,13 +61,7 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     let base = server.base.clone();
-    let r = post_json(
-        &http,
-        format!("{base}/v1/topics"),
-        &json!({"name": "m", "partitions": 2}),
-    )
-    .await;
-    assert_eq!(r.status(), 201);
+    create_topic(&http, &base, json!({"name": "m", "partitions": 2})).await;
     // 3 requests x 10 records of the JSON value 12345 into partition 0, 1 fsync request
     // of 5 records into partition 1.
     for _ in 0..3 {

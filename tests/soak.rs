@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{get_json, post_json, Server};
+use common::server::{create_topic, get_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -63,13 +63,12 @@ async fn kill_9_soak() {
     let env = [("MAPQ_SEGMENT_BYTES", "131072")];
     let http = Client::new();
     let server = Server::start(dir.path(), &env);
-    let r = post_json(
+    create_topic(
         &http,
-        format!("{}/v1/topics", server.base),
-        &json!({"name": "soak", "partitions": 2}),
+        &server.base,
+        json!({"name": "soak", "partitions": 2}),
     )
     .await;
-    assert_eq!(r.status(), 201);
 
     // The local tailer runs through every cycle, from the first record on.
     let mut tailer = Command::new(env!("CARGO_BIN_EXE_mapq"))

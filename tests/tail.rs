@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::server::{get_text, post_json, Server};
+use common::server::{create_topic, get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -108,8 +108,7 @@ async fn produce(http: &Client, base: &str, topic: &str, from: u64, n: u64) {
 }
 
 async fn create(http: &Client, base: &str, topic: &str) {
-    let r = post_json(http, format!("{base}/v1/topics"), &json!({"name": topic})).await;
-    assert_eq!(r.status(), 201);
+    create_topic(http, base, json!({"name": topic})).await;
 }
 
 fn check_sequence(records: &[Value], first: u64) {

@@ -213,6 +213,13 @@ pub async fn get_text(http: &reqwest::Client, url: String) -> String {
     http.get(url).send().await.unwrap().text().await.unwrap()
 }
 
+/// Creates a topic from its description (`{"name": ..., "partitions": ..., "config": ...}`),
+/// asserting `201 Created`.
+pub async fn create_topic(http: &reqwest::Client, base: &str, topic: serde_json::Value) {
+    let r = post_json(http, format!("{base}/v1/topics"), &topic).await;
+    assert_eq!(r.status(), 201, "creating {topic}");
+}
+
 /// POST `body` as JSON to `url`.
 pub async fn post_json(
     http: &reqwest::Client,
