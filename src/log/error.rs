@@ -64,6 +64,19 @@ impl LogError {
         }
     }
 
+    /// A failed block reservation (`fallocate`) of `needed_bytes` on `path`: `NoSpace` when
+    /// the disk or a quota is full, else `Io`.
+    pub fn reserve(path: impl Into<PathBuf>, needed_bytes: u64, source: io::Error) -> Self {
+        if is_no_space(&source) {
+            LogError::NoSpace {
+                path: path.into(),
+                needed_bytes,
+            }
+        } else {
+            LogError::io(path, source)
+        }
+    }
+
     pub fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         LogError::Corrupt {
             path: path.into(),
@@ -73,7 +86,7 @@ impl LogError {
 }
 
 /// Whether an `io::Error` means the disk or a quota is full.
-pub fn is_no_space(e: &io::Error) -> bool {
+fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
         || e.kind() == io::ErrorKind::StorageFull
 }

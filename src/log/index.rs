@@ -73,14 +73,7 @@ impl Index {
         let map = MappedFile::create(&tmp, len).map_err(|e| LogError::io(&tmp, e))?;
         map.reserve(0..len as usize).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            if super::error::is_no_space(&e) {
-                LogError::NoSpace {
-                    path: tmp.clone(),
-                    needed_bytes: len,
-                }
-            } else {
-                LogError::io(&tmp, e)
-            }
+            LogError::reserve(&tmp, len, e)
         })?;
         let mut header = [0u8; ih::HEADER_CRC + 4];
         header[ih::MAGIC..ih::MAGIC + 8].copy_from_slice(&kind.magic());

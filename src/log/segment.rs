@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
-use super::error::{is_no_space, LogError, Result};
+use super::error::{LogError, Result};
 use super::format::{
     self, decode_frame, decode_frame_unchecked_crc, get_u32, get_u64, segment_header as sh,
     FrameView, Record, FORMAT_VERSION,
@@ -235,14 +235,7 @@ impl Segment {
         let data = MappedFile::create(&tmp, capacity as u64).map_err(|e| LogError::io(&tmp, e))?;
         let cleanup = |e: std::io::Error| {
             let _ = fs::remove_file(&tmp);
-            if is_no_space(&e) {
-                LogError::NoSpace {
-                    path: tmp.clone(),
-                    needed_bytes: DATA_START as u64,
-                }
-            } else {
-                LogError::io(&tmp, e)
-            }
+            LogError::reserve(&tmp, DATA_START as u64, e)
         };
         data.reserve(0..DATA_START).map_err(cleanup)?;
         let seg = Self::assemble(
@@ -295,7 +288,7 @@ impl Segment {
             let data =
                 MappedFile::create(&path, capacity_bytes).map_err(|e| LogError::io(&path, e))?;
             data.reserve(0..DATA_START)
-                .map_err(|e| LogError::io(&path, e))?;
+                .map_err(|e| LogError::reserve(&path, DATA_START as u64, e))?;
             Ok(Self::assemble(
                 header,
                 path.clone(),
@@ -713,14 +706,7 @@ impl Segment {
         };
         m.data.reserve(start..new_end).map_err(|e| {
             self.give_back(bytes);
-            if is_no_space(&e) {
-                LogError::NoSpace {
-                    path: self.path.clone(),
-                    needed_bytes: (end - start) as u64,
-                }
-            } else {
-                LogError::io(&self.path, e)
-            }
+            LogError::reserve(&self.path, (end - start) as u64, e)
         })?;
         // Release: a writer that sees the new end sees the allocation done.
         self.allocated_end.store(new_end, Ordering::Release);
