@@ -4,20 +4,15 @@
 //! on the blocking pool. Rolling by size happens in the append itself, and the next chunk of
 //! every active segment is reserved and pre-faulted by the engine's prefaulter thread.
 
+use crate::log::segment::now_ms;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::broker::{Broker, Partition};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Starts the maintenance task; it ends when `shutdown` turns true.
 pub fn spawn(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {

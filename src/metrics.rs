@@ -19,6 +19,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// Held by a scrape: two at once would both bring the counters up to the engine's
+    /// counts, counting the difference twice.
+    render_lock: std::sync::Arc<std::sync::Mutex<()>>,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     pub records_appended: IntCounterVec,
@@ -140,6 +143,7 @@ impl Metrics {
                 "Segments mapped, with their files open, across all partitions",
             )?,
             registry,
+            render_lock: Default::default(),
         };
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
@@ -159,6 +163,11 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        // Any token is a method to hyper: a fixed set of labels keeps the series bounded.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
+            _ => "other",
+        };
         self.http_requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();
@@ -181,6 +190,7 @@ impl Metrics {
 
     /// The text exposition, with the log gauges refreshed from `broker`.
     pub fn render(&self, broker: Option<&Broker>, waiters: u64) -> String {
+        let _one_at_a_time = self.render_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.long_poll_waiters.set(waiters as i64);
         if let Some(b) = broker {
             for g in [

@@ -126,6 +126,15 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
             StatusCode::FORBIDDEN,
         ),
         (M::GET, read, "writer-secret", None, StatusCode::FORBIDDEN),
+        // A name is checked as written: an encoded one (here "ordersA") is refused before
+        // a pattern could match its encoding.
+        (
+            M::POST,
+            "/v1/topics/orders%41/records",
+            "writer-secret",
+            Some(records.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
         // The reader reads orders*, cannot produce, cannot touch audit, cannot delete or commit.
         (M::GET, read, "reader-secret", None, StatusCode::OK),
         (

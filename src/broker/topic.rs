@@ -12,7 +12,7 @@ use super::error::BrokerError;
 use super::partitioner::RoundRobin;
 use crate::config::Config;
 use crate::log::prefault::PrefaultHandle;
-use crate::log::{Appended, DiskQuota, LogError, PartitionLog, Record};
+use crate::log::{Appended, DiskQuota, LogError, PartitionLog};
 
 /// The topic metadata file, `<data_dir>/<topic>/topic.json`.
 pub const META_FILE: &str = "topic.json";
@@ -173,13 +173,6 @@ impl Partition {
             }
             grew
         });
-    }
-
-    /// Appends a batch (blocks: may create a segment file) and wakes waiting consumers.
-    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended, LogError> {
-        let appended = self.log.append(records)?;
-        self.notify(appended.first_offset + appended.count);
-        Ok(appended)
     }
 
     /// Appends client-built frames (blocks) and wakes waiting consumers.

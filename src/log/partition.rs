@@ -1,10 +1,10 @@
 //! A partition's log: an ordered run of segments with one writer and lock-free readers.
 
+use crate::log::segment::now_ms;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -241,12 +241,6 @@ pub fn validate_frames(frames: &[u8]) -> Result<u64> {
         count += 1;
     }
     Ok(count)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A roll to finish: (old segment, new segment, the new one's temporary file name).

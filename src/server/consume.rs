@@ -150,7 +150,7 @@ pub async fn consume(
     query: Result<Query<ConsumeQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query?;
     let broker = state.broker_for_read()?;
     let t = broker.topic(&topic)?;
     let p = parse_partition(&t, &partition)?;
@@ -272,7 +272,7 @@ pub async fn stream(
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query?;
     let broker = state.broker_for_read()?;
     let t = broker.topic(&topic)?;
     let p = parse_partition(&t, &partition)?;
@@ -337,9 +337,7 @@ impl Tail {
             changes.borrow_and_update();
             let p = Arc::clone(&self.partition);
             let offset = self.offset;
-            let read = tokio::task::spawn_blocking(move || p.log().read(offset, 100, 1 << 20))
-                .await
-                .unwrap_or_else(|e| Err(crate::log::LogError::Stopped(e.to_string())));
+            let read = super::blocking(move || Ok(p.log().read(offset, 100, 1 << 20)?)).await;
             match read {
                 Ok(batch) if batch.record_count > 0 => {
                     self.offset = batch.next_offset;
@@ -354,9 +352,8 @@ impl Tail {
                     return Some(events);
                 }
                 Ok(_) => {}
-                Err(e) => {
+                Err(err) => {
                     self.done = true;
-                    let err = ApiError::from(e);
                     let data =
                         serde_json::json!({"error": {"code": err.code, "message": err.message}});
                     return Some(vec![Event::default().event("error").data(data.to_string())]);

@@ -83,6 +83,13 @@ impl ApiError {
     }
 }
 
+/// A query string that does not parse: `400 bad_request` with the parser's reason.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         use StatusCode as S;

@@ -120,9 +120,14 @@ pub async fn get_offsets(
     Path(group): Path<String>,
     query: Result<Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<GroupOffsets>> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(q) = query?;
     let broker = state.broker_for_read()?;
-    let committed = broker.groups().offsets(&group)?;
+    // The group's lock is held across a commit's fsync: wait for it off the async workers.
+    let committed = {
+        let broker = std::sync::Arc::clone(&broker);
+        let group = group.clone();
+        super::blocking(move || broker.groups().offsets(&group).map_err(ApiError::from)).await?
+    };
     let mut offsets = Vec::new();
     for ((topic, partition), offset) in committed {
         if q.topic.as_ref().is_some_and(|t| *t != topic) {

@@ -52,8 +52,9 @@ struct Inner {
 impl AppState {
     pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
         let waiters = Arc::new(Semaphore::new(config.max_long_poll_waiters as usize));
-        // Validated when the configuration was loaded.
-        let tokens = crate::auth::Tokens::new(&config.tokens).unwrap_or_default();
+        // Validated when the configuration was loaded; never fall back to no authentication.
+        let tokens = crate::auth::Tokens::new(&config.tokens)
+            .expect("tokens are checked by Config::validate");
         AppState(Arc::new(Inner {
             tokens,
             config,
@@ -198,6 +199,14 @@ async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) 
         return resp;
     };
     let topic = req.uri().path().split('/').nth(3).unwrap_or("").to_owned();
+    // The check runs on the raw path segment: a name that is not valid as it stands (one
+    // percent-encoded, say) is refused here, before a pattern could match its encoding
+    // and the handler serve the decoded name.
+    if route.contains("{topic}") {
+        if let Err(e) = crate::broker::validate_name(&topic) {
+            return ApiError::from(e).into_response();
+        }
+    }
     let method = req.method().clone();
     let allowed = match (method, route.as_str()) {
         (Method::POST, "/v1/topics/{topic}/records") => principal.may(Permission::Produce, &topic),

@@ -54,7 +54,13 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>)
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let broker = state.broker_for_read().ok();
     let waiting = state.config().max_long_poll_waiters - state.waiters().available_permits() as u64;
-    let text = state.metrics().render(broker.as_deref(), waiting);
+    // Rendering takes each group's lock, which a commit holds across its fsync.
+    let text = {
+        let state = state.clone();
+        tokio::task::spawn_blocking(move || state.metrics().render(broker.as_deref(), waiting))
+            .await
+            .unwrap_or_default()
+    };
     (
         [(
             header::CONTENT_TYPE,

@@ -1,9 +1,10 @@
 //! `POST /v1/topics/{topic}/records`: JSON, NDJSON, a raw value, or binary frames.
 
+use crate::log::segment::now_ms;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -81,12 +82,6 @@ pub struct RecordOffset {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProduceResponse {
     pub offsets: Vec<RecordOffset>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A record decoded from the request, owning what had to be decoded (base64, escapes).
@@ -343,7 +338,7 @@ pub async fn produce(
 ) -> ApiResult<Json<ProduceResponse>> {
     let started = Instant::now();
     record_target(&topic_name, None);
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) = query?;
     crate::broker::validate_name(&topic_name)?;
     let kind = content_kind(&headers)?;
     let config = state.config();
