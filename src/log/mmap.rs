@@ -101,10 +101,6 @@ impl MappedFile {
         self.writable
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
     fn check(&self, range: &Range<usize>) {
         assert!(
             range.start <= range.end && range.end <= self.len(),

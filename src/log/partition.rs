@@ -318,6 +318,15 @@ impl Rolls {
     /// seal finds the next file. Blocks.
     pub fn finish_pending(&self) -> Result<()> {
         let _one_at_a_time = self.finishing.lock().unwrap_or_else(|p| p.into_inner());
+        // Nothing to finish (every flush asks): do not wait for other file work.
+        if self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return Ok(());
+        }
         let _files = self.file_work();
         if self.deleted.load(Ordering::Acquire) {
             return Ok(());
@@ -570,14 +579,6 @@ impl PartitionLog {
             },
             report,
         ))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn config(&self) -> &LogConfig {
-        &self.config
     }
 
     /// A snapshot of the segments, oldest first.

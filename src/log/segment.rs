@@ -154,6 +154,18 @@ pub struct Mapped {
     time_index: Index,
 }
 
+/// The base offsets of the segment files in a partition directory, oldest first.
+pub(crate) fn list_bases(dir: &Path) -> std::io::Result<Vec<u64>> {
+    let mut bases: Vec<u64> = fs::read_dir(dir)?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            format::parse_file_name(name.to_str()?, format::SEGMENT_EXT)
+        })
+        .collect();
+    bases.sort_unstable();
+    Ok(bases)
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -606,11 +618,6 @@ impl Segment {
     /// Bytes of data published in this segment (frames only, header excluded).
     pub fn size_bytes(&self) -> u64 {
         (self.committed_end().saturating_sub(DATA_START)) as u64
-    }
-
-    /// Position of the frame holding `offset`, or `None` when it is not published here.
-    pub fn locate(&self, offset: u64, committed: usize) -> Result<Option<usize>> {
-        self.mapped()?.locate(offset, committed)
     }
 
     /// The published checkpoints `(offset, position, max_timestamp_before)`; none when the
@@ -1137,6 +1144,13 @@ impl SegmentWriter {
         let m = seg
             .live()
             .ok_or_else(|| LogError::corrupt(seg.path(), "segment not mapped for recovery"))?;
+        if !m.data.is_writable() {
+            // Recovery stores into the header and indexes.
+            return Err(LogError::corrupt(
+                seg.path(),
+                "a segment opened read-only cannot be recovered",
+            ));
+        }
         let committed = m.committed_end();
         let trust_end = trust_end.clamp(DATA_START, committed);
         let base = seg.base_offset();
@@ -1181,6 +1195,10 @@ impl SegmentWriter {
             let at = w.position;
             let frame = decode_frame(m.published(at, committed));
             let f = match frame {
+                Ok(f) if f.offset == u64::MAX => {
+                    report.stopped_by = Some(format!("at byte {at}: offset u64::MAX"));
+                    break;
+                }
                 Ok(f) if f.offset == w.next_offset => f,
                 Ok(f) => {
                     report.stopped_by = Some(format!(

@@ -145,15 +145,7 @@ impl std::fmt::Debug for Tailer {
 }
 
 fn bases(dir: &Path) -> Result<Vec<u64>> {
-    let entries = std::fs::read_dir(dir).map_err(|_| TailError::NoPartition(dir.to_owned()))?;
-    let mut v: Vec<u64> = entries
-        .filter_map(|e| {
-            let name = e.ok()?.file_name();
-            format::parse_file_name(name.to_str()?, format::SEGMENT_EXT)
-        })
-        .collect();
-    v.sort_unstable();
-    Ok(v)
+    super::segment::list_bases(dir).map_err(|_| TailError::NoPartition(dir.to_owned()))
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -296,7 +288,9 @@ impl Tailer {
                     .into());
                 }
                 self.pos += f.padded_len;
-                self.next_offset += 1;
+                self.next_offset = f.offset.checked_add(1).ok_or_else(|| {
+                    LogError::corrupt(self.seg.path(), "offset u64::MAX has no successor")
+                })?;
                 return Ok(Some(f));
             }
             if self.advance(false)? {

@@ -4,7 +4,8 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, decode_frame};
+use super::format::decode_frame;
+use super::segment::list_bases as segment_bases;
 use super::segment::{Segment, DATA_START};
 
 /// The result of checking one partition directory.
@@ -77,18 +78,6 @@ fn sorted_dirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     dirs.sort();
     Ok(dirs)
-}
-
-fn segment_bases(dir: &Path) -> std::io::Result<Vec<u64>> {
-    let mut bases: Vec<u64> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name();
-            format::parse_file_name(name.to_str()?, format::SEGMENT_EXT)
-        })
-        .collect();
-    bases.sort_unstable();
-    Ok(bases)
 }
 
 fn has_segments(dir: &Path) -> std::io::Result<bool> {
