@@ -149,10 +149,12 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    http.get(format!("{base}/v1/topics/d/partitions/0/records"))
+    let r = http
+        .get(format!("{base}/v1/topics/d/partitions/0/records"))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 200);
     let r = http
         .put(format!("{base}/v1/groups/g/offsets"))
         .json(&json!({"offsets": [{"topic": "d", "partition": 0, "offset": 1}]}))
@@ -167,9 +169,16 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    let used = metric_names(&read("grafana/dashboards/mapq.json"))
+    let used: Vec<String> = metric_names(&read("grafana/dashboards/mapq.json"))
         .into_iter()
-        .chain(metric_names(&read("prometheus/alerts.yml")));
+        .chain(metric_names(&read("prometheus/alerts.yml")))
+        .collect();
+    // The scan found the dashboard's and the alerts' metrics (a broken scan checks nothing).
+    assert!(used.len() >= 10, "{used:?}");
+    assert!(
+        used.iter().any(|n| n == "mapq_records_appended_total"),
+        "{used:?}"
+    );
     for name in used {
         let family = ["_bucket", "_sum", "_count"]
             .iter()

@@ -302,6 +302,17 @@ fn a_prefaulter_reserves_ahead_of_the_writer() {
     assert_eq!(check_all(&log, 0), next);
     let active = log.segments().last().cloned().unwrap();
     assert!(active.allocated_end() >= active.committed_end());
+    // The prefaulter works ahead of the writer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while active.prefaulted_end() <= active.committed_end()
+        && active.prefaulted_end() < active.capacity()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the prefaulter never got ahead of the writer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     // Stopping the prefaulter leaves writers working: they reserve for themselves.
     drop(prefaulter);
     append_range(&log, next, next + 2000);

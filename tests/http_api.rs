@@ -268,6 +268,10 @@ async fn produce_in_every_format_and_consume_as_json() {
         .await;
     let key_partition = mapq::broker::partitioner::partition_for_key(b"user-1", 2);
     assert_eq!(
+        key_partition, 0,
+        "the checks below assume user-1 goes to partition 0"
+    );
+    assert_eq!(
         resp,
         json!({"offsets": [
             {"partition": key_partition, "offset": 0},

@@ -101,22 +101,35 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    let verify = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["verify", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    // Before the stop the records are not flushed (no timer flush), and verify says so.
+    let text = verify();
+    assert!(text.contains("note:"), "unflushed data is noted: {text}");
     assert_eq!(server.terminate(), 0, "graceful stop exits 0");
 
     // Nothing was left unflushed or torn: every byte is below the durable end.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["verify", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = verify();
     assert!(
         !text.contains("note:"),
         "unflushed data after a graceful stop: {text}"
     );
 
     let server = Server::start(dir.path(), &[]);
+    // Recovery logs before "ready": once that line is in, so would be any cut.
+    assert!(
+        server.log_contains("ready elapsed_ms="),
+        "{}",
+        server.log_text()
+    );
     assert!(
         !server.log_text().contains("recovery cut"),
         "{}",
@@ -153,7 +166,9 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     .json(&json!({"records": [{"value": value, "partition": (value % 2) as u32}]}))
                     .send()
                     .await;
+                // The kill ends the load: a request or answer cut by it is not acknowledged.
                 let Ok(resp) = resp else { return };
+                assert_eq!(resp.status(), 200, "produce refused before the kill");
                 let Ok(v) = resp.json::<Value>().await else {
                     return;
                 };
@@ -169,7 +184,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     {
         let (http, base, committed) = (http.clone(), base.clone(), committed.clone());
         tasks.push(tokio::spawn(async move {
-            for offset in 1.. {
+            let mut offset = 1;
+            loop {
                 let r = http
                     .put(format!("{base}/v1/groups/c/offsets"))
                     .json(
@@ -178,7 +194,11 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     .send()
                     .await;
                 match r {
-                    Ok(r) if r.status() == 204 => *committed.lock().unwrap() = Some(offset),
+                    Ok(r) if r.status() == 204 => {
+                        *committed.lock().unwrap() = Some(offset);
+                        offset += 1;
+                    }
+                    // Beyond the records produced so far: try the same offset again.
                     Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                     Err(_) => return,
                 }
@@ -193,7 +213,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     }
     server.kill();
     for t in tasks {
-        let _ = t.await;
+        t.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
     let committed = committed.lock().unwrap().expect("some commit succeeded");

@@ -102,11 +102,12 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let _ = http
+    let r = http
         .get(format!("{base}/v1/topics/nope"))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 404);
 
     let s = scrape(&http, &base).await;
     let frame = Record {

@@ -278,4 +278,5 @@ async fn kill_9_soak() {
         "soak: {cycles} cycles survived, {acked} records acknowledged, recovery times {recoveries:?}, anonymous RSS KiB {rss:?}"
     );
     assert!(acked > 0);
+    assert!(committed_floor > 0, "no group commit ever landed");
 }

@@ -332,6 +332,7 @@ fn run_cases(img: &Image, cases: impl IntoIterator<Item = (Damage, bool)>) {
             }
         }
     }
+    assert!(ran > 0, "no case ran");
     assert!(
         failed.is_empty(),
         "{} of {ran} cases failed{} on the image flushed {:?} (active segment {}, last frames \

@@ -187,6 +187,26 @@ pub fn trickle(
     unreachable!()
 }
 
+/// Reads one whole HTTP/1.1 answer with a `content-length` from `s`; returns its status.
+pub fn read_response(s: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("an answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0; length];
+    s.read_exact(&mut body).expect("the body");
+    head[9..12].parse().expect("a status code")
+}
+
 /// The status code of a plain HTTP/1.1 GET, without an HTTP client library.
 pub fn raw_get_status(base: &str, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
