@@ -162,53 +162,31 @@ impl MappedFile {
     /// Reserves disk blocks for `range` so that later writes through the mapping cannot
     /// fail for lack of space. `ENOSPC` comes back as `io::ErrorKind::StorageFull`.
     pub fn reserve(&self, range: Range<usize>) -> io::Result<()> {
-        self.check(&range);
-        if range.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: plain syscall on an fd we own; no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                0,
-                range.start as libc::off_t,
-                range.len() as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.fallocate(0, range)
     }
 
     /// Pre-faults `range` for writing (`MADV_POPULATE_WRITE`), so that the writer does not
     /// take one page fault per fresh page. Best effort: older kernels lack it.
     pub fn populate_write(&self, range: Range<usize>) {
-        self.check(&range);
-        if range.is_empty() {
-            return;
-        }
-        let _ = self
-            .map
-            .advise_range(Advice::PopulateWrite, range.start, range.len());
+        self.advise(Advice::PopulateWrite, range);
     }
 
     /// Maps the pages of `range` into this process ahead of use (`MADV_POPULATE_READ`), so
     /// reading them takes no page faults. Best effort.
     pub fn populate_read(&self, range: Range<usize>) {
-        self.check(&range);
-        if range.is_empty() {
-            return;
-        }
-        let _ = self
-            .map
-            .advise_range(Advice::PopulateRead, range.start, range.len());
+        self.advise(Advice::PopulateRead, range);
     }
 
     /// Releases the disk blocks of `range` (reads then return zeros). The file keeps its
     /// length, so mappings stay valid.
     pub fn punch_hole(&self, range: Range<usize>) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            range,
+        )
+    }
+
+    fn fallocate(&self, mode: libc::c_int, range: Range<usize>) -> io::Result<()> {
         self.check(&range);
         if range.is_empty() {
             return Ok(());
@@ -217,7 +195,7 @@ impl MappedFile {
         let rc = unsafe {
             libc::fallocate(
                 self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                mode,
                 range.start as libc::off_t,
                 range.len() as libc::off_t,
             )
@@ -226,6 +204,14 @@ impl MappedFile {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Best effort: an advice the kernel does not know changes nothing.
+    fn advise(&self, advice: Advice, range: Range<usize>) {
+        self.check(&range);
+        if !range.is_empty() {
+            let _ = self.map.advise_range(advice, range.start, range.len());
         }
     }
 

@@ -206,7 +206,8 @@ pub async fn consume(
     if wants_octets(&headers) {
         Ok(octets_response(batch))
     } else {
-        Ok(json_response(&batch))
+        // Decoding and serializing up to max_bytes of records is CPU work of its own.
+        blocking(move || Ok(json_response(&batch))).await
     }
 }
 

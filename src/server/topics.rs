@@ -1,7 +1,5 @@
 //! Topic administration: create, list, describe, delete.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::Extension;
 
@@ -185,8 +183,6 @@ pub async fn delete_topic(
     let t = broker.topic(&topic)?;
     let name = topic.clone();
     blocking(move || broker.delete_topic(&name).map_err(ApiError::from)).await?;
-    state
-        .metrics()
-        .remove_topic(&topic, Arc::clone(&t).partition_count());
+    state.metrics().remove_topic(&topic, t.partition_count());
     Ok(StatusCode::NO_CONTENT)
 }
