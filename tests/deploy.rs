@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::server::{get_text, post_json, Server};
+use common::server::{commit_offset, get_text, post_json, Server};
 use reqwest::Client;
 use serde_json::json;
 
@@ -155,13 +155,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .put(format!("{base}/v1/groups/g/offsets"))
-        .json(&json!({"offsets": [{"topic": "d", "partition": 0, "offset": 1}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    commit_offset(&http, base, "g", ("d", 0, 1)).await;
     let text = get_text(&http, format!("{base}/metrics")).await;
     let exported: BTreeSet<String> = text
         .lines()

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{create_topic, get_json, post_json, Server};
+use common::server::{commit_offset, create_topic, get_json, post_json, Server};
 use mapq::broker::partitioner::partition_for_key;
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -94,13 +94,7 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
         .await;
         assert_eq!(r.status(), 200);
     }
-    let r = http
-        .put(format!("{base}/v1/groups/g1/offsets"))
-        .json(&json!({"offsets": [{"topic": "keep", "partition": 0, "offset": 400}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    commit_offset(&http, &base, "g1", ("keep", 0, 400)).await;
     let verify = || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
             .args(["verify", "--data-dir"])

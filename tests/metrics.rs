@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::server::{create_topic, get_json, get_text, post_json, Server};
+use common::server::{commit_offset, create_topic, get_json, get_text, post_json, Server};
 use mapq::log::format::Record;
 use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
@@ -95,13 +95,7 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http
-        .put(format!("{base}/v1/groups/g/offsets"))
-        .json(&json!({"offsets": [{"topic": "m", "partition": 0, "offset": 7}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    commit_offset(&http, &base, "g", ("m", 0, 7)).await;
     let r = http
         .get(format!("{base}/v1/topics/nope"))
         .send()

@@ -240,6 +240,22 @@ pub async fn create_topic(http: &reqwest::Client, base: &str, topic: serde_json:
     assert_eq!(r.status(), 201, "creating {topic}");
 }
 
+/// Commits `offset` for `group` on partition `partition` of `topic`, asserting `204`.
+pub async fn commit_offset(
+    http: &reqwest::Client,
+    base: &str,
+    group: &str,
+    (topic, partition, offset): (&str, u32, u64),
+) {
+    let r = http
+        .put(format!("{base}/v1/groups/{group}/offsets"))
+        .json(&serde_json::json!({"offsets": [{"topic": topic, "partition": partition, "offset": offset}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "committing {offset} for {group}");
+}
+
 /// POST `body` as JSON to `url`.
 pub async fn post_json(
     http: &reqwest::Client,
