@@ -30,6 +30,7 @@ const MAX_BYTES_CAP: usize = 64 << 20;
 const MAX_RECORDS_CAP: usize = 100_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeQuery {
     /// A number, `earliest` or `latest`. Default `earliest`.
@@ -45,6 +46,7 @@ pub struct ConsumeQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// A number, `earliest` or `latest`. Default `latest`. `Last-Event-ID` wins over it.

@@ -137,7 +137,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
         .split_for_parts();
-    let api = Arc::new(api);
+    let api = Arc::new(with_security(api));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -151,6 +151,66 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(axum::Extension(api))
         .with_state(state)
+}
+
+/// Declares the optional bearer-token scheme: every route takes a token when the server has
+/// tokens configured (`401 unauthorized` without a valid one, `403 forbidden` without the
+/// permission), and none when it has none.
+fn with_security(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{RefOr, ResponseBuilder};
+    let components = api.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        "bearer",
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "A token from the server's `tokens` setting; not needed when none is configured",
+                ))
+                .build(),
+        ),
+    );
+    api.security = Some(vec![
+        SecurityRequirement::new("bearer", Vec::<String>::new()),
+        SecurityRequirement::default(),
+    ]);
+    let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                        "ErrorBody",
+                    ))))
+                    .build(),
+            )
+            .build()
+            .into()
+    };
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                error("`unauthorized`: tokens are configured and none valid was sent")
+            });
+            responses
+                .entry("403".into())
+                .or_insert_with(|| error("`forbidden`: the token lacks the permission"));
+        }
+    }
+    api
 }
 
 async fn not_found() -> ApiError {

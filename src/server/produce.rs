@@ -23,6 +23,7 @@ use crate::log::format::{self, decode_frame_unchecked_crc, Record};
 
 /// Query of a produce request.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProduceQuery {
     /// `memory` (acknowledged once in the mapping) or `fsync` (once msync has made it
