@@ -12,9 +12,10 @@ use subtle::ConstantTimeEq;
 pub enum Permission {
     /// Produce to the topic (creating it when `auto_create_topics` is on).
     Produce,
-    /// Read the topic's records, its description, and the topic list.
+    /// Read the topic's records and its description, and commit and read consumer group
+    /// offsets for it.
     Consume,
-    /// Create and delete the topic, and commit or read consumer group offsets for it.
+    /// Create and delete the topic.
     Admin,
 }
 
@@ -54,6 +55,16 @@ impl Principal {
             Principal::Token { grants, .. } => grants
                 .iter()
                 .any(|g| g.allow.contains(&what) && matches(&g.topics, topic)),
+        }
+    }
+
+    /// Whether the principal holds any permission on `topic` (it is listed to it).
+    pub fn sees(&self, topic: &str) -> bool {
+        match self {
+            Principal::Anyone => true,
+            Principal::Token { grants, .. } => grants
+                .iter()
+                .any(|g| !g.allow.is_empty() && matches(&g.topics, topic)),
         }
     }
 

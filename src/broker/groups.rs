@@ -103,8 +103,15 @@ impl Groups {
     }
 
     /// Commits offsets for a group (created on first commit). Durable (fsync) on return.
-    /// Blocks.
-    pub fn commit(&self, group: &str, entries: &[(String, u32, u64)]) -> Result<(), BrokerError> {
+    /// `check` runs under the group's lock, before anything is written: a topic it finds
+    /// still there cannot have its offsets forgotten before this commit lands (deletion
+    /// forgets them under the same lock, after removing the topic). Blocks.
+    pub fn commit(
+        &self,
+        group: &str,
+        entries: &[(String, u32, u64)],
+        check: impl FnOnce() -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
         validate_name(group)?;
         let g = Arc::clone(
             self.groups
@@ -114,13 +121,85 @@ impl Groups {
                 .or_default(),
         );
         let mut offsets = g.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = check() {
+            if offsets.is_empty() {
+                drop(offsets);
+                self.remove_if_empty(group, &g);
+            }
+            return Err(e);
+        }
         let mut next = offsets.clone();
         for (topic, partition, offset) in entries {
             next.insert((topic.clone(), *partition), *offset);
         }
+        let result = self.write(group, &next);
+        if result.is_ok() {
+            *offsets = next;
+        } else if offsets.is_empty() {
+            // A group whose first commit failed does not exist.
+            drop(offsets);
+            self.remove_if_empty(group, &g);
+        }
+        result
+    }
+
+    /// Removes `group` from the map if it is still `g` and holds no offset (no commit
+    /// landed meanwhile).
+    fn remove_if_empty(&self, group: &str, g: &Arc<Mutex<GroupOffsets>>) {
+        let mut all = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g))
+            && g.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        {
+            all.remove(group);
+        }
+    }
+
+    /// Forgets every committed offset of the topics that `keep` refuses, durably: a topic
+    /// deleted (and perhaps created again under the same name) starts with no committed
+    /// offsets, so a group never resumes a new topic at the old one's position. A group
+    /// left with no offset is removed. Blocks.
+    pub fn forget_topics(&self, keep: impl Fn(&str) -> bool) -> Result<(), BrokerError> {
+        let groups: Vec<(String, Arc<Mutex<GroupOffsets>>)> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, g)| (name.clone(), Arc::clone(g)))
+            .collect();
+        for (group, g) in groups {
+            let mut offsets = g.lock().unwrap_or_else(|p| p.into_inner());
+            if offsets.keys().all(|(topic, _)| keep(topic)) {
+                continue;
+            }
+            let next: GroupOffsets = offsets
+                .iter()
+                .filter(|((topic, _), _)| keep(topic))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect();
+            if next.is_empty() {
+                let path = self.dir.join(format!("{group}.json"));
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(BrokerError::io(&path, e)),
+                }
+                crate::log::segment::sync_dir(&self.dir).map_err(BrokerError::Log)?;
+                offsets.clear();
+                drop(offsets);
+                self.remove_if_empty(&group, &g);
+            } else {
+                self.write(&group, &next)?;
+                *offsets = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a group's file with `offsets`, durably. Blocks.
+    fn write(&self, group: &str, offsets: &GroupOffsets) -> Result<(), BrokerError> {
         let file = GroupFile {
             group: group.to_owned(),
-            offsets: next
+            offsets: offsets
                 .iter()
                 .map(|((topic, partition), offset)| Entry {
                     topic: topic.clone(),
@@ -130,17 +209,6 @@ impl Groups {
                 .collect(),
         };
         let json = serde_json::to_vec(&file).expect("group offsets serialize");
-        let result = write_durably(&self.dir.join(format!("{group}.json")), &json);
-        if result.is_ok() {
-            *offsets = next;
-        } else if offsets.is_empty() {
-            // A group whose first commit failed does not exist.
-            drop(offsets);
-            self.groups
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(group);
-        }
-        result
+        write_durably(&self.dir.join(format!("{group}.json")), &json)
     }
 }

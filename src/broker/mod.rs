@@ -190,6 +190,8 @@ impl Broker {
             )?;
             topics.insert(name, Arc::new(t));
         }
+        // A crash while a topic was being deleted may have left its committed offsets.
+        broker.groups.forget_topics(|t| topics.contains_key(t))?;
         tracing::info!(topics = topics.len(), data_dir = %broker.data_dir.display(), "data directory opened");
         *broker.topics.write().unwrap_or_else(|p| p.into_inner()) = topics;
         Ok(broker)
@@ -296,6 +298,10 @@ impl Broker {
             p.log().mark_deleted();
             p.log().release_quota();
         }
+        // The offsets go first: a crash before the files are gone leaves a topic without
+        // committed offsets, never committed offsets that a re-created topic would inherit
+        // (start-up forgets the offsets of topics that no longer exist).
+        self.groups.forget_topics(|t| t != name)?;
         let dir = self.data_dir.join(name);
         fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
         let _ = crate::log::segment::sync_dir(&self.data_dir);

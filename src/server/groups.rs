@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{blocking, AppState};
-use crate::broker::validate_name;
+use crate::broker::{validate_name, BrokerError};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,7 +78,7 @@ pub async fn commit_offsets(
     if req
         .offsets
         .iter()
-        .any(|o| !principal.may(Permission::Admin, &o.topic))
+        .any(|o| !principal.may(Permission::Consume, &o.topic))
     {
         return Err(super::forbidden(&principal));
     }
@@ -86,29 +86,39 @@ pub async fn commit_offsets(
         return Err(ApiError::bad_request("`offsets` is empty"));
     }
     let broker = state.broker()?;
-    let mut entries = Vec::with_capacity(req.offsets.len());
-    for o in req.offsets {
-        let t = broker.topic(&o.topic)?;
-        let hwm = t.partition(o.partition)?.log().end_offset();
-        if o.offset > hwm {
-            return Err(ApiError::bad_request(format!(
-                "offset {} is beyond the end ({hwm}) of {}/{}",
-                o.offset, o.topic, o.partition
-            )));
-        }
-        entries.push((o.topic, o.partition, o.offset));
-    }
+    let entries: Vec<(String, u32, u64)> = req
+        .offsets
+        .into_iter()
+        .map(|o| (o.topic, o.partition, o.offset))
+        .collect();
     blocking(move || {
+        // Checked under the group's lock, so that a topic deleted meanwhile cannot keep
+        // an offset committed here.
+        let check = || {
+            for (topic, partition, offset) in &entries {
+                let hwm = broker
+                    .topic(topic)?
+                    .partition(*partition)?
+                    .log()
+                    .end_offset();
+                if *offset > hwm {
+                    return Err(BrokerError::BadRequest(format!(
+                        "offset {offset} is beyond the end ({hwm}) of {topic}/{partition}"
+                    )));
+                }
+            }
+            Ok(())
+        };
         broker
             .groups()
-            .commit(&group, &entries)
+            .commit(&group, &entries, check)
             .map_err(ApiError::from)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A group's committed offsets and lag.
+/// A group's committed offsets and lag, on the topics the token may consume.
 #[utoipa::path(get, path = "/v1/groups/{group}/offsets", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), GroupQuery),
     responses(
@@ -118,10 +128,18 @@ pub async fn commit_offsets(
     ))]
 pub async fn get_offsets(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     query: Result<Query<GroupQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<GroupOffsets>> {
     let Query(q) = query?;
+    validate_name(&group)?;
+    if let Some(topic) = &q.topic {
+        validate_name(topic)?;
+        if !principal.may(Permission::Consume, topic) {
+            return Err(super::forbidden(&principal));
+        }
+    }
     let broker = state.broker_for_read()?;
     // The group's lock is held across a commit's fsync: wait for it off the async workers.
     let committed = {
@@ -129,9 +147,18 @@ pub async fn get_offsets(
         let group = group.clone();
         super::blocking(move || broker.groups().offsets(&group).map_err(ApiError::from)).await?
     };
+    // A group is shown to a token that may consume one of the topics it committed on.
+    if !committed
+        .keys()
+        .any(|(topic, _)| principal.may(Permission::Consume, topic))
+    {
+        return Err(crate::broker::BrokerError::GroupNotFound(group).into());
+    }
     let mut offsets = Vec::new();
     for ((topic, partition), offset) in committed {
-        if q.topic.as_ref().is_some_and(|t| *t != topic) {
+        if q.topic.as_ref().is_some_and(|t| *t != topic)
+            || !principal.may(Permission::Consume, &topic)
+        {
             continue;
         }
         // Offsets of deleted topics or partitions are not shown.
@@ -152,12 +179,28 @@ pub async fn get_offsets(
     Ok(Json(GroupOffsets { offsets }))
 }
 
-/// List groups with committed offsets.
+/// List the groups with committed offsets on topics the token may consume.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups",
     responses((status = 200, body = GroupList)))]
-pub async fn list_groups(State(state): State<AppState>) -> ApiResult<Json<GroupList>> {
+pub async fn list_groups(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<GroupList>> {
     let broker = state.broker_for_read()?;
-    Ok(Json(GroupList {
-        groups: broker.groups().names(),
-    }))
+    // Each group's lock is held across a commit's fsync: read them off the async workers.
+    let groups = super::blocking(move || {
+        let groups = broker.groups();
+        Ok(groups
+            .names()
+            .into_iter()
+            .filter(|g| {
+                groups.offsets(g).is_ok_and(|o| {
+                    o.keys()
+                        .any(|(topic, _)| principal.may(Permission::Consume, topic))
+                })
+            })
+            .collect())
+    })
+    .await?;
+    Ok(Json(GroupList { groups }))
 }

@@ -134,12 +134,16 @@ pub async fn create_topic(
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, body = TopicList)))]
-pub async fn list_topics(State(state): State<AppState>) -> ApiResult<Json<TopicList>> {
+pub async fn list_topics(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> ApiResult<Json<TopicList>> {
     let broker = state.broker_for_read()?;
     Ok(Json(TopicList {
         topics: broker
             .topics()
             .iter()
+            .filter(|t| principal.sees(t.name()))
             .map(|t| TopicSummary {
                 name: t.name().to_owned(),
                 partitions: t.partition_count(),
