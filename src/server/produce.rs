@@ -87,6 +87,9 @@ pub struct ProduceResponse {
 
 /// A record decoded from the request, owning what had to be decoded (base64, escapes).
 struct Owned<'a> {
+    /// The partition the record asked for, if any.
+    requested: Option<u32>,
+    /// The partition it goes to, chosen by [`place`].
     partition: u32,
     key: Option<Cow<'a, [u8]>>,
     value: Cow<'a, [u8]>,
@@ -114,12 +117,9 @@ fn cow_bytes(c: Cow<'_, str>) -> Cow<'_, [u8]> {
     }
 }
 
-fn decode_record<'a>(
-    r: RecordIn<'a>,
-    topic: &Topic,
-    now: i64,
-    max_record_bytes: u64,
-) -> ApiResult<Owned<'a>> {
+/// Decodes and checks one record; its partition is chosen later, by [`place`], once the
+/// whole request has been found valid.
+fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiResult<Owned<'a>> {
     let key = match (r.key, r.key_b64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -161,7 +161,6 @@ fn decode_record<'a>(
             "a record of {size} bytes is over max_record_bytes ({max_record_bytes})"
         )));
     }
-    let partition = topic.choose_partition(r.partition, key.as_deref())?;
     let timestamp_ms = match r.timestamp_ms {
         None | Some(0) => now,
         Some(t) if t < 0 => {
@@ -172,13 +171,47 @@ fn decode_record<'a>(
         Some(t) => t,
     };
     Ok(Owned {
-        partition,
+        requested: r.partition,
+        partition: 0,
         key,
         value,
         json,
         headers,
         timestamp_ms,
     })
+}
+
+/// Chooses each record's partition: the one it asked for, else by key, else round-robin.
+fn place(topic: &Topic, records: &mut [Owned<'_>]) -> ApiResult<()> {
+    for r in records {
+        r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
+    }
+    Ok(())
+}
+
+/// The topic to produce to, created with the defaults if it is missing and auto-creation is
+/// on; but only for a request found valid for such a topic (`partitions` are the explicit
+/// partitions it names): a refused request creates nothing.
+fn topic_for(
+    broker: &Broker,
+    name: &str,
+    partitions: impl IntoIterator<Item = u32>,
+) -> ApiResult<Arc<Topic>> {
+    match broker.topic(name) {
+        Ok(t) => return Ok(t),
+        Err(crate::broker::BrokerError::TopicNotFound(_)) if broker.config().auto_create_topics => {
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let count = broker.config().default_partitions;
+    if let Some(partition) = partitions.into_iter().find(|&p| p >= count) {
+        return Err(crate::broker::BrokerError::PartitionNotFound {
+            topic: name.to_owned(),
+            partition,
+        }
+        .into());
+    }
+    Ok(broker.topic_for_produce(name)?)
 }
 
 /// Appends decoded records, partition by partition (each partition's share is one atomic
@@ -374,18 +407,30 @@ pub async fn produce(
     let broker = state.broker()?;
     let metrics = state.metrics().clone();
     let (response, ends, topic, broker) = blocking(move || {
-        let topic = broker.topic_for_produce(&topic_name)?;
         let now = now_ms();
-        let (offsets, ends) = match kind {
+        // Every check on the body comes before the topic is looked up (and perhaps
+        // created): a refused request changes nothing.
+        let owned = |records: Vec<Owned<'_>>| -> ApiResult<(Arc<Topic>, Appended)> {
+            let mut records = records;
+            let topic = topic_for(
+                &broker,
+                &topic_name,
+                records.iter().filter_map(|r| r.requested),
+            )?;
+            place(&topic, &mut records)?;
+            let appended = append_owned(&topic, &records)?;
+            Ok((topic, appended))
+        };
+        let (topic, (offsets, ends)) = match kind {
             Kind::Json => {
                 let req: ProduceRequest<'_> = serde_json::from_slice(&body)
                     .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
                 let records = req
                     .records
                     .into_iter()
-                    .map(|r| decode_record(r, &topic, now, max_record))
+                    .map(|r| decode_record(r, now, max_record))
                     .collect::<ApiResult<Vec<_>>>()?;
-                append_owned(&topic, &records)?
+                owned(records)?
             }
             Kind::Ndjson => {
                 let text = std::str::from_utf8(&body)
@@ -397,10 +442,10 @@ pub async fn produce(
                     .map(|(n, line)| {
                         let r: RecordIn<'_> = serde_json::from_str(line)
                             .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
-                        decode_record(r, &topic, now, max_record)
+                        decode_record(r, now, max_record)
                     })
                     .collect::<ApiResult<Vec<_>>>()?;
-                append_owned(&topic, &records)?
+                owned(records)?
             }
             Kind::Octets => {
                 if body.len() as u64 > max_record {
@@ -410,19 +455,24 @@ pub async fn produce(
                     )));
                 }
                 let key = query.key.as_deref().map(str::as_bytes);
-                let partition = topic.choose_partition(query.partition, key)?;
                 let record = Owned {
-                    partition,
+                    requested: query.partition,
+                    partition: 0,
                     key: key.map(Cow::Borrowed),
                     value: Cow::Borrowed(&body),
                     json: false,
                     headers: Vec::new(),
                     timestamp_ms: now,
                 };
-                append_owned(&topic, std::slice::from_ref(&record))?
+                owned(vec![record])?
             }
             Kind::Frames => {
                 check_frame_sizes(&body, max_record)?;
+                if broker.topic(&topic_name).is_err() {
+                    // Checked again by the append; here so that bad frames create no topic.
+                    crate::log::partition::validate_frames(&body)?;
+                }
+                let topic = topic_for(&broker, &topic_name, query.partition)?;
                 let partition = topic.choose_partition(query.partition, None)?;
                 let p = topic.partition(partition)?;
                 let appended = p.append_frames(&body)?;
@@ -432,14 +482,12 @@ pub async fn produce(
                         offset: appended.first_offset + i,
                     })
                     .collect();
-                (
-                    offsets,
-                    vec![(
-                        partition,
-                        appended.first_offset + appended.count,
-                        body.len() as u64,
-                    )],
-                )
+                let ends = vec![(
+                    partition,
+                    appended.first_offset + appended.count,
+                    body.len() as u64,
+                )];
+                (topic, (offsets, ends))
             }
         };
         for &(partition, _, _) in &ends {
