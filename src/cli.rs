@@ -51,9 +51,9 @@ pub enum Command {
         /// A TOML file of settings (see config/mapq.toml).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Listen address, e.g. 127.0.0.1:8080 (port 0: any free port).
+        /// Listen address, e.g. 127.0.0.1:8080 or localhost:8080 (port 0: any free port).
         #[arg(long)]
-        listen: Option<std::net::SocketAddr>,
+        listen: Option<String>,
         /// Data directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -192,15 +192,19 @@ fn run_serve(
     overrides: Overrides,
     log_format: LogFormat,
 ) -> ExitCode {
-    let config = match Config::load(file, std::env::vars(), &overrides) {
-        Ok(c) => c,
+    let loaded = match Config::load_with_warnings(file, std::env::vars(), &overrides) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("mapq serve: {e}");
             return ExitCode::from(2);
         }
     };
+    let config = loaded.config;
     init_logging(log_format, &config.log_level);
-    tracing::info!(config = ?config, "effective configuration");
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!("effective configuration: {}", config.summary());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

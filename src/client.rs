@@ -9,8 +9,13 @@ use serde_json::{json, Value};
 /// Where the server is, and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server's base URL.
-    #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
+    /// The server's base URL (`http://` is assumed when no scheme is given).
+    #[arg(
+        long,
+        global = true,
+        env = "MAPQ_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub server: String,
     /// Print the server's JSON answers instead of tables.
     #[arg(long, global = true)]
@@ -143,9 +148,16 @@ impl Api {
             builder = builder.add_root_certificate(cert);
         }
         let http = builder.build().map_err(|e| ClientError(e.to_string()))?;
+        // `--server 127.0.0.1:8080` means plain HTTP, as a browser would take it.
+        let base = args.server.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
         Ok(Api {
             http,
-            base: args.server.trim_end_matches('/').to_owned(),
+            base,
             has_cacert: args.cacert.is_some(),
         })
     }

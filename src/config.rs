@@ -25,6 +25,8 @@ pub enum Durability {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// An address, or a host name resolved at start-up (`localhost:8080`).
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub auto_create_topics: bool,
@@ -71,6 +73,46 @@ pub struct Config {
     pub tls_key_file: PathBuf,
 }
 
+/// Variables of the `mapq` client commands (`--token`, `--cacert`, `--server`): a shell that
+/// exports them for the CLI may also start the server, which ignores them.
+pub const CLIENT_VARIABLES: &[&str] = &["MAPQ_TOKEN", "MAPQ_CACERT", "MAPQ_SERVER"];
+
+/// Resolves `host:port` (an IP address or a name such as `localhost`) to its first
+/// address, IPv4 first.
+pub fn resolve_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| {
+            format!("{text:?} is not an address such as 127.0.0.1:8080 or localhost:8080: {e}")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_addr(&text).map_err(serde::de::Error::custom)
+}
+
+/// The setting closest in spelling to `key`, if one is close enough to be a likely typo.
+fn nearest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k.as_str())
+}
+
 /// `null`, expressed in TOML (which has no null) as the string `"null"` or `"none"`.
 fn nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     #[derive(Deserialize)]
@@ -100,10 +142,19 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
+/// A configuration and what was odd about its sources without stopping start-up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// For example an unknown `MAPQ_*` variable (a misspelled key, with the nearest one).
+    pub warnings: Vec<String>,
+}
+
 /// Overrides from the command line, highest precedence.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    pub listen: Option<SocketAddr>,
+    /// An address or `host:port`, resolved like the `listen` setting.
+    pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -119,6 +170,19 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
+        Self::load_with_warnings(file, env, overrides).map(|l| l.config)
+    }
+
+    /// [`Config::load`], with the warnings to log once logging is set up. An unknown key in
+    /// the file stops start-up; an unknown `MAPQ_*` variable is only a warning, since the
+    /// environment also serves other programs (the client commands' own variables are
+    /// ignored silently).
+    pub fn load_with_warnings(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Loaded, ConfigError> {
+        let mut warnings = Vec::new();
         let mut table: toml::Table = DEFAULT_TOML.parse().expect("embedded config parses");
         let known: Vec<String> = table.keys().cloned().collect();
         if let Some(path) = file {
@@ -131,13 +195,16 @@ impl Config {
                 text.parse()
                     .map_err(|e: toml::de::Error| ConfigError::Invalid {
                         origin: origin.clone(),
-                        message: e.message().to_owned(),
+                        message: toml_error(&text, &e),
                     })?;
             for (key, value) in file_table {
                 if !known.contains(&key) {
+                    let hint = nearest(&key, &known)
+                        .map(|k| format!(" (did you mean `{k}`?)"))
+                        .unwrap_or_default();
                     return Err(ConfigError::Invalid {
                         origin,
-                        message: format!("unknown key `{key}`"),
+                        message: format!("unknown key `{key}`{hint}"),
                     });
                 }
                 table.insert(key, value);
@@ -148,11 +215,17 @@ impl Config {
                 continue;
             };
             let key = key.to_ascii_lowercase();
+            if CLIENT_VARIABLES.contains(&name.as_str()) {
+                continue;
+            }
             if !known.contains(&key) {
-                return Err(ConfigError::Invalid {
-                    origin: format!("environment variable {name}"),
-                    message: format!("unknown key `{key}`"),
-                });
+                let hint = nearest(&key, &known)
+                    .map(|k| format!("; did you mean MAPQ_{}?", k.to_ascii_uppercase()))
+                    .unwrap_or_default();
+                warnings.push(format!(
+                    "environment variable {name} ignored: no setting `{key}`{hint}"
+                ));
+                continue;
             }
             // A setting whose default is text stays text ("8080" as a group name, say);
             // others (numbers, booleans, and numbers that may be "null") are parsed.
@@ -162,8 +235,8 @@ impl Config {
             };
             table.insert(key, value);
         }
-        if let Some(listen) = overrides.listen {
-            table.insert("listen".into(), toml::Value::String(listen.to_string()));
+        if let Some(listen) = &overrides.listen {
+            table.insert("listen".into(), toml::Value::String(listen.clone()));
         }
         if let Some(dir) = &overrides.data_dir {
             table.insert(
@@ -191,7 +264,31 @@ impl Config {
             }
         })?;
         config.validate()?;
-        Ok(config)
+        Ok(Loaded { config, warnings })
+    }
+
+    /// The settings as `key = value` pairs in TOML syntax, separated by `; `, for the
+    /// start-up log: tokens are
+    /// shown by name only, never their hashes.
+    pub fn summary(&self) -> String {
+        let Ok(toml::Value::Table(table)) = toml::Value::try_from(self) else {
+            return String::new();
+        };
+        table
+            .iter()
+            .map(|(key, value)| match key.as_str() {
+                "tokens" => {
+                    let names: Vec<String> = self
+                        .tokens
+                        .iter()
+                        .map(|t| format!("{:?}", t.name))
+                        .collect();
+                    format!("tokens = [{}] (hashes not shown)", names.join(", "))
+                }
+                _ => format!("{key} = {value}"),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Checks values that parse but make no sense.
@@ -290,6 +387,35 @@ impl Config {
     }
 }
 
+/// A TOML syntax error with its line and column, and the fix for the likeliest mistake.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let position = e.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        let source = text.lines().nth(line - 1).unwrap_or("");
+        (line, column, source)
+    });
+    let mut message = match position {
+        Some((line, column, source)) => {
+            format!(
+                "line {line}, column {column}: {} (in `{}`)",
+                e.message(),
+                source.trim()
+            )
+        }
+        None => e.message().to_owned(),
+    };
+    if position.is_some_and(|(_, _, source)| {
+        source
+            .split_once('=')
+            .is_some_and(|(_, v)| matches!(v.trim(), "null" | "none" | "nil"))
+    }) {
+        message.push_str("; TOML has no null: write \"null\" in quotes for no limit");
+    }
+    message
+}
+
 /// An environment value as TOML: a number, a boolean, or else a string.
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(n) = raw.parse::<i64>() {
@@ -348,9 +474,79 @@ mod tests {
     }
 
     #[test]
+    fn unknown_variables_are_warnings_that_name_the_nearest_key() {
+        let env = [
+            ("MAPQ_FLUSH_INTERVALL_MS", "1"),
+            ("MAPQ_TOKEN", "secret"),
+            ("MAPQ_CACERT", "ca.pem"),
+            ("MAPQ_SERVER", "http://127.0.0.1:1"),
+            ("MAPQ_FROBNICATE", "1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let loaded = Config::load_with_warnings(None, env, &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.flush_interval_ms, 1000);
+        assert_eq!(
+            loaded.warnings,
+            [
+                "environment variable MAPQ_FLUSH_INTERVALL_MS ignored: no setting `flush_intervall_ms`; did you mean MAPQ_FLUSH_INTERVAL_MS?",
+                "environment variable MAPQ_FROBNICATE ignored: no setting `frobnicate`",
+            ]
+        );
+    }
+
+    #[test]
+    fn toml_errors_say_where_and_null_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "flush_interval_ms = 5\nretention_ms = null\n").unwrap();
+        let e = Config::load(Some(&f), [], &Overrides::default()).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("retention_ms = null"), "{e}");
+        assert!(e.contains("write \"null\" in quotes"), "{e}");
+        std::fs::write(&f, "flush_intervall_ms = 5\n").unwrap();
+        let e = Config::load(Some(&f), [], &Overrides::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("did you mean `flush_interval_ms`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        let c = load_env(&[("MAPQ_LISTEN", "localhost:18090")]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:18090".parse().unwrap());
+        let flags = Overrides {
+            listen: Some("localhost:0".into()),
+            data_dir: None,
+        };
+        let c = Config::load(None, [], &flags).unwrap();
+        assert!(c.listen.ip().is_loopback());
+        let e = load_env(&[("MAPQ_LISTEN", "localhost")]).unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn the_summary_is_key_value_lines_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let hash = "ab".repeat(32);
+        std::fs::write(
+            &f,
+            format!("[[tokens]]\nname = \"app\"\nsha256 = \"{hash}\"\ngrants = []\n"),
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), [], &Overrides::default()).unwrap();
+        let summary = c.summary();
+        assert!(summary.contains("listen = \"127.0.0.1:8080\""), "{summary}");
+        assert!(summary.contains("flush_interval_ms = 1000"), "{summary}");
+        assert!(summary.contains("tokens = [\"app\"]"), "{summary}");
+        assert!(!summary.contains(&hash), "{summary}");
+        assert!(!summary.contains("Config {"), "{summary}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_named() {
-        let e = load_env(&[("MAPQ_FLUSH_INTERVALL_MS", "1")]).unwrap_err();
-        assert!(e.to_string().contains("flush_intervall_ms"), "{e}");
         let e = load_env(&[("MAPQ_FLUSH_INTERVAL_MS", "soon")]).unwrap_err();
         assert!(e.to_string().contains("flush_interval_ms"), "{e}");
         let e = load_env(&[("MAPQ_SEGMENT_BYTES", "10")]).unwrap_err();
@@ -387,7 +583,7 @@ mod tests {
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.flush_interval_ms, 5);
         let flags = Overrides {
-            listen: Some("127.0.0.1:3".parse().unwrap()),
+            listen: Some("127.0.0.1:3".into()),
             data_dir: Some("/tmp/x".into()),
         };
         let c = Config::load(Some(&f), env, &flags).unwrap();

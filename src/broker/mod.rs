@@ -135,12 +135,25 @@ pub struct Broker {
 impl Broker {
     /// Opens the data directory, recovering every partition of every topic.
     pub fn open(config: Arc<Config>) -> Result<Self, BrokerError> {
-        let data_dir = config.data_dir.clone();
-        fs::create_dir_all(&data_dir).map_err(|e| BrokerError::io(&data_dir, e))?;
+        let lock = Self::claim(&config)?;
+        Self::open_claimed(config, lock)
+    }
+
+    /// Creates the data directory if needed, shares it with `data_group`, and takes its
+    /// lock (see [`lock_data_dir`]): the quick part of opening, so that a server can refuse
+    /// a directory in use before it listens.
+    pub fn claim(config: &Config) -> Result<fs::File, BrokerError> {
+        let data_dir = &config.data_dir;
+        fs::create_dir_all(data_dir).map_err(|e| BrokerError::io(data_dir, e))?;
         if !config.data_group.is_empty() {
-            share_with_group(&data_dir, &config.data_group)?;
+            share_with_group(data_dir, &config.data_group)?;
         }
-        let lock = lock_data_dir(&data_dir)?;
+        lock_data_dir(data_dir)
+    }
+
+    /// [`Broker::open`] on a data directory already claimed with [`Broker::claim`].
+    pub fn open_claimed(config: Arc<Config>, lock: fs::File) -> Result<Self, BrokerError> {
+        let data_dir = config.data_dir.clone();
         let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
         let quota = config.max_disk_bytes.map(|b| Arc::new(DiskQuota::new(b)));

@@ -445,6 +445,11 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(tls::acceptor(&config.tls_cert_file, &config.tls_key_file)?)
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // A data directory in use by another server is refused before this one listens.
+    let lock = {
+        let config = Arc::clone(&config);
+        tokio::task::spawn_blocking(move || Broker::claim(&config)).await??
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -465,7 +470,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let config = Arc::clone(&config);
         tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Broker>> {
             let started = Instant::now();
-            let broker = Arc::new(Broker::open(config)?);
+            let broker = Arc::new(Broker::open_claimed(config, lock)?);
             state.metrics().register_broker(&broker);
             state.set_broker(Arc::clone(&broker));
             tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");

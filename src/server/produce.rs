@@ -37,7 +37,10 @@ pub struct ProduceQuery {
 
 /// One record of a JSON or NDJSON produce request.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a record object such as {\"key\": \"k\", \"value\": {\"any\": \"json\"}}"
+)]
 pub struct RecordIn<'a> {
     /// Key as a string; or use `key_b64`. Both absent: null key.
     #[serde(borrow, default)]
@@ -67,7 +70,10 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 
 /// `application/json` body.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"records\": [...]} of record objects"
+)]
 pub struct ProduceRequest<'a> {
     #[serde(borrow)]
     records: Vec<RecordIn<'a>>,
