@@ -33,7 +33,8 @@ pub struct Grant {
 pub struct TokenConfig {
     /// A name for logs.
     pub name: String,
-    /// `sha256sum` of the token, in hex: `printf %s "$TOKEN" | sha256sum`.
+    /// SHA-256 of the token, in hex: `mapq token hash` prints it (`printf %s "$TOKEN" |
+    /// sha256sum` too: its trailing `  -` is accepted).
     pub sha256: String,
     pub grants: Vec<Grant>,
 }
@@ -110,7 +111,9 @@ impl Tokens {
     pub fn new(configs: &[TokenConfig]) -> Result<Self, String> {
         let mut tokens = Vec::with_capacity(configs.len());
         for t in configs {
-            let hash = decode_hex32(&t.sha256)
+            // `sha256sum` prints `<hash>  -` for its standard input: take the hash.
+            let hex = t.sha256.trim().trim_end_matches('-').trim_end();
+            let hash = decode_hex32(hex)
                 .ok_or_else(|| format!("token {:?}: sha256 must be 64 hex digits", t.name))?;
             tokens.push((hash, t.clone()));
         }
@@ -139,6 +142,22 @@ impl Tokens {
         }
         found
     }
+}
+
+/// The hex SHA-256 of a token, as the `sha256` of its configuration wants it.
+pub fn token_hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new random token: 32 bytes from the operating system's generator, in hex.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
@@ -190,6 +209,14 @@ mod tests {
         assert!(p.may(Permission::Produce, "orders.eu"));
         assert!(!p.may(Permission::Consume, "orders.eu"));
         assert!(!p.may(Permission::Produce, "audit"));
+        // As `sha256sum` prints it, with `  -` after the hash.
+        let pasted = Tokens::new(&[TokenConfig {
+            name: "pasted".into(),
+            sha256: format!("{}  -\n", token_hash("s3cret")),
+            grants: vec![],
+        }])
+        .unwrap();
+        assert!(pasted.authenticate(Some("s3cret")).is_some());
         assert!(Tokens::new(&[TokenConfig {
             name: "bad".into(),
             sha256: "xyz".into(),

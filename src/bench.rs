@@ -19,9 +19,13 @@ pub struct BenchArgs {
     /// Server base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub server: String,
-    /// Topic to use (created with `--partitions`); default: a fresh `bench-<pid>` topic.
+    /// Topic to use (created with `--partitions`, and kept); default: a fresh
+    /// `bench-<pid>` topic, deleted at the end unless `--keep-topic`.
     #[arg(long)]
     pub topic: Option<String>,
+    /// Keep the fresh `bench-<pid>` topic after the run.
+    #[arg(long)]
+    pub keep_topic: bool,
     /// Records to produce.
     #[arg(long, default_value_t = 200_000)]
     pub records: u64,
@@ -131,6 +135,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if !(r.status().is_success() || r.status().as_u16() == 409) {
         anyhow::bail!("creating topic {topic}: {} {}", r.status(), r.text().await?);
     }
+    let result = phases(&http, &args, &topic, partitions).await;
+    if args.topic.is_none() && !args.keep_topic {
+        let r = http
+            .delete(format!("{}/v1/topics/{topic}", args.server))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => eprintln!("mapq bench: could not delete topic {topic}: {}", r.status()),
+            Err(e) => eprintln!("mapq bench: could not delete topic {topic}: {e}"),
+        }
+    }
+    result
+}
+
+/// Produce, then consume as frames and as JSON, printing each phase's figures.
+async fn phases(
+    http: &reqwest::Client,
+    args: &BenchArgs,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
     let label = format!(
         "{}_batch{}_c{}",
         size_label(args.record_bytes),
@@ -141,19 +167,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "mapq bench: {} records of {} bytes, batches of {}, {} connections, {} partitions, durability={}, against {}",
         args.records, args.record_bytes, args.batch, args.connections, partitions, args.durability, args.server
     );
-    let produce = produce(&http, &args, &topic, partitions).await?;
+    let produce = produce(http, args, topic, partitions).await?;
     let produce = Phase {
         name: format!("produce_{}_{label}", args.produce_format),
         ..produce
     };
     produce.print();
-    let binary = consume(&http, &args, &topic, partitions, true).await?;
+    let binary = consume(http, args, topic, partitions, true).await?;
     let binary = Phase {
         name: format!("consume_binary_{label}"),
         ..binary
     };
     binary.print();
-    let json_phase = consume(&http, &args, &topic, partitions, false).await?;
+    let json_phase = consume(http, args, topic, partitions, false).await?;
     let json_phase = Phase {
         name: format!("consume_json_{label}"),
         ..json_phase

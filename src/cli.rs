@@ -84,12 +84,26 @@ pub enum Command {
     /// Read a partition straight from its segment files (no server needed, read-only
     /// access is enough), one line per record.
     Tail(TailArgs),
+    /// Make tokens for the `tokens` setting.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
     Verify {
         /// The data directory (`<dir>/<topic>/<partition>/`), or one partition directory.
         #[arg(long)]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new random token and, on a second line, its `sha256` for the configuration.
+    New,
+    /// Read a token on stdin (one trailing newline ignored) and print its `sha256` for the
+    /// configuration.
+    Hash,
 }
 
 #[derive(Debug, clap::Args)]
@@ -99,8 +113,10 @@ pub struct TailArgs {
     pub data_dir: PathBuf,
     /// The topic to read.
     pub topic: String,
-    #[arg(long, default_value_t = 0)]
-    pub partition: u32,
+    /// Only this partition (default: every partition of the topic, one after the other;
+    /// all at once with `--follow`).
+    #[arg(long)]
+    pub partition: Option<u32>,
     /// `earliest`, `latest`, an offset, or `@TIMESTAMP_MS` (the first record at or after it).
     #[arg(long, default_value = "earliest")]
     pub from: String,
@@ -155,6 +171,7 @@ pub fn run(cli: Cli) -> ExitCode {
             cli.log_format,
         ),
         Command::Verify { data_dir } => run_verify(&data_dir),
+        Command::Token { command } => run_token(&command),
         Command::Tail(args) => match run_tail(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -224,6 +241,35 @@ fn run_serve(
     }
 }
 
+fn run_token(command: &TokenCommand) -> ExitCode {
+    use crate::auth::{new_token, token_hash};
+    match command {
+        TokenCommand::New => match new_token() {
+            Ok(token) => {
+                println!("{token}\n{}", token_hash(&token));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mapq token new: cannot read /dev/urandom: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        TokenCommand::Hash => {
+            let mut secret = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut secret) {
+                eprintln!("mapq token hash: cannot read stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let secret = secret
+                .strip_suffix('\n')
+                .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                .unwrap_or(&secret);
+            println!("{}", token_hash(secret));
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 fn run_verify(data_dir: &std::path::Path) -> ExitCode {
     let summaries = match verify::verify_data_dir(data_dir) {
         Ok(s) => s,
@@ -266,11 +312,139 @@ fn parse_from(from: &str) -> Result<StartAt, String> {
     }
 }
 
+/// The partitions of `topic` in `data_dir`: as its `topic.json` says, else as its
+/// directories show.
+fn topic_partitions(data_dir: &std::path::Path, topic: &str) -> Result<u32, String> {
+    let dir = data_dir.join(topic);
+    let meta = std::fs::read(dir.join(crate::broker::topic::META_FILE)).ok();
+    if let Some(n) = meta
+        .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
+        .and_then(|m| m["partitions"].as_u64())
+    {
+        return Ok(n as u32);
+    }
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| format!("no topic {topic:?} in {}: {e}", data_dir.display()))?;
+    let count = entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .count();
+    Ok(count.max(1) as u32)
+}
+
 fn run_tail(args: &TailArgs) -> Result<(), String> {
     use std::io::Write;
     crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
-    let options = TailOptions {
-        from: parse_from(&args.from)?,
+    let from = parse_from(&args.from)?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(p) => vec![p],
+        None => {
+            let n = topic_partitions(&args.data_dir, &args.topic)?;
+            if n > 1 && args.format == FormatArg::Raw {
+                return Err(format!(
+                    "--format raw needs --partition: {} has {n} partitions and frames do not say theirs",
+                    args.topic
+                ));
+            }
+            if n > 1 && matches!(from, StartAt::Offset(_)) {
+                return Err(format!(
+                    "--from OFFSET needs --partition: {} has {n} partitions",
+                    args.topic
+                ));
+            }
+            (0..n).collect()
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut written = 0u64;
+    let mut write =
+        |render: &dyn Fn(&mut dyn Write) -> std::io::Result<()>| -> Result<bool, String> {
+            let result = render(&mut out)
+                // Followers show each record as it comes.
+                .and_then(|()| if args.follow { out.flush() } else { Ok(()) });
+            written += 1;
+            match result {
+                Ok(()) => Ok(args.count.is_none_or(|n| written < n)),
+                // The reader went away (`| head`): not an error.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+                Err(e) => Err(format!("cannot write: {e}")),
+            }
+        };
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    if args.follow && partitions.len() > 1 {
+        // One tailer thread a partition, each waiting on its own partition; lines are
+        // written here, in the order they come.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>, String>>(1024);
+        for &p in &partitions {
+            let tx = tx.clone();
+            let (data_dir, topic, options) = (
+                args.data_dir.clone(),
+                args.topic.clone(),
+                tail_options(args, from),
+            );
+            let format = args.format;
+            std::thread::spawn(move || {
+                let result = tail_partition(&data_dir, &topic, p, options, |f| {
+                    let mut line = Vec::with_capacity(f.bytes.len() + 64);
+                    let _ = render(format, f, &mut line);
+                    tx.send(Ok(line)).is_ok()
+                });
+                if let Err(e) = result {
+                    let _ = tx.send(Err(e));
+                }
+            });
+        }
+        drop(tx);
+        for line in rx {
+            let line = line?;
+            if !write(&|out| out.write_all(&line))? {
+                break;
+            }
+        }
+    } else {
+        for &p in &partitions {
+            let mut more = true;
+            let mut failed = None;
+            tail_partition(
+                &args.data_dir,
+                &args.topic,
+                p,
+                tail_options(args, from),
+                |f| {
+                    match write(&|out| render(args.format, f, out)) {
+                        Ok(go_on) => more = go_on,
+                        Err(e) => {
+                            failed = Some(e);
+                            more = false;
+                        }
+                    }
+                    more
+                },
+            )?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if !more {
+                break;
+            }
+        }
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write: {e}")),
+        _ => Ok(()),
+    }
+}
+
+fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
+    TailOptions {
+        from,
         follow: args.follow,
         durable_only: args.durable_only,
         wait: match args.wait {
@@ -282,52 +456,55 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
         } else {
             OnDeleted::Fail
         },
-    };
-    let explain = |e: TailError| match e {
-        TailError::OffsetDeleted { .. } => {
-            format!("{e} (start again with --from earliest, or pass --skip-deleted to jump)")
-        }
+    }
+}
+
+/// Reads one partition, handing each record to `each` until it returns false or the log
+/// ends (never, with `follow`). Errors are explained for a person.
+fn tail_partition(
+    data_dir: &std::path::Path,
+    topic: &str,
+    partition: u32,
+    options: TailOptions,
+    mut each: impl FnMut(&crate::log::FrameView<'_>) -> bool,
+) -> Result<(), String> {
+    let explain = |e: TailError| {
+        match e {
+        TailError::OffsetDeleted { .. } => format!(
+            "partition {partition}: {e} (start again with --from earliest, or pass --skip-deleted to jump)"
+        ),
         TailError::NoPartition(_) => format!(
-            "no topic {:?} with partition {} in {}",
-            args.topic,
-            args.partition,
-            args.data_dir.display()
+            "no topic {topic:?} with partition {partition} in {}",
+            data_dir.display()
         ),
         e => e.to_string(),
+    }
     };
-    let mut tailer =
-        Tailer::open(&args.data_dir, &args.topic, args.partition, options).map_err(explain)?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut written = 0u64;
-    while args.count.is_none_or(|n| written < n) {
-        let Some(f) = tailer.next_record().map_err(explain)? else {
+    let mut tailer = Tailer::open(data_dir, topic, partition, options).map_err(explain)?;
+    while let Some(f) = tailer.next_record().map_err(explain)? {
+        if !each(&f) {
             break;
-        };
-        let result = match args.format {
-            FormatArg::Json => serde_json::to_writer(&mut out, &RecordOut::of_frame(&f))
-                // Keep the kind of an I/O error (a closed pipe is not a failure).
-                .map_err(|e| match e.io_error_kind() {
-                    Some(kind) => std::io::Error::from(kind),
-                    None => std::io::Error::other(e),
-                })
-                .and_then(|()| out.write_all(b"\n")),
-            FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
-            FormatArg::Raw => out.write_all(f.bytes),
-        };
-        written += 1;
-        // Followers show each record as it comes.
-        let result = result.and_then(|()| if args.follow { out.flush() } else { Ok(()) });
-        match result {
-            Ok(()) => {}
-            // The reader went away (`| head`): not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(format!("cannot write: {e}")),
         }
     }
-    match out.flush() {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(format!("cannot write: {e}")),
-        _ => Ok(()),
+    Ok(())
+}
+
+/// Writes a record as `mapq tail --format` prints it, with its newline.
+fn render(
+    format: FormatArg,
+    f: &crate::log::FrameView<'_>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    match format {
+        FormatArg::Json => serde_json::to_writer(&mut *out, &RecordOut::of_frame(f))
+            // Keep the kind of an I/O error (a closed pipe is not a failure).
+            .map_err(|e| match e.io_error_kind() {
+                Some(kind) => std::io::Error::from(kind),
+                None => std::io::Error::other(e),
+            })
+            .and_then(|()| out.write_all(b"\n")),
+        FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
+        FormatArg::Raw => out.write_all(f.bytes),
     }
 }
 

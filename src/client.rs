@@ -64,6 +64,12 @@ pub struct ProduceArgs {
     /// Each line is a JSON value (default: each line is a string value).
     #[arg(long)]
     pub json_values: bool,
+    /// The key of every record (records with a key go to the partition its hash picks).
+    #[arg(long, conflicts_with = "key_separator")]
+    pub key: Option<String>,
+    /// Each line is `KEY<SEP>VALUE`: split at the first SEP (a line without it has no key).
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
     /// Records per request.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
@@ -75,12 +81,19 @@ pub struct ProduceArgs {
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
     pub topic: String,
-    #[arg(long, default_value_t = 0)]
-    pub partition: u32,
-    /// `earliest`, `latest` or an offset. Default: the group's committed offset with
-    /// `--group`, else `earliest`.
+    /// Only this partition (default: every partition of the topic, one after the other;
+    /// all at once with `--follow`).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// `earliest`, `latest` or an offset (an offset needs `--partition`). Default: the
+    /// group's committed offset with `--group`, else `earliest`.
     #[arg(long)]
     pub from: Option<String>,
+    /// `value`: the value, as text (a JSON value as its JSON text, bytes as they are) and a
+    /// newline; `json`: the record object of the JSON consume API, one a line; `raw`: the
+    /// frames as on disk (needs `--partition`: frames do not say their partition).
+    #[arg(long, value_enum, default_value = "value")]
+    pub format: OutputFormat,
     /// Wait for new records (long-poll) instead of stopping at the end.
     #[arg(long)]
     pub follow: bool,
@@ -93,6 +106,14 @@ pub struct ConsumeArgs {
     /// With `--group`: commit the offset after each batch printed.
     #[arg(long, requires = "group")]
     pub commit: bool,
+}
+
+/// How `mapq consume` prints records (like `mapq tail --format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Value,
+    Json,
+    Raw,
 }
 
 /// A client command failed: the message says why.
@@ -164,6 +185,18 @@ impl Api {
 
     /// Sends a request; an error answer becomes its `message` (and `code`).
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value> {
+        let body = self
+            .send(req)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| ClientError(e.to_string()))?;
+        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Sends a request and returns the answer if it is a success; an error answer becomes
+    /// its `message` (and `code`).
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             let why = causes(&e);
             let hint = if why.contains("CaUsedAsEndEntity") {
@@ -176,23 +209,18 @@ impl Api {
             ClientError(format!("cannot reach {}: {why}{hint}", self.base))
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| ClientError(e.to_string()))?;
-        let value: Value = if body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&body).unwrap_or(Value::Null)
-        };
         if status.is_success() {
-            Ok(value)
-        } else {
-            let e = &value["error"];
-            Err(ClientError(format!(
-                "{} ({}, {})",
-                e["message"].as_str().unwrap_or("request failed"),
-                e["code"].as_str().unwrap_or("error"),
-                status.as_u16()
-            )))
+            return Ok(resp);
         }
+        let body = resp.bytes().await.unwrap_or_default();
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let e = &value["error"];
+        Err(ClientError(format!(
+            "{} ({}, {})",
+            e["message"].as_str().unwrap_or("request failed"),
+            e["code"].as_str().unwrap_or("error"),
+            status.as_u16()
+        )))
     }
 
     fn url(&self, path: &str) -> String {
@@ -371,8 +399,16 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
         let mut records = Vec::with_capacity(p.batch);
         for line in lines.by_ref().take(p.batch.max(1)) {
             let line = line.map_err(|e| ClientError(format!("cannot read stdin: {e}")))?;
+            let (key, line) = match (&p.key, p.key_separator.as_deref()) {
+                (Some(k), _) => (Some(k.as_str()), line.as_str()),
+                (None, Some(sep)) if !sep.is_empty() => match line.split_once(sep) {
+                    Some((k, v)) => (Some(k), v),
+                    None => (None, line.as_str()),
+                },
+                _ => (None, line.as_str()),
+            };
             let mut record = if p.json_values {
-                let value: Value = serde_json::from_str(&line).map_err(|e| {
+                let value: Value = serde_json::from_str(line).map_err(|e| {
                     ClientError(format!(
                         "line {}: not JSON: {e}",
                         sent as usize + records.len() + 1
@@ -384,6 +420,9 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
             };
             if let Some(partition) = p.partition {
                 record["partition"] = json!(partition);
+            }
+            if let Some(key) = key {
+                record["key"] = json!(key);
             }
             records.push(record);
         }
@@ -405,78 +444,211 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints records, one per line: the value as text (or the record as JSON with `--json`).
+/// Prints records: every partition of the topic (or the one asked for), each from the
+/// group's committed offset or `--from`, one after the other, or all at once with
+/// `--follow`.
 pub async fn consume(args: &ClientArgs, c: &ConsumeArgs) -> Result<()> {
     let api = Api::new(args)?;
-    let mut offset = match (&c.from, &c.group) {
-        (Some(from), _) => from.clone(),
-        (None, Some(group)) => {
-            let committed = api
-                .call(
-                    api.http
-                        .get(api.url(&format!("/v1/groups/{group}/offsets?topic={}", c.topic))),
-                )
-                .await;
-            committed
-                .ok()
-                .and_then(|v| {
-                    v["offsets"].as_array()?.iter().find_map(|o| {
-                        (o["partition"] == json!(c.partition)).then(|| o["offset"].as_u64())?
-                    })
-                })
-                .map_or_else(|| "earliest".to_owned(), |o| o.to_string())
-        }
-        (None, None) => "earliest".to_owned(),
+    let format = if args.json {
+        OutputFormat::Json
+    } else {
+        c.format
     };
-    let mut printed = 0u64;
-    let stdout = std::io::stdout();
-    loop {
-        let wait = if c.follow { "&wait_ms=30000" } else { "" };
-        let url = api.url(&format!(
-            "/v1/topics/{}/partitions/{}/records?offset={offset}{wait}",
-            c.topic, c.partition
-        ));
-        let v = api.call(api.http.get(url)).await?;
-        let records = v["records"].as_array().cloned().unwrap_or_default();
-        let mut out = stdout.lock();
-        let mut position = None;
-        for r in &records {
-            if c.count.is_some_and(|n| printed >= n) {
-                break;
+    let partitions: Vec<u32> = match c.partition {
+        Some(p) => vec![p],
+        None => {
+            let topic = api
+                .call(api.http.get(api.url(&format!("/v1/topics/{}", c.topic))))
+                .await?;
+            let n = topic["partitions"].as_u64().unwrap_or(1) as u32;
+            if n > 1 {
+                if format == OutputFormat::Raw {
+                    return Err(ClientError(format!(
+                        "--format raw needs --partition: {} has {n} partitions and frames do not say theirs",
+                        c.topic
+                    )));
+                }
+                if c.from.as_deref().is_some_and(|f| f.parse::<u64>().is_ok()) {
+                    return Err(ClientError(format!(
+                        "--from OFFSET needs --partition: {} has {n} partitions",
+                        c.topic
+                    )));
+                }
             }
-            position = r["offset"].as_u64().map(|o| o + 1);
-            let line = if args.json {
-                r.to_string()
-            } else if let Some(s) = r["value"].as_str() {
-                s.to_owned()
-            } else if r["value"].is_null() {
-                format!("(bytes) {}", cell(&r["value_b64"]))
-            } else {
-                r["value"].to_string()
-            };
-            if writeln!(out, "{line}").is_err() {
-                return Ok(());
+            (0..n).collect()
+        }
+    };
+    let committed = match (&c.from, &c.group) {
+        (None, Some(group)) => {
+            let url = api.url(&format!("/v1/groups/{group}/offsets?topic={}", c.topic));
+            match api.call(api.http.get(url)).await {
+                Ok(v) => v["offsets"].as_array().cloned().unwrap_or_default(),
+                // A group that has not committed yet starts at the earliest record.
+                Err(e) if e.0.contains("group_not_found") => Vec::new(),
+                Err(e) => return Err(e),
             }
-            printed += 1;
         }
-        let _ = out.flush();
-        drop(out);
-        // Resume (and commit) right after the last record printed.
-        let next = position.or(v["next_offset"].as_u64()).unwrap_or(0);
-        offset = next.to_string();
-        if let (Some(group), true) = (&c.group, c.commit && position.is_some()) {
-            let body =
-                json!({"offsets": [{"topic": c.topic, "partition": c.partition, "offset": next}]});
-            api.call(
-                api.http
-                    .put(api.url(&format!("/v1/groups/{group}/offsets")))
-                    .json(&body),
-            )
-            .await?;
+        _ => Vec::new(),
+    };
+    let start = |partition: u32| -> String {
+        if let Some(from) = &c.from {
+            return from.clone();
         }
-        let done = c.count.is_some_and(|n| printed >= n);
-        if done || (records.is_empty() && !c.follow) {
-            return Ok(());
+        committed
+            .iter()
+            .find(|o| o["partition"] == json!(partition))
+            .and_then(|o| o["offset"].as_u64())
+            .map_or_else(|| "earliest".to_owned(), |o| o.to_string())
+    };
+    let printed = std::cell::Cell::new(0u64);
+    let shared = Printer {
+        api: &api,
+        c,
+        format,
+        printed: &printed,
+    };
+    if c.follow {
+        let all = partitions.iter().map(|&p| shared.partition(p, start(p)));
+        for result in futures_util::future::join_all(all).await {
+            result?;
+        }
+    } else {
+        for &p in &partitions {
+            shared.partition(p, start(p)).await?;
         }
     }
+    Ok(())
+}
+
+/// What the partitions of one `mapq consume` share: the client, the arguments, and the count
+/// of records printed (for `--count`).
+struct Printer<'a> {
+    api: &'a Api,
+    c: &'a ConsumeArgs,
+    format: OutputFormat,
+    printed: &'a std::cell::Cell<u64>,
+}
+
+impl Printer<'_> {
+    fn done(&self) -> bool {
+        self.c.count.is_some_and(|n| self.printed.get() >= n)
+    }
+
+    /// Prints one partition's records from `offset` to its end (or for ever with
+    /// `--follow`), committing after each batch with `--group --commit`.
+    async fn partition(&self, partition: u32, mut offset: String) -> Result<()> {
+        let (api, c) = (self.api, self.c);
+        loop {
+            if self.done() {
+                return Ok(());
+            }
+            let wait = if c.follow { "&wait_ms=30000" } else { "" };
+            let url = api.url(&format!(
+                "/v1/topics/{}/partitions/{partition}/records?offset={offset}{wait}",
+                c.topic
+            ));
+            let (count, next, stop) = if self.format == OutputFormat::Raw {
+                self.print_frames(url).await?
+            } else {
+                self.print_records(url).await?
+            };
+            let Some(next) = next else {
+                return Ok(());
+            };
+            offset = next.to_string();
+            if let (Some(group), true) = (&c.group, c.commit && count > 0) {
+                let body = json!({"offsets": [{"topic": c.topic, "partition": partition, "offset": next}]});
+                api.call(
+                    api.http
+                        .put(api.url(&format!("/v1/groups/{group}/offsets")))
+                        .json(&body),
+                )
+                .await?;
+            }
+            if stop || self.done() || (count == 0 && !c.follow) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// One JSON consume request: prints its records, and returns how many it printed, the
+    /// offset to go on from, and whether stdout was closed.
+    async fn print_records(&self, url: String) -> Result<(u64, Option<u64>, bool)> {
+        let v = self.api.call(self.api.http.get(url)).await?;
+        let records = v["records"].as_array().cloned().unwrap_or_default();
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        let mut position = None;
+        let mut count = 0;
+        for r in &records {
+            if self.done() {
+                break;
+            }
+            let written = match self.format {
+                OutputFormat::Json => writeln!(out, "{r}"),
+                _ => write_value(&mut out, r),
+            };
+            if written.is_err() {
+                // The reader went away (`| head`): not an error.
+                return Ok((count, position, true));
+            }
+            position = r["offset"].as_u64().map(|o| o + 1);
+            count += 1;
+            self.printed.set(self.printed.get() + 1);
+        }
+        let _ = out.flush();
+        // Resume (and commit) right after the last record printed.
+        Ok((count, position.or(v["next_offset"].as_u64()), false))
+    }
+
+    /// One binary consume request: writes the frames as served (cut at `--count`).
+    async fn print_frames(&self, url: String) -> Result<(u64, Option<u64>, bool)> {
+        let resp = self
+            .api
+            .send(
+                self.api
+                    .http
+                    .get(url)
+                    .header(reqwest::header::ACCEPT, "application/octet-stream"),
+            )
+            .await?;
+        let body = resp.bytes().await.map_err(|e| ClientError(e.to_string()))?;
+        let mut at = 0;
+        let mut count = 0;
+        let mut position = None;
+        while at < body.len() && !self.done() {
+            let f = crate::log::format::decode_frame(&body[at..]).map_err(|e| {
+                ClientError(format!("the server sent a frame that does not decode: {e}"))
+            })?;
+            at += f.padded_len;
+            position = Some(f.offset + 1);
+            count += 1;
+            self.printed.set(self.printed.get() + 1);
+        }
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(&body[..at])
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok((count, position, true));
+        }
+        Ok((count, position, false))
+    }
+}
+
+/// A record's value as a shell user expects it: a string as its text, other JSON as its
+/// JSON text, bytes as they are; then a newline.
+fn write_value(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
+    match (&r["value"], r["value_b64"].as_str()) {
+        (_, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_else(|_| b64.as_bytes().to_vec());
+            out.write_all(&bytes)?;
+        }
+        (Value::String(s), None) => out.write_all(s.as_bytes())?,
+        (v, None) => write!(out, "{v}")?,
+    }
+    out.write_all(b"\n")
 }
