@@ -1,13 +1,13 @@
 //! The files in `deploy/` are checked, not just written: YAML and JSON parse, Prometheus
-//! accepts the config and the rules (`promtool`, installed by `deploy/install-promtool.sh`
-//! when missing), every metric the dashboard and the alerts use is one the server exports,
+//! accepts the config and the rules (`promtool`, from PATH or unpacked from Debian's package
+//! by `deploy/install-promtool.sh`), every metric the dashboard and the alerts use is one the server exports,
 //! and the manifests carry the probes, volumes and hardening they promise.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::server::{commit_offset, get_text, post_json, Server};
 use reqwest::Client;
@@ -113,19 +113,35 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
 
 #[test]
 fn promtool_accepts_the_config_and_the_rules() {
-    let installed = Command::new(deploy().join("install-promtool.sh"))
-        .status()
+    // Unpacked (if needed) next to the build output, which may be a CARGO_TARGET_DIR.
+    let tools = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("tools");
+    let found = Command::new(deploy().join("install-promtool.sh"))
+        .arg(&tools)
+        .stderr(Stdio::inherit())
+        .output()
         .expect("run deploy/install-promtool.sh");
-    assert!(installed.success(), "promtool could not be installed");
+    let stdout = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.status.success(),
+        "promtool could not be had (deploy/install-promtool.sh: {}; its messages are above)",
+        found.status
+    );
+    let promtool = stdout
+        .lines()
+        .last()
+        .expect("the script prints promtool's path");
     for args in [
         vec!["check", "config", "prometheus/prometheus.yml"],
         vec!["check", "rules", "prometheus/alerts.yml"],
     ] {
-        let out = Command::new("promtool")
+        let out = Command::new(promtool)
             .args(&args)
             .current_dir(deploy())
             .output()
-            .expect("run promtool");
+            .unwrap_or_else(|e| panic!("run {promtool}: {e}"));
         assert!(
             out.status.success(),
             "promtool {args:?}: {}{}",
