@@ -1,11 +1,13 @@
 //! The files in `deploy/` are checked, not just written: YAML and JSON parse, Prometheus
 //! accepts the config and the rules (`promtool`, from PATH or unpacked from Debian's package
-//! by `deploy/install-promtool.sh`), every metric the dashboard and the alerts use is one the server exports,
-//! and the manifests carry the probes, volumes and hardening they promise.
+//! by `deploy/install-promtool.sh`), every metric the dashboard and the alerts use is one the
+//! server exports, `systemd-analyze verify` accepts the unit and its syscall filter allows
+//! what the server calls, and the manifests carry the probes, volumes and hardening they
+//! promise.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -200,4 +202,266 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             "{name} is used by deploy/ but not exported (exported: {exported:?})"
         );
     }
+}
+
+/// `systemd-analyze`, or a failure that says what to install.
+fn systemd_analyze() -> Command {
+    match Command::new("systemd-analyze").arg("--version").output() {
+        Ok(out) if out.status.success() => Command::new("systemd-analyze"),
+        other => panic!(
+            "systemd-analyze does not run ({other:?}): the systemd unit checks need it; \
+             install Debian's `systemd` package (apt-get install systemd)"
+        ),
+    }
+}
+
+/// The unit's `[Service]` settings named `key`, in order.
+fn unit_settings<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    let mut section = "";
+    let mut values = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if section == "[Service]" {
+            if let Some(value) = line.strip_prefix(key).and_then(|l| l.strip_prefix('=')) {
+                values.push(value);
+            }
+        }
+    }
+    values
+}
+
+/// What `systemd-analyze verify` says about a copy of the unit (`edit` applied to its text)
+/// whose ExecStart is the binary just built: (exit status ok, lines about the unit).
+fn verify_unit(edit: impl Fn(&str) -> String) -> (bool, Vec<String>) {
+    let unit = read("systemd/mapq.service");
+    let shipped_binary = "ExecStart=/usr/local/bin/mapq ";
+    assert!(
+        unit.contains(shipped_binary),
+        "the unit runs {shipped_binary}"
+    );
+    let unit = unit.replace(
+        shipped_binary,
+        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_mapq")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapq.service");
+    std::fs::write(&path, edit(&unit)).unwrap();
+    let out = systemd_analyze()
+        .args(["verify", "--recursive-errors=no"])
+        .arg(&path)
+        .output()
+        .expect("run systemd-analyze verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Other units it loads (targets) may have their own complaints on some hosts.
+    let mut about_unit: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("mapq.service"))
+        .map(str::to_owned)
+        .collect();
+    if !out.status.success() {
+        about_unit.push(format!("{}: {text}", out.status));
+    }
+    (out.status.success(), about_unit)
+}
+
+#[test]
+fn systemd_analyze_verify_accepts_the_unit() {
+    let (ok, complaints) = verify_unit(str::to_owned);
+    assert!(
+        ok && complaints.is_empty(),
+        "systemd-analyze verify: {complaints:#?}"
+    );
+
+    // The check hears a broken directive (a misspelled key or syscall group is only warned
+    // about, with exit status 0, so the output is what counts).
+    let (_, complaints) = verify_unit(|u| {
+        u.replace(
+            "[Service]\n",
+            "[Service]\nSystemCallFilter=@no-such-group\nStateDirectoryMod=0750\n",
+        )
+    });
+    for broken in ["@no-such-group", "StateDirectoryMod"] {
+        assert!(
+            complaints.iter().any(|c| c.contains(broken)),
+            "{broken} goes unnoticed: {complaints:#?}"
+        );
+    }
+}
+
+/// Syscall groups as this systemd defines them (`@name` -> its members, groups included).
+fn syscall_groups() -> BTreeMap<String, Vec<String>> {
+    let out = systemd_analyze()
+        .arg("syscall-filter")
+        .output()
+        .expect("run systemd-analyze syscall-filter");
+    assert!(out.status.success());
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with('@') {
+            current = Some(line.trim().to_owned());
+            groups.insert(line.trim().to_owned(), Vec::new());
+        } else if let (Some(group), name) = (&current, line.trim()) {
+            if !name.is_empty() && !name.starts_with('#') && line.starts_with(' ') {
+                groups.get_mut(group).unwrap().push(name.to_owned());
+            }
+        }
+    }
+    assert!(groups.len() > 10 && groups["@chown"].contains(&"chown".to_owned()));
+    groups
+}
+
+fn expand(name: &str, groups: &BTreeMap<String, Vec<String>>, out: &mut BTreeSet<String>) {
+    match groups.get(name) {
+        Some(members) => members.iter().for_each(|m| expand(m, groups, out)),
+        None => {
+            assert!(!name.starts_with('@'), "unknown syscall group {name}");
+            out.insert(name.to_owned());
+        }
+    }
+}
+
+/// Whether the unit's SystemCallFilter= lines let `syscall` through, as systemd reads them:
+/// the first line decides allow-list (plus @default) or deny-list; each later line adds to
+/// or takes from the list (`~` inverts); an empty value starts over.
+fn filter_allows(unit: &str, groups: &BTreeMap<String, Vec<String>>) -> impl Fn(&str) -> bool {
+    let mut allow_list: Option<bool> = None;
+    let mut listed = BTreeSet::new();
+    for value in unit_settings(unit, "SystemCallFilter") {
+        if value.is_empty() {
+            allow_list = None;
+            listed.clear();
+            continue;
+        }
+        let (invert, names) = match value.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, value),
+        };
+        let allowing = *allow_list.get_or_insert_with(|| {
+            if !invert {
+                expand("@default", groups, &mut listed);
+            }
+            !invert
+        });
+        for name in names.split_whitespace() {
+            let name = name.split(':').next().unwrap(); // `name:errno`
+            let mut set = BTreeSet::new();
+            expand(name, groups, &mut set);
+            if invert != allowing {
+                listed.extend(set);
+            } else {
+                listed.retain(|s| !set.contains(s));
+            }
+        }
+    }
+    move |syscall: &str| match allow_list {
+        None => true,
+        Some(true) => listed.contains(syscall),
+        Some(false) => !listed.contains(syscall),
+    }
+}
+
+/// System calls the server makes: those `strace -f` saw on `mapq serve` with data_group
+/// set (start-up, produce with both durabilities, consume as JSON and as frames, a long
+/// poll, a group commit, /metrics, a local tailer following, a topic delete, SIGTERM), and
+/// then the other forms libc may use for the calls mapq's own code makes (data_group's chown
+/// and chmod, the engine's fsync).
+const SERVER_SYSCALLS: &str = "\
+    accept4 access arch_prctl bind brk chmod chown clone3 close epoll_create1 epoll_ctl \
+    epoll_wait eventfd2 execve exit exit_group fallocate fcntl flock fsync ftruncate futex \
+    getdents64 getpid getrandom getsockname gettid ioctl listen lseek madvise mkdir mmap \
+    mprotect msync munmap newfstatat openat poll prctl pread64 prlimit64 read readlinkat \
+    recvfrom rename rseq rt_sigaction rt_sigprocmask rt_sigreturn sched_getaffinity sendto \
+    set_robust_list set_tid_address setsockopt shutdown sigaltstack socket socketpair statx \
+    umask unlink unlinkat write writev \
+    fchown fchownat fchmod fchmodat fdatasync mkdirat renameat renameat2 epoll_pwait mremap";
+
+#[test]
+fn the_units_syscall_filter_allows_what_the_server_calls() {
+    let unit = read("systemd/mapq.service");
+    let groups = syscall_groups();
+    let allows = filter_allows(&unit, &groups);
+    // The evaluation itself: the unit does filter, and denies what it means to deny.
+    assert!(!allows("reboot") && !allows("setuid") && !allows("init_module"));
+    let denied: Vec<&str> = SERVER_SYSCALLS
+        .split_whitespace()
+        .filter(|s| !allows(s))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the unit's SystemCallFilter refuses {denied:?}, which the server calls"
+    );
+    // data_group also sets the setgid bit on the data directory, which RestrictSUIDSGID
+    // refuses (EPERM, and the server stops).
+    for value in unit_settings(&unit, "RestrictSUIDSGID") {
+        assert!(
+            ["no", "false", "off", "0"].contains(&value),
+            "RestrictSUIDSGID={value} refuses data_group's chmod 02750"
+        );
+    }
+    // The group the unit runs as is the data group it documents: systemd re-owns the state
+    // directory to User:Group at each start, undoing any other group.
+    let group = unit_settings(&unit, "Group");
+    assert_eq!(group.len(), 1);
+    assert!(
+        unit.contains(&format!("data_group = \"{}\"", group[0])),
+        "the unit documents data_group = {:?}",
+        group[0]
+    );
+    assert!(unit_settings(&unit, "DynamicUser")
+        .iter()
+        .all(|v| *v == "no"));
+    assert_eq!(unit_settings(&unit, "StateDirectory"), ["mapq"]);
+    assert!(unit.contains("install -D "), "install -D creates /etc/mapq");
+}
+
+#[test]
+fn sysusers_creates_the_user_and_group_the_unit_runs_as() {
+    let root = tempfile::tempdir().unwrap();
+    let conf_dir = root.path().join("etc/sysusers.d");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::copy(
+        deploy().join("systemd/mapq.sysusers.conf"),
+        conf_dir.join("mapq.conf"),
+    )
+    .unwrap();
+    // Into a scratch root: the host's users are not touched.
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.path().display()))
+        .output()
+        .expect("systemd-sysusers (Debian package systemd) runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("ignoring") && !stderr.contains("Failed"),
+        "systemd-sysusers: {stderr}"
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    let unit = read("systemd/mapq.service");
+    let (user, group_name) = (
+        *unit_settings(&unit, "User")
+            .first()
+            .expect("the unit names User="),
+        *unit_settings(&unit, "Group")
+            .first()
+            .expect("the unit names Group="),
+    );
+    let gid = group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f[0] == group_name)
+        .unwrap_or_else(|| panic!("no group {group_name}: {group}"))[2]
+        .to_owned();
+    let entry: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f[0] == user)
+        .unwrap_or_else(|| panic!("no user {user}: {passwd}"));
+    assert_eq!(entry[3], gid, "{user}'s group is {group_name}");
+    assert_eq!(entry[5], "/var/lib/mapq");
 }
