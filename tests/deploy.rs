@@ -94,11 +94,43 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
         );
     }
 
+    // The build context is the repository: target/ and .git stay out of it, and nothing the
+    // Dockerfile copies is left out.
+    let ignored: Vec<String> = std::fs::read_to_string(deploy().join("../.dockerignore"))
+        .expect("a .dockerignore at the top of the repository")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            l.trim_start_matches("**/")
+                .trim_start_matches('/')
+                .to_owned()
+        })
+        .collect();
+    for needed in ["target", ".git"] {
+        assert!(
+            ignored.iter().any(|p| p == needed),
+            ".dockerignore lacks {needed}"
+        );
+    }
+
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
     assert!(dockerfile.contains("USER mapq"), "runs as a non-root user");
     assert!(dockerfile.contains("VOLUME"));
     assert!(dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/healthz"));
+    for copy in dockerfile.lines().filter_map(|l| l.strip_prefix("COPY ")) {
+        if copy.starts_with("--from") {
+            continue;
+        }
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        for source in &words[..words.len() - 1] {
+            assert!(
+                !ignored.iter().any(|p| p == source.trim_end_matches('/')),
+                ".dockerignore leaves out {source}, which the Dockerfile copies"
+            );
+        }
+    }
 
     let unit = read("systemd/mapq.service");
     for directive in [
