@@ -1,7 +1,7 @@
 //! The files in `deploy/` are checked, not just written: YAML and JSON parse, Prometheus
-//! accepts the config and the rules (`promtool`, from PATH or unpacked from Debian's package
-//! by `deploy/install-promtool.sh`), every metric the dashboard and the alerts use is one the
-//! server exports, `systemd-analyze verify` accepts the unit and its syscall filter allows
+//! accepts the config and the rules and the rules pass their unit tests (`promtool`, from
+//! PATH or unpacked from Debian's package by `deploy/install-promtool.sh`), every metric the
+//! dashboard and the alerts use is one the server exports, `systemd-analyze verify` accepts the unit and its syscall filter allows
 //! what the server calls, and the manifests carry the probes, volumes and hardening they
 //! promise.
 
@@ -60,6 +60,8 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
         "docker-compose.yml",
         "prometheus/prometheus.yml",
         "prometheus/alerts.yml",
+        "prometheus/alerts_test.yml",
+        "prometheus/blackbox.yml",
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/mapq.yml",
     ] {
@@ -87,12 +89,28 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
     );
 
     let compose = &yaml_docs("docker-compose.yml")[0];
-    for service in ["mapq", "prometheus", "grafana"] {
+    for service in ["mapq", "prometheus", "blackbox", "grafana"] {
         assert!(
             compose["services"][service].is_mapping(),
             "compose has {service}"
         );
     }
+
+    // The readiness probe: the job's module is one the blackbox exporter has, asking /readyz.
+    let prometheus = &yaml_docs("prometheus/prometheus.yml")[0];
+    let ready_job = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == "mapq-ready")
+        .expect("a mapq-ready job");
+    let module = ready_job["params"]["module"][0].as_str().unwrap();
+    let blackbox = &yaml_docs("prometheus/blackbox.yml")[0];
+    assert_eq!(blackbox["modules"][module]["prober"], "http");
+    assert!(ready_job["static_configs"][0]["targets"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("/readyz"));
 
     // The build context is the repository: target/ and .git stay out of it, and nothing the
     // Dockerfile copies is left out.
@@ -170,6 +188,8 @@ fn promtool_accepts_the_config_and_the_rules() {
     for args in [
         vec!["check", "config", "prometheus/prometheus.yml"],
         vec!["check", "rules", "prometheus/alerts.yml"],
+        // Among them: an empty but ready server raises no MapqNotReady.
+        vec!["test", "rules", "prometheus/alerts_test.yml"],
     ] {
         let out = Command::new(promtool)
             .args(&args)
