@@ -1,15 +1,18 @@
 //! The files in `deploy/` are checked, not just written: YAML and JSON parse, Prometheus
 //! accepts the config and the rules and the rules pass their unit tests (`promtool`, from
 //! PATH or unpacked from Debian's package by `deploy/install-promtool.sh`), every metric the
-//! dashboard and the alerts use is one the server exports, `systemd-analyze verify` accepts the unit and its syscall filter allows
-//! what the server calls, and the manifests carry the probes, volumes and hardening they
-//! promise.
+//! dashboard and the alerts use is one the server exports, the config files of compose and
+//! Kubernetes load in the real server and turn tokens on, `systemd-analyze verify` accepts
+//! the unit and its syscall filter allows what the server calls, and the manifests carry
+//! the probes, volumes and hardening they promise.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::server::{commit_offset, get_text, post_json, Server};
 use reqwest::Client;
@@ -21,6 +24,12 @@ fn deploy() -> PathBuf {
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(deploy().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn k8s_doc<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in kubernetes/mapq.yaml"))
 }
 
 fn yaml_docs(rel: &str) -> Vec<serde_yaml::Value> {
@@ -73,9 +82,50 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
 
     let k8s = yaml_docs("kubernetes/mapq.yaml");
     let kinds: Vec<&str> = k8s.iter().filter_map(|d| d["kind"].as_str()).collect();
-    assert_eq!(kinds, ["Service", "Service", "StatefulSet"]);
-    let sts = &k8s[2];
+    assert_eq!(
+        kinds,
+        ["ConfigMap", "Secret", "Service", "Service", "StatefulSet"]
+    );
+    let sts = k8s_doc(&k8s, "StatefulSet");
+    // Each pod is an independent server: more than one behind a Service splits the data.
+    assert_eq!(sts["spec"]["replicas"], 1);
     let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    // Not the unpublished mapq:latest, which a cluster would look for on Docker Hub.
+    let image = container["image"].as_str().unwrap();
+    assert!(
+        image.contains(".invalid/"),
+        "image {image} is a placeholder"
+    );
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        k8s_doc(&k8s, "ConfigMap")["metadata"]["name"]
+    );
+    // The config file read with --config is the Secret's mapq.toml, mounted where it is read.
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let config_path = args[args.iter().position(|a| *a == "--config").unwrap() + 1];
+    let secret = k8s_doc(&k8s, "Secret");
+    let config_volume = sts["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == secret["metadata"]["name"])
+        .expect("a volume from the Secret");
+    let config_mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == config_volume["name"])
+        .expect("the Secret is mounted");
+    assert_eq!(
+        format!("{}/mapq.toml", config_mount["mountPath"].as_str().unwrap()),
+        config_path
+    );
+    assert!(secret["stringData"]["mapq.toml"].is_string());
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(container["resources"]["requests"]["cpu"].is_string());
@@ -95,7 +145,23 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
             "compose has {service}"
         );
     }
-
+    // mapq reads the bind-mounted config file.
+    let mapq = &compose["services"]["mapq"];
+    let command: Vec<&str> = mapq["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let config_path = command[command.iter().position(|a| *a == "--config").unwrap() + 1];
+    assert!(
+        mapq["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str() == Some(&format!("./mapq/mapq.toml:{config_path}:ro"))),
+        "compose mounts mapq/mapq.toml at {config_path}"
+    );
     // The readiness probe: the job's module is one the blackbox exporter has, asking /readyz.
     let prometheus = &yaml_docs("prometheus/prometheus.yml")[0];
     let ready_job = prometheus["scrape_configs"]
@@ -254,6 +320,227 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             "{name} is used by deploy/ but not exported (exported: {exported:?})"
         );
     }
+}
+
+/// `mapq serve --config FILE` with `env` on top (as a container gets them), on a free port.
+fn serve_like_a_container(data_dir: &Path, config: &Path, env: &[(String, String)]) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+    // The flags win over MAPQ_LISTEN and MAPQ_DATA_DIR, which hold the container's values.
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MAPQ_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let mut child = cmd.spawn().expect("start mapq serve");
+    let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("mapq listening on ") {
+                let _ = tx.send(addr.to_owned());
+            }
+        }
+    });
+    let base = rx.recv_timeout(Duration::from_secs(30));
+    let server = Server {
+        child,
+        base: base.unwrap_or_default(),
+        data_dir: data_dir.to_owned(),
+        log,
+    };
+    assert!(
+        !server.base.is_empty(),
+        "the server did not start with {}: {}",
+        config.display(),
+        server.log_text()
+    );
+    server
+}
+
+/// A self-signed certificate for 127.0.0.1 in `dir`: (cert.pem, key.pem, a client trusting it).
+fn certificate(dir: &Path) -> (PathBuf, PathBuf, reqwest::Client) {
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let http = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    (cert_file, key_file, http)
+}
+
+/// Waits for /readyz, then checks that tokens are on: the API refuses a request without a
+/// token and one with a wrong token, and the probes and /metrics stay open.
+async fn assert_tokens_on(http: &Client, server: &Server, scheme: &str) {
+    assert!(
+        server.base.starts_with(&format!("{scheme}://")),
+        "{} speaks {scheme}",
+        server.base
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = match http.get(server.url("/readyz")).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        };
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready: {}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for path in ["/healthz", "/metrics"] {
+        let r = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "{path} stays open for probes and Prometheus"
+        );
+    }
+    let r = http.get(server.url("/v1/topics")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "a request without a token");
+    let r = http
+        .post(server.url("/v1/topics/t/records"))
+        .bearer_auth("not-the-secret")
+        .json(&json!({"records": [{"value": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a request with a wrong token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_config_turns_tokens_on_and_tls_is_two_lines_away() {
+    let compose = &yaml_docs("docker-compose.yml")[0];
+    let env: Vec<(String, String)> = compose["services"]["mapq"]["environment"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_like_a_container(
+        &dir.path().join("data"),
+        &deploy().join("mapq/mapq.toml"),
+        &env,
+    );
+    assert_tokens_on(&Client::new(), &server, "http").await;
+    drop(server);
+
+    // Uncommenting the two tls_*_file lines, as the file says, gives an HTTPS server (they sit
+    // above [[tokens]], so they are settings, not fields of a token).
+    let (cert, key, https) = certificate(dir.path());
+    let shipped = read("mapq/mapq.toml");
+    let mut uncommented = 0;
+    let text: String = shipped
+        .lines()
+        .map(|l| match l.strip_prefix("# tls_") {
+            Some(rest) if rest.starts_with("cert_file = ") => {
+                uncommented += 1;
+                format!("tls_cert_file = {:?}\n", cert.to_str().unwrap())
+            }
+            Some(rest) if rest.starts_with("key_file = ") => {
+                uncommented += 1;
+                format!("tls_key_file = {:?}\n", key.to_str().unwrap())
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(uncommented, 2, "mapq/mapq.toml has the two TLS lines");
+    let config = dir.path().join("tls.toml");
+    std::fs::write(&config, text).unwrap();
+    let server = serve_like_a_container(&dir.path().join("data"), &config, &env);
+    assert_tokens_on(&https, &server, "https").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_config_turns_tokens_on_and_its_settings_are_settings() {
+    let k8s = yaml_docs("kubernetes/mapq.yaml");
+    let settings = k8s_doc(&k8s, "ConfigMap")["data"].as_mapping().unwrap();
+    let mut env: Vec<(String, String)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+        .collect();
+    // Every MAPQ_ key, set or commented out, names a setting (an unknown one stops the server).
+    let known: toml::Table = std::fs::read_to_string(deploy().join("../config/mapq.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let manifest = read("kubernetes/mapq.yaml");
+    let commented: Vec<(String, &str)> = manifest
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("# MAPQ_"))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (format!("MAPQ_{k}"), v.trim()))
+        .collect();
+    assert!(commented.len() >= 2, "the TLS settings, commented out");
+    // They name files of the TLS Secret's volume.
+    let sts = k8s_doc(&k8s, "StatefulSet");
+    let tls_volume = sts["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["secret"]["secretName"] == "mapq-tls")
+        .expect("a volume from the Secret mapq-tls");
+    let tls_mount = sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == tls_volume["name"])
+        .expect("the TLS Secret is mounted");
+    let tls_dir = tls_mount["mountPath"].as_str().unwrap();
+    for file in ["tls.crt", "tls.key"] {
+        assert!(
+            commented
+                .iter()
+                .any(|(_, v)| *v == format!("{tls_dir}/{file}")),
+            "a commented setting names {tls_dir}/{file}"
+        );
+    }
+    for key in env
+        .iter()
+        .map(|(k, _)| k)
+        .chain(commented.iter().map(|(k, _)| k))
+    {
+        let name = key.strip_prefix("MAPQ_").unwrap().to_ascii_lowercase();
+        assert!(known.contains_key(&name), "{key} is not a setting");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mapq.toml");
+    let secret = k8s_doc(&k8s, "Secret");
+    std::fs::write(&config, secret["stringData"]["mapq.toml"].as_str().unwrap()).unwrap();
+    // The ConfigMap's data directory and address are the pod's; the flags put them here.
+    let server = serve_like_a_container(&dir.path().join("data"), &config, &env);
+    assert_tokens_on(&Client::new(), &server, "http").await;
+    drop(server);
+
+    // With the TLS Secret's files and the two commented settings set: HTTPS.
+    let (cert, key, https) = certificate(dir.path());
+    for (name, file) in [("MAPQ_TLS_CERT_FILE", &cert), ("MAPQ_TLS_KEY_FILE", &key)] {
+        assert!(commented.iter().any(|(c, _)| c == name), "{name} is shown");
+        env.push((name.into(), file.to_str().unwrap().into()));
+    }
+    let server = serve_like_a_container(&dir.path().join("data"), &config, &env);
+    assert_tokens_on(&https, &server, "https").await;
 }
 
 /// `systemd-analyze`, or a failure that says what to install.
