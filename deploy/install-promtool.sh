@@ -24,6 +24,11 @@ promtool=$unpacked/usr/bin/promtool
 
 usable() { [ -x "$promtool" ] && "$promtool" --version >/dev/null 2>&1; }
 
+if usable; then
+  echo "$promtool"
+  exit 0
+fi
+
 mkdir -p "$tools"
 # Another checkout sharing the target directory may be fetching at the same moment.
 exec 9>"$tools/.prometheus.lock"
