@@ -4,8 +4,9 @@
 //! `position` holds record `offset`, and every record of the segment before `offset` has a
 //! timestamp of at most `max_timestamp_before`. See `FORMAT.md`.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::error::{LogError, Result};
 use super::format::{self, get_u32, get_u64, index_header as ih, FORMAT_VERSION};
@@ -42,6 +43,10 @@ pub struct Index {
     map: MappedFile,
     path: PathBuf,
     capacity: usize,
+    /// Disk blocks are allocated below this byte position: entries below it can be written
+    /// without a page fault that could fail for lack of space. Grows as the segment fills
+    /// (see [`Index::allocation_for`]), so an idle partition's index holds one block.
+    allocated_end: AtomicUsize,
 }
 
 /// Bytes of an index file holding `capacity` entries.
@@ -49,9 +54,13 @@ pub fn file_len(capacity: usize) -> u64 {
     (ih::SIZE + capacity * ih::ENTRY_SIZE) as u64
 }
 
+/// Bytes allocated when an index file is created: its header and the first entries.
+pub const INITIAL_ALLOCATION_BYTES: usize = 4096;
+
 impl Index {
     /// Creates the index file at `path` (replacing any file there through a rename), with
-    /// all its blocks reserved: indexes are small and must never fault for lack of space.
+    /// its first block reserved; the writer reserves more ahead of its entries (see
+    /// [`Index::allocation_for`]), so that writing an entry never faults for lack of space.
     pub fn create(path: &Path, kind: IndexKind, base_offset: u64, capacity: usize) -> Result<Self> {
         let tmp = path.with_extension(format!("{}.{}", kind.ext(), format::CREATING_SUFFIX));
         let mut index = Self::create_at(&tmp, kind, base_offset, capacity)?;
@@ -71,9 +80,10 @@ impl Index {
         let _ = std::fs::remove_file(&tmp);
         let len = file_len(capacity);
         let map = MappedFile::create(&tmp, len).map_err(|e| LogError::io(&tmp, e))?;
-        map.reserve(0..len as usize).map_err(|e| {
+        let initial = INITIAL_ALLOCATION_BYTES.min(len as usize);
+        map.reserve(0..initial).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            LogError::reserve(&tmp, len, e)
+            LogError::reserve(&tmp, initial as u64, e)
         })?;
         let mut header = [0u8; ih::HEADER_CRC + 4];
         header[ih::MAGIC..ih::MAGIC + 8].copy_from_slice(&kind.magic());
@@ -91,6 +101,7 @@ impl Index {
             map,
             path: tmp,
             capacity,
+            allocated_end: AtomicUsize::new(initial),
         })
     }
 
@@ -144,11 +155,52 @@ impl Index {
         {
             return Err(bad(format!("capacity {capacity} exceeds the file")));
         }
+        // What is allocated is not recorded: take the blocks the file holds (allocated from
+        // its start, as this module does), less a margin, and never less than what holds the
+        // published entries. Re-allocating a block that exists costs nothing.
+        let blocks = std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0) as usize;
+        let count =
+            (map.atomic_u64(ih::COUNT).load(Ordering::Acquire) as usize).min(capacity as usize);
+        let written = ih::SIZE + count * ih::ENTRY_SIZE;
+        let allocated = (blocks.saturating_sub(2 * 4096) & !(4096 - 1)).max(written);
         Ok(Index {
+            allocated_end: AtomicUsize::new(allocated.min(map.len())),
             map,
             path: path.to_owned(),
             capacity: capacity as usize,
         })
+    }
+
+    /// Bytes allocated on disk for this file (as far as this process knows).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated_end.load(Ordering::Acquire) as u64
+    }
+
+    /// The byte range to allocate so that the first `entries` entries can be written, or
+    /// `None` when they can already. It grows the allocation geometrically (at least
+    /// doubling it), so a busy segment allocates its index a few times, an idle one never.
+    pub fn allocation_for(&self, entries: usize) -> Option<Range<usize>> {
+        let have = self.allocated_end.load(Ordering::Acquire);
+        let need = (ih::SIZE + entries.min(self.capacity) * ih::ENTRY_SIZE)
+            .next_multiple_of(4096)
+            .min(self.map.len());
+        (need > have).then(|| {
+            let end = need
+                .max(2 * have)
+                .next_multiple_of(4096)
+                .min(self.map.len());
+            have..end
+        })
+    }
+
+    /// Allocates the disk blocks of `range` (from [`Index::allocation_for`]).
+    pub fn allocate(&self, range: Range<usize>) -> std::io::Result<()> {
+        self.map.reserve(range.clone())?;
+        // Release: a writer that sees the new end sees the allocation done.
+        self.allocated_end.fetch_max(range.end, Ordering::AcqRel);
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -243,12 +295,15 @@ impl Index {
     }
 
     /// Releases the disk blocks past the first `count` entries (on seal). Returns the bytes
-    /// released.
+    /// released that had been allocated.
     pub fn release_unused(&self, count: usize) -> u64 {
         let start = ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE;
         let start = start.next_multiple_of(4096).min(self.map.len());
         match self.map.punch_hole(start..self.map.len()) {
-            Ok(()) => (self.map.len() - start) as u64,
+            Ok(()) => {
+                let before = self.allocated_end.swap(start, Ordering::AcqRel);
+                before.saturating_sub(start) as u64
+            }
             Err(_) => 0,
         }
     }

@@ -193,6 +193,28 @@ fn charge_quota(
     }
 }
 
+/// Bytes allocated when a segment is created: the data file's header page and each index
+/// file's first block.
+fn initial_charge(index_cap: usize) -> u64 {
+    let index =
+        (super::index::INITIAL_ALLOCATION_BYTES as u64).min(super::index::file_len(index_cap));
+    2 * index + DATA_START as u64
+}
+
+/// The smallest distance a writer reserves and pre-faults ahead of itself (the largest is
+/// the configured `chunk_bytes` and `prefault_bytes`).
+pub const MIN_AHEAD_BYTES: usize = 64 << 10;
+
+/// How far ahead of `position` to reserve or pre-fault, at most `max_bytes`: as much as the
+/// segment already holds, so that an idle partition holds a few pages beyond its data and
+/// a busy one quickly reaches the configured distance (the allocation at least doubles
+/// each time).
+pub fn ahead_bytes(position: usize, max_bytes: usize) -> usize {
+    (position - DATA_START.min(position))
+        .next_power_of_two()
+        .clamp(MIN_AHEAD_BYTES.min(max_bytes), max_bytes.max(4096))
+}
+
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
 /// interval of data at most.
 fn index_capacity(capacity: usize, interval: usize) -> usize {
@@ -212,8 +234,9 @@ impl Segment {
         let capacity = header.capacity_bytes as usize;
         let interval = header.index_interval_bytes as usize;
         let index_cap = index_capacity(capacity, interval);
-        // The index files are allocated whole, the data file its header page for now.
-        let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
+        // The index files and the data file get their first blocks; the writer allocates
+        // more ahead of itself as it fills them.
+        let charge = initial_charge(index_cap);
         charge_quota(quota, charge, || {
             segment_path(dir, base, format::SEGMENT_EXT)
         })?;
@@ -289,7 +312,7 @@ impl Segment {
             index_interval_bytes,
         };
         let index_cap = index_capacity(capacity_bytes as usize, index_interval_bytes as usize);
-        let charge = 2 * super::index::file_len(index_cap) + DATA_START as u64;
+        let charge = initial_charge(index_cap);
         let path = spare_path(dir, name, format::SEGMENT_EXT);
         charge_quota(quota, charge, || path.clone())?;
         let created = (|| {
@@ -718,6 +741,29 @@ impl Segment {
         })?;
         // Release: a writer that sees the new end sees the allocation done.
         self.allocated_end.store(new_end, Ordering::Release);
+        Ok(())
+    }
+
+    /// Allocates index blocks so that `entries` checkpoints can be written, charging the
+    /// quota: a full disk is an error here, before the append, never a fault later.
+    pub fn allocate_index(&self, entries: usize) -> Result<()> {
+        let Some(m) = self.live() else { return Ok(()) };
+        for index in [&m.offset_index, &m.time_index] {
+            if index.allocation_for(entries).is_none() {
+                continue;
+            }
+            let _guard = self.allocate_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(range) = index.allocation_for(entries) else {
+                continue;
+            };
+            let bytes = range.len() as u64;
+            charge_quota(self.quota.as_ref(), bytes, || index.path().to_owned())?;
+            self.charged_bytes.fetch_add(bytes, Ordering::Relaxed);
+            index.allocate(range).map_err(|e| {
+                self.give_back(bytes);
+                LogError::reserve(index.path(), bytes, e)
+            })?;
+        }
         Ok(())
     }
 
@@ -1154,6 +1200,9 @@ impl SegmentWriter {
         let committed = m.committed_end();
         let trust_end = trust_end.clamp(DATA_START, committed);
         let base = seg.base_offset();
+        // Room for every checkpoint the scan below may rebuild, before it writes any.
+        let interval = seg.header.index_interval_bytes as usize;
+        seg.allocate_index((committed - DATA_START) / interval + 1)?;
         // The last checkpoint that is consistent and lies in trusted data.
         let count = m.checkpoint_count();
         let mut keep = 0;
@@ -1255,7 +1304,8 @@ impl SegmentWriter {
             // Blocks past the kept page are free again; the writer will re-allocate.
             let kept = self.position.next_multiple_of(4096) as u64;
             let on_disk = seg.charged_bytes.load(Ordering::Relaxed);
-            let indexes = 2 * super::index::file_len(self.m.offset_index.capacity());
+            let indexes =
+                self.m.offset_index.allocated_bytes() + self.m.time_index.allocated_bytes();
             seg.give_back(on_disk.saturating_sub(kept + indexes));
             return Ok(());
         }
@@ -1310,30 +1360,39 @@ impl SegmentWriter {
     /// Makes sure disk blocks exist below `end` before the copy. With a prefaulter the pages
     /// are usually pre-faulted already (and if it lags, the copy takes the faults itself);
     /// without one the writer pre-faults `prefault_bytes` ahead of itself.
+    /// How far ahead the writer keeps disk blocks and pre-faulted pages: it grows with the
+    /// data (see [`ahead_bytes`]) up to the configured distances.
+    fn ahead(&self) -> (usize, usize) {
+        (
+            ahead_bytes(self.position, self.reserve.chunk_bytes),
+            ahead_bytes(self.position, self.reserve.prefault_bytes),
+        )
+    }
+
     pub(super) fn reserve(&mut self, end: usize) -> Result<()> {
+        // At most one checkpoint per interval of data, and one more where the batch starts.
+        let interval = self.seg.header.index_interval_bytes as usize;
+        let entries =
+            self.checkpoints + end.saturating_sub(self.last_checkpoint_pos) / interval + 1;
+        self.seg.allocate_index(entries)?;
+        let (chunk, prefault) = self.ahead();
         match self.reserve.prefaulter {
-            Some(_) => self.seg.allocate_to(end, self.reserve.chunk_bytes),
-            None if end > self.seg.prefaulted_end() => self.seg.prefault_to(
-                end.max(self.position + self.reserve.prefault_bytes),
-                self.reserve.chunk_bytes,
-            ),
+            Some(_) => self.seg.allocate_to(end, chunk),
+            None if end > self.seg.prefaulted_end() => self
+                .seg
+                .prefault_to(end.max(self.position + prefault), chunk),
             None => Ok(()),
         }
     }
 
-    /// Keeps the prefaulter busy while less than `prefault_bytes` are ready ahead of the
-    /// writer.
+    /// Keeps the prefaulter busy while less than the pre-fault distance is ready ahead of
+    /// the writer.
     fn request_prefault(&self) {
         if let Some(p) = &self.reserve.prefaulter {
+            let (chunk, prefault) = self.ahead();
             let ready = self.seg.prefaulted_end();
-            if ready < self.position + self.reserve.prefault_bytes / 2
-                && ready < self.seg.capacity()
-            {
-                p.request(
-                    &self.seg,
-                    self.reserve.prefault_bytes,
-                    self.reserve.chunk_bytes,
-                );
+            if ready < self.position + prefault / 2 && ready < self.seg.capacity() {
+                p.request(&self.seg, prefault, chunk);
             }
         }
     }
