@@ -32,10 +32,10 @@ fn an_idle_partition_holds_a_few_pages_and_a_busy_one_grows() {
     let (log, _) = PartitionLog::open(dir.path(), config()).unwrap();
     common::append_range(&log, 0, 1);
     let idle = allocated_bytes(dir.path());
-    // The data file's header page and 64 KiB ahead, one block per index file.
+    // The data file's header page and 16 KiB ahead, one block per index file.
     assert!(
-        idle <= 96 << 10,
-        "one record holds {idle} bytes of disk (today's limit: 96 KiB)"
+        idle <= 32 << 10,
+        "one record holds {idle} bytes of disk (the limit: 32 KiB)"
     );
     // 8 MiB of records: what is allocated follows the data, at most doubling it.
     let mut next = 1;

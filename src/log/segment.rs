@@ -201,18 +201,22 @@ fn initial_charge(index_cap: usize) -> u64 {
     2 * index + DATA_START as u64
 }
 
-/// The smallest distance a writer reserves and pre-faults ahead of itself (the largest is
-/// the configured `chunk_bytes` and `prefault_bytes`).
-pub const MIN_AHEAD_BYTES: usize = 64 << 10;
+/// The smallest distance a writer allocates disk blocks ahead of itself (the largest is the
+/// configured `chunk_bytes`).
+pub const MIN_RESERVE_AHEAD_BYTES: usize = 16 << 10;
+/// The smallest distance a writer pre-faults pages ahead of itself (the largest is the
+/// configured `prefault_bytes`): one page.
+pub const MIN_PREFAULT_AHEAD_BYTES: usize = 4 << 10;
 
-/// How far ahead of `position` to reserve or pre-fault, at most `max_bytes`: as much as the
-/// segment already holds, so that an idle partition holds a few pages beyond its data and
-/// a busy one quickly reaches the configured distance (the allocation at least doubles
-/// each time).
-pub fn ahead_bytes(position: usize, max_bytes: usize) -> usize {
+/// How far ahead of `position` to reserve or pre-fault, from `min_bytes` to `max_bytes`: as
+/// much as the segment already holds, so that an idle partition holds a few pages beyond
+/// its data and a busy one quickly reaches the configured distance (the allocation at least
+/// doubles each time).
+pub fn ahead_bytes(position: usize, min_bytes: usize, max_bytes: usize) -> usize {
+    let max_bytes = max_bytes.max(4096);
     (position - DATA_START.min(position))
         .next_power_of_two()
-        .clamp(MIN_AHEAD_BYTES.min(max_bytes), max_bytes.max(4096))
+        .clamp(min_bytes.min(max_bytes), max_bytes)
 }
 
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
@@ -1364,8 +1368,16 @@ impl SegmentWriter {
     /// data (see [`ahead_bytes`]) up to the configured distances.
     fn ahead(&self) -> (usize, usize) {
         (
-            ahead_bytes(self.position, self.reserve.chunk_bytes),
-            ahead_bytes(self.position, self.reserve.prefault_bytes),
+            ahead_bytes(
+                self.position,
+                MIN_RESERVE_AHEAD_BYTES,
+                self.reserve.chunk_bytes,
+            ),
+            ahead_bytes(
+                self.position,
+                MIN_PREFAULT_AHEAD_BYTES,
+                self.reserve.prefault_bytes,
+            ),
         )
     }
 
