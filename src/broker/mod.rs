@@ -108,17 +108,37 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<fs::File, BrokerError> {
     Ok(file)
 }
 
+/// A topic name claimed for creation or deletion (see `Broker::claim_name`).
+struct NameClaim<'a> {
+    broker: &'a Broker,
+    name: String,
+    creates: bool,
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.broker.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.0.remove(&self.name);
+        busy.1 -= u64::from(self.creates);
+        drop(busy);
+        self.broker.name_freed.notify_all();
+    }
+}
+
 /// All topics of a data directory.
 #[derive(Debug)]
 pub struct Broker {
     config: Arc<Config>,
     data_dir: PathBuf,
     /// The topics by name. Held only to look up, insert or remove an `Arc<Topic>`, never
-    /// across file work; topic creation and deletion are serialized by `admin`.
+    /// across file work; creating or deleting a topic claims its name in `busy` first.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serializes topic creation and deletion (file work). Lock order: `admin`, then
-    /// `topics`.
-    admin: std::sync::Mutex<()>,
+    /// Names of the topics being created or deleted, and how many are being created: the
+    /// file work of one name is serialized, different names proceed at once (so their
+    /// fsyncs overlap). Lock order: `busy`, then `topics`; neither is held across file work.
+    busy: std::sync::Mutex<(std::collections::HashSet<String>, u64)>,
+    /// Signalled when a name leaves `busy`.
+    name_freed: std::sync::Condvar,
     groups: groups::Groups,
     prefaulter: Prefaulter,
     /// The `max_disk_bytes` quota, shared by every partition.
@@ -170,7 +190,8 @@ impl Broker {
             config,
             data_dir,
             topics: RwLock::new(BTreeMap::new()),
-            admin: std::sync::Mutex::new(()),
+            busy: std::sync::Mutex::new(Default::default()),
+            name_freed: std::sync::Condvar::new(),
             groups,
             prefaulter,
             quota,
@@ -255,14 +276,20 @@ impl Broker {
             )));
         }
         overrides.validate()?;
-        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        if self.topic(name).is_ok() {
-            return Err(BrokerError::TopicExists(name.to_owned()));
-        }
-        let count = self.topics.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
-        if count >= self.config.max_topics {
-            return Err(BrokerError::TooManyTopics(self.config.max_topics));
-        }
+        let _claim = self.claim_name(name, |broker, creating| {
+            if broker.topic(name).is_ok() {
+                return Err(BrokerError::TopicExists(name.to_owned()));
+            }
+            let count = broker
+                .topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .len() as u64;
+            if count + creating >= broker.config.max_topics {
+                return Err(BrokerError::TooManyTopics(broker.config.max_topics));
+            }
+            Ok(true)
+        })?;
         let dir = self.data_dir.join(name);
         let t = Topic::create(
             &dir,
@@ -282,6 +309,31 @@ impl Broker {
         Ok(t)
     }
 
+    /// Waits until no one creates or deletes `name`, runs `check` (given the number of
+    /// topics being created), and claims the name until the returned guard drops.
+    /// `check` returns whether the claim creates a topic.
+    fn claim_name(
+        &self,
+        name: &str,
+        check: impl FnOnce(&Self, u64) -> Result<bool, BrokerError>,
+    ) -> Result<NameClaim<'_>, BrokerError> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        while busy.0.contains(name) {
+            busy = self
+                .name_freed
+                .wait(busy)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let creates = check(self, busy.1)?;
+        busy.0.insert(name.to_owned());
+        busy.1 += u64::from(creates);
+        Ok(NameClaim {
+            broker: self,
+            name: name.to_owned(),
+            creates,
+        })
+    }
+
     /// The topic, created with the defaults if it is missing and auto-creation is on.
     pub fn topic_for_produce(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         match self.topic(name) {
@@ -299,7 +351,7 @@ impl Broker {
     /// they mapped. Blocks.
     pub fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         validate_name(name)?;
-        let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let _claim = self.claim_name(name, |_, _| Ok(false))?;
         let t = self
             .topics
             .write()

@@ -96,7 +96,10 @@ impl Index {
         let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
         header[ih::HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
         // SAFETY: the file was just created under a temporary name; nobody else maps it.
-        unsafe { map.writable(0..header.len()) }.copy_from_slice(&header);
+        unsafe { map.write_at(0, &header) }.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            LogError::io(&tmp, e)
+        })?;
         Ok(Index {
             map,
             path: tmp,

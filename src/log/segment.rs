@@ -286,7 +286,10 @@ impl Segment {
             time_index,
             quota,
             charged,
-        );
+        )
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
         seg.live()
             .expect("a new segment is mapped")
             .data
@@ -329,7 +332,7 @@ impl Segment {
                 MappedFile::create(&path, capacity_bytes).map_err(|e| LogError::io(&path, e))?;
             data.reserve(0..DATA_START)
                 .map_err(|e| LogError::reserve(&path, DATA_START as u64, e))?;
-            Ok(Self::assemble(
+            Self::assemble(
                 header,
                 path.clone(),
                 data,
@@ -337,7 +340,7 @@ impl Segment {
                 time_index,
                 quota,
                 charge,
-            ))
+            )
         })();
         if created.is_err() {
             if let Some(q) = quota {
@@ -361,7 +364,7 @@ impl Segment {
     pub fn adopt(mut self, dir: &Path, base_offset: u64, created_ms: i64) -> Self {
         self.header.base_offset = base_offset;
         self.header.created_ms = created_ms;
-        self.write_header();
+        self.rewrite_header();
         self.path = segment_path(dir, base_offset, format::SEGMENT_EXT);
         if let Some(m) = self.mapped.swap(None) {
             // Owned by value and never shared: the writer holds the only reference.
@@ -385,17 +388,29 @@ impl Segment {
         self
     }
 
-    fn write_header(&self) {
+    /// Rewrites the static header of an adopted spare through the mapping: its page was
+    /// written at creation, so it is in memory and the write cannot fail.
+    fn rewrite_header(&self) {
         let Some(m) = self.live() else { return };
-        // SAFETY: only called while the segment is owned by one thread and its file has a
-        // temporary name: nobody else reads the static header yet.
+        // SAFETY: only called on a spare owned by value (shared with no one) whose file has a
+        // temporary name: nobody else reads the static header.
         unsafe { m.data.writable(0..sh::STATIC_END) }.copy_from_slice(&self.header.encode());
-        m.data
-            .atomic_u64(sh::COMMITTED_END)
-            .store(DATA_START as u64, Ordering::Release);
-        m.data
-            .atomic_u64(sh::DURABLE_END)
-            .store(DATA_START as u64, Ordering::Release);
+    }
+
+    /// Writes a new segment's header.
+    fn write_header(&self) -> Result<()> {
+        let Some(m) = self.live() else { return Ok(()) };
+        // The static header, then the committed and durable ends (both at the data start),
+        // with zeros between them, in one write through the file (see `write_at`).
+        let mut head = [0u8; sh::DURABLE_END + 8];
+        head[..sh::STATIC_END].copy_from_slice(&self.header.encode());
+        head[sh::COMMITTED_END..sh::COMMITTED_END + 8]
+            .copy_from_slice(&(DATA_START as u64).to_le_bytes());
+        head[sh::DURABLE_END..sh::DURABLE_END + 8]
+            .copy_from_slice(&(DATA_START as u64).to_le_bytes());
+        // SAFETY: only called while the segment is owned by one thread and its file has a
+        // temporary name: nobody else reads the header yet.
+        unsafe { m.data.write_at(0, &head) }.map_err(|e| LogError::io(&self.path, e))
     }
 
     /// Gives an adopted spare's files their final names: the index files first, the data
@@ -421,7 +436,7 @@ impl Segment {
         time_index: Index,
         quota: Option<&Arc<DiskQuota>>,
         charged: u64,
-    ) -> Self {
+    ) -> Result<Self> {
         let seg = Segment {
             header,
             mapped: ArcSwapOption::from_pointee(Mapped {
@@ -443,8 +458,8 @@ impl Segment {
             quota: quota.cloned(),
             charged_bytes: AtomicU64::new(charged),
         };
-        seg.write_header();
-        seg
+        seg.write_header()?;
+        Ok(seg)
     }
 
     /// Opens an existing segment. With `writable`, index files that are missing or damaged

@@ -1,0 +1,311 @@
+//! The fixed cost of a partition: a real server with N topics of one partition, each
+//! holding one 100 B record.
+//!
+//! `cargo bench --bench partitions` (about a minute; N = 1,000 and 10,000, or the list in
+//! `MAPQ_BENCH_PARTITIONS`, e.g. `MAPQ_BENCH_PARTITIONS=200`). For each N it reports:
+//! - creation: topics created a second by 16 concurrent clients (each creation is durable
+//!   before its answer);
+//! - disk: the blocks the data directory holds (`st_blocks`), in all and per partition;
+//! - memory: the server's resident memory, file-backed and anonymous (`/proc/PID/status`);
+//! - open files and mappings of the server (`/proc/PID/fd`, `/proc/PID/maps`);
+//! - produce over all partitions at a low rate each: 16 clients, one 100 B record per
+//!   request, walking the partitions round-robin for 5 s;
+//! - restart: from `kill -9` and a new `mapq serve` to `/readyz` answering 200.
+//!
+//! Set `MAPQ_BENCH_DIR` to run on another file system (default: the system temp dir).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 16;
+const PRODUCE_FOR: Duration = Duration::from_secs(5);
+
+fn bench_dir() -> PathBuf {
+    std::env::var_os("MAPQ_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// A `mapq serve` of this build on a port chosen by the OS.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("MAPQ_MAX_TOPICS", "100000")
+            .env("MAPQ_LOG_LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mapq serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the listening line");
+        let base = line
+            .trim()
+            .strip_prefix("mapq listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Server { child, base }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().expect("kill -9 the server");
+        self.child.wait().expect("reap the server");
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the server never got ready");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Runs `f(i)` for `i` in `0..n` on [`CLIENTS`] concurrent tasks.
+async fn each<F, Fut>(n: usize, f: F)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (next, f) = (Arc::clone(&next), f.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= n {
+                        return;
+                    }
+                    f(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a client task failed");
+    }
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read the data directory") {
+        let entry = entry.expect("a directory entry");
+        let meta = entry.metadata().expect("metadata");
+        total += meta.blocks() * 512;
+        if meta.is_dir() {
+            total += disk_bytes(&entry.path());
+        }
+    }
+    total
+}
+
+/// `(file-backed, anonymous)` resident bytes of a process.
+fn resident(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+            * 1024
+    };
+    (kib("RssFile:"), kib("RssAnon:"))
+}
+
+fn count_entries(path: String) -> usize {
+    std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+        .count()
+}
+
+fn mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("maps")
+        .lines()
+        .count()
+}
+
+async fn run(n: usize) {
+    let dir = tempfile::tempdir_in(bench_dir()).expect("a temporary directory");
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(CLIENTS)
+        .build()
+        .expect("client");
+    wait_ready(&http, &server.base).await;
+    let (pid, base) = (server.pid(), server.base.clone());
+    let (idle_file, idle_anon) = resident(pid);
+    let idle_fds = count_entries(format!("/proc/{pid}/fd"));
+
+    let started = Instant::now();
+    {
+        let (http, base) = (http.clone(), base.clone());
+        each(n, move |i| {
+            let (http, base) = (http.clone(), base.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}/v1/topics"))
+                    .json(&serde_json::json!({"name": format!("p{i}"), "partitions": 1}))
+                    .send()
+                    .await
+                    .expect("create a topic");
+                assert_eq!(r.status(), 201, "creating p{i}");
+            }
+        })
+        .await;
+    }
+    let created = started.elapsed();
+    let value = "v".repeat(100);
+    let produce_one = {
+        let (http, base, value) = (http.clone(), base.clone(), value.clone());
+        move |i: usize| {
+            let (http, base, value) = (http.clone(), base.clone(), value.clone());
+            async move {
+                let r = http
+                    .post(format!("{base}/v1/topics/p{i}/records"))
+                    .header("content-type", "application/octet-stream")
+                    .body(value)
+                    .send()
+                    .await
+                    .expect("produce");
+                assert_eq!(r.status(), 200, "producing to p{i}");
+            }
+        }
+    };
+    each(n, produce_one.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let disk = disk_bytes(&data);
+    let (file, anon) = resident(pid);
+    let fds = count_entries(format!("/proc/{pid}/fd"));
+    let maps = mappings(pid);
+
+    // A low rate on each partition: the clients walk all of them, round after round.
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (produce_one, sent) = (produce_one.clone(), Arc::clone(&sent));
+            tokio::spawn(async move {
+                let mut i = c;
+                while started.elapsed() < PRODUCE_FOR {
+                    produce_one(i % n).await;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    i += CLIENTS;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a producer failed");
+    }
+    let produce_rate = sent.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+    server.kill();
+    let started = Instant::now();
+    let server = Server::start(&data);
+    wait_ready(&http, &server.base).await;
+    let restart = started.elapsed();
+    let topics: serde_json::Value = http
+        .get(format!("{}/v1/topics", server.base))
+        .send()
+        .await
+        .expect("list topics")
+        .json()
+        .await
+        .expect("a topic list");
+    assert_eq!(
+        topics["topics"].as_array().map(Vec::len),
+        Some(n),
+        "every topic is back after the restart"
+    );
+    drop(server);
+
+    let per = |v: u64| v as f64 / n as f64 / 1024.0;
+    println!("partitions={n}");
+    println!(
+        "  creation: {:.0} partitions/s ({:.1} s for {n})",
+        n as f64 / created.as_secs_f64(),
+        created.as_secs_f64()
+    );
+    println!(
+        "  disk: {:.1} MB ({:.1} KiB a partition)",
+        disk as f64 / 1e6,
+        per(disk)
+    );
+    println!(
+        "  resident: {:.1} MB file-backed ({:.1} KiB a partition), {:.1} MB anonymous ({:.1} KiB a partition); an empty server: {:.1} MB and {:.1} MB",
+        file as f64 / 1e6,
+        per(file.saturating_sub(idle_file)),
+        anon as f64 / 1e6,
+        per(anon.saturating_sub(idle_anon)),
+        idle_file as f64 / 1e6,
+        idle_anon as f64 / 1e6
+    );
+    println!("  open files: {fds} (an empty server: {idle_fds}); mappings: {maps}");
+    println!("  produce, one 100 B record a request over all partitions, {CLIENTS} clients: {produce_rate:.0} records/s");
+    println!(
+        "  restart after kill -9: ready in {:.2} s",
+        restart.as_secs_f64()
+    );
+    println!(
+        "RESULT partitions={n} create_per_s={:.0} disk_mb={:.1} rss_file_mb={:.1} rss_anon_mb={:.1} fds={fds} maps={maps} produce_per_s={produce_rate:.0} restart_s={:.2}",
+        n as f64 / created.as_secs_f64(),
+        disk as f64 / 1e6,
+        file as f64 / 1e6,
+        anon as f64 / 1e6,
+        restart.as_secs_f64()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument is a filter this bench ignores.
+    let counts: Vec<usize> = std::env::var("MAPQ_BENCH_PARTITIONS")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("MAPQ_BENCH_PARTITIONS: numbers, comma separated")
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for n in counts {
+        runtime.block_on(run(n));
+    }
+}

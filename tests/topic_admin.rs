@@ -1,0 +1,146 @@
+//! Topic creation and deletion from many clients at once: different names proceed together,
+//! the same name is created once, auto-creating producers all succeed, and `max_topics`
+//! holds exactly. Against the real server.
+
+mod common;
+
+use common::server::Server;
+use reqwest::Client;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creations_and_deletions_keep_their_promises() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[("MAPQ_MAX_TOPICS", "40")]);
+    let http = Client::new();
+    let base = server.base.clone();
+    let spawn_all = |reqs: Vec<reqwest::RequestBuilder>| async move {
+        let tasks: Vec<_> = reqs
+            .into_iter()
+            .map(|r| tokio::spawn(async move { r.send().await.unwrap().status().as_u16() }))
+            .collect();
+        let mut statuses = Vec::new();
+        for t in tasks {
+            statuses.push(t.await.unwrap());
+        }
+        statuses.sort();
+        statuses
+    };
+    // The same name, 16 times at once: one creation, 15 conflicts.
+    let same: Vec<_> = (0..16)
+        .map(|_| {
+            http.post(format!("{base}/v1/topics"))
+                .json(&json!({"name": "same", "partitions": 2}))
+        })
+        .collect();
+    let statuses = spawn_all(same).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 409).count(),
+        15,
+        "{statuses:?}"
+    );
+    // 16 producers to one missing topic: every one is served, into one topic.
+    let produce: Vec<_> = (0..16)
+        .map(|i| {
+            http.post(format!("{base}/v1/topics/auto/records"))
+                .json(&json!({"records": [{"value": i}]}))
+        })
+        .collect();
+    assert_eq!(spawn_all(produce).await, vec![200; 16]);
+    let auto: serde_json::Value = http
+        .get(format!("{base}/v1/topics/auto"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(auto["partition_stats"][0]["end_offset"], 16);
+    // 60 different names against a limit of 40 topics (2 exist): exactly 38 created.
+    let many: Vec<_> = (0..60)
+        .map(|i| {
+            http.post(format!("{base}/v1/topics"))
+                .json(&json!({"name": format!("t{i}")}))
+        })
+        .collect();
+    let statuses = spawn_all(many).await;
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        38,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 429).count(),
+        22,
+        "{statuses:?}"
+    );
+    // Deleting and re-creating one name at once from many clients never leaves it broken:
+    // afterwards it either exists and takes records, or does not exist.
+    let mixed: Vec<_> = (0..24)
+        .map(|i| {
+            if i % 2 == 0 {
+                http.delete(format!("{base}/v1/topics/same"))
+            } else {
+                http.post(format!("{base}/v1/topics"))
+                    .json(&json!({"name": "same"}))
+            }
+        })
+        .collect();
+    for s in spawn_all(mixed).await {
+        assert!([201, 204, 404, 409].contains(&s), "{s}");
+    }
+    let r = http
+        .get(format!("{base}/v1/topics/same"))
+        .send()
+        .await
+        .unwrap();
+    if r.status() == 200 {
+        let r = http
+            .post(format!("{base}/v1/topics/same/records"))
+            .json(&json!({"records": [{"value": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    } else {
+        assert_eq!(r.status(), 404);
+        assert!(!dir.path().join("same").exists());
+    }
+    // Everything listed is on disk and comes back after a restart.
+    let listed = |v: serde_json::Value| {
+        let mut names: Vec<String> = v["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listed(
+        http.get(format!("{base}/v1/topics"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    server.kill();
+    let server = Server::start(dir.path(), &[("MAPQ_MAX_TOPICS", "40")]);
+    let after = listed(
+        http.get(format!("{}/v1/topics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before, after);
+}
