@@ -22,18 +22,20 @@ struct Tail {
 }
 
 impl Tail {
+    /// Starts `mapq tail`; as user nobody (from a copy of the binary that user can reach)
+    /// if `as_nobody`.
     fn start(data_dir: &Path, args: &[&str], as_nobody: bool) -> Tail {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        let mut cmd = if as_nobody {
+            common::nobody::mapq()
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_mapq"))
+        };
         cmd.arg("tail")
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if as_nobody {
-            std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
-            std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
-        }
         let mut child = cmd.spawn().expect("start mapq tail");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
@@ -230,7 +232,8 @@ async fn the_tailer_survives_a_kill_9_of_the_writer_and_continues_after_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tailer_needs_no_write_permission() {
-    let dir = tempfile::tempdir().unwrap();
+    // As root the tailer runs as nobody, who must reach the data directory.
+    let dir = common::nobody::shared_dir();
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     create(&http, &server.base, "ro").await;
@@ -355,11 +358,14 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_group_can_tail_and_nobody_else_can_write() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = tempfile::tempdir().unwrap();
-    // Others may cross the temporary directory, nothing more.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // Others may cross this directory, nothing more (nobody must reach the data in it).
+    let dir = common::nobody::shared_dir();
     let as_root = euid() == 0;
-    let group = if as_root { 65534 } else { egid() };
+    let group = if as_root {
+        common::nobody::ids().1
+    } else {
+        egid()
+    };
     let data = dir.path().join("data");
     let gid = group.to_string();
     let server = Server::start(&data, &[("MAPQ_DATA_GROUP", gid.as_str())]);
@@ -402,7 +408,7 @@ async fn the_data_group_can_tail_and_nobody_else_can_write() {
         );
     }
     if as_root {
-        // A member of the group (here: nobody, in nogroup) tails it with read access only.
+        // A member of the group (here: nobody, in its own group) tails it with read access only.
         let mut tail = Tail::start(&data, &["grp"], true);
         check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
         assert_eq!(tail.exit_code(Duration::from_secs(5)), 0);
