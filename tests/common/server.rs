@@ -104,11 +104,29 @@ impl Server {
         status
     }
 
-    /// SIGKILL, no goodbye.
+    /// SIGKILL, no goodbye. The server must still be running: one that already died (a
+    /// crash) is not "killed", it fails the test with its log; and it must die of the SIGKILL.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.assert_alive("before the kill");
+        self.child.kill().expect("send SIGKILL");
+        let status = self.child.wait().expect("wait for the killed server");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the server ended with {status}, not by the SIGKILL: {}",
+            self.log_text()
+        );
         std::mem::forget(self);
+    }
+
+    /// Fails the test, with the server's log, if the server is no longer running.
+    pub fn assert_alive(&mut self, when: &str) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!(
+                "the server died {when} ({status}); its log:\n{}",
+                self.log_text()
+            );
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -147,6 +165,53 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> i32 {
             panic!("process did not exit in time");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `cmd` to the end like [`Command::output`], with `stdin` as its input, but kills it
+/// and fails the test if it has not exited within `limit`: a regression that makes a command
+/// hang (a lock not refused, a pipe not noticed) fails instead of hanging the test run.
+pub fn output_with_deadline(
+    cmd: &mut Command,
+    stdin: &[u8],
+    limit: Duration,
+) -> std::process::Output {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // (A command that exits without reading its input is fine: the write error is ignored.)
+    std::thread::spawn(move || input.write_all(&stdin));
+    fn read_all(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            from.read_to_end(&mut v).expect("read the command's output");
+            v
+        })
+    }
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
 }
 
