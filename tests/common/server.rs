@@ -225,28 +225,54 @@ impl Drop for Server {
 /// Writes one byte (`byte(i)`) every 100 ms on `s` until the server closes the connection
 /// (at most 10 s after `started`); returns how long after `started` that was. Whatever the
 /// server sends meanwhile is read and dropped.
-pub fn trickle(
+pub fn trickle(s: std::net::TcpStream, started: Instant, byte: impl Fn(usize) -> u8) -> Duration {
+    trickle_until_closed(s, started, byte).closed
+}
+
+/// What [`trickle_until_closed`] saw.
+pub struct Trickled {
+    /// When the connection was closed, after `started`.
+    pub closed: Duration,
+    /// When the first byte of an answer arrived, after `started`.
+    pub answered: Option<Duration>,
+    /// Everything the server sent.
+    pub answer: Vec<u8>,
+}
+
+/// [`trickle`], keeping what the server sent and when it started to.
+pub fn trickle_until_closed(
     mut s: std::net::TcpStream,
     started: Instant,
     byte: impl Fn(usize) -> u8,
-) -> Duration {
+) -> Trickled {
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let mut answered = None;
+    let mut answer = Vec::new();
+    let closed = |answered, answer| Trickled {
+        closed: started.elapsed(),
+        answered,
+        answer,
+    };
     for i in 0.. {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the connection was never closed"
+            "the connection was never closed; the server sent: {}",
+            String::from_utf8_lossy(&answer)
         );
         if std::io::Write::write_all(&mut s, &[byte(i)]).is_err() {
-            return started.elapsed();
+            return closed(answered, answer);
         }
         let mut buf = [0u8; 256];
         match std::io::Read::read(&mut s, &mut buf) {
-            Ok(0) => return started.elapsed(),
-            Ok(_) => {}
+            Ok(0) => return closed(answered, answer),
+            Ok(n) => {
+                answered.get_or_insert_with(|| started.elapsed());
+                answer.extend_from_slice(&buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return started.elapsed(),
+            Err(_) => return closed(answered, answer),
         }
     }
     unreachable!()
