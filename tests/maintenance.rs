@@ -274,9 +274,15 @@ async fn disk_quota_answers_507_then_recovers_when_retention_frees_space() {
 /// of the frame of record `offset` (if it is below the committed end), read from the file.
 fn durable_state(segment: &Path, offset: u64) -> (u64, u64, Option<u64>) {
     use mapq::log::format::{decode_frame, get_u64, segment_header as sh};
-    let bytes = std::fs::read(segment).unwrap();
+    use std::io::Read;
+    // Only the header and the committed bytes: the file itself is a whole (sparse) segment.
+    let mut file = std::fs::File::open(segment).unwrap();
+    let mut bytes = vec![0; sh::SIZE];
+    file.read_exact(&mut bytes).unwrap();
     let committed = get_u64(&bytes, sh::COMMITTED_END);
     let durable = get_u64(&bytes, sh::DURABLE_END);
+    bytes.resize(committed as usize, 0);
+    file.read_exact(&mut bytes[sh::SIZE..]).unwrap();
     let mut at = sh::SIZE;
     let mut frame_end = None;
     while at < committed as usize {
