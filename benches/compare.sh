@@ -3,13 +3,17 @@
 #
 #   benches/compare.sh            # about 3 minutes; needs root for apt-get on first run
 #
-# Installs what is missing from Debian's packages (redis-server, redis-tools, golang-go and
-# the Go NATS client, to build benches/nats_bench offline; nats-server 2.10 from Debian 13's
-# package, unpacked under target/peers/, when the installed one is older: 2.9 has no
-# per-message sync setting), builds mapq in
-# release mode, starts every server on loopback with its data in a temporary directory, runs
-# the same workload against each, prints one table with mapq's ratios, and stops every
-# process it started (by PID), also on failure or Ctrl-C.
+# Nothing on the host is started, stopped or reconfigured. Redis (redis-server and
+# redis-benchmark, with the libraries the host lacks) is used from the host when installed,
+# else downloaded from Debian's packages with apt-get and unpacked (not installed, so no
+# service starts) under target/peers/; likewise nats-server 2.10 from Debian 13 when the
+# installed one is older (2.9 has no per-message sync setting). golang-go and the Go NATS
+# client, which run no service, are installed with apt-get when missing, to build
+# benches/nats_bench offline. Then it builds mapq in
+# release mode, starts private instances of every server on loopback ports with their data
+# in a temporary directory, runs the same workload against each, prints one table with
+# mapq's ratios, and stops every process it started (by PID, never by name), also on
+# failure or Ctrl-C. A Redis or NATS service already running on the host is left alone.
 #
 # Workload, for 1 KiB and 100 B records (RECORDS_1K / RECORDS_100 of them):
 #   produce  Redis: XADD with redis-benchmark, 50 connections, pipeline 16 (800 in flight)
@@ -47,40 +51,61 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+PEERS=$ROOT/target/peers
+# apt-get with a private source list ($2), package lists and cache (target/peers/apt-$1):
+# it downloads, and installs nothing.
+private_apt() {
+  APT_DIR=$PEERS/apt-$1
+  mkdir -p "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+  echo "$2" >"$APT_DIR/sources.list"
+  APT_OPTS=(-o "Dir::Etc::SourceList=$APT_DIR/sources.list" -o Dir::Etc::SourceParts=/dev/null
+            -o "Dir::State::Lists=$APT_DIR/lists" -o "Dir::Cache=$APT_DIR/cache")
+  apt-get "${APT_OPTS[@]}" update -qq
+}
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+
+REDIS_SERVER=$(command -v redis-server || true)
+REDIS_BENCHMARK=$(command -v redis-benchmark || true)
+if [ -z "$REDIS_SERVER" ] || [ -z "$REDIS_BENCHMARK" ]; then
+  REDIS_SERVER=$PEERS/redis/usr/bin/redis-server
+  REDIS_BENCHMARK=$PEERS/redis/usr/bin/redis-benchmark
+  if [ ! -x "$REDIS_BENCHMARK" ]; then
+    echo "fetching redis from Debian ($codename), unpacked under target/peers/" >&2
+    private_apt redis "deb http://deb.debian.org/debian $codename main"
+    # With the libraries the host lacks (the host's own packages are not downloaded). No
+    # maintainer script runs, so no service is set up or started.
+    apt-get "${APT_OPTS[@]}" install -y -qq --download-only --no-install-recommends \
+      redis-server redis-tools >/dev/null
+    for deb in "$APT_DIR"/cache/archives/*.deb; do
+      dpkg-deb -x "$deb" "$PEERS/redis"
+    done
+  fi
+  # (Debian's redis-server is a link to redis-check-rdb, which picks its role by name.)
+  export LD_LIBRARY_PATH=$PEERS/redis/usr/lib/$(uname -m)-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
 need=()
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/nats-io/nats.go ] || need+=(golang-github-nats-io-go-nats-dev)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing ${need[*]}" >&2
+  echo "installing ${need[*]} (no services)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # nats-server 2.10 or later (sync_interval: always): the installed one if it is recent
-# enough, else Debian 13's package, downloaded with apt-get through a private source list
-# and unpacked (not installed) under target/peers/.
+# enough, else Debian 13's package, unpacked (not installed) under target/peers/.
 NATS=$(command -v nats-server || true)
 if ! { [ -n "$NATS" ] && "$NATS" --version | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])\.'; }; then
-  NATS=$ROOT/target/peers/usr/sbin/nats-server
+  NATS=$PEERS/usr/sbin/nats-server
   if [ ! -x "$NATS" ]; then
     echo "fetching nats-server 2.10 from Debian 13 (trixie)" >&2
-    apt_dir=$ROOT/target/peers/apt
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-    echo "deb http://deb.debian.org/debian trixie main" >"$apt_dir/sources.list"
-    apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
-    apt-get "${apt_opts[@]}" update -qq
-    (cd "$apt_dir" && apt-get "${apt_opts[@]}" download nats-server 2>/dev/null)
-    dpkg-deb -x "$apt_dir"/nats-server_*.deb "$ROOT/target/peers"
+    private_apt trixie "deb http://deb.debian.org/debian trixie main"
+    # The package alone: the binary is static, and trixie's libraries must not come along.
+    (cd "$APT_DIR" && apt-get "${APT_OPTS[@]}" download nats-server 2>/dev/null)
+    dpkg-deb -x "$APT_DIR"/nats-server_*.deb "$PEERS"
   fi
 fi
-echo "peers: $(redis-server --version | cut -d' ' -f3), nats-server $("$NATS" --version | cut -d' ' -f2)" >&2
-# Debian starts the packaged servers; only ours run during the comparison.
-for svc in redis-server nats-server; do
-  (systemctl stop "$svc" 2>/dev/null || service "$svc" stop 2>/dev/null) >/dev/null 2>&1 || true
-done
+echo "peers: $("$REDIS_SERVER" --version | cut -d' ' -f3), nats-server $("$NATS" --version | cut -d' ' -f2)" >&2
 
 echo "building mapq (release) and the NATS client" >&2
 cargo build --release --quiet --bin mapq
@@ -104,19 +129,19 @@ result() { echo "$1 $2 $3 $4 $5" >>"$RESULTS"; }   # system scenario records_per
 redis_run() {   # $1 class, $2 appendfsync, $3 size, $4 records
   local port dir value
   port=$(free_port); dir=$WORK/redis-$1-$3; mkdir -p "$dir"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
+  "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
     --appendonly yes --appendfsync "$2" --daemonize no --logfile "$dir/log" &
   PIDS+=($!); local pid=$!
   wait_port "$port"
   value=$(head -c "$3" /dev/zero | tr '\0' 'x')
   local csv
-  csv=$(redis-benchmark -p "$port" -n "$4" -c 50 -P 16 --csv XADD s '*' v "$value" | tail -1)
+  csv=$("$REDIS_BENCHMARK" -p "$port" -n "$4" -c 50 -P 16 --csv XADD s '*' v "$value" | tail -1)
   # "test","rps","avg","min","p50","p95","p99","max"
   local rps p50 p99
   rps=$(echo "$csv" | cut -d, -f2 | tr -d '"'); p50=$(echo "$csv" | cut -d, -f5 | tr -d '"'); p99=$(echo "$csv" | cut -d, -f7 | tr -d '"')
   result redis "produce_$1_$3B" "$rps" "$(python3 -c "print(round($rps*$3/1e6,1))")" "${p50}ms/${p99}ms"
   if [ "$1" = memory ]; then
-    csv=$(redis-benchmark -p "$port" -n $(( $4 / 100 )) -c 10 -P 1 --csv XRANGE s - + COUNT 100 | tail -1)
+    csv=$("$REDIS_BENCHMARK" -p "$port" -n $(( $4 / 100 )) -c 10 -P 1 --csv XRANGE s - + COUNT 100 | tail -1)
     rps=$(echo "$csv" | cut -d, -f2 | tr -d '"'); p50=$(echo "$csv" | cut -d, -f5 | tr -d '"'); p99=$(echo "$csv" | cut -d, -f7 | tr -d '"')
     local recs; recs=$(python3 -c "print(round($rps*100))")
     result redis "consume_$3B" "$recs" "$(python3 -c "print(round($recs*$3/1e6,1))")" "${p50}ms/${p99}ms"

@@ -174,12 +174,14 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
             Some(commit),
             StatusCode::NO_CONTENT,
         ),
+        // The reader commits to a group of its own, for a topic it has no grant on at all
+        // (whatever permission commits need, it has none there).
         (
-            M::DELETE,
-            "/v1/topics/audit",
-            "ops-secret",
-            None,
-            StatusCode::NO_CONTENT,
+            M::PUT,
+            "/v1/groups/g2/offsets",
+            "reader-secret",
+            Some(json!({"offsets": [{"topic": "audit", "partition": 0, "offset": 0}]})),
+            StatusCode::FORBIDDEN,
         ),
     ];
     for (method, path, token, body, want) in cases {
@@ -194,6 +196,35 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
         }
     }
 
+    // The refused requests had no effect: nothing was appended to audit (nor a second record
+    // to orders), group g2 was never created, orders was not deleted.
+    let admin_get = |path: &str| call(M::GET, path, Some("ops-secret"), None);
+    let end_offset = |v: &Value| v["partition_stats"][0]["end_offset"].as_u64();
+    let audit: Value = admin_get("/v1/topics/audit")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(end_offset(&audit), Some(0), "{audit}");
+    let r = admin_get("/v1/groups/g2/offsets").await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "{:?}", r.text().await);
+    let r = call(M::DELETE, "/v1/topics/audit", Some("ops-secret"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NO_CONTENT,
+        "the admin deletes audit"
+    );
+    let orders: Value = admin_get("/v1/topics/orders")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(end_offset(&orders), Some(1), "{orders}");
+
     // The CLI sends its token: refused without it, served with it (from MAPQ_TOKEN too).
     let cli = |token: Option<&str>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"));
@@ -202,7 +233,7 @@ grants = [{{ topics = "orders*", allow = ["consume"] }}]
         if let Some(t) = token {
             cmd.env("MAPQ_TOKEN", t);
         }
-        cmd.output().unwrap()
+        common::server::output_with_deadline(&mut cmd, b"", std::time::Duration::from_secs(30))
     };
     let refused = cli(None);
     assert!(!refused.status.success());

@@ -2,25 +2,20 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
 
-use common::server::Server;
+use common::server::{output_with_deadline, Server};
 use serde_json::Value;
 
 fn mapq(server: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(args)
-        .args(["--server", &server.base])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-    drop(input);
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(args)
+            .args(["--server", &server.base]),
+        stdin.unwrap_or("").as_bytes(),
+        Duration::from_secs(30),
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -6,17 +6,21 @@
 mod common;
 
 use common::fuzz::{frame_decoding, fuzz_dir, RequestBodies, SegmentRecovery};
+use mapq::log::format::decode_frame;
 
-/// Runs `check` on every file of `seeds/<target>/` and `regressions/<target>/`.
+/// Runs `check` on every file of `seeds/<target>/` and `regressions/<target>/` (both must
+/// exist: a misnamed directory would otherwise never be replayed), but dot files such as the
+/// `.gitkeep` that keeps an empty directory in git.
 fn replay(target: &str, check: impl Fn(&[u8])) {
     let mut seeds = 0;
     for kind in ["seeds", "regressions"] {
         let dir = fuzz_dir().join(kind).join(target);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            assert_eq!(kind, "regressions", "{} is missing", dir.display());
-            continue;
-        };
-        let mut paths: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{} is missing: {e}", dir.display()));
+        let mut paths: Vec<_> = entries
+            .map(|e| e.unwrap().path())
+            .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+            .collect();
         paths.sort();
         for path in paths {
             let input = std::fs::read(&path).unwrap();
@@ -30,7 +34,38 @@ fn replay(target: &str, check: impl Fn(&[u8])) {
 
 #[test]
 fn frame_decoding_corpus() {
+    // The valid seeds decode to what they hold: a decoder that refused everything would pass
+    // every input without checking anything.
+    let seed = |n: u32| std::fs::read(fuzz_dir().join(format!("seeds/frame_decoding/seed-{n}")));
+    let seed0 = seed(0).unwrap();
+    let f = decode_frame(&seed0).unwrap();
+    assert_eq!(
+        (f.offset, f.timestamp_ms, f.key(), f.value()),
+        (7, 1, None, &b"hello"[..])
+    );
+    assert_eq!(f.headers().count(), 0);
+    let seed1 = seed(1).unwrap();
+    let f = decode_frame(&seed1).unwrap();
+    assert_eq!(
+        (f.offset, f.key(), f.value(), f.value_is_json()),
+        (7, Some(&b"k"[..]), &br#"{"a":1}"#[..], true)
+    );
+    assert_eq!(
+        f.headers().collect::<Vec<_>>(),
+        [(&b"source"[..], &b"web"[..])]
+    );
     replay("frame_decoding", frame_decoding);
+    // And every single-byte change of those two: each must decode to its own bytes or be
+    // refused, never anything in between.
+    for seed in [seed0, seed1] {
+        for at in 0..seed.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut changed = seed.clone();
+                changed[at] ^= x;
+                frame_decoding(&changed);
+            }
+        }
+    }
 }
 
 #[test]
@@ -41,10 +76,50 @@ fn segment_recovery_corpus() {
     let seed = std::fs::read(fuzz_dir().join("seeds/segment_recovery/seed-0")).unwrap();
     assert_eq!(target.recover(&seed), Some(40));
     replay("segment_recovery", |input| target.check(input));
+    // Committed ends around the edges of the data area (4096 to the 65536-byte capacity,
+    // 8-aligned): the partition opens exactly for the valid ones.
+    let original_end = u64::from_le_bytes(seed[..8].try_into().unwrap());
+    for end in [
+        0,
+        4088,
+        4096,
+        4100,
+        original_end - 8,
+        original_end,
+        65528,
+        65536,
+        65544,
+    ] {
+        let mut input = seed.clone();
+        input[..8].copy_from_slice(&u64::to_le_bytes(end));
+        target.check(&input);
+    }
+    // A byte changed in the data: everything before the damaged frame survives.
+    for at in [
+        8 + 3,
+        8 + 100,
+        8 + 1000,
+        8 + original_end as usize - 4096 - 1,
+    ] {
+        for x in [0x01, 0xff] {
+            let mut input = seed.clone();
+            input[at] ^= x;
+            target.check(&input);
+        }
+    }
 }
 
 #[test]
 fn request_bodies_corpus() {
+    // On a fresh broker, the seeds (all valid requests) are served: a router that answered
+    // 400 to everything would pass every input without checking anything. Seed 4 creates
+    // the topic seed 0 already created: 409.
     let target = RequestBodies::new();
+    for n in 0..6 {
+        let input =
+            std::fs::read(fuzz_dir().join(format!("seeds/request_bodies/seed-{n}"))).unwrap();
+        let status = target.status(&input).unwrap();
+        assert!(status.is_success() || status == 409, "seed-{n}: {status}");
+    }
     replay("request_bodies", |input| target.check(input));
 }

@@ -3,7 +3,8 @@
 //! writer must still produce the same bytes.
 //!
 //! To regenerate after a deliberate format change (with a version bump and a line in the
-//! version history of FORMAT.md): `MAPQ_WRITE_GOLDEN=1 cargo test --test golden`.
+//! version history of FORMAT.md): `MAPQ_WRITE_GOLDEN=1 cargo test --test golden`, which
+//! rewrites them and then fails on purpose; the next run without the variable checks them.
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,12 @@ fn golden_partition_still_reads_and_today_writes_the_same_bytes() {
     if std::env::var_os("MAPQ_WRITE_GOLDEN").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
         write(&golden);
+        // Compared with the code that just wrote them, they could not fail: this run checks
+        // nothing, and says so, so that a variable left set cannot pass as a check.
+        panic!(
+            "golden files regenerated in {}; unset MAPQ_WRITE_GOLDEN, review and commit them",
+            golden.display()
+        );
     }
     assert_eq!(
         file_names(&golden),

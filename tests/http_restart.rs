@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::server::{commit_offset, create_topic, get_json, post_json, Server};
+use common::server::{
+    commit_offset, create_topic, get_json, output_with_deadline, post_json, Server,
+};
 use mapq::broker::partitioner::partition_for_key;
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -96,11 +98,13 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
     }
     commit_offset(&http, &base, "g1", ("keep", 0, 400)).await;
     let verify = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
-            .args(["verify", "--data-dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
+        let out = output_with_deadline(
+            std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
+                .args(["verify", "--data-dir"])
+                .arg(dir.path()),
+            b"",
+            Duration::from_secs(30),
+        );
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "{text}");
         text
@@ -143,7 +147,7 @@ async fn sigterm_flushes_everything_and_a_restart_has_it_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
+    let mut server = Server::start(dir.path(), &[("MAPQ_SEGMENT_BYTES", "65536")]);
     let http = Client::new();
     let base = server.base.clone();
     create_topic(&http, &base, json!({"name": "hard", "partitions": 2})).await;
@@ -187,21 +191,34 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
                     )
                     .send()
                     .await;
-                match r {
-                    Ok(r) if r.status() == 204 => {
-                        *committed.lock().unwrap() = Some(offset);
-                        offset += 1;
-                    }
-                    // Beyond the records produced so far: try the same offset again.
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    Err(_) => return,
+                // The kill ends the commits: a request or answer cut by it is no failure.
+                let Ok(r) = r else { return };
+                if r.status() == 204 {
+                    *committed.lock().unwrap() = Some(offset);
+                    offset += 1;
+                    continue;
                 }
+                // Beyond the records produced so far: try the same offset again. Any other
+                // answer is a failure.
+                let status = r.status();
+                let Ok(e) = r.json::<Value>().await else {
+                    return;
+                };
+                assert!(
+                    status == 400
+                        && e["error"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("is beyond the end")),
+                    "commit refused: {status} {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }));
     }
     // Let the load run until plenty is acknowledged (several segments), then kill -9.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 3000 {
+        server.assert_alive("under load");
         assert!(std::time::Instant::now() < deadline, "load too slow");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -240,11 +257,14 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let first = Server::start(dir.path(), &[]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    // If the directory lock regressed, this server would run forever: a deadline fails it.
+    let out = output_with_deadline(
+        std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path()),
+        b"",
+        Duration::from_secs(10),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let pid = first.child.id().to_string();

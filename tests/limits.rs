@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::server::{raw_get_status, read_response, trickle, Server};
+use common::server::{raw_get_status, read_response, trickle, trickle_until_closed, Server};
 
 fn addr(server: &Server) -> String {
     server.base.strip_prefix("http://").unwrap().to_owned()
@@ -129,18 +129,30 @@ fn connections_beyond_the_limit_get_503_and_the_slot_comes_back() {
 #[test]
 fn a_body_that_trickles_in_gets_408() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[("MAPQ_REQUEST_BODY_TIMEOUT_MS", "500")]);
+    // A body byte arrives every 100 ms, so a timeout per read (or the idle timeout) would
+    // never fire: only a deadline over the whole body does.
+    let server = Server::start(
+        dir.path(),
+        &[
+            ("MAPQ_REQUEST_BODY_TIMEOUT_MS", "500"),
+            ("MAPQ_CONNECTION_IDLE_TIMEOUT_MS", "5000"),
+        ],
+    );
     let mut s = TcpStream::connect(addr(&server)).unwrap();
     s.write_all(
-        b"POST /v1/topics/slow/records HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\nabc",
+        b"POST /v1/topics/slow/records HTTP/1.1\r\nHost: x\r\ncontent-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n",
     )
     .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut answer = [0u8; 512];
-    let n = s.read(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let started = Instant::now();
+    let t = trickle_until_closed(s, started, |_| b'a');
+    let text = String::from_utf8_lossy(&t.answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("request_timeout"), "{text}");
+    let answered = t.answered.unwrap();
+    assert!(
+        answered >= Duration::from_millis(450) && answered < Duration::from_secs(8),
+        "answered after {answered:?}"
+    );
     assert!(
         !dir.path().join("slow").exists(),
         "nothing was created for the refused request"

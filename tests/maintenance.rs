@@ -101,12 +101,18 @@ async fn rolls_at_segment_size_and_retention_deletes_by_age() {
     })
     .await;
     let files = segment_files(&pdir);
+    let mut sized = 0;
     for f in &files {
         // (Retention may delete a file between the listing and this look.)
         if let Ok(m) = std::fs::metadata(pdir.join(format!("{f:020}.log"))) {
             assert_eq!(m.len(), 65536, "segment files are sized up front");
+            sized += 1;
         }
     }
+    assert!(
+        sized > 0,
+        "the active segment at least was looked at: {files:?}"
+    );
 
     // After the retention period every sealed segment goes; the active one stays.
     eventually(
@@ -264,6 +270,32 @@ async fn disk_quota_answers_507_then_recovers_when_retention_frees_space() {
     assert_eq!(r["high_watermark"].as_u64().unwrap(), acked + 10);
 }
 
+/// The segment header's committed and durable ends (byte positions in the file), and the end
+/// of the frame of record `offset` (if it is below the committed end), read from the file.
+fn durable_state(segment: &Path, offset: u64) -> (u64, u64, Option<u64>) {
+    use mapq::log::format::{decode_frame, get_u64, segment_header as sh};
+    use std::io::Read;
+    // Only the header and the committed bytes: the file itself is a whole (sparse) segment.
+    let mut file = std::fs::File::open(segment).unwrap();
+    let mut bytes = vec![0; sh::SIZE];
+    file.read_exact(&mut bytes).unwrap();
+    let committed = get_u64(&bytes, sh::COMMITTED_END);
+    let durable = get_u64(&bytes, sh::DURABLE_END);
+    bytes.resize(committed as usize, 0);
+    file.read_exact(&mut bytes[sh::SIZE..]).unwrap();
+    let mut at = sh::SIZE;
+    let mut frame_end = None;
+    while at < committed as usize {
+        let f = decode_frame(&bytes[at..committed as usize]).expect("a committed frame");
+        at += f.padded_len;
+        if f.offset == offset {
+            frame_end = Some(at as u64);
+            break;
+        }
+    }
+    (committed, durable, frame_end)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_produce_answers_only_once_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,22 +305,18 @@ async fn fsync_produce_answers_only_once_durable() {
     let base = server.base.clone();
     let r = produce(&http, &base, "d", 5, 100).await;
     assert_eq!(r.status(), 200);
-    let header_durable_end = |path: &Path| {
-        let bytes = std::fs::read(path).unwrap();
-        let committed = u64::from_le_bytes(bytes[64..72].try_into().unwrap());
-        let durable = u64::from_le_bytes(bytes[128..136].try_into().unwrap());
-        (committed, durable)
-    };
     let seg = dir.path().join("d/0/00000000000000000000.log");
-    let (committed, durable) = header_durable_end(&seg);
+    let (committed, durable, _) = durable_state(&seg, 0);
     assert!(
         durable < committed,
         "memory acknowledgements do not wait for msync"
     );
 
+    // Each answer is checked the moment it arrives: its record is already below the durable
+    // end. (A server that answered first and flushed just after would fail here.)
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (http, base) = (http.clone(), base.clone());
+        let (http, base, seg) = (http.clone(), base.clone(), seg.clone());
         tasks.push(tokio::spawn(async move {
             let r = post_json(
                 &http,
@@ -298,14 +326,22 @@ async fn fsync_produce_answers_only_once_durable() {
             .await;
             assert_eq!(r.status(), 200);
             let v: Value = r.json().await.unwrap();
-            v["offsets"][0]["offset"].as_u64().unwrap()
+            let offset = v["offsets"][0]["offset"].as_u64().unwrap();
+            let (_, durable, frame_end) = durable_state(&seg, offset);
+            let frame_end = frame_end.expect("the acknowledged record is in the segment");
+            assert!(
+                durable >= frame_end,
+                "record {offset} (ends at byte {frame_end}) was acknowledged before it was \
+                 durable (durable end {durable})"
+            );
+            offset
         }));
     }
     let mut max_offset = 0;
     for t in tasks {
         max_offset = max_offset.max(t.await.unwrap());
     }
-    let (committed, durable) = header_durable_end(&seg);
+    let (committed, durable, _) = durable_state(&seg, 0);
     assert_eq!(
         durable, committed,
         "every acknowledged fsync record is below the durable end"
@@ -313,7 +349,8 @@ async fn fsync_produce_answers_only_once_durable() {
     let m = get_text(&http, format!("{base}/metrics")).await;
     let durable_offset = sample(&m, r#"mapq_log_durable_offset{partition="0",topic="d"}"#);
     assert!(durable_offset > max_offset, "{m}");
-    // Group commit: eight fsync producers needed fewer msyncs than requests.
+    // At least one flush, at most one per request (concurrent requests may share one; that
+    // sharing is tested deterministically in tests/engine.rs).
     let flushes = sample(&m, r#"mapq_flushes_total{partition="0",topic="d"}"#);
     assert!((1..=8).contains(&flushes), "{flushes} flushes");
 }
@@ -347,8 +384,13 @@ async fn flush_messages_and_roll_by_age() {
     })
     .await;
     assert_eq!(produce(&http, &base, "f", 1, 10).await.status(), 200);
-    let files = segment_files(&dir.path().join("f/0"));
-    assert_eq!(files, [0, 60], "the new segment starts at the next offset");
+    // (The rolled-in segment gets its final file name on the prefaulter thread.)
+    eventually(
+        Duration::from_secs(10),
+        "the new segment starts at the next offset",
+        || async { segment_files(&dir.path().join("f/0")) == [0, 60] },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,14 +412,20 @@ async fn mapped_segments_stay_under_the_bound() {
             assert_eq!(produce(&http, &base, topic, 30, 1024).await.status(), 200);
         }
     }
-    let open_segments = || async {
+    let pid = server.child.id();
+    // The bound is checked on what the kernel says the server has mapped, and the gauge must
+    // agree with it (read between two identical looks at the mappings).
+    let bounded = || async {
+        let before = mapped_segment_files(pid);
         let m = get_text(&http, format!("{base}/metrics")).await;
-        sample(&m, "mapq_open_segments")
+        let gauge = sample(&m, "mapq_open_segments");
+        let after = mapped_segment_files(pid);
+        before == after && before.len() <= 4 && gauge == before.len() as u64
     };
     eventually(
         Duration::from_secs(10),
-        "at most 4 segments mapped",
-        || async { open_segments().await <= 4 },
+        "at most 4 segments mapped, as the gauge says",
+        bounded,
     )
     .await;
     // Everything still reads, from the oldest offset on.
@@ -388,9 +436,20 @@ async fn mapped_segments_stay_under_the_bound() {
     eventually(
         Duration::from_secs(10),
         "closed again after the reads",
-        || async { open_segments().await <= 4 },
+        bounded,
     )
     .await;
+}
+
+/// The segment files (`*.log`) process `pid` has mapped, from `/proc/<pid>/maps`.
+fn mapped_segment_files(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.ends_with(".log"))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

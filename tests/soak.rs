@@ -13,6 +13,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,14 +31,13 @@ fn env_u64(name: &str, default: u64) -> u64 {
 /// Resident anonymous memory (heap, stacks), without the mapped segment pages the kernel
 /// also counts as resident: that is what must not grow with the data.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RssAnon in /proc/{pid}/status:\n{status}"))
 }
 
 /// Tiny xorshift, seeded: random kill moments that a failure report can reproduce.
@@ -101,33 +101,51 @@ async fn kill_9_soak() {
     let mut server = Some(server);
     let mut recoveries = Vec::new();
     let mut rss = Vec::new();
+    let mut stored = BTreeMap::new();
     for cycle in 0..cycles {
         let base = server.as_ref().unwrap().base.clone();
         let stop = Instant::now() + Duration::from_millis(cycle_ms / 2 + rng.next(cycle_ms));
+        let kill_at = stop - Duration::from_millis(rng.next(cycle_ms / 4));
+        // Set just before the kill: an error before it fails the test, after it ends the load.
+        let killed = Arc::new(AtomicBool::new(false));
+        let acked_before = acked.lock().unwrap().len();
         let mut tasks = Vec::new();
         for (producer, durability) in [(0, "memory"), (1, "memory"), (2, "fsync")] {
             let (http, base, acked) = (http.clone(), base.clone(), acked.clone());
+            let killed = killed.clone();
             let first = next_value + producer * 10_000_000;
             tasks.push(tokio::spawn(async move {
                 let mut value = first;
+                let mut batches = 0u64;
                 while Instant::now() < stop {
                     let records: Vec<Value> = (0..20)
                         .map(|i| json!({"value": value + i, "partition": (value / 20 % 2) as u32}))
                         .collect();
-                    let r = http
-                        .post(format!(
-                            "{base}/v1/topics/soak/records?durability={durability}"
-                        ))
-                        .json(&json!({ "records": records }))
-                        .send()
-                        .await;
-                    let Ok(r) = r else { return };
-                    let Ok(v) = r.json::<Value>().await else {
-                        return;
+                    let answer = async {
+                        let r = http
+                            .post(format!(
+                                "{base}/v1/topics/soak/records?durability={durability}"
+                            ))
+                            .json(&json!({ "records": records }))
+                            .send()
+                            .await?;
+                        Ok::<_, reqwest::Error>((r.status(), r.text().await?))
+                    }
+                    .await;
+                    let text = match answer {
+                        Ok((status, text)) => {
+                            // Only a running server answers: a refusal is one, kill or not.
+                            assert_eq!(status, 200, "{durability} produce refused: {text}");
+                            text
+                        }
+                        // The kill ends the load: a request or answer cut by it is not
+                        // acknowledged.
+                        Err(_) if killed.load(Ordering::SeqCst) => break,
+                        Err(e) => panic!("{durability} produce failed before the kill: {e}"),
                     };
-                    let Some(offsets) = v["offsets"].as_array() else {
-                        return;
-                    };
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    let offsets = v["offsets"].as_array().expect("offsets");
+                    assert_eq!(offsets.len(), 20, "{v}");
                     let mut acked = acked.lock().unwrap();
                     for (i, o) in offsets.iter().enumerate() {
                         let key = (
@@ -137,55 +155,68 @@ async fn kill_9_soak() {
                         acked.insert(key, value + i as i64);
                     }
                     value += 20;
+                    batches += 1;
                 }
+                batches
             }));
         }
         // A consumer committing its position on partition 1 as it goes.
         let committer = {
-            let (http, base) = (http.clone(), base.clone());
+            let (http, base, killed) = (http.clone(), base.clone(), killed.clone());
             tokio::spawn(async move {
                 let mut last_ok = None;
+                let mut commits = 0u64;
                 while Instant::now() < stop {
-                    let Ok(r) = http
-                        .get(format!(
-                            "{base}/v1/topics/soak/partitions/1/records?offset=latest"
-                        ))
-                        .send()
-                        .await
-                    else {
-                        break;
-                    };
-                    let Ok(v) = r.json::<Value>().await else {
-                        break;
-                    };
-                    let hwm = v["high_watermark"].as_u64().unwrap_or(0);
-                    let body =
-                        json!({"offsets": [{"topic": "soak", "partition": 1, "offset": hwm}]});
-                    match http
-                        .put(format!("{base}/v1/groups/c/offsets"))
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status() == 204 => last_ok = Some(hwm),
-                        _ => break,
+                    let answer = async {
+                        let r = http
+                            .get(format!(
+                                "{base}/v1/topics/soak/partitions/1/records?offset=latest"
+                            ))
+                            .send()
+                            .await?;
+                        assert_eq!(r.status(), 200, "consume refused");
+                        let v = r.json::<Value>().await?;
+                        let hwm = v["high_watermark"].as_u64().expect("high_watermark");
+                        let body =
+                            json!({"offsets": [{"topic": "soak", "partition": 1, "offset": hwm}]});
+                        let r = http
+                            .put(format!("{base}/v1/groups/c/offsets"))
+                            .json(&body)
+                            .send()
+                            .await?;
+                        Ok::<_, reqwest::Error>((hwm, r.status(), r.text().await?))
+                    }
+                    .await;
+                    match answer {
+                        Ok((hwm, status, text)) => {
+                            assert_eq!(status, 204, "commit of {hwm} refused: {text}");
+                            last_ok = Some(hwm);
+                            commits += 1;
+                        }
+                        Err(_) if killed.load(Ordering::SeqCst) => break,
+                        Err(e) => panic!("commit failed before the kill: {e}"),
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                last_ok
+                (commits, last_ok)
             })
         };
-        tokio::time::sleep_until((stop - Duration::from_millis(rng.next(cycle_ms / 4))).into())
-            .await;
-        let s = server.take().unwrap();
+        tokio::time::sleep_until(kill_at.into()).await;
+        let mut s = server.take().unwrap();
+        s.assert_alive("before the kill");
         rss.push(rss_kib(s.child.id()));
+        killed.store(true, Ordering::SeqCst);
         s.kill();
-        for t in tasks {
-            let _ = t.await;
+        for (producer, t) in tasks.into_iter().enumerate() {
+            let batches = t.await.unwrap();
+            assert!(
+                batches > 0,
+                "cycle {cycle}: producer {producer} got no acknowledgement"
+            );
         }
-        if let Ok(Some(c)) = committer.await {
-            committed_floor = committed_floor.max(c);
-        }
+        let (commits, last_ok) = committer.await.unwrap();
+        assert!(commits > 0, "cycle {cycle}: no group commit landed");
+        committed_floor = committed_floor.max(last_ok.unwrap());
         next_value += 100_000_000;
 
         let started = Instant::now();
@@ -194,7 +225,11 @@ async fn kill_9_soak() {
 
         // Every acknowledged record, exactly where it was acknowledged.
         let acked_now = acked.lock().unwrap().clone();
-        let mut stored = BTreeMap::new();
+        assert!(
+            acked_now.len() > acked_before,
+            "cycle {cycle}: nothing new was acknowledged"
+        );
+        stored.clear();
         for partition in 0..2u32 {
             let mut offset = 0;
             loop {
@@ -235,7 +270,9 @@ async fn kill_9_soak() {
         }
         // Group offsets never go backwards.
         let g = get_json(&http, format!("{}/v1/groups/c/offsets", s.base)).await;
-        let committed = g["offsets"][0]["offset"].as_u64().unwrap_or(0);
+        let committed = g["offsets"][0]["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("cycle {cycle}: no committed offset: {g}"));
         assert!(
             committed >= committed_floor,
             "cycle {cycle}: group offset went back"
@@ -265,11 +302,14 @@ async fn kill_9_soak() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let tailed = tailed.lock().unwrap().clone();
+    assert_eq!(tailed.len() as u64, end, "the tailer went past the end");
     for (i, (offset, value)) in tailed.iter().enumerate() {
         assert_eq!(*offset, i as u64, "tailer: gap or duplicate at {i}");
-        if let Some(v) = acked.lock().unwrap().get(&(0, *offset)) {
-            assert_eq!(v, value, "tailer: wrong record at {offset}");
-        }
+        assert_eq!(
+            stored.get(&(0, *offset)),
+            Some(value),
+            "tailer: not the stored record at {offset}"
+        );
     }
     let _ = tailer.kill();
     let _ = tailer.wait();
@@ -279,4 +319,13 @@ async fn kill_9_soak() {
     );
     assert!(acked > 0);
     assert!(committed_floor > 0, "no group commit ever landed");
+    // The server's own memory does not grow with the data it has stored. Each cycle is a new
+    // process whose heap varies with the load of the moment (a few MiB in a short run), so
+    // the bound is 2x the first cycle or 64 MiB, whichever is larger: a long soak stores far
+    // more than that, and a server that kept it in memory would cross it.
+    let (first, last) = (rss[0], *rss.last().unwrap());
+    assert!(
+        last <= (2 * first).max(64 << 10),
+        "anonymous RSS grew from {first} KiB to {last} KiB: {rss:?}"
+    );
 }

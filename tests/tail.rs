@@ -22,18 +22,20 @@ struct Tail {
 }
 
 impl Tail {
+    /// Starts `mapq tail`; as user nobody (from a copy of the binary that user can reach)
+    /// if `as_nobody`.
     fn start(data_dir: &Path, args: &[&str], as_nobody: bool) -> Tail {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        let mut cmd = if as_nobody {
+            common::nobody::mapq()
+        } else {
+            Command::new(env!("CARGO_BIN_EXE_mapq"))
+        };
         cmd.arg("tail")
             .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if as_nobody {
-            std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
-            std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
-        }
         let mut child = cmd.spawn().expect("start mapq tail");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
@@ -141,6 +143,25 @@ fn wait_for_blocked_tailer(segment: &Path) {
     }
 }
 
+/// The number of segments of partition 0 of `topic`, as the server describes it.
+async fn segments(http: &Client, base: &str, topic: &str) -> u64 {
+    let d: Value = http
+        .get(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    d["partition_stats"][0]["segments"].as_u64().unwrap()
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: sending a signal to our own child process, which has not been waited for.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0, "kill({signal})");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_in_order_across_rolls_and_a_retention_deletion() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,21 +174,50 @@ async fn every_record_in_order_across_rolls_and_a_retention_deletion() {
         ],
     );
     let http = Client::new();
-    create(&http, &server.base, "roll").await;
+    let base = &server.base;
+    create(&http, base, "roll").await;
     let total = 1200u64;
-    let tail = Tail::start(dir.path(), &["roll", "--follow", "--count", "1200"], false);
-    let mut sent = 0;
-    let started = Instant::now();
-    while sent < total {
-        produce(&http, &server.base, "roll", sent, 40).await;
-        sent += 40;
-        // Spread the load over ~3 s so retention deletes segments while the tail follows.
-        let due = started + Duration::from_millis(100 * sent / 40);
-        tokio::time::sleep_until(due.into()).await;
+    let mut tail = Tail::start(dir.path(), &["roll", "--follow", "--count", "1200"], false);
+    // The tailer reads into the first segment, then stops (SIGSTOP) with part of it unread.
+    produce(&http, base, "roll", 0, 40).await;
+    check_sequence(&tail.records(40, Duration::from_secs(10)), 0);
+    signal(&tail.child, libc::SIGSTOP);
+    // Meanwhile the first segment fills, rolls, and retention deletes it: the stopped tailer
+    // still has it mapped, with records it has not read.
+    let mut sent = 40;
+    while segments(&http, base, "roll").await < 2 {
+        produce(&http, base, "roll", sent, 10).await;
+        sent += 10;
+        assert!(sent < 400, "the first segment never rolled");
     }
-    let records = tail.records(total as usize, Duration::from_secs(20));
-    check_sequence(&records, 0);
-    let m = get_text(&http, format!("{}/metrics", server.base)).await;
+    let first = dir.path().join("roll/0/00000000000000000000.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while first.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "retention never deleted the first segment"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&tail.child, libc::SIGCONT);
+    check_sequence(
+        &tail.records(sent as usize - 40, Duration::from_secs(10)),
+        40,
+    );
+    // Then across more rolls, in step with the tailer: however slow the machine, it never
+    // lags behind retention (1 s) by more than a batch.
+    while sent < total {
+        let n = (total - sent).min(40);
+        produce(&http, base, "roll", sent, n).await;
+        check_sequence(&tail.records(n as usize, Duration::from_secs(10)), sent);
+        sent += n;
+    }
+    assert_eq!(
+        tail.exit_code(Duration::from_secs(10)),
+        0,
+        "stopped at the count"
+    );
+    let m = get_text(&http, format!("{base}/metrics")).await;
     let sample = |series: &str| -> u64 {
         m.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -230,7 +280,8 @@ async fn the_tailer_survives_a_kill_9_of_the_writer_and_continues_after_restart(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tailer_needs_no_write_permission() {
-    let dir = tempfile::tempdir().unwrap();
+    // As root the tailer runs as nobody, who must reach the data directory.
+    let dir = common::nobody::shared_dir();
     let server = Server::start(dir.path(), &[]);
     let http = Client::new();
     create(&http, &server.base, "ro").await;
@@ -254,12 +305,11 @@ async fn the_tailer_needs_no_write_permission() {
         "{}",
         tail.stderr.lock().unwrap()
     );
-    // Following works too (it polls, since it cannot register as a waiter).
+    // Following works too (it polls, since it cannot register as a waiter). The server
+    // keeps its writable mappings, so it still appends to the read-only files.
     let tail = Tail::start(dir.path(), &["ro", "--from", "20", "--follow"], as_root);
-    if as_root {
-        produce(&http, &server.base, "ro", 20, 5).await;
-        check_sequence(&tail.records(5, Duration::from_secs(5)), 20);
-    }
+    produce(&http, &server.base, "ro", 20, 5).await;
+    check_sequence(&tail.records(5, Duration::from_secs(5)), 20);
 }
 
 fn egid() -> u32 {
@@ -315,13 +365,15 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
     for from in (0..400).step_by(40) {
         produce(&http, &server.base, "old", from, 40).await;
     }
-    // Wait until retention has deleted the first segment.
+    // Wait until retention has deleted the first segment, then stop the server: the tailers
+    // read the files directly, and retention must not move the start between them.
     let first = dir.path().join("old/0/00000000000000000000.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     while first.exists() {
         assert!(Instant::now() < deadline, "retention never ran");
         std::thread::sleep(Duration::from_millis(20));
     }
+    server.kill();
     let mut tail = Tail::start(dir.path(), &["old", "--from", "0"], false);
     assert_eq!(tail.exit_code(Duration::from_secs(5)), 1);
     let err = tail.stderr.lock().unwrap().clone();
@@ -355,11 +407,14 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_data_group_can_tail_and_nobody_else_can_write() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let dir = tempfile::tempdir().unwrap();
-    // Others may cross the temporary directory, nothing more.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // Others may cross this directory, nothing more (nobody must reach the data in it).
+    let dir = common::nobody::shared_dir();
     let as_root = euid() == 0;
-    let group = if as_root { 65534 } else { egid() };
+    let group = if as_root {
+        common::nobody::ids().1
+    } else {
+        egid()
+    };
     let data = dir.path().join("data");
     let gid = group.to_string();
     let server = Server::start(&data, &[("MAPQ_DATA_GROUP", gid.as_str())]);
@@ -401,12 +456,17 @@ async fn the_data_group_can_tail_and_nobody_else_can_write() {
             path.display()
         );
     }
-    if as_root {
-        // A member of the group (here: nobody, in nogroup) tails it with read access only.
-        let mut tail = Tail::start(&data, &["grp"], true);
-        check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
-        assert_eq!(tail.exit_code(Duration::from_secs(5)), 0);
-    }
+    // A member of the group tails it with read access only: as root, nobody (whose group
+    // it is). Otherwise the test's own user, whose group it is too (it also owns the files,
+    // so that half shows less).
+    let mut tail = Tail::start(&data, &["grp"], as_root);
+    check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
+    assert_eq!(
+        tail.exit_code(Duration::from_secs(5)),
+        0,
+        "{}",
+        tail.stderr.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,8 +492,11 @@ async fn a_reader_that_goes_away_ends_the_tailer_quietly() {
         let mut first = [0u8; 100];
         std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
         drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{format}: {out:?}");
-        assert!(out.stderr.is_empty(), "{format}: {out:?}");
+        // A tailer that ignores the closed pipe would run forever: fail after 10 s instead.
+        let code = common::server::wait_with_deadline(&mut child, Duration::from_secs(10));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert_eq!(code, 0, "{format}: {stderr}");
+        assert!(stderr.is_empty(), "{format}: {stderr}");
     }
 }

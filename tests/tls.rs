@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::{trickle, Server};
+use common::server::{output_with_deadline, trickle, Server};
 use serde_json::{json, Value};
 
 struct Tls {
@@ -150,26 +150,30 @@ async fn https_round_trips_over_http1_and_http2() {
     );
 
     // The CLI says why it cannot connect without --cacert, and reaches it with it.
-    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["topics", "list", "--server", &server.base])
-        .env_remove("MAPQ_CACERT")
-        .output()
-        .unwrap();
+    let out = output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["topics", "list", "--server", &server.base])
+            .env_remove("MAPQ_CACERT"),
+        b"",
+        Duration::from_secs(30),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("certificate"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args([
-            "topics",
-            "list",
-            "--json",
-            "--server",
-            &server.base,
-            "--cacert",
-        ])
-        .arg(&tls.ca_pem)
-        .output()
-        .unwrap();
+    let out = output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args([
+                "topics",
+                "list",
+                "--json",
+                "--server",
+                &server.base,
+                "--cacert",
+            ])
+            .arg(&tls.ca_pem),
+        b"",
+        Duration::from_secs(30),
+    );
     assert!(out.status.success(), "{out:?}");
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["topics"][0]["name"], "secure", "{listed}");

@@ -8,11 +8,13 @@ use common::*;
 use mapq::log::PartitionLog;
 
 fn verify(dir: &std::path::Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["verify", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = common::server::output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["verify", "--data-dir"])
+            .arg(dir),
+        b"",
+        std::time::Duration::from_secs(60),
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use mapq::log::format::decode_frame;
+use mapq::log::format::{decode_frame, encode_frame, get_u64, segment_header as sh};
 use mapq::log::{verify, LogConfig, PartitionLog, Record};
 use tower::ServiceExt;
 
@@ -18,15 +18,42 @@ pub fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cargo-fuzz")
 }
 
-/// Frame decoding and validation of arbitrary bytes: no panic, and whatever decodes is
-/// self-consistent.
+/// Frame decoding and validation of arbitrary bytes: no panic; whatever decodes encodes
+/// back to the same bytes (so nothing is accepted that the encoder would not write, and
+/// nothing read differs from what was written); and the whole-buffer validation agrees with
+/// the decoder on the first frame.
 pub fn frame_decoding(data: &[u8]) {
-    if let Ok(f) = decode_frame(data) {
-        assert!(f.padded_len <= data.len());
-        let _ = f.headers().count();
-        let _ = (f.key(), f.value());
+    use mapq::log::partition::validate_frames;
+    match decode_frame(data) {
+        Ok(f) => {
+            assert!(f.padded_len <= data.len());
+            let headers: Vec<(&[u8], &[u8])> = f.headers().collect();
+            assert_eq!(headers.len(), f.header_count as usize, "header count");
+            let record = Record {
+                key: f.key(),
+                value: f.value(),
+                headers: &headers,
+                timestamp_ms: f.timestamp_ms,
+                value_is_json: f.value_is_json(),
+            };
+            assert_eq!(record.padded_len(), Some(f.padded_len), "frame length");
+            let mut encoded = vec![0u8; f.padded_len];
+            encode_frame(&mut encoded, f.offset, &record);
+            assert!(
+                encoded == data[..f.padded_len],
+                "a decoded frame encodes back to other bytes"
+            );
+            assert_eq!(
+                validate_frames(&data[..f.padded_len]).ok(),
+                Some(1),
+                "validate_frames accepts the one frame decode_frame accepted"
+            );
+        }
+        Err(_) => assert!(
+            data.is_empty() || validate_frames(data).is_err(),
+            "validate_frames accepts bytes whose first frame does not decode"
+        ),
     }
-    let _ = mapq::log::partition::validate_frames(data);
 }
 
 /// Opening a partition whose one segment has a valid header, and a committed end (the
@@ -74,8 +101,8 @@ impl SegmentRecovery {
 
     /// The real segment's committed end and its first 8 KiB of data.
     pub fn seed(&self) -> Vec<u8> {
-        let mut seed = self.original[64..72].to_vec();
-        seed.extend(&self.original[4096..4096 + 8192]);
+        let mut seed = self.original[sh::COMMITTED_END..sh::COMMITTED_END + 8].to_vec();
+        seed.extend(&self.original[sh::SIZE..sh::SIZE + 8192]);
         seed
     }
 
@@ -84,19 +111,39 @@ impl SegmentRecovery {
     }
 
     /// Recovers the segment made from `input`; the number of records it then holds, or
-    /// `None` when the partition refuses to open.
+    /// `None` when the partition refuses to open. Opening must refuse exactly the committed
+    /// ends outside the data area or not frame-aligned; and recovery must keep every original
+    /// frame of the longest run, from the first, that the input left unchanged and wholly
+    /// below its committed end (it may cut damaged frames, never good ones before them).
     pub fn recover(&self, input: &[u8]) -> Option<u64> {
         let dir = tempfile::tempdir().unwrap();
         let mut file = self.original.clone();
         if input.len() >= 8 {
-            file[64..72].copy_from_slice(&input[..8]);
+            file[sh::COMMITTED_END..sh::COMMITTED_END + 8].copy_from_slice(&input[..8]);
             let body = &input[8..];
-            let n = body.len().min(file.len() - 4096);
-            file[4096..4096 + n].copy_from_slice(&body[..n]);
+            let n = body.len().min(file.len() - sh::SIZE);
+            file[sh::SIZE..sh::SIZE + n].copy_from_slice(&body[..n]);
         }
         std::fs::write(dir.path().join(SEGMENT), &file).unwrap();
+        let committed = get_u64(&file, sh::COMMITTED_END);
+        let capacity = get_u64(&file, sh::CAPACITY_BYTES);
+        let valid_end = (sh::SIZE as u64..=capacity).contains(&committed)
+            && committed.is_multiple_of(mapq::log::format::FRAME_ALIGN as u64);
+        let kept = self
+            .original_frames()
+            .take_while(|r| {
+                r.end as u64 <= committed && file[r.clone()] == self.original[r.clone()]
+            })
+            .count() as u64;
         // Index files are left out: recovery rebuilds them.
-        let (log, _) = PartitionLog::open(dir.path(), recovery_config()).ok()?;
+        let opened = PartitionLog::open(dir.path(), recovery_config());
+        assert_eq!(
+            opened.is_ok(),
+            valid_end,
+            "committed end {committed}: {:?}",
+            opened.as_ref().err()
+        );
+        let (log, _) = opened.ok()?;
         let end = log.end_offset();
         let mut next = log.start_offset();
         let mut records = 0;
@@ -107,12 +154,28 @@ impl SegmentRecovery {
             next = b.next_offset;
         }
         drop(log);
+        assert!(
+            records >= kept,
+            "recovery kept {records} records, but the first {kept} were intact"
+        );
         let summary = verify::verify_partition(dir.path());
         assert!(
             summary.is_ok(),
             "recovered partition does not verify: {summary}"
         );
         Some(records)
+    }
+
+    /// The byte ranges of the original segment's frames, in order.
+    fn original_frames(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let committed = get_u64(&self.original, sh::COMMITTED_END) as usize;
+        let mut at = sh::SIZE;
+        std::iter::from_fn(move || {
+            let f = decode_frame(&self.original[at..committed]).ok()?;
+            let range = at..at + f.padded_len;
+            at = range.end;
+            Some(range)
+        })
     }
 }
 
@@ -174,9 +237,14 @@ impl RequestBodies {
     }
 
     pub fn check(&self, input: &[u8]) {
-        let Some((&route, body)) = input.split_first() else {
-            return;
-        };
+        if let Some(status) = self.status(input) {
+            assert!(!status.is_server_error(), "{status} for {input:?}");
+        }
+    }
+
+    /// The router's answer to `input` (`None` for an empty input, which picks no route).
+    pub fn status(&self, input: &[u8]) -> Option<axum::http::StatusCode> {
+        let (&route, body) = input.split_first()?;
         let (method, uri, content_type) = ROUTES[route as usize % ROUTES.len()];
         let req = Request::builder()
             .method(method)
@@ -185,7 +253,6 @@ impl RequestBodies {
             .body(Body::from(body.to_vec()))
             .unwrap();
         let app = mapq::server::router(self.state.clone());
-        let status = self.runtime.block_on(app.oneshot(req)).unwrap().status();
-        assert!(!status.is_server_error(), "{method} {uri}: {status}");
+        Some(self.runtime.block_on(app.oneshot(req)).unwrap().status())
     }
 }

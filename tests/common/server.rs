@@ -104,11 +104,29 @@ impl Server {
         status
     }
 
-    /// SIGKILL, no goodbye.
+    /// SIGKILL, no goodbye. The server must still be running: one that already died (a
+    /// crash) is not "killed", it fails the test with its log; and it must die of the SIGKILL.
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.assert_alive("before the kill");
+        self.child.kill().expect("send SIGKILL");
+        let status = self.child.wait().expect("wait for the killed server");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the server ended with {status}, not by the SIGKILL: {}",
+            self.log_text()
+        );
         std::mem::forget(self);
+    }
+
+    /// Fails the test, with the server's log, if the server is no longer running.
+    pub fn assert_alive(&mut self, when: &str) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            panic!(
+                "the server died {when} ({status}); its log:\n{}",
+                self.log_text()
+            );
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -150,6 +168,53 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> i32 {
     }
 }
 
+/// Runs `cmd` to the end like [`Command::output`], with `stdin` as its input, but kills it
+/// and fails the test if it has not exited within `limit`: a regression that makes a command
+/// hang (a lock not refused, a pipe not noticed) fails instead of hanging the test run.
+pub fn output_with_deadline(
+    cmd: &mut Command,
+    stdin: &[u8],
+    limit: Duration,
+) -> std::process::Output {
+    use std::io::{Read, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    // (A command that exits without reading its input is fine: the write error is ignored.)
+    std::thread::spawn(move || input.write_all(&stdin));
+    fn read_all(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            from.read_to_end(&mut v).expect("read the command's output");
+            v
+        })
+    }
+    let stdout = read_all(child.stdout.take().unwrap());
+    let stderr = read_all(child.stderr.take().unwrap());
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -160,28 +225,54 @@ impl Drop for Server {
 /// Writes one byte (`byte(i)`) every 100 ms on `s` until the server closes the connection
 /// (at most 10 s after `started`); returns how long after `started` that was. Whatever the
 /// server sends meanwhile is read and dropped.
-pub fn trickle(
+pub fn trickle(s: std::net::TcpStream, started: Instant, byte: impl Fn(usize) -> u8) -> Duration {
+    trickle_until_closed(s, started, byte).closed
+}
+
+/// What [`trickle_until_closed`] saw.
+pub struct Trickled {
+    /// When the connection was closed, after `started`.
+    pub closed: Duration,
+    /// When the first byte of an answer arrived, after `started`.
+    pub answered: Option<Duration>,
+    /// Everything the server sent.
+    pub answer: Vec<u8>,
+}
+
+/// [`trickle`], keeping what the server sent and when it started to.
+pub fn trickle_until_closed(
     mut s: std::net::TcpStream,
     started: Instant,
     byte: impl Fn(usize) -> u8,
-) -> Duration {
+) -> Trickled {
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let mut answered = None;
+    let mut answer = Vec::new();
+    let closed = |answered, answer| Trickled {
+        closed: started.elapsed(),
+        answered,
+        answer,
+    };
     for i in 0.. {
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "the connection was never closed"
+            "the connection was never closed; the server sent: {}",
+            String::from_utf8_lossy(&answer)
         );
         if std::io::Write::write_all(&mut s, &[byte(i)]).is_err() {
-            return started.elapsed();
+            return closed(answered, answer);
         }
         let mut buf = [0u8; 256];
         match std::io::Read::read(&mut s, &mut buf) {
-            Ok(0) => return started.elapsed(),
-            Ok(_) => {}
+            Ok(0) => return closed(answered, answer),
+            Ok(n) => {
+                answered.get_or_insert_with(|| started.elapsed());
+                answer.extend_from_slice(&buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => return started.elapsed(),
+            Err(_) => return closed(answered, answer),
         }
     }
     unreachable!()
