@@ -74,15 +74,16 @@ pub enum Command {
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
-    /// Print a partition's records over HTTP, optionally following and committing a group.
+    /// Print a topic's records over HTTP (every partition, or one), optionally following and
+    /// committing a group's offsets.
     Consume {
         #[command(flatten)]
         args: crate::client::ConsumeArgs,
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
-    /// Read a partition straight from its segment files (no server needed, read-only
-    /// access is enough), one line per record.
+    /// Read a topic's records straight from its segment files (every partition, or one; no
+    /// server needed, read-only access is enough), one line per record.
     Tail(TailArgs),
     /// Make tokens for the `tokens` setting.
     Token {
@@ -129,8 +130,8 @@ pub struct TailArgs {
     /// How to wait when following: `spin` (lowest latency, a busy core) or `block`.
     #[arg(long, value_enum, default_value = "block")]
     pub wait: WaitArg,
-    /// `json` (the record object of the JSON consume API), `value` (the value bytes and a
-    /// newline) or `raw` (the frames as on disk).
+    /// `json` (the record object of the JSON consume API, with its `partition` first),
+    /// `value` (the value bytes and a newline) or `raw` (the frames as on disk).
     #[arg(long, value_enum, default_value = "json")]
     pub format: FormatArg,
     /// Exit after this many records.
@@ -393,7 +394,7 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
             std::thread::spawn(move || {
                 let result = tail_partition(&data_dir, &topic, p, options, |f| {
                     let mut line = Vec::with_capacity(f.bytes.len() + 64);
-                    let _ = render(format, f, &mut line);
+                    let _ = render(format, p, f, &mut line);
                     tx.send(Ok(line)).is_ok()
                 });
                 if let Err(e) = result {
@@ -418,7 +419,7 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
                 p,
                 tail_options(args, from),
                 |f| {
-                    match write(&|out| render(args.format, f, out)) {
+                    match write(&|out| render(args.format, p, f, out)) {
                         Ok(go_on) => more = go_on,
                         Err(e) => {
                             failed = Some(e);
@@ -492,17 +493,31 @@ fn tail_partition(
 /// Writes a record as `mapq tail --format` prints it, with its newline.
 fn render(
     format: FormatArg,
+    partition: u32,
     f: &crate::log::FrameView<'_>,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
+    /// A record with the partition it came from.
+    #[derive(serde::Serialize)]
+    struct Tailed<'a> {
+        partition: u32,
+        #[serde(flatten)]
+        record: RecordOut<'a>,
+    }
     match format {
-        FormatArg::Json => serde_json::to_writer(&mut *out, &RecordOut::of_frame(f))
-            // Keep the kind of an I/O error (a closed pipe is not a failure).
-            .map_err(|e| match e.io_error_kind() {
-                Some(kind) => std::io::Error::from(kind),
-                None => std::io::Error::other(e),
-            })
-            .and_then(|()| out.write_all(b"\n")),
+        FormatArg::Json => serde_json::to_writer(
+            &mut *out,
+            &Tailed {
+                partition,
+                record: RecordOut::of_frame(f),
+            },
+        )
+        // Keep the kind of an I/O error (a closed pipe is not a failure).
+        .map_err(|e| match e.io_error_kind() {
+            Some(kind) => std::io::Error::from(kind),
+            None => std::io::Error::other(e),
+        })
+        .and_then(|()| out.write_all(b"\n")),
         FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
         FormatArg::Raw => out.write_all(f.bytes),
     }

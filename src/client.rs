@@ -256,7 +256,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 
 fn cell(v: &Value) -> String {
     match v {
-        Value::Null => "none".into(),
+        Value::Null => "null".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -550,7 +550,7 @@ impl Printer<'_> {
             let (count, next, stop) = if self.format == OutputFormat::Raw {
                 self.print_frames(url).await?
             } else {
-                self.print_records(url).await?
+                self.print_records(partition, url).await?
             };
             let Some(next) = next else {
                 return Ok(());
@@ -573,7 +573,7 @@ impl Printer<'_> {
 
     /// One JSON consume request: prints its records, and returns how many it printed, the
     /// offset to go on from, and whether stdout was closed.
-    async fn print_records(&self, url: String) -> Result<(u64, Option<u64>, bool)> {
+    async fn print_records(&self, partition: u32, url: String) -> Result<(u64, Option<u64>, bool)> {
         let v = self.api.call(self.api.http.get(url)).await?;
         let records = v["records"].as_array().cloned().unwrap_or_default();
         let stdout = std::io::stdout();
@@ -585,7 +585,7 @@ impl Printer<'_> {
                 break;
             }
             let written = match self.format {
-                OutputFormat::Json => writeln!(out, "{r}"),
+                OutputFormat::Json => writeln!(out, "{}", with_partition(partition, r)),
                 _ => write_value(&mut out, r),
             };
             if written.is_err() {
@@ -635,6 +635,16 @@ impl Printer<'_> {
         }
         Ok((count, position, false))
     }
+}
+
+/// The record object of the JSON consume API, with the partition it came from first.
+fn with_partition(partition: u32, r: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("partition".into(), json!(partition));
+    if let Some(fields) = r.as_object() {
+        out.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    Value::Object(out)
 }
 
 /// A record's value as a shell user expects it: a string as its text, other JSON as its

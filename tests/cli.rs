@@ -42,7 +42,7 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("topic orders  partitions 2") && out.contains("retention_ms=none"),
+        out.contains("topic orders  partitions 2") && out.contains("retention_ms=null"),
         "{out}"
     );
     let (_, out, _) = mapq(&server, &["topics", "list", "--json"], None);

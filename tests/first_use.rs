@@ -244,6 +244,19 @@ fn consume_and_tail_read_every_partition_by_default() {
     let (code, out, _) = tail(&["p4", "--partition", "3", "--format", "value"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 25);
+    // JSON lines say which partition each record came from.
+    let per_partition = |out: &str| {
+        let mut counts = [0; 4];
+        for line in out.lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            counts[r["partition"].as_u64().unwrap() as usize] += 1;
+        }
+        counts
+    };
+    let (_, out, _) = tail(&["p4"]);
+    assert_eq!(per_partition(&out), [25; 4], "{out}");
+    let (_, out, _) = client(&base, &["consume", "p4", "--format", "json"], "");
+    assert_eq!(per_partition(&out), [25; 4], "{out}");
     let (code, _, err) = tail(&["p4", "--format", "raw"]);
     assert_eq!(code, 1);
     assert!(err.contains("--format raw needs --partition"), "{err}");
