@@ -171,23 +171,49 @@ async fn run(n: usize) {
     let idle_fds = count_entries(format!("/proc/{pid}/fd"));
 
     let started = Instant::now();
+    // The first refusal, if any (say the server ran out of open files): reported, not a
+    // panic, and the run for this N stops there.
+    let refused = Arc::new(std::sync::Mutex::new(None::<String>));
+    let done = Arc::new(AtomicU64::new(0));
     {
         let (http, base) = (http.clone(), base.clone());
+        let (refused, done) = (Arc::clone(&refused), Arc::clone(&done));
         each(n, move |i| {
             let (http, base) = (http.clone(), base.clone());
+            let (refused, done) = (Arc::clone(&refused), Arc::clone(&done));
             async move {
+                if refused.lock().unwrap().is_some() {
+                    return;
+                }
                 let r = http
                     .post(format!("{base}/v1/topics"))
                     .json(&serde_json::json!({"name": format!("p{i}"), "partitions": 1}))
                     .send()
                     .await
                     .expect("create a topic");
-                assert_eq!(r.status(), 201, "creating p{i}");
+                if r.status() == 201 {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let why = format!("{} {}", r.status(), r.text().await.unwrap_or_default());
+                    refused.lock().unwrap().get_or_insert(why);
+                }
             }
         })
         .await;
     }
     let created = started.elapsed();
+    if let Some(why) = refused.lock().unwrap().take() {
+        let fds = count_entries(format!("/proc/{pid}/fd"));
+        println!(
+            "partitions={n}: creation refused after {} partitions ({fds} open files): {why}",
+            done.load(Ordering::Relaxed)
+        );
+        println!(
+            "RESULT partitions={n} refused_after={}",
+            done.load(Ordering::Relaxed)
+        );
+        return;
+    }
     let value = "v".repeat(100);
     let produce_one = {
         let (http, base, value) = (http.clone(), base.clone(), value.clone());

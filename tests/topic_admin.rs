@@ -144,3 +144,95 @@ async fn concurrent_creations_and_deletions_keep_their_promises() {
     );
     assert_eq!(before, after);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_open_files_is_a_clear_503_that_changes_nothing() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // A hard limit of 64 open files: about fifteen partitions fit.
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
+            env!("CARGO_BIN_EXE_mapq"),
+            dir.path().join("data").display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("mapq listening on ")
+        .unwrap()
+        .to_owned();
+    let http = Client::new();
+    let mut refused = None;
+    for i in 0..64 {
+        let r = http
+            .post(format!("{base}/v1/topics"))
+            .json(&json!({"name": format!("t{i}")}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 201 {
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            refused = Some((i, status, body));
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (i, status, body) = refused.expect("64 open files never ran out");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_open_files", "{body}");
+    assert!(
+        !dir.path().join(format!("data/t{i}")).exists(),
+        "the refused creation left its directory"
+    );
+}
+
+#[test]
+fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
+            env!("CARGO_BIN_EXE_mapq"),
+            dir.path().join("data").display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("mapq listening on "), "{line}");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files.len(), 2, "{limits}");
+    assert_eq!(
+        open_files[0], open_files[1],
+        "soft limit raised to the hard one: {limits}"
+    );
+    assert_ne!(open_files[0], "256", "{limits}");
+}

@@ -299,7 +299,14 @@ impl Broker {
             &self.config,
             self.prefaulter.handle(),
             self.quota.clone(),
-        )?;
+        )
+        .inspect_err(|_| {
+            // A creation that failed half-way leaves nothing that a restart would take for
+            // a topic (the name is still claimed: nobody else works in this directory).
+            if fs::remove_dir_all(&dir).is_ok() {
+                let _ = crate::log::segment::sync_dir(&self.data_dir);
+            }
+        })?;
         let t = Arc::new(t);
         self.topics
             .write()

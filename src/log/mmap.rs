@@ -79,11 +79,22 @@ impl MappedFile {
         } else {
             opts.map_raw_read_only(&file)?
         };
-        Ok(MappedFile {
+        let mapped = MappedFile {
             map,
             file,
             writable,
-        })
+        };
+        // No read-ahead until the owner says where data lies (see `read_ahead`): around a
+        // fault in a hole, the kernel would zero a whole read-ahead window nobody asked for
+        // (most of the cost of creating or opening a mostly empty segment, measured).
+        mapped.advise(Advice::Random, 0..mapped.len());
+        Ok(mapped)
+    }
+
+    /// Lets the kernel read ahead around faults in `range` (its start page-aligned): for
+    /// data that is mostly read in order, such as frames below a segment's committed end.
+    pub fn read_ahead(&self, range: Range<usize>) {
+        self.advise(Advice::Normal, range);
     }
 
     /// Length of the mapping (the file's length when it was mapped).

@@ -497,6 +497,9 @@ impl Segment {
                 format!("committed end {committed} outside the data area"),
             ));
         }
+        // Frames below the committed end are mostly read in order: read ahead there, in
+        // whole 2 MiB steps so that no window reaches into the holes past the end.
+        data.read_ahead(0..committed as usize & !((2 << 20) - 1));
         let index_cap = index_capacity(data.len(), header.index_interval_bytes as usize);
         let open_index = |kind: IndexKind| -> Result<Index> {
             let p = segment_path(dir, base_offset, kind.ext());

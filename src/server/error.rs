@@ -144,6 +144,16 @@ impl From<LogError> for ApiError {
                     "this partition stopped accepting writes after a failed flush; see the server log",
                 )
             }
+            LogError::Io { ref source, .. }
+                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+            {
+                tracing::error!(error = %msg, "out of file descriptors");
+                Self::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "too_many_open_files",
+                    "the server has reached its limit of open files (each partition keeps its active segment's three files open); raise it (LimitNOFILE, ulimit -n) or use fewer partitions. Nothing was changed",
+                )
+            }
             LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }
             | LogError::Io { .. } => Self::internal(msg),
