@@ -92,7 +92,8 @@ impl MappedFile {
     }
 
     /// Lets the kernel read ahead around faults in `range` (its start page-aligned): for
-    /// data that is mostly read in order, such as frames below a segment's committed end.
+    /// data mostly read in order, and written in order into holes (a segment's data, once
+    /// its header is read or written).
     pub fn read_ahead(&self, range: Range<usize>) {
         self.advise(Advice::Normal, range);
     }
