@@ -6,14 +6,6 @@ use common::server::Server;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_and_permissions_per_topic() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,9 +29,9 @@ name = "reader"
 sha256 = "{}"
 grants = [{{ topics = "orders*", allow = ["consume"] }}]
 "#,
-            sha256_hex("ops-secret"),
-            sha256_hex("writer-secret"),
-            sha256_hex("reader-secret")
+            mapq::auth::token_hash("ops-secret"),
+            mapq::auth::token_hash("writer-secret"),
+            mapq::auth::token_hash("reader-secret")
         ),
     )
     .unwrap();

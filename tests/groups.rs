@@ -82,14 +82,6 @@ async fn deleting_a_topic_forgets_its_committed_offsets() {
     assert!(!file.contains("\"t2\""), "{file}");
 }
 
-fn sha256_hex(s: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_commit_and_read_offsets_of_the_topics_they_may_consume() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,9 +105,9 @@ name = "writer"
 sha256 = "{}"
 grants = [{{ topics = "orders*", allow = ["produce"] }}]
 "#,
-            sha256_hex("ops"),
-            sha256_hex("worker"),
-            sha256_hex("writer"),
+            mapq::auth::token_hash("ops"),
+            mapq::auth::token_hash("worker"),
+            mapq::auth::token_hash("writer"),
         ),
     )
     .unwrap();
@@ -214,41 +206,26 @@ grants = [{{ topics = "orders*", allow = ["produce"] }}]
         let r = call(method.clone(), path, token, body).await.unwrap();
         assert_eq!(r.status(), want, "{method} {path} with {token}");
     }
+    // GET `path` with `token`, as JSON.
+    let get = |path: &str, token: &str| {
+        let req = call(Method::GET, path, token, None);
+        async move { req.await.unwrap().json::<Value>().await.unwrap() }
+    };
     // The worker sees its own offsets on orders*, not the admin's on audit.
-    let v: Value = call(Method::GET, "/v1/groups/w/offsets", "worker", None)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get("/v1/groups/w/offsets", "worker").await;
     assert_eq!(
         v,
         json!({"offsets": [{"topic": "orders", "partition": 0, "offset": 1, "lag": 1}]})
     );
-    let v: Value = call(Method::GET, "/v1/groups/w/offsets", "ops", None)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get("/v1/groups/w/offsets", "ops").await;
     assert_eq!(
         v["offsets"].as_array().unwrap().len(),
         2,
         "the refused commit kept nothing: {v}"
     );
-    let v: Value = call(Method::GET, "/v1/groups", "worker", None)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get("/v1/groups", "worker").await;
     assert_eq!(v, json!({"groups": ["w"]}));
-    let v: Value = call(Method::GET, "/v1/groups", "ops", None)
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get("/v1/groups", "ops").await;
     assert_eq!(v, json!({"groups": ["secret", "w"]}));
     // The topic list shows each token the topics it holds a permission on.
     for (token, want) in [
@@ -256,12 +233,7 @@ grants = [{{ topics = "orders*", allow = ["produce"] }}]
         ("worker", json!(["orders", "orders.eu"])),
         ("writer", json!(["orders", "orders.eu"])),
     ] {
-        let v: Value = call(Method::GET, "/v1/topics", token, None)
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get("/v1/topics", token).await;
         let names: Vec<&Value> = v["topics"]
             .as_array()
             .unwrap()

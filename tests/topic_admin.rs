@@ -145,17 +145,16 @@ async fn concurrent_creations_and_deletions_keep_their_promises() {
     assert_eq!(before, after);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn running_out_of_open_files_is_a_clear_503_that_changes_nothing() {
+/// Starts `mapq serve` from bash after `setup` (a `ulimit`, say), data in `dir/data`;
+/// returns the process and the address it listens on.
+fn serve_after(setup: &str, dir: &std::path::Path) -> (std::process::Child, String) {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    // A hard limit of 64 open files: about fifteen partitions fit.
     let mut child = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "ulimit -n 64 && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
+            "{setup} && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
             env!("CARGO_BIN_EXE_mapq"),
-            dir.path().join("data").display()
+            dir.join("data").display()
         ))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -168,8 +167,16 @@ async fn running_out_of_open_files_is_a_clear_503_that_changes_nothing() {
     let base = line
         .trim()
         .strip_prefix("mapq listening on ")
-        .unwrap()
+        .unwrap_or_else(|| panic!("the server did not start: {line:?}"))
         .to_owned();
+    (child, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_open_files_is_a_clear_503_that_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A limit of 64 open files: about fifteen partitions fit.
+    let (mut child, base) = serve_after("ulimit -n 64", dir.path());
     let http = Client::new();
     let mut refused = None;
     for i in 0..64 {
@@ -200,27 +207,10 @@ async fn running_out_of_open_files_is_a_clear_503_that_changes_nothing() {
 #[test]
 fn the_server_raises_its_soft_limit_of_open_files_to_the_hard_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -Sn 256 && exec {} serve --listen 127.0.0.1:0 --data-dir {}",
-            env!("CARGO_BIN_EXE_mapq"),
-            dir.path().join("data").display()
-        ))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, _) = serve_after("ulimit -Sn 256", dir.path());
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();
-    assert!(line.starts_with("mapq listening on "), "{line}");
     let open_files: Vec<&str> = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
