@@ -136,8 +136,7 @@ fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     let b = log.read(3, 1, 1).unwrap();
     assert_eq!(b.records().next().unwrap().value.len(), 200 << 10);
     // The big batch starts a segment sized to fit it (rounded up to a page), not the usual
-    // 64 KiB. (Today the records after it go into that segment's rounding slack when they
-    // fit, so the layout is [0, 3], not [0, 3, 4].)
+    // 64 KiB, and has it to itself: the records after it start the next one.
     let layout = |log: &PartitionLog| -> Vec<(u64, usize)> {
         log.segments()
             .iter()
@@ -148,7 +147,11 @@ fn a_batch_larger_than_a_segment_gets_a_segment_of_its_own() {
     let fitted =
         (segment_header::SIZE + align_up(frame::FIXED_SIZE + (200 << 10))).next_multiple_of(4096);
     let before = layout(&log);
-    assert_eq!(before[..2], [(0, 64 << 10), (3, fitted)], "{before:?}");
+    assert_eq!(
+        before,
+        [(0, 64 << 10), (3, fitted), (4, 64 << 10)],
+        "{before:?}"
+    );
     drop(log);
     let (log, _) = PartitionLog::open(dir.path(), small_config(64 << 10)).unwrap();
     assert_eq!(log.end_offset(), 8);

@@ -721,9 +721,12 @@ impl PartitionLog {
         })
     }
 
-    /// Rolls to a new segment if `bytes` do not fit in the active one.
+    /// Rolls to a new segment if `bytes` do not fit in the active one, or if the active one
+    /// is larger than `segment_bytes` (made to fit one big batch, which keeps it to itself;
+    /// or made under a larger setting) and holds records.
     fn make_room(&self, w: &mut SegmentWriter, bytes: usize) -> Result<()> {
-        if bytes > w.remaining() {
+        let oversized = w.segment().capacity() as u64 > self.config.segment_bytes;
+        if bytes > w.remaining() || (oversized && !w.is_empty()) {
             self.roll_locked(w, bytes)?;
         }
         Ok(())
