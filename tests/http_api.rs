@@ -274,10 +274,10 @@ async fn produce_in_every_format_and_consume_as_json() {
     assert_eq!(
         resp,
         json!({"offsets": [
-            {"partition": key_partition, "offset": 0},
-            {"partition": 1, "offset": u64::from(key_partition == 1)},
-            {"partition": 1, "offset": 1 + u64::from(key_partition == 1)},
-            {"partition": 1, "offset": 2 + u64::from(key_partition == 1)},
+            {"partition": 0, "offset": 0},
+            {"partition": 1, "offset": 0},
+            {"partition": 1, "offset": 1},
+            {"partition": 1, "offset": 2},
         ]})
     );
 
@@ -298,6 +298,10 @@ async fn produce_in_every_format_and_consume_as_json() {
     assert_eq!(r.status(), 200);
     let off = r.json::<Value>().await.unwrap()["offsets"][0].clone();
     assert_eq!(off["partition"], 0);
+    assert_eq!(
+        off["offset"], 3,
+        "after user-1's record and the two NDJSON ones"
+    );
 
     let p1: Value = api
         .get("/v1/topics/orders/partitions/1/records")
@@ -306,24 +310,28 @@ async fn produce_in_every_format_and_consume_as_json() {
         .await
         .unwrap();
     let recs = p1["records"].as_array().unwrap();
-    let base = usize::from(key_partition == 1);
     assert_eq!(
-        recs[base]["key_b64"], "/w8=",
+        recs.len(),
+        3,
+        "partition 1 holds the three records sent to it"
+    );
+    assert_eq!(
+        recs[0]["key_b64"], "/w8=",
         "non-UTF-8 keys come back as base64"
     );
     assert_eq!(
-        recs[base]["value"], "hello",
+        recs[0]["value"], "hello",
         "UTF-8 bytes come back as a string"
     );
-    assert_eq!(recs[base]["timestamp_ms"], 1_764_201_600_000_i64);
-    assert_eq!(recs[base + 1]["value"], "a JSON string");
+    assert_eq!(recs[0]["timestamp_ms"], 1_764_201_600_000_i64);
+    assert_eq!(recs[1]["value"], "a JSON string");
     assert_eq!(
-        recs[base + 2]["value_b64"],
-        "/w==",
+        recs[2]["value_b64"], "/w==",
         "non-UTF-8 bytes come back as base64"
     );
-    assert_eq!(recs[base + 2]["key"], Value::Null);
-    assert_eq!(p1["next_offset"], p1["high_watermark"]);
+    assert_eq!(recs[2]["key"], Value::Null);
+    assert_eq!(p1["next_offset"], 3);
+    assert_eq!(p1["high_watermark"], 3);
 
     let p0: Value = api
         .get("/v1/topics/orders/partitions/0/records?offset=earliest&max_records=100")
@@ -342,15 +350,26 @@ async fn produce_in_every_format_and_consume_as_json() {
         .map(|v| (*v).clone())
         .collect();
     assert_eq!(tail[0], json!([true]));
+    // All of partition 0: the keyed record, the two NDJSON values (the blank line between
+    // them is skipped, not a record and not an error), then the raw value (base64, so no
+    // `value`).
+    assert_eq!(
+        values,
+        [
+            &json!({"any": "json", "n": [1, 2.5, null]}),
+            &json!(1),
+            &json!([true]),
+            &Value::Null,
+        ],
+        "partition 0's values, in order"
+    );
     let last = p0["records"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["key"], "k 1");
     assert_eq!(last["value_b64"], "AJ+Slg==");
-    if key_partition == 0 {
-        let first = &p0["records"][0];
-        assert_eq!(first["value"], json!({"any": "json", "n": [1, 2.5, null]}));
-        assert_eq!(first["headers"], json!({"source": "web"}));
-        assert_eq!(first["key"], "user-1");
-    }
+    let first = &p0["records"][0];
+    assert_eq!(first["value"], json!({"any": "json", "n": [1, 2.5, null]}));
+    assert_eq!(first["headers"], json!({"source": "web"}));
+    assert_eq!(first["key"], "user-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
