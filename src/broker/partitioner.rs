@@ -71,6 +71,37 @@ mod tests {
     }
 
     #[test]
+    fn partitions_match_kafkas_default_partitioner() {
+        // (key, partitions, expected partition). Computed once, independently of this crate,
+        // with a Python transcription of Kafka's `Utils.murmur2` (seed 0x9747b28c, 32-bit
+        // wrap-around by masking, checked against the UtilsTest vectors above) and of the
+        // default partitioner's `toPositive(murmur2(key)) % partitions`, i.e.
+        // `(h & 0x7fffffff) % n`. Several keys hash negative, and for `foobar`/3, `21`/7,
+        // `a-little-bit-long-string`/12 and `order-12345`/100 the mask gives a different
+        // partition than `h as u32 % n` or `|h| % n` would.
+        let vectors: [(&[u8], u32, u32); 10] = [
+            (b"user-1", 2, 0),
+            (b"foobar", 3, 0),
+            (b"21", 7, 3),
+            (b"abc", 10, 7),
+            (b"", 5, 1),
+            (b"user-42", 4, 0),
+            (b"a-little-bit-long-string", 12, 8),
+            (b"\xff\x0f", 6, 2),
+            (b"k 1", 1, 0),
+            (b"order-12345", 100, 29),
+        ];
+        for (key, partitions, expected) in vectors {
+            assert_eq!(
+                partition_for_key(key, partitions),
+                expected,
+                "key {:?} over {partitions} partitions",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
     fn keys_are_stable_and_spread() {
         let mut counts = [0u32; 4];
         for i in 0..4000 {
