@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mapq::log::format::segment_header as sh;
 use mapq::log::{verify, LogConfig, PartitionLog, Record};
 
 const TS: i64 = 1_764_201_600_000;
@@ -158,7 +159,7 @@ fn golden_partition_still_reads_and_today_writes_the_same_bytes() {
     assert_eq!(log.offset_for_timestamp(TS + 2).unwrap(), Some(3));
 
     // 3. Today's writer produces the same bytes, but for the creation time in each header
-    //    (bytes 32..40) and the header checksum that covers it (44..48).
+    //    (CREATED_MS) and the header checksum that covers it (HEADER_CRC).
     let fresh = tempfile::tempdir().unwrap();
     write(fresh.path());
     assert_eq!(file_names(fresh.path()), file_names(&golden));
@@ -168,8 +169,8 @@ fn golden_partition_still_reads_and_today_writes_the_same_bytes() {
         assert_eq!(got.len(), want.len(), "length of {name}");
         if name.ends_with(".log") {
             for b in [&mut want, &mut got] {
-                b[32..40].fill(0);
-                b[44..48].fill(0);
+                b[sh::CREATED_MS..sh::CREATED_MS + 8].fill(0);
+                b[sh::HEADER_CRC..sh::HEADER_CRC + 4].fill(0);
             }
         }
         if let Some(i) = (0..want.len()).find(|&i| want[i] != got[i]) {

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::server::{create_topic, get_text, post_json, Server};
+use mapq::log::format::{get_u32, segment_header as sh};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -135,7 +136,7 @@ fn wait_for_blocked_tailer(segment: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let bytes = std::fs::read(segment).unwrap();
-        if u32::from_le_bytes(bytes[260..264].try_into().unwrap()) > 0 {
+        if get_u32(&bytes, sh::WAITERS) > 0 {
             return;
         }
         assert!(Instant::now() < deadline, "the tailer never blocked");

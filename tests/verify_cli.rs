@@ -5,6 +5,8 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use mapq::log::format::{align_up, frame, get_u32};
+use mapq::log::segment::DATA_START;
 use mapq::log::PartitionLog;
 
 fn verify(dir: &std::path::Path) -> (i32, String) {
@@ -40,10 +42,11 @@ fn verify_passes_a_healthy_data_dir_and_fails_a_corrupt_one() {
     assert!(out.contains("400 records"), "{out}");
     assert!(out.contains("3 partitions checked, 0 corrupt"), "{out}");
 
-    // Flip one byte inside a record of a sealed segment of orders/1.
+    // Flip one byte inside a record of a sealed segment of orders/1: the fifth byte after the
+    // first frame's fixed part, in its key or value (every value is at least 8 bytes).
     let seg = data.path().join("orders/1/00000000000000000000.log");
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[4096 + 44] ^= 0x40;
+    bytes[DATA_START + frame::FIXED_SIZE + 4] ^= 0x40;
     std::fs::write(&seg, bytes).unwrap();
     let (code, out) = verify(data.path());
     assert_eq!(code, 1, "{out}");
@@ -54,7 +57,8 @@ fn verify_passes_a_healthy_data_dir_and_fails_a_corrupt_one() {
 
 #[test]
 fn verify_reports_a_missing_directory() {
-    let (code, out) = verify(std::path::Path::new("/nonexistent/mapq-data"));
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = verify(&dir.path().join("missing"));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("cannot read"), "{out}");
 }
@@ -66,10 +70,16 @@ fn verify_flags_non_zero_padding() {
     let (log, _) = PartitionLog::open(&dir, small_config(32 << 10)).unwrap();
     append_range(&log, 0, 1);
     drop(log);
-    // Record 0 is a 58-byte frame padded to 64: byte 60 is padding.
+    // Record 0 is a 58-byte frame padded to 64: its byte 60 is padding.
     let seg = dir.join("00000000000000000000.log");
     let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[4096 + 60] = 1;
+    let frame_len = get_u32(&bytes, DATA_START + frame::LENGTH) as usize;
+    assert_eq!(
+        (frame_len, align_up(frame_len)),
+        (58, 64),
+        "record 0's frame length, padded"
+    );
+    bytes[DATA_START + 60] = 1;
     std::fs::write(&seg, bytes).unwrap();
     let (code, out) = verify(data.path());
     assert_eq!(code, 1, "{out}");
