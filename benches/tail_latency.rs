@@ -163,23 +163,30 @@ fn latency_run(wait: &str, records: u64, interval: Duration) -> Vec<u64> {
     assert_eq!(read_line(&mut t), "ready");
     writeln!(w.stdin.as_mut().expect("stdin")).expect("go");
     let line = read_line(&mut t);
-    w.wait().expect("writer");
-    t.wait().expect("tailer");
+    let status = w.wait().expect("writer");
+    assert!(status.success(), "the writer failed: {status}");
+    let status = t.wait().expect("tailer");
+    assert!(status.success(), "the tailer failed: {status}");
     line.split_whitespace()
         .map(|v| v.parse().expect("number"))
         .collect()
 }
 
+/// The CPU time (user + system, in clock ticks) of a running process. Panics when its
+/// `/proc` entry cannot be read or parsed, rather than report 0.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
     // Fields after the command name (which is in parentheses): utime is 14th, stime 15th.
-    let rest = stat.rsplit(')').next().unwrap_or("");
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .unwrap_or_else(|| panic!("{path}: no command name: {stat:?}"));
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
+    let get = |i: usize| -> u64 {
         fields
             .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: field {} is not a number: {stat:?}", i + 3))
     };
     get(11) + get(12)
 }
@@ -259,16 +266,21 @@ fn main() {
     }
     let mut r = child("reader", dir.path(), "");
     let line = read_line(&mut r);
-    r.wait().expect("reader");
+    let status = r.wait().expect("reader");
+    assert!(status.success(), "the reader failed: {status}");
     let v: Vec<u64> = line
         .split_whitespace()
         .map(|v| v.parse().expect("number"))
         .collect();
     let rps = v[0] as f64 / (v[1] as f64 / 1e9);
+    // Bytes per record in the log: the frame of one record, padding included.
+    let frame_bytes = Record::value(&[0u8; VALUE_BYTES], 1)
+        .padded_len()
+        .expect("a 100 B record fits a frame");
     let line = format!(
         "RESULT tail_throughput_100B records={} records_per_s={rps:.0} mb_per_s={:.1}",
         v[0],
-        rps * 144.0 / 1e6
+        rps * frame_bytes as f64 / 1e6
     );
     println!("{line}");
     lines.push(line);
@@ -280,8 +292,17 @@ fn main() {
     let before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(2));
     let ticks = cpu_ticks(pid) - before;
-    let _ = idle.kill();
-    let _ = idle.wait();
+    // A tailer that had already exited would use no CPU: its figure would mean nothing.
+    if let Some(status) = idle.try_wait().expect("idle tailer status") {
+        panic!("the idle tailer exited during the measurement: {status}");
+    }
+    idle.kill().expect("kill the idle tailer");
+    let status = idle.wait().expect("idle tailer");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the idle tailer ended by our kill: {status}"
+    );
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let line = format!(
