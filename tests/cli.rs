@@ -23,6 +23,14 @@ fn mapq(server: &Server, args: &[&str], stdin: Option<&str>) -> (i32, String, St
     )
 }
 
+/// [`mapq`] for a command that must succeed: its exit code is checked (with its stderr in
+/// the message); returns its stdout.
+fn mapq_ok(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    let (code, out, err) = mapq(server, args, stdin);
+    assert_eq!(code, 0, "mapq {args:?} failed: {err}");
+    out
+}
+
 #[test]
 fn topics_produce_consume_and_groups_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -45,10 +53,10 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
         out.contains("topic orders  partitions 2") && out.contains("retention_ms=null"),
         "{out}"
     );
-    let (_, out, _) = mapq(&server, &["topics", "list", "--json"], None);
+    let out = mapq_ok(&server, &["topics", "list", "--json"], None);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["topics"][0]["name"], "orders");
-    let (_, out, _) = mapq(&server, &["topics", "list"], None);
+    let out = mapq_ok(&server, &["topics", "list"], None);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         ["TOPIC   PARTITIONS", "orders  2"]
@@ -63,8 +71,8 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("1200 records sent"), "{err}");
-    let (code, out, _) = mapq(&server, &["consume", "orders", "--partition", "1"], None);
-    assert_eq!(code, 0);
+    let (code, out, err) = mapq(&server, &["consume", "orders", "--partition", "1"], None);
+    assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 1200);
     assert_eq!(lines[1199], "line 1199");
@@ -81,11 +89,11 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
         "--count",
         "10",
     ];
-    let (_, out, _) = mapq(&server, &group, None);
+    let out = mapq_ok(&server, &group, None);
     assert_eq!(out.lines().last(), Some("line 9"));
-    let (_, out, _) = mapq(&server, &group, None);
+    let out = mapq_ok(&server, &group, None);
     assert_eq!(out.lines().next(), Some("line 10"));
-    let (_, out, _) = mapq(
+    let out = mapq_ok(
         &server,
         &[
             "consume",
@@ -106,12 +114,12 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
         (Some(5), Some("line 5"))
     );
 
-    let (_, out, _) = mapq(&server, &["topics", "describe", "orders", "--json"], None);
+    let out = mapq_ok(&server, &["topics", "describe", "orders", "--json"], None);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["partition_stats"][1]["end_offset"], 1200);
     let (code, _, err) = mapq(&server, &["topics", "describe", "nope"], None);
     assert_eq!(code, 1);
     assert!(err.contains("topic_not_found"), "{err}");
-    let (code, out, _) = mapq(&server, &["topics", "delete", "orders"], None);
-    assert_eq!((code, out.trim()), (0, "deleted topic orders"));
+    let (code, out, err) = mapq(&server, &["topics", "delete", "orders"], None);
+    assert_eq!((code, out.trim()), (0, "deleted topic orders"), "{err}");
 }

@@ -145,7 +145,9 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
 
     // The log gauges say what GET /v1/topics/m says.
     let d: Json = get_json(&http, format!("{base}/v1/topics/m")).await;
-    for stats in d["partition_stats"].as_array().unwrap() {
+    let partition_stats = d["partition_stats"].as_array().unwrap();
+    assert_eq!(partition_stats.len(), 2, "topic m has two partitions: {d}");
+    for stats in partition_stats {
         let p = stats["partition"].to_string();
         let l = [("topic", "m"), ("partition", p.as_str())];
         assert_eq!(
@@ -211,6 +213,11 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
         .unwrap();
     assert_eq!(r.status(), 204);
     let s = scrape(&http, &base).await;
+    assert!(
+        !s.families.is_empty() && s.families.contains_key("mapq_http_requests_total"),
+        "the scrape after the delete has metric families: {:?}",
+        s.families.keys().collect::<Vec<_>>()
+    );
     for name in s.families.keys() {
         let left = samples(&s, name)
             .into_iter()
