@@ -4,9 +4,10 @@
 //! order, committed group offsets never went backwards, and the tailer lost nothing.
 //!
 //! The normal test run does a few short cycles. For a long soak:
-//!   MAPQ_SOAK_CYCLES=50 MAPQ_SOAK_MS=3000 cargo test --release --test soak -- --nocapture
+//!   MAPQ_SOAK_CYCLES=20 MAPQ_SOAK_MS=2000 cargo test --release --test soak -- --nocapture
 //! It reports records acknowledged, cycles survived, recovery time per restart and the
-//! server's resident memory over time.
+//! server's resident memory over time. `MAPQ_SOAK_SEED` picks the kill moments (the seed is
+//! printed at the start), so a failing run can be repeated.
 
 mod common;
 
