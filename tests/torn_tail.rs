@@ -15,7 +15,7 @@ use mapq::log::segment::DATA_START;
 use mapq::log::{verify, LogConfig, PartitionLog};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 
 const SEGMENT_BYTES: u64 = 16 << 10;
 
@@ -451,9 +451,14 @@ fn random_damage(img: &'static Image) -> impl Strategy<Value = Damage> {
 fn random_tail_damage() {
     for (flushed, cases) in [(Flushed::Nothing, 200), (Flushed::MidActive, 200)] {
         let img = image(flushed);
+        // A failing case's seed is saved in tests/torn_tail.proptest-regressions (commit it)
+        // and replayed first by every later run, on both images, before new random cases.
         let mut runner = TestRunner::new(Config {
             cases,
-            failure_persistence: None,
+            failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
+                "proptest-regressions",
+            ))),
+            source_file: Some(file!()),
             ..Config::default()
         });
         let result = runner.run(&random_damage(img), |damage| {
@@ -461,7 +466,10 @@ fn random_tail_damage() {
             Ok(())
         });
         if let Err(e) = result {
-            panic!("random tail damage on the image flushed {flushed:?}: {e}");
+            panic!(
+                "random tail damage on the image flushed {flushed:?} (seed saved in \
+                 tests/torn_tail.proptest-regressions): {e}"
+            );
         }
     }
 }
