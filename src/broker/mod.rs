@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
-pub use topic::{Partition, Topic, TopicOverrides};
+pub use topic::{FlushOutcome, Partition, Topic, TopicOverrides};
 
 use crate::config::Config;
 use crate::log::{DiskQuota, Prefaulter};
@@ -395,8 +395,15 @@ impl Broker {
     }
 
     /// Makes a partition durable up to `offset` (sharing flushes with concurrent callers),
-    /// timing the msync. Blocks.
+    /// timing the msync, and tells producers waiting in [`Broker::wait_durable`]. Blocks.
     pub fn flush(&self, p: &Partition, offset: u64) -> Result<u64, BrokerError> {
+        let result = self.flush_quietly(p, offset);
+        p.flushed(FlushOutcome::of(&result));
+        result
+    }
+
+    /// [`Broker::flush`] without telling the waiting producers. Blocks.
+    fn flush_quietly(&self, p: &Partition, offset: u64) -> Result<u64, BrokerError> {
         let log = p.log();
         if log.durable_offset() >= offset.min(log.end_offset()) {
             return Ok(log.durable_offset());
@@ -405,6 +412,46 @@ impl Broker {
         let result = log.flush_until(offset);
         timer.observe_duration();
         result.map_err(BrokerError::Log)
+    }
+
+    /// Waits until every record below `end` of partition `p` is durable, as a task: no
+    /// thread waits. When no flush is running for waiters, one is started on the blocking
+    /// pool; every producer waiting meanwhile shares it (group commit), and those it did not
+    /// cover start the next one. A flush by anyone else (the periodic one) wakes them too.
+    pub async fn wait_durable(
+        self: &Arc<Self>,
+        p: &Arc<Partition>,
+        end: u64,
+    ) -> Result<(), BrokerError> {
+        let mut flushes = p.subscribe_flushes();
+        loop {
+            // Marked as seen before looking, so a flush that ends after the look wakes us.
+            let outcome = flushes.borrow_and_update().clone();
+            let log = p.log();
+            if log.durable_offset() >= end.min(log.end_offset()) {
+                return Ok(());
+            }
+            if let FlushOutcome::Failed(why) = outcome {
+                return Err(BrokerError::Log(if log.is_deleted() {
+                    crate::log::LogError::Deleted
+                } else {
+                    crate::log::LogError::Stopped(why.to_string())
+                }));
+            }
+            if p.claim_waiters_flush() {
+                let (broker, partition) = (Arc::clone(self), Arc::clone(p));
+                tokio::task::spawn_blocking(move || {
+                    let result = broker.flush_quietly(&partition, u64::MAX);
+                    // Given back before the waiters wake: one this flush did not cover
+                    // (it came after the flush began) must be able to start the next.
+                    partition.release_waiters_flush();
+                    partition.flushed(FlushOutcome::of(&result));
+                });
+            }
+            if flushes.changed().await.is_err() {
+                return Err(BrokerError::Log(crate::log::LogError::Deleted));
+            }
+        }
     }
 
     /// Called after an append: queues a flush once a partition holds `flush_messages`

@@ -598,6 +598,11 @@ impl PartitionLog {
     }
 
     /// Every record below this offset survives power loss.
+    /// Whether the partition's topic was deleted (nothing is appended or flushed any more).
+    pub fn is_deleted(&self) -> bool {
+        self.rolls.deleted.load(Ordering::Acquire)
+    }
+
     pub fn durable_offset(&self) -> u64 {
         self.durable_offset.load(Ordering::Acquire)
     }

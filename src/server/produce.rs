@@ -532,12 +532,10 @@ async fn wait_durable(
     topic: &Arc<Topic>,
     ends: Vec<(u32, u64, u64)>,
 ) -> ApiResult<()> {
-    let topic = Arc::clone(topic);
-    blocking(move || {
-        for (partition, end, _) in ends {
-            broker.flush(topic.partition(partition)?, end)?;
-        }
-        Ok(())
-    })
-    .await
+    for (partition, end, _) in ends {
+        broker
+            .wait_durable(topic.partition(partition)?, end)
+            .await?;
+    }
+    Ok(())
 }
