@@ -129,9 +129,15 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(container["resources"]["requests"]["cpu"].is_string());
+    // The claimed volume is the one mounted where the data lives.
     assert_eq!(
-        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
-        container["volumeMounts"][0]["name"]
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"].as_str(),
+        Some("data")
+    );
+    let mount = &container["volumeMounts"][0];
+    assert_eq!(
+        (mount["name"].as_str(), mount["mountPath"].as_str()),
+        (Some("data"), Some("/var/lib/mapq"))
     );
     assert_eq!(
         sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"],
