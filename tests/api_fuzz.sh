@@ -9,11 +9,18 @@
 # 30 s) fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v st >/dev/null || pip install -q schemathesis
+# schemathesis goes into the project's target/ (a virtual environment there), never into the
+# machine's Python.
+venv="${CARGO_TARGET_DIR:-target}/tools/schemathesis"
+if [ ! -x "$venv/bin/st" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q schemathesis
+fi
+st() { "$venv/bin/st" "$@"; }
 cargo build --release --quiet --bin mapq
 DIR=$(mktemp -d /tmp/mapq-api-fuzz-XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/release/mapq serve --listen "127.0.0.1:$PORT" --data-dir "$DIR/data" >"$DIR/out" 2>"$DIR/log" &
+"${CARGO_TARGET_DIR:-target}"/release/mapq serve --listen "127.0.0.1:$PORT" --data-dir "$DIR/data" >"$DIR/out" 2>"$DIR/log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 1 100); do
