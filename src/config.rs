@@ -253,6 +253,11 @@ impl Config {
                 Config::deserialize(one).is_err()
             });
             match culprit {
+                // Tokens hold hashes (or, pasted by mistake, secrets): never print them.
+                Some((key, _)) if key == "tokens" => ConfigError::Invalid {
+                    origin: "key `tokens`".into(),
+                    message: e.message().to_owned(),
+                },
                 Some((key, value)) => ConfigError::Invalid {
                     origin: format!("key `{key}`"),
                     message: format!("bad value {value}: {}", e.message()),
@@ -271,10 +276,19 @@ impl Config {
     /// start-up log: tokens are
     /// shown by name only, never their hashes.
     pub fn summary(&self) -> String {
-        let Ok(toml::Value::Table(table)) = toml::Value::try_from(self) else {
+        let Ok(toml::Value::Table(mut table)) = toml::Value::try_from(self) else {
             return String::new();
         };
-        table
+        // Settings set to no limit serialize to nothing: show them as the "null" they are.
+        let keys: toml::Table = DEFAULT_TOML.parse().expect("embedded config parses");
+        for key in keys.keys() {
+            table
+                .entry(key.clone())
+                .or_insert_with(|| toml::Value::String("null".into()));
+        }
+        let mut pairs: Vec<(String, toml::Value)> = table.into_iter().collect();
+        pairs.sort_by_key(|(key, _)| keys.keys().position(|k| k == key));
+        pairs
             .iter()
             .map(|(key, value)| match key.as_str() {
                 "tokens" => {
@@ -541,6 +555,18 @@ mod tests {
         assert!(summary.contains("listen = \"127.0.0.1:8080\""), "{summary}");
         assert!(summary.contains("flush_interval_ms = 1000"), "{summary}");
         assert!(summary.contains("tokens = [\"app\"]"), "{summary}");
+        assert!(summary.contains("retention_bytes = \"null\""), "{summary}");
+        // A bad value inside a token is named without printing the token.
+        std::fs::write(
+            &f,
+            format!("[[tokens]]\nname = \"app\"\nsha256 = \"{hash}\"\ngrants = []\nbogus = 1\n"),
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), [], &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tokens"), "{e}");
+        assert!(!e.contains(&hash), "{e}");
         assert!(!summary.contains(&hash), "{summary}");
         assert!(!summary.contains("Config {"), "{summary}");
     }

@@ -112,6 +112,28 @@ async fn a_refused_produce_creates_no_topic() {
             415,
             "unsupported_media_type",
         ),
+        // A request with no record does nothing, so it creates nothing either.
+        (
+            "",
+            "application/json",
+            json_body(json!({"records": []})),
+            400,
+            "bad_request",
+        ),
+        (
+            "",
+            "application/x-ndjson",
+            b"\n\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "",
+            "application/vnd.mapq.frames",
+            Vec::new(),
+            400,
+            "bad_request",
+        ),
         (
             "?durability=maybe",
             "application/octet-stream",

@@ -418,6 +418,9 @@ pub async fn produce(
         // created): a refused request changes nothing.
         let owned = |records: Vec<Owned<'_>>| -> ApiResult<(Arc<Topic>, Appended)> {
             let mut records = records;
+            if records.is_empty() {
+                return Err(ApiError::bad_request("the request holds no records"));
+            }
             let topic = topic_for(
                 &broker,
                 &topic_name,
@@ -473,6 +476,9 @@ pub async fn produce(
                 owned(vec![record])?
             }
             Kind::Frames => {
+                if body.is_empty() {
+                    return Err(ApiError::bad_request("the request holds no frames"));
+                }
                 check_frame_sizes(&body, max_record)?;
                 if broker.topic(&topic_name).is_err() {
                     // Checked again by the append; here so that bad frames create no topic.
