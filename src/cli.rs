@@ -173,13 +173,22 @@ pub fn run(cli: Cli) -> ExitCode {
         ),
         Command::Verify { data_dir } => run_verify(&data_dir),
         Command::Token { command } => run_token(&command),
-        Command::Tail(args) => match run_tail(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("mapq tail: {e}");
-                ExitCode::FAILURE
+        Command::Tail(args) => {
+            if args.follow {
+                stop_on_signals();
             }
-        },
+            match run_tail(&args) {
+                Ok(()) => match TAIL_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Ended by a signal: the usual exit code for it, once unregistered.
+                    0 => ExitCode::SUCCESS,
+                    signal => ExitCode::from(128 + signal as u8),
+                },
+                Err(e) => {
+                    eprintln!("mapq tail: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Topics { command, client } => {
             client_command(|| async move { crate::client::topics(&client, &command).await })
         }
@@ -443,8 +452,37 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
     }
 }
 
+/// Set by SIGINT, SIGTERM or SIGHUP while `mapq tail --follow` runs: its tailers stop at
+/// their next wake-up, unregistered from the segments' waiter counts, instead of dying in a
+/// futex wait.
+static TAIL_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The signal that stopped `mapq tail`, for its exit code.
+static TAIL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    // Async-signal-safe: two atomic stores.
+    TAIL_SIGNAL.store(signal, std::sync::atomic::Ordering::Relaxed);
+    TAIL_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP to [`TAIL_STOP`]; without `SA_RESTART`, so a futex
+/// wait in progress returns at once.
+fn stop_on_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction with an empty mask is valid; the handler only stores
+        // to atomics, which is async-signal-safe; sigaction reads the struct we own.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
 fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
     TailOptions {
+        stop: Some(&TAIL_STOP),
         from,
         follow: args.follow,
         durable_only: args.durable_only,

@@ -501,3 +501,43 @@ async fn a_reader_that_goes_away_ends_the_tailer_quietly() {
         assert!(stderr.is_empty(), "{format}: {stderr}");
     }
 }
+
+/// The segment header's count of tailers registered in a futex wait.
+fn waiters(segment: &Path) -> u32 {
+    use std::io::Read;
+    let mut header = vec![0u8; sh::SIZE];
+    std::fs::File::open(segment)
+        .unwrap()
+        .read_exact(&mut header)
+        .unwrap();
+    get_u32(&header, sh::WAITERS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stopped_by_a_signal_leaves_no_waiter_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create(&http, &server.base, "sig").await;
+    produce(&http, &server.base, "sig", 0, 5).await;
+    let segment = dir.path().join("sig/0/00000000000000000000.log");
+    for (sig, code) in [
+        (libc::SIGINT, 130),
+        (libc::SIGTERM, 143),
+        (libc::SIGHUP, 129),
+    ] {
+        let mut tail = Tail::start(dir.path(), &["sig", "--follow"], false);
+        check_sequence(&tail.records(5, Duration::from_secs(5)), 0);
+        wait_for_blocked_tailer(&segment);
+        signal(&tail.child, sig);
+        assert_eq!(tail.exit_code(Duration::from_secs(5)), code, "signal {sig}");
+        // Ctrl-C (or a service manager's stop) must not leave a phantom waiter: the writer
+        // would make a wake-up call on every publish for good, and the metric would lie.
+        assert_eq!(waiters(&segment), 0, "after signal {sig}");
+    }
+    let metrics = get_text(&http, format!("{}/metrics", server.base)).await;
+    assert!(
+        metrics.contains(r#"mapq_tail_waiters{partition="0",topic="sig"} 0"#),
+        "{metrics}"
+    );
+}

@@ -76,6 +76,12 @@ pub struct TailOptions {
     pub durable_only: bool,
     pub wait: WaitMode,
     pub on_deleted: OnDeleted,
+    /// When set and true, a follower stops: `next_record` returns `Ok(None)` at its next
+    /// wake-up (within 100 ms), no longer counted among the segment's waiters. For programs
+    /// that end on a signal: a process killed while registered in a futex wait leaves the
+    /// segment's waiter count one too high for good, which costs the writer a needless
+    /// wake-up call on every publish.
+    pub stop: Option<&'static std::sync::atomic::AtomicBool>,
 }
 
 impl Default for TailOptions {
@@ -86,6 +92,7 @@ impl Default for TailOptions {
             durable_only: false,
             wait: WaitMode::Block,
             on_deleted: OnDeleted::Fail,
+            stop: None,
         }
     }
 }
@@ -296,11 +303,14 @@ impl Tailer {
             if self.advance(false)? {
                 continue;
             }
-            if !self.opts.follow {
+            if !self.opts.follow || self.stopped() {
                 return Ok(None);
             }
             self.populate_ahead();
             self.wait(end)?;
+            if self.stopped() {
+                return Ok(None);
+            }
             if self.last_check.elapsed() >= CHECK_EVERY {
                 self.last_check = Instant::now();
                 if self.advance(true)? {
@@ -372,8 +382,13 @@ impl Tailer {
 
     /// Waits until the visible end moves past `end`, the segment is sealed, or a while has
     /// passed.
+    /// Whether the owner asked this follower to stop ([`TailOptions::stop`]).
+    fn stopped(&self) -> bool {
+        self.opts.stop.is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+
     fn wait(&self, end: usize) -> Result<()> {
-        let changed = || self.visible_end() != end || self.m.is_sealed();
+        let changed = || self.visible_end() != end || self.m.is_sealed() || self.stopped();
         match self.opts.wait {
             WaitMode::Spin => {
                 let started = Instant::now();
@@ -404,7 +419,7 @@ impl Tailer {
 
     /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md).
     fn block(&self, end: usize) {
-        let changed = || self.visible_end() != end || self.m.is_sealed();
+        let changed = || self.visible_end() != end || self.m.is_sealed() || self.stopped();
         match &self.waiter {
             Some(rw) => {
                 let seq = rw.atomic_u32(sh::WAKE_SEQ);
