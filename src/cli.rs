@@ -92,7 +92,8 @@ pub enum Command {
     },
     /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
     Verify {
-        /// The data directory (`<dir>/<topic>/<partition>/`), or one partition directory.
+        /// The data directory (`<dir>/<topic>/<partition>/`), one topic directory, or one
+        /// partition directory.
         #[arg(long)]
         data_dir: PathBuf,
     },

@@ -53,6 +53,15 @@ fn verify_passes_a_healthy_data_dir_and_fails_a_corrupt_one() {
     assert!(out.contains("orders/1: CORRUPT"), "{out}");
     assert!(out.contains("checksum mismatch"), "{out}");
     assert!(out.contains("3 partitions checked, 1 corrupt"), "{out}");
+    // One topic's directory checks that topic's partitions (it used to find none, and pass).
+    std::fs::write(
+        data.path().join("orders/topic.json"),
+        r#"{"name": "orders", "partitions": 2}"#,
+    )
+    .unwrap();
+    let (code, out) = verify(&data.path().join("orders"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("2 partitions checked, 1 corrupt"), "{out}");
 }
 
 #[test]

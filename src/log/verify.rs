@@ -54,12 +54,19 @@ impl fmt::Display for PartitionSummary {
     }
 }
 
-/// Checks every partition under `data_dir` (`<data_dir>/<topic>/<partition>/`), or
-/// `data_dir` itself when it is a partition directory.
+/// Checks every partition under `data_dir` (`<data_dir>/<topic>/<partition>/`), under one
+/// topic's directory, or `data_dir` itself when it is a partition directory.
 pub fn verify_data_dir(data_dir: &Path) -> std::io::Result<Vec<PartitionSummary>> {
     let mut out = Vec::new();
     if has_segments(data_dir)? {
         out.push(verify_partition(data_dir));
+        return Ok(out);
+    }
+    // A topic directory (it holds the topic's metadata): its partitions.
+    if data_dir.join("topic.json").is_file() {
+        for partition in sorted_dirs(data_dir)? {
+            out.push(verify_partition(&partition));
+        }
         return Ok(out);
     }
     for topic in sorted_dirs(data_dir)? {
