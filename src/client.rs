@@ -17,7 +17,8 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub server: String,
-    /// Print the server's JSON answers instead of tables.
+    /// Print JSON: the server's answers instead of tables (`consume`: records as JSON lines,
+    /// like `--format json`).
     #[arg(long, global = true)]
     pub json: bool,
     /// Bearer token, for a server with tokens configured.
@@ -381,11 +382,12 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
     if let Some(d) = &p.durability {
         query.push(format!("durability={d}"));
     }
-    let url = api.url(&format!(
-        "/v1/topics/{}/records?{}",
-        p.topic,
-        query.join("&")
-    ));
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    let url = api.url(&format!("/v1/topics/{}/records{query}", p.topic));
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     progress.set_style(
@@ -439,7 +441,8 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
     if args.json {
         print_json(&json!({ "records_sent": sent }));
     } else {
-        eprintln!("{sent} records sent to {}", p.topic);
+        let records = if sent == 1 { "record" } else { "records" };
+        eprintln!("{sent} {records} sent to {}", p.topic);
     }
     Ok(())
 }
