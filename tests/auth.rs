@@ -12,27 +12,11 @@ async fn tokens_and_permissions_per_topic() {
     let config = dir.path().join("mapq.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[[tokens]]
-name = "ops"
-sha256 = "{}"
-grants = [{{ topics = "*", allow = ["produce", "consume", "admin"] }}]
-
-[[tokens]]
-name = "writer"
-sha256 = "{}"
-grants = [{{ topics = "orders*", allow = ["produce"] }}]
-
-[[tokens]]
-name = "reader"
-sha256 = "{}"
-grants = [{{ topics = "orders*", allow = ["consume"] }}]
-"#,
-            mapq::auth::token_hash("ops-secret"),
-            mapq::auth::token_hash("writer-secret"),
-            mapq::auth::token_hash("reader-secret")
-        ),
+        common::tokens_toml(&[
+            ("ops", "ops-secret", "*", &["produce", "consume", "admin"]),
+            ("writer", "writer-secret", "orders*", &["produce"]),
+            ("reader", "reader-secret", "orders*", &["consume"]),
+        ]),
     )
     .unwrap();
     let data = dir.path().join("data");

@@ -88,27 +88,11 @@ async fn consumers_commit_and_read_offsets_of_the_topics_they_may_consume() {
     let config = dir.path().join("mapq.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[[tokens]]
-name = "ops"
-sha256 = "{}"
-grants = [{{ topics = "*", allow = ["produce", "consume", "admin"] }}]
-
-[[tokens]]
-name = "worker"
-sha256 = "{}"
-grants = [{{ topics = "orders*", allow = ["produce", "consume"] }}]
-
-[[tokens]]
-name = "writer"
-sha256 = "{}"
-grants = [{{ topics = "orders*", allow = ["produce"] }}]
-"#,
-            mapq::auth::token_hash("ops"),
-            mapq::auth::token_hash("worker"),
-            mapq::auth::token_hash("writer"),
-        ),
+        common::tokens_toml(&[
+            ("ops", "ops", "*", &["produce", "consume", "admin"]),
+            ("worker", "worker", "orders*", &["produce", "consume"]),
+            ("writer", "writer", "orders*", &["produce"]),
+        ]),
     )
     .unwrap();
     let server = Server::start_with_config(&dir.path().join("data"), &config);

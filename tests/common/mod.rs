@@ -81,3 +81,19 @@ pub fn check_all(log: &PartitionLog, from: u64) -> u64 {
         assert_eq!(batch.next_offset, next);
     }
 }
+
+/// A configuration file's `[[tokens]]` entries: for each token its name, its secret (only
+/// its hash is written), the topic pattern of its one grant and what that grant allows.
+pub fn tokens_toml(tokens: &[(&str, &str, &str, &[&str])]) -> String {
+    tokens
+        .iter()
+        .map(|(name, secret, topics, allow)| {
+            let allow: Vec<String> = allow.iter().map(|a| format!("{a:?}")).collect();
+            format!(
+                "[[tokens]]\nname = {name:?}\nsha256 = {:?}\ngrants = [{{ topics = {topics:?}, allow = [{}] }}]\n\n",
+                mapq::auth::token_hash(secret),
+                allow.join(", ")
+            )
+        })
+        .collect()
+}
