@@ -204,6 +204,8 @@ impl Api {
                 " (the server's certificate is marked as a CA: make it with CA:FALSE)"
             } else if !self.has_cacert && why.contains("certificate") {
                 " (a private or self-signed server certificate? pass --cacert FILE)"
+            } else if why.contains("invalid HTTP version") && self.base.starts_with("http://") {
+                " (does the server speak TLS? use an https:// --server)"
             } else {
                 ""
             };

@@ -166,6 +166,16 @@ async fn https_round_trips_over_http1_and_http2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("certificate"), "{stderr}");
+    // Plain http:// to the TLS port: the CLI says the server speaks TLS.
+    let plain_url = server.base.replacen("https://", "http://", 1);
+    let out = output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq")).args(["topics", "list", "--server", &plain_url]),
+        b"",
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("use an https:// --server"), "{stderr}");
     let out = output_with_deadline(
         Command::new(env!("CARGO_BIN_EXE_mapq"))
             .args([
