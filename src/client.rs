@@ -42,7 +42,9 @@ pub enum TopicsCommand {
     List,
     /// Create a topic.
     Create {
+        /// The topic's name (`[A-Za-z0-9._-]`, at most 200 characters).
         name: String,
+        /// Number of partitions (default: the server's `default_partitions`).
         #[arg(long)]
         partitions: Option<u32>,
         /// A topic setting, `key=value` (`retention_ms`, `retention_bytes`, `segment_bytes`,
@@ -51,13 +53,20 @@ pub enum TopicsCommand {
         config: Vec<String>,
     },
     /// Show a topic's settings and partitions.
-    Describe { name: String },
+    Describe {
+        /// The topic.
+        name: String,
+    },
     /// Delete a topic and its files.
-    Delete { name: String },
+    Delete {
+        /// The topic.
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ProduceArgs {
+    /// The topic to produce to (created on first use when the server allows it).
     pub topic: String,
     /// Send every record to this partition (default: by key, else round-robin).
     #[arg(long)]
@@ -81,6 +90,7 @@ pub struct ProduceArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ConsumeArgs {
+    /// The topic to read.
     pub topic: String,
     /// Only this partition (default: every partition of the topic, one after the other;
     /// all at once with `--follow`).
