@@ -66,6 +66,7 @@ impl Index {
         let mut index = Self::create_at(&tmp, kind, base_offset, capacity)?;
         std::fs::rename(&tmp, path).map_err(|e| LogError::io(path, e))?;
         index.path = path.to_owned();
+        index.release_file();
         Ok(index)
     }
 
@@ -168,12 +169,21 @@ impl Index {
             (map.atomic_u64(ih::COUNT).load(Ordering::Acquire) as usize).min(capacity as usize);
         let written = ih::SIZE + count * ih::ENTRY_SIZE;
         let allocated = (blocks.saturating_sub(2 * 4096) & !(4096 - 1)).max(written);
-        Ok(Index {
+        let index = Index {
             allocated_end: AtomicUsize::new(allocated.min(map.len())),
             map,
             path: path.to_owned(),
             capacity: capacity as usize,
-        })
+        };
+        index.release_file();
+        Ok(index)
+    }
+
+    /// Closes the index's file descriptor once the file has its final name (the mapping
+    /// stays; a later allocation reopens the file for the call). An idle partition's two
+    /// index files then cost no descriptor.
+    pub fn release_file(&self) {
+        self.map.release_file(&self.path);
     }
 
     /// Bytes allocated on disk for this file (as far as this process knows).

@@ -27,8 +27,18 @@ use memmap2::{Advice, MmapOptions, MmapRaw};
 #[derive(Debug)]
 pub struct MappedFile {
     map: MmapRaw,
-    file: File,
+    /// The open file, for `fallocate` and `pwrite`, until [`MappedFile::release_file`]
+    /// closes it (the mapping does not need it): then those reopen the file at the path
+    /// given there, for each call. They are rare (allocation grows geometrically), so an
+    /// idle partition's files cost no file descriptor.
+    file: std::sync::Mutex<FileHandle>,
     writable: bool,
+}
+
+#[derive(Debug)]
+enum FileHandle {
+    Open(File),
+    Released(std::path::PathBuf),
 }
 
 impl MappedFile {
@@ -59,7 +69,7 @@ impl MappedFile {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(MappedFile {
             map,
-            file,
+            file: std::sync::Mutex::new(FileHandle::Open(file)),
             writable: true,
         })
     }
@@ -81,7 +91,7 @@ impl MappedFile {
         };
         let mapped = MappedFile {
             map,
-            file,
+            file: std::sync::Mutex::new(FileHandle::Open(file)),
             writable,
         };
         // No read-ahead until the owner says where data lies (see `read_ahead`): around a
@@ -183,7 +193,7 @@ impl MappedFile {
         use std::os::unix::fs::FileExt;
         assert!(self.writable, "write through a read-only mapping");
         self.check(&(pos..pos + bytes.len()));
-        self.file.write_all_at(bytes, pos as u64)
+        self.with_file(|file| file.write_all_at(bytes, pos as u64))
     }
 
     /// Reserves disk blocks for `range` so that later writes through the mapping cannot
@@ -213,25 +223,49 @@ impl MappedFile {
         )
     }
 
+    /// Closes the file descriptor; the mapping stays. Later calls that need the file reopen
+    /// it at `path`, where it must then be (under its final name).
+    pub fn release_file(&self, path: &Path) {
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) =
+            FileHandle::Released(path.to_owned());
+    }
+
+    /// Runs `f` on the file: the open one, or the released one reopened for the call.
+    fn with_file<T>(&self, f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+        let handle = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        match &*handle {
+            FileHandle::Open(file) => f(file),
+            FileHandle::Released(path) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(self.writable)
+                    .open(path)?;
+                f(&file)
+            }
+        }
+    }
+
     fn fallocate(&self, mode: libc::c_int, range: Range<usize>) -> io::Result<()> {
         self.check(&range);
         if range.is_empty() {
             return Ok(());
         }
-        // SAFETY: plain syscall on an fd we own; no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                mode,
-                range.start as libc::off_t,
-                range.len() as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        self.with_file(|file| {
+            // SAFETY: plain syscall on an fd we own, open for the call; no memory is passed.
+            let rc = unsafe {
+                libc::fallocate(
+                    file.as_raw_fd(),
+                    mode,
+                    range.start as libc::off_t,
+                    range.len() as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
     }
 
     /// Best effort: an advice the kernel does not know changes nothing.

@@ -340,6 +340,8 @@ impl Rolls {
             if spare_path(&self.dir, name, format::SEGMENT_EXT).exists() {
                 Segment::rename_spare_files(&self.dir, name, new.base_offset())?;
             }
+            // The files have their final names: their descriptors can go.
+            new.release_files();
             Ok(())
         });
         if let Err(e) = renamed.and_then(|()| super::segment::sync_dir(&self.dir)) {

@@ -303,6 +303,7 @@ impl Segment {
             .map_err(cleanup)?;
         fs::rename(&tmp, &path).map_err(|e| LogError::io(&path, e))?;
         sync_dir(dir)?;
+        seg.release_files();
         Ok(seg)
     }
 
@@ -469,6 +470,18 @@ impl Segment {
         Ok(seg)
     }
 
+    /// Closes the descriptors of the segment's three files, which must have their final
+    /// names: the mappings stay, and the rare calls that need a file (block allocation,
+    /// releasing blocks on seal) reopen it for the call. So an idle partition holds no file
+    /// descriptor. For a spare adopted by a roll: once its files are renamed.
+    pub(super) fn release_files(&self) {
+        if let Some(m) = self.live() {
+            m.data.release_file(&m.path);
+            m.offset_index.release_file();
+            m.time_index.release_file();
+        }
+    }
+
     /// Lets the kernel read ahead around faults in this segment's data, once it holds
     /// [`READ_AHEAD_AFTER_BYTES`]. Until then faults map single pages: around a fault in a
     /// hole, read-ahead zeroes a whole window nobody asked for, which made creating and
@@ -495,6 +508,7 @@ impl Segment {
     ) -> Result<Self> {
         let path = segment_path(dir, base_offset, format::SEGMENT_EXT);
         let data = MappedFile::open(&path, writable).map_err(|e| LogError::io(&path, e))?;
+        data.release_file(&path);
         if data.len() < DATA_START {
             return Err(LogError::corrupt(
                 &path,
@@ -606,6 +620,7 @@ impl Segment {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let base = self.base_offset();
         let data = MappedFile::open(&self.path, false).map_err(|e| LogError::io(&self.path, e))?;
+        data.release_file(&self.path);
         if data.len() != self.capacity() {
             return Err(LogError::corrupt(&self.path, "segment file changed size"));
         }
