@@ -323,30 +323,6 @@ fn parse_from(from: &str) -> Result<StartAt, String> {
     }
 }
 
-/// The partitions of `topic` in `data_dir`: as its `topic.json` says, else as its
-/// directories show.
-fn topic_partitions(data_dir: &std::path::Path, topic: &str) -> Result<u32, String> {
-    let dir = data_dir.join(topic);
-    let meta = std::fs::read(dir.join(crate::broker::topic::META_FILE)).ok();
-    if let Some(n) = meta
-        .and_then(|m| serde_json::from_slice::<serde_json::Value>(&m).ok())
-        .and_then(|m| m["partitions"].as_u64())
-    {
-        return Ok(n as u32);
-    }
-    let entries = std::fs::read_dir(&dir)
-        .map_err(|e| format!("no topic {topic:?} in {}: {e}", data_dir.display()))?;
-    let count = entries
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .count();
-    Ok(count.max(1) as u32)
-}
-
 fn run_tail(args: &TailArgs) -> Result<(), String> {
     use std::io::Write;
     crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
@@ -354,7 +330,13 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
     let partitions: Vec<u32> = match args.partition {
         Some(p) => vec![p],
         None => {
-            let n = topic_partitions(&args.data_dir, &args.topic)?;
+            let n = crate::broker::topic::partition_count(&args.data_dir.join(&args.topic))
+                .map_err(|e| match e {
+                    crate::broker::BrokerError::Log(_) => {
+                        format!("no topic {:?} in {}", args.topic, args.data_dir.display())
+                    }
+                    e => e.to_string(),
+                })?;
             if n > 1 && args.format == FormatArg::Raw {
                 return Err(format!(
                     "--format raw needs --partition: {} has {n} partitions and frames do not say theirs",
@@ -466,19 +448,10 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
     TAIL_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Routes SIGINT, SIGTERM and SIGHUP to [`TAIL_STOP`]; without `SA_RESTART`, so a futex
-/// wait in progress returns at once.
+/// Routes SIGINT, SIGTERM and SIGHUP to [`TAIL_STOP`]; a futex wait in progress returns
+/// at once.
 fn stop_on_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with an empty mask is valid; the handler only stores
-        // to atomics, which is async-signal-safe; sigaction reads the struct we own.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
+    crate::sys::on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_stop_signal);
 }
 
 fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {

@@ -19,6 +19,8 @@
 //! - [`config`]: settings: embedded defaults, file, environment, flags.
 //! - [`cli`], [`client`], [`bench`](mod@bench): the `mapq` command, its HTTP client commands and the
 //!   load generator.
+//! - [`sys`]: the system calls outside the mapped files (group lookup, the directory lock,
+//!   limits, signals); with `log::mmap`, the only place with `unsafe`.
 
 pub mod auth;
 pub mod bench;
@@ -31,3 +33,4 @@ pub mod maintenance;
 pub mod metrics;
 pub mod record_json;
 pub mod server;
+pub mod sys;

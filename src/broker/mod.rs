@@ -44,34 +44,17 @@ pub const LOCK_FILE: &str = "@lock";
 /// files without access for others (umask 027), and the directory is setgid to the group, so
 /// everything created below it belongs to the group (subdirectories inherit the setgid bit).
 pub fn share_with_group(data_dir: &Path, group: &str) -> Result<(), BrokerError> {
-    use std::os::unix::ffi::OsStrExt;
     let gid = match group.parse::<u32>() {
         Ok(gid) => gid,
-        Err(_) => {
-            let name = std::ffi::CString::new(group)
-                .map_err(|_| BrokerError::BadRequest(format!("data_group {group:?}")))?;
-            // SAFETY: getgrnam reads a NUL-terminated name we own and returns a pointer to
-            // static storage, read at once before any other call could overwrite it.
-            let entry = unsafe { libc::getgrnam(name.as_ptr()) };
-            if entry.is_null() {
-                return Err(BrokerError::BadRequest(format!(
-                    "data_group: no group named {group:?}"
-                )));
-            }
-            // SAFETY: non-null, points to a valid `group` struct (see above).
-            unsafe { (*entry).gr_gid }
-        }
+        Err(_) => crate::sys::group_id(group)
+            .map_err(|e| BrokerError::BadRequest(format!("data_group {group:?}: {e}")))?
+            .ok_or_else(|| {
+                BrokerError::BadRequest(format!("data_group: no group named {group:?}"))
+            })?,
     };
-    let path = std::ffi::CString::new(data_dir.as_os_str().as_bytes())
-        .map_err(|_| BrokerError::BadRequest("data_dir contains a NUL byte".into()))?;
-    // SAFETY: plain syscalls on a NUL-terminated path we own; uid -1 leaves the owner alone.
-    let rc = unsafe {
-        libc::umask(0o027);
-        libc::chown(path.as_ptr(), u32::MAX, gid)
-    };
-    if rc != 0 {
-        return Err(BrokerError::io(data_dir, std::io::Error::last_os_error()));
-    }
+    crate::sys::set_umask(0o027);
+    std::os::unix::fs::chown(data_dir, None, Some(gid))
+        .map_err(|e| BrokerError::io(data_dir, e))?;
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o2750);
     fs::set_permissions(data_dir, mode).map_err(|e| BrokerError::io(data_dir, e))?;
     Ok(())
@@ -83,7 +66,6 @@ pub fn share_with_group(data_dir: &Path, group: &str) -> Result<(), BrokerError>
 /// drops it when the process dies, so a crash leaves nothing to clean up.
 pub fn lock_data_dir(data_dir: &Path) -> Result<fs::File, BrokerError> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
     let path = data_dir.join(LOCK_FILE);
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -92,9 +74,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<fs::File, BrokerError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| BrokerError::io(&path, e))?;
-    // SAFETY: flock on a file descriptor we own; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
+    if !crate::sys::try_lock_exclusive(&file).map_err(|e| BrokerError::io(&path, e))? {
         let mut owner = String::new();
         let _ = file.read_to_string(&mut owner);
         return Err(BrokerError::Locked {

@@ -111,6 +111,16 @@ struct TopicMeta {
     config: TopicOverrides,
 }
 
+/// The number of partitions of the topic in `dir`, from its metadata file (for readers of
+/// the files, such as `mapq tail`).
+pub fn partition_count(dir: &Path) -> Result<u32, BrokerError> {
+    let path = dir.join(META_FILE);
+    let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
+    let meta: TopicMeta = serde_json::from_slice(&bytes)
+        .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+    Ok(meta.partitions)
+}
+
 /// One partition: its log, and a watch of its end offset that wakes waiting consumers.
 #[derive(Debug)]
 pub struct Partition {

@@ -80,12 +80,6 @@ impl Index {
         let tmp = path.to_owned();
         let _ = std::fs::remove_file(&tmp);
         let len = file_len(capacity);
-        let map = MappedFile::create(&tmp, len).map_err(|e| LogError::io(&tmp, e))?;
-        let initial = INITIAL_ALLOCATION_BYTES.min(len as usize);
-        map.reserve(0..initial).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            LogError::reserve(&tmp, initial as u64, e)
-        })?;
         let mut header = [0u8; ih::HEADER_CRC + 4];
         header[ih::MAGIC..ih::MAGIC + 8].copy_from_slice(&kind.magic());
         header[ih::VERSION..ih::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -96,10 +90,10 @@ impl Index {
             .copy_from_slice(&(capacity as u64).to_le_bytes());
         let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
         header[ih::HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
-        // SAFETY: the file was just created under a temporary name; nobody else maps it.
-        unsafe { map.write_at(0, &header) }.map_err(|e| {
+        let initial = INITIAL_ALLOCATION_BYTES.min(len as usize);
+        let map = MappedFile::create_with_head(&tmp, len, initial, &header).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            LogError::io(&tmp, e)
+            LogError::reserve(&tmp, initial as u64, e)
         })?;
         Ok(Index {
             map,

@@ -37,19 +37,32 @@ pub struct MappedFile {
 
 #[derive(Debug)]
 enum FileHandle {
-    Open(File),
+    Open(std::sync::Arc<File>),
     Released(std::path::PathBuf),
 }
 
 impl MappedFile {
-    /// Creates `path` (which must not exist) with length `len`, sparse, and maps it.
-    pub fn create(path: &Path, len: u64) -> io::Result<Self> {
+    /// Creates `path` (which must not exist) with length `len`, sparse; allocates the
+    /// blocks of its first `reserve_bytes` (`ErrorKind::StorageFull` on a full disk);
+    /// writes `head` at its start; then maps it. The head goes through the file before the
+    /// mapping exists: a first write through a fresh mapping faults on a hole, and the
+    /// kernel's read-ahead then zeroes a whole window around it (most of the cost of
+    /// creating a segment, measured).
+    pub fn create_with_head(
+        path: &Path,
+        len: u64,
+        reserve_bytes: usize,
+        head: &[u8],
+    ) -> io::Result<Self> {
+        use std::os::unix::fs::FileExt;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(path)?;
         file.set_len(len)?;
+        fallocate(&file, 0, 0..reserve_bytes.min(len as usize))?;
+        file.write_all_at(head, 0)?;
         Self::map(file, true)
     }
 
@@ -69,7 +82,7 @@ impl MappedFile {
         let map = MmapOptions::new().len(len).map_raw(&file)?;
         Ok(MappedFile {
             map,
-            file: std::sync::Mutex::new(FileHandle::Open(file)),
+            file: std::sync::Mutex::new(FileHandle::Open(std::sync::Arc::new(file))),
             writable: true,
         })
     }
@@ -91,7 +104,7 @@ impl MappedFile {
         };
         let mapped = MappedFile {
             map,
-            file: std::sync::Mutex::new(FileHandle::Open(file)),
+            file: std::sync::Mutex::new(FileHandle::Open(std::sync::Arc::new(file))),
             writable,
         };
         // No read-ahead until the owner says where data lies (see `read_ahead`): around a
@@ -181,21 +194,6 @@ impl MappedFile {
         unsafe { &*self.map.as_ptr().add(pos).cast::<AtomicU32>() }
     }
 
-    /// Writes `bytes` at `pos` through the file rather than the mapping. For the first
-    /// bytes of a fresh file: a first write through the mapping faults on a hole, and the
-    /// kernel's read-ahead then zeroes a large window around it (most of the cost of
-    /// creating a segment, measured).
-    ///
-    /// # Safety
-    /// As for [`MappedFile::writable`] over the same range: the caller is the only one
-    /// accessing it.
-    pub unsafe fn write_at(&self, pos: usize, bytes: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        assert!(self.writable, "write through a read-only mapping");
-        self.check(&(pos..pos + bytes.len()));
-        self.with_file(|file| file.write_all_at(bytes, pos as u64))
-    }
-
     /// Reserves disk blocks for `range` so that later writes through the mapping cannot
     /// fail for lack of space. `ENOSPC` comes back as `io::ErrorKind::StorageFull`.
     pub fn reserve(&self, range: Range<usize>) -> io::Result<()> {
@@ -230,42 +228,25 @@ impl MappedFile {
             FileHandle::Released(path.to_owned());
     }
 
-    /// Runs `f` on the file: the open one, or the released one reopened for the call.
+    /// Runs `f` on the file: the open one, or the released one reopened for the call. The
+    /// lock is held only to look, never across the call.
     fn with_file<T>(&self, f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
-        let handle = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        match &*handle {
-            FileHandle::Open(file) => f(file),
-            FileHandle::Released(path) => {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(self.writable)
-                    .open(path)?;
-                f(&file)
-            }
+        let handle = match &*self.file.lock().unwrap_or_else(|p| p.into_inner()) {
+            FileHandle::Open(file) => Ok(std::sync::Arc::clone(file)),
+            FileHandle::Released(path) => Err(path.clone()),
+        };
+        match handle {
+            Ok(file) => f(&file),
+            Err(path) => f(&OpenOptions::new()
+                .read(true)
+                .write(self.writable)
+                .open(path)?),
         }
     }
 
     fn fallocate(&self, mode: libc::c_int, range: Range<usize>) -> io::Result<()> {
         self.check(&range);
-        if range.is_empty() {
-            return Ok(());
-        }
-        self.with_file(|file| {
-            // SAFETY: plain syscall on an fd we own, open for the call; no memory is passed.
-            let rc = unsafe {
-                libc::fallocate(
-                    file.as_raw_fd(),
-                    mode,
-                    range.start as libc::off_t,
-                    range.len() as libc::off_t,
-                )
-            };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        })
+        self.with_file(|file| fallocate(file, mode, range))
     }
 
     /// Best effort: an advice the kernel does not know changes nothing.
@@ -283,6 +264,27 @@ impl MappedFile {
             return Ok(());
         }
         self.map.flush_range(range.start, range.len())
+    }
+}
+
+/// `fallocate(2)` of `range` of `file` with `mode`; nothing for an empty range.
+fn fallocate(file: &File, mode: libc::c_int, range: Range<usize>) -> io::Result<()> {
+    if range.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: plain syscall on an fd we own for the call; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            range.start as libc::off_t,
+            range.len() as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -329,7 +331,7 @@ mod tests {
     fn reserve_populate_and_punch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let m = MappedFile::create(&path, 1 << 20).unwrap();
+        let m = MappedFile::create_with_head(&path, 1 << 20, 0, &[]).unwrap();
         m.reserve(0..65536).unwrap();
         m.populate_write(0..65536);
         // SAFETY: the file is private to this test.

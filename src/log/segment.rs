@@ -225,6 +225,17 @@ pub fn ahead_bytes(position: usize, min_bytes: usize, max_bytes: usize) -> usize
         .clamp(min_bytes.min(max_bytes), max_bytes)
 }
 
+/// The start of a new segment's file: its static header, then the committed and durable
+/// ends (both at the data start), zeros between them.
+fn new_head(header: &SegmentHeader) -> [u8; sh::DURABLE_END + 8] {
+    let mut head = [0u8; sh::DURABLE_END + 8];
+    head[..sh::STATIC_END].copy_from_slice(&header.encode());
+    head[sh::COMMITTED_END..sh::COMMITTED_END + 8]
+        .copy_from_slice(&(DATA_START as u64).to_le_bytes());
+    head[sh::DURABLE_END..sh::DURABLE_END + 8].copy_from_slice(&(DATA_START as u64).to_le_bytes());
+    head
+}
+
 /// Capacity of each index file for a segment of `capacity` bytes: one entry per full
 /// interval of data at most.
 fn index_capacity(capacity: usize, interval: usize) -> usize {
@@ -278,12 +289,13 @@ impl Segment {
             format::CREATING_SUFFIX
         ));
         let _ = fs::remove_file(&tmp);
-        let data = MappedFile::create(&tmp, capacity as u64).map_err(|e| LogError::io(&tmp, e))?;
         let cleanup = |e: std::io::Error| {
             let _ = fs::remove_file(&tmp);
             LogError::reserve(&tmp, DATA_START as u64, e)
         };
-        data.reserve(0..DATA_START).map_err(cleanup)?;
+        let data =
+            MappedFile::create_with_head(&tmp, capacity as u64, DATA_START, &new_head(&header))
+                .map_err(cleanup)?;
         let seg = Self::assemble(
             header,
             path.clone(),
@@ -292,10 +304,7 @@ impl Segment {
             time_index,
             quota,
             charged,
-        )
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })?;
+        );
         seg.live()
             .expect("a new segment is mapped")
             .data
@@ -336,10 +345,9 @@ impl Segment {
             })?;
             let _ = fs::remove_file(&path);
             let data =
-                MappedFile::create(&path, capacity_bytes).map_err(|e| LogError::io(&path, e))?;
-            data.reserve(0..DATA_START)
-                .map_err(|e| LogError::reserve(&path, DATA_START as u64, e))?;
-            Self::assemble(
+                MappedFile::create_with_head(&path, capacity_bytes, DATA_START, &new_head(&header))
+                    .map_err(|e| LogError::reserve(&path, DATA_START as u64, e))?;
+            Ok(Self::assemble(
                 header,
                 path.clone(),
                 data,
@@ -347,7 +355,7 @@ impl Segment {
                 time_index,
                 quota,
                 charge,
-            )
+            ))
         })();
         if created.is_err() {
             if let Some(q) = quota {
@@ -404,22 +412,6 @@ impl Segment {
         unsafe { m.data.writable(0..sh::STATIC_END) }.copy_from_slice(&self.header.encode());
     }
 
-    /// Writes a new segment's header.
-    fn write_header(&self) -> Result<()> {
-        let Some(m) = self.live() else { return Ok(()) };
-        // The static header, then the committed and durable ends (both at the data start),
-        // with zeros between them, in one write through the file (see `write_at`).
-        let mut head = [0u8; sh::DURABLE_END + 8];
-        head[..sh::STATIC_END].copy_from_slice(&self.header.encode());
-        head[sh::COMMITTED_END..sh::COMMITTED_END + 8]
-            .copy_from_slice(&(DATA_START as u64).to_le_bytes());
-        head[sh::DURABLE_END..sh::DURABLE_END + 8]
-            .copy_from_slice(&(DATA_START as u64).to_le_bytes());
-        // SAFETY: only called while the segment is owned by one thread and its file has a
-        // temporary name: nobody else reads the header yet.
-        unsafe { m.data.write_at(0, &head) }.map_err(|e| LogError::io(&self.path, e))
-    }
-
     /// Gives an adopted spare's files their final names: the index files first, the data
     /// file last, so a `.log` file always comes with its indexes.
     pub fn rename_spare_files(dir: &Path, name: &str, base_offset: u64) -> Result<()> {
@@ -443,8 +435,8 @@ impl Segment {
         time_index: Index,
         quota: Option<&Arc<DiskQuota>>,
         charged: u64,
-    ) -> Result<Self> {
-        let seg = Segment {
+    ) -> Self {
+        Segment {
             header,
             mapped: ArcSwapOption::from_pointee(Mapped {
                 path: path.clone(),
@@ -465,9 +457,7 @@ impl Segment {
             read_ahead: AtomicBool::new(false),
             quota: quota.cloned(),
             charged_bytes: AtomicU64::new(charged),
-        };
-        seg.write_header()?;
-        Ok(seg)
+        }
     }
 
     /// Closes the descriptors of the segment's three files, which must have their final

@@ -434,34 +434,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 /// Serves until SIGTERM or SIGINT, then stops accepting, finishes in-flight requests, msyncs
 /// every partition and returns.
-/// Raises the soft limit of open files to the hard one: every partition keeps its active
-/// segment's three files open, so the usual soft limit of 1024 would cap a server at a few
-/// hundred partitions. Returns the limit in force.
-fn raise_open_file_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write the struct we own, nothing else.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    limit.rlim_cur
-}
-
 pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let open_files = raise_open_file_limit();
+    // Many connections each hold a file; segments close theirs once named.
+    let open_files = crate::sys::raise_open_file_limit();
     tracing::info!(open_files, "limit of open files");
     let mut signals = Signals::new()?;
     let config = Arc::new(config);
