@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use mapq::log::{LogConfig, PartitionLog, Prefaulter, Record};
+use mapq::log::{FileWorker, LogConfig, PartitionLog, Record};
 
 const RECORD_BYTES: usize = 1024;
 const BATCH: usize = 16;
@@ -103,14 +103,14 @@ fn fdatasync_baseline() -> Outcome {
     }
 }
 
-fn fresh_log(segment_bytes: u64, prefaulter: &Prefaulter) -> (tempfile::TempDir, PartitionLog) {
+fn fresh_log(segment_bytes: u64, prefaulter: &FileWorker) -> (tempfile::TempDir, PartitionLog) {
     let dir = tempfile::Builder::new()
         .prefix("mapq-bench-durability-")
         .tempdir_in(bench_dir())
         .expect("temp dir");
     let config = LogConfig {
         segment_bytes,
-        prefaulter: Some(prefaulter.handle()),
+        worker: Some(prefaulter.handle()),
         ..LogConfig::default()
     };
     let (log, _) = PartitionLog::open(dir.path(), config).expect("open");
@@ -118,7 +118,7 @@ fn fresh_log(segment_bytes: u64, prefaulter: &Prefaulter) -> (tempfile::TempDir,
 }
 
 /// `producers` threads: append a batch, wait until it is durable, repeat.
-fn fsync_producers(producers: usize, prefaulter: &Prefaulter) -> Outcome {
+fn fsync_producers(producers: usize, prefaulter: &FileWorker) -> Outcome {
     let (_dir, log) = fresh_log(1 << 30, prefaulter);
     let log = Arc::new(log);
     let stop = Arc::new(AtomicBool::new(false));
@@ -166,7 +166,7 @@ fn fsync_producers(producers: usize, prefaulter: &Prefaulter) -> Outcome {
 fn append_latency(
     segment_bytes: u64,
     appends: u64,
-    prefaulter: &Prefaulter,
+    prefaulter: &FileWorker,
 ) -> (Histogram<u64>, usize) {
     let (_dir, log) = fresh_log(segment_bytes, prefaulter);
     let value = vec![7u8; RECORD_BYTES];
@@ -187,7 +187,7 @@ fn append_latency(
 
 fn main() {
     println!("durability bench in {}", bench_dir().display());
-    let prefaulter = Prefaulter::spawn().expect("prefault thread");
+    let prefaulter = FileWorker::spawn().expect("prefault thread");
     let frame = frame_bytes();
     let base = fdatasync_baseline();
     let base_rps = base.records_per_s();

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use mapq::log::{LogConfig, PartitionLog, Prefaulter, Record};
+use mapq::log::{FileWorker, LogConfig, PartitionLog, Record};
 
 /// Bytes written per append scenario (and per baseline run).
 const TOTAL_BYTES: usize = 256 << 20;
@@ -105,13 +105,13 @@ fn frame_bytes(value_bytes: usize) -> usize {
         .unwrap()
 }
 
-fn fresh_log(tag: &str, prefaulter: &Prefaulter) -> (tempfile::TempDir, PartitionLog) {
+fn fresh_log(tag: &str, prefaulter: &FileWorker) -> (tempfile::TempDir, PartitionLog) {
     let dir = tempfile::Builder::new()
         .prefix(&format!("mapq-bench-{tag}-"))
         .tempdir_in(bench_dir())
         .expect("temp dir");
     let config = LogConfig {
-        prefaulter: Some(prefaulter.handle()),
+        worker: Some(prefaulter.handle()),
         ..LogConfig::default()
     };
     let (log, _) = PartitionLog::open(dir.path(), config).expect("open log");
@@ -122,7 +122,7 @@ fn fresh_log(tag: &str, prefaulter: &Prefaulter) -> (tempfile::TempDir, Partitio
 /// number of records.
 fn append_run(
     s: &Scenario,
-    prefaulter: &Prefaulter,
+    prefaulter: &FileWorker,
 ) -> (Duration, u64, tempfile::TempDir, PartitionLog) {
     let (dir, log) = fresh_log(&s.name, prefaulter);
     let records_total =
@@ -178,7 +178,7 @@ fn main() {
         TOTAL_BYTES >> 20
     );
     let src = vec![0x5Au8; 1 << 20];
-    let prefaulter = Prefaulter::spawn().expect("prefault thread");
+    let prefaulter = FileWorker::spawn().expect("prefault thread");
 
     let mut results = Vec::new();
     for (value_bytes, label) in [(100usize, "100B"), (1024, "1KiB")] {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use mapq::log::tailer::{StartAt, TailOptions, Tailer, WaitMode};
-use mapq::log::{LogConfig, PartitionLog, Prefaulter, Record};
+use mapq::log::{FileWorker, LogConfig, PartitionLog, Record};
 
 const VALUE_BYTES: usize = 100;
 const LATENCY_RECORDS: u64 = 100_000;
@@ -39,9 +39,9 @@ fn bench_dir() -> PathBuf {
         .unwrap_or_else(std::env::temp_dir)
 }
 
-fn open_log(dir: &Path, prefaulter: &Prefaulter) -> PartitionLog {
+fn open_log(dir: &Path, prefaulter: &FileWorker) -> PartitionLog {
     let config = LogConfig {
-        prefaulter: Some(prefaulter.handle()),
+        worker: Some(prefaulter.handle()),
         ..LogConfig::default()
     };
     PartitionLog::open(dir, config).expect("open log").0
@@ -49,7 +49,7 @@ fn open_log(dir: &Path, prefaulter: &Prefaulter) -> PartitionLog {
 
 /// Writer role: waits for a line on stdin, then appends `n` records, one per `interval`.
 fn writer(dir: &Path, n: u64, interval: Duration) {
-    let prefaulter = Prefaulter::spawn().expect("prefaulter");
+    let prefaulter = FileWorker::spawn().expect("prefaulter");
     let log = open_log(dir, &prefaulter);
     println!("ready");
     let mut line = String::new();
@@ -256,7 +256,7 @@ fn main() {
         .tempdir_in(bench_dir())
         .expect("temp dir");
     {
-        let prefaulter = Prefaulter::spawn().expect("prefaulter");
+        let prefaulter = FileWorker::spawn().expect("prefaulter");
         let log = open_log(dir.path(), &prefaulter);
         let value = [7u8; VALUE_BYTES];
         let batch: Vec<Record<'_>> = (0..1000).map(|_| Record::value(&value, 1)).collect();

@@ -4,7 +4,7 @@
 //! on the blocking pool. Rolling by size happens in the append itself, and the next chunk of
 //! every active segment is reserved and pre-faulted by the engine's prefaulter thread.
 
-use crate::log::segment::now_ms;
+use crate::log::now_ms;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 

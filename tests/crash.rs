@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{check_all, small_config, try_append_range};
-use mapq::log::{verify, LogConfig, PartitionLog, Prefaulter, RecoveryReport};
+use mapq::log::{verify, FileWorker, LogConfig, PartitionLog, RecoveryReport};
 
 const DIR_ENV: &str = "MAPQ_CRASH_DIR";
 /// Marks the child's own lines among libtest's (which may share a line with the first).
@@ -56,12 +56,12 @@ impl Rng {
 /// The child: appends batches and prints `ack <last offset>` after each one that returned.
 fn child_main(dir: &Path, seed: u64, prefault: bool) -> Result<(), String> {
     let prefaulter = if prefault {
-        Some(Prefaulter::spawn().map_err(|e| format!("spawn the prefaulter: {e}"))?)
+        Some(FileWorker::spawn().map_err(|e| format!("spawn the prefaulter: {e}"))?)
     } else {
         None
     };
     let config = LogConfig {
-        prefaulter: prefaulter.as_ref().map(Prefaulter::handle),
+        worker: prefaulter.as_ref().map(FileWorker::handle),
         ..config()
     };
     let (log, _) =

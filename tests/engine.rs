@@ -350,10 +350,10 @@ fn concurrent_readers_see_a_consistent_prefix() {
 
 #[test]
 fn a_prefaulter_reserves_ahead_of_the_writer() {
-    let prefaulter = mapq::log::Prefaulter::spawn().unwrap();
+    let prefaulter = mapq::log::FileWorker::spawn().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = LogConfig {
-        prefaulter: Some(prefaulter.handle()),
+        worker: Some(prefaulter.handle()),
         ..small_config(256 << 10)
     };
     let (log, _) = PartitionLog::open(dir.path(), cfg).unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::small_config;
-use mapq::log::{verify, LogConfig, LogError, PartitionLog, Prefaulter, ReadBatch, Record};
+use mapq::log::{verify, FileWorker, LogConfig, LogError, PartitionLog, ReadBatch, Record};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -250,9 +250,9 @@ fn open(dir: &Path, config: &LogConfig) -> PartitionLog {
 /// and pre-faults ahead of the writer.
 fn run(segment_bytes: u64, prefault: bool, ops: &[Op]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let prefaulter = prefault.then(|| Prefaulter::spawn().expect("spawn the prefaulter"));
+    let prefaulter = prefault.then(|| FileWorker::spawn().expect("spawn the prefaulter"));
     let config = LogConfig {
-        prefaulter: prefaulter.as_ref().map(Prefaulter::handle),
+        worker: prefaulter.as_ref().map(FileWorker::handle),
         ..small_config(segment_bytes)
     };
     let mut log = open(dir.path(), &config);

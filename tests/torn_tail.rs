@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use common::{append_range, check_all, small_config};
 use mapq::log::format::{self, segment_header as sh};
-use mapq::log::segment::DATA_START;
+use mapq::log::DATA_START;
 use mapq::log::{verify, LogConfig, PartitionLog};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -93,7 +93,7 @@ fn build_image(flushed: Flushed) -> Image {
     let checkpoint_positions = active
         .checkpoints()
         .iter()
-        .map(|&(_, pos, _)| pos as usize)
+        .map(|c| c.position as usize)
         .collect();
     let sealed_rescanned_checkpoints = segs[..segs.len() - 1]
         .iter()
@@ -524,7 +524,7 @@ fn recovery_starts_from_the_last_durable_checkpoint() {
     let kept: Vec<usize> = active
         .checkpoints()
         .iter()
-        .map(|&(_, p, _)| p as usize)
+        .map(|c| c.position as usize)
         .collect();
     let want: Vec<usize> = img
         .checkpoint_positions

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use common::*;
 use mapq::log::format::{align_up, frame, get_u32};
-use mapq::log::segment::DATA_START;
 use mapq::log::PartitionLog;
+use mapq::log::DATA_START;
 
 fn verify(dir: &std::path::Path) -> (i32, String) {
     let out = common::server::output_with_deadline(

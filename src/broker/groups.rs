@@ -183,7 +183,7 @@ impl Groups {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(BrokerError::io(&path, e)),
                 }
-                crate::log::segment::sync_dir(&self.dir).map_err(BrokerError::Log)?;
+                crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
                 offsets.clear();
                 drop(offsets);
                 self.remove_if_empty(&group, &g);

@@ -16,7 +16,7 @@ pub use error::BrokerError;
 pub use topic::{FlushOutcome, Partition, Topic, TopicOverrides};
 
 use crate::config::Config;
-use crate::log::{DiskQuota, Prefaulter};
+use crate::log::{DiskQuota, FileWorker};
 
 /// Topic and group names: `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`. Checked before any
 /// path is built from a name.
@@ -120,7 +120,7 @@ pub struct Broker {
     /// Signalled when a name leaves `busy`.
     name_freed: std::sync::Condvar,
     groups: groups::Groups,
-    prefaulter: Prefaulter,
+    prefaulter: FileWorker,
     /// The `max_disk_bytes` quota, shared by every partition.
     quota: Option<Arc<DiskQuota>>,
     /// Partitions that crossed `flush_messages`, for the maintenance task to flush.
@@ -154,7 +154,7 @@ impl Broker {
     /// [`Broker::open`] on a data directory already claimed with [`Broker::claim`].
     pub fn open_claimed(config: Arc<Config>, lock: fs::File) -> Result<Self, BrokerError> {
         let data_dir = config.data_dir.clone();
-        let prefaulter = Prefaulter::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
+        let prefaulter = FileWorker::spawn().map_err(|e| BrokerError::io(&data_dir, e))?;
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
         let quota = config.max_disk_bytes.map(|b| Arc::new(DiskQuota::new(b)));
         let (flush_requests, flush_receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -284,7 +284,7 @@ impl Broker {
             // A creation that failed half-way leaves nothing that a restart would take for
             // a topic (the name is still claimed: nobody else works in this directory).
             if fs::remove_dir_all(&dir).is_ok() {
-                let _ = crate::log::segment::sync_dir(&self.data_dir);
+                let _ = crate::log::sync_dir(&self.data_dir);
             }
         })?;
         let t = Arc::new(t);
@@ -356,7 +356,7 @@ impl Broker {
         self.groups.forget_topics(|t| t != name)?;
         let dir = self.data_dir.join(name);
         fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
-        let _ = crate::log::segment::sync_dir(&self.data_dir);
+        let _ = crate::log::sync_dir(&self.data_dir);
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }

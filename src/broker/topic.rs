@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::error::BrokerError;
 use super::partitioner::RoundRobin;
 use crate::config::Config;
-use crate::log::prefault::PrefaultHandle;
+use crate::log::WorkerHandle;
 use crate::log::{Appended, DiskQuota, LogError, PartitionLog};
 
 /// The topic metadata file, `<data_dir>/<topic>/topic.json`.
@@ -267,7 +267,7 @@ impl Topic {
         partitions: u32,
         overrides: TopicOverrides,
         config: &Config,
-        prefaulter: PrefaultHandle,
+        prefaulter: WorkerHandle,
         quota: Option<Arc<DiskQuota>>,
     ) -> Result<Self, BrokerError> {
         fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
@@ -279,7 +279,7 @@ impl Topic {
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
         write_durably(&dir.join(META_FILE), &json)?;
         if let Some(parent) = dir.parent() {
-            let _ = crate::log::segment::sync_dir(parent);
+            let _ = crate::log::sync_dir(parent);
         }
         Self::open(dir, name, config, prefaulter, quota)
     }
@@ -289,7 +289,7 @@ impl Topic {
         dir: &Path,
         name: &str,
         config: &Config,
-        prefaulter: PrefaultHandle,
+        prefaulter: WorkerHandle,
         quota: Option<Arc<DiskQuota>>,
     ) -> Result<Self, BrokerError> {
         let path = dir.join(META_FILE);
@@ -304,7 +304,7 @@ impl Topic {
         }
         let topic_config = effective(&meta.config, config);
         let mut log_config = config.log_config(topic_config.segment_bytes);
-        log_config.prefaulter = Some(prefaulter);
+        log_config.worker = Some(prefaulter);
         log_config.quota = quota;
         let partitions = (0..meta.partitions)
             .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
@@ -368,7 +368,7 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     f.sync_all().map_err(|e| BrokerError::io(&tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| BrokerError::io(path, e))?;
     if let Some(dir) = path.parent() {
-        crate::log::segment::sync_dir(dir).map_err(BrokerError::Log)?;
+        crate::log::sync_dir(dir).map_err(BrokerError::Log)?;
     }
     Ok(())
 }

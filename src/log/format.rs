@@ -25,6 +25,8 @@ pub const OFFSET_INDEX_EXT: &str = "index";
 pub const TIME_INDEX_EXT: &str = "timeindex";
 /// Suffix of a file still being created; renamed to its final name once its header is durable.
 pub const CREATING_SUFFIX: &str = "new";
+/// A segment's three files: its data file and its two index files.
+pub const SEGMENT_FILE_EXTS: [&str; 3] = [SEGMENT_EXT, OFFSET_INDEX_EXT, TIME_INDEX_EXT];
 
 /// Field positions of the segment header. Each field starts where the previous one ends, so
 /// the positions are derived, not typed twice; the dynamic fields sit on their own 64-byte

@@ -7,10 +7,22 @@
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::error::{LogError, Result};
 use super::format::{self, get_u32, get_u64, index_header as ih, FORMAT_VERSION};
-use super::mmap::MappedFile;
+use super::mmap::{Appender, Frontier, Layout, MappedFile};
+
+/// Where an index file's header, published entries and entry count lie.
+const LAYOUT: Layout = Layout {
+    static_end: ih::HEADER_CRC + 4,
+    published_from: ih::SIZE,
+    frontier: Some(Frontier {
+        word: ih::COUNT,
+        base: ih::SIZE,
+        unit: ih::ENTRY_SIZE,
+    }),
+};
 
 /// Which of the two index files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +52,7 @@ impl IndexKind {
 /// One mapped index file.
 #[derive(Debug)]
 pub struct Index {
-    map: MappedFile,
+    map: Arc<MappedFile>,
     path: PathBuf,
     capacity: usize,
     /// Disk blocks are allocated below this byte position: entries below it can be written
@@ -91,12 +103,13 @@ impl Index {
         let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
         header[ih::HEADER_CRC..].copy_from_slice(&crc.to_le_bytes());
         let initial = INITIAL_ALLOCATION_BYTES.min(len as usize);
-        let map = MappedFile::create_with_head(&tmp, len, initial, &header).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            LogError::reserve(&tmp, initial as u64, e)
-        })?;
+        let map =
+            MappedFile::create_with_head(&tmp, len, initial, &header, LAYOUT).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                LogError::reserve(&tmp, initial as u64, e)
+            })?;
         Ok(Index {
-            map,
+            map: Arc::new(map),
             path: tmp,
             capacity,
             allocated_end: AtomicUsize::new(initial),
@@ -104,26 +117,27 @@ impl Index {
     }
 
     /// Rewrites the base offset in the header (and its CRC), and the path the index will
-    /// have once renamed. Only for a spare index nobody else maps yet.
-    pub fn adopt(&mut self, base_offset: u64, path: PathBuf) {
-        // SAFETY: called on a spare segment owned by value by the writer: not shared with any
-        // reader, in this process or another (its file still has a temporary name).
-        let header = unsafe { self.map.writable(0..ih::HEADER_CRC + 4) };
+    /// have once renamed. For a spare index nobody else maps yet: owned by value, and its
+    /// file still has a temporary name.
+    pub fn adopt(&mut self, base_offset: u64, path: PathBuf) -> Result<()> {
+        let map = Arc::get_mut(&mut self.map)
+            .ok_or_else(|| LogError::corrupt(&self.path, "adopting an index in use"))?;
+        let header = map.bytes_mut(0..ih::HEADER_CRC + 4);
         header[ih::BASE_OFFSET..ih::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
         let crc = crc32c::crc32c(&header[..ih::HEADER_CRC]);
         header[ih::HEADER_CRC..ih::HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         self.path = path;
+        Ok(())
     }
 
     /// Opens and checks an existing index file.
     pub fn open(path: &Path, kind: IndexKind, base_offset: u64, writable: bool) -> Result<Self> {
-        let map = MappedFile::open(path, writable).map_err(|e| LogError::io(path, e))?;
         let bad = |reason: String| LogError::corrupt(path, reason);
-        if map.len() < ih::SIZE {
-            return Err(bad(format!("index file of {} bytes", map.len())));
-        }
-        // SAFETY: the static header is written once, before the file gets its final name.
-        let header = unsafe { map.frozen(0..ih::HEADER_CRC + 4) };
+        let map = MappedFile::open(path, writable, LAYOUT).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => bad(format!("index file too short: {e}")),
+            _ => LogError::io(path, e),
+        })?;
+        let header = map.static_header();
         if header[..8] != kind.magic() {
             return Err(bad("bad magic".into()));
         }
@@ -159,13 +173,12 @@ impl Index {
         let blocks = std::fs::metadata(path)
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
             .unwrap_or(0) as usize;
-        let count =
-            (map.atomic_u64(ih::COUNT).load(Ordering::Acquire) as usize).min(capacity as usize);
+        let count = (map.frontier() as usize).min(capacity as usize);
         let written = ih::SIZE + count * ih::ENTRY_SIZE;
         let allocated = (blocks.saturating_sub(2 * 4096) & !(4096 - 1)).max(written);
         let index = Index {
             allocated_end: AtomicUsize::new(allocated.min(map.len())),
-            map,
+            map: Arc::new(map),
             path: path.to_owned(),
             capacity: capacity as usize,
         };
@@ -221,18 +234,19 @@ impl Index {
     /// Number of published entries, clamped to the capacity so that a corrupt count can never
     /// send a reader out of bounds.
     pub fn count(&self) -> usize {
-        // Acquire: pairs with the Release in `push`, so the entries below are visible.
-        let n = self.map.atomic_u64(ih::COUNT).load(Ordering::Acquire);
-        (n as usize).min(self.capacity)
+        // Acquire (in `frontier`): pairs with the writer's Release, so the entries below are
+        // visible.
+        (self.map.frontier() as usize).min(self.capacity)
     }
 
-    /// Entry `i`, which must be below `count()`.
+    /// Entry `i`, which must be below `count()` (zeros otherwise).
     pub fn entry(&self, i: usize) -> (u64, u64) {
         let at = ih::SIZE + i * ih::ENTRY_SIZE;
-        assert!(i < self.capacity);
-        // SAFETY: entries below the published count are never rewritten while readers may
-        // look (recovery rewrites them before the segment is shared).
-        let bytes = unsafe { self.map.frozen(at..at + ih::ENTRY_SIZE) };
+        let bytes = self.map.published(at..at + ih::ENTRY_SIZE);
+        if bytes.len() < ih::ENTRY_SIZE {
+            debug_assert!(false, "index entry {i} read above the published count");
+            return (0, 0);
+        }
         (get_u64(bytes, 0), get_u64(bytes, 8))
     }
 
@@ -256,49 +270,27 @@ impl Index {
         lo.checked_sub(1)
     }
 
-    /// Writes entry `i`, at or above the published count (the single writer only), without
-    /// publishing it. Returns false when the index is full.
-    pub fn write_entry(&self, i: usize, a: u64, b: u64) -> bool {
-        assert!(i >= self.count(), "published entries are never rewritten");
-        if i >= self.capacity {
-            return false;
-        }
-        let at = ih::SIZE + i * ih::ENTRY_SIZE;
-        // SAFETY: the entry lies at or above the published count: only the single writer
-        // touches it, and readers only read below the count.
-        let slot = unsafe { self.map.writable(at..at + ih::ENTRY_SIZE) };
-        slot[..8].copy_from_slice(&a.to_le_bytes());
-        slot[8..].copy_from_slice(&b.to_le_bytes());
-        true
+    /// The index's single writer (see [`IndexWriter`]): `None` if it was taken before or the
+    /// index is read-only.
+    pub fn writer(&self) -> Option<IndexWriter> {
+        Some(IndexWriter {
+            appender: self.map.appender()?,
+            capacity: self.capacity,
+        })
     }
 
-    /// Publishes entries up to `count`.
-    pub fn publish(&self, count: usize) {
-        // Release: entries written before are visible to any reader that sees the count.
-        self.map
-            .atomic_u64(ih::COUNT)
-            .store(count as u64, Ordering::Release);
-    }
-
-    /// Drops every entry from `count` on and zeroes them. Only before the file is shared
-    /// with in-process readers (recovery).
-    pub fn truncate(&self, count: usize) {
+    /// Drops every entry from `count` on and zeroes them, on an index nobody else in this
+    /// process uses (recovery, before the segment is shared).
+    pub fn truncate(&mut self, count: usize) -> Result<()> {
         let old = self.count();
-        self.publish(count.min(old));
+        let map = Arc::get_mut(&mut self.map)
+            .ok_or_else(|| LogError::corrupt(&self.path, "truncating an index in use"))?;
         if count < old {
-            let range = ih::SIZE + count * ih::ENTRY_SIZE..ih::SIZE + old * ih::ENTRY_SIZE;
-            // SAFETY: called during recovery, before any in-process reader exists; the
-            // entries are above the new count, so no reader may look at them.
-            unsafe { self.map.writable(range) }.fill(0);
+            map.set_frontier(count as u64);
+            map.bytes_mut(ih::SIZE + count * ih::ENTRY_SIZE..ih::SIZE + old * ih::ENTRY_SIZE)
+                .fill(0);
         }
-    }
-
-    /// Writes back the header and the first `count` entries.
-    pub fn flush(&self, count: usize) -> Result<()> {
-        let end = (ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE).min(self.map.len());
-        self.map
-            .flush(0..end)
-            .map_err(|e| LogError::io(&self.path, e))
+        Ok(())
     }
 
     /// Releases the disk blocks past the first `count` entries (on seal). Returns the bytes
@@ -306,12 +298,40 @@ impl Index {
     pub fn release_unused(&self, count: usize) -> u64 {
         let start = ih::SIZE + count.min(self.capacity) * ih::ENTRY_SIZE;
         let start = start.next_multiple_of(4096).min(self.map.len());
-        match self.map.punch_hole(start..self.map.len()) {
+        match self.map.punch_unpublished(start..self.map.len()) {
             Ok(()) => {
                 let before = self.allocated_end.swap(start, Ordering::AcqRel);
                 before.saturating_sub(start) as u64
             }
             Err(_) => 0,
         }
+    }
+}
+
+/// The single writer of an index: writes entries above the published count and publishes
+/// them. Owned by the segment's writer.
+#[derive(Debug)]
+pub struct IndexWriter {
+    appender: Appender,
+    capacity: usize,
+}
+
+impl IndexWriter {
+    /// Writes entry `i`, at or above the published count, without publishing it. Returns
+    /// false when the index is full.
+    pub fn write_entry(&mut self, i: usize, a: u64, b: u64) -> bool {
+        if i >= self.capacity {
+            return false;
+        }
+        let at = ih::SIZE + i * ih::ENTRY_SIZE;
+        let slot = self.appender.unpublished_mut(at..at + ih::ENTRY_SIZE);
+        slot[..8].copy_from_slice(&a.to_le_bytes());
+        slot[8..].copy_from_slice(&b.to_le_bytes());
+        true
+    }
+
+    /// Publishes entries up to `count` (Release, in the appender).
+    pub fn publish(&mut self, count: usize) {
+        self.appender.publish(count as u64);
     }
 }

@@ -1,25 +1,42 @@
-//! Every `unsafe` that touches a mapping lives here.
+//! The mapped files, and the rules that make sharing them sound. The engine's `unsafe`
+//! primitives live here (with `crate::sys` for the calls outside mappings); their callers (the
+//! segment writer, the reader, the index) use the safe methods below, which enforce the
+//! rules by their types.
 //!
 //! A [`MappedFile`] is a file mapped once, whole, with `MAP_SHARED`. Other processes (tailers)
 //! map the same file, so the kernel, not Rust, owns the bytes; Rust's aliasing rules are kept
-//! by the publication protocol of the format:
+//! by the publication protocol of the format, which a file's [`Layout`] describes:
 //!
-//! * bytes below a segment's committed end (and index entries below the published count) are
-//!   *frozen*: nobody writes them while the file exists, so shared slices of them are sound;
-//! * bytes above it are written by the single writer only, through [`MappedFile::writable`],
-//!   and nobody reads them;
-//! * the header's dynamic fields are only ever accessed as atomics.
+//! * the *static header* (`[0, static_end)`) is written before the file is shared and then
+//!   changes only through `&mut MappedFile` ([`MappedFile::bytes_mut`]), which no reader can
+//!   hold at the same time;
+//! * the *published* bytes (`[published_from, published end)`, the end read from the
+//!   frontier word) are frozen: nobody writes them while the file is mapped, so
+//!   [`MappedFile::published`] hands out shared slices of them. The frontier only moves
+//!   forward, through the file's one [`Appender`], except through `&mut MappedFile` (recovery,
+//!   before the file is shared);
+//! * bytes at or above the published end are written by the file's single [`Appender`] only,
+//!   and nobody reads them; releasing their blocks ([`MappedFile::punch_unpublished`]) is
+//!   refused while an appender lives;
+//! * the other header words are only ever accessed as atomics ([`MappedFile::atomic_u64`]).
 //!
-//! The file is never truncated below its mapped length while mapped (the format forbids
-//! shrinking a segment), so no access here can raise SIGBUS; disk blocks are reserved with
-//! `fallocate` before the writer touches a page, so a full disk is an error, not a SIGBUS.
+//! # Soundness across processes
+//!
+//! These rules hold inside this process by construction. Across processes they rest on a
+//! contract: no other program writes, truncates or maps writable the files of a partition
+//! that a mapq server owns (a second server is kept out by the data directory's lock; tailers
+//! map data read-only and only touch the waiter words of the header). The file is never
+//! truncated below its mapped length while mapped (the format forbids shrinking a segment),
+//! so no access here can raise SIGBUS; disk blocks are reserved with `fallocate` before the
+//! writer touches a page, so a full disk is an error, not a SIGBUS.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -33,6 +50,43 @@ pub struct MappedFile {
     /// idle partition's files cost no file descriptor.
     file: std::sync::Mutex<FileHandle>,
     writable: bool,
+    layout: Layout,
+    /// The file's [`Appender`] was handed out (there is at most one, ever).
+    appender_taken: AtomicBool,
+    /// That appender still lives.
+    appender_alive: AtomicBool,
+}
+
+/// Where a file's static header, published bytes and frontier word lie (see the module
+/// documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Bytes below this are the static header.
+    pub static_end: usize,
+    /// Published bytes start here (after the header's atomic words).
+    pub published_from: usize,
+    /// The word that says how far the file is published, if anything is ever published.
+    pub frontier: Option<Frontier>,
+}
+
+/// The frontier word: an atomic u64 at `word` whose value `v` publishes the bytes below
+/// `base + v * unit` (clamped into the file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frontier {
+    pub word: usize,
+    pub base: usize,
+    pub unit: usize,
+}
+
+impl Layout {
+    /// A mapping of header words only: nothing static, nothing published.
+    pub const fn words_only(len: usize) -> Self {
+        Layout {
+            static_end: 0,
+            published_from: len,
+            frontier: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -53,6 +107,7 @@ impl MappedFile {
         len: u64,
         reserve_bytes: usize,
         head: &[u8],
+        layout: Layout,
     ) -> io::Result<Self> {
         use std::os::unix::fs::FileExt;
         let file = OpenOptions::new()
@@ -63,13 +118,13 @@ impl MappedFile {
         file.set_len(len)?;
         fallocate(&file, 0, 0..reserve_bytes.min(len as usize))?;
         file.write_all_at(head, 0)?;
-        Self::map(file, true)
+        Self::map(file, true, layout)
     }
 
     /// Maps an existing file read-write (`writable`) or read-only.
-    pub fn open(path: &Path, writable: bool) -> io::Result<Self> {
+    pub fn open(path: &Path, writable: bool, layout: Layout) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
-        Self::map(file, writable)
+        Self::map(file, writable, layout)
     }
 
     /// Maps only the first `len` bytes of an existing file, read-write: a tailer uses it to
@@ -80,14 +135,22 @@ impl MappedFile {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "file too short"));
         }
         let map = MmapOptions::new().len(len).map_raw(&file)?;
-        Ok(MappedFile {
-            map,
-            file: std::sync::Mutex::new(FileHandle::Open(std::sync::Arc::new(file))),
-            writable: true,
-        })
+        Ok(Self::from_parts(map, file, true, Layout::words_only(len)))
     }
 
-    fn map(file: File, writable: bool) -> io::Result<Self> {
+    fn from_parts(map: MmapRaw, file: File, writable: bool, layout: Layout) -> Self {
+        assert!(layout.static_end <= layout.published_from && layout.published_from <= map.len());
+        MappedFile {
+            map,
+            file: std::sync::Mutex::new(FileHandle::Open(Arc::new(file))),
+            writable,
+            layout,
+            appender_taken: AtomicBool::new(false),
+            appender_alive: AtomicBool::new(false),
+        }
+    }
+
+    fn map(file: File, writable: bool, layout: Layout) -> io::Result<Self> {
         let len = file.metadata()?.len();
         if len == 0 || len > isize::MAX as u64 {
             return Err(io::Error::new(
@@ -102,11 +165,13 @@ impl MappedFile {
         } else {
             opts.map_raw_read_only(&file)?
         };
-        let mapped = MappedFile {
-            map,
-            file: std::sync::Mutex::new(FileHandle::Open(std::sync::Arc::new(file))),
-            writable,
-        };
+        if layout.published_from > map.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file of {len} bytes is shorter than its header"),
+            ));
+        }
+        let mapped = Self::from_parts(map, file, writable, layout);
         // No read-ahead until the owner says where data lies (see `read_ahead`): around a
         // fault in a hole, the kernel would zero a whole read-ahead window nobody asked for
         // (most of the cost of creating or opening a mostly empty segment, measured).
@@ -126,10 +191,6 @@ impl MappedFile {
         self.map.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.len() == 0
-    }
-
     /// Whether the mapping may be written (atomics stored through a read-only mapping would
     /// fault: writers check this before storing into a segment header).
     pub fn is_writable(&self) -> bool {
@@ -144,27 +205,25 @@ impl MappedFile {
         );
     }
 
-    /// A shared view of `range`.
+    /// A shared view of `range`. Private: the safe views below call it only where the
+    /// module's rules freeze the bytes.
     ///
     /// # Safety
     /// The bytes in `range` must be frozen: no one writes them for as long as the returned
-    /// slice (or anything derived from it) lives. In mapq that means the range lies below a
-    /// published committed end or index count, or the file is not shared yet.
-    pub unsafe fn frozen(&self, range: Range<usize>) -> &[u8] {
+    /// slice (or anything derived from it) lives.
+    unsafe fn frozen(&self, range: Range<usize>) -> &[u8] {
         self.check(&range);
         // SAFETY: the range is inside the mapping (checked above), the mapping lives as long
         // as `self`, and the caller guarantees nobody writes the bytes meanwhile.
         unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(range.start), range.len()) }
     }
 
-    /// An exclusive view of `range`, for writing.
+    /// An exclusive view of `range`, for writing. Private, like `frozen`.
     ///
     /// # Safety
-    /// The caller must be the only one accessing `range` (the single writer, above the
-    /// published end, or the file is not shared yet), and must not hold two overlapping
-    /// writable views at once.
+    /// The caller must be the only one accessing `range` for as long as the slice lives.
     #[allow(clippy::mut_from_ref)]
-    pub unsafe fn writable(&self, range: Range<usize>) -> &mut [u8] {
+    unsafe fn exclusive(&self, range: Range<usize>) -> &mut [u8] {
         assert!(self.writable, "write through a read-only mapping");
         self.check(&range);
         // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
@@ -173,24 +232,145 @@ impl MappedFile {
         }
     }
 
-    /// The 8-byte aligned word at `pos`, accessed atomically. Only load through it unless
-    /// the mapping [`is_writable`](Self::is_writable): a store into a read-only mapping
-    /// faults.
-    pub fn atomic_u64(&self, pos: usize) -> &AtomicU64 {
+    /// The static header: bytes `[0, static_end)`.
+    pub fn static_header(&self) -> &[u8] {
+        // SAFETY: the static header changes only through `&mut self` (`bytes_mut`), which
+        // cannot coexist with this shared borrow.
+        unsafe { self.frozen(0..self.layout.static_end) }
+    }
+
+    /// The raw frontier value (for a data file the committed end; for an index the entry
+    /// count), loaded with Acquire: pairs with [`Appender::publish`]'s Release, so the bytes
+    /// it publishes are visible. 0 without a frontier.
+    pub fn frontier(&self) -> u64 {
+        match self.layout.frontier {
+            Some(f) => self.word_u64(f.word).load(Ordering::Acquire),
+            None => 0,
+        }
+    }
+
+    /// The end of the published bytes: where the frontier says, clamped into the file (so a
+    /// damaged header can never send a reader out of bounds).
+    pub fn published_end(&self) -> usize {
+        let from = self.layout.published_from;
+        match self.layout.frontier {
+            Some(f) => {
+                let v = self.frontier();
+                let bytes = usize::try_from(v)
+                    .ok()
+                    .and_then(|v| v.checked_mul(f.unit))
+                    .and_then(|b| b.checked_add(f.base))
+                    .unwrap_or(usize::MAX);
+                bytes.clamp(from, self.len())
+            }
+            None => from,
+        }
+    }
+
+    /// The published bytes of `range`, cut at the published end and the start of the
+    /// published area: a caller holding an end loaded earlier gets fewer bytes, never
+    /// unpublished ones.
+    pub fn published(&self, range: Range<usize>) -> &[u8] {
+        let to = range.end.min(self.published_end());
+        let from = range.start.clamp(self.layout.published_from, to);
+        // SAFETY: `[from, to)` lies in the published area, below the published end, and
+        // published bytes never change while anyone can borrow them: only the appender
+        // writes, above the end; moving the end back takes `&mut self`.
+        unsafe { self.frozen(from..to) }
+    }
+
+    /// Any bytes outside the header words, for writing: a file not shared with anyone in
+    /// this process (creating, adopting or recovering a segment).
+    pub fn bytes_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        let words = self.layout.static_end..self.layout.published_from;
+        assert!(
+            range.end <= words.start || range.start >= words.end,
+            "header words are accessed only atomically"
+        );
+        // SAFETY: `&mut self` excludes every other borrow of the mapping in this process
+        // (slices from `published`, atomics, the appender's views all borrow `self`, and an
+        // `Appender` holds an `Arc`, which `&mut` through `Arc::get_mut` rules out).
+        unsafe { self.exclusive(range) }
+    }
+
+    /// Moves the frontier to `value`, backwards too (recovery cutting a torn tail), on a file
+    /// nobody else in this process uses.
+    pub fn set_frontier(&mut self, value: u64) {
+        if let Some(f) = self.layout.frontier {
+            self.word_u64(f.word).store(value, Ordering::Release);
+        }
+    }
+
+    /// The file's single appender: `None` if it was handed out before or the mapping is
+    /// read-only.
+    pub fn appender(self: &Arc<Self>) -> Option<Appender> {
+        if !self.writable
+            || self.layout.frontier.is_none()
+            || self.appender_taken.swap(true, Ordering::AcqRel)
+        {
+            return None;
+        }
+        self.appender_alive.store(true, Ordering::Release);
+        Some(Appender {
+            file: Arc::clone(self),
+        })
+    }
+
+    /// Releases the disk blocks of `range`, which must lie above the published end, while no
+    /// appender lives (reads there then return zeros). The file keeps its length, so mappings
+    /// stay valid. Refused otherwise.
+    pub fn punch_unpublished(&self, range: Range<usize>) -> io::Result<()> {
+        if self.appender_alive.load(Ordering::Acquire) || range.start < self.published_end() {
+            return Err(io::Error::other(
+                "blocks of published bytes, or of a file with a writer, are not released",
+            ));
+        }
+        self.punch_hole(range)
+    }
+
+    /// Releases the disk blocks of `range` of a file nobody else in this process uses.
+    pub fn punch_hole_mut(&mut self, range: Range<usize>) -> io::Result<()> {
+        self.punch_hole(range)
+    }
+
+    /// The header word at `pos` (never in the static header or the published area).
+    fn word_u64(&self, pos: usize) -> &AtomicU64 {
         self.check(&(pos..pos + 8));
+        assert!(
+            pos >= self.layout.static_end && pos + 8 <= self.layout.published_from,
+            "atomic word {pos} outside the header words"
+        );
         assert_eq!(pos % 8, 0, "unaligned atomic");
         // SAFETY: in bounds and aligned (the mapping is page aligned), the memory lives as
-        // long as `self`, and the format only ever accesses this word atomically, so no
-        // non-atomic reference to it exists (frozen/writable ranges never cover header
-        // words).
+        // long as `self`, and it lies among the header words, which are only ever accessed
+        // atomically (no slice of the static header or the published area covers them).
         unsafe { &*self.map.as_ptr().add(pos).cast::<AtomicU64>() }
     }
 
-    /// The 4-byte aligned word at `pos`, accessed atomically.
+    /// The 8-byte aligned header word at `pos`, accessed atomically; never the frontier
+    /// (only the appender moves it). Only load through it unless the mapping
+    /// [`is_writable`](Self::is_writable): a store into a read-only mapping faults.
+    pub fn atomic_u64(&self, pos: usize) -> &AtomicU64 {
+        assert!(
+            self.layout.frontier.is_none_or(|f| f.word != pos),
+            "the frontier moves only through the appender"
+        );
+        self.word_u64(pos)
+    }
+
+    /// The 4-byte aligned header word at `pos`, accessed atomically.
     pub fn atomic_u32(&self, pos: usize) -> &AtomicU32 {
         self.check(&(pos..pos + 4));
+        assert!(
+            pos >= self.layout.static_end && pos + 4 <= self.layout.published_from,
+            "atomic word {pos} outside the header words"
+        );
+        assert!(self
+            .layout
+            .frontier
+            .is_none_or(|f| pos + 4 <= f.word || pos >= f.word + 8));
         assert_eq!(pos % 4, 0, "unaligned atomic");
-        // SAFETY: as for `atomic_u64`.
+        // SAFETY: as for `word_u64`.
         unsafe { &*self.map.as_ptr().add(pos).cast::<AtomicU32>() }
     }
 
@@ -212,9 +392,7 @@ impl MappedFile {
         self.advise(Advice::PopulateRead, range);
     }
 
-    /// Releases the disk blocks of `range` (reads then return zeros). The file keeps its
-    /// length, so mappings stay valid.
-    pub fn punch_hole(&self, range: Range<usize>) -> io::Result<()> {
+    fn punch_hole(&self, range: Range<usize>) -> io::Result<()> {
         self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             range,
@@ -264,6 +442,51 @@ impl MappedFile {
             return Ok(());
         }
         self.map.flush_range(range.start, range.len())
+    }
+}
+
+/// The single writer of a mapped file: the only way to write above its published end and to
+/// move the end forward. One exists per mapping at most ([`MappedFile::appender`]).
+#[derive(Debug)]
+pub struct Appender {
+    file: Arc<MappedFile>,
+}
+
+impl Appender {
+    /// Bytes of `range`, at or above the published end, for writing.
+    pub fn unpublished_mut(&mut self, range: Range<usize>) -> &mut [u8] {
+        assert!(
+            range.start >= self.file.published_end(),
+            "published bytes are never rewritten"
+        );
+        // SAFETY: the range lies at or above the published end, where readers never look
+        // (`published` cuts there), and only this appender, the file's only one, writes there;
+        // `&mut self` keeps its views from overlapping.
+        unsafe { self.file.exclusive(range) }
+    }
+
+    /// Publishes up to frontier value `value` (never backwards), with a Release store: the
+    /// bytes written below it happen-before any Acquire load that sees it, in this process
+    /// or any other that maps the file.
+    pub fn publish(&mut self, value: u64) {
+        let f = self
+            .file
+            .layout
+            .frontier
+            .expect("an appender's file has a frontier");
+        let word = self.file.word_u64(f.word);
+        // Relaxed: only this appender stores the word.
+        assert!(
+            value >= word.load(Ordering::Relaxed),
+            "the frontier never moves back"
+        );
+        word.store(value, Ordering::Release);
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.file.appender_alive.store(false, Ordering::Release);
     }
 }
 
@@ -327,20 +550,57 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout: std::time::Duration)
 mod tests {
     use super::*;
 
+    const LAYOUT: Layout = Layout {
+        static_end: 8,
+        published_from: 64,
+        frontier: Some(Frontier {
+            word: 8,
+            base: 0,
+            unit: 1,
+        }),
+    };
+
     #[test]
-    fn reserve_populate_and_punch() {
+    fn reserve_populate_publish_and_punch() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let m = MappedFile::create_with_head(&path, 1 << 20, 0, &[]).unwrap();
+        let head = [7u8; 16];
+        let m = MappedFile::create_with_head(&path, 1 << 20, 0, &head, LAYOUT).unwrap();
+        assert_eq!(m.static_header(), &[7u8; 8]);
+        // The head set the frontier word to 0x0707..: far past the file, clamped.
+        assert_eq!(m.published_end(), 1 << 20);
+        let mut m = m;
+        m.set_frontier(64);
+        let m = Arc::new(m);
         m.reserve(0..65536).unwrap();
         m.populate_write(0..65536);
-        // SAFETY: the file is private to this test.
-        unsafe { m.writable(0..4) }.copy_from_slice(b"abcd");
-        // SAFETY: nothing writes after this point.
-        assert_eq!(unsafe { m.frozen(0..4) }, b"abcd");
-        m.punch_hole(0..65536).unwrap();
-        // SAFETY: as above.
-        assert_eq!(unsafe { m.frozen(0..4) }, &[0, 0, 0, 0]);
+        let mut w = m.appender().expect("the first appender");
+        assert!(m.appender().is_none(), "one appender per file");
+        w.unpublished_mut(64..68).copy_from_slice(b"abcd");
+        assert_eq!(m.published(0..68), b"", "not published yet");
+        w.publish(68);
+        assert_eq!(m.published(0..68), b"abcd");
+        assert!(m.punch_unpublished(4096..65536).is_err(), "a writer lives");
+        drop(w);
+        assert!(
+            m.punch_unpublished(0..65536).is_err(),
+            "published bytes stay"
+        );
+        m.punch_unpublished(4096..65536).unwrap();
+        assert_eq!(m.published(64..68), b"abcd");
         m.flush(0..4096).unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "published bytes are never rewritten")]
+    fn appender_cannot_rewrite_published_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut head = [0u8; 16];
+        head[8] = 64;
+        let m = MappedFile::create_with_head(&dir.path().join("f"), 4096, 0, &head, LAYOUT);
+        let m = Arc::new(m.unwrap());
+        let mut w = m.appender().unwrap();
+        w.publish(72);
+        w.unpublished_mut(64..72);
     }
 }

@@ -2,31 +2,46 @@
 //!
 //! # The engine's modules
 //!
-//! - [`format`](mod@format): the byte layouts above as constants and pure encode/decode functions;
-//! - [`mmap`]: the only place with `unsafe` mapping access (reserve, pre-fault, msync, futex);
-//! - [`index`]: the offset and time index files;
-//! - [`segment`]: one segment, its shared read side and its single writer, and recovery;
-//! - [`partition`]: a partition's run of segments: append, read, roll, flush, open;
-//! - [`prefault`]: reserving and pre-faulting disk blocks ahead of writers, off the append path;
+//! In the order data flows through them:
+//!
+//! - [`format`](mod@format): the byte layouts above as constants and pure encode/decode
+//!   functions;
+//! - `mmap`: mapped files and the rules that make sharing them sound (with `crate::sys`, the
+//!   only place with `unsafe`);
+//! - `index`: the offset and time index files;
+//! - `segment`: one segment: its header, files, space, reader, writer and recovery;
+//! - `partition`: a partition's run of segments: append, read, roll, flush, retention;
+//! - `recovery`: opening a partition after any stop;
+//! - `worker`: the background file worker (pre-faulting, spare segments, finishing rolls);
 //! - [`tailer`]: reading a partition from its files in another process (`mapq tail`);
 //! - [`verify`]: the full read-only check behind `mapq verify`.
+//!
+//! The modules are private; what servers, tools and tailers use is re-exported here.
 
-pub mod error;
+mod config;
+mod error;
+mod failpoint;
 pub mod format;
-pub mod index;
-pub mod mmap;
-pub mod partition;
-pub mod prefault;
-pub mod quota;
-pub mod segment;
+mod index;
+mod mmap;
+mod partition;
+mod quota;
+mod recovery;
+mod segment;
 pub mod tailer;
+mod util;
 pub mod verify;
+mod worker;
 
+pub use config::{LogConfig, MAX_SEGMENT_BYTES};
 pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{
-    batch_bytes, AppendGuard, Appended, DeleteReason, DeletedSegment, LogConfig, LogStats,
-    PartitionLog, ReadBatch, RecoveryReport, StoredRecord, MAX_SEGMENT_BYTES,
+    batch_bytes, validate_frames, AppendGuard, Appended, DeleteReason, DeletedSegment, LogStats,
+    PartitionLog, ReadBatch, StoredRecord,
 };
-pub use prefault::Prefaulter;
 pub use quota::DiskQuota;
+pub use recovery::RecoveryReport;
+pub use segment::DATA_START;
+pub use util::{now_ms, sync_dir};
+pub use worker::{FileWorker, WorkerHandle};

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use super::error::LogError;
 use super::format::{self, decode_frame, segment_header as sh, FrameView};
 use super::mmap::{futex_wait, MappedFile};
-use super::segment::{segment_path, Mapped, Segment, DATA_START};
+use super::segment::{self, Mapped, Segment, DATA_START};
 
 /// Where a tailer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl std::fmt::Debug for Tailer {
 }
 
 fn bases(dir: &Path) -> Result<Vec<u64>> {
-    super::segment::list_bases(dir).map_err(|_| TailError::NoPartition(dir.to_owned()))
+    segment::list_bases(dir).map_err(|_| TailError::NoPartition(dir.to_owned()))
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -227,9 +227,9 @@ impl Tailer {
     fn at_segment(dir: &Path, opts: TailOptions, base: u64) -> Result<Self> {
         let seg = Arc::new(Segment::open(dir, base, false, None)?);
         let m = seg
-            .live()
+            .mapping_if_open()
             .ok_or_else(|| LogError::corrupt(seg.path(), "segment not mapped"))?;
-        let path = segment_path(dir, base, format::SEGMENT_EXT);
+        let path = segment::path(dir, base, format::SEGMENT_EXT);
         Ok(Tailer {
             dir: dir.to_owned(),
             opts,
@@ -342,7 +342,7 @@ impl Tailer {
         if self.pos < committed {
             return Ok(false);
         }
-        let next_path = segment_path(&self.dir, self.next_offset, format::SEGMENT_EXT);
+        let next_path = segment::path(&self.dir, self.next_offset, format::SEGMENT_EXT);
         if !(sealed || (look_for_newer && next_path.exists())) {
             return Ok(false);
         }
@@ -372,7 +372,7 @@ impl Tailer {
     /// A segment that vanished while unsealed means its topic was deleted (or deleted and
     /// created again): never read on from a file that is not ours.
     fn check_still_there(&self) -> Result<()> {
-        let path = segment_path(&self.dir, self.seg.base_offset(), format::SEGMENT_EXT);
+        let path = segment::path(&self.dir, self.seg.base_offset(), format::SEGMENT_EXT);
         match file_id(&path) {
             Some(id) if id == self.file_id => Ok(()),
             _ if self.m.is_sealed() => Ok(()),

@@ -151,7 +151,7 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
             committed - durable
         ));
     }
-    let m = match seg.mapped() {
+    let m = match seg.map_or_reopen() {
         Ok(m) => m,
         Err(e) => {
             s.problems.push(e.to_string());
@@ -164,10 +164,10 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
     let mut next_offset = base;
     let mut max_ts = i64::MIN;
     while at < committed {
-        while next_cp < checkpoints.len() && (checkpoints[next_cp].1 as usize) < at {
+        while next_cp < checkpoints.len() && (checkpoints[next_cp].position as usize) < at {
             s.problems.push(format!(
                 "{name}: checkpoint {next_cp} points at byte {}, not a frame start",
-                checkpoints[next_cp].1
+                checkpoints[next_cp].position
             ));
             next_cp += 1;
         }
@@ -184,8 +184,11 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
                 f.offset
             ));
         }
-        if next_cp < checkpoints.len() && checkpoints[next_cp].1 as usize == at {
-            let (cp_offset, _, cp_ts) = checkpoints[next_cp];
+        if next_cp < checkpoints.len() && checkpoints[next_cp].position as usize == at {
+            let (cp_offset, cp_ts) = (
+                checkpoints[next_cp].offset,
+                checkpoints[next_cp].max_timestamp_before,
+            );
             if cp_offset != f.offset || m.time_checkpoint_offset(next_cp) != f.offset {
                 s.problems.push(format!(
                     "{name}: checkpoint {next_cp} says offset {cp_offset}, the frame holds {}",

@@ -1,6 +1,6 @@
 //! `POST /v1/topics/{topic}/records`: JSON, NDJSON, a raw value, or binary frames.
 
-use crate::log::segment::now_ms;
+use crate::log::now_ms;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -482,7 +482,7 @@ pub async fn produce(
                 check_frame_sizes(&body, max_record)?;
                 if broker.topic(&topic_name).is_err() {
                     // Checked again by the append; here so that bad frames create no topic.
-                    crate::log::partition::validate_frames(&body)?;
+                    crate::log::validate_frames(&body)?;
                 }
                 let topic = topic_for(&broker, &topic_name, query.partition)?;
                 let partition = topic.choose_partition(query.partition, None)?;

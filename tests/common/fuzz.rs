@@ -23,7 +23,7 @@ pub fn fuzz_dir() -> PathBuf {
 /// nothing read differs from what was written); and the whole-buffer validation agrees with
 /// the decoder on the first frame.
 pub fn frame_decoding(data: &[u8]) {
-    use mapq::log::partition::validate_frames;
+    use mapq::log::validate_frames;
     match decode_frame(data) {
         Ok(f) => {
             assert!(f.padded_len <= data.len());

@@ -1,0 +1,145 @@
+//! Appending to a partition: one batch under the writer lock, or several partitions' batches
+//! that must all succeed or none ([`AppendGuard`]).
+
+use std::sync::atomic::Ordering;
+use std::sync::MutexGuard;
+
+use super::PartitionLog;
+use crate::log::error::{LogError, Result};
+use crate::log::format::{decode_frame, Record};
+use crate::log::segment::SegmentWriter;
+use crate::log::util::now_ms;
+
+/// Offsets given to an appended batch: `first_offset .. first_offset + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub first_offset: u64,
+    pub count: u64,
+}
+
+/// Bytes of frames a batch of records needs.
+pub fn batch_bytes(records: &[Record<'_>]) -> Result<usize> {
+    let mut total = 0usize;
+    for r in records {
+        let len = r
+            .padded_len()
+            .ok_or_else(|| LogError::RecordTooLarge("record over 4 GiB".into()))?;
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| LogError::RecordTooLarge("batch size overflows".into()))?;
+    }
+    Ok(total)
+}
+
+/// The writer lock of one partition, for appends that must succeed together across
+/// partitions: lock every partition involved (in a fixed order, e.g. by partition number),
+/// [`reserve`](Self::reserve) room in each, and only then append to each. Once every
+/// reservation succeeded, the appends cannot fail for lack of space.
+pub struct AppendGuard<'a> {
+    log: &'a PartitionLog,
+    w: MutexGuard<'a, SegmentWriter>,
+}
+
+impl AppendGuard<'_> {
+    /// Makes room for `bytes` of frames: rolls if they do not fit, and allocates the disk
+    /// blocks. Appends of at most that many bytes then cannot fail with `NoSpace`.
+    pub fn reserve(&mut self, bytes: usize) -> Result<()> {
+        let result = self.log.make_room(&mut self.w, bytes).and_then(|()| {
+            let end = self.w.position() + bytes;
+            self.w.reserve(end)
+        });
+        self.log.note_space(&result);
+        result
+    }
+
+    /// Appends a batch, published with one atomic store.
+    pub fn append(&mut self, records: &[Record<'_>]) -> Result<Appended> {
+        let total = batch_bytes(records)?;
+        if records.is_empty() {
+            return Ok(Appended {
+                first_offset: self.w.next_offset(),
+                count: 0,
+            });
+        }
+        let result = self
+            .log
+            .make_room(&mut self.w, total)
+            .and_then(|()| self.w.append(records, total));
+        self.log.note_space(&result);
+        let first_offset = result?;
+        self.log
+            .end_offset
+            .store(self.w.next_offset(), Ordering::Release);
+        self.log.want_spare(&self.w);
+        Ok(Appended {
+            first_offset,
+            count: records.len() as u64,
+        })
+    }
+}
+
+/// Checks a buffer of client-built frames (binary produce): every frame whole, valid and
+/// CRC-correct. Returns the number of frames.
+pub fn validate_frames(frames: &[u8]) -> Result<u64> {
+    let mut at = 0;
+    let mut count = 0;
+    while at < frames.len() {
+        let f = decode_frame(&frames[at..]).map_err(|source| LogError::InvalidFrame {
+            position: at,
+            source,
+        })?;
+        at += f.padded_len;
+        count += 1;
+    }
+    Ok(count)
+}
+
+impl PartitionLog {
+    /// Locks the writer for a group of appends that must all happen or none: see
+    /// [`AppendGuard`].
+    pub fn lock(&self) -> Result<AppendGuard<'_>> {
+        Ok(AppendGuard {
+            log: self,
+            w: self.lock_writer()?,
+        })
+    }
+    /// Appends a batch and publishes it to readers with one atomic store. All or nothing:
+    /// on error no record of the batch is visible.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
+        let mut guard = self.lock()?;
+        guard.append(records)
+    }
+    /// Appends frames built by a client (binary produce) without re-encoding them: checks
+    /// every frame, assigns offsets, and the current time where a timestamp is 0.
+    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended> {
+        let count = validate_frames(frames)?;
+        let mut w = self.lock_writer()?;
+        if count == 0 {
+            return Ok(Appended {
+                first_offset: w.next_offset(),
+                count: 0,
+            });
+        }
+        let result = self
+            .make_room(&mut w, frames.len())
+            .and_then(|()| w.append_frames(frames, count, now_ms()));
+        self.note_space(&result);
+        let first_offset = result?;
+        self.end_offset.store(w.next_offset(), Ordering::Release);
+        self.want_spare(&w);
+        Ok(Appended {
+            first_offset,
+            count,
+        })
+    }
+    /// Rolls to a new segment if `bytes` do not fit in the active one, or if the active one
+    /// is larger than `segment_bytes` (made to fit one big batch, which keeps it to itself;
+    /// or made under a larger setting) and holds records.
+    pub(super) fn make_room(&self, w: &mut SegmentWriter, bytes: usize) -> Result<()> {
+        let oversized = w.segment().capacity() as u64 > self.config.segment_bytes;
+        if bytes > w.remaining() || (oversized && !w.is_empty()) {
+            self.roll_locked(w, bytes)?;
+        }
+        Ok(())
+    }
+}

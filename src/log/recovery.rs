@@ -1,0 +1,252 @@
+//! Opening a partition after any stop, clean or not (like raft-engine's `pipe_builder`):
+//! list its files, finish or remove what an interrupted roll left, recover each segment
+//! (`Segment::recover`: keep valid checkpoints, cut a torn tail), remove segments that
+//! cannot follow a torn one, and start the writer.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::config::LogConfig;
+use super::error::{LogError, Result};
+use super::format::{self, SEGMENT_FILE_EXTS};
+use super::partition::{new_header, PartitionLog};
+use super::segment::{
+    self, spare_path, Segment, SegmentHeader, SegmentWriter, DATA_START, SPARE_BASE_OFFSET,
+};
+
+/// What opening a partition found and did.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Bytes cut from torn tails.
+    pub truncated_bytes: u64,
+    /// Index checkpoints rebuilt from the data.
+    pub rebuilt_checkpoints: usize,
+    /// Segments removed because they lay beyond a truncated (torn) segment.
+    pub removed_segments: Vec<u64>,
+    /// Leftovers of an interrupted segment creation, removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Files that are not part of the format: reported, left alone.
+    pub stray_files: Vec<PathBuf>,
+}
+
+impl PartitionLog {
+    /// Opens the partition in `dir` (creating it, with a first segment at offset 0, if it
+    /// does not exist), recovering from an unclean stop.
+    ///
+    /// # Soundness
+    /// The partition's files are mapped shared and written through the mappings: no other
+    /// program may write, truncate or map them writable while the partition is open, and a
+    /// process opens a partition once (the broker's data-directory lock sees to both for
+    /// mapq's server). Tailers, which map read-only, are fine.
+    pub fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport)> {
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let mut report = RecoveryReport::default();
+        let bases = scan_dir(dir, &mut report)?;
+        let chunk = config.reserve_policy();
+        let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
+        let mut writer = None;
+        for (i, &base) in bases.iter().enumerate() {
+            let seg = Segment::open(dir, base, true, config.quota.as_ref())?;
+            if let Some(prev) = segments.last() {
+                if prev.next_offset() != base {
+                    return Err(LogError::corrupt(
+                        seg.path(),
+                        format!(
+                            "gap: the previous segment ends at offset {}, this one starts at {base}",
+                            prev.next_offset()
+                        ),
+                    ));
+                }
+            }
+            let last = i + 1 == bases.len();
+            // Sealed and durable segments are trusted up to their end; anything else is
+            // validated from its last durable checkpoint and repaired.
+            let repair = last || !seg.is_sealed() || seg.durable_end() < seg.committed_end();
+            let trust_end = if repair {
+                seg.durable_end()
+            } else {
+                seg.committed_end()
+            };
+            let (w, rec) = seg.recover(trust_end, repair, chunk.clone())?;
+            let seg = Arc::clone(w.segment());
+            report.rebuilt_checkpoints += rec.rebuilt_checkpoints;
+            if let Some(reason) = &rec.torn {
+                report.truncated_bytes += rec.truncated_bytes;
+                tracing::warn!(
+                    segment = %seg.path().display(),
+                    truncated_bytes = rec.truncated_bytes,
+                    end_offset = w.next_offset(),
+                    reason = %reason,
+                    "recovery cut a torn tail"
+                );
+            }
+            segments.push(seg);
+            if rec.torn.is_some() && !last {
+                // The log has a hole here: later segments cannot follow it.
+                for &later in &bases[i + 1..] {
+                    segment::remove(dir, later);
+                    report.removed_segments.push(later);
+                }
+                tracing::error!(
+                    partition = %dir.display(),
+                    removed = ?report.removed_segments,
+                    "segments after a torn segment were removed"
+                );
+            }
+            if last || rec.torn.is_some() {
+                writer = Some(w);
+                break;
+            }
+            if !w.segment().is_sealed() {
+                // A crash after the next segment was created but before this one was sealed.
+                w.seal();
+            }
+        }
+        report.segments = segments.len();
+        let log_config = config.clone();
+        let writer = match writer {
+            Some(w) if !w.segment().is_sealed() => w,
+            other => {
+                // Empty directory, or the newest segment is sealed: start a new active one.
+                let base = other.map_or(0, |w| w.next_offset());
+                let seg = Arc::new(Segment::create(
+                    dir,
+                    new_header(&log_config, base, 0),
+                    log_config.quota.as_ref(),
+                )?);
+                segments.push(Arc::clone(&seg));
+                SegmentWriter::new(seg, chunk)?
+            }
+        };
+        let end = writer.next_offset();
+        if report.truncated_bytes > 0
+            || report.rebuilt_checkpoints > 0
+            || !report.removed_temp_files.is_empty()
+        {
+            tracing::info!(
+                partition = %dir.display(),
+                segments = segments.len(),
+                end_offset = end,
+                truncated_bytes = report.truncated_bytes,
+                rebuilt_checkpoints = report.rebuilt_checkpoints,
+                "partition recovered"
+            );
+        }
+        Ok((
+            PartitionLog::from_parts(dir, config, segments, writer),
+            report,
+        ))
+    }
+}
+
+/// The first page of a file (its header) and the file's length.
+fn read_header(path: &Path) -> Option<(Vec<u8>, u64)> {
+    use std::io::Read;
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut bytes = vec![0u8; DATA_START];
+    f.read_exact(&mut bytes).ok()?;
+    Some((bytes, len))
+}
+
+/// Lists the segment base offsets in `dir`, oldest first; removes leftovers of interrupted
+/// segment creation; reports stray files without touching them.
+fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let mut index_bases = Vec::new();
+    let mut spares = Vec::new();
+    let mut spare_parts = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| LogError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LogError::io(dir, e))?;
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            report.stray_files.push(path);
+            continue;
+        };
+        if let Some(base) = format::parse_file_name(&name, format::SEGMENT_EXT) {
+            bases.push(base);
+        } else if let Some(spare) = name
+            .strip_suffix(&format!(
+                ".{}.{}",
+                format::SEGMENT_EXT,
+                format::CREATING_SUFFIX
+            ))
+            .filter(|n| n.starts_with("spare-"))
+        {
+            spares.push((spare.to_owned(), path));
+        } else if let Some(base) = format::parse_file_name(&name, format::OFFSET_INDEX_EXT)
+            .or_else(|| format::parse_file_name(&name, format::TIME_INDEX_EXT))
+        {
+            index_bases.push((base, path));
+        } else if let Some(created) = name.strip_suffix(&format!(".{}", format::CREATING_SUFFIX)) {
+            if name.starts_with("spare-") {
+                // A spare's index file: handled with its data file below.
+                spare_parts.push(path);
+                continue;
+            }
+            let ours = SEGMENT_FILE_EXTS
+                .iter()
+                .any(|ext| format::parse_file_name(created, ext).is_some());
+            if ours {
+                // A file mapq was creating when it stopped.
+                let _ = fs::remove_file(&path);
+                report.removed_temp_files.push(path);
+            } else {
+                report.stray_files.push(path);
+            }
+        } else {
+            report.stray_files.push(path);
+        }
+    }
+    for (name, path) in spares {
+        // A spare adopted by a roll whose files were not renamed before a crash holds
+        // records: finish its renaming. Any other spare is a leftover.
+        let adopted = read_header(&path).and_then(|(bytes, len)| {
+            let h = SegmentHeader::decode(&bytes, &path, len).ok()?;
+            (h.base_offset != SPARE_BASE_OFFSET).then_some(h.base_offset)
+        });
+        match adopted {
+            Some(base) if !bases.contains(&base) => {
+                for ext in [format::OFFSET_INDEX_EXT, format::TIME_INDEX_EXT] {
+                    let from = spare_path(dir, &name, ext);
+                    if from.exists() {
+                        let _ = fs::rename(&from, segment::path(dir, base, ext));
+                    }
+                }
+                let to = segment::path(dir, base, format::SEGMENT_EXT);
+                fs::rename(&path, &to).map_err(|e| LogError::io(&path, e))?;
+                tracing::info!(segment = %to.display(), "finished renaming a rolled segment");
+                bases.push(base);
+            }
+            _ => {
+                for ext in SEGMENT_FILE_EXTS {
+                    let p = spare_path(dir, &name, ext);
+                    if fs::remove_file(&p).is_ok() {
+                        report.removed_temp_files.push(p);
+                    }
+                }
+            }
+        }
+    }
+    for path in spare_parts {
+        // Index files of a spare whose data file never appeared, or was removed above.
+        if fs::remove_file(&path).is_ok() {
+            report.removed_temp_files.push(path);
+        }
+    }
+    bases.sort_unstable();
+    for (base, path) in index_bases {
+        if bases.binary_search(&base).is_err() {
+            // Index files of a segment whose data file was never renamed into place.
+            let _ = fs::remove_file(&path);
+            report.removed_temp_files.push(path);
+        }
+    }
+    for path in &report.stray_files {
+        tracing::warn!(path = %path.display(), "unexpected file in partition directory; left alone");
+    }
+    Ok(bases)
+}

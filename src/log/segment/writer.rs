@@ -1,0 +1,348 @@
+//! The single writer of the active segment: it reserves space ahead of itself, encodes or
+//! copies frames above the committed end, writes index checkpoints, and publishes a batch
+//! with one Release store of the committed end (`FORMAT.md` §3).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::space::{ahead_bytes, MIN_PREFAULT_AHEAD_BYTES, MIN_RESERVE_AHEAD_BYTES};
+use super::{Mapped, Segment, DATA_START, READ_AHEAD_AFTER_BYTES};
+use crate::log::error::{LogError, Result};
+use crate::log::format::{self, get_u32, get_u64, Record};
+use crate::log::index::IndexWriter;
+use crate::log::mmap::Appender;
+use crate::log::worker::WorkerHandle;
+
+/// The writer's view of the active segment. There is exactly one per segment: it holds the
+/// segment's appenders, of which there is one per file.
+#[derive(Debug)]
+pub struct SegmentWriter {
+    seg: Arc<Segment>,
+    /// The active segment's mapping (an unsealed segment is never closed).
+    m: Arc<Mapped>,
+    data: Appender,
+    checkpoints: CheckpointWriter,
+    state: WriterState,
+    reserve: ReservePolicy,
+}
+
+/// How a writer reserves disk blocks and pre-faults pages ahead of itself.
+#[derive(Debug, Clone)]
+pub struct ReservePolicy {
+    /// Blocks are allocated this many bytes at a time.
+    pub chunk_bytes: usize,
+    /// Pages are pre-faulted up to this far ahead of the writer.
+    pub prefault_bytes: usize,
+    /// When set, the next chunk is reserved and pre-faulted on the file worker's thread
+    /// before the writer needs it; otherwise the writer does it itself when it gets there.
+    pub worker: Option<WorkerHandle>,
+}
+
+/// Where a writer stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriterState {
+    /// Equal to the published committed end.
+    pub position: usize,
+    pub next_offset: u64,
+    pub max_timestamp_ms: i64,
+    pub last_checkpoint_pos: usize,
+    /// Checkpoints written (and published with the last batch).
+    pub checkpoints: usize,
+}
+
+impl WriterState {
+    /// An empty segment's.
+    pub(crate) fn empty(base_offset: u64) -> Self {
+        WriterState {
+            position: DATA_START,
+            next_offset: base_offset,
+            max_timestamp_ms: i64::MIN,
+            last_checkpoint_pos: DATA_START,
+            checkpoints: 0,
+        }
+    }
+
+    /// Whether a checkpoint is due for the frame at `pos`, given the index interval and
+    /// capacity. The writer and recovery apply this same rule frame by frame, so recovery
+    /// rebuilds exactly the checkpoints the writer would have written.
+    pub(crate) fn checkpoint_due(&self, pos: usize, interval: usize, capacity: usize) -> bool {
+        pos - self.last_checkpoint_pos >= interval && self.checkpoints < capacity
+    }
+}
+
+/// The two index files' writers.
+#[derive(Debug)]
+struct CheckpointWriter {
+    offset: IndexWriter,
+    time: IndexWriter,
+    interval: usize,
+    capacity: usize,
+}
+
+impl CheckpointWriter {
+    /// Writes (does not publish) a checkpoint for the frame at `pos` holding `offset`, if
+    /// one is due there; `max_ts_before` is the largest timestamp of the records before it.
+    fn write_if_due(
+        &mut self,
+        state: &mut WriterState,
+        pos: usize,
+        offset: u64,
+        max_ts_before: i64,
+    ) -> bool {
+        if !state.checkpoint_due(pos, self.interval, self.capacity) {
+            return false;
+        }
+        self.write(state.checkpoints, pos, offset, max_ts_before) && {
+            state.checkpoints += 1;
+            state.last_checkpoint_pos = pos;
+            true
+        }
+    }
+
+    fn write(&mut self, i: usize, pos: usize, offset: u64, max_ts_before: i64) -> bool {
+        self.offset.write_entry(i, offset, pos as u64)
+            && self.time.write_entry(i, max_ts_before as u64, offset)
+    }
+
+    fn publish(&mut self, count: usize) {
+        self.offset.publish(count);
+        self.time.publish(count);
+    }
+}
+
+impl SegmentWriter {
+    /// A writer for a freshly created (or adopted) segment.
+    pub fn new(seg: Arc<Segment>, reserve: ReservePolicy) -> Result<Self> {
+        let state = WriterState::empty(seg.base_offset());
+        let w = Self::with_state(seg, state, reserve)?;
+        w.request_prefault();
+        Ok(w)
+    }
+
+    /// A writer that goes on from `state`, where recovery left the segment, first writing
+    /// and publishing the checkpoints recovery found missing: `(position, offset,
+    /// max_timestamp_before)` of each, the last ones of `state.checkpoints`.
+    pub(crate) fn resume(
+        seg: Arc<Segment>,
+        state: WriterState,
+        rebuilt: &[(usize, u64, i64)],
+        reserve: ReservePolicy,
+    ) -> Result<Self> {
+        let mut w = Self::with_state(seg, state, reserve)?;
+        let first = state.checkpoints - rebuilt.len();
+        for (i, &(pos, offset, ts)) in rebuilt.iter().enumerate() {
+            w.checkpoints.write(first + i, pos, offset, ts);
+        }
+        w.checkpoints.publish(state.checkpoints);
+        w.seg
+            .next_offset
+            .store(state.next_offset, Ordering::Release);
+        w.seg
+            .max_timestamp_ms
+            .store(state.max_timestamp_ms, Ordering::Release);
+        // The block holding the committed end is allocated; everything after it was released.
+        let reserved = state.position.next_multiple_of(4096).min(w.seg.capacity());
+        w.seg.allocated_end.store(reserved, Ordering::Release);
+        w.seg.prefaulted_end.store(reserved, Ordering::Release);
+        Ok(w)
+    }
+
+    fn with_state(seg: Arc<Segment>, state: WriterState, reserve: ReservePolicy) -> Result<Self> {
+        let no_writer = |what: &str| {
+            LogError::corrupt(
+                seg.path(),
+                format!("{what}: the segment is read-only or has a writer already"),
+            )
+        };
+        let m = seg
+            .mapping_if_open()
+            .ok_or_else(|| no_writer("not mapped"))?;
+        let data = m.data.appender().ok_or_else(|| no_writer("data file"))?;
+        let offset = m
+            .offset_index
+            .writer()
+            .ok_or_else(|| no_writer("offset index"))?;
+        let time = m
+            .time_index
+            .writer()
+            .ok_or_else(|| no_writer("time index"))?;
+        let checkpoints = CheckpointWriter {
+            offset,
+            time,
+            interval: seg.header.index_interval_bytes as usize,
+            capacity: m.offset_index.capacity(),
+        };
+        Ok(SegmentWriter {
+            seg,
+            m,
+            data,
+            checkpoints,
+            state,
+            reserve,
+        })
+    }
+
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    pub fn position(&self) -> usize {
+        self.state.position
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.state.next_offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.position == DATA_START
+    }
+
+    /// Bytes still free for frames.
+    pub fn remaining(&self) -> usize {
+        self.seg.capacity() - self.state.position
+    }
+
+    /// How far ahead the writer keeps disk blocks and pre-faulted pages: it grows with the
+    /// data (see [`ahead_bytes`]) up to the configured distances.
+    fn ahead(&self) -> (usize, usize) {
+        (
+            ahead_bytes(
+                self.state.position,
+                MIN_RESERVE_AHEAD_BYTES,
+                self.reserve.chunk_bytes,
+            ),
+            ahead_bytes(
+                self.state.position,
+                MIN_PREFAULT_AHEAD_BYTES,
+                self.reserve.prefault_bytes,
+            ),
+        )
+    }
+
+    /// Makes sure disk blocks exist below `end` (and index blocks for its checkpoints)
+    /// before the copy. With a file worker the pages are usually pre-faulted already (and if
+    /// it lags, the copy takes the faults itself); without one the writer pre-faults ahead
+    /// of itself.
+    pub(crate) fn reserve(&mut self, end: usize) -> Result<()> {
+        if end >= DATA_START + READ_AHEAD_AFTER_BYTES {
+            self.seg.enable_read_ahead();
+        }
+        // At most one checkpoint per interval of data, and one more where the batch starts.
+        let interval = self.checkpoints.interval;
+        let entries = self.state.checkpoints
+            + end.saturating_sub(self.state.last_checkpoint_pos) / interval
+            + 1;
+        self.seg.allocate_index(&self.m, entries)?;
+        let (chunk, prefault) = self.ahead();
+        match self.reserve.worker {
+            Some(_) => self.seg.allocate_to(end, chunk),
+            None if end > self.seg.prefaulted_end() => self
+                .seg
+                .prefault_to(end.max(self.state.position + prefault), chunk),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the file worker busy while less than the pre-fault distance is ready ahead of
+    /// the writer: at most one job per segment is queued.
+    fn request_prefault(&self) {
+        let Some(worker) = &self.reserve.worker else {
+            return;
+        };
+        let (chunk, prefault) = self.ahead();
+        let ready = self.seg.prefaulted_end();
+        if ready < self.state.position + prefault / 2
+            && ready < self.seg.capacity()
+            && !self.seg.prefault_requested.swap(true, Ordering::Relaxed)
+        {
+            let seg = Arc::downgrade(&self.seg);
+            worker.submit(move || Segment::prefault_job(seg, prefault, chunk));
+        }
+    }
+
+    /// Appends records whose padded lengths sum to `total_bytes` (which must fit in
+    /// `remaining()`), then publishes them. Returns the first offset.
+    pub fn append(&mut self, records: &[Record<'_>], total_bytes: usize) -> Result<u64> {
+        let start = self.state.position;
+        let end = start + total_bytes;
+        self.reserve(end)?;
+        let first = self.state.next_offset;
+        let buf = self.data.unpublished_mut(start..end);
+        let mut at = 0;
+        let mut max_ts = self.state.max_timestamp_ms;
+        for (i, r) in records.iter().enumerate() {
+            let len = r.padded_len().expect("caller checked frame sizes");
+            let offset = first + i as u64;
+            self.checkpoints
+                .write_if_due(&mut self.state, start + at, offset, max_ts);
+            format::encode_frame(&mut buf[at..at + len], offset, r);
+            max_ts = max_ts.max(r.timestamp_ms);
+            at += len;
+        }
+        debug_assert_eq!(at, total_bytes);
+        self.finish_batch(end, records.len() as u64, max_ts);
+        Ok(first)
+    }
+
+    /// Appends already-encoded, already-validated frames (binary produce): assigns their
+    /// offsets, and the server's time `now_ms` to frames whose timestamp is 0, then publishes.
+    pub fn append_frames(&mut self, frames: &[u8], count: u64, now_ms: i64) -> Result<u64> {
+        let start = self.state.position;
+        let end = start + frames.len();
+        self.reserve(end)?;
+        let first = self.state.next_offset;
+        let buf = self.data.unpublished_mut(start..end);
+        buf.copy_from_slice(frames);
+        let mut at = 0;
+        let mut max_ts = self.state.max_timestamp_ms;
+        for i in 0..count {
+            let len = get_u32(&buf[at..], format::frame::LENGTH) as usize;
+            let padded = format::align_up(len);
+            self.checkpoints
+                .write_if_due(&mut self.state, start + at, first + i, max_ts);
+            let frame = &mut buf[at..at + padded];
+            format::set_frame_offset(frame, first + i);
+            let mut ts = get_u64(frame, format::frame::TIMESTAMP_MS) as i64;
+            if ts == 0 {
+                format::set_frame_timestamp(frame, now_ms);
+                ts = now_ms;
+            }
+            max_ts = max_ts.max(ts);
+            at += padded;
+        }
+        self.finish_batch(end, count, max_ts);
+        Ok(first)
+    }
+
+    /// Publishes the batch written from the current position up to `end`.
+    fn finish_batch(&mut self, end: usize, count: u64, max_ts: i64) {
+        self.state.position = end;
+        self.state.next_offset += count;
+        self.state.max_timestamp_ms = max_ts;
+        // Release (in the appender): the frames written above happen-before any Acquire load
+        // that sees this committed end, in this process or any other mapping the file. This
+        // single store is the publication of the whole batch.
+        self.data.publish(end as u64);
+        self.checkpoints.publish(self.state.checkpoints);
+        let seg = &self.seg;
+        seg.max_timestamp_ms.store(max_ts, Ordering::Release);
+        seg.next_offset
+            .store(self.state.next_offset, Ordering::Release);
+        self.m.wake_tailers();
+        self.request_prefault();
+    }
+
+    /// Gives up the segment without sealing it (its roll finishes in the background).
+    pub fn into_segment(self) -> Arc<Segment> {
+        self.seg
+    }
+
+    /// Seals the segment (after the next one exists) and releases its unused blocks, once
+    /// the appenders are gone.
+    pub fn seal(self) {
+        let seg = self.into_segment();
+        seg.seal();
+        seg.release_unused();
+    }
+}
