@@ -30,7 +30,6 @@ pub mod client;
 pub mod config;
 pub mod log;
 pub mod maintenance;
-pub mod metrics;
 pub mod record_json;
 pub mod server;
 pub mod sys;

@@ -198,7 +198,9 @@ fn client_built_frames_are_appended_without_reencoding() {
         encode_frame(&mut buf, 999, &r);
         frames.extend(buf);
     }
-    let appended = log.append_frames(&frames).unwrap();
+    let appended = log
+        .append_frames(mapq::log::ValidFrames::check(&frames, u64::MAX).unwrap())
+        .unwrap();
     assert_eq!((appended.first_offset, appended.count), (2, 2));
     let b = log.read(2, 10, 1 << 20).unwrap();
     let recs: Vec<_> = b.records().collect();
@@ -209,13 +211,18 @@ fn client_built_frames_are_appended_without_reencoding() {
     );
     assert_eq!(recs[1].offset, 3);
     assert_eq!(recs[1].timestamp_ms, 1234);
-    // A damaged frame rejects the whole request and appends nothing.
+    // A damaged frame rejects the whole request, and an oversized record too: neither can
+    // be appended.
     let mut bad = frames.clone();
     let last = bad.len() - 9;
     bad[last] ^= 0xFF;
     assert!(matches!(
-        log.append_frames(&bad),
+        mapq::log::ValidFrames::check(&bad, u64::MAX),
         Err(LogError::InvalidFrame { .. })
+    ));
+    assert!(matches!(
+        mapq::log::ValidFrames::check(&frames, 19),
+        Err(LogError::RecordTooLarge(_))
     ));
     assert_eq!(log.end_offset(), 4);
 }

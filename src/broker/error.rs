@@ -5,6 +5,7 @@ use std::path::Path;
 use crate::log::LogError;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BrokerError {
     #[error("topic '{0}' does not exist")]
     TopicNotFound(String),
@@ -30,6 +31,10 @@ pub enum BrokerError {
         data_dir: std::path::PathBuf,
         owner: String,
     },
+    #[error("too many consumers are waiting; retry later or without wait_ms")]
+    TooManyWaiters,
+    #[error("a background task failed: {0}")]
+    TaskFailed(String),
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
     #[error(transparent)]

@@ -4,7 +4,9 @@
 
 pub mod error;
 pub mod groups;
+mod partition;
 pub mod partitioner;
+mod stats;
 pub mod topic;
 
 use std::collections::BTreeMap;
@@ -13,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
-pub use topic::{FlushOutcome, Partition, Topic, TopicOverrides};
+pub use partition::{FlushOutcome, Partition, PartitionTail, ReadLimits, StartAt, Wait};
+pub use stats::{BrokerStats, GroupStats, PartitionStats};
+pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
 use crate::config::Config;
 use crate::log::{DiskQuota, FileWorker};
@@ -33,6 +37,16 @@ pub fn validate_name(name: &str) -> Result<(), BrokerError> {
     } else {
         Err(BrokerError::InvalidName(name.to_owned()))
     }
+}
+
+/// Runs blocking file work (appends that may create a segment, reads of cold or closed
+/// segments, msync) on the blocking pool, off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(BrokerError::TaskFailed(e.to_string())))
 }
 
 /// Name of the directory holding group offsets: `@` cannot appear in a topic name.
@@ -105,6 +119,17 @@ impl Drop for NameClaim<'_> {
     }
 }
 
+/// Told the duration of each flush.
+pub type FlushObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
+struct Observer(FlushObserver);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlushObserver")
+    }
+}
+
 /// All topics of a data directory.
 #[derive(Debug)]
 pub struct Broker {
@@ -126,8 +151,8 @@ pub struct Broker {
     /// Partitions that crossed `flush_messages`, for the maintenance task to flush.
     flush_requests: tokio::sync::mpsc::UnboundedSender<Weak<Partition>>,
     flush_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<Partition>>>>,
-    /// How long flushes take (msync of one partition), wherever they run.
-    flush_duration: prometheus::Histogram,
+    /// Told how long each flush took (msync of one partition), wherever it ran.
+    flush_observer: std::sync::OnceLock<Observer>,
     /// The data directory's lock, held while the broker lives.
     _lock: fs::File,
 }
@@ -158,14 +183,6 @@ impl Broker {
         let groups = groups::Groups::open(&data_dir.join(GROUPS_DIR))?;
         let quota = config.max_disk_bytes.map(|b| Arc::new(DiskQuota::new(b)));
         let (flush_requests, flush_receiver) = tokio::sync::mpsc::unbounded_channel();
-        let flush_duration = prometheus::Histogram::with_opts(
-            prometheus::HistogramOpts::new(
-                "mapq_flush_duration_seconds",
-                "Time to msync one partition's new data",
-            )
-            .buckets(crate::metrics::LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
         let broker = Broker {
             config,
             data_dir,
@@ -177,7 +194,7 @@ impl Broker {
             quota,
             flush_requests,
             flush_receiver: std::sync::Mutex::new(Some(flush_receiver)),
-            flush_duration,
+            flush_observer: std::sync::OnceLock::new(),
             _lock: lock,
         };
         let mut topics = BTreeMap::new();
@@ -321,10 +338,23 @@ impl Broker {
         })
     }
 
-    /// The topic, created with the defaults if it is missing and auto-creation is on.
-    pub fn topic_for_produce(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    /// The topic to produce to, created with the defaults if it is missing and auto-creation
+    /// is on; `partitions` are the partitions the request names explicitly, which such a new
+    /// topic must have (a request refused for them creates nothing). Blocks.
+    pub fn topic_for_produce(
+        &self,
+        name: &str,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> Result<Arc<Topic>, BrokerError> {
         match self.topic(name) {
             Err(BrokerError::TopicNotFound(_)) if self.config.auto_create_topics => {
+                let count = self.config.default_partitions;
+                if let Some(partition) = partitions.into_iter().find(|&p| p >= count) {
+                    return Err(BrokerError::PartitionNotFound {
+                        topic: name.to_owned(),
+                        partition,
+                    });
+                }
                 match self.create_topic(name, None, TopicOverrides::default()) {
                     Err(BrokerError::TopicExists(_)) => self.topic(name),
                     other => other,
@@ -332,6 +362,46 @@ impl Broker {
             }
             other => other,
         }
+    }
+
+    /// Appends to several partitions of `topic`, all or nothing (see [`Topic::append`]),
+    /// wakes their consumers and queues the flushes `flush_messages` asks for. Blocks.
+    pub fn append(
+        &self,
+        topic: &Topic,
+        batches: &BTreeMap<u32, Vec<crate::log::Record<'_>>>,
+    ) -> Result<Vec<PartitionAppend>, BrokerError> {
+        let appends = topic.append(batches)?;
+        for a in &appends {
+            self.after_append(topic.partition(a.partition)?);
+        }
+        Ok(appends)
+    }
+
+    /// Appends checked client-built frames to one partition of `topic` (see
+    /// [`Topic::append_frames`]). Blocks.
+    pub fn append_frames(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        frames: crate::log::ValidFrames<'_>,
+    ) -> Result<PartitionAppend, BrokerError> {
+        let a = topic.append_frames(partition, frames)?;
+        self.after_append(topic.partition(partition)?);
+        Ok(a)
+    }
+
+    /// Waits until every record of `appends` is durable (see [`Broker::wait_durable`]).
+    pub async fn wait_appends_durable(
+        self: &Arc<Self>,
+        topic: &Topic,
+        appends: &[PartitionAppend],
+    ) -> Result<(), BrokerError> {
+        for a in appends {
+            self.wait_durable(topic.partition(a.partition)?, a.end_offset())
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes a topic and its files. Local tailers that map its segments keep reading what
@@ -388,9 +458,11 @@ impl Broker {
         if log.durable_offset() >= offset.min(log.end_offset()) {
             return Ok(log.durable_offset());
         }
-        let timer = self.flush_duration.start_timer();
+        let started = std::time::Instant::now();
         let result = log.flush_until(offset);
-        timer.observe_duration();
+        if let Some(Observer(observe)) = self.flush_observer.get() {
+            observe(started.elapsed());
+        }
         result.map_err(BrokerError::Log)
     }
 
@@ -436,7 +508,7 @@ impl Broker {
 
     /// Called after an append: queues a flush once a partition holds `flush_messages`
     /// unflushed records.
-    pub fn after_append(&self, p: &Arc<Partition>) {
+    fn after_append(&self, p: &Arc<Partition>) {
         if let Some(n) = self.config.flush_messages {
             if p.unflushed_records() >= n && p.queue_flush() {
                 let _ = self.flush_requests.send(Arc::downgrade(p));
@@ -454,8 +526,10 @@ impl Broker {
             .take()
     }
 
-    pub fn flush_duration(&self) -> &prometheus::Histogram {
-        &self.flush_duration
+    /// Has `observe` told the duration of every flush from now on (once; later calls are
+    /// ignored).
+    pub fn observe_flushes(&self, observe: FlushObserver) {
+        let _ = self.flush_observer.set(Observer(observe));
     }
 
     pub fn quota(&self) -> Option<&Arc<DiskQuota>> {

@@ -1,18 +1,17 @@
 //! A topic: its metadata file and its partitions.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use tokio::sync::watch;
 
 use super::error::BrokerError;
+use super::partition::Partition;
 use super::partitioner::RoundRobin;
 use crate::config::Config;
-use crate::log::WorkerHandle;
-use crate::log::{Appended, DiskQuota, LogError, PartitionLog};
+use crate::log::{DiskQuota, Record, ValidFrames, WorkerHandle};
 
 /// The topic metadata file, `<data_dir>/<topic>/topic.json`.
 pub const META_FILE: &str = "topic.json";
@@ -121,123 +120,20 @@ pub fn partition_count(dir: &Path) -> Result<u32, BrokerError> {
     Ok(meta.partitions)
 }
 
-/// One partition: its log, and a watch of its end offset that wakes waiting consumers.
-#[derive(Debug)]
-pub struct Partition {
-    id: u32,
-    log: PartitionLog,
-    end_offset: watch::Sender<u64>,
-    /// A flush of this partition is queued (after `flush_messages` records).
-    flush_queued: AtomicBool,
-    /// Changes after every flush of this partition, whoever ran it: what `durability=fsync`
-    /// producers wait on, as tasks rather than threads (see [`Broker::wait_durable`]).
-    flushed: watch::Sender<FlushOutcome>,
-    /// A flush for waiting producers runs on the blocking pool: at most one at a time per
-    /// partition, which every producer waiting meanwhile shares (group commit).
-    flush_for_waiters: AtomicBool,
+/// What an append did in one partition: records `first_offset .. first_offset + count`,
+/// `bytes` of frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionAppend {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub count: u64,
+    pub bytes: u64,
 }
 
-/// What the last flush of a partition left: the durable offset, or why it failed.
-#[derive(Debug, Clone, Default)]
-pub enum FlushOutcome {
-    /// No flush has ended since the partition was opened.
-    #[default]
-    None,
-    Durable(u64),
-    Failed(std::sync::Arc<str>),
-}
-
-impl FlushOutcome {
-    /// The outcome of a flush's result.
-    pub fn of(result: &Result<u64, BrokerError>) -> Self {
-        match result {
-            Ok(durable) => FlushOutcome::Durable(*durable),
-            Err(e) => FlushOutcome::Failed(e.to_string().into()),
-        }
-    }
-}
-
-impl Partition {
-    fn open(dir: &Path, id: u32, config: &crate::log::LogConfig) -> Result<Self, BrokerError> {
-        let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
-        let end = log.end_offset();
-        Ok(Partition {
-            id,
-            log,
-            end_offset: watch::Sender::new(end),
-            flush_queued: AtomicBool::new(false),
-            flushed: watch::Sender::new(FlushOutcome::None),
-            flush_for_waiters: AtomicBool::new(false),
-        })
-    }
-
-    /// A receiver that changes after every flush of this partition.
-    pub fn subscribe_flushes(&self) -> watch::Receiver<FlushOutcome> {
-        self.flushed.subscribe()
-    }
-
-    /// Tells waiting producers what a flush did.
-    pub(super) fn flushed(&self, outcome: FlushOutcome) {
-        self.flushed.send_replace(outcome);
-    }
-
-    /// Claims the right to start a flush for waiting producers; false if one runs.
-    pub(super) fn claim_waiters_flush(&self) -> bool {
-        !self.flush_for_waiters.swap(true, Ordering::AcqRel)
-    }
-
-    /// Gives the right back once that flush has ended.
-    pub(super) fn release_waiters_flush(&self) {
-        self.flush_for_waiters.store(false, Ordering::Release);
-    }
-
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// Marks a flush as queued; false if one already was.
-    pub fn queue_flush(&self) -> bool {
-        !self.flush_queued.swap(true, Ordering::AcqRel)
-    }
-
-    /// Clears the queued mark before the queued flush runs.
-    pub fn take_queued_flush(&self) {
-        self.flush_queued.store(false, Ordering::Release);
-    }
-
-    /// Records appended but not yet flushed.
-    pub fn unflushed_records(&self) -> u64 {
-        self.log
-            .end_offset()
-            .saturating_sub(self.log.durable_offset())
-    }
-
-    pub fn log(&self) -> &PartitionLog {
-        &self.log
-    }
-
-    /// A receiver that changes whenever records are appended.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.end_offset.subscribe()
-    }
-
-    /// Wakes consumers waiting for records below `end`. Appends finish their notification
-    /// in any order, so the watched value only ever grows.
-    pub fn notify(&self, end: u64) {
-        self.end_offset.send_if_modified(|current| {
-            let grew = end > *current;
-            if grew {
-                *current = end;
-            }
-            grew
-        });
-    }
-
-    /// Appends client-built frames (blocks) and wakes waiting consumers.
-    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended, LogError> {
-        let appended = self.log.append_frames(frames)?;
-        self.notify(appended.first_offset + appended.count);
-        Ok(appended)
+impl PartitionAppend {
+    /// The partition's end offset after the append.
+    pub fn end_offset(&self) -> u64 {
+        self.first_offset + self.count
     }
 }
 
@@ -341,6 +237,60 @@ impl Topic {
                 topic: self.name.clone(),
                 partition: id,
             })
+    }
+
+    /// Appends one batch to each partition of `batches`, all or nothing: every writer
+    /// involved is locked in partition order (the map's order, so two appends cannot
+    /// deadlock), room is made in each, and only then are the batches appended. A full disk
+    /// or a stopped partition fails the whole append before any record is visible. Wakes the
+    /// consumers waiting on each partition. Blocks.
+    pub fn append(
+        &self,
+        batches: &BTreeMap<u32, Vec<Record<'_>>>,
+    ) -> Result<Vec<PartitionAppend>, BrokerError> {
+        let partitions = batches
+            .keys()
+            .map(|&p| self.partition(p).map(Arc::clone))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut guards = Vec::with_capacity(partitions.len());
+        for (p, batch) in partitions.iter().zip(batches.values()) {
+            let mut guard = p.log().lock()?;
+            guard.reserve(crate::log::batch_bytes(batch)?)?;
+            guards.push(guard);
+        }
+        let mut appends = Vec::with_capacity(batches.len());
+        for (guard, (&partition, batch)) in guards.iter_mut().zip(batches) {
+            let appended = guard.append(batch)?;
+            appends.push(PartitionAppend {
+                partition,
+                first_offset: appended.first_offset,
+                count: appended.count,
+                bytes: crate::log::batch_bytes(batch)? as u64,
+            });
+        }
+        drop(guards);
+        for (p, a) in partitions.iter().zip(&appends) {
+            p.notify(a.end_offset());
+        }
+        Ok(appends)
+    }
+
+    /// Appends checked client-built frames to one partition and wakes its consumers. Blocks.
+    pub fn append_frames(
+        &self,
+        partition: u32,
+        frames: ValidFrames<'_>,
+    ) -> Result<PartitionAppend, BrokerError> {
+        let p = self.partition(partition)?;
+        let appended = p.log().append_frames(frames)?;
+        let a = PartitionAppend {
+            partition,
+            first_offset: appended.first_offset,
+            count: appended.count,
+            bytes: frames.bytes().len() as u64,
+        };
+        p.notify(a.end_offset());
+        Ok(a)
     }
 
     /// The partition for a record: explicit, else by key, else round-robin.

@@ -37,8 +37,8 @@ pub use config::{LogConfig, MAX_SEGMENT_BYTES};
 pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{
-    batch_bytes, validate_frames, AppendGuard, Appended, DeleteReason, DeletedSegment, LogStats,
-    PartitionLog, ReadBatch, StoredRecord,
+    batch_bytes, AppendGuard, Appended, DeleteReason, DeletedSegment, LogStats, PartitionLog,
+    ReadBatch, StoredRecord, ValidFrames,
 };
 pub use quota::DiskQuota;
 pub use recovery::RecoveryReport;

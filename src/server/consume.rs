@@ -13,12 +13,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{blocking, record_target, AppState};
-use crate::broker::{Partition, Topic};
+use crate::broker::{Partition, ReadLimits, StartAt, Topic, Wait};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::record_json::RecordOut;
 
@@ -75,28 +74,35 @@ pub fn record_json(r: &StoredRecord) -> RecordOut<'_> {
     )
 }
 
-/// Resolves `earliest`, `latest`, a number, or a timestamp to an offset.
-fn start_offset(
-    p: &Partition,
+/// Where a read starts: `earliest`, `latest`, a number, or a timestamp.
+fn start_at(
     offset: Option<&str>,
     timestamp_ms: Option<i64>,
     default_latest: bool,
-) -> ApiResult<u64> {
-    let log = p.log();
+) -> ApiResult<StartAt> {
     match (offset, timestamp_ms) {
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "give either `offset` or `timestamp_ms`, not both",
         )),
-        (None, Some(ts)) => Ok(log.offset_for_timestamp(ts)?.unwrap_or(log.end_offset())),
-        (Some("earliest"), None) => Ok(log.start_offset()),
-        (Some("latest"), None) => Ok(log.end_offset()),
-        (None, None) if default_latest => Ok(log.end_offset()),
-        (None, None) => Ok(log.start_offset()),
-        (Some(n), None) => n.parse().map_err(|_| {
+        (None, Some(ts)) => Ok(StartAt::Timestamp(ts)),
+        (Some("earliest"), None) => Ok(StartAt::Earliest),
+        (Some("latest"), None) => Ok(StartAt::Latest),
+        (None, None) if default_latest => Ok(StartAt::Latest),
+        (None, None) => Ok(StartAt::Earliest),
+        (Some(n), None) => n.parse().map(StartAt::Offset).map_err(|_| {
             ApiError::bad_request(format!(
                 "offset must be `earliest`, `latest` or a number from 0 to 18446744073709551615, not {n:?}"
             ))
         }),
+    }
+}
+
+/// How a consumer of this server may wait for records.
+fn wait_for(state: &AppState, timeout: Duration) -> Wait {
+    Wait {
+        timeout,
+        stop: state.shutdown_signal(),
+        permits: Arc::clone(state.waiters()),
     }
 }
 
@@ -114,19 +120,6 @@ fn wants_octets(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/octet-stream"))
-}
-
-/// Takes a waiter permit, or answers 429 when too many consumers already wait.
-fn waiter_permit(state: &AppState) -> ApiResult<OwnedSemaphorePermit> {
-    Arc::clone(state.waiters())
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too_many_waiters",
-                "too many consumers are waiting; retry later or without wait_ms",
-            )
-        })
 }
 
 /// Read records from a partition.
@@ -169,32 +162,13 @@ pub async fn consume(
             "wait_ms must be at most {MAX_WAIT_MS}"
         )));
     }
-    // Reads run off the async workers: a segment unmapped while idle is reopened (file
-    // opens and mmap), and cold pages fault in from disk.
-    let (offset, mut batch) = {
-        let p = Arc::clone(&p);
-        let from = q.offset.clone();
-        blocking(move || {
-            let offset = start_offset(&p, from.as_deref(), q.timestamp_ms, false)?;
-            Ok((offset, p.log().read(offset, max_records, max_bytes)?))
-        })
-        .await?
+    let start = start_at(q.offset.as_deref(), q.timestamp_ms, false)?;
+    let limits = ReadLimits {
+        max_records,
+        max_bytes,
     };
-    if batch.record_count == 0 && wait_ms > 0 {
-        let _permit = waiter_permit(&state)?;
-        let mut changes = p.subscribe();
-        let mut shutdown = state.shutdown_signal();
-        let deadline = tokio::time::sleep(Duration::from_millis(wait_ms));
-        tokio::pin!(deadline);
-        // Woken by the append itself (the partition's watch), not by a timer.
-        tokio::select! {
-            _ = changes.wait_for(|&end| end > offset) => {}
-            _ = &mut deadline => {}
-            _ = shutdown.wait_for(|s| *s) => {}
-        }
-        let p = Arc::clone(&p);
-        batch = blocking(move || Ok(p.log().read(offset, max_records, max_bytes)?)).await?;
-    }
+    let wait = wait_for(&state, Duration::from_millis(wait_ms));
+    let (_, batch) = p.read_or_wait(start, limits, Some(wait)).await?;
     let labels = [topic.as_str(), &p.id().to_string()];
     let metrics = state.metrics();
     metrics
@@ -290,83 +264,44 @@ pub async fn stream(
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an offset"))
         })
         .transpose()?;
-    let offset = match resume {
-        Some(o) => o,
-        None => start_offset(&p, q.offset.as_deref(), None, true)?,
+    let start = match resume {
+        Some(o) => StartAt::Offset(o),
+        None => start_at(q.offset.as_deref(), None, true)?,
     };
     // Fail fast on an offset outside the log.
-    {
-        let p = Arc::clone(&p);
-        blocking(move || Ok(p.log().read(offset, 1, 1)?)).await?;
-    }
-    let permit = waiter_permit(&state)?;
-    let tail = Tail {
-        partition: p,
-        offset,
-        changes: None,
-        shutdown: state.shutdown_signal(),
-        done: false,
-        _permit: permit,
+    let (offset, _) = p
+        .read_or_wait(
+            start,
+            ReadLimits {
+                max_records: 1,
+                max_bytes: 1,
+            },
+            None,
+        )
+        .await?;
+    let limits = ReadLimits {
+        max_records: 100,
+        max_bytes: 1 << 20,
     };
+    let tail = p.tail(offset, limits, wait_for(&state, Duration::ZERO))?;
     let events = stream::unfold(tail, |mut tail| async move {
-        let events = tail.next_events().await?;
+        let events = match tail.next().await? {
+            Ok(batch) => batch
+                .records()
+                .map(|r| {
+                    let data =
+                        serde_json::to_string(&record_json(&r)).unwrap_or_else(|_| "{}".into());
+                    Event::default().id(r.offset.to_string()).data(data)
+                })
+                .collect(),
+            Err(e) => {
+                let err = ApiError::from(e);
+                let data = serde_json::json!({"error": {"code": err.code, "message": err.message}});
+                vec![Event::default().event("error").data(data.to_string())]
+            }
+        };
         Some((stream::iter(events.into_iter().map(Ok)), tail))
     })
     .flatten();
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
-}
-
-struct Tail {
-    partition: Arc<Partition>,
-    offset: u64,
-    changes: Option<tokio::sync::watch::Receiver<u64>>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    done: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl Tail {
-    /// The next events: records as soon as there are some, an error event at the end when the
-    /// position is lost, `None` when the stream ends (shutdown).
-    async fn next_events(&mut self) -> Option<Vec<Event>> {
-        if self.done {
-            return None;
-        }
-        loop {
-            // Subscribe before reading, so an append between the read and the wait wakes us.
-            let changes = self
-                .changes
-                .get_or_insert_with(|| self.partition.subscribe());
-            changes.borrow_and_update();
-            let p = Arc::clone(&self.partition);
-            let offset = self.offset;
-            let read = super::blocking(move || Ok(p.log().read(offset, 100, 1 << 20)?)).await;
-            match read {
-                Ok(batch) if batch.record_count > 0 => {
-                    self.offset = batch.next_offset;
-                    let events = batch
-                        .records()
-                        .map(|r| {
-                            let data = serde_json::to_string(&record_json(&r))
-                                .unwrap_or_else(|_| "{}".into());
-                            Event::default().id(r.offset.to_string()).data(data)
-                        })
-                        .collect();
-                    return Some(events);
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    self.done = true;
-                    let data =
-                        serde_json::json!({"error": {"code": err.code, "message": err.message}});
-                    return Some(vec![Event::default().event("error").data(data.to_string())]);
-                }
-            }
-            let changes = self.changes.as_mut()?;
-            tokio::select! {
-                r = changes.changed() => if r.is_err() { return None },
-                _ = self.shutdown.wait_for(|s| *s) => return None,
-            }
-        }
-    }
 }

@@ -107,8 +107,11 @@ impl From<BrokerError> for ApiError {
             BrokerError::TooManyTopics(_) => {
                 Self::new(S::TOO_MANY_REQUESTS, "too_many_topics", msg)
             }
+            BrokerError::TooManyWaiters => Self::new(S::TOO_MANY_REQUESTS, "too_many_waiters", msg),
             BrokerError::Log(e) => e.into(),
-            BrokerError::Corrupt(_) | BrokerError::Locked { .. } => Self::internal(msg),
+            BrokerError::Corrupt(_) | BrokerError::Locked { .. } | BrokerError::TaskFailed(_) => {
+                Self::internal(msg)
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 mod groups;
 mod http;
 mod listener;
+pub mod metrics;
 mod ops;
 mod produce;
 mod tls;
@@ -29,8 +30,8 @@ use utoipa_axum::routes;
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::metrics::Metrics;
 use error::{ApiError, ApiResult, ErrorCode};
+use metrics::Metrics;
 
 /// What every handler shares.
 #[derive(Clone)]

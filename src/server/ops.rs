@@ -52,12 +52,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>)
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let broker = state.broker_for_read().ok();
     let waiting = state.config().max_long_poll_waiters - state.waiters().available_permits() as u64;
     // Rendering takes each group's lock, which a commit holds across its fsync.
     let text = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || state.metrics().render(broker.as_deref(), waiting))
+        tokio::task::spawn_blocking(move || state.metrics().render(waiting))
             .await
             .unwrap_or_default()
     };

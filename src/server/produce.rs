@@ -17,9 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::{blocking, record_target, AppState};
-use crate::broker::{Broker, Topic};
 use crate::config::Durability;
-use crate::log::format::{self, decode_frame_unchecked_crc, Record};
+use crate::log::{Record, ValidFrames};
 
 /// Query of a produce request.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -95,7 +94,7 @@ pub struct ProduceResponse {
 struct Owned<'a> {
     /// The partition the record asked for, if any.
     requested: Option<u32>,
-    /// The partition it goes to, chosen by [`place`].
+    /// The partition it goes to, chosen once the whole request was found valid.
     partition: u32,
     key: Option<Cow<'a, [u8]>>,
     value: Cow<'a, [u8]>,
@@ -105,10 +104,6 @@ struct Owned<'a> {
 }
 
 type Header<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
-
-/// Offsets in request order, and for each partition written: its end offset after the
-/// append and the bytes of frames appended.
-type Appended = (Vec<RecordOffset>, Vec<(u32, u64, u64)>);
 
 fn b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
@@ -123,8 +118,8 @@ fn cow_bytes(c: Cow<'_, str>) -> Cow<'_, [u8]> {
     }
 }
 
-/// Decodes and checks one record; its partition is chosen later, by [`place`], once the
-/// whole request has been found valid.
+/// Decodes and checks one record; its partition is chosen once the whole request has been
+/// found valid.
 fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiResult<Owned<'a>> {
     let key = match (r.key, r.key_b64) {
         (Some(_), Some(_)) => {
@@ -187,127 +182,27 @@ fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiRes
     })
 }
 
-/// Chooses each record's partition: the one it asked for, else by key, else round-robin.
-fn place(topic: &Topic, records: &mut [Owned<'_>]) -> ApiResult<()> {
-    for r in records {
-        r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
+/// The records of a request by partition, in request order within each (the broker's
+/// all-or-nothing append takes them so), and where each record of the request went.
+fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<(&'r [u8], &'r [u8])>]) -> Batches<'r> {
+    let mut by_partition: BTreeMap<u32, Vec<Record<'r>>> = BTreeMap::new();
+    let mut places = Vec::with_capacity(records.len());
+    for (r, headers) in records.iter().zip(headers) {
+        let batch = by_partition.entry(r.partition).or_default();
+        places.push((r.partition, batch.len() as u64));
+        batch.push(Record {
+            key: r.key.as_deref(),
+            value: &r.value,
+            headers,
+            timestamp_ms: r.timestamp_ms,
+            value_is_json: r.json,
+        });
     }
-    Ok(())
+    (by_partition, places)
 }
 
-/// The topic to produce to, created with the defaults if it is missing and auto-creation is
-/// on; but only for a request found valid for such a topic (`partitions` are the explicit
-/// partitions it names): a refused request creates nothing.
-fn topic_for(
-    broker: &Broker,
-    name: &str,
-    partitions: impl IntoIterator<Item = u32>,
-) -> ApiResult<Arc<Topic>> {
-    match broker.topic(name) {
-        Ok(t) => return Ok(t),
-        Err(crate::broker::BrokerError::TopicNotFound(_)) if broker.config().auto_create_topics => {
-        }
-        Err(e) => return Err(e.into()),
-    }
-    let count = broker.config().default_partitions;
-    if let Some(partition) = partitions.into_iter().find(|&p| p >= count) {
-        return Err(crate::broker::BrokerError::PartitionNotFound {
-            topic: name.to_owned(),
-            partition,
-        }
-        .into());
-    }
-    Ok(broker.topic_for_produce(name)?)
-}
-
-/// Appends decoded records, partition by partition (each partition's share is one atomic
-/// batch). Returns the offsets in request order and the end offset per touched partition.
-fn append_owned(topic: &Topic, records: &[Owned<'_>]) -> ApiResult<Appended> {
-    let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, r) in records.iter().enumerate() {
-        by_partition.entry(r.partition).or_default().push(i);
-    }
-    let header_refs: Vec<Vec<(&[u8], &[u8])>> = records
-        .iter()
-        .map(|r| {
-            r.headers
-                .iter()
-                .map(|(k, v)| (k.as_ref(), v.as_ref()))
-                .collect()
-        })
-        .collect();
-    let batches: Vec<(u32, &Vec<usize>, Vec<Record<'_>>)> = by_partition
-        .iter()
-        .map(|(&partition, indices)| {
-            let batch = indices
-                .iter()
-                .map(|&i| {
-                    let r = &records[i];
-                    Record {
-                        key: r.key.as_deref(),
-                        value: &r.value,
-                        headers: &header_refs[i],
-                        timestamp_ms: r.timestamp_ms,
-                        value_is_json: r.json,
-                    }
-                })
-                .collect();
-            (partition, indices, batch)
-        })
-        .collect();
-    // All or nothing across partitions: lock every writer involved (in partition order, as
-    // every multi-partition request does, so two requests cannot deadlock), make room in
-    // each, and only then append. A full disk or a stopped partition fails the request
-    // before any record is visible.
-    let partitions = batches
-        .iter()
-        .map(|(p, _, _)| topic.partition(*p).map(Arc::clone))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut guards = Vec::with_capacity(partitions.len());
-    for (p, (_, _, batch)) in partitions.iter().zip(&batches) {
-        let mut guard = p.log().lock()?;
-        guard.reserve(crate::log::batch_bytes(batch)?)?;
-        guards.push(guard);
-    }
-    let mut offsets: Vec<RecordOffset> = records
-        .iter()
-        .map(|r| RecordOffset {
-            partition: r.partition,
-            offset: 0,
-        })
-        .collect();
-    let mut ends = Vec::with_capacity(batches.len());
-    for (guard, (partition, indices, batch)) in guards.iter_mut().zip(&batches) {
-        let appended = guard.append(batch)?;
-        for (n, &i) in indices.iter().enumerate() {
-            offsets[i].offset = appended.first_offset + n as u64;
-        }
-        let bytes = crate::log::batch_bytes(batch)? as u64;
-        ends.push((*partition, appended.first_offset + appended.count, bytes));
-    }
-    drop(guards);
-    for (p, &(_, end, _)) in partitions.iter().zip(&ends) {
-        p.notify(end);
-    }
-    Ok((offsets, ends))
-}
-
-/// Checks the sizes of client-built frames (their CRCs are checked by the append).
-fn check_frame_sizes(frames: &[u8], max_record_bytes: u64) -> ApiResult<()> {
-    let mut at = 0;
-    while at < frames.len() {
-        let f = decode_frame_unchecked_crc(&frames[at..])
-            .map_err(|e| ApiError::bad_request(format!("invalid frame at byte {at}: {e}")))?;
-        let payload = f.headers_range.end - format::frame::FIXED_SIZE;
-        if payload as u64 > max_record_bytes {
-            return Err(ApiError::too_large(format!(
-                "a record of {payload} bytes is over max_record_bytes ({max_record_bytes})"
-            )));
-        }
-        at += f.padded_len;
-    }
-    Ok(())
-}
+/// Records by partition, and each request record's (partition, index in its batch).
+type Batches<'r> = (BTreeMap<u32, Vec<Record<'r>>>, Vec<(u32, u64)>);
 
 enum Kind {
     Json,
@@ -411,137 +306,131 @@ pub async fn produce(
     }
     let durability = query.durability.unwrap_or(config.default_durability);
     let broker = state.broker()?;
-    let metrics = state.metrics().clone();
-    let (response, ends, topic, broker) = blocking(move || {
-        let now = now_ms();
-        // Every check on the body comes before the topic is looked up (and perhaps
-        // created): a refused request changes nothing.
-        let owned = |records: Vec<Owned<'_>>| -> ApiResult<(Arc<Topic>, Appended)> {
-            let mut records = records;
-            if records.is_empty() {
-                return Err(ApiError::bad_request("the request holds no records"));
-            }
-            let topic = topic_for(
-                &broker,
-                &topic_name,
-                records.iter().filter_map(|r| r.requested),
-            )?;
-            place(&topic, &mut records)?;
-            let appended = append_owned(&topic, &records)?;
-            Ok((topic, appended))
-        };
-        let (topic, (offsets, ends)) = match kind {
-            Kind::Json => {
-                let req: ProduceRequest<'_> = serde_json::from_slice(&body)
-                    .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
-                let records = req
-                    .records
-                    .into_iter()
-                    .map(|r| decode_record(r, now, max_record))
-                    .collect::<ApiResult<Vec<_>>>()?;
-                owned(records)?
-            }
-            Kind::Ndjson => {
-                let text = std::str::from_utf8(&body)
-                    .map_err(|_| ApiError::bad_request("NDJSON body is not UTF-8"))?;
-                let records = text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                    .map(|(n, line)| {
-                        let r: RecordIn<'_> = serde_json::from_str(line)
-                            .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
-                        decode_record(r, now, max_record)
-                    })
-                    .collect::<ApiResult<Vec<_>>>()?;
-                owned(records)?
-            }
-            Kind::Octets => {
-                if body.len() as u64 > max_record {
-                    return Err(ApiError::too_large(format!(
-                        "a record of {} bytes is over max_record_bytes ({max_record})",
-                        body.len()
-                    )));
+    let (offsets, appends, topic) = {
+        let broker = Arc::clone(&broker);
+        blocking(move || {
+            let now = now_ms();
+            // Every check on the body comes before the topic is looked up (and perhaps
+            // created): a refused request changes nothing.
+            match kind {
+                Kind::Frames => {
+                    if body.is_empty() {
+                        return Err(ApiError::bad_request("the request holds no frames"));
+                    }
+                    let frames = ValidFrames::check(&body, max_record)?;
+                    let topic = broker.topic_for_produce(&topic_name, query.partition)?;
+                    let partition = topic.choose_partition(query.partition, None)?;
+                    let a = broker.append_frames(&topic, partition, frames)?;
+                    let offsets = (a.first_offset..a.end_offset())
+                        .map(|offset| RecordOffset { partition, offset })
+                        .collect();
+                    Ok((offsets, vec![a], topic))
                 }
-                let key = query.key.as_deref().map(str::as_bytes);
-                let record = Owned {
-                    requested: query.partition,
-                    partition: 0,
-                    key: key.map(Cow::Borrowed),
-                    value: Cow::Borrowed(&body),
-                    json: false,
-                    headers: Vec::new(),
-                    timestamp_ms: now,
-                };
-                owned(vec![record])?
-            }
-            Kind::Frames => {
-                if body.is_empty() {
-                    return Err(ApiError::bad_request("the request holds no frames"));
+                _ => {
+                    let mut records = decode(kind, &body, &query, now, max_record)?;
+                    if records.is_empty() {
+                        return Err(ApiError::bad_request("the request holds no records"));
+                    }
+                    let topic = broker.topic_for_produce(
+                        &topic_name,
+                        records.iter().filter_map(|r| r.requested),
+                    )?;
+                    for r in &mut records {
+                        r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
+                    }
+                    let headers: Vec<Vec<(&[u8], &[u8])>> = records
+                        .iter()
+                        .map(|r| {
+                            r.headers
+                                .iter()
+                                .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                                .collect()
+                        })
+                        .collect();
+                    let (by_partition, places) = batches(&records, &headers);
+                    let appends = broker.append(&topic, &by_partition)?;
+                    let first: BTreeMap<u32, u64> = appends
+                        .iter()
+                        .map(|a| (a.partition, a.first_offset))
+                        .collect();
+                    let offsets = places
+                        .into_iter()
+                        .map(|(partition, i)| RecordOffset {
+                            partition,
+                            offset: first[&partition] + i,
+                        })
+                        .collect();
+                    Ok((offsets, appends, topic))
                 }
-                check_frame_sizes(&body, max_record)?;
-                if broker.topic(&topic_name).is_err() {
-                    // Checked again by the append; here so that bad frames create no topic.
-                    crate::log::validate_frames(&body)?;
-                }
-                let topic = topic_for(&broker, &topic_name, query.partition)?;
-                let partition = topic.choose_partition(query.partition, None)?;
-                let p = topic.partition(partition)?;
-                let appended = p.append_frames(&body)?;
-                let offsets = (0..appended.count)
-                    .map(|i| RecordOffset {
-                        partition,
-                        offset: appended.first_offset + i,
-                    })
-                    .collect();
-                let ends = vec![(
-                    partition,
-                    appended.first_offset + appended.count,
-                    body.len() as u64,
-                )];
-                (topic, (offsets, ends))
             }
-        };
-        for &(partition, _, _) in &ends {
-            broker.after_append(topic.partition(partition)?);
-        }
-        Ok((ProduceResponse { offsets }, ends, topic, broker))
-    })
-    .await?;
-    for &(partition, _, bytes) in &ends {
-        let n = response
-            .offsets
-            .iter()
-            .filter(|o| o.partition == partition)
-            .count() as u64;
-        let labels = [topic.name(), &partition.to_string()];
+        })
+        .await?
+    };
+    let metrics = state.metrics();
+    for a in &appends {
+        let labels = [topic.name(), &a.partition.to_string()];
         metrics
             .records_appended
             .with_label_values(&labels)
-            .inc_by(n);
+            .inc_by(a.count);
         metrics
             .bytes_appended
             .with_label_values(&labels)
-            .inc_by(bytes);
+            .inc_by(a.bytes);
     }
     if durability == Durability::Fsync {
-        wait_durable(broker, &topic, ends).await?;
+        broker.wait_appends_durable(&topic, &appends).await?;
     }
     metrics.observe_produce(durability, started.elapsed());
-    Ok(Json(response))
+    Ok(Json(ProduceResponse { offsets }))
 }
 
-/// Waits until msync has covered every record below each partition's end. Concurrent
-/// callers share flushes (group commit, see `PartitionLog::flush_until`).
-async fn wait_durable(
-    broker: Arc<Broker>,
-    topic: &Arc<Topic>,
-    ends: Vec<(u32, u64, u64)>,
-) -> ApiResult<()> {
-    for (partition, end, _) in ends {
-        broker
-            .wait_durable(topic.partition(partition)?, end)
-            .await?;
+/// Decodes the records of a JSON, NDJSON or raw body, checking each.
+fn decode<'a>(
+    kind: Kind,
+    body: &'a [u8],
+    query: &'a ProduceQuery,
+    now: i64,
+    max_record: u64,
+) -> ApiResult<Vec<Owned<'a>>> {
+    match kind {
+        Kind::Json => {
+            let req: ProduceRequest<'_> = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?;
+            req.records
+                .into_iter()
+                .map(|r| decode_record(r, now, max_record))
+                .collect()
+        }
+        Kind::Ndjson => {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::bad_request("NDJSON body is not UTF-8"))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(n, line)| {
+                    let r: RecordIn<'_> = serde_json::from_str(line)
+                        .map_err(|e| ApiError::bad_request(format!("line {}: {e}", n + 1)))?;
+                    decode_record(r, now, max_record)
+                })
+                .collect()
+        }
+        Kind::Octets | Kind::Frames => {
+            if body.len() as u64 > max_record {
+                return Err(ApiError::too_large(format!(
+                    "a record of {} bytes is over max_record_bytes ({max_record})",
+                    body.len()
+                )));
+            }
+            Ok(vec![Owned {
+                requested: query.partition,
+                partition: 0,
+                key: query.key.as_deref().map(|k| Cow::Borrowed(k.as_bytes())),
+                value: Cow::Borrowed(body),
+                json: false,
+                headers: Vec::new(),
+                timestamp_ms: now,
+            }])
+        }
     }
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::MutexGuard;
 
 use super::PartitionLog;
 use crate::log::error::{LogError, Result};
-use crate::log::format::{decode_frame, Record};
+use crate::log::format::{self, decode_frame, Record};
 use crate::log::segment::SegmentWriter;
 use crate::log::util::now_ms;
 
@@ -78,20 +78,49 @@ impl AppendGuard<'_> {
     }
 }
 
-/// Checks a buffer of client-built frames (binary produce): every frame whole, valid and
-/// CRC-correct. Returns the number of frames.
-pub fn validate_frames(frames: &[u8]) -> Result<u64> {
-    let mut at = 0;
-    let mut count = 0;
-    while at < frames.len() {
-        let f = decode_frame(&frames[at..]).map_err(|source| LogError::InvalidFrame {
-            position: at,
-            source,
-        })?;
-        at += f.padded_len;
-        count += 1;
+/// Client-built frames (binary produce) that passed [`ValidFrames::check`]: every frame
+/// whole, valid, CRC-correct and within the record size limit. Appending them needs no
+/// second look.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidFrames<'a> {
+    bytes: &'a [u8],
+    count: u64,
+}
+
+impl<'a> ValidFrames<'a> {
+    /// Checks every frame of `frames`, and that no record's key, value and headers add up
+    /// to more than `max_record_bytes`.
+    pub fn check(frames: &'a [u8], max_record_bytes: u64) -> Result<Self> {
+        let mut at = 0;
+        let mut count = 0;
+        while at < frames.len() {
+            let f = decode_frame(&frames[at..]).map_err(|source| LogError::InvalidFrame {
+                position: at,
+                source,
+            })?;
+            let payload = (f.headers_range.end - format::frame::FIXED_SIZE) as u64;
+            if payload > max_record_bytes {
+                return Err(LogError::RecordTooLarge(format!(
+                    "a record of {payload} bytes is over max_record_bytes ({max_record_bytes})"
+                )));
+            }
+            at += f.padded_len;
+            count += 1;
+        }
+        Ok(ValidFrames {
+            bytes: frames,
+            count,
+        })
     }
-    Ok(count)
+
+    /// How many frames.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
 }
 
 impl PartitionLog {
@@ -111,8 +140,8 @@ impl PartitionLog {
     }
     /// Appends frames built by a client (binary produce) without re-encoding them: checks
     /// every frame, assigns offsets, and the current time where a timestamp is 0.
-    pub fn append_frames(&self, frames: &[u8]) -> Result<Appended> {
-        let count = validate_frames(frames)?;
+    pub fn append_frames(&self, frames: ValidFrames<'_>) -> Result<Appended> {
+        let (count, frames) = (frames.count(), frames.bytes());
         let mut w = self.lock_writer()?;
         if count == 0 {
             return Ok(Appended {

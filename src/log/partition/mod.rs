@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
-pub use append::{batch_bytes, validate_frames, AppendGuard, Appended};
+pub use append::{batch_bytes, AppendGuard, Appended, ValidFrames};
 pub use read::{ReadBatch, StoredRecord};
 pub use retention::{DeleteReason, DeletedSegment};
 pub(crate) use roll::{new_header, RollState};
@@ -127,6 +127,15 @@ impl PartitionLog {
     pub fn open_segment_count(&self) -> usize {
         self.segments.load().iter().filter(|s| s.is_open()).count()
     }
+    /// Tailers (in any process) blocked on a futex word of this partition's segments.
+    pub fn tail_waiters(&self) -> u64 {
+        self.segments
+            .load()
+            .iter()
+            .map(|s| u64::from(s.tail_waiters()))
+            .sum()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.load().len()
     }

@@ -1,0 +1,283 @@
+//! One partition of a topic: its log, the watches that wake consumers waiting for records
+//! and producers waiting for durability, and reads that wait (long-poll, live tails).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::error::BrokerError;
+use crate::log::{PartitionLog, ReadBatch};
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// The earliest record still stored.
+    Earliest,
+    /// The next record to be appended.
+    Latest,
+    Offset(u64),
+    /// The first record with a timestamp at or after this (the end if there is none yet).
+    Timestamp(i64),
+}
+
+/// The budgets of one read: at most `max_records` records and `max_bytes` bytes of frames,
+/// but always at least one record when one exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+/// How a read may wait for records: at most `timeout`, while `stop` is false, holding one of
+/// `permits` (the server's bound on waiting consumers).
+#[derive(Debug, Clone)]
+pub struct Wait {
+    pub timeout: Duration,
+    pub stop: watch::Receiver<bool>,
+    pub permits: Arc<Semaphore>,
+}
+
+impl Wait {
+    fn permit(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| BrokerError::TooManyWaiters)
+    }
+}
+
+/// One partition: its log, and a watch of its end offset that wakes waiting consumers.
+#[derive(Debug)]
+pub struct Partition {
+    id: u32,
+    log: PartitionLog,
+    end_offset: watch::Sender<u64>,
+    /// A flush of this partition is queued (after `flush_messages` records).
+    flush_queued: AtomicBool,
+    /// Changes after every flush of this partition, whoever ran it: what `durability=fsync`
+    /// producers wait on, as tasks rather than threads (see [`Broker::wait_durable`]).
+    flushed: watch::Sender<FlushOutcome>,
+    /// A flush for waiting producers runs on the blocking pool: at most one at a time per
+    /// partition, which every producer waiting meanwhile shares (group commit).
+    flush_for_waiters: AtomicBool,
+}
+
+/// What the last flush of a partition left: the durable offset, or why it failed.
+#[derive(Debug, Clone, Default)]
+pub enum FlushOutcome {
+    /// No flush has ended since the partition was opened.
+    #[default]
+    None,
+    Durable(u64),
+    Failed(std::sync::Arc<str>),
+}
+
+impl FlushOutcome {
+    /// The outcome of a flush's result.
+    pub fn of(result: &Result<u64, BrokerError>) -> Self {
+        match result {
+            Ok(durable) => FlushOutcome::Durable(*durable),
+            Err(e) => FlushOutcome::Failed(e.to_string().into()),
+        }
+    }
+}
+
+impl Partition {
+    pub(super) fn open(
+        dir: &Path,
+        id: u32,
+        config: &crate::log::LogConfig,
+    ) -> Result<Self, BrokerError> {
+        let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
+        let end = log.end_offset();
+        Ok(Partition {
+            id,
+            log,
+            end_offset: watch::Sender::new(end),
+            flush_queued: AtomicBool::new(false),
+            flushed: watch::Sender::new(FlushOutcome::None),
+            flush_for_waiters: AtomicBool::new(false),
+        })
+    }
+
+    /// A receiver that changes after every flush of this partition.
+    pub fn subscribe_flushes(&self) -> watch::Receiver<FlushOutcome> {
+        self.flushed.subscribe()
+    }
+
+    /// Tells waiting producers what a flush did.
+    pub(super) fn flushed(&self, outcome: FlushOutcome) {
+        self.flushed.send_replace(outcome);
+    }
+
+    /// Claims the right to start a flush for waiting producers; false if one runs.
+    pub(super) fn claim_waiters_flush(&self) -> bool {
+        !self.flush_for_waiters.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the right back once that flush has ended.
+    pub(super) fn release_waiters_flush(&self) {
+        self.flush_for_waiters.store(false, Ordering::Release);
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Marks a flush as queued; false if one already was.
+    pub fn queue_flush(&self) -> bool {
+        !self.flush_queued.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the queued mark before the queued flush runs.
+    pub fn take_queued_flush(&self) {
+        self.flush_queued.store(false, Ordering::Release);
+    }
+
+    /// Records appended but not yet flushed.
+    pub fn unflushed_records(&self) -> u64 {
+        self.log
+            .end_offset()
+            .saturating_sub(self.log.durable_offset())
+    }
+
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    /// A receiver that changes whenever records are appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.end_offset.subscribe()
+    }
+
+    /// Wakes consumers waiting for records below `end`. Appends finish their notification
+    /// in any order, so the watched value only ever grows.
+    pub(super) fn notify(&self, end: u64) {
+        self.end_offset.send_if_modified(|current| {
+            let grew = end > *current;
+            if grew {
+                *current = end;
+            }
+            grew
+        });
+    }
+
+    /// The offset `at` names. Blocks (a timestamp lookup may map a segment).
+    pub fn resolve(&self, at: StartAt) -> Result<u64, BrokerError> {
+        let log = &self.log;
+        Ok(match at {
+            StartAt::Earliest => log.start_offset(),
+            StartAt::Latest => log.end_offset(),
+            StartAt::Offset(o) => o,
+            StartAt::Timestamp(ts) => log.offset_for_timestamp(ts)?.unwrap_or(log.end_offset()),
+        })
+    }
+
+    /// Reads from `offset` within `limits`. Never waits for the writer; blocks only on the
+    /// files (a segment closed while idle is reopened, cold pages fault in).
+    pub fn read(&self, offset: u64, limits: ReadLimits) -> Result<ReadBatch, BrokerError> {
+        Ok(self
+            .log
+            .read(offset, limits.max_records, limits.max_bytes)?)
+    }
+
+    /// Reads from the offset `at` names, on the blocking pool; when nothing is there yet and
+    /// `wait` allows, waits for the append that brings a record (woken by the append itself,
+    /// not by a timer), for the timeout, or for the stop, and reads again. Returns the offset
+    /// read from and the batch.
+    pub async fn read_or_wait(
+        self: &Arc<Self>,
+        at: StartAt,
+        limits: ReadLimits,
+        wait: Option<Wait>,
+    ) -> Result<(u64, ReadBatch), BrokerError> {
+        let p = Arc::clone(self);
+        let (offset, batch) = super::blocking(move || {
+            let offset = p.resolve(at)?;
+            Ok((offset, p.read(offset, limits)?))
+        })
+        .await?;
+        let Some(mut wait) = wait.filter(|w| batch.record_count == 0 && !w.timeout.is_zero())
+        else {
+            return Ok((offset, batch));
+        };
+        let _permit = wait.permit()?;
+        let mut changes = self.subscribe();
+        tokio::select! {
+            _ = changes.wait_for(|&end| end > offset) => {}
+            _ = tokio::time::sleep(wait.timeout) => {}
+            _ = wait.stop.wait_for(|s| *s) => {}
+        }
+        let p = Arc::clone(self);
+        let batch = super::blocking(move || p.read(offset, limits)).await?;
+        Ok((offset, batch))
+    }
+
+    /// A live tail from `offset`: batches as records are appended, until `wait.stop` (or an
+    /// error, which ends it). Holds one of `wait.permits` while it lives; `wait.timeout` is
+    /// not used (a tail waits as long as it is read).
+    pub fn tail(
+        self: Arc<Self>,
+        offset: u64,
+        limits: ReadLimits,
+        wait: Wait,
+    ) -> Result<PartitionTail, BrokerError> {
+        Ok(PartitionTail {
+            _permit: wait.permit()?,
+            partition: self,
+            offset,
+            limits,
+            changes: None,
+            stop: wait.stop,
+            done: false,
+        })
+    }
+}
+
+/// A live tail of a partition (see [`Partition::tail`]).
+#[derive(Debug)]
+pub struct PartitionTail {
+    partition: Arc<Partition>,
+    offset: u64,
+    limits: ReadLimits,
+    changes: Option<watch::Receiver<u64>>,
+    stop: watch::Receiver<bool>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PartitionTail {
+    /// The next records as soon as there are some; an error once, when the position is lost
+    /// (the topic deleted, the offset removed by retention); `None` once stopped.
+    pub async fn next(&mut self) -> Option<Result<ReadBatch, BrokerError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            // Subscribe before reading, so an append between the read and the wait wakes us.
+            let changes = self
+                .changes
+                .get_or_insert_with(|| self.partition.subscribe());
+            changes.borrow_and_update();
+            let (p, offset, limits) = (Arc::clone(&self.partition), self.offset, self.limits);
+            match super::blocking(move || p.read(offset, limits)).await {
+                Ok(batch) if batch.record_count > 0 => {
+                    self.offset = batch.next_offset;
+                    return Some(Ok(batch));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+            let changes = self.changes.as_mut()?;
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return None },
+                _ = self.stop.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+}

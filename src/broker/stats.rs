@@ -1,0 +1,100 @@
+//! A snapshot of the broker's state and counters as plain data, for metrics and operations:
+//! readers of it need to know nothing of topics, partitions or segments.
+
+use std::sync::atomic::Ordering;
+
+use super::Broker;
+
+/// What a scrape shows.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerStats {
+    pub partitions: Vec<PartitionStats>,
+    pub groups: Vec<GroupStats>,
+    /// Segments mapped, with their files open, across all partitions.
+    pub open_segments: u64,
+    /// The `max_disk_bytes` quota: `(used, limit)` bytes, when there is one.
+    pub disk: Option<(u64, u64)>,
+}
+
+/// One partition's offsets, size and the counters of its engine's work since it was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub topic: String,
+    pub partition: u32,
+    pub start_offset: u64,
+    pub end_offset: u64,
+    pub durable_offset: u64,
+    pub size_bytes: u64,
+    pub segments: u64,
+    /// Local tailers blocked in a futex wait on the partition's files.
+    pub tail_waiters: u64,
+    pub segments_rolled: u64,
+    pub segments_deleted_by_age: u64,
+    pub segments_deleted_by_size: u64,
+    pub flushes: u64,
+    pub flush_errors: u64,
+}
+
+/// A consumer group's committed offset in one partition, and its lag behind the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStats {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub lag: u64,
+}
+
+impl Broker {
+    /// The snapshot. Reads atomics and the in-memory group offsets; touches no file.
+    pub fn stats(&self) -> BrokerStats {
+        let mut stats = BrokerStats {
+            disk: self.quota().map(|q| (q.used_bytes(), q.limit_bytes())),
+            ..BrokerStats::default()
+        };
+        for t in self.topics() {
+            for p in t.partitions() {
+                let log = p.log();
+                let st = log.stats();
+                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                stats.open_segments += log.open_segment_count() as u64;
+                stats.partitions.push(PartitionStats {
+                    topic: t.name().to_owned(),
+                    partition: p.id(),
+                    start_offset: log.start_offset(),
+                    end_offset: log.end_offset(),
+                    durable_offset: log.durable_offset(),
+                    size_bytes: log.size_bytes(),
+                    segments: log.segment_count() as u64,
+                    tail_waiters: log.tail_waiters(),
+                    segments_rolled: load(&st.segments_rolled),
+                    segments_deleted_by_age: load(&st.segments_deleted_by_age),
+                    segments_deleted_by_size: load(&st.segments_deleted_by_size),
+                    flushes: load(&st.flushes),
+                    flush_errors: load(&st.flush_errors),
+                });
+            }
+        }
+        for group in self.groups().names() {
+            let Ok(offsets) = self.groups().offsets(&group) else {
+                continue;
+            };
+            for ((topic, partition), offset) in offsets {
+                let Ok(p) = self
+                    .topic(&topic)
+                    .and_then(|t| t.partition(partition).cloned())
+                else {
+                    continue;
+                };
+                stats.groups.push(GroupStats {
+                    group: group.clone(),
+                    lag: p.log().end_offset().saturating_sub(offset),
+                    topic,
+                    partition,
+                    offset,
+                });
+            }
+        }
+        stats
+    }
+}

@@ -1,0 +1,404 @@
+//! Prometheus metrics, named by Prometheus conventions (base units, `_total` counters).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+
+use crate::broker::{Broker, BrokerStats};
+
+/// Buckets from 10 µs to 10 s: produce and consume latencies span that range.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The server's metrics and their registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    pub records_appended: IntCounterVec,
+    pub bytes_appended: IntCounterVec,
+    pub records_read: IntCounterVec,
+    pub bytes_read: IntCounterVec,
+    long_poll_waiters: IntGauge,
+    produce_duration: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let tp = &["topic", "partition"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let gauge_alone =
+            |name: &str, help: &str| registered(&registry, IntGauge::new(name, help)?);
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            registered(&registry, HistogramVec::new(opts, labels)?)
+        };
+        let m = Metrics {
+            http_requests: counter(
+                "mapq_http_requests_total",
+                "HTTP requests, by method, route template and status",
+                &["method", "route", "status"],
+            )?,
+            http_duration: histogram(
+                "mapq_http_request_duration_seconds",
+                "HTTP request latency, by method and route template",
+                &["method", "route"],
+            )?,
+            records_appended: counter("mapq_records_appended_total", "Records appended", tp)?,
+            bytes_appended: counter("mapq_bytes_appended_total", "Bytes of frames appended", tp)?,
+            records_read: counter("mapq_records_read_total", "Records served to consumers", tp)?,
+            bytes_read: counter(
+                "mapq_bytes_read_total",
+                "Bytes of frames served to consumers",
+                tp,
+            )?,
+            long_poll_waiters: gauge_alone(
+                "mapq_long_poll_waiters",
+                "Consumers blocked in a long-poll or an SSE stream",
+            )?,
+            produce_duration: histogram(
+                "mapq_produce_duration_seconds",
+                "Produce request latency, from the body read to the answer, by durability",
+                &["durability"],
+            )?,
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    pub fn observe_produce(&self, durability: crate::config::Durability, elapsed: Duration) {
+        let label = match durability {
+            crate::config::Durability::Memory => "memory",
+            crate::config::Durability::Fsync => "fsync",
+        };
+        self.produce_duration
+            .with_label_values(&[label])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        // Any token is a method to hyper: a fixed set of labels keeps the series bounded.
+        let method = match method {
+            "GET" | "POST" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" | "PATCH" => method,
+            _ => "other",
+        };
+        self.http_requests
+            .with_label_values(&[method, route, &status.to_string()])
+            .inc();
+        self.http_duration
+            .with_label_values(&[method, route])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Called once the broker is open: its state is read at each scrape (see
+    /// [`BrokerCollector`]), and its flushes are timed.
+    pub fn register_broker(&self, broker: &Arc<Broker>) {
+        let opts = HistogramOpts::new(
+            "mapq_flush_duration_seconds",
+            "Time to msync one partition's new data",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec());
+        if let Ok(h) = prometheus::Histogram::with_opts(opts) {
+            if self.registry.register(Box::new(h.clone())).is_ok() {
+                broker.observe_flushes(Box::new(move |d| h.observe(d.as_secs_f64())));
+            }
+        }
+        let collector = BrokerCollector::new(Arc::clone(broker));
+        if let Err(e) = self.registry.register(Box::new(collector)) {
+            tracing::error!(error = %e, "broker metrics not registered");
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self, waiters: u64) -> String {
+        self.long_poll_waiters.set(waiters as i64);
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Forgets the series of a deleted topic.
+    pub fn remove_topic(&self, topic: &str, partitions: u32) {
+        for p in 0..partitions {
+            let labels = [topic, &p.to_string()];
+            for c in [
+                &self.records_appended,
+                &self.bytes_appended,
+                &self.records_read,
+                &self.bytes_read,
+            ] {
+                let _ = c.remove_label_values(&labels);
+            }
+        }
+    }
+}
+
+/// `collector`, once registered.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> prometheus::Result<C> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// One family of the broker's series: its name, help, labels and how to read its values
+/// from a snapshot.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    counter: bool,
+    labels: &'static [&'static str],
+    values: fn(&BrokerStats) -> Vec<Series>,
+}
+
+/// One series: its label values and its value.
+type Series = (Vec<String>, u64);
+
+const TP: &[&str] = &["topic", "partition"];
+const GTP: &[&str] = &["group", "topic", "partition"];
+
+/// The series of each partition: `(labels, value)`.
+fn per_partition(
+    s: &BrokerStats,
+    value: fn(&crate::broker::PartitionStats) -> u64,
+) -> Vec<Series> {
+    s.partitions
+        .iter()
+        .map(|p| (vec![p.topic.clone(), p.partition.to_string()], value(p)))
+        .collect()
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        name: "mapq_log_start_offset",
+        help: "Earliest offset stored",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.start_offset),
+    },
+    Family {
+        name: "mapq_log_end_offset",
+        help: "Offset the next record will get",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.end_offset),
+    },
+    Family {
+        name: "mapq_log_durable_offset",
+        help: "Records below this offset are durable",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.durable_offset),
+    },
+    Family {
+        name: "mapq_log_size_bytes",
+        help: "Bytes of frames stored",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.size_bytes),
+    },
+    Family {
+        name: "mapq_log_segments",
+        help: "Segments of the partition",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.segments),
+    },
+    Family {
+        name: "mapq_tail_waiters",
+        help: "Local tailers blocked in a futex wait on the partition's files",
+        counter: false,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.tail_waiters),
+    },
+    Family {
+        name: "mapq_segments_rolled_total",
+        help: "Segments sealed and rolled over",
+        counter: true,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.segments_rolled),
+    },
+    Family {
+        name: "mapq_segments_deleted_total",
+        help: "Segments deleted by retention, by reason (age, size)",
+        counter: true,
+        labels: &["topic", "partition", "reason"],
+        values: |s| {
+            s.partitions
+                .iter()
+                .flat_map(|p| {
+                    let labels = |reason: &str| {
+                        vec![p.topic.clone(), p.partition.to_string(), reason.to_owned()]
+                    };
+                    [
+                        (labels("age"), p.segments_deleted_by_age),
+                        (labels("size"), p.segments_deleted_by_size),
+                    ]
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "mapq_flushes_total",
+        help: "Flushes (msync) that wrote data",
+        counter: true,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.flushes),
+    },
+    Family {
+        name: "mapq_flush_errors_total",
+        help: "Failed flushes",
+        counter: true,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.flush_errors),
+    },
+    Family {
+        name: "mapq_consumer_group_offset",
+        help: "Committed offset of a consumer group",
+        counter: false,
+        labels: GTP,
+        values: |s| {
+            s.groups
+                .iter()
+                .map(|g| {
+                    (
+                        vec![g.group.clone(), g.topic.clone(), g.partition.to_string()],
+                        g.offset,
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "mapq_consumer_group_lag",
+        help: "High watermark minus the committed offset of a consumer group",
+        counter: false,
+        labels: GTP,
+        values: |s| {
+            s.groups
+                .iter()
+                .map(|g| {
+                    (
+                        vec![g.group.clone(), g.topic.clone(), g.partition.to_string()],
+                        g.lag,
+                    )
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "mapq_open_segments",
+        help: "Segments mapped, with their files open, across all partitions",
+        counter: false,
+        labels: &[],
+        values: |s| vec![(Vec::new(), s.open_segments)],
+    },
+    Family {
+        name: "mapq_disk_used_bytes",
+        help: "Disk blocks charged to the max_disk_bytes quota",
+        counter: false,
+        labels: &[],
+        values: |s| {
+            s.disk
+                .map(|(used, _)| (Vec::new(), used))
+                .into_iter()
+                .collect()
+        },
+    },
+    Family {
+        name: "mapq_disk_limit_bytes",
+        help: "The max_disk_bytes quota (absent: no quota)",
+        counter: false,
+        labels: &[],
+        values: |s| {
+            s.disk
+                .map(|(_, limit)| (Vec::new(), limit))
+                .into_iter()
+                .collect()
+        },
+    },
+];
+
+/// The broker's series, read from one [`Broker::stats`] snapshot per scrape: the engine's
+/// counters are exported as it counts them, so concurrent scrapes cannot count twice.
+pub struct BrokerCollector {
+    broker: Arc<Broker>,
+    descs: Vec<Desc>,
+}
+
+impl BrokerCollector {
+    fn new(broker: Arc<Broker>) -> Self {
+        let descs = FAMILIES
+            .iter()
+            .filter_map(|f| {
+                Desc::new(
+                    f.name.to_owned(),
+                    f.help.to_owned(),
+                    f.labels.iter().map(|l| (*l).to_owned()).collect(),
+                    Default::default(),
+                )
+                .ok()
+            })
+            .collect();
+        BrokerCollector { broker, descs }
+    }
+}
+
+impl Collector for BrokerCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let stats = self.broker.stats();
+        let mut out = Vec::new();
+        for f in FAMILIES {
+            let series = (f.values)(&stats);
+            let opts = Opts::new(f.name, f.help);
+            if f.counter {
+                let Ok(vec) = IntCounterVec::new(opts, f.labels) else {
+                    continue;
+                };
+                for (labels, v) in &series {
+                    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    vec.with_label_values(&labels).inc_by(*v);
+                }
+                out.extend(vec.collect());
+            } else {
+                let Ok(vec) = IntGaugeVec::new(opts, f.labels) else {
+                    continue;
+                };
+                for (labels, v) in &series {
+                    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+                    vec.with_label_values(&labels).set(*v as i64);
+                }
+                out.extend(vec.collect());
+            }
+        }
+        // A family without series is left out, as the registry leaves out empty vectors.
+        out.retain(|mf| !mf.get_metric().is_empty());
+        out
+    }
+}
