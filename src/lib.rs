@@ -22,6 +22,7 @@
 //! - [`sys`]: the system calls outside the mapped files (group lookup, the directory lock,
 //!   limits, signals); with `log::mmap`, the only place with `unsafe`.
 
+pub mod app;
 pub mod auth;
 pub mod bench;
 pub mod broker;

@@ -180,10 +180,7 @@ const TP: &[&str] = &["topic", "partition"];
 const GTP: &[&str] = &["group", "topic", "partition"];
 
 /// The series of each partition: `(labels, value)`.
-fn per_partition(
-    s: &BrokerStats,
-    value: fn(&crate::broker::PartitionStats) -> u64,
-) -> Vec<Series> {
+fn per_partition(s: &BrokerStats, value: fn(&crate::broker::PartitionStats) -> u64) -> Vec<Series> {
     s.partitions
         .iter()
         .map(|p| (vec![p.topic.clone(), p.partition.to_string()], value(p)))

@@ -1,114 +1,43 @@
-//! The HTTP layer: axum handlers for every route of the API contract, request tracing,
-//! readiness and graceful shutdown. It speaks in topics, partitions and records; byte layouts
-//! stay in the engine.
+//! The HTTP layer: the router of every route of the API contract with the access each
+//! declares, the middleware, the handlers, and the transport. It speaks in topics,
+//! partitions and records; byte layouts stay in the engine.
+//!
+//! - [`routes`]: the handlers, one module per resource;
+//! - `access`: what each route needs of a token, declared with the route;
+//! - `middleware`: authorization, the request timeout, tracing;
+//! - `state`, `body`: what handlers share, and bounded request bodies;
+//! - [`error`]: the one place errors become responses;
+//! - [`metrics`]: the Prometheus metrics;
+//! - [`transport`]: the listener, HTTP/1.1 and TLS.
 
-mod consume;
+pub mod access;
+mod body;
 pub mod error;
-mod groups;
-mod http;
-mod listener;
 pub mod metrics;
-mod ops;
-mod produce;
-mod tls;
-mod topics;
+mod middleware;
+pub mod routes;
+mod state;
+pub mod transport;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware as mw;
 use axum::Router;
-use tokio::sync::{watch, Semaphore};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::broker::Broker;
-use crate::config::Config;
-use error::{ApiError, ApiResult, ErrorCode};
-use metrics::Metrics;
+pub(crate) use body::{blocking, read_body, read_json};
+pub(crate) use middleware::{forbidden, record_target};
+pub use state::AppState;
 
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    config: Arc<Config>,
-    /// Set once every partition has been recovered.
-    broker: OnceLock<Arc<Broker>>,
-    shutting_down: AtomicBool,
-    /// Becomes true when shutdown begins: wakes long-polls and SSE streams.
-    shutdown: watch::Sender<bool>,
-    /// Permits for consumers blocked in a long-poll or an SSE stream.
-    waiters: Arc<Semaphore>,
-    metrics: Metrics,
-    tokens: crate::auth::Tokens,
-}
-
-impl AppState {
-    pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
-        let waiters = Arc::new(Semaphore::new(config.max_long_poll_waiters as usize));
-        // Validated when the configuration was loaded; never fall back to no authentication.
-        let tokens = crate::auth::Tokens::new(&config.tokens)
-            .expect("tokens are checked by Config::validate");
-        AppState(Arc::new(Inner {
-            tokens,
-            config,
-            broker: OnceLock::new(),
-            shutting_down: AtomicBool::new(false),
-            shutdown: watch::Sender::new(false),
-            waiters,
-            metrics,
-        }))
-    }
-
-    pub fn config(&self) -> &Config {
-        &self.0.config
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.0.metrics
-    }
-
-    /// The broker, once recovery has finished and while not shutting down.
-    pub fn broker(&self) -> ApiResult<Arc<Broker>> {
-        if self.0.shutting_down.load(Ordering::Acquire) {
-            return Err(ApiError::shutting_down());
-        }
-        self.0.broker.get().cloned().ok_or_else(ApiError::not_ready)
-    }
-
-    /// The broker even while shutting down (reads finish during a graceful stop).
-    pub fn broker_for_read(&self) -> ApiResult<Arc<Broker>> {
-        self.0.broker.get().cloned().ok_or_else(ApiError::not_ready)
-    }
-
-    pub fn set_broker(&self, broker: Arc<Broker>) {
-        let _ = self.0.broker.set(broker);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.0.broker.get().is_some() && !self.0.shutting_down.load(Ordering::Acquire)
-    }
-
-    pub fn begin_shutdown(&self) {
-        self.0.shutting_down.store(true, Ordering::Release);
-        self.0.shutdown.send_replace(true);
-    }
-
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.0.shutdown.subscribe()
-    }
-
-    pub fn waiters(&self) -> &Arc<Semaphore> {
-        &self.0.waiters
-    }
-}
+use crate::auth::Permission;
+use access::{Access, Routes};
+use error::ApiError;
+use routes::{consume, groups, ops, produce, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -125,29 +54,51 @@ struct ApiDoc;
 
 /// The router with every route, and the OpenAPI document generated from the same handlers.
 pub fn router(state: AppState) -> Router {
-    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(topics::create_topic, topics::list_topics))
-        .routes(routes!(topics::describe_topic, topics::delete_topic))
-        .routes(routes!(produce::produce))
-        .routes(routes!(consume::consume))
-        .routes(routes!(consume::stream))
-        .routes(routes!(groups::commit_offsets, groups::get_offsets))
-        .routes(routes!(groups::list_groups))
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
-        .routes(routes!(ops::openapi))
-        .split_for_parts();
+    use Permission::{Admin, Consume, Produce};
+    let (router, access) = Routes::new(OpenApiRouter::with_openapi(ApiDoc::openapi()))
+        // The list shows each token the topics it holds a permission on; creation is
+        // checked on the name in the body.
+        .add(Access::AnyToken, routes!(topics::list_topics))
+        .add(Access::Holds(Admin), routes!(topics::create_topic))
+        .add(Access::Topic(Consume), routes!(topics::describe_topic))
+        .add(Access::Topic(Admin), routes!(topics::delete_topic))
+        .add(Access::Topic(Produce), routes!(produce::produce))
+        .add(Access::Topic(Consume), routes!(consume::consume))
+        .add(Access::Topic(Consume), routes!(consume::stream))
+        // Group offsets: `consume` on each topic concerned, checked by the handlers.
+        .add(Access::Holds(Consume), routes!(groups::commit_offsets))
+        .add(Access::Holds(Consume), routes!(groups::get_offsets))
+        .add(Access::Holds(Consume), routes!(groups::list_groups))
+        .add(Access::AnyToken, routes!(ops::healthz))
+        .add(Access::AnyToken, routes!(ops::readyz))
+        .add(Access::AnyToken, routes!(ops::metrics))
+        .add(Access::AnyToken, routes!(ops::openapi))
+        .into_parts();
+    assemble(state, router, access)
+}
+
+/// The router of `routes` with the middleware, the fallbacks and the OpenAPI document;
+/// `access` holds what each route declared.
+fn assemble(
+    state: AppState,
+    routes: OpenApiRouter<AppState>,
+    access: access::AccessTable,
+) -> Router {
+    state.set_access(access);
+    let (router, api) = routes.split_for_parts();
     let api = Arc::new(with_security(api));
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(middleware::from_fn_with_state(
+        .layer(mw::from_fn_with_state(state.clone(), middleware::authorize))
+        .layer(mw::from_fn_with_state(
             Duration::from_millis(state.config().request_timeout_ms),
-            request_timeout,
+            middleware::request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), trace_request))
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            middleware::trace_request,
+        ))
         // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::Extension(api))
@@ -226,337 +177,14 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Authenticates the bearer token (401 without a valid one) and checks the permission the
-/// route needs on its topic (403). Routes whose check needs the body (topic creation,
-/// group commits) finish it in their handler, with the [`Principal`] left in the request.
-async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    use crate::auth::{Permission, Principal};
-    use axum::http::Method;
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", |p| p.as_str())
-        .to_owned();
-    if state.0.tokens.is_empty() || state.config().open_routes.contains(&route) {
-        req.extensions_mut().insert(Principal::Anyone);
-        return next.run(req).await;
-    }
-    let bearer = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(principal) = state.0.tokens.authenticate(bearer) else {
-        let mut resp = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        )
-        .into_response();
-        resp.headers_mut().insert(
-            axum::http::header::WWW_AUTHENTICATE,
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        return resp;
-    };
-    let topic = req.uri().path().split('/').nth(3).unwrap_or("").to_owned();
-    // The check runs on the raw path segment: a name that is not valid as it stands (one
-    // percent-encoded, say) is refused here, before a pattern could match its encoding
-    // and the handler serve the decoded name.
-    if route.contains("{topic}") {
-        if let Err(e) = crate::broker::validate_name(&topic) {
-            return ApiError::from(e).into_response();
-        }
-    }
-    let method = req.method().clone();
-    let allowed = match (method, route.as_str()) {
-        (Method::POST, "/v1/topics/{topic}/records") => principal.may(Permission::Produce, &topic),
-        (Method::GET, "/v1/topics/{topic}")
-        | (Method::GET, "/v1/topics/{topic}/partitions/{partition}/records")
-        | (Method::GET, "/v1/topics/{topic}/partitions/{partition}/stream") => {
-            principal.may(Permission::Consume, &topic)
-        }
-        (Method::DELETE, "/v1/topics/{topic}") => principal.may(Permission::Admin, &topic),
-        // Group offsets: `consume` on each topic concerned, checked by the handlers.
-        (_, r) if r.starts_with("/v1/groups") => principal.holds(Permission::Consume),
-        // The topic list: any token, which sees the topics it holds a permission on.
-        // Topic creation: checked on the name in the body, by the handler.
-        // Operations routes that are not open: any valid token.
-        _ => true,
-    };
-    if !allowed {
-        return forbidden(&principal).into_response();
-    }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
-}
-
-/// `503 request_timed_out` for a request not answered within `request_timeout_ms` (plus its
-/// own `wait_ms`). A handler that returns a stream has answered once the stream starts.
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
-    let wait_ms = req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("wait_ms="))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        .min(consume::MAX_WAIT_MS);
-    let limit = limit + Duration::from_millis(wait_ms);
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timed_out",
-            format!(
-                "no answer within request_timeout_ms ({} ms); the request may or may not have taken effect",
-                limit.as_millis() - wait_ms as u128
-            ),
-        )
-        .into_response(),
-    }
-}
-
-/// One span per request, with the route template, topic, partition, status and latency;
-/// the request metrics. No per-record logging.
-async fn trace_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        route = %route,
-        topic = tracing::field::Empty,
-        partition = tracing::field::Empty,
-        status = tracing::field::Empty,
-        latency_us = tracing::field::Empty,
-    );
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    let status = resp.status();
-    let elapsed = start.elapsed();
-    span.record("status", status.as_u16());
-    span.record("latency_us", elapsed.as_micros() as u64);
-    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(code, "request failed");
-        } else {
-            tracing::debug!(code, "request");
-        }
-    });
-    state
-        .metrics()
-        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
-    resp
-}
-
-/// Records the topic (and partition) of the request on its span.
-pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
-    let span = tracing::Span::current();
-    span.record("topic", topic);
-    if let Some(p) = partition {
-        span.record("partition", p);
-    }
-}
-
-/// 403 for a principal that lacks a permission a handler checked.
-pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
-        format!(
-            "token {:?} lacks the permission for this request",
-            principal.name()
-        ),
-    )
-}
-
-/// Largest body accepted by the administrative routes (topics, group offsets).
-const ADMIN_BODY_LIMIT: usize = 1 << 20;
-
-/// Reads a request body of at most `limit` bytes (`413` beyond, with `limit_name` in the
-/// message), within `request_body_timeout_ms` (`408 request_timeout` after).
-pub(crate) async fn read_body(
-    config: &Config,
-    body: axum::body::Body,
-    limit: usize,
-    limit_name: &str,
-) -> ApiResult<bytes::Bytes> {
-    let timeout = Duration::from_millis(config.request_body_timeout_ms);
-    tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the request body took longer than request_body_timeout_ms ({} ms)",
-                    timeout.as_millis()
-                ),
-            )
-        })?
-        .map_err(|e| {
-            let source = std::error::Error::source(&e);
-            if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                ApiError::too_large(format!("request body is over {limit_name}"))
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {e}"))
-            }
-        })
-}
-
-/// Reads a small JSON body, whatever its `Content-Type`, with the same error wording as the
-/// produce route.
-pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
-    config: &Config,
-    body: axum::body::Body,
-) -> ApiResult<T> {
-    let limit_name = format!("{ADMIN_BODY_LIMIT} bytes");
-    let bytes = read_body(config, body, ADMIN_BODY_LIMIT, &limit_name).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
-}
-
-/// Runs blocking file work (append with possible segment creation, msync, fsync, file
-/// creation and deletion) off the async workers.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ApiError::internal(format!("blocking task failed: {e}"))))
-}
-
-/// Serves until SIGTERM or SIGINT, then stops accepting, finishes in-flight requests, msyncs
-/// every partition and returns.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    // Many connections each hold a file; segments close theirs once named.
-    let open_files = crate::sys::raise_open_file_limit();
-    tracing::info!(open_files, "limit of open files");
-    let mut signals = Signals::new()?;
-    let config = Arc::new(config);
-    let metrics = Metrics::new()?;
-    let state = AppState::new(Arc::clone(&config), metrics);
-    let tls = if config.tls_cert_file.as_os_str().is_empty() {
-        None
-    } else {
-        Some(tls::acceptor(&config.tls_cert_file, &config.tls_key_file)?)
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    // A data directory in use by another server is refused before this one listens.
-    let lock = {
-        let config = Arc::clone(&config);
-        tokio::task::spawn_blocking(move || Broker::claim(&config)).await??
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, scheme, "listening");
-    if config.tokens.is_empty() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "no tokens configured: anyone who can reach this address can produce, consume and delete topics"
-        );
-    }
-    // Tests and scripts read the bound address (port 0 picks one) from this line.
-    println!("mapq listening on {scheme}://{addr}");
-
-    // Recovery runs while /healthz already answers and /readyz says 503.
-    let recovering = {
-        let state = state.clone();
-        let config = Arc::clone(&config);
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Arc<Broker>> {
-            let started = Instant::now();
-            let broker = Arc::new(Broker::open_claimed(config, lock)?);
-            state.metrics().register_broker(&broker);
-            state.set_broker(Arc::clone(&broker));
-            tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "ready");
-            Ok(broker)
-        })
-    };
-
-    let app = router(state.clone());
-    let shutdown_state = state.clone();
-    let listener = listener::LimitedListener::new(
-        listener,
-        config.max_connections as usize,
-        Duration::from_millis(config.connection_idle_timeout_ms),
-        tls.is_none(),
-    );
-    let options = http::HttpOptions {
-        header_timeout: Duration::from_millis(config.request_header_timeout_ms),
-        keep_alive_timeout: Duration::from_millis(
-            config
-                .connection_idle_timeout_ms
-                .max(config.request_header_timeout_ms),
-        ),
-        shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
-        tls,
-    };
-    let server = tokio::spawn(http::run(listener, app, options, async move {
-        signals.next().await;
-        shutdown_state.begin_shutdown();
-        tokio::spawn(async move {
-            signals.next().await;
-            // Acknowledged records are in the page cache already: they survive the exit.
-            tracing::warn!("second signal: exiting without waiting");
-            std::process::exit(1);
-        });
-        tracing::info!("shutting down: finishing in-flight requests");
-    }));
-
-    let broker = match recovering.await? {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot open the data directory");
-            return Err(e);
-        }
-    };
-    let maintenance = crate::maintenance::spawn(Arc::clone(&broker), state.shutdown_signal());
-
-    server.await?;
-    let _ = maintenance.await;
-    tokio::task::spawn_blocking(move || broker.flush_all()).await??;
-    tracing::info!("all partitions flushed; bye");
-    Ok(())
-}
-
-/// SIGTERM and SIGINT, listened to from start-up on: a signal that arrives while nobody is
-/// waiting is kept for the next wait, so a second signal is never lost.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::Broker;
+    use crate::config::Config;
     use axum::body::Body;
     use axum::http::Request;
+    use metrics::Metrics;
     use tower::ServiceExt;
 
     fn state() -> AppState {
@@ -589,9 +217,9 @@ mod tests {
                     "done"
                 }),
             )
-            .layer(middleware::from_fn_with_state(
+            .layer(mw::from_fn_with_state(
                 Duration::from_millis(100),
-                request_timeout,
+                middleware::request_timeout,
             ));
         let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
         let resp = slow.clone().oneshot(get("/slow")).await.unwrap();
@@ -603,6 +231,21 @@ mod tests {
         assert_eq!(body["error"]["code"], "request_timed_out", "{body}");
         let resp = slow.oneshot(get("/slow?wait_ms=2000")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_route_registered_without_declared_access_is_refused() {
+        let undeclared = OpenApiRouter::new().routes(routes!(ops::healthz));
+        let app = assemble(state(), undeclared, access::AccessTable::default());
+        let (status, body) = call(app, "GET", "/healthz").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+        // Declared, the same route answers (no tokens configured: anyone may call it).
+        let declared = Routes::new(OpenApiRouter::new())
+            .add(Access::AnyToken, routes!(ops::healthz))
+            .into_parts();
+        let (status, _) = call(assemble(state(), declared.0, declared.1), "GET", "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]

@@ -223,8 +223,10 @@ impl RequestBodies {
         config.default_partitions = 1;
         config.max_topics = 64;
         let config = Arc::new(config);
-        let state =
-            mapq::server::AppState::new(config.clone(), mapq::server::metrics::Metrics::new().unwrap());
+        let state = mapq::server::AppState::new(
+            config.clone(),
+            mapq::server::metrics::Metrics::new().unwrap(),
+        );
         state.set_broker(Arc::new(mapq::broker::Broker::open(config).unwrap()));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

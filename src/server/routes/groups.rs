@@ -9,9 +9,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::{blocking, AppState};
 use crate::broker::{validate_name, BrokerError};
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::{blocking, AppState};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,13 +74,13 @@ pub async fn commit_offsets(
     body: axum::body::Body,
 ) -> ApiResult<StatusCode> {
     validate_name(&group)?;
-    let req: CommitRequest = super::read_json(state.config(), body).await?;
+    let req: CommitRequest = crate::server::read_json(state.config(), body).await?;
     if req
         .offsets
         .iter()
         .any(|o| !principal.may(Permission::Consume, &o.topic))
     {
-        return Err(super::forbidden(&principal));
+        return Err(crate::server::forbidden(&principal));
     }
     if req.offsets.is_empty() {
         return Err(ApiError::bad_request("`offsets` is empty"));
@@ -137,7 +137,7 @@ pub async fn get_offsets(
     if let Some(topic) = &q.topic {
         validate_name(topic)?;
         if !principal.may(Permission::Consume, topic) {
-            return Err(super::forbidden(&principal));
+            return Err(crate::server::forbidden(&principal));
         }
     }
     let broker = state.broker_for_read()?;
@@ -145,7 +145,8 @@ pub async fn get_offsets(
     let committed = {
         let broker = std::sync::Arc::clone(&broker);
         let group = group.clone();
-        super::blocking(move || broker.groups().offsets(&group).map_err(ApiError::from)).await?
+        crate::server::blocking(move || broker.groups().offsets(&group).map_err(ApiError::from))
+            .await?
     };
     // A group is shown to a token that may consume one of the topics it committed on.
     if !committed
@@ -188,7 +189,7 @@ pub async fn list_groups(
 ) -> ApiResult<Json<GroupList>> {
     let broker = state.broker_for_read()?;
     // Each group's lock is held across a commit's fsync: read them off the async workers.
-    let groups = super::blocking(move || {
+    let groups = crate::server::blocking(move || {
         let groups = broker.groups();
         Ok(groups
             .names()

@@ -15,11 +15,11 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::{blocking, record_target, AppState};
 use crate::broker::{Partition, ReadLimits, StartAt, Topic, Wait};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::record_json::RecordOut;
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::{blocking, record_target, AppState};
 
 /// Longest long-poll a consumer may ask for.
 pub(crate) const MAX_WAIT_MS: u64 = 30_000;

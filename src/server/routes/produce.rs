@@ -15,10 +15,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::{blocking, record_target, AppState};
 use crate::config::Durability;
 use crate::log::{Record, ValidFrames};
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::{blocking, record_target, AppState};
 
 /// Query of a produce request.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -291,7 +291,7 @@ pub async fn produce(
         }
     }
     let limit_name = format!("max_request_bytes ({max_request})");
-    let body = super::read_body(config, body, max_request as usize, &limit_name).await?;
+    let body = crate::server::read_body(config, body, max_request as usize, &limit_name).await?;
     if matches!(kind, Kind::Json | Kind::Ndjson)
         && (query.key.is_some() || query.partition.is_some())
     {

@@ -9,7 +9,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::AppState;
+use crate::server::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {

@@ -9,9 +9,9 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiResult, ErrorBody};
-use super::{blocking, record_target, AppState};
 use crate::broker::{Topic, TopicOverrides};
+use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::{blocking, record_target, AppState};
 
 /// `POST /v1/topics` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -110,10 +110,10 @@ pub async fn create_topic(
     Extension(principal): Extension<Principal>,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<TopicDescription>)> {
-    let req: CreateTopic = super::read_json(state.config(), body).await?;
+    let req: CreateTopic = crate::server::read_json(state.config(), body).await?;
     record_target(&req.name, None);
     if !principal.may(Permission::Admin, &req.name) {
-        return Err(super::forbidden(&principal));
+        return Err(crate::server::forbidden(&principal));
     }
     let overrides: TopicOverrides = match req.config {
         None | Some(serde_json::Value::Null) => TopicOverrides::default(),

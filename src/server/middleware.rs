@@ -1,0 +1,180 @@
+//! The middleware every request passes: authorization (by the access its route declared),
+//! the request timeout, and tracing with the request metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::access::{Access, Declared};
+use super::error::{ApiError, ErrorCode};
+use super::state::AppState;
+
+/// Authenticates the bearer token (401 without a valid one) and checks the permission the
+/// route needs on its topic (403). Routes whose check needs the body (topic creation,
+/// group commits) finish it in their handler, with the [`Principal`] left in the request.
+pub(super) async fn authorize(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    use crate::auth::Principal;
+    let Some(route) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+    else {
+        // No route matched: the router answers 404.
+        return next.run(req).await;
+    };
+    let access = match state.access().map(|t| t.lookup(req.method(), &route)) {
+        Some(Declared::Access(a)) => a,
+        Some(Declared::OtherMethod) => return next.run(req).await,
+        Some(Declared::Undeclared) | None => {
+            tracing::error!(route, "route registered without a declared access: refused");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this route declares no access; it is refused",
+            )
+            .into_response();
+        }
+    };
+    if state.tokens().is_empty() || state.config().open_routes.contains(&route) {
+        req.extensions_mut().insert(Principal::Anyone);
+        return next.run(req).await;
+    }
+    let bearer = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(principal) = state.tokens().authenticate(bearer) else {
+        let mut resp = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    };
+    let allowed = match access {
+        Access::AnyToken => true,
+        Access::Holds(what) => principal.holds(what),
+        Access::Topic(what) => {
+            let topic = req.uri().path().split('/').nth(3).unwrap_or("").to_owned();
+            // The check runs on the raw path segment: a name that is not valid as it stands
+            // (one percent-encoded, say) is refused here, before a pattern could match its
+            // encoding and the handler serve the decoded name.
+            if let Err(e) = crate::broker::validate_name(&topic) {
+                return ApiError::from(e).into_response();
+            }
+            principal.may(what, &topic)
+        }
+    };
+    if !allowed {
+        return forbidden(&principal).into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+/// `503 request_timed_out` for a request not answered within `request_timeout_ms` (plus its
+/// own `wait_ms`). A handler that returns a stream has answered once the stream starts.
+pub(super) async fn request_timeout(
+    State(limit): State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let wait_ms = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("wait_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(super::routes::consume::MAX_WAIT_MS);
+    let limit = limit + Duration::from_millis(wait_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timed_out",
+            format!(
+                "no answer within request_timeout_ms ({} ms); the request may or may not have taken effect",
+                limit.as_millis() - wait_ms as u128
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// One span per request, with the route template, topic, partition, status and latency;
+/// the request metrics. No per-record logging.
+pub(super) async fn trace_request(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        route = %route,
+        topic = tracing::field::Empty,
+        partition = tracing::field::Empty,
+        status = tracing::field::Empty,
+        latency_us = tracing::field::Empty,
+    );
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status();
+    let elapsed = start.elapsed();
+    span.record("status", status.as_u16());
+    span.record("latency_us", elapsed.as_micros() as u64);
+    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(code, "request failed");
+        } else {
+            tracing::debug!(code, "request");
+        }
+    });
+    state
+        .metrics()
+        .observe_request(method.as_str(), &route, status.as_u16(), elapsed);
+    resp
+}
+
+/// Records the topic (and partition) of the request on its span.
+pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
+    let span = tracing::Span::current();
+    span.record("topic", topic);
+    if let Some(p) = partition {
+        span.record("partition", p);
+    }
+}
+
+/// 403 for a principal that lacks a permission a handler checked.
+pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "token {:?} lacks the permission for this request",
+            principal.name()
+        ),
+    )
+}
