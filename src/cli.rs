@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::api::records::RecordOut;
 use crate::config::{Config, Overrides};
 use crate::log::tailer::{OnDeleted, StartAt, TailError, TailOptions, Tailer, WaitMode};
 use crate::log::verify;
-use crate::record_json::RecordOut;
 
 /// mapq: a message queue on memory-mapped, segmented log files.
 #[derive(Debug, Parser)]

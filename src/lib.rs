@@ -22,6 +22,7 @@
 //! - [`sys`]: the system calls outside the mapped files (group lookup, the directory lock,
 //!   limits, signals); with `log::mmap`, the only place with `unsafe`.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
@@ -31,6 +32,5 @@ pub mod client;
 pub mod config;
 pub mod log;
 pub mod maintenance;
-pub mod record_json;
 pub mod server;
 pub mod sys;

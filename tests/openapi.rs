@@ -70,6 +70,31 @@ async fn the_served_document_passes_a_real_openapi_validator() {
             }
         }
     }
+    // The error responses come from the codes each route declares: a client reading the
+    // document finds the code it will get under its status.
+    let produce = &doc["paths"]["/v1/topics/{topic}/records"]["post"]["responses"];
+    for (status, code) in [
+        ("400", "bad_request"),
+        ("404", "topic_not_found"),
+        ("413", "payload_too_large"),
+        ("503", "partition_unavailable"),
+        ("507", "insufficient_storage"),
+    ] {
+        let description = produce[status]["description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains(&format!("`{code}`")),
+            "produce {status}: {description:?} lacks {code}"
+        );
+    }
+    let codes = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("the error codes are an enum in the document");
+    for code in mapq::api::ErrorCode::ALL {
+        assert!(
+            codes.contains(&code.as_str().into()),
+            "{code} not in the document"
+        );
+    }
     query.sort();
     query.dedup();
     for name in [

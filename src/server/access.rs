@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use axum::http::Method;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 
+use crate::api::ErrorCode;
 use crate::auth::Permission;
 
 /// What a route needs of the caller's token (when the server has tokens; a route listed in
@@ -23,9 +24,25 @@ pub enum Access {
     Holds(Permission),
 }
 
-/// The declarations: route template, then method.
+/// The declarations: route template, then method: the access, and the errors the route
+/// answers with besides those of every route.
 #[derive(Debug, Default, Clone)]
-pub struct AccessTable(HashMap<String, HashMap<Method, Access>>);
+pub struct AccessTable(HashMap<String, HashMap<Method, Declaration>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Declaration {
+    access: Access,
+    errors: &'static [ErrorCode],
+}
+
+/// The errors any route may answer with: no valid token, no permission, no answer in time,
+/// a failure inside.
+pub const EVERY_ROUTE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::Unauthorized,
+    ErrorCode::Forbidden,
+    ErrorCode::RequestTimedOut,
+    ErrorCode::InternalError,
+];
 
 /// What the table says of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +61,63 @@ impl AccessTable {
         match self.0.get(route) {
             None => Declared::Undeclared,
             Some(methods) => match methods.get(method) {
-                Some(a) => Declared::Access(*a),
+                Some(d) => Declared::Access(d.access),
                 None if *method == Method::HEAD => methods
                     .get(&Method::GET)
-                    .map_or(Declared::OtherMethod, |a| Declared::Access(*a)),
+                    .map_or(Declared::OtherMethod, |d| Declared::Access(d.access)),
                 None => Declared::OtherMethod,
             },
+        }
+    }
+
+    /// Adds each operation's error responses to `api`: one per status, listing the codes
+    /// it may carry, from the route's declaration and [`EVERY_ROUTE_ERRORS`].
+    pub fn document_errors(&self, api: &mut utoipa::openapi::OpenApi) {
+        use std::collections::BTreeMap;
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        for (path, item) in api.paths.paths.iter_mut() {
+            let Some(methods) = self.0.get(path) else {
+                continue;
+            };
+            for (method, op) in [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::PUT, &mut item.put),
+                (Method::DELETE, &mut item.delete),
+                (Method::PATCH, &mut item.patch),
+            ] {
+                let (Some(op), Some(d)) = (op.as_mut(), methods.get(&method)) else {
+                    continue;
+                };
+                let mut by_status: BTreeMap<u16, Vec<ErrorCode>> = BTreeMap::new();
+                for &code in d.errors.iter().chain(EVERY_ROUTE_ERRORS) {
+                    let codes = by_status.entry(code.status()).or_default();
+                    if !codes.contains(&code) {
+                        codes.push(code);
+                    }
+                }
+                for (status, codes) in by_status {
+                    let description = codes
+                        .iter()
+                        .map(|c| format!("`{}`: {}", c.as_str(), c.description()))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+                                .build(),
+                        )
+                        .build();
+                    // A status the handler documents itself (readiness) keeps its own body.
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert(RefOr::T(response));
+                }
+            }
         }
     }
 }
@@ -69,8 +137,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 
     /// Registers the handlers of `routes` (one path; `utoipa_axum::routes!`) with the access
-    /// every method of it needs.
-    pub fn add(mut self, access: Access, routes: UtoipaMethodRouter<S>) -> Self {
+    /// every method of it needs and the errors it answers with (besides those of every
+    /// route), which the OpenAPI document lists.
+    pub fn add(
+        mut self,
+        access: Access,
+        errors: &'static [ErrorCode],
+        routes: UtoipaMethodRouter<S>,
+    ) -> Self {
         for (path, item) in &routes.1.paths {
             let methods = self.table.0.entry(path.clone()).or_default();
             for (method, op) in [
@@ -81,7 +155,7 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
                 (Method::PATCH, &item.patch),
             ] {
                 if op.is_some() {
-                    methods.insert(method, access);
+                    methods.insert(method, Declaration { access, errors });
                 }
             }
         }
@@ -101,9 +175,13 @@ mod tests {
     #[test]
     fn declared_routes_are_found_and_undeclared_ones_refused() {
         let mut t = AccessTable::default();
-        t.0.entry("/v1/topics/{topic}".into())
-            .or_default()
-            .insert(Method::GET, Access::Topic(Permission::Consume));
+        t.0.entry("/v1/topics/{topic}".into()).or_default().insert(
+            Method::GET,
+            Declaration {
+                access: Access::Topic(Permission::Consume),
+                errors: &[],
+            },
+        );
         assert_eq!(
             t.lookup(&Method::GET, "/v1/topics/{topic}"),
             Declared::Access(Access::Topic(Permission::Consume))

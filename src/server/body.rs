@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-
-use super::error::{ApiError, ApiResult};
+use super::error::{ApiError, ApiResult, ErrorCode};
 use crate::config::Config;
 
 /// Largest body accepted by the administrative routes (topics, group offsets).
@@ -23,8 +21,7 @@ pub(crate) async fn read_body(
         .await
         .map_err(|_| {
             ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 format!(
                     "the request body took longer than request_body_timeout_ms ({} ms)",
                     timeout.as_millis()

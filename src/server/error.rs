@@ -3,83 +3,65 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use utoipa::ToSchema;
+
+pub use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 
 use crate::broker::BrokerError;
 use crate::log::LogError;
 
-/// Every error response: `{"error": {"code", "message", ...}}`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable snake_case identifier, e.g. `topic_not_found`.
-    pub code: &'static str,
-    /// For people.
-    pub message: String,
-    /// On `offset_out_of_range`: the earliest offset still stored.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub earliest: Option<u64>,
-    /// On `offset_out_of_range`: the high watermark.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latest: Option<u64>,
-}
-
-/// An error answer: status, code, message.
+/// An error answer: a code (which fixes the status) and a message; for internal errors, a
+/// detail for the log that the client never sees.
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub range: Option<(u64, u64)>,
+    detail: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
             code,
             message: message.into(),
             range: None,
+            detail: None,
         }
     }
 
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(ErrorCode::PayloadTooLarge, message)
     }
 
     pub fn shutting_down() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "the server is shutting down",
-        )
+        Self::new(ErrorCode::ShuttingDown, "the server is shutting down")
     }
 
     pub fn not_ready() -> Self {
         Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "the server is still recovering its partitions",
         )
     }
 
-    /// An internal failure: the detail goes to the log, the client gets none of it.
+    /// An internal failure: the detail goes to the log once, with the request's span (see
+    /// `trace_request`); the client gets none of it.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %detail, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; see the server log",
-        )
+        ApiError {
+            detail: Some(detail.to_string()),
+            ..Self::new(
+                ErrorCode::InternalError,
+                "internal error; see the server log",
+            )
+        }
     }
 }
 
@@ -92,22 +74,17 @@ impl From<axum::extract::rejection::QueryRejection> for ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
-        use StatusCode as S;
         let msg = e.to_string();
         match e {
-            BrokerError::TopicNotFound(_) => Self::new(S::NOT_FOUND, "topic_not_found", msg),
-            BrokerError::TopicExists(_) => Self::new(S::CONFLICT, "topic_exists", msg),
-            BrokerError::PartitionNotFound { .. } => {
-                Self::new(S::NOT_FOUND, "partition_not_found", msg)
-            }
-            BrokerError::InvalidName(_) => Self::new(S::BAD_REQUEST, "invalid_name", msg),
-            BrokerError::InvalidConfig(_) => Self::new(S::BAD_REQUEST, "invalid_config", msg),
-            BrokerError::GroupNotFound(_) => Self::new(S::NOT_FOUND, "group_not_found", msg),
+            BrokerError::TopicNotFound(_) => Self::new(ErrorCode::TopicNotFound, msg),
+            BrokerError::TopicExists(_) => Self::new(ErrorCode::TopicExists, msg),
+            BrokerError::PartitionNotFound { .. } => Self::new(ErrorCode::PartitionNotFound, msg),
+            BrokerError::InvalidName(_) => Self::new(ErrorCode::InvalidName, msg),
+            BrokerError::InvalidConfig(_) => Self::new(ErrorCode::InvalidConfig, msg),
+            BrokerError::GroupNotFound(_) => Self::new(ErrorCode::GroupNotFound, msg),
             BrokerError::BadRequest(_) => Self::bad_request(msg),
-            BrokerError::TooManyTopics(_) => {
-                Self::new(S::TOO_MANY_REQUESTS, "too_many_topics", msg)
-            }
-            BrokerError::TooManyWaiters => Self::new(S::TOO_MANY_REQUESTS, "too_many_waiters", msg),
+            BrokerError::TooManyTopics(_) => Self::new(ErrorCode::TooManyTopics, msg),
+            BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_) | BrokerError::Locked { .. } | BrokerError::TaskFailed(_) => {
                 Self::internal(msg)
@@ -118,32 +95,27 @@ impl From<BrokerError> for ApiError {
 
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
-        use StatusCode as S;
         let msg = e.to_string();
         match e {
             LogError::NoSpace { .. } => Self::new(
-                S::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
+                ErrorCode::InsufficientStorage,
                 "no disk space left for these records; nothing was appended",
             ),
             LogError::OffsetOutOfRange {
                 earliest, latest, ..
             } => ApiError {
                 range: Some((earliest, latest)),
-                ..Self::new(S::RANGE_NOT_SATISFIABLE, "offset_out_of_range", msg)
+                ..Self::new(ErrorCode::OffsetOutOfRange, msg)
             },
             LogError::RecordTooLarge(_) => Self::too_large(msg),
             LogError::Deleted => Self::new(
-                S::NOT_FOUND,
-                "topic_not_found",
+                ErrorCode::TopicNotFound,
                 "the topic was deleted while the request ran",
             ),
             LogError::InvalidFrame { .. } => Self::bad_request(msg),
             LogError::Stopped(_) => {
                 tracing::error!(error = %msg, "write to a stopped partition");
-                Self::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "partition_unavailable",
+                Self::new(ErrorCode::PartitionUnavailable,
                     "this partition stopped accepting writes after a failed flush; see the server log",
                 )
             }
@@ -151,9 +123,7 @@ impl From<LogError> for ApiError {
                 if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
             {
                 tracing::error!(error = %msg, "out of file descriptors");
-                Self::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "too_many_open_files",
+                Self::new(ErrorCode::TooManyOpenFiles,
                     "the server has reached its limit of open files (each partition keeps its active segment's three files open); raise it (LimitNOFILE, ulimit -n) or use fewer partitions. Nothing was changed",
                 )
             }
@@ -166,6 +136,7 @@ impl From<LogError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let status = self.status();
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
@@ -174,14 +145,17 @@ impl IntoResponse for ApiError {
                 latest: self.range.map(|r| r.1),
             },
         };
-        let mut resp = (self.status, Json(body)).into_response();
-        resp.extensions_mut().insert(ErrorCode(self.code));
+        let mut resp = (status, Json(body)).into_response();
+        resp.extensions_mut().insert(self.code);
+        if let Some(detail) = self.detail {
+            resp.extensions_mut().insert(InternalDetail(detail));
+        }
         resp
     }
 }
 
-/// The error code of a response, for the request log.
-#[derive(Debug, Clone, Copy)]
-pub struct ErrorCode(pub &'static str);
+/// What went wrong inside, for the request log only.
+#[derive(Debug, Clone)]
+pub struct InternalDetail(pub String);
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::StatusCode;
+
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::access::{Access, Declared};
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, InternalDetail};
 use super::state::AppState;
 
 /// Authenticates the bearer token (401 without a valid one) and checks the permission the
@@ -35,8 +35,7 @@ pub(super) async fn authorize(
         Some(Declared::Undeclared) | None => {
             tracing::error!(route, "route registered without a declared access: refused");
             return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+                ErrorCode::Forbidden,
                 "this route declares no access; it is refused",
             )
             .into_response();
@@ -52,12 +51,8 @@ pub(super) async fn authorize(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(principal) = state.tokens().authenticate(bearer) else {
-        let mut resp = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        )
-        .into_response();
+        let mut resp = ApiError::new(ErrorCode::Unauthorized, "a valid bearer token is required")
+            .into_response();
         resp.headers_mut().insert(
             axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
@@ -104,9 +99,7 @@ pub(super) async fn request_timeout(
     let limit = limit + Duration::from_millis(wait_ms);
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "request_timed_out",
+        Err(_) => ApiError::new(ErrorCode::RequestTimedOut,
             format!(
                 "no answer within request_timeout_ms ({} ms); the request may or may not have taken effect",
                 limit.as_millis() - wait_ms as u128
@@ -144,9 +137,15 @@ pub(super) async fn trace_request(
     let elapsed = start.elapsed();
     span.record("status", status.as_u16());
     span.record("latency_us", elapsed.as_micros() as u64);
-    let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+    let code = resp.extensions().get::<ErrorCode>().map(|c| c.as_str());
+    let detail = resp
+        .extensions()
+        .get::<InternalDetail>()
+        .map(|d| d.0.as_str());
     span.in_scope(|| {
-        if status.is_server_error() {
+        if let Some(detail) = detail {
+            tracing::error!(code, error = detail, "request failed");
+        } else if status.is_server_error() {
             tracing::warn!(code, "request failed");
         } else {
             tracing::debug!(code, "request");
@@ -170,8 +169,7 @@ pub(crate) fn record_target(topic: &str, partition: Option<u32>) {
 /// 403 for a principal that lacks a permission a handler checked.
 pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
     ApiError::new(
-        StatusCode::FORBIDDEN,
-        "forbidden",
+        ErrorCode::Forbidden,
         format!(
             "token {:?} lacks the permission for this request",
             principal.name()

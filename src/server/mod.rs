@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::middleware as mw;
 use axum::Router;
 use utoipa::OpenApi;
@@ -36,7 +35,7 @@ pub use state::AppState;
 
 use crate::auth::Permission;
 use access::{Access, Routes};
-use error::ApiError;
+use error::{ApiError, ErrorCode};
 use routes::{consume, groups, ops, produce, topics};
 
 #[derive(OpenApi)]
@@ -48,7 +47,7 @@ use routes::{consume, groups, ops, produce, topics};
     tags(
         (name = "topics"), (name = "records"), (name = "groups"), (name = "operations")
     ),
-    components(schemas(crate::config::Durability))
+    components(schemas(crate::config::Durability, crate::api::ErrorBody, crate::api::ErrorDetail, crate::api::ErrorCode))
 )]
 struct ApiDoc;
 
@@ -58,21 +57,61 @@ pub fn router(state: AppState) -> Router {
     let (router, access) = Routes::new(OpenApiRouter::with_openapi(ApiDoc::openapi()))
         // The list shows each token the topics it holds a permission on; creation is
         // checked on the name in the body.
-        .add(Access::AnyToken, routes!(topics::list_topics))
-        .add(Access::Holds(Admin), routes!(topics::create_topic))
-        .add(Access::Topic(Consume), routes!(topics::describe_topic))
-        .add(Access::Topic(Admin), routes!(topics::delete_topic))
-        .add(Access::Topic(Produce), routes!(produce::produce))
-        .add(Access::Topic(Consume), routes!(consume::consume))
-        .add(Access::Topic(Consume), routes!(consume::stream))
+        .add(
+            Access::AnyToken,
+            topics::LIST_TOPICS_ERRORS,
+            routes!(topics::list_topics),
+        )
+        .add(
+            Access::Holds(Admin),
+            topics::CREATE_TOPIC_ERRORS,
+            routes!(topics::create_topic),
+        )
+        .add(
+            Access::Topic(Consume),
+            topics::DESCRIBE_TOPIC_ERRORS,
+            routes!(topics::describe_topic),
+        )
+        .add(
+            Access::Topic(Admin),
+            topics::DELETE_TOPIC_ERRORS,
+            routes!(topics::delete_topic),
+        )
+        .add(
+            Access::Topic(Produce),
+            produce::PRODUCE_ERRORS,
+            routes!(produce::produce),
+        )
+        .add(
+            Access::Topic(Consume),
+            consume::CONSUME_ERRORS,
+            routes!(consume::consume),
+        )
+        .add(
+            Access::Topic(Consume),
+            consume::STREAM_ERRORS,
+            routes!(consume::stream),
+        )
         // Group offsets: `consume` on each topic concerned, checked by the handlers.
-        .add(Access::Holds(Consume), routes!(groups::commit_offsets))
-        .add(Access::Holds(Consume), routes!(groups::get_offsets))
-        .add(Access::Holds(Consume), routes!(groups::list_groups))
-        .add(Access::AnyToken, routes!(ops::healthz))
-        .add(Access::AnyToken, routes!(ops::readyz))
-        .add(Access::AnyToken, routes!(ops::metrics))
-        .add(Access::AnyToken, routes!(ops::openapi))
+        .add(
+            Access::Holds(Consume),
+            groups::COMMIT_OFFSETS_ERRORS,
+            routes!(groups::commit_offsets),
+        )
+        .add(
+            Access::Holds(Consume),
+            groups::GET_OFFSETS_ERRORS,
+            routes!(groups::get_offsets),
+        )
+        .add(
+            Access::Holds(Consume),
+            groups::LIST_GROUPS_ERRORS,
+            routes!(groups::list_groups),
+        )
+        .add(Access::AnyToken, ops::HEALTHZ_ERRORS, routes!(ops::healthz))
+        .add(Access::AnyToken, ops::READYZ_ERRORS, routes!(ops::readyz))
+        .add(Access::AnyToken, ops::METRICS_ERRORS, routes!(ops::metrics))
+        .add(Access::AnyToken, ops::OPENAPI_ERRORS, routes!(ops::openapi))
         .into_parts();
     assemble(state, router, access)
 }
@@ -84,8 +123,9 @@ fn assemble(
     routes: OpenApiRouter<AppState>,
     access: access::AccessTable,
 ) -> Router {
+    let (router, mut api) = routes.split_for_parts();
+    access.document_errors(&mut api);
     state.set_access(access);
-    let (router, api) = routes.split_for_parts();
     let api = Arc::new(with_security(api));
     router
         .fallback(not_found)
@@ -107,12 +147,11 @@ fn assemble(
 
 /// Declares the optional bearer-token scheme: every route takes a token when the server has
 /// tokens configured (`401 unauthorized` without a valid one, `403 forbidden` without the
-/// permission), and none when it has none.
+/// permission; see `access::EVERY_ROUTE_ERRORS`), and none when it has none.
 fn with_security(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     use utoipa::openapi::security::{
         HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
     };
-    use utoipa::openapi::{RefOr, ResponseBuilder};
     let components = api.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         "bearer",
@@ -129,50 +168,16 @@ fn with_security(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi 
         SecurityRequirement::new("bearer", Vec::<String>::new()),
         SecurityRequirement::default(),
     ]);
-    let error = |description: &str| -> RefOr<utoipa::openapi::Response> {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                utoipa::openapi::ContentBuilder::new()
-                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                        "ErrorBody",
-                    ))))
-                    .build(),
-            )
-            .build()
-            .into()
-    };
-    for item in api.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let responses = &mut op.responses.responses;
-            responses.entry("401".into()).or_insert_with(|| {
-                error("`unauthorized`: tokens are configured and none valid was sent")
-            });
-            responses
-                .entry("403".into())
-                .or_insert_with(|| error("`forbidden`: the token lacks the permission"));
-        }
-    }
     api
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ApiError::new(ErrorCode::NotFound, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "method not allowed on this route",
     )
 }
@@ -183,7 +188,7 @@ mod tests {
     use crate::broker::Broker;
     use crate::config::Config;
     use axum::body::Body;
-    use axum::http::Request;
+    use axum::http::{Request, StatusCode};
     use metrics::Metrics;
     use tower::ServiceExt;
 
@@ -242,7 +247,7 @@ mod tests {
         assert_eq!(body["error"]["code"], "forbidden", "{body}");
         // Declared, the same route answers (no tokens configured: anyone may call it).
         let declared = Routes::new(OpenApiRouter::new())
-            .add(Access::AnyToken, routes!(ops::healthz))
+            .add(Access::AnyToken, ops::HEALTHZ_ERRORS, routes!(ops::healthz))
             .into_parts();
         let (status, _) = call(assemble(state(), declared.0, declared.1), "GET", "/healthz").await;
         assert_eq!(status, StatusCode::OK);

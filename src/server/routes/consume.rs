@@ -12,13 +12,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
+use crate::api::records::{ConsumeResponse, RecordOut};
 use crate::broker::{Partition, ReadLimits, StartAt, Topic, Wait};
 use crate::log::{ReadBatch, StoredRecord};
-use crate::record_json::RecordOut;
-use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, record_target, AppState};
 
 /// Longest long-poll a consumer may ask for.
@@ -50,16 +50,6 @@ pub struct ConsumeQuery {
 pub struct StreamQuery {
     /// A number, `earliest` or `latest`. Default `latest`. `Last-Event-ID` wins over it.
     offset: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ConsumeResponse<'a> {
-    #[schema(value_type = Vec<RecordOut>)]
-    pub records: Vec<RecordOut<'a>>,
-    /// The offset to ask for next.
-    pub next_offset: u64,
-    /// The offset the next produced record will get.
-    pub high_watermark: u64,
 }
 
 /// The JSON form of a stored record.
@@ -122,6 +112,16 @@ fn wants_octets(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("application/octet-stream"))
 }
 
+/// The errors `consume` answers with (besides those of every route).
+pub const CONSUME_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::PartitionNotFound,
+    ErrorCode::OffsetOutOfRange,
+    ErrorCode::TooManyWaiters,
+];
+
 /// Read records from a partition.
 ///
 /// With `Accept: application/octet-stream` the body is the record frames exactly as they
@@ -134,10 +134,6 @@ fn wants_octets(headers: &HeaderMap) -> bool {
             (ConsumeResponse = "application/json"),
             (Vec<u8> = "application/octet-stream"),
         )),
-        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
-        (status = 416, description = "`offset_out_of_range`, with `earliest` and `latest`", body = ErrorBody),
-        (status = 429, description = "`too_many_waiters`", body = ErrorBody),
     ))]
 pub async fn consume(
     State(state): State<AppState>,
@@ -231,6 +227,16 @@ fn json_response(batch: &ReadBatch) -> Response {
     }
 }
 
+/// The errors `stream` answers with (besides those of every route).
+pub const STREAM_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::PartitionNotFound,
+    ErrorCode::OffsetOutOfRange,
+    ErrorCode::TooManyWaiters,
+];
+
 /// A live tail as Server-Sent Events: one event per record, `id:` its offset, `data:` the
 /// record as JSON. Honours `Last-Event-ID` to resume after the last event received.
 #[utoipa::path(get, path = "/v1/topics/{topic}/partitions/{partition}/stream", tag = "records",
@@ -238,10 +244,6 @@ fn json_response(batch: &ReadBatch) -> Response {
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this offset")),
     responses(
         (status = 200, description = "text/event-stream", content_type = "text/event-stream", body = String),
-        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
-        (status = 416, description = "`offset_out_of_range`", body = ErrorBody),
-        (status = 429, description = "`too_many_waiters`", body = ErrorBody),
     ))]
 pub async fn stream(
     State(state): State<AppState>,

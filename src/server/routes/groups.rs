@@ -6,47 +6,13 @@ use axum::Extension;
 use crate::auth::{Permission, Principal};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
+use crate::api::groups::{CommitRequest, GroupList, GroupOffsets, OffsetOut};
 use crate::broker::{validate_name, BrokerError};
-use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, AppState};
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OffsetIn {
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,200}$")]
-    pub topic: String,
-    pub partition: u32,
-    /// The next offset the group will consume (at most the high watermark).
-    pub offset: u64,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CommitRequest {
-    pub offsets: Vec<OffsetIn>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OffsetOut {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    /// High watermark minus the committed offset.
-    pub lag: u64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GroupOffsets {
-    pub offsets: Vec<OffsetOut>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GroupList {
-    pub groups: Vec<String>,
-}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -56,16 +22,23 @@ pub struct GroupQuery {
     topic: Option<String>,
 }
 
+/// The errors `commit_offsets` answers with (besides those of every route).
+pub const COMMIT_OFFSETS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::PartitionNotFound,
+    ErrorCode::RequestTimeout,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::NotReady,
+];
+
 /// Commit a group's offsets. Durable (fsync) before the answer.
 #[utoipa::path(put, path = "/v1/groups/{group}/offsets", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = CommitRequest,
     responses(
         (status = 204, description = "Committed, durably"),
-        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: a body over 1 MiB", body = ErrorBody),
     ))]
 pub async fn commit_offsets(
     State(state): State<AppState>,
@@ -118,13 +91,19 @@ pub async fn commit_offsets(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The errors `get_offsets` answers with (besides those of every route).
+pub const GET_OFFSETS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::GroupNotFound,
+    ErrorCode::NotReady,
+];
+
 /// A group's committed offsets and lag, on the topics the token may consume.
 #[utoipa::path(get, path = "/v1/groups/{group}/offsets", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), GroupQuery),
     responses(
         (status = 200, body = GroupOffsets),
-        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
-        (status = 404, description = "`group_not_found`", body = ErrorBody),
     ))]
 pub async fn get_offsets(
     State(state): State<AppState>,
@@ -179,6 +158,9 @@ pub async fn get_offsets(
     }
     Ok(Json(GroupOffsets { offsets }))
 }
+
+/// The errors `list_groups` answers with (besides those of every route).
+pub const LIST_GROUPS_ERRORS: &[ErrorCode] = &[ErrorCode::NotReady];
 
 /// List the groups with committed offsets on topics the token may consume.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups",

@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::server::error::ErrorCode;
 use crate::server::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -17,12 +18,18 @@ pub struct Status {
     pub status: &'static str,
 }
 
+/// The errors `healthz` answers with (besides those of every route).
+pub const HEALTHZ_ERRORS: &[ErrorCode] = &[];
+
 /// 200 while the process runs.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = Status)))]
 pub async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
+
+/// The errors `readyz` answers with (besides those of every route).
+pub const READYZ_ERRORS: &[ErrorCode] = &[];
 
 /// 200 once every partition is recovered and the server accepts traffic; 503 before, and
 /// while shutting down.
@@ -48,6 +55,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Status>)
     }
 }
 
+/// The errors `metrics` answers with (besides those of every route).
+pub const METRICS_ERRORS: &[ErrorCode] = &[];
+
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
@@ -68,6 +78,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         text,
     )
 }
+
+/// The errors `openapi` answers with (besides those of every route).
+pub const OPENAPI_ERRORS: &[ErrorCode] = &[];
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",

@@ -8,16 +8,16 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::Json;
 use base64::Engine;
-use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::value::RawValue;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
+use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
 use crate::config::Durability;
 use crate::log::{Record, ValidFrames};
-use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, record_target, AppState};
 
 /// Query of a produce request.
@@ -32,62 +32,6 @@ pub struct ProduceQuery {
     key: Option<String>,
     /// Partition, for `application/octet-stream` and `application/vnd.mapq.frames`.
     partition: Option<u32>,
-}
-
-/// One record of a JSON or NDJSON produce request.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a record object such as {\"key\": \"k\", \"value\": {\"any\": \"json\"}}"
-)]
-pub struct RecordIn<'a> {
-    /// Key as a string; or use `key_b64`. Both absent: null key.
-    #[serde(borrow, default)]
-    key: Option<Cow<'a, str>>,
-    /// Key bytes, base64.
-    #[serde(borrow, default)]
-    key_b64: Option<Cow<'a, str>>,
-    /// Any JSON value, stored as its JSON text and returned as JSON.
-    #[serde(borrow, default, deserialize_with = "present")]
-    #[schema(value_type = Option<Value>)]
-    value: Option<&'a RawValue>,
-    /// Value bytes, base64.
-    #[serde(borrow, default)]
-    value_b64: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
-    headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
-    partition: Option<u32>,
-    /// Milliseconds since the Unix epoch; absent or 0: the server's clock.
-    timestamp_ms: Option<i64>,
-}
-
-/// A present `value`, even `null`, is `Some`.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
-/// `application/json` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "an object {\"records\": [...]} of record objects"
-)]
-pub struct ProduceRequest<'a> {
-    #[serde(borrow)]
-    records: Vec<RecordIn<'a>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecordOffset {
-    pub partition: u32,
-    pub offset: u64,
-}
-
-/// One entry per record, in request order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProduceResponse {
-    pub offsets: Vec<RecordOffset>,
 }
 
 /// A record decoded from the request, owning what had to be decoded (base64, escapes).
@@ -228,8 +172,7 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
         "application/octet-stream" => Ok(Kind::Octets),
         "application/vnd.mapq.frames" => Ok(Kind::Frames),
         _ => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             format!(
                 "Content-Type {ct:?} is not one of application/json, application/x-ndjson, \
                  application/octet-stream, application/vnd.mapq.frames"
@@ -237,6 +180,23 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
         )),
     }
 }
+
+/// The errors `produce` answers with (besides those of every route).
+pub const PRODUCE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::PartitionNotFound,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RequestTimeout,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::TooManyTopics,
+    ErrorCode::InsufficientStorage,
+    ErrorCode::PartitionUnavailable,
+    ErrorCode::TooManyOpenFiles,
+    ErrorCode::NotReady,
+    ErrorCode::ShuttingDown,
+];
 
 /// Produce records to a topic.
 ///
@@ -255,14 +215,6 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
     )),
     responses(
         (status = 200, body = ProduceResponse),
-        (status = 400, description = "`bad_request` or `invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found` or `partition_not_found`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 429, description = "`too_many_topics` (auto-creation beyond `max_topics`)", body = ErrorBody),
-        (status = 507, description = "`insufficient_storage`", body = ErrorBody),
-        (status = 503, description = "`shutting_down`", body = ErrorBody),
     ))]
 pub async fn produce(
     State(state): State<AppState>,

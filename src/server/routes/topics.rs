@@ -6,65 +6,13 @@ use axum::Extension;
 use crate::auth::{Permission, Principal};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
+use crate::api::topics::{
+    CreateTopic, PartitionStats, TopicConfigOut, TopicDescription, TopicList, TopicSummary,
+};
 use crate::broker::{Topic, TopicOverrides};
-use crate::server::error::{ApiError, ApiResult, ErrorBody};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, record_target, AppState};
-
-/// `POST /v1/topics` body.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateTopic {
-    /// `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`.
-    #[schema(pattern = r"^[A-Za-z0-9._-]{1,200}$")]
-    pub name: String,
-    /// Default: the server's `default_partitions`.
-    pub partitions: Option<u32>,
-    /// Overrides of the server defaults; `null` means no limit.
-    #[schema(value_type = Option<TopicConfigOut>)]
-    pub config: Option<serde_json::Value>,
-}
-
-/// A topic's effective settings.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicConfigOut {
-    pub retention_ms: Option<u64>,
-    pub retention_bytes: Option<u64>,
-    pub segment_bytes: u64,
-    pub segment_ms: Option<u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PartitionStats {
-    pub partition: u32,
-    pub start_offset: u64,
-    /// The high watermark: the offset the next record will get.
-    pub end_offset: u64,
-    pub size_bytes: u64,
-    pub segments: u64,
-}
-
-/// A topic as `GET /v1/topics/{topic}` describes it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicDescription {
-    pub name: String,
-    pub partitions: u32,
-    pub config: TopicConfigOut,
-    pub partition_stats: Vec<PartitionStats>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicSummary {
-    pub name: String,
-    pub partitions: u32,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopicList {
-    pub topics: Vec<TopicSummary>,
-}
 
 pub fn describe(t: &Topic) -> TopicDescription {
     let c = t.config();
@@ -94,16 +42,26 @@ pub fn describe(t: &Topic) -> TopicDescription {
     }
 }
 
+/// The errors `create_topic` answers with (besides those of every route).
+pub const CREATE_TOPIC_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::InvalidConfig,
+    ErrorCode::RequestTimeout,
+    ErrorCode::TopicExists,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::TooManyTopics,
+    ErrorCode::InsufficientStorage,
+    ErrorCode::TooManyOpenFiles,
+    ErrorCode::NotReady,
+    ErrorCode::ShuttingDown,
+];
+
 /// Create a topic.
 #[utoipa::path(post, path = "/v1/topics", tag = "topics",
     request_body = CreateTopic,
     responses(
         (status = 201, description = "Created", body = TopicDescription),
-        (status = 400, description = "`bad_request`, `invalid_name` or `invalid_config`", body = ErrorBody),
-        (status = 408, description = "`request_timeout`: the body arrived too slowly", body = ErrorBody),
-        (status = 409, description = "`topic_exists`", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: a body over 1 MiB", body = ErrorBody),
-        (status = 429, description = "`too_many_topics`", body = ErrorBody),
     ))]
 pub async fn create_topic(
     State(state): State<AppState>,
@@ -131,6 +89,9 @@ pub async fn create_topic(
     Ok((StatusCode::CREATED, Json(describe(&t))))
 }
 
+/// The errors `list_topics` answers with (besides those of every route).
+pub const LIST_TOPICS_ERRORS: &[ErrorCode] = &[ErrorCode::NotReady];
+
 /// List topics.
 #[utoipa::path(get, path = "/v1/topics", tag = "topics",
     responses((status = 200, body = TopicList)))]
@@ -152,13 +113,18 @@ pub async fn list_topics(
     }))
 }
 
+/// The errors `describe_topic` answers with (besides those of every route).
+pub const DESCRIBE_TOPIC_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::NotReady,
+];
+
 /// Describe a topic: its configuration and per-partition offsets and sizes.
 #[utoipa::path(get, path = "/v1/topics/{topic}", tag = "topics",
     params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     responses(
         (status = 200, body = TopicDescription),
-        (status = 400, description = "`invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found`", body = ErrorBody),
     ))]
 pub async fn describe_topic(
     State(state): State<AppState>,
@@ -169,14 +135,20 @@ pub async fn describe_topic(
     Ok(Json(describe(&t)))
 }
 
+/// The errors `delete_topic` answers with (besides those of every route).
+pub const DELETE_TOPIC_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::NotReady,
+    ErrorCode::ShuttingDown,
+];
+
 /// Delete a topic and its files. Local tailers holding mappings keep reading what they
 /// mapped.
 #[utoipa::path(delete, path = "/v1/topics/{topic}", tag = "topics",
     params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 400, description = "`invalid_name`", body = ErrorBody),
-        (status = 404, description = "`topic_not_found`", body = ErrorBody),
     ))]
 pub async fn delete_topic(
     State(state): State<AppState>,

@@ -1,4 +1,6 @@
-//! The JSON form of a record, shared by the HTTP consume route, the SSE stream and
+//! Records on the wire. Produce: [`ProduceRequest`] of [`RecordIn`] (JSON and NDJSON
+//! bodies), answered by [`ProduceResponse`]. Consume: [`ConsumeResponse`] of [`RecordOut`],
+//! the JSON form of a record shared by the consume route, the SSE stream and
 //! `mapq tail --format json`: `offset`, `timestamp_ms`, `key` (or `key_b64` when not UTF-8,
 //! `null` when absent), `value` (JSON when produced as JSON, else a string when UTF-8) or
 //! `value_b64`, and `headers`.
@@ -7,11 +9,77 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::log::format::{FrameView, HeaderIter};
+
+/// One record of a JSON or NDJSON produce request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a record object such as {\"key\": \"k\", \"value\": {\"any\": \"json\"}}"
+)]
+pub struct RecordIn<'a> {
+    /// Key as a string; or use `key_b64`. Both absent: null key.
+    #[serde(borrow, default)]
+    pub key: Option<Cow<'a, str>>,
+    /// Key bytes, base64.
+    #[serde(borrow, default)]
+    pub key_b64: Option<Cow<'a, str>>,
+    /// Any JSON value, stored as its JSON text and returned as JSON.
+    #[serde(borrow, default, deserialize_with = "present")]
+    #[schema(value_type = Option<Value>)]
+    pub value: Option<&'a RawValue>,
+    /// Value bytes, base64.
+    #[serde(borrow, default)]
+    pub value_b64: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    pub partition: Option<u32>,
+    /// Milliseconds since the Unix epoch; absent or 0: the server's clock.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A present `value`, even `null`, is `Some`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// `application/json` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object {\"records\": [...]} of record objects"
+)]
+pub struct ProduceRequest<'a> {
+    #[serde(borrow)]
+    pub records: Vec<RecordIn<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordOffset {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// One entry per record, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProduceResponse {
+    pub offsets: Vec<RecordOffset>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsumeResponse<'a> {
+    #[schema(value_type = Vec<RecordOut>)]
+    pub records: Vec<RecordOut<'a>>,
+    /// The offset to ask for next.
+    pub next_offset: u64,
+    /// The offset the next produced record will get.
+    pub high_watermark: u64,
+}
 
 /// A record as JSON.
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,0 +1,57 @@
+//! Topic administration bodies: `POST /v1/topics`, `GET /v1/topics`, `GET /v1/topics/{topic}`.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `POST /v1/topics` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTopic {
+    /// `^[A-Za-z0-9._-]{1,200}$`, not `.` or `..`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,200}$")]
+    pub name: String,
+    /// Default: the server's `default_partitions`.
+    pub partitions: Option<u32>,
+    /// Overrides of the server defaults; `null` means no limit.
+    #[schema(value_type = Option<TopicConfigOut>)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// A topic's effective settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicConfigOut {
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
+    pub segment_bytes: u64,
+    pub segment_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PartitionStats {
+    pub partition: u32,
+    pub start_offset: u64,
+    /// The high watermark: the offset the next record will get.
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub segments: u64,
+}
+
+/// A topic as `GET /v1/topics/{topic}` describes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicDescription {
+    pub name: String,
+    pub partitions: u32,
+    pub config: TopicConfigOut,
+    pub partition_stats: Vec<PartitionStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopicList {
+    pub topics: Vec<TopicSummary>,
+}
