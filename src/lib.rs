@@ -1,31 +1,51 @@
 //! mapq: a message queue server built on memory-mapped, segmented log files.
 //!
+//! # Data flow
+//!
+//! ```text
+//!  produce:  HTTP request
+//!              -> server::routes::produce::produce   parse, authorize (server::access)
+//!              -> broker::Broker::append             topic, partitions, all or nothing
+//!              -> log::PartitionLog (AppendGuard)    writer lock, room, roll
+//!              -> segment::SegmentWriter::append     frames above the committed end,
+//!                                                    published by one Release store
+//!              <- api::records::ProduceResponse      (durability=fsync: after
+//!                                                    Broker::wait_appends_durable)
+//!  consume:  HTTP request
+//!              -> server::routes::consume::consume
+//!              -> broker::Partition::read_or_wait    long-poll without a thread
+//!              -> log::PartitionLog::read            segment snapshot, no lock
+//!              -> segment reader (Mapped)            zero-copy Bytes of the mapping
+//!              <- frames or api::records::ConsumeResponse
+//!  tailer:   another process -> log::tailer::Tailer -> the same files, read-only
+//! ```
+//!
 //! # Crate map
 //!
-//! A produced record travels up this list from the HTTP layer to the files; a consumed one
-//! travels back down; a local tailer reads the files through [`log::tailer`] alone.
-//!
-//! - [`log`]: the storage engine. The on-disk format (its rustdoc is the normative format
-//!   document), segments, indexes, the partition log with its single writer and lock-free
-//!   zero-copy readers, recovery, the prefaulter, the disk quota, the tailer and
-//!   verification. It knows nothing of HTTP or tokio.
-//! - [`broker`]: topics made of partitions, their metadata, the partitioner, consumer group
-//!   offsets, the data directory's lock.
+//! The server, from the wire down:
+//! - [`app`]: the server process: claim the data directory, listen, recover, serve, stop.
+//! - [`server`]: the HTTP layer: the router with each route's declared access, middleware,
+//!   the handlers ([`server::routes`]), metrics, transport (listener, HTTP/1.1, TLS).
+//! - [`api`]: the wire vocabulary: request and response bodies, the error codes.
+//! - [`broker`]: topics made of partitions, appends across partitions, reads that wait,
+//!   durability waits, consumer group offsets, the data directory's lock, a stats snapshot.
 //! - [`maintenance`]: the background task: flushes, rolls by age, retention, idle segments.
-//! - [`server`]: the axum handlers of the HTTP API, authorization, limits, tracing,
-//!   graceful shutdown; [`record_json`] is the JSON form of a record it serves.
-//! - [`auth`]: bearer tokens and per-topic permissions.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`config`]: settings: embedded defaults, file, environment, flags.
-//! - [`cli`], [`client`], [`bench`](mod@bench): the `mapq` command, its HTTP client commands and the
-//!   load generator.
+//! - [`log`]: the storage engine. The on-disk format (its rustdoc, `src/log/FORMAT.md`, is
+//!   the normative format document), segments, indexes, the partition log with its single
+//!   writer and lock-free zero-copy readers, recovery, the file worker, the disk quota, the
+//!   tailer and verification. It knows nothing of HTTP or tokio.
+//!
+//! Beside it:
+//! - [`auth`]: bearer tokens and per-topic permissions; [`config`]: settings (embedded
+//!   defaults, file, environment, flags).
+//! - [`cli`]: the `mapq` command; [`client`]: its HTTP client commands and the load
+//!   generator, over one client that carries tokens and certificates.
 //! - [`sys`]: the system calls outside the mapped files (group lookup, the directory lock,
 //!   limits, signals); with `log::mmap`, the only place with `unsafe`.
 
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

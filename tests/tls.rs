@@ -247,3 +247,58 @@ fn over_tls_a_connection_beyond_the_limit_is_closed_without_plaintext() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_runs_against_tls_with_tokens() {
+    // A server with TLS and tokens: `mapq bench` reaches it with --cacert and --token, as
+    // every client command does.
+    let tokens = common::tokens_toml(&[(
+        "bench",
+        "s3cret-bench",
+        "*",
+        &["admin", "produce", "consume"],
+    )]);
+    let tls = tls_setup(&tokens);
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start_with_config(data.path(), &tls.config);
+    let http = reqwest::Client::builder()
+        .add_root_certificate(tls.ca.clone())
+        .build()
+        .unwrap();
+    wait_ready(&http, &server).await;
+    let bench = |token: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        cmd.args([
+            "bench",
+            "--server",
+            &server.base,
+            "--token",
+            token,
+            "--records",
+            "400",
+            "--batch",
+            "50",
+            "--connections",
+            "2",
+            "--cacert",
+        ])
+        .arg(&tls.ca_pem);
+        output_with_deadline(&mut cmd, b"", Duration::from_secs(60))
+    };
+    let out = bench("s3cret-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for phase in ["produce_frames", "consume_binary", "consume_json"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("RESULT {phase}")) && l.contains("records_per_s=")),
+            "no {phase} result: {stdout}"
+        );
+    }
+    // A wrong token: refused, with the server's reason.
+    let out = bench("wrong");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401"), "{stderr}");
+}

@@ -27,7 +27,7 @@ pub struct LogConfig {
     /// much memory holds zeroed pages waiting for data, per active segment.
     pub prefault_bytes: u64,
     /// Pre-fault, create spare segments and finish rolls on this file worker's thread, off
-    /// the append path (see [`super::worker`]). Without one, the writer does that work
+    /// the append path (see [`super::FileWorker`]). Without one, the writer does that work
     /// itself when it gets there.
     pub worker: Option<WorkerHandle>,
     /// A disk quota shared with other partitions (`max_disk_bytes`).

@@ -2,7 +2,7 @@
 //! declares, the middleware, the handlers, and the transport. It speaks in topics,
 //! partitions and records; byte layouts stay in the engine.
 //!
-//! - [`routes`]: the handlers, one module per resource;
+//! - [`routes`](mod@routes): the handlers, one module per resource;
 //! - `access`: what each route needs of a token, declared with the route;
 //! - `middleware`: authorization, the request timeout, tracing;
 //! - `state`, `body`: what handlers share, and bounded request bodies;

@@ -1,112 +1,9 @@
-//! The `mapq` command line.
+//! `mapq tail`: a topic's records straight from its segment files, no server needed.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
 
 use crate::api::records::RecordOut;
-use crate::config::{Config, Overrides};
 use crate::log::tailer::{OnDeleted, StartAt, TailError, TailOptions, Tailer, WaitMode};
-use crate::log::verify;
-
-/// mapq: a message queue on memory-mapped, segmented log files.
-#[derive(Debug, Parser)]
-#[command(name = "mapq", version, about)]
-pub struct Cli {
-    /// Log lines as `text` or as `json` (one object per line), on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Logs to stderr at the level of `RUST_LOG` if set, else `default_level`.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::try_new(default_level).unwrap_or_else(|_| EnvFilter::new("info"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-    };
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (embedded defaults, then --config, then MAPQ_* variables, then flags).
-    Serve {
-        /// A TOML file of settings (see config/mapq.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Listen address, e.g. 127.0.0.1:8080 or localhost:8080 (port 0: any free port).
-        #[arg(long)]
-        listen: Option<String>,
-        /// Data directory.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
-    /// HTTP load generator: produce N records, then consume them as frames and as JSON.
-    Bench(crate::bench::BenchArgs),
-    /// Manage topics over HTTP: list, create, describe, delete.
-    Topics {
-        #[command(subcommand)]
-        command: crate::client::TopicsCommand,
-        #[command(flatten)]
-        client: crate::client::ClientArgs,
-    },
-    /// Produce records read from stdin, one per line, in batches.
-    Produce {
-        #[command(flatten)]
-        args: crate::client::ProduceArgs,
-        #[command(flatten)]
-        client: crate::client::ClientArgs,
-    },
-    /// Print a topic's records over HTTP (every partition, or one), optionally following and
-    /// committing a group's offsets.
-    Consume {
-        #[command(flatten)]
-        args: crate::client::ConsumeArgs,
-        #[command(flatten)]
-        client: crate::client::ClientArgs,
-    },
-    /// Read a topic's records straight from its segment files (every partition, or one; no
-    /// server needed, read-only access is enough), one line per record.
-    Tail(TailArgs),
-    /// Make tokens for the `tokens` setting.
-    Token {
-        #[command(subcommand)]
-        command: TokenCommand,
-    },
-    /// Check every segment's header, frames, CRCs and indexes; exit non-zero on corruption.
-    Verify {
-        /// The data directory (`<dir>/<topic>/<partition>/`), one topic directory, or one
-        /// partition directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum TokenCommand {
-    /// Print a new random token and, on a second line, its `sha256` for the configuration.
-    New,
-    /// Read a token on stdin (one trailing newline ignored) and print its `sha256` for the
-    /// configuration.
-    Hash,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
@@ -157,156 +54,6 @@ pub enum FormatArg {
     Raw,
 }
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> ExitCode {
-    if !matches!(cli.command, Command::Serve { .. }) {
-        init_logging(cli.log_format, "warn");
-    }
-    match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            data_dir,
-        } => run_serve(
-            config.as_deref(),
-            Overrides { listen, data_dir },
-            cli.log_format,
-        ),
-        Command::Verify { data_dir } => run_verify(&data_dir),
-        Command::Token { command } => run_token(&command),
-        Command::Tail(args) => {
-            if args.follow {
-                stop_on_signals();
-            }
-            match run_tail(&args) {
-                Ok(()) => match TAIL_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Ended by a signal: the usual exit code for it, once unregistered.
-                    0 => ExitCode::SUCCESS,
-                    signal => ExitCode::from(128 + signal as u8),
-                },
-                Err(e) => {
-                    eprintln!("mapq tail: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Topics { command, client } => {
-            client_command(|| async move { crate::client::topics(&client, &command).await })
-        }
-        Command::Produce { args, client } => {
-            client_command(|| async move { crate::client::produce(&client, &args).await })
-        }
-        Command::Consume { args, client } => {
-            client_command(|| async move { crate::client::consume(&client, &args).await })
-        }
-        Command::Bench(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            match runtime.block_on(crate::bench::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("mapq bench: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-    }
-}
-
-fn run_serve(
-    file: Option<&std::path::Path>,
-    overrides: Overrides,
-    log_format: LogFormat,
-) -> ExitCode {
-    let loaded = match Config::load_with_warnings(file, std::env::vars(), &overrides) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("mapq serve: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = loaded.config;
-    init_logging(log_format, &config.log_level);
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
-    tracing::info!("effective configuration: {}", config.summary());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mapq serve: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(crate::app::serve(config)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mapq serve: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_token(command: &TokenCommand) -> ExitCode {
-    use crate::auth::{new_token, token_hash};
-    match command {
-        TokenCommand::New => match new_token() {
-            Ok(token) => {
-                println!("{token}\n{}", token_hash(&token));
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("mapq token new: cannot read /dev/urandom: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        TokenCommand::Hash => {
-            let mut secret = String::new();
-            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut secret) {
-                eprintln!("mapq token hash: cannot read stdin: {e}");
-                return ExitCode::FAILURE;
-            }
-            let secret = secret
-                .strip_suffix('\n')
-                .map(|s| s.strip_suffix('\r').unwrap_or(s))
-                .unwrap_or(&secret);
-            println!("{}", token_hash(secret));
-            ExitCode::SUCCESS
-        }
-    }
-}
-
-fn run_verify(data_dir: &std::path::Path) -> ExitCode {
-    let summaries = match verify::verify_data_dir(data_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mapq verify: cannot read {}: {e}", data_dir.display());
-            return ExitCode::from(2);
-        }
-    };
-    if summaries.is_empty() {
-        println!("{}: no partitions found", data_dir.display());
-    }
-    let mut corrupt = 0;
-    for s in &summaries {
-        println!("{s}");
-        if !s.is_ok() {
-            corrupt += 1;
-        }
-    }
-    println!("{} partitions checked, {corrupt} corrupt", summaries.len());
-    if corrupt == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
 fn parse_from(from: &str) -> Result<StartAt, String> {
     match from {
         "earliest" => Ok(StartAt::Earliest),
@@ -323,7 +70,7 @@ fn parse_from(from: &str) -> Result<StartAt, String> {
     }
 }
 
-fn run_tail(args: &TailArgs) -> Result<(), String> {
+pub(super) fn run_tail(args: &TailArgs) -> Result<(), String> {
     use std::io::Write;
     crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
     let from = parse_from(&args.from)?;
@@ -440,7 +187,7 @@ fn run_tail(args: &TailArgs) -> Result<(), String> {
 /// futex wait.
 static TAIL_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The signal that stopped `mapq tail`, for its exit code.
-static TAIL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+pub(super) static TAIL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn on_stop_signal(signal: libc::c_int) {
     // Async-signal-safe: two atomic stores.
@@ -450,7 +197,7 @@ extern "C" fn on_stop_signal(signal: libc::c_int) {
 
 /// Routes SIGINT, SIGTERM and SIGHUP to [`TAIL_STOP`]; a futex wait in progress returns
 /// at once.
-fn stop_on_signals() {
+pub(super) fn stop_on_signals() {
     crate::sys::on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_stop_signal);
 }
 
@@ -532,30 +279,5 @@ fn render(
         .and_then(|()| out.write_all(b"\n")),
         FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
         FormatArg::Raw => out.write_all(f.bytes),
-    }
-}
-
-/// Runs an HTTP client command on a small runtime; errors go to stderr, exit code 1.
-fn client_command<F, Fut>(f: F) -> ExitCode
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<(), crate::client::ClientError>>,
-{
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mapq: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(f()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mapq: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

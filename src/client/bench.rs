@@ -11,14 +11,15 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use super::{Api, ClientArgs};
 use crate::log::format::{encode_frame, Record};
 
 /// What to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    /// The server, and the token and certificate to reach it with.
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Topic to use (created with `--partitions`, and kept); default: a fresh
     /// `bench-<pid>` topic, deleted at the end unless `--keep-topic`.
     #[arg(long)]
@@ -117,28 +118,26 @@ fn size_label(bytes: usize) -> String {
 
 /// Runs the benchmark against a running server.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(args.connections * 2)
-        .build()?;
+    let api = Api::new(&args.client).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let http = api.http().clone();
     let partitions = args.partitions.unwrap_or(args.connections as u32).max(1);
     let topic = args
         .topic
         .clone()
         .unwrap_or_else(|| format!("bench-{}", std::process::id()));
     let r = http
-        .post(format!("{}/v1/topics", args.server))
+        .post(api.url("/v1/topics"))
         .json(&json!({"name": topic, "partitions": partitions}))
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", args.server))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach {}: {e}", api.url("")))?;
     if !(r.status().is_success() || r.status().as_u16() == 409) {
         anyhow::bail!("creating topic {topic}: {} {}", r.status(), r.text().await?);
     }
-    let result = phases(&http, &args, &topic, partitions).await;
+    let result = phases(&api, &args, &topic, partitions).await;
     if args.topic.is_none() && !args.keep_topic {
         let r = http
-            .delete(format!("{}/v1/topics/{topic}", args.server))
+            .delete(api.url(&format!("/v1/topics/{topic}")))
             .send()
             .await;
         match r {
@@ -151,12 +150,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 /// Produce, then consume as frames and as JSON, printing each phase's figures.
-async fn phases(
-    http: &reqwest::Client,
-    args: &BenchArgs,
-    topic: &str,
-    partitions: u32,
-) -> anyhow::Result<()> {
+async fn phases(api: &Api, args: &BenchArgs, topic: &str, partitions: u32) -> anyhow::Result<()> {
     let label = format!(
         "{}_batch{}_c{}",
         size_label(args.record_bytes),
@@ -165,21 +159,21 @@ async fn phases(
     );
     println!(
         "mapq bench: {} records of {} bytes, batches of {}, {} connections, {} partitions, durability={}, against {}",
-        args.records, args.record_bytes, args.batch, args.connections, partitions, args.durability, args.server
+        args.records, args.record_bytes, args.batch, args.connections, partitions, args.durability, api.url("")
     );
-    let produce = produce(http, args, topic, partitions).await?;
+    let produce = produce(api, args, topic, partitions).await?;
     let produce = Phase {
         name: format!("produce_{}_{label}", args.produce_format),
         ..produce
     };
     produce.print();
-    let binary = consume(http, args, topic, partitions, true).await?;
+    let binary = consume(api, args, topic, partitions, true).await?;
     let binary = Phase {
         name: format!("consume_binary_{label}"),
         ..binary
     };
     binary.print();
-    let json_phase = consume(http, args, topic, partitions, false).await?;
+    let json_phase = consume(api, args, topic, partitions, false).await?;
     let json_phase = Phase {
         name: format!("consume_json_{label}"),
         ..json_phase
@@ -213,7 +207,7 @@ fn produce_body(args: &BenchArgs, n: usize, seq: u64) -> (Vec<u8>, &'static str)
 }
 
 async fn produce(
-    http: &reqwest::Client,
+    api: &Api,
     args: &BenchArgs,
     topic: &str,
     partitions: u32,
@@ -223,10 +217,10 @@ async fn produce(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
-        let http = http.clone();
+        let http = api.http().clone();
         let args = args.clone();
         let bar = Arc::clone(&bar);
-        let url_base = format!("{}/v1/topics/{topic}/records", args.server);
+        let url_base = api.url(&format!("/v1/topics/{topic}/records"));
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut records = 0u64;
@@ -276,7 +270,7 @@ async fn produce(
 }
 
 async fn consume(
-    http: &reqwest::Client,
+    api: &Api,
     args: &BenchArgs,
     topic: &str,
     partitions: u32,
@@ -289,10 +283,10 @@ async fn consume(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.connections {
-        let http = http.clone();
+        let http = api.http().clone();
         let args = args.clone();
         let bar = Arc::clone(&bar);
-        let topic = topic.to_owned();
+        let base = api.url(&format!("/v1/topics/{topic}/partitions"));
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut records = 0u64;
@@ -303,12 +297,15 @@ async fn consume(
                 let mut offset = 0u64;
                 loop {
                     let url = format!(
-                        "{}/v1/topics/{topic}/partitions/{partition}/records?offset={offset}&max_records={}&max_bytes={}",
-                        args.server,
+                        "{base}/{partition}/records?offset={offset}&max_records={}&max_bytes={}",
                         args.fetch_records,
                         64 << 20
                     );
-                    let accept = if binary { "application/octet-stream" } else { "application/json" };
+                    let accept = if binary {
+                        "application/octet-stream"
+                    } else {
+                        "application/json"
+                    };
                     let t = Instant::now();
                     let resp = http.get(&url).header("accept", accept).send().await?;
                     let status = resp.status();
@@ -342,7 +339,11 @@ async fn consume(
                         let body = resp.bytes().await?;
                         let v: Value = serde_json::from_slice(&body)?;
                         let n = v["records"].as_array().map_or(0, Vec::len) as u64;
-                        (n, v["next_offset"].as_u64().unwrap_or(offset), body.len() as u64)
+                        (
+                            n,
+                            v["next_offset"].as_u64().unwrap_or(offset),
+                            body.len() as u64,
+                        )
                     };
                     hist.record(t.elapsed().as_micros().max(1) as u64)?;
                     if n == 0 {
