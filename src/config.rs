@@ -46,6 +46,8 @@ pub struct Config {
     pub max_request_bytes: u64,
     pub max_record_bytes: u64,
     pub max_long_poll_waiters: u64,
+    /// Produce requests with `durability=fsync` handled at once; more wait their turn.
+    pub max_fsync_in_flight: u64,
     pub max_partitions_per_topic: u32,
     pub reserve_chunk_bytes: u64,
     pub prefault_bytes: u64,
@@ -353,6 +355,9 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if !(1..=1_000_000).contains(&self.max_fsync_in_flight) {
+            return bad("max_fsync_in_flight", "must be between 1 and 1000000");
         }
         if self.connection_idle_timeout_ms < 1000 {
             return bad("connection_idle_timeout_ms", "must be at least 1000");

@@ -428,3 +428,31 @@ fn idle_sealed_segments_unmap_and_reopen_on_demand() {
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(check_all(&log, 0), next + 5);
 }
+
+#[test]
+fn an_append_that_needs_no_file_work_is_told_apart_from_one_that_does() {
+    // What the server's async path relies on: `try_lock` never waits, and `ready_for` says
+    // whether an append is a mere copy (no roll, blocks reserved).
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    let value = [7u8; 100];
+    log.append(&[Record::value(&value, 0)]).unwrap();
+    {
+        let held = log.lock().unwrap();
+        assert!(log.try_lock().unwrap().is_none(), "the writer is busy");
+        drop(held);
+    }
+    let guard = log.try_lock().unwrap().expect("the writer is free");
+    assert!(guard.ready_for(128), "a small record in reserved blocks");
+    assert!(
+        !guard.ready_for(1 << 20),
+        "beyond the segment: a roll is file work"
+    );
+    drop(guard);
+    // What it said ready went through without rolling.
+    let mut guard = log.try_lock().unwrap().unwrap();
+    assert!(guard.ready_for(128));
+    guard.append(&[Record::value(&value, 0)]).unwrap();
+    drop(guard);
+    assert_eq!((log.end_offset(), log.segment_count()), (2, 1));
+}

@@ -378,6 +378,34 @@ impl Broker {
         Ok(appends)
     }
 
+    /// [`Broker::append`] if it can be done at once, without blocking (see
+    /// [`Topic::try_append`]); `None` otherwise.
+    pub fn try_append(
+        &self,
+        topic: &Topic,
+        batches: &BTreeMap<u32, Vec<crate::log::Record<'_>>>,
+    ) -> Result<Option<Vec<PartitionAppend>>, BrokerError> {
+        let appends = topic.try_append(batches)?;
+        for a in appends.iter().flatten() {
+            self.after_append(topic.partition(a.partition)?);
+        }
+        Ok(appends)
+    }
+
+    /// [`Broker::append_frames`] if it can be done at once (see [`Topic::try_append`]).
+    pub fn try_append_frames(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        frames: crate::log::ValidFrames<'_>,
+    ) -> Result<Option<PartitionAppend>, BrokerError> {
+        let a = topic.try_append_frames(partition, frames)?;
+        if a.is_some() {
+            self.after_append(topic.partition(partition)?);
+        }
+        Ok(a)
+    }
+
     /// Appends checked client-built frames to one partition of `topic` (see
     /// [`Topic::append_frames`]). Blocks.
     pub fn append_frames(
@@ -476,6 +504,7 @@ impl Broker {
         end: u64,
     ) -> Result<(), BrokerError> {
         let mut flushes = p.subscribe_flushes();
+        let mut yielded = false;
         loop {
             // Marked as seen before looking, so a flush that ends after the look wakes us.
             let outcome = flushes.borrow_and_update().clone();
@@ -489,6 +518,13 @@ impl Broker {
                 } else {
                     crate::log::LogError::Stopped(why.to_string())
                 }));
+            }
+            if !yielded {
+                // Let the producers that are ready to run append first, so that the flush
+                // this one may start covers them too (a bigger group commit).
+                yielded = true;
+                tokio::task::yield_now().await;
+                continue;
             }
             if p.claim_waiters_flush() {
                 let (broker, partition) = (Arc::clone(self), Arc::clone(p));

@@ -248,16 +248,51 @@ impl Topic {
         &self,
         batches: &BTreeMap<u32, Vec<Record<'_>>>,
     ) -> Result<Vec<PartitionAppend>, BrokerError> {
-        let partitions = batches
-            .keys()
-            .map(|&p| self.partition(p).map(Arc::clone))
-            .collect::<Result<Vec<_>, _>>()?;
+        let partitions = self.partitions_of(batches.keys().copied())?;
         let mut guards = Vec::with_capacity(partitions.len());
         for (p, batch) in partitions.iter().zip(batches.values()) {
             let mut guard = p.log().lock()?;
             guard.reserve(crate::log::batch_bytes(batch)?)?;
             guards.push(guard);
         }
+        self.append_locked(&partitions, guards, batches)
+    }
+
+    /// [`Topic::append`] if it can be done at once, without waiting for a writer lock and
+    /// without file work (see `AppendGuard::ready_for`): `None` otherwise, having changed
+    /// nothing. For an async caller, which then hands the append to the blocking pool.
+    pub fn try_append(
+        &self,
+        batches: &BTreeMap<u32, Vec<Record<'_>>>,
+    ) -> Result<Option<Vec<PartitionAppend>>, BrokerError> {
+        let partitions = self.partitions_of(batches.keys().copied())?;
+        let mut guards = Vec::with_capacity(partitions.len());
+        for (p, batch) in partitions.iter().zip(batches.values()) {
+            match p.log().try_lock()? {
+                Some(guard) if guard.ready_for(crate::log::batch_bytes(batch)?) => {
+                    guards.push(guard)
+                }
+                _ => return Ok(None),
+            }
+        }
+        self.append_locked(&partitions, guards, batches).map(Some)
+    }
+
+    fn partitions_of(
+        &self,
+        ids: impl Iterator<Item = u32>,
+    ) -> Result<Vec<Arc<Partition>>, BrokerError> {
+        ids.map(|p| self.partition(p).map(Arc::clone)).collect()
+    }
+
+    /// Appends `batches` under their partitions' locked writers (room made), then wakes the
+    /// consumers.
+    fn append_locked(
+        &self,
+        partitions: &[Arc<Partition>],
+        mut guards: Vec<crate::log::AppendGuard<'_>>,
+        batches: &BTreeMap<u32, Vec<Record<'_>>>,
+    ) -> Result<Vec<PartitionAppend>, BrokerError> {
         let mut appends = Vec::with_capacity(batches.len());
         for (guard, (&partition, batch)) in guards.iter_mut().zip(batches) {
             let appended = guard.append(batch)?;
@@ -282,7 +317,34 @@ impl Topic {
         frames: ValidFrames<'_>,
     ) -> Result<PartitionAppend, BrokerError> {
         let p = self.partition(partition)?;
-        let appended = p.log().append_frames(frames)?;
+        let guard = p.log().lock()?;
+        self.append_frames_locked(p, guard, partition, frames)
+    }
+
+    /// [`Topic::append_frames`] if it can be done at once (see [`Topic::try_append`]).
+    pub fn try_append_frames(
+        &self,
+        partition: u32,
+        frames: ValidFrames<'_>,
+    ) -> Result<Option<PartitionAppend>, BrokerError> {
+        let p = self.partition(partition)?;
+        match p.log().try_lock()? {
+            Some(guard) if guard.ready_for(frames.bytes().len()) => self
+                .append_frames_locked(p, guard, partition, frames)
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn append_frames_locked(
+        &self,
+        p: &Partition,
+        mut guard: crate::log::AppendGuard<'_>,
+        partition: u32,
+        frames: ValidFrames<'_>,
+    ) -> Result<PartitionAppend, BrokerError> {
+        let appended = guard.append_frames(frames)?;
+        drop(guard);
         let a = PartitionAppend {
             partition,
             first_offset: appended.first_offset,

@@ -51,6 +51,14 @@ pub struct BenchArgs {
     /// Records per consume request.
     #[arg(long, default_value_t = 5000)]
     pub fetch_records: usize,
+    /// Skip the consume phases.
+    #[arg(long)]
+    pub produce_only: bool,
+    /// Run a consume probe every this many milliseconds: a plain consume request on a
+    /// connection and a thread of its own, first for two seconds before the load (the idle
+    /// baseline), then while the records are produced. Reports the probe's latency in both.
+    #[arg(long, value_name = "MS")]
+    pub probe_ms: Option<u64>,
 }
 
 struct Phase {
@@ -118,7 +126,7 @@ fn size_label(bytes: usize) -> String {
 
 /// Runs the benchmark against a running server.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let api = Api::new(&args.client)?;
     let http = api.http().clone();
     let partitions = args.partitions.unwrap_or(args.connections as u32).max(1);
     let topic = args
@@ -161,12 +169,43 @@ async fn phases(api: &Api, args: &BenchArgs, topic: &str, partitions: u32) -> an
         "mapq bench: {} records of {} bytes, batches of {}, {} connections, {} partitions, durability={}, against {}",
         args.records, args.record_bytes, args.batch, args.connections, partitions, args.durability, api.url("")
     );
-    let produce = produce(api, args, topic, partitions).await?;
+    let probe = |name: &str| {
+        args.probe_ms.map(|ms| {
+            Probe::start(
+                api.clone(),
+                format!(
+                    "{}?offset=earliest&max_records=1",
+                    api.url(&format!("/v1/topics/{topic}/partitions/0/records"))
+                ),
+                Duration::from_millis(ms.max(1)),
+                format!("probe_{name}_{label}"),
+            )
+        })
+    };
+    let mut probes = Vec::new();
+    if let Some(idle) = probe("idle") {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        probes.push(idle.stop()?);
+    }
+    let under_load = probe("under_load");
+    let produce = produce(api, args, topic, partitions).await;
+    if let Some(p) = under_load {
+        probes.push(p.stop()?);
+    }
     let produce = Phase {
         name: format!("produce_{}_{label}", args.produce_format),
-        ..produce
+        ..produce?
     };
     produce.print();
+    for p in &probes {
+        p.print();
+    }
+    if args.produce_only {
+        for p in std::iter::once(&produce).chain(&probes) {
+            println!("{}", p.result_line());
+        }
+        return Ok(());
+    }
     let binary = consume(api, args, topic, partitions, true).await?;
     let binary = Phase {
         name: format!("consume_binary_{label}"),
@@ -179,10 +218,62 @@ async fn phases(api: &Api, args: &BenchArgs, topic: &str, partitions: u32) -> an
         ..json_phase
     };
     json_phase.print();
-    for p in [&produce, &binary, &json_phase] {
+    for p in [&produce, &binary, &json_phase].into_iter().chain(&probes) {
         println!("{}", p.result_line());
     }
     Ok(())
+}
+
+/// A consume probe on a thread, a runtime and a connection of its own, so that the load
+/// generator's own queue of tasks does not delay it: what it measures is the server.
+struct Probe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<Phase>>,
+}
+
+impl Probe {
+    fn start(api: Api, url: String, every: Duration, name: String) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                // A client of its own: its own connection, not one of the load's.
+                let http = api.fresh_client()?;
+                let mut latency_us = histogram();
+                let started = Instant::now();
+                let mut bytes = 0u64;
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let resp = http.get(&url).send().await?;
+                    let status = resp.status();
+                    bytes += resp.bytes().await?.len() as u64;
+                    if !status.is_success() {
+                        anyhow::bail!("probe failed: {status}");
+                    }
+                    latency_us.record(t.elapsed().as_micros().max(1) as u64)?;
+                    tokio::time::sleep(every.saturating_sub(t.elapsed())).await;
+                }
+                Ok(Phase {
+                    name,
+                    records: latency_us.len(),
+                    bytes,
+                    elapsed: started.elapsed(),
+                    latency_us,
+                })
+            })
+        });
+        Probe { stop, thread }
+    }
+
+    fn stop(self) -> anyhow::Result<Phase> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe thread panicked"))?
+    }
 }
 
 /// One produce request body for `n` records of the given size.

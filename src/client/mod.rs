@@ -46,6 +46,7 @@ pub struct ClientArgs {
     pub cacert: Option<std::path::PathBuf>,
 }
 
+/// What a client command failed with, said for people.
 #[derive(Debug)]
 pub struct ClientError(pub String);
 
@@ -54,6 +55,8 @@ impl std::fmt::Display for ClientError {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for ClientError {}
 
 pub type Result<T> = std::result::Result<T, ClientError>;
 
@@ -80,10 +83,33 @@ pub struct Api {
     base: String,
     /// Whether `--cacert` was given (for the hint on certificate errors).
     has_cacert: bool,
+    args: ClientArgs,
 }
 
 impl Api {
     pub fn new(args: &ClientArgs) -> Result<Self> {
+        let http = Self::client(args)?;
+        // `--server 127.0.0.1:8080` means plain HTTP, as a browser would take it.
+        let base = args.server.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_owned()
+        } else {
+            format!("http://{base}")
+        };
+        Ok(Api {
+            http,
+            base,
+            has_cacert: args.cacert.is_some(),
+            args: args.clone(),
+        })
+    }
+
+    /// Another connection pool with the same token and certificates.
+    pub fn fresh_client(&self) -> Result<reqwest::Client> {
+        Self::client(&self.args)
+    }
+
+    fn client(args: &ClientArgs) -> Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder().tcp_nodelay(true);
         if let Some(token) = &args.token {
             let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
@@ -100,19 +126,7 @@ impl Api {
                 .map_err(|e| ClientError(format!("{}: {e}", path.display())))?;
             builder = builder.add_root_certificate(cert);
         }
-        let http = builder.build().map_err(|e| ClientError(e.to_string()))?;
-        // `--server 127.0.0.1:8080` means plain HTTP, as a browser would take it.
-        let base = args.server.trim_end_matches('/');
-        let base = if base.contains("://") {
-            base.to_owned()
-        } else {
-            format!("http://{base}")
-        };
-        Ok(Api {
-            http,
-            base,
-            has_cacert: args.cacert.is_some(),
-        })
+        builder.build().map_err(|e| ClientError(e.to_string()))
     }
 
     /// Sends a request; an error answer becomes its `message` (and `code`).

@@ -25,6 +25,8 @@ struct Inner {
     shutdown: watch::Sender<bool>,
     /// Permits for consumers blocked in a long-poll or an SSE stream.
     waiters: Arc<Semaphore>,
+    /// Permits for `durability=fsync` produce requests in progress (`max_fsync_in_flight`).
+    fsync_producers: Semaphore,
     metrics: Metrics,
     tokens: crate::auth::Tokens,
     /// What each route needs of a token, declared where the routes are registered.
@@ -34,6 +36,7 @@ struct Inner {
 impl AppState {
     pub fn new(config: Arc<Config>, metrics: Metrics) -> Self {
         let waiters = Arc::new(Semaphore::new(config.max_long_poll_waiters as usize));
+        let fsync_producers = Semaphore::new(config.max_fsync_in_flight as usize);
         // Validated when the configuration was loaded; never fall back to no authentication.
         let tokens = crate::auth::Tokens::new(&config.tokens)
             .expect("tokens are checked by Config::validate");
@@ -44,6 +47,7 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             shutdown: watch::Sender::new(false),
             waiters,
+            fsync_producers,
             metrics,
             access: OnceLock::new(),
         }))
@@ -89,6 +93,11 @@ impl AppState {
 
     pub fn waiters(&self) -> &Arc<Semaphore> {
         &self.0.waiters
+    }
+
+    /// The permits of `durability=fsync` produce requests.
+    pub fn fsync_producers(&self) -> &Semaphore {
+        &self.0.fsync_producers
     }
 
     pub fn tokens(&self) -> &crate::auth::Tokens {

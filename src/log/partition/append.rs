@@ -52,10 +52,38 @@ impl AppendGuard<'_> {
         result
     }
 
+    /// Whether `bytes` of frames can be appended without any file work: they fit in the
+    /// active segment (no roll), and its disk blocks and index blocks are reserved already.
+    /// Then the append is a copy into the mapping and one store: quick enough for a caller
+    /// that must not block.
+    pub fn ready_for(&self, bytes: usize) -> bool {
+        !self.log.needs_roll(&self.w, bytes) && self.w.reserved_for(self.w.position() + bytes)
+    }
+
     /// Appends a batch, published with one atomic store.
     pub fn append(&mut self, records: &[Record<'_>]) -> Result<Appended> {
         let total = batch_bytes(records)?;
-        if records.is_empty() {
+        self.append_with(total, records.len() as u64, |w| w.append(records, total))
+    }
+
+    /// Appends checked client-built frames without re-encoding them: assigns offsets, and
+    /// the current time where a timestamp is 0.
+    pub fn append_frames(&mut self, frames: ValidFrames<'_>) -> Result<Appended> {
+        let (count, bytes) = (frames.count(), frames.bytes());
+        self.append_with(bytes.len(), count, |w| {
+            w.append_frames(bytes, count, now_ms())
+        })
+    }
+
+    /// Makes room for `bytes` of `count` records, runs `write` (which appends and publishes
+    /// them), and moves the partition's end.
+    fn append_with(
+        &mut self,
+        bytes: usize,
+        count: u64,
+        write: impl FnOnce(&mut SegmentWriter) -> Result<u64>,
+    ) -> Result<Appended> {
+        if count == 0 {
             return Ok(Appended {
                 first_offset: self.w.next_offset(),
                 count: 0,
@@ -63,8 +91,8 @@ impl AppendGuard<'_> {
         }
         let result = self
             .log
-            .make_room(&mut self.w, total)
-            .and_then(|()| self.w.append(records, total));
+            .make_room(&mut self.w, bytes)
+            .and_then(|()| write(&mut self.w));
         self.log.note_space(&result);
         let first_offset = result?;
         self.log
@@ -73,7 +101,7 @@ impl AppendGuard<'_> {
         self.log.want_spare(&self.w);
         Ok(Appended {
             first_offset,
-            count: records.len() as u64,
+            count,
         })
     }
 }
@@ -132,6 +160,14 @@ impl PartitionLog {
             w: self.lock_writer()?,
         })
     }
+
+    /// The writer lock, if it is free right now: for a caller that must not wait (an async
+    /// task), which then checks [`AppendGuard::ready_for`] before appending.
+    pub fn try_lock(&self) -> Result<Option<AppendGuard<'_>>> {
+        Ok(self
+            .try_lock_writer()?
+            .map(|w| AppendGuard { log: self, w }))
+    }
     /// Appends a batch and publishes it to readers with one atomic store. All or nothing:
     /// on error no record of the batch is visible.
     pub fn append(&self, records: &[Record<'_>]) -> Result<Appended> {
@@ -141,34 +177,21 @@ impl PartitionLog {
     /// Appends frames built by a client (binary produce) without re-encoding them: checks
     /// every frame, assigns offsets, and the current time where a timestamp is 0.
     pub fn append_frames(&self, frames: ValidFrames<'_>) -> Result<Appended> {
-        let (count, frames) = (frames.count(), frames.bytes());
-        let mut w = self.lock_writer()?;
-        if count == 0 {
-            return Ok(Appended {
-                first_offset: w.next_offset(),
-                count: 0,
-            });
-        }
-        let result = self
-            .make_room(&mut w, frames.len())
-            .and_then(|()| w.append_frames(frames, count, now_ms()));
-        self.note_space(&result);
-        let first_offset = result?;
-        self.end_offset.store(w.next_offset(), Ordering::Release);
-        self.want_spare(&w);
-        Ok(Appended {
-            first_offset,
-            count,
-        })
+        self.lock()?.append_frames(frames)
     }
     /// Rolls to a new segment if `bytes` do not fit in the active one, or if the active one
     /// is larger than `segment_bytes` (made to fit one big batch, which keeps it to itself;
     /// or made under a larger setting) and holds records.
     pub(super) fn make_room(&self, w: &mut SegmentWriter, bytes: usize) -> Result<()> {
-        let oversized = w.segment().capacity() as u64 > self.config.segment_bytes;
-        if bytes > w.remaining() || (oversized && !w.is_empty()) {
+        if self.needs_roll(w, bytes) {
             self.roll_locked(w, bytes)?;
         }
         Ok(())
+    }
+
+    /// Whether appending `bytes` needs a roll first (see `make_room`).
+    fn needs_roll(&self, w: &SegmentWriter, bytes: usize) -> bool {
+        let oversized = w.segment().capacity() as u64 > self.config.segment_bytes;
+        bytes > w.remaining() || (oversized && !w.is_empty())
     }
 }

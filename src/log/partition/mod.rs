@@ -139,6 +139,22 @@ impl PartitionLog {
     pub fn segment_count(&self) -> usize {
         self.segments.load().len()
     }
+    /// The writer lock if it is free right now (`None` if someone holds it).
+    pub(super) fn try_lock_writer(&self) -> Result<Option<MutexGuard<'_, SegmentWriter>>> {
+        if let Some(reason) = self.stopped.get() {
+            return Err(LogError::Stopped(reason.clone()));
+        }
+        let w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        if self.rolls.deleted.load(Ordering::Acquire) {
+            return Err(LogError::Deleted);
+        }
+        Ok(Some(w))
+    }
+
     pub(super) fn lock_writer(&self) -> Result<MutexGuard<'_, SegmentWriter>> {
         if let Some(reason) = self.stopped.get() {
             return Err(LogError::Stopped(reason.clone()));

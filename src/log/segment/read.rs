@@ -126,6 +126,12 @@ impl Mapped {
         })
     }
 
+    /// Whether both index files have blocks for `entries` checkpoints.
+    pub(crate) fn index_allocated_for(&self, entries: usize) -> bool {
+        self.offset_index.allocation_for(entries).is_none()
+            && self.time_index.allocation_for(entries).is_none()
+    }
+
     /// Number of index checkpoints readable in both index files.
     pub(crate) fn checkpoint_count(&self) -> usize {
         self.offset_index.count().min(self.time_index.count())

@@ -228,12 +228,8 @@ impl SegmentWriter {
         if end >= DATA_START + READ_AHEAD_AFTER_BYTES {
             self.seg.enable_read_ahead();
         }
-        // At most one checkpoint per interval of data, and one more where the batch starts.
-        let interval = self.checkpoints.interval;
-        let entries = self.state.checkpoints
-            + end.saturating_sub(self.state.last_checkpoint_pos) / interval
-            + 1;
-        self.seg.allocate_index(&self.m, entries)?;
+        self.seg
+            .allocate_index(&self.m, self.checkpoints_for(end))?;
         let (chunk, prefault) = self.ahead();
         match self.reserve.worker {
             Some(_) => self.seg.allocate_to(end, chunk),
@@ -242,6 +238,23 @@ impl SegmentWriter {
                 .prefault_to(end.max(self.state.position + prefault), chunk),
             None => Ok(()),
         }
+    }
+
+    /// Whether everything an append up to `end` needs is reserved already: disk blocks below
+    /// `end`, and index blocks for its checkpoints. Then [`SegmentWriter::reserve`] does no
+    /// file work.
+    pub(crate) fn reserved_for(&self, end: usize) -> bool {
+        self.seg.allocated_end() >= end
+            && self.m.index_allocated_for(self.checkpoints_for(end))
+            && (self.reserve.worker.is_some() || self.seg.prefaulted_end() >= end)
+    }
+
+    /// Checkpoints the index must have room for once the writer reaches `end`: at most one
+    /// per interval of data, and one more where the batch starts.
+    fn checkpoints_for(&self, end: usize) -> usize {
+        self.state.checkpoints
+            + end.saturating_sub(self.state.last_checkpoint_pos) / self.checkpoints.interval
+            + 1
     }
 
     /// Keeps the file worker busy while less than the pre-fault distance is ready ahead of

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
+use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
 use crate::log::{Record, ValidFrames};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
@@ -32,6 +33,120 @@ pub struct ProduceQuery {
     key: Option<String>,
     /// Partition, for `application/octet-stream` and `application/vnd.mapq.frames`.
     partition: Option<u32>,
+}
+
+/// Bodies up to this size are appended on the async worker when that needs no file work.
+const INLINE_APPEND_BYTES: usize = 16 << 10;
+
+/// A produce request, checked as far as the headers and query go.
+struct Request {
+    topic: String,
+    kind: Kind,
+    body: bytes::Bytes,
+    query: ProduceQuery,
+    max_record: u64,
+}
+
+/// Where an append runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// On the async worker: only if the topic exists and the append needs no file work.
+    Now,
+    /// On the blocking pool: whatever it takes (a topic created, a roll).
+    Blocking,
+}
+
+/// What a produce request appended.
+struct Produced {
+    offsets: Vec<RecordOffset>,
+    appends: Vec<PartitionAppend>,
+    topic: Arc<Topic>,
+}
+
+impl Request {
+    /// Decodes and appends the request's records; `None` when `Mode::Now` cannot (nothing
+    /// changed then). Every check on the body comes before the topic is looked up (and
+    /// perhaps created): a refused request changes nothing.
+    fn append(&self, broker: &Broker, mode: Mode) -> ApiResult<Option<Produced>> {
+        let topic = |partitions: &mut dyn Iterator<Item = u32>| match mode {
+            Mode::Blocking => broker.topic_for_produce(&self.topic, partitions).map(Some),
+            Mode::Now => match broker.topic(&self.topic) {
+                Ok(t) => Ok(Some(t)),
+                Err(BrokerError::TopicNotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        };
+        if let Kind::Frames = self.kind {
+            if self.body.is_empty() {
+                return Err(ApiError::bad_request("the request holds no frames"));
+            }
+            let frames = ValidFrames::check(&self.body, self.max_record)?;
+            let Some(topic) = topic(&mut self.query.partition.into_iter())? else {
+                return Ok(None);
+            };
+            let partition = topic.choose_partition(self.query.partition, None)?;
+            let a = match mode {
+                Mode::Blocking => Some(broker.append_frames(&topic, partition, frames)?),
+                Mode::Now => broker.try_append_frames(&topic, partition, frames)?,
+            };
+            return Ok(a.map(|a| Produced {
+                offsets: (a.first_offset..a.end_offset())
+                    .map(|offset| RecordOffset { partition, offset })
+                    .collect(),
+                appends: vec![a],
+                topic,
+            }));
+        }
+        let mut records = decode(
+            self.kind,
+            &self.body,
+            &self.query,
+            now_ms(),
+            self.max_record,
+        )?;
+        if records.is_empty() {
+            return Err(ApiError::bad_request("the request holds no records"));
+        }
+        let Some(topic) = topic(&mut records.iter().filter_map(|r| r.requested))? else {
+            return Ok(None);
+        };
+        for r in &mut records {
+            r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
+        }
+        let headers: Vec<Vec<(&[u8], &[u8])>> = records
+            .iter()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                    .collect()
+            })
+            .collect();
+        let (by_partition, places) = batches(&records, &headers);
+        let appends = match mode {
+            Mode::Blocking => broker.append(&topic, &by_partition)?,
+            Mode::Now => match broker.try_append(&topic, &by_partition)? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+        };
+        let first: BTreeMap<u32, u64> = appends
+            .iter()
+            .map(|a| (a.partition, a.first_offset))
+            .collect();
+        let offsets = places
+            .into_iter()
+            .map(|(partition, i)| RecordOffset {
+                partition,
+                offset: first[&partition] + i,
+            })
+            .collect();
+        Ok(Some(Produced {
+            offsets,
+            appends,
+            topic,
+        }))
+    }
 }
 
 /// A record decoded from the request, owning what had to be decoded (base64, escapes).
@@ -148,6 +263,7 @@ fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<(&'r [u8], &'r [u8])>
 /// Records by partition, and each request record's (partition, index in its batch).
 type Batches<'r> = (BTreeMap<u32, Vec<Record<'r>>>, Vec<(u32, u64)>);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Json,
     Ndjson,
@@ -257,66 +373,43 @@ pub async fn produce(
         ));
     }
     let durability = query.durability.unwrap_or(config.default_durability);
+    // Durable producers take turns (see `max_fsync_in_flight`): a flush answers every one it
+    // covered at once, and a bounded crowd keeps that burst, and the requests it sets off,
+    // short for everyone else.
+    let _turn = match durability {
+        Durability::Fsync => Some(state.fsync_producers().acquire().await),
+        Durability::Memory => None,
+    };
     let broker = state.broker()?;
-    let (offsets, appends, topic) = {
-        let broker = Arc::clone(&broker);
-        blocking(move || {
-            let now = now_ms();
-            // Every check on the body comes before the topic is looked up (and perhaps
-            // created): a refused request changes nothing.
-            match kind {
-                Kind::Frames => {
-                    if body.is_empty() {
-                        return Err(ApiError::bad_request("the request holds no frames"));
-                    }
-                    let frames = ValidFrames::check(&body, max_record)?;
-                    let topic = broker.topic_for_produce(&topic_name, query.partition)?;
-                    let partition = topic.choose_partition(query.partition, None)?;
-                    let a = broker.append_frames(&topic, partition, frames)?;
-                    let offsets = (a.first_offset..a.end_offset())
-                        .map(|offset| RecordOffset { partition, offset })
-                        .collect();
-                    Ok((offsets, vec![a], topic))
-                }
-                _ => {
-                    let mut records = decode(kind, &body, &query, now, max_record)?;
-                    if records.is_empty() {
-                        return Err(ApiError::bad_request("the request holds no records"));
-                    }
-                    let topic = broker.topic_for_produce(
-                        &topic_name,
-                        records.iter().filter_map(|r| r.requested),
-                    )?;
-                    for r in &mut records {
-                        r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
-                    }
-                    let headers: Vec<Vec<(&[u8], &[u8])>> = records
-                        .iter()
-                        .map(|r| {
-                            r.headers
-                                .iter()
-                                .map(|(k, v)| (k.as_ref(), v.as_ref()))
-                                .collect()
-                        })
-                        .collect();
-                    let (by_partition, places) = batches(&records, &headers);
-                    let appends = broker.append(&topic, &by_partition)?;
-                    let first: BTreeMap<u32, u64> = appends
-                        .iter()
-                        .map(|a| (a.partition, a.first_offset))
-                        .collect();
-                    let offsets = places
-                        .into_iter()
-                        .map(|(partition, i)| RecordOffset {
-                            partition,
-                            offset: first[&partition] + i,
-                        })
-                        .collect();
-                    Ok((offsets, appends, topic))
-                }
-            }
-        })
-        .await?
+    let request = Arc::new(Request {
+        topic: topic_name,
+        kind,
+        body,
+        query,
+        max_record,
+    });
+    // A small request to an existing topic is appended here when that is a copy into the
+    // mapping (see `Topic::try_append`): cheaper than the hand-off to the blocking pool.
+    // Anything else (a topic to create, a roll, blocks to reserve, a busy writer) goes there.
+    let now = (request.body.len() <= INLINE_APPEND_BYTES)
+        .then(|| request.append(&broker, Mode::Now))
+        .transpose()?
+        .flatten();
+    let Produced {
+        offsets,
+        appends,
+        topic,
+    } = match now {
+        Some(done) => done,
+        None => {
+            let broker = Arc::clone(&broker);
+            blocking(move || {
+                request
+                    .append(&broker, Mode::Blocking)?
+                    .ok_or_else(|| ApiError::internal("a blocking append did not append"))
+            })
+            .await?
+        }
     };
     let metrics = state.metrics();
     for a in &appends {
