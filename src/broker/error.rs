@@ -19,8 +19,24 @@ pub enum BrokerError {
     InvalidConfig(String),
     #[error("consumer group '{0}' does not exist")]
     GroupNotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
+    /// A group commit for an offset past the partition's end.
+    #[error("offset {offset} is beyond the end ({end}) of {topic}/{partition}")]
+    OffsetBeyondEnd {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        end: u64,
+    },
+    /// A server setting that cannot work (found when the broker opens).
+    #[error("invalid setting {key}: {reason}")]
+    InvalidSetting { key: &'static str, reason: String },
+    /// The broker's own files (topic metadata, group offsets, the lock) could not be read
+    /// or written.
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("the server already has max_topics ({0}) topics")]
     TooManyTopics(u64),
     #[error(
@@ -43,6 +59,9 @@ pub enum BrokerError {
 
 impl BrokerError {
     pub fn io(path: &Path, e: std::io::Error) -> Self {
-        BrokerError::Log(LogError::io(path, e))
+        BrokerError::Io {
+            path: path.to_owned(),
+            source: e,
+        }
     }
 }

@@ -61,9 +61,13 @@ pub fn share_with_group(data_dir: &Path, group: &str) -> Result<(), BrokerError>
     let gid = match group.parse::<u32>() {
         Ok(gid) => gid,
         Err(_) => crate::sys::group_id(group)
-            .map_err(|e| BrokerError::BadRequest(format!("data_group {group:?}: {e}")))?
-            .ok_or_else(|| {
-                BrokerError::BadRequest(format!("data_group: no group named {group:?}"))
+            .map_err(|e| BrokerError::InvalidSetting {
+                key: "data_group",
+                reason: format!("{group:?}: {e}"),
+            })?
+            .ok_or_else(|| BrokerError::InvalidSetting {
+                key: "data_group",
+                reason: format!("no group named {group:?}"),
             })?,
     };
     crate::sys::set_umask(0o027);

@@ -7,6 +7,7 @@ use super::format::FrameError;
 
 /// Everything the storage engine can fail with.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogError {
     /// The disk (or a quota) has no room for the blocks the append needs. Nothing of the
     /// batch was written; appends succeed again once space returns.

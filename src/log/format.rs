@@ -260,6 +260,7 @@ pub fn set_frame_timestamp(frame_bytes: &mut [u8], timestamp_ms: i64) {
 
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameError {
     #[error("frame is truncated: {needed} bytes needed, {available} available")]
     Truncated { needed: usize, available: usize },

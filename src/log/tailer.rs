@@ -98,6 +98,7 @@ impl Default for TailOptions {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TailError {
     #[error("no partition at {0}")]
     NoPartition(PathBuf),

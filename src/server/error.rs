@@ -82,13 +82,16 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidName(_) => Self::new(ErrorCode::InvalidName, msg),
             BrokerError::InvalidConfig(_) => Self::new(ErrorCode::InvalidConfig, msg),
             BrokerError::GroupNotFound(_) => Self::new(ErrorCode::GroupNotFound, msg),
-            BrokerError::BadRequest(_) => Self::bad_request(msg),
+            BrokerError::OffsetBeyondEnd { .. } => Self::bad_request(msg),
+            BrokerError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
             BrokerError::TooManyTopics(_) => Self::new(ErrorCode::TooManyTopics, msg),
             BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
             BrokerError::Log(e) => e.into(),
-            BrokerError::Corrupt(_) | BrokerError::Locked { .. } | BrokerError::TaskFailed(_) => {
-                Self::internal(msg)
-            }
+            BrokerError::Corrupt(_)
+            | BrokerError::Locked { .. }
+            | BrokerError::TaskFailed(_)
+            | BrokerError::InvalidSetting { .. }
+            | BrokerError::Io { .. } => Self::internal(msg),
         }
     }
 }
@@ -119,19 +122,25 @@ impl From<LogError> for ApiError {
                     "this partition stopped accepting writes after a failed flush; see the server log",
                 )
             }
-            LogError::Io { ref source, .. }
-                if matches!(source.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
-            {
-                tracing::error!(error = %msg, "out of file descriptors");
-                Self::new(ErrorCode::TooManyOpenFiles,
-                    "the server has reached its limit of open files (each partition keeps its active segment's three files open); raise it (LimitNOFILE, ulimit -n) or use fewer partitions. Nothing was changed",
-                )
-            }
+            LogError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
             LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }
             | LogError::Io { .. } => Self::internal(msg),
         }
     }
+}
+
+/// Whether an I/O error is the process (or system) running out of file descriptors.
+fn out_of_files(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+fn too_many_open_files(detail: String) -> ApiError {
+    tracing::error!(error = %detail, "out of file descriptors");
+    ApiError::new(
+        ErrorCode::TooManyOpenFiles,
+        "the server has reached its limit of open files; raise it (LimitNOFILE, ulimit -n) or use fewer partitions. Nothing was changed",
+    )
 }
 
 impl IntoResponse for ApiError {

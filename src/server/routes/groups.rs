@@ -75,9 +75,12 @@ pub async fn commit_offsets(
                     .log()
                     .end_offset();
                 if *offset > hwm {
-                    return Err(BrokerError::BadRequest(format!(
-                        "offset {offset} is beyond the end ({hwm}) of {topic}/{partition}"
-                    )));
+                    return Err(BrokerError::OffsetBeyondEnd {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        offset: *offset,
+                        end: hwm,
+                    });
                 }
             }
             Ok(())
