@@ -11,53 +11,19 @@
 //! `RESULT` lines. Set `MAPQ_BENCH_RECORDS` (default 200,000) and `MAPQ_BENCH_DIR` (default:
 //! the system temp dir).
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[path = "common/server.rs"]
+mod server;
+use server::Server;
 use std::time::{Duration, Instant};
 
 fn bench_dir() -> PathBuf {
     std::env::var_os("MAPQ_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
-}
-
-/// A `mapq serve` of this build on a port chosen by the OS.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path, max_fsync_in_flight: u64) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("MAPQ_MAX_FSYNC_IN_FLIGHT", max_fsync_in_flight.to_string())
-            .env("MAPQ_MAX_CONNECTIONS", "4096")
-            .env("MAPQ_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mapq serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("mapq listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, base }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `RESULT` figures of one line: name, records/s, p50 and p99 in µs.
@@ -93,7 +59,8 @@ fn parse(line: &str) -> Option<Figures> {
 /// under load.
 fn run(max_fsync_in_flight: u64, records: u64) -> Vec<Figures> {
     let dir = tempfile::tempdir_in(bench_dir()).expect("a data directory");
-    let server = Server::start(dir.path(), max_fsync_in_flight);
+    let bound = max_fsync_in_flight.to_string();
+    let server = Server::start(dir.path(), &[("MAPQ_MAX_FSYNC_IN_FLIGHT", &bound)]);
     let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
         .args(["bench", "--server", &server.base])
         .args([

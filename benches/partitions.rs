@@ -14,10 +14,12 @@
 //!
 //! Set `MAPQ_BENCH_DIR` to run on another file system (default: the system temp dir).
 
-use std::io::{BufRead, BufReader};
+#[path = "common/server.rs"]
+mod server;
+
+use server::Server;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,53 +31,6 @@ fn bench_dir() -> PathBuf {
     std::env::var_os("MAPQ_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
-}
-
-/// A `mapq serve` of this build on a port chosen by the OS.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env("MAPQ_MAX_TOPICS", "100000")
-            .env("MAPQ_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mapq serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("mapq listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, base }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9 the server");
-        self.child.wait().expect("reap the server");
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn wait_ready(http: &reqwest::Client, base: &str) {
@@ -160,7 +115,7 @@ fn mappings(pid: u32) -> usize {
 async fn run(n: usize) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("a temporary directory");
     let data = dir.path().join("data");
-    let server = Server::start(&data);
+    let server = Server::start(&data, &[("MAPQ_MAX_TOPICS", "100000")]);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -261,7 +216,7 @@ async fn run(n: usize) {
 
     server.kill();
     let started = Instant::now();
-    let server = Server::start(&data);
+    let server = Server::start(&data, &[("MAPQ_MAX_TOPICS", "100000")]);
     wait_ready(&http, &server.base).await;
     let restart = started.elapsed();
     let topics: serde_json::Value = http

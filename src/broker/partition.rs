@@ -9,19 +9,8 @@ use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::error::BrokerError;
+pub use crate::log::tailer::StartAt;
 use crate::log::{PartitionLog, ReadBatch};
-
-/// Where a read starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartAt {
-    /// The earliest record still stored.
-    Earliest,
-    /// The next record to be appended.
-    Latest,
-    Offset(u64),
-    /// The first record with a timestamp at or after this (the end if there is none yet).
-    Timestamp(i64),
-}
 
 /// The budgets of one read: at most `max_records` records and `max_bytes` bytes of frames,
 /// but always at least one record when one exists.

@@ -131,13 +131,16 @@ impl Api {
 
     /// Sends a request; an error answer becomes its `message` (and `code`).
     pub async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value> {
-        let body = self
-            .send(req)
+        Ok(serde_json::from_slice(&self.body(req).await?).unwrap_or(Value::Null))
+    }
+
+    /// The body of a success answer.
+    async fn body(&self, req: reqwest::RequestBuilder) -> Result<bytes::Bytes> {
+        self.send(req)
             .await?
             .bytes()
             .await
-            .map_err(|e| ClientError(e.to_string()))?;
-        Ok(serde_json::from_slice(&body).unwrap_or(Value::Null))
+            .map_err(|e| ClientError(e.to_string()))
     }
 
     /// Sends a request and returns the answer if it is a success; an error answer becomes
@@ -182,13 +185,7 @@ impl Api {
         &self,
         req: reqwest::RequestBuilder,
     ) -> Result<T> {
-        let body = self
-            .send(req)
-            .await?
-            .bytes()
-            .await
-            .map_err(|e| ClientError(e.to_string()))?;
-        serde_json::from_slice(&body)
+        serde_json::from_slice(&self.body(req).await?)
             .map_err(|e| ClientError(format!("unexpected answer from the server: {e}")))
     }
 

@@ -36,7 +36,7 @@ use super::format::{self, decode_frame, segment_header as sh, FrameView};
 use super::mmap::{futex_wait, MappedFile};
 use super::segment::{self, Mapped, Segment, DATA_START};
 
-/// Where a tailer starts.
+/// Where a reader starts (a tailer, or a consumer of the server).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
     /// The oldest record still stored.

@@ -187,6 +187,17 @@ fn per_partition(s: &BrokerStats, value: fn(&crate::broker::PartitionStats) -> u
         .collect()
 }
 
+/// The series of each group's partition: `(labels, value)`.
+fn per_group(s: &BrokerStats, value: fn(&crate::broker::GroupStats) -> u64) -> Vec<Series> {
+    s.groups
+        .iter()
+        .map(|g| {
+            let labels = vec![g.group.clone(), g.topic.clone(), g.partition.to_string()];
+            (labels, value(g))
+        })
+        .collect()
+}
+
 const FAMILIES: &[Family] = &[
     Family {
         name: "mapq_log_start_offset",
@@ -276,34 +287,14 @@ const FAMILIES: &[Family] = &[
         help: "Committed offset of a consumer group",
         counter: false,
         labels: GTP,
-        values: |s| {
-            s.groups
-                .iter()
-                .map(|g| {
-                    (
-                        vec![g.group.clone(), g.topic.clone(), g.partition.to_string()],
-                        g.offset,
-                    )
-                })
-                .collect()
-        },
+        values: |s| per_group(s, |g| g.offset),
     },
     Family {
         name: "mapq_consumer_group_lag",
         help: "High watermark minus the committed offset of a consumer group",
         counter: false,
         labels: GTP,
-        values: |s| {
-            s.groups
-                .iter()
-                .map(|g| {
-                    (
-                        vec![g.group.clone(), g.topic.clone(), g.partition.to_string()],
-                        g.lag,
-                    )
-                })
-                .collect()
-        },
+        values: |s| per_group(s, |g| g.lag),
     },
     Family {
         name: "mapq_open_segments",

@@ -228,14 +228,7 @@ fn json_response(batch: &ReadBatch) -> Response {
 }
 
 /// The errors `stream` answers with (besides those of every route).
-pub const STREAM_ERRORS: &[ErrorCode] = &[
-    ErrorCode::BadRequest,
-    ErrorCode::InvalidName,
-    ErrorCode::TopicNotFound,
-    ErrorCode::PartitionNotFound,
-    ErrorCode::OffsetOutOfRange,
-    ErrorCode::TooManyWaiters,
-];
+pub const STREAM_ERRORS: &[ErrorCode] = CONSUME_ERRORS;
 
 /// A live tail as Server-Sent Events: one event per record, `id:` its offset, `data:` the
 /// record as JSON. Honours `Last-Event-ID` to resume after the last event received.
