@@ -91,31 +91,45 @@ fn housekeep(broker: &Broker) {
     close_segments(broker, now);
 }
 
-/// Unmaps idle sealed segments, then the least recently read ones while more than
-/// `max_open_segments` are mapped.
+/// Unmaps idle sealed segments and parks idle writers, then unmaps the least recently used
+/// segments, active ones included, while more than `max_open_segments` are mapped: the bound
+/// holds whatever the number of partitions.
 fn close_segments(broker: &Broker, now: i64) {
     let config = broker.config();
     let idle_since = now - config.segment_idle_close_ms as i64;
     let mut open = 0usize;
+    // (last use, the segment, its partition's log when it is the active one)
     let mut candidates = Vec::new();
     for topic in broker.topics() {
         for p in topic.partitions() {
             let log = p.log();
             log.close_idle(idle_since);
             let segs = log.segments();
-            open += segs.iter().filter(|s| s.is_open()).count();
-            let sealed = segs.len().saturating_sub(1);
-            candidates.extend(segs.iter().take(sealed).filter(|s| s.is_open()).cloned());
+            for (i, seg) in segs.iter().enumerate().filter(|(_, s)| s.is_open()) {
+                open += 1;
+                let active = i + 1 == segs.len();
+                candidates.push((
+                    seg.last_used_ms(),
+                    Arc::clone(seg),
+                    active.then(|| Arc::clone(p)),
+                ));
+            }
         }
     }
     let limit = config.max_open_segments as usize;
     if open > limit {
-        candidates.sort_by_key(|s| s.last_used_ms());
-        for seg in candidates {
+        candidates.sort_by_key(|(used, _, _)| *used);
+        for (_, seg, active) in candidates {
             if open <= limit {
                 break;
             }
-            if seg.close_if_idle(i64::MAX) {
+            let closed = match active {
+                // Parks only a durable writer: one with unflushed records waits for the next
+                // flush, and the next round.
+                Some(p) => p.log().park_writer(i64::MAX),
+                None => seg.close_if_idle(i64::MAX),
+            };
+            if closed {
                 open -= 1;
             }
         }

@@ -406,14 +406,10 @@ fn idle_sealed_segments_unmap_and_reopen_on_demand() {
     log.flush().unwrap();
     assert_eq!(
         log.close_idle(i64::MAX),
-        segments - 1,
-        "every sealed segment closes"
+        segments,
+        "every sealed segment closes, and the idle, durable writer parks"
     );
-    assert_eq!(
-        log.open_segment_count(),
-        1,
-        "only the active segment stays mapped"
-    );
+    assert_eq!(log.open_segment_count(), 0, "no segment stays mapped");
     let size = log.size_bytes();
     assert!(size > 2000 * 40, "closed segments still count: {size}");
     // Reads, timestamp lookups and the start offset work on closed segments, reopening them.
@@ -455,4 +451,42 @@ fn an_append_that_needs_no_file_work_is_told_apart_from_one_that_does() {
     guard.append(&[Record::value(&value, 0)]).unwrap();
     drop(guard);
     assert_eq!((log.end_offset(), log.segment_count()), (2, 1));
+}
+
+#[test]
+fn an_idle_writer_parks_its_mappings_and_maps_them_again_to_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    common::append_range(&log, 0, 3);
+    // Not durable yet: an idle writer with unflushed records keeps its files.
+    let later = i64::MAX;
+    assert_eq!(log.close_idle(later), 0);
+    assert_eq!(log.open_segment_count(), 1);
+    log.flush().unwrap();
+    assert_eq!(log.close_idle(later), 1, "the durable, idle writer parks");
+    assert_eq!(log.open_segment_count(), 0, "no mapping left");
+    // Readers map it again, read-only, and it closes again once idle.
+    assert_eq!(common::check_all(&log, 0), 3);
+    assert_eq!(log.open_segment_count(), 1);
+    assert_eq!(
+        log.close_idle(later),
+        1,
+        "parked already: the reader's mapping closes"
+    );
+    assert_eq!(log.open_segment_count(), 0);
+    // The next append maps the files writable again; nothing is lost, offsets go on.
+    for from in (3..400).step_by(50) {
+        assert_eq!(common::append_range(&log, from, (from + 50).min(400)), from);
+    }
+    log.flush().unwrap();
+    assert!(
+        log.segment_count() > 1,
+        "the appends rolled (a parked writer seals on roll)"
+    );
+    assert_eq!(common::check_all(&log, 0), 400);
+    let summary = mapq::log::verify::verify_partition(dir.path());
+    assert!(summary.is_ok(), "{summary}");
+    drop(log);
+    let (log, report) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    assert_eq!((log.end_offset(), report.truncated_bytes), (400, 0));
 }

@@ -101,7 +101,7 @@ impl PartitionLog {
             }
             if !w.segment().is_sealed() {
                 // A crash after the next segment was created but before this one was sealed.
-                w.seal();
+                w.seal()?;
             }
         }
         report.segments = segments.len();

@@ -113,15 +113,30 @@ impl PartitionLog {
         let _ = sync_dir(&self.dir);
         Ok(deleted)
     }
-    /// Unmaps sealed, durable segments no reader used since `idle_since_ms`; they reopen on
-    /// demand. Returns how many closed.
+    /// Unmaps sealed, durable segments no reader used since `idle_since_ms`, and parks the
+    /// writer if the active segment is idle too (durable, neither written nor read since):
+    /// they map again on demand. Returns how many closed.
     pub fn close_idle(&self, idle_since_ms: i64) -> usize {
         let segs = self.segments.load();
-        // Never the newest segment: it is the active one.
+        // The newest segment is the active one: its writer parks instead.
         let sealed = segs.len().saturating_sub(1);
-        segs.iter()
+        let closed = segs
+            .iter()
             .take(sealed)
             .filter(|s| s.close_if_idle(idle_since_ms))
-            .count()
+            .count();
+        closed + usize::from(self.park_writer(idle_since_ms))
+    }
+
+    /// Parks the writer (see `close_idle`) if it is idle since `idle_since_ms` and nobody
+    /// holds its lock right now. Returns whether it parked.
+    pub fn park_writer(&self, idle_since_ms: i64) -> bool {
+        match self.try_lock_writer() {
+            Ok(Some(mut w)) => {
+                let was_open = self.segments.load().last().is_some_and(|s| s.is_open());
+                w.park_if_idle(idle_since_ms) && was_open
+            }
+            _ => false,
+        }
     }
 }

@@ -216,6 +216,9 @@ impl PartitionLog {
         }
     }
     pub(super) fn roll_locked(&self, w: &mut SegmentWriter, need_bytes: usize) -> Result<()> {
+        // A parked writer's segment is sealed through its files: map them first, so that
+        // nothing below can fail half-way for that.
+        w.unpark()?;
         let base = w.next_offset();
         let header = new_header(&self.config, base, need_bytes);
         let replaces_empty = w.is_empty();
@@ -269,7 +272,8 @@ impl PartitionLog {
         let new_writer = SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy())?;
         let old = std::mem::replace(w, new_writer);
         let old_path = old.segment().path().to_owned();
-        old.seal();
+        // Cannot fail: the writer is not parked (see above).
+        old.seal()?;
         self.segments.rcu(|segs| {
             let mut next: Vec<Arc<Segment>> = segs.as_ref().clone();
             if replaces_empty {

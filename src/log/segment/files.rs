@@ -263,6 +263,7 @@ impl Segment {
             }),
             path,
             closed_end: AtomicUsize::new(0),
+            closed_sealed: AtomicBool::new(true),
             last_used_ms: AtomicI64::new(now_ms()),
             reopen_lock: Mutex::new(()),
             next_offset: AtomicU64::new(header.base_offset),

@@ -61,6 +61,10 @@ pub struct Segment {
     mapped: ArcSwapOption<Mapped>,
     /// The committed end, remembered when the segment is closed.
     closed_end: AtomicUsize,
+    /// Whether the segment was sealed when it was closed (an idle active segment is closed
+    /// unsealed: its writer parked). Written before the mapping is dropped, read after
+    /// finding none (Acquire/Release).
+    closed_sealed: AtomicBool,
     /// When a reader last asked for the mapping (ms since the Unix epoch).
     last_used_ms: AtomicI64,
     /// Serializes reopening.
@@ -168,8 +172,67 @@ impl Segment {
             return false;
         }
         self.closed_end.store(m.committed_end(), Ordering::Release);
+        self.closed_sealed.store(true, Ordering::Release);
         self.mapped.store(None);
         true
+    }
+
+    /// Closes the active segment of a writer that parks: `committed` is its end, all of it
+    /// durable. Readers still holding the mapping keep it until they are done.
+    pub(crate) fn park(&self, committed: usize) {
+        self.closed_end.store(committed, Ordering::Release);
+        self.closed_sealed.store(false, Ordering::Release);
+        self.mapped.store(None);
+    }
+
+    /// For a parked writer's segment that a reader mapped again: closes it once no reader
+    /// used it since `idle_since_ms`. Returns whether it is closed.
+    pub(crate) fn close_parked(&self, idle_since_ms: i64) -> bool {
+        if self.mapping_if_open().is_none() {
+            return true;
+        }
+        if self.last_used_ms.load(Ordering::Relaxed) > idle_since_ms {
+            return false;
+        }
+        self.closed_sealed.store(false, Ordering::Release);
+        self.mapped.store(None);
+        true
+    }
+
+    /// Maps the files writable again for a writer that parked: the data file and both
+    /// index files, replacing any read-only mapping a reader made meanwhile (readers that
+    /// hold it keep it; the page cache is shared, so they see the same bytes).
+    pub(crate) fn reopen_for_writer(&self) -> Result<Arc<Mapped>> {
+        let _one = self.reopen_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let base = self.base_offset();
+        let data =
+            MappedFile::open(&self.path, true, LAYOUT).map_err(|e| LogError::io(&self.path, e))?;
+        data.release_file(&self.path);
+        if data.len() != self.capacity() {
+            return Err(LogError::corrupt(&self.path, "segment file changed size"));
+        }
+        let index = |kind: IndexKind| -> Result<Index> {
+            let ix = Index::open(&files::path(dir, base, kind.ext()), kind, base, true)?;
+            ix.release_file();
+            Ok(ix)
+        };
+        let m = Arc::new(Mapped {
+            path: self.path.clone(),
+            data: Arc::new(data),
+            offset_index: index(IndexKind::Offset)?,
+            time_index: index(IndexKind::Time)?,
+        });
+        // The new mapping has no pages of this process yet, and starts without read-ahead.
+        self.prefaulted_end
+            .store(m.committed_end().next_multiple_of(4096), Ordering::Release);
+        self.read_ahead.store(false, Ordering::Relaxed);
+        self.mapped.store(Some(Arc::clone(&m)));
+        if m.committed_end() >= DATA_START + READ_AHEAD_AFTER_BYTES {
+            self.enable_read_ahead();
+        }
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        Ok(m)
     }
 
     /// Tailers (in any process) registered as blocked on this segment's futex word.
@@ -184,7 +247,12 @@ impl Segment {
         self.mapping_if_open().is_some()
     }
 
-    /// When a reader last used the segment (ms since the Unix epoch).
+    /// Notes a use now (an append; reads note theirs when they map the segment).
+    pub(crate) fn touch(&self) {
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// When a reader or the writer last used the segment (ms since the Unix epoch).
     pub fn last_used_ms(&self) -> i64 {
         self.last_used_ms.load(Ordering::Relaxed)
     }
@@ -215,9 +283,12 @@ impl Segment {
         }
     }
 
-    /// Whether the segment is sealed (a closed segment always is).
+    /// Whether the segment is sealed (a closed one: whether it was when closed).
     pub fn is_sealed(&self) -> bool {
-        self.mapping_if_open().is_none_or(|m| m.is_sealed())
+        match self.mapping_if_open() {
+            Some(m) => m.is_sealed(),
+            None => self.closed_sealed.load(Ordering::Acquire),
+        }
     }
 
     /// Bytes of data published in this segment (frames only, header excluded).
@@ -231,7 +302,7 @@ impl Segment {
     /// checkpoint it keeps against the data and rebuilds the rest. Returns the durable end.
     pub fn flush(&self) -> Result<usize> {
         let Some(m) = self.mapping_if_open() else {
-            // Only sealed, durable segments are closed.
+            // Only durable segments are closed (sealed ones, and parked writers' ones).
             return Ok(self.committed_end());
         };
         let committed = m.committed_end();

@@ -14,16 +14,71 @@ use crate::log::mmap::Appender;
 use crate::log::worker::WorkerHandle;
 
 /// The writer's view of the active segment. There is exactly one per segment: it holds the
-/// segment's appenders, of which there is one per file.
+/// segment's appenders, of which there is one per file, while its files are open. An idle
+/// writer parks: it gives up its mappings (see [`SegmentWriter::park_if_idle`]), and maps
+/// the files again for its next append.
 #[derive(Debug)]
 pub struct SegmentWriter {
     seg: Arc<Segment>,
-    /// The active segment's mapping (an unsealed segment is never closed).
+    /// The mapped files and their appenders; `None` while parked.
+    files: Option<WriterFiles>,
+    /// Bytes of data between two index checkpoints.
+    interval: usize,
+    state: WriterState,
+    reserve: ReservePolicy,
+}
+
+/// The active segment's mapping and the appenders of its three files.
+#[derive(Debug)]
+struct WriterFiles {
     m: Arc<Mapped>,
     data: Appender,
     checkpoints: CheckpointWriter,
-    state: WriterState,
-    reserve: ReservePolicy,
+}
+
+/// The writer's files, mapped again if the writer was parked (blocks then: opens and maps).
+fn open_files<'a>(
+    files: &'a mut Option<WriterFiles>,
+    seg: &Arc<Segment>,
+    interval: usize,
+) -> Result<&'a mut WriterFiles> {
+    if files.is_none() {
+        let m = seg.reopen_for_writer()?;
+        *files = Some(WriterFiles::take(seg, m, interval)?);
+    }
+    Ok(files.as_mut().expect("set just above"))
+}
+
+impl WriterFiles {
+    /// The appenders of mapping `m` of `seg`.
+    fn take(seg: &Segment, m: Arc<Mapped>, interval: usize) -> Result<Self> {
+        let no_writer = |what: &str| {
+            LogError::corrupt(
+                seg.path(),
+                format!("{what}: the segment is read-only or has a writer already"),
+            )
+        };
+        let data = m.data.appender().ok_or_else(|| no_writer("data file"))?;
+        let offset = m
+            .offset_index
+            .writer()
+            .ok_or_else(|| no_writer("offset index"))?;
+        let time = m
+            .time_index
+            .writer()
+            .ok_or_else(|| no_writer("time index"))?;
+        let checkpoints = CheckpointWriter {
+            offset,
+            time,
+            interval,
+            capacity: m.offset_index.capacity(),
+        };
+        Ok(WriterFiles {
+            m,
+            data,
+            checkpoints,
+        })
+    }
 }
 
 /// How a writer reserves disk blocks and pre-faults pages ahead of itself.
@@ -130,10 +185,11 @@ impl SegmentWriter {
     ) -> Result<Self> {
         let mut w = Self::with_state(seg, state, reserve)?;
         let first = state.checkpoints - rebuilt.len();
+        let files = open_files(&mut w.files, &w.seg, w.interval)?;
         for (i, &(pos, offset, ts)) in rebuilt.iter().enumerate() {
-            w.checkpoints.write(first + i, pos, offset, ts);
+            files.checkpoints.write(first + i, pos, offset, ts);
         }
-        w.checkpoints.publish(state.checkpoints);
+        files.checkpoints.publish(state.checkpoints);
         w.seg
             .next_offset
             .store(state.next_offset, Ordering::Release);
@@ -148,38 +204,39 @@ impl SegmentWriter {
     }
 
     fn with_state(seg: Arc<Segment>, state: WriterState, reserve: ReservePolicy) -> Result<Self> {
-        let no_writer = |what: &str| {
-            LogError::corrupt(
-                seg.path(),
-                format!("{what}: the segment is read-only or has a writer already"),
-            )
-        };
         let m = seg
             .mapping_if_open()
-            .ok_or_else(|| no_writer("not mapped"))?;
-        let data = m.data.appender().ok_or_else(|| no_writer("data file"))?;
-        let offset = m
-            .offset_index
-            .writer()
-            .ok_or_else(|| no_writer("offset index"))?;
-        let time = m
-            .time_index
-            .writer()
-            .ok_or_else(|| no_writer("time index"))?;
-        let checkpoints = CheckpointWriter {
-            offset,
-            time,
-            interval: seg.header.index_interval_bytes as usize,
-            capacity: m.offset_index.capacity(),
-        };
+            .ok_or_else(|| LogError::corrupt(seg.path(), "a new writer's segment is not mapped"))?;
+        let interval = seg.header.index_interval_bytes as usize;
+        let files = WriterFiles::take(&seg, m, interval)?;
         Ok(SegmentWriter {
             seg,
-            m,
-            data,
-            checkpoints,
+            files: Some(files),
+            interval,
             state,
             reserve,
         })
+    }
+
+    /// Gives up the mappings of an idle segment: when nothing was appended or read since
+    /// `idle_since_ms` and everything is durable (a parked segment needs no flush). The
+    /// next append maps the files again. Returns whether it parked (or was parked).
+    pub(crate) fn park_if_idle(&mut self, idle_since_ms: i64) -> bool {
+        let Some(files) = &self.files else {
+            // Parked already; a reader may have mapped the segment again since.
+            return self.seg.close_parked(idle_since_ms);
+        };
+        if self.seg.last_used_ms() > idle_since_ms || files.m.durable_end() < self.state.position {
+            return false;
+        }
+        self.files = None;
+        self.seg.park(self.state.position);
+        true
+    }
+
+    /// Maps the files again if the writer was parked (blocks then).
+    pub(crate) fn unpark(&mut self) -> Result<()> {
+        open_files(&mut self.files, &self.seg, self.interval).map(|_| ())
     }
 
     pub fn segment(&self) -> &Arc<Segment> {
@@ -228,8 +285,9 @@ impl SegmentWriter {
         if end >= DATA_START + READ_AHEAD_AFTER_BYTES {
             self.seg.enable_read_ahead();
         }
-        self.seg
-            .allocate_index(&self.m, self.checkpoints_for(end))?;
+        let entries = self.checkpoints_for(end);
+        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        self.seg.allocate_index(&files.m, entries)?;
         let (chunk, prefault) = self.ahead();
         match self.reserve.worker {
             Some(_) => self.seg.allocate_to(end, chunk),
@@ -244,8 +302,10 @@ impl SegmentWriter {
     /// `end`, and index blocks for its checkpoints. Then [`SegmentWriter::reserve`] does no
     /// file work.
     pub(crate) fn reserved_for(&self, end: usize) -> bool {
-        self.seg.allocated_end() >= end
-            && self.m.index_allocated_for(self.checkpoints_for(end))
+        self.files
+            .as_ref()
+            .is_some_and(|f| f.m.index_allocated_for(self.checkpoints_for(end)))
+            && self.seg.allocated_end() >= end
             && (self.reserve.worker.is_some() || self.seg.prefaulted_end() >= end)
     }
 
@@ -253,7 +313,7 @@ impl SegmentWriter {
     /// per interval of data, and one more where the batch starts.
     fn checkpoints_for(&self, end: usize) -> usize {
         self.state.checkpoints
-            + end.saturating_sub(self.state.last_checkpoint_pos) / self.checkpoints.interval
+            + end.saturating_sub(self.state.last_checkpoint_pos) / self.interval
             + 1
     }
 
@@ -281,13 +341,15 @@ impl SegmentWriter {
         let end = start + total_bytes;
         self.reserve(end)?;
         let first = self.state.next_offset;
-        let buf = self.data.unpublished_mut(start..end);
+        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        let buf = files.data.unpublished_mut(start..end);
         let mut at = 0;
         let mut max_ts = self.state.max_timestamp_ms;
         for (i, r) in records.iter().enumerate() {
             let len = r.padded_len().expect("caller checked frame sizes");
             let offset = first + i as u64;
-            self.checkpoints
+            files
+                .checkpoints
                 .write_if_due(&mut self.state, start + at, offset, max_ts);
             format::encode_frame(&mut buf[at..at + len], offset, r);
             max_ts = max_ts.max(r.timestamp_ms);
@@ -305,14 +367,16 @@ impl SegmentWriter {
         let end = start + frames.len();
         self.reserve(end)?;
         let first = self.state.next_offset;
-        let buf = self.data.unpublished_mut(start..end);
+        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        let buf = files.data.unpublished_mut(start..end);
         buf.copy_from_slice(frames);
         let mut at = 0;
         let mut max_ts = self.state.max_timestamp_ms;
         for i in 0..count {
             let len = get_u32(&buf[at..], format::frame::LENGTH) as usize;
             let padded = format::align_up(len);
-            self.checkpoints
+            files
+                .checkpoints
                 .write_if_due(&mut self.state, start + at, first + i, max_ts);
             let frame = &mut buf[at..at + padded];
             format::set_frame_offset(frame, first + i);
@@ -336,13 +400,15 @@ impl SegmentWriter {
         // Release (in the appender): the frames written above happen-before any Acquire load
         // that sees this committed end, in this process or any other mapping the file. This
         // single store is the publication of the whole batch.
-        self.data.publish(end as u64);
-        self.checkpoints.publish(self.state.checkpoints);
+        self.seg.touch();
+        let files = self.files.as_mut().expect("an append maps the files first");
+        files.data.publish(end as u64);
+        files.checkpoints.publish(self.state.checkpoints);
         let seg = &self.seg;
         seg.max_timestamp_ms.store(max_ts, Ordering::Release);
         seg.next_offset
             .store(self.state.next_offset, Ordering::Release);
-        self.m.wake_tailers();
+        files.m.wake_tailers();
         self.request_prefault();
     }
 
@@ -352,10 +418,12 @@ impl SegmentWriter {
     }
 
     /// Seals the segment (after the next one exists) and releases its unused blocks, once
-    /// the appenders are gone.
-    pub fn seal(self) {
+    /// the appenders are gone. A parked writer maps its files again for it (blocks).
+    pub fn seal(mut self) -> Result<()> {
+        self.unpark()?;
         let seg = self.into_segment();
         seg.seal();
         seg.release_unused();
+        Ok(())
     }
 }
