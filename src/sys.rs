@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// The id of the group called `name`, if there is one.
 pub fn group_id(name: &str) -> io::Result<Option<u32>> {
@@ -79,15 +80,27 @@ pub fn raise_open_file_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Runs `handler` on each of `signals`, without `SA_RESTART` (a blocking call in progress
-/// returns). The handler must be async-signal-safe (storing to atomics is).
-pub fn on_signals(signals: &[libc::c_int], handler: extern "C" fn(libc::c_int)) {
+/// The signal that asked to stop (0: none yet), set by [`stop_on_signals`]' handler.
+pub static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Set by [`stop_on_signals`]' handler when one of its signals arrives.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// The handler of [`stop_on_signals`]: async-signal-safe, it only stores to two atomics.
+extern "C" fn on_stop_signal(signal: libc::c_int) {
+    STOP_SIGNAL.store(signal, Ordering::Relaxed);
+    STOP_REQUESTED.store(true, Ordering::Relaxed);
+}
+
+/// On each of `signals`, records it in [`STOP_SIGNAL`] and sets [`STOP_REQUESTED`] instead
+/// of the default action, without `SA_RESTART` (a blocking call in progress returns with
+/// `EINTR`, so a waiting loop looks at the flag).
+pub fn stop_on_signals(signals: &[libc::c_int]) {
     for &signal in signals {
-        // SAFETY: a zeroed sigaction with an empty mask is valid; the caller guarantees the
-        // handler is async-signal-safe; sigaction reads the struct we own.
+        // SAFETY: a zeroed sigaction with an empty mask is valid; the handler is ours and
+        // async-signal-safe (two atomic stores); sigaction reads the struct we own.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = handler as *const () as usize;
+            action.sa_sigaction = on_stop_signal as *const () as usize;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }

@@ -490,3 +490,19 @@ fn an_idle_writer_parks_its_mappings_and_maps_them_again_to_append() {
     let (log, report) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
     assert_eq!((log.end_offset(), report.truncated_bytes), (400, 0));
 }
+
+#[test]
+fn a_partition_is_opened_for_writing_once_per_process() {
+    // Two logs over the same files would write them through two mappings: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    assert!(matches!(
+        PartitionLog::open(dir.path(), common::small_config(64 << 10)),
+        Err(LogError::AlreadyOpen(_))
+    ));
+    // Once marked deleted (its topic going), or dropped, the claim is gone.
+    log.mark_deleted();
+    let (again, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    drop((log, again));
+    assert!(PartitionLog::open(dir.path(), common::small_config(64 << 10)).is_ok());
+}

@@ -17,7 +17,7 @@ pub use token::TokenCommand;
 
 use crate::config::Overrides;
 use serve::run_serve;
-use tail::{run_tail, stop_on_signals, TAIL_SIGNAL};
+use tail::{run_tail, stop_on_signals};
 use token::run_token;
 use verify::run_verify;
 
@@ -132,11 +132,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 stop_on_signals();
             }
             match run_tail(&args) {
-                Ok(()) => match TAIL_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
-                    // Ended by a signal: the usual exit code for it, once unregistered.
-                    0 => ExitCode::SUCCESS,
-                    signal => ExitCode::from(128 + signal as u8),
-                },
+                Ok(()) => {
+                    match crate::sys::STOP_SIGNAL.load(std::sync::atomic::Ordering::Relaxed) {
+                        // Ended by a signal: the usual exit code for it, once unregistered.
+                        0 => ExitCode::SUCCESS,
+                        signal => ExitCode::from(128 + signal as u8),
+                    }
+                }
                 Err(e) => {
                     eprintln!("mapq tail: {e}");
                     ExitCode::FAILURE

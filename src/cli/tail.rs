@@ -182,28 +182,15 @@ pub(super) fn run_tail(args: &TailArgs) -> Result<(), String> {
     }
 }
 
-/// Set by SIGINT, SIGTERM or SIGHUP while `mapq tail --follow` runs: its tailers stop at
-/// their next wake-up, unregistered from the segments' waiter counts, instead of dying in a
-/// futex wait.
-static TAIL_STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-/// The signal that stopped `mapq tail`, for its exit code.
-pub(super) static TAIL_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn on_stop_signal(signal: libc::c_int) {
-    // Async-signal-safe: two atomic stores.
-    TAIL_SIGNAL.store(signal, std::sync::atomic::Ordering::Relaxed);
-    TAIL_STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Routes SIGINT, SIGTERM and SIGHUP to [`TAIL_STOP`]; a futex wait in progress returns
-/// at once.
+/// Routes SIGINT, SIGTERM and SIGHUP to `sys::STOP_REQUESTED`; a futex wait in progress
+/// returns at once (no `SA_RESTART`), so the follower stops and exits cleanly.
 pub(super) fn stop_on_signals() {
-    crate::sys::on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP], on_stop_signal);
+    crate::sys::stop_on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]);
 }
 
 fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
     TailOptions {
-        stop: Some(&TAIL_STOP),
+        stop: Some(&crate::sys::STOP_REQUESTED),
         from,
         follow: args.follow,
         durable_only: args.durable_only,

@@ -48,6 +48,11 @@ pub enum LogError {
     #[error("partition stopped after a failed flush: {0}")]
     Stopped(String),
 
+    /// The partition is open already in this process (two logs must never write the same
+    /// files).
+    #[error("the partition {0} is open already in this process")]
+    AlreadyOpen(PathBuf),
+
     /// The partition's topic was deleted: no more file work is done for it.
     #[error("the partition was deleted")]
     Deleted,

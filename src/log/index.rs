@@ -285,11 +285,11 @@ impl Index {
         let old = self.count();
         let map = Arc::get_mut(&mut self.map)
             .ok_or_else(|| LogError::corrupt(&self.path, "truncating an index in use"))?;
-        if count < old {
-            map.set_frontier(count as u64);
-            map.bytes_mut(ih::SIZE + count * ih::ENTRY_SIZE..ih::SIZE + old * ih::ENTRY_SIZE)
-                .fill(0);
-        }
+        let count = count.min(old);
+        // Always: a stored count beyond the capacity (a damaged file) is brought back too.
+        map.set_frontier(count as u64);
+        map.bytes_mut(ih::SIZE + count * ih::ENTRY_SIZE..ih::SIZE + old * ih::ENTRY_SIZE)
+            .fill(0);
         Ok(())
     }
 

@@ -317,9 +317,12 @@ impl MappedFile {
     }
 
     /// Releases the disk blocks of `range`, which must lie above the published end, while no
-    /// appender lives (reads there then return zeros). The file keeps its length, so mappings
-    /// stay valid. Refused otherwise.
+    /// appender lives (reads there then return zeros); from then on no appender is handed
+    /// out. The file keeps its length, so mappings stay valid. Refused otherwise.
     pub fn punch_unpublished(&self, range: Range<usize>) -> io::Result<()> {
+        // Retire the appender slot first: one never handed out can no longer be, so no
+        // writer can appear between the checks below and the punch.
+        self.appender_taken.store(true, Ordering::Release);
         if self.appender_alive.load(Ordering::Acquire) || range.start < self.published_end() {
             return Err(io::Error::other(
                 "blocks of published bytes, or of a file with a writer, are not released",

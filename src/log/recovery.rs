@@ -39,9 +39,11 @@ impl PartitionLog {
     /// The partition's files are mapped shared and written through the mappings: no other
     /// program may write, truncate or map them writable while the partition is open, and a
     /// process opens a partition once (the broker's data-directory lock sees to both for
-    /// mapq's server). Tailers, which map read-only, are fine.
+    /// mapq's server). Tailers, which map read-only, are fine. Opening a partition that is
+    /// open already in this process fails with [`LogError::AlreadyOpen`].
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport)> {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let claim = OpenPartition::claim(dir)?;
         let mut report = RecoveryReport::default();
         let bases = scan_dir(dir, &mut report)?;
         let chunk = config.reserve_policy();
@@ -135,9 +137,41 @@ impl PartitionLog {
             );
         }
         Ok((
-            PartitionLog::from_parts(dir, config, segments, writer),
+            PartitionLog::from_parts(dir, config, segments, writer, claim),
             report,
         ))
+    }
+}
+
+/// A partition directory open for writing in this process: at most one at a time, so that
+/// two logs never write (or recover) the same files through two mappings. Released when
+/// the log drops.
+#[derive(Debug)]
+pub(crate) struct OpenPartition((u64, u64));
+
+/// The (device, inode) of every partition directory open for writing in this process.
+static OPEN_PARTITIONS: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+impl OpenPartition {
+    fn claim(dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(dir).map_err(|e| LogError::io(dir, e))?;
+        let id = (meta.dev(), meta.ino());
+        let mut open = OPEN_PARTITIONS.lock().unwrap_or_else(|p| p.into_inner());
+        if open.contains(&id) {
+            return Err(LogError::AlreadyOpen(dir.to_owned()));
+        }
+        open.push(id);
+        Ok(OpenPartition(id))
+    }
+}
+
+impl Drop for OpenPartition {
+    fn drop(&mut self) {
+        OPEN_PARTITIONS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| *id != self.0);
     }
 }
 

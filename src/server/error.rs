@@ -123,7 +123,8 @@ impl From<LogError> for ApiError {
                 )
             }
             LogError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
-            LogError::Corrupt { .. }
+            LogError::AlreadyOpen(_)
+            | LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }
             | LogError::Io { .. } => Self::internal(msg),
         }

@@ -21,26 +21,22 @@ pub(super) async fn authorize(
     next: Next,
 ) -> Response {
     use crate::auth::Principal;
-    let Some(route) = req
+    let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-    else {
-        // No route matched: the router answers 404.
-        return next.run(req).await;
+        .map(|p| p.as_str().to_owned());
+    let access = match (&route, state.access()) {
+        // No route matched (the router answers 404), or not with this method (405): only
+        // a valid token learns that, when tokens are configured.
+        (None, _) => None,
+        (Some(route), Some(table)) => match table.lookup(req.method(), route) {
+            Declared::Access(a) => Some(a),
+            Declared::OtherMethod => None,
+            Declared::Undeclared => return undeclared(route),
+        },
+        (Some(route), None) => return undeclared(route),
     };
-    let access = match state.access().map(|t| t.lookup(req.method(), &route)) {
-        Some(Declared::Access(a)) => a,
-        Some(Declared::OtherMethod) => return next.run(req).await,
-        Some(Declared::Undeclared) | None => {
-            tracing::error!(route, "route registered without a declared access: refused");
-            return ApiError::new(
-                ErrorCode::Forbidden,
-                "this route declares no access; it is refused",
-            )
-            .into_response();
-        }
-    };
+    let route = route.unwrap_or_default();
     if state.tokens().is_empty() || state.config().open_routes.contains(&route) {
         req.extensions_mut().insert(Principal::Anyone);
         return next.run(req).await;
@@ -60,9 +56,9 @@ pub(super) async fn authorize(
         return resp;
     };
     let allowed = match access {
-        Access::AnyToken => true,
-        Access::Holds(what) => principal.holds(what),
-        Access::Topic(what) => {
+        None | Some(Access::AnyToken) => true,
+        Some(Access::Holds(what)) => principal.holds(what),
+        Some(Access::Topic(what)) => {
             let topic = req.uri().path().split('/').nth(3).unwrap_or("").to_owned();
             // The check runs on the raw path segment: a name that is not valid as it stands
             // (one percent-encoded, say) is refused here, before a pattern could match its
@@ -78,6 +74,16 @@ pub(super) async fn authorize(
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// A route registered without a declared access: refused, whoever asks.
+fn undeclared(route: &str) -> Response {
+    tracing::error!(route, "route registered without a declared access: refused");
+    ApiError::new(
+        ErrorCode::Forbidden,
+        "this route declares no access; it is refused",
+    )
+    .into_response()
 }
 
 /// `503 request_timed_out` for a request not answered within `request_timeout_ms` (plus its

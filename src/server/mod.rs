@@ -56,7 +56,7 @@ pub fn router(state: AppState) -> Router {
     use Permission::{Admin, Consume, Produce};
     let (router, access) = Routes::new(OpenApiRouter::with_openapi(ApiDoc::openapi()))
         // The list shows each token the topics it holds a permission on; creation is
-        // checked on the name in the body.
+        // checked by the handler on the name in the body (after the body is found valid).
         .add(
             Access::AnyToken,
             topics::LIST_TOPICS_ERRORS,

@@ -56,6 +56,10 @@ pub struct PartitionLog {
     rolls: Arc<RollState>,
     /// The last append failed for lack of space (for logging the transitions only).
     out_of_space: AtomicBool,
+    /// This process's claim on the directory: released when the log drops, or once it is
+    /// marked deleted (it does no file work after that, and the directory's inode may be
+    /// reused by a new topic's partition).
+    claim: Mutex<Option<crate::log::recovery::OpenPartition>>,
 }
 
 /// Counters of work a partition log did since it was opened.
@@ -75,6 +79,7 @@ impl PartitionLog {
         config: LogConfig,
         segments: Vec<Arc<Segment>>,
         writer: SegmentWriter,
+        claim: crate::log::recovery::OpenPartition,
     ) -> Self {
         let rolls = Arc::new(RollState::new(dir, &config));
         PartitionLog {
@@ -90,6 +95,7 @@ impl PartitionLog {
             stats: LogStats::default(),
             out_of_space: AtomicBool::new(false),
             rolls,
+            claim: Mutex::new(Some(claim)),
         }
     }
 
@@ -199,6 +205,7 @@ impl PartitionLog {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
+        self.claim.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
     /// Gives back every byte this partition charged to the disk quota (its files are being
     /// deleted with its topic).

@@ -273,7 +273,11 @@ impl PartitionLog {
         let old = std::mem::replace(w, new_writer);
         let old_path = old.segment().path().to_owned();
         // Cannot fail: the writer is not parked (see above).
-        old.seal()?;
+        if replaces_empty {
+            old.seal_replaced()?;
+        } else {
+            old.seal()?;
+        }
         self.segments.rcu(|segs| {
             let mut next: Vec<Arc<Segment>> = segs.as_ref().clone();
             if replaces_empty {

@@ -193,6 +193,16 @@ impl Segment {
     /// until [`Segment::rename_spare_files`]. The spare is owned by value, so nobody else
     /// uses its files.
     pub fn adopt(mut self, dir: &Path, base_offset: u64, created_ms: i64) -> Result<Self> {
+        let adopted = self.adopt_files(dir, base_offset, created_ms);
+        if adopted.is_err() {
+            // The spare is dropped: give its charge back (its files, still under their
+            // temporary names, are removed by the next start's recovery).
+            self.release_quota();
+        }
+        adopted.map(|()| self)
+    }
+
+    fn adopt_files(&mut self, dir: &Path, base_offset: u64, created_ms: i64) -> Result<()> {
         self.header.base_offset = base_offset;
         self.header.created_ms = created_ms;
         self.path = path(dir, base_offset, format::SEGMENT_EXT);
@@ -210,7 +220,7 @@ impl Segment {
             .adopt(base_offset, path(dir, base_offset, format::TIME_INDEX_EXT))?;
         self.mapped.store(Some(Arc::new(m)));
         self.next_offset = AtomicU64::new(base_offset);
-        Ok(self)
+        Ok(())
     }
 
     /// The mapping of a segment owned by value, taken out to be changed through `&mut`

@@ -306,7 +306,9 @@ impl SegmentWriter {
             .as_ref()
             .is_some_and(|f| f.m.index_allocated_for(self.checkpoints_for(end)))
             && self.seg.allocated_end() >= end
-            && (self.reserve.worker.is_some() || self.seg.prefaulted_end() >= end)
+            // Pre-faulted too: a first touch of a fresh page would go through the file
+            // system's page_mkwrite (a journal start) on the caller's thread.
+            && self.seg.prefaulted_end() >= end
     }
 
     /// Checkpoints the index must have room for once the writer reaches `end`: at most one
@@ -424,6 +426,15 @@ impl SegmentWriter {
         let seg = self.into_segment();
         seg.seal();
         seg.release_unused();
+        Ok(())
+    }
+
+    /// Seals an empty segment whose file a new one just replaced under the same name: the
+    /// seal reaches whoever still maps the old file; its blocks are not released (that goes
+    /// through the path, which names the new file now).
+    pub(crate) fn seal_replaced(mut self) -> Result<()> {
+        self.unpark()?;
+        self.into_segment().seal();
         Ok(())
     }
 }

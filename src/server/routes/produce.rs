@@ -45,6 +45,9 @@ struct Request {
     body: bytes::Bytes,
     query: ProduceQuery,
     max_record: u64,
+    /// The partitions chosen for the records by a first attempt that could not append at
+    /// once: the retry uses them (choosing again would move the round-robin twice).
+    chosen: std::sync::Mutex<Option<Vec<u32>>>,
 }
 
 /// Where an append runs.
@@ -64,6 +67,24 @@ struct Produced {
 }
 
 impl Request {
+    /// The partition of each record (asked for, else by key, else round-robin), or the
+    /// ones an earlier attempt of this request chose.
+    fn choose(
+        &self,
+        topic: &Topic,
+        records: &mut dyn Iterator<Item = (Option<u32>, Option<&[u8]>)>,
+    ) -> ApiResult<Vec<u32>> {
+        let mut chosen = self.chosen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = chosen.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = records
+            .map(|(explicit, key)| topic.choose_partition(explicit, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        *chosen = Some(c.clone());
+        Ok(c)
+    }
+
     /// Decodes and appends the request's records; `None` when `Mode::Now` cannot (nothing
     /// changed then). Every check on the body comes before the topic is looked up (and
     /// perhaps created): a refused request changes nothing.
@@ -84,7 +105,8 @@ impl Request {
             let Some(topic) = topic(&mut self.query.partition.into_iter())? else {
                 return Ok(None);
             };
-            let partition = topic.choose_partition(self.query.partition, None)?;
+            let partition =
+                self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
             let a = match mode {
                 Mode::Blocking => Some(broker.append_frames(&topic, partition, frames)?),
                 Mode::Now => broker.try_append_frames(&topic, partition, frames)?,
@@ -110,8 +132,12 @@ impl Request {
         let Some(topic) = topic(&mut records.iter().filter_map(|r| r.requested))? else {
             return Ok(None);
         };
-        for r in &mut records {
-            r.partition = topic.choose_partition(r.requested, r.key.as_deref())?;
+        let chosen = self.choose(
+            &topic,
+            &mut records.iter().map(|r| (r.requested, r.key.as_deref())),
+        )?;
+        for (r, p) in records.iter_mut().zip(chosen) {
+            r.partition = p;
         }
         let headers: Vec<Vec<(&[u8], &[u8])>> = records
             .iter()
@@ -387,6 +413,7 @@ pub async fn produce(
         body,
         query,
         max_record,
+        chosen: Default::default(),
     });
     // A small request to an existing topic is appended here when that is a copy into the
     // mapping (see `Topic::try_append`): cheaper than the hand-off to the blocking pool.
