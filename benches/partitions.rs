@@ -7,7 +7,9 @@
 //!   before its answer);
 //! - disk: the blocks the data directory holds (`st_blocks`), in all and per partition;
 //! - memory: the server's resident memory, file-backed and anonymous (`/proc/PID/status`);
-//! - open files and mappings of the server (`/proc/PID/fd`, `/proc/PID/maps`);
+//! - open files and mappings of the server (`/proc/PID/fd`, `/proc/PID/maps`), a second
+//!   after the records and once the partitions are idle (the figures above are idle ones:
+//!   the server runs housekeeping every second and calls a partition idle after 3 s);
 //! - produce over all partitions at a low rate each: 16 clients, one 100 B record per
 //!   request, walking the partitions round-robin for 5 s;
 //! - restart: from `kill -9` and a new `mapq serve` to `/readyz` answering 200.
@@ -25,6 +27,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CLIENTS: usize = 16;
+/// The server's settings: many topics; housekeeping every second and idle after three, so
+/// that the run sees idle partitions give up their mappings within seconds (the defaults
+/// are 30 s and 60 s).
+const SETTINGS: &[(&str, &str)] = &[
+    ("MAPQ_MAX_TOPICS", "100000"),
+    ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "1000"),
+    ("MAPQ_SEGMENT_IDLE_CLOSE_MS", "3000"),
+];
+/// How long the partitions are left alone before the idle figures are taken.
+const IDLE_FOR: Duration = Duration::from_secs(6);
 const PRODUCE_FOR: Duration = Duration::from_secs(5);
 
 fn bench_dir() -> PathBuf {
@@ -115,7 +127,7 @@ fn mappings(pid: u32) -> usize {
 async fn run(n: usize) {
     let dir = tempfile::tempdir_in(bench_dir()).expect("a temporary directory");
     let data = dir.path().join("data");
-    let server = Server::start(&data, &[("MAPQ_MAX_TOPICS", "100000")]);
+    let server = Server::start(&data, SETTINGS);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(CLIENTS)
         .build()
@@ -188,6 +200,9 @@ async fn run(n: usize) {
     };
     each(n, produce_one.clone()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy_maps = mappings(pid);
+    // Left alone, the partitions go idle: their writers park (the active segments unmap).
+    tokio::time::sleep(IDLE_FOR).await;
     let disk = disk_bytes(&data);
     let (file, anon) = resident(pid);
     let fds = count_entries(format!("/proc/{pid}/fd"));
@@ -216,7 +231,7 @@ async fn run(n: usize) {
 
     server.kill();
     let started = Instant::now();
-    let server = Server::start(&data, &[("MAPQ_MAX_TOPICS", "100000")]);
+    let server = Server::start(&data, SETTINGS);
     wait_ready(&http, &server.base).await;
     let restart = started.elapsed();
     let topics: serde_json::Value = http
@@ -255,14 +270,16 @@ async fn run(n: usize) {
         idle_file as f64 / 1e6,
         idle_anon as f64 / 1e6
     );
-    println!("  open files: {fds} (an empty server: {idle_fds}); mappings: {maps}");
+    println!(
+        "  open files: {fds} (an empty server: {idle_fds}); mappings: {busy_maps} a second after the records, {maps} once idle"
+    );
     println!("  produce, one 100 B record a request over all partitions, {CLIENTS} clients: {produce_rate:.0} records/s");
     println!(
         "  restart after kill -9: ready in {:.2} s",
         restart.as_secs_f64()
     );
     println!(
-        "RESULT partitions={n} create_per_s={:.0} disk_mb={:.1} rss_file_mb={:.1} rss_anon_mb={:.1} fds={fds} maps={maps} produce_per_s={produce_rate:.0} restart_s={:.2}",
+        "RESULT partitions={n} create_per_s={:.0} disk_mb={:.1} rss_file_mb={:.1} rss_anon_mb={:.1} fds={fds} maps_busy={busy_maps} maps={maps} produce_per_s={produce_rate:.0} restart_s={:.2}",
         n as f64 / created.as_secs_f64(),
         disk as f64 / 1e6,
         file as f64 / 1e6,

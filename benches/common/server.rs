@@ -14,10 +14,18 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data_dir` with extra `MAPQ_*` settings; returns once it listens.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        // The benchmarks' own MAPQ_BENCH_* knobs are not server settings.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("MAPQ_BENCH_")) {
+            cmd.env_remove(k);
+        }
+        let mut child = cmd
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env("MAPQ_LOG_LEVEL", "warn")
+            .env(
+                "MAPQ_LOG_LEVEL",
+                std::env::var("MAPQ_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

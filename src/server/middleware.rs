@@ -151,7 +151,9 @@ pub(super) async fn trace_request(
     span.in_scope(|| {
         if let Some(detail) = detail {
             tracing::error!(code, error = detail, "request failed");
-        } else if status.is_server_error() {
+        } else if status.is_server_error() && route != "/readyz" {
+            // (A readiness probe's 503 while recovering or stopping is an answer, not a
+            // failure.)
             tracing::warn!(code, "request failed");
         } else {
             tracing::debug!(code, "request");
