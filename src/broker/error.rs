@@ -47,6 +47,11 @@ pub enum BrokerError {
         data_dir: std::path::PathBuf,
         owner: String,
     },
+    /// The flush that would have made a producer's records durable failed (and did not stop
+    /// the partition: a rename or a directory fsync). The records are in the log, but not
+    /// acknowledged as durable; a later flush may succeed.
+    #[error("the flush of these records failed: {0}")]
+    FlushFailed(String),
     #[error("too many consumers are waiting; retry later or without wait_ms")]
     TooManyWaiters,
     #[error("a background task failed: {0}")]

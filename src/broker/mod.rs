@@ -509,6 +509,9 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let mut flushes = p.subscribe_flushes();
         let mut yielded = false;
+        // Whether a flush ended while this producer waited: a failure seen before that is an
+        // earlier flush's, which this one's own flush may well get past.
+        let mut waited = false;
         loop {
             // Marked as seen before looking, so a flush that ends after the look wakes us.
             let outcome = flushes.borrow_and_update().clone();
@@ -516,12 +519,14 @@ impl Broker {
             if log.durable_offset() >= end.min(log.end_offset()) {
                 return Ok(());
             }
-            if let FlushOutcome::Failed(why) = outcome {
-                return Err(BrokerError::Log(if log.is_deleted() {
-                    crate::log::LogError::Deleted
-                } else {
-                    crate::log::LogError::Stopped(why.to_string())
-                }));
+            if log.is_deleted() {
+                return Err(BrokerError::Log(crate::log::LogError::Deleted));
+            }
+            if let Some(reason) = log.stopped_reason() {
+                return Err(BrokerError::Log(crate::log::LogError::Stopped(reason)));
+            }
+            if let (FlushOutcome::Failed(why), true) = (&outcome, waited) {
+                return Err(BrokerError::FlushFailed(why.to_string()));
             }
             if !yielded {
                 // Let the producers that are ready to run append first, so that the flush
@@ -543,6 +548,7 @@ impl Broker {
             if flushes.changed().await.is_err() {
                 return Err(BrokerError::Log(crate::log::LogError::Deleted));
             }
+            waited = true;
         }
     }
 

@@ -85,6 +85,13 @@ impl From<BrokerError> for ApiError {
             BrokerError::OffsetBeyondEnd { .. } => Self::bad_request(msg),
             BrokerError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
             BrokerError::TooManyTopics(_) => Self::new(ErrorCode::TooManyTopics, msg),
+            BrokerError::FlushFailed(_) => {
+                tracing::error!(error = %msg, "a flush for durable producers failed");
+                Self::new(
+                    ErrorCode::PartitionUnavailable,
+                    "the flush that would have made these records durable failed; they are not acknowledged as durable (retry: a later flush may succeed)",
+                )
+            }
             BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_)

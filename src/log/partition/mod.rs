@@ -112,6 +112,11 @@ impl PartitionLog {
         // Acquire: pairs with the writer's Release; records below are published.
         self.end_offset.load(Ordering::Acquire)
     }
+    /// Why the partition stopped accepting writes (a flush failed), if it did.
+    pub fn stopped_reason(&self) -> Option<String> {
+        self.stopped.get().cloned()
+    }
+
     /// Whether the partition's topic was deleted (nothing is appended or flushed any more).
     pub fn is_deleted(&self) -> bool {
         self.rolls.deleted.load(Ordering::Acquire)
