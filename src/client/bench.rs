@@ -83,6 +83,15 @@ impl Phase {
 
     fn print(&self) {
         let (rps, mbs, [p50, p99, p999]) = self.figures();
+        if self.name.starts_with("probe_") {
+            // A probe's "records" are its requests.
+            println!(
+                "{:<40} {rps:>12.0} probes/s   latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs ({} requests)",
+                self.name,
+                self.latency_us.len(),
+            );
+            return;
+        }
         println!(
             "{:<40} {rps:>12.0} records/s {mbs:>9.1} MB/s   latency p50 {p50} µs, p99 {p99} µs, p99.9 {p999} µs ({} requests)",
             self.name,
