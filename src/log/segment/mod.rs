@@ -136,26 +136,34 @@ impl Segment {
         if let Some(m) = self.mapping_if_open() {
             return Ok(m);
         }
+        let m = self.map_files(false)?;
+        // Sealed: its data is all below the committed end, read in order.
+        m.data.read_ahead(0..m.data.len());
+        let m = Arc::new(m);
+        self.mapped.store(Some(Arc::clone(&m)));
+        Ok(m)
+    }
+
+    /// Maps the segment's three files again (their descriptors closed once mapped).
+    fn map_files(&self, writable: bool) -> Result<Mapped> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let base = self.base_offset();
-        let data =
-            MappedFile::open(&self.path, false, LAYOUT).map_err(|e| LogError::io(&self.path, e))?;
+        let data = MappedFile::open(&self.path, writable, LAYOUT)
+            .map_err(|e| LogError::io(&self.path, e))?;
         data.release_file(&self.path);
         if data.len() != self.capacity() {
             return Err(LogError::corrupt(&self.path, "segment file changed size"));
         }
-        // Sealed: its data is all below the committed end, read in order.
-        data.read_ahead(0..data.len());
-        let index =
-            |kind: IndexKind| Index::open(&files::path(dir, base, kind.ext()), kind, base, false);
-        let m = Arc::new(Mapped {
+        // (An opened index closes its descriptor itself.)
+        let index = |kind: IndexKind| {
+            Index::open(&files::path(dir, base, kind.ext()), kind, base, writable)
+        };
+        Ok(Mapped {
             path: self.path.clone(),
             data: Arc::new(data),
             offset_index: index(IndexKind::Offset)?,
             time_index: index(IndexKind::Time)?,
-        });
-        self.mapped.store(Some(Arc::clone(&m)));
-        Ok(m)
+        })
     }
 
     /// Unmaps the segment and closes its files if it is sealed, fully durable and was not
@@ -204,25 +212,7 @@ impl Segment {
     /// hold it keep it; the page cache is shared, so they see the same bytes).
     pub(crate) fn reopen_for_writer(&self) -> Result<Arc<Mapped>> {
         let _one = self.reopen_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let base = self.base_offset();
-        let data =
-            MappedFile::open(&self.path, true, LAYOUT).map_err(|e| LogError::io(&self.path, e))?;
-        data.release_file(&self.path);
-        if data.len() != self.capacity() {
-            return Err(LogError::corrupt(&self.path, "segment file changed size"));
-        }
-        let index = |kind: IndexKind| -> Result<Index> {
-            let ix = Index::open(&files::path(dir, base, kind.ext()), kind, base, true)?;
-            ix.release_file();
-            Ok(ix)
-        };
-        let m = Arc::new(Mapped {
-            path: self.path.clone(),
-            data: Arc::new(data),
-            offset_index: index(IndexKind::Offset)?,
-            time_index: index(IndexKind::Time)?,
-        });
+        let m = Arc::new(self.map_files(true)?);
         // The new mapping has no pages of this process yet, and starts without read-ahead.
         self.prefaulted_end
             .store(m.committed_end().next_multiple_of(4096), Ordering::Release);
