@@ -214,7 +214,10 @@ fn json_response(batch: &ReadBatch) -> Response {
         next_offset: batch.next_offset,
         high_watermark: batch.high_watermark,
     };
-    match serde_json::to_vec(&body) {
+    // Sized up front (values may become base64, a third larger, plus each record's fields):
+    // growing one large buffer by doubling copies it several times.
+    let mut bytes = Vec::with_capacity(batch.byte_len() / 3 * 4 + 160 * batch.record_count + 64);
+    match serde_json::to_writer(&mut bytes, &body).map(|()| bytes) {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,
