@@ -40,8 +40,8 @@
 //!   defaults, file, environment, flags).
 //! - [`cli`]: the `mapq` command; [`client`]: its HTTP client commands and the load
 //!   generator, over one client that carries tokens and certificates.
-//! - [`sys`]: the system calls outside the mapped files (group lookup, the directory lock,
-//!   limits, signals); with `log::mmap`, the only place with `unsafe`.
+//! - `log::sys` (also [`sys`]): the system calls outside the mapped files (group lookup,
+//!   the directory lock, limits, signals); with `log::mmap`, the only place with `unsafe`.
 
 pub mod api;
 pub mod app;
@@ -53,4 +53,6 @@ pub mod config;
 pub mod log;
 pub mod maintenance;
 pub mod server;
-pub mod sys;
+
+/// The system calls outside the mapped files: see [`log::sys`].
+pub use log::sys;

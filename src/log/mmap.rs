@@ -1,5 +1,5 @@
 //! The mapped files, and the rules that make sharing them sound. The engine's `unsafe`
-//! primitives live here (with `crate::sys` for the calls outside mappings); their callers (the
+//! primitives live here (with `log::sys` for the calls outside mappings); their callers (the
 //! segment writer, the reader, the index) use the safe methods below, which enforce the
 //! rules by their types.
 //!

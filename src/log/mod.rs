@@ -6,7 +6,7 @@
 //!
 //! - [`format`](mod@format): the byte layouts above as constants and pure encode/decode
 //!   functions;
-//! - `mmap`: mapped files and the rules that make sharing them sound (with `crate::sys`, the
+//! - `mmap`: mapped files and the rules that make sharing them sound (with [`sys`], the
 //!   only place with `unsafe`);
 //! - `index`: the offset and time index files;
 //! - `segment`: one segment: its header, files, space, reader, writer and recovery;
@@ -14,7 +14,9 @@
 //! - `recovery`: opening a partition after any stop;
 //! - `worker`: the background file worker (pre-faulting, spare segments, finishing rolls);
 //! - [`tailer`]: reading a partition from its files in another process (`mapq tail`);
-//! - [`verify`]: the full read-only check behind `mapq verify`.
+//! - [`verify`]: the full read-only check behind `mapq verify`;
+//! - [`sys`]: the other system calls of the process (group lookup, the directory lock,
+//!   the open-file limit, stop signals).
 //!
 //! The modules are private; what servers, tools and tailers use is re-exported here.
 
@@ -28,6 +30,7 @@ mod partition;
 mod quota;
 mod recovery;
 mod segment;
+pub mod sys;
 pub mod tailer;
 mod util;
 pub mod verify;
