@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::server::Server;
+use common::server::{get_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -53,16 +53,13 @@ async fn all_records(http: &Client, server: &Server) -> Vec<(u64, Value)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let r: Value = http
-            .get(server.url(&format!(
+        let r = get_json(
+            http,
+            server.url(&format!(
                 "/v1/topics/t/partitions/0/records?offset={offset}&max_records=1000"
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            )),
+        )
+        .await;
         let recs = r["records"].as_array().expect("a records array").clone();
         if recs.is_empty() {
             return out;

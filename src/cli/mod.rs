@@ -155,10 +155,16 @@ pub fn run(cli: Cli) -> ExitCode {
             client_command(|| async move { crate::client::consume(&client, &args).await })
         }
         Command::Bench(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
-                .expect("tokio runtime");
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mapq bench: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             match runtime.block_on(crate::client::bench::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -304,15 +304,14 @@ impl MappedFile {
     /// The file's single appender: `None` if it was handed out before or the mapping is
     /// read-only.
     pub fn appender(self: &Arc<Self>) -> Option<Appender> {
-        if !self.writable
-            || self.layout.frontier.is_none()
-            || self.appender_taken.swap(true, Ordering::AcqRel)
-        {
+        let frontier = self.layout.frontier?;
+        if !self.writable || self.appender_taken.swap(true, Ordering::AcqRel) {
             return None;
         }
         self.appender_alive.store(true, Ordering::Release);
         Some(Appender {
             file: Arc::clone(self),
+            frontier,
         })
     }
 
@@ -453,6 +452,8 @@ impl MappedFile {
 #[derive(Debug)]
 pub struct Appender {
     file: Arc<MappedFile>,
+    /// The file's frontier (an appender exists only for a file that has one).
+    frontier: Frontier,
 }
 
 impl Appender {
@@ -472,12 +473,7 @@ impl Appender {
     /// bytes written below it happen-before any Acquire load that sees it, in this process
     /// or any other that maps the file.
     pub fn publish(&mut self, value: u64) {
-        let f = self
-            .file
-            .layout
-            .frontier
-            .expect("an appender's file has a frontier");
-        let word = self.file.word_u64(f.word);
+        let word = self.file.word_u64(self.frontier.word);
         // Relaxed: only this appender stores the word.
         assert!(
             value >= word.load(Ordering::Relaxed),

@@ -83,18 +83,10 @@ impl Segment {
         // The index files and the data file get their first blocks; the writer allocates
         // more ahead of itself as it fills them.
         let charge = QuotaCharge::take(quota, initial_charge(index_cap), &final_path)?;
-        let offset_index = Index::create(
-            &path(dir, base, format::OFFSET_INDEX_EXT),
-            IndexKind::Offset,
-            base,
-            index_cap,
-        )?;
-        let time_index = Index::create(
-            &path(dir, base, format::TIME_INDEX_EXT),
-            IndexKind::Time,
-            base,
-            index_cap,
-        )?;
+        let index =
+            |kind: IndexKind| Index::create(&path(dir, base, kind.ext()), kind, base, index_cap);
+        let offset_index = index(IndexKind::Offset)?;
+        let time_index = index(IndexKind::Time)?;
         let tmp = final_path.with_extension(format!(
             "{}.{}",
             format::SEGMENT_EXT,

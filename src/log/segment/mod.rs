@@ -121,6 +121,11 @@ impl Segment {
         self.header.capacity_bytes as usize
     }
 
+    /// Bytes of data between two index checkpoints.
+    pub(crate) fn index_interval(&self) -> usize {
+        self.header.index_interval_bytes as usize
+    }
+
     /// The mapping if the segment is open, without reopening it.
     pub fn mapping_if_open(&self) -> Option<Arc<Mapped>> {
         self.mapped.load_full()

@@ -66,7 +66,7 @@ impl Segment {
         let committed = m.committed_end();
         let trust_end = trust_end.clamp(DATA_START, committed);
         let base = self.base_offset();
-        let interval = self.header.index_interval_bytes as usize;
+        let interval = self.index_interval();
         let capacity = m.offset_index.capacity();
         // Room for every checkpoint the scan below may rebuild, before it writes any.
         self.allocate_index(&m, (committed - DATA_START) / interval + 1)?;

@@ -22,8 +22,6 @@ pub struct SegmentWriter {
     seg: Arc<Segment>,
     /// The mapped files and their appenders; `None` while parked.
     files: Option<WriterFiles>,
-    /// Bytes of data between two index checkpoints.
-    interval: usize,
     state: WriterState,
     reserve: ReservePolicy,
 }
@@ -40,18 +38,19 @@ struct WriterFiles {
 fn open_files<'a>(
     files: &'a mut Option<WriterFiles>,
     seg: &Arc<Segment>,
-    interval: usize,
 ) -> Result<&'a mut WriterFiles> {
-    if files.is_none() {
-        let m = seg.reopen_for_writer()?;
-        *files = Some(WriterFiles::take(seg, m, interval)?);
+    match files {
+        Some(open) => Ok(open),
+        None => {
+            let m = seg.reopen_for_writer()?;
+            Ok(files.insert(WriterFiles::take(seg, m)?))
+        }
     }
-    Ok(files.as_mut().expect("set just above"))
 }
 
 impl WriterFiles {
     /// The appenders of mapping `m` of `seg`.
-    fn take(seg: &Segment, m: Arc<Mapped>, interval: usize) -> Result<Self> {
+    fn take(seg: &Segment, m: Arc<Mapped>) -> Result<Self> {
         let no_writer = |what: &str| {
             LogError::corrupt(
                 seg.path(),
@@ -70,7 +69,7 @@ impl WriterFiles {
         let checkpoints = CheckpointWriter {
             offset,
             time,
-            interval,
+            interval: seg.index_interval(),
             capacity: m.offset_index.capacity(),
         };
         Ok(WriterFiles {
@@ -185,7 +184,7 @@ impl SegmentWriter {
     ) -> Result<Self> {
         let mut w = Self::with_state(seg, state, reserve)?;
         let first = state.checkpoints - rebuilt.len();
-        let files = open_files(&mut w.files, &w.seg, w.interval)?;
+        let files = open_files(&mut w.files, &w.seg)?;
         for (i, &(pos, offset, ts)) in rebuilt.iter().enumerate() {
             files.checkpoints.write(first + i, pos, offset, ts);
         }
@@ -207,12 +206,10 @@ impl SegmentWriter {
         let m = seg
             .mapping_if_open()
             .ok_or_else(|| LogError::corrupt(seg.path(), "a new writer's segment is not mapped"))?;
-        let interval = seg.header.index_interval_bytes as usize;
-        let files = WriterFiles::take(&seg, m, interval)?;
+        let files = WriterFiles::take(&seg, m)?;
         Ok(SegmentWriter {
             seg,
             files: Some(files),
-            interval,
             state,
             reserve,
         })
@@ -236,7 +233,7 @@ impl SegmentWriter {
 
     /// Maps the files again if the writer was parked (blocks then).
     pub(crate) fn unpark(&mut self) -> Result<()> {
-        open_files(&mut self.files, &self.seg, self.interval).map(|_| ())
+        open_files(&mut self.files, &self.seg).map(|_| ())
     }
 
     pub fn segment(&self) -> &Arc<Segment> {
@@ -286,7 +283,7 @@ impl SegmentWriter {
             self.seg.enable_read_ahead();
         }
         let entries = self.checkpoints_for(end);
-        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        let files = open_files(&mut self.files, &self.seg)?;
         self.seg.allocate_index(&files.m, entries)?;
         let (chunk, prefault) = self.ahead();
         match self.reserve.worker {
@@ -315,7 +312,7 @@ impl SegmentWriter {
     /// per interval of data, and one more where the batch starts.
     fn checkpoints_for(&self, end: usize) -> usize {
         self.state.checkpoints
-            + end.saturating_sub(self.state.last_checkpoint_pos) / self.interval
+            + end.saturating_sub(self.state.last_checkpoint_pos) / self.seg.index_interval()
             + 1
     }
 
@@ -343,7 +340,7 @@ impl SegmentWriter {
         let end = start + total_bytes;
         self.reserve(end)?;
         let first = self.state.next_offset;
-        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        let files = open_files(&mut self.files, &self.seg)?;
         let buf = files.data.unpublished_mut(start..end);
         let mut at = 0;
         let mut max_ts = self.state.max_timestamp_ms;
@@ -358,7 +355,7 @@ impl SegmentWriter {
             at += len;
         }
         debug_assert_eq!(at, total_bytes);
-        self.finish_batch(end, records.len() as u64, max_ts);
+        self.finish_batch(end, records.len() as u64, max_ts)?;
         Ok(first)
     }
 
@@ -369,7 +366,7 @@ impl SegmentWriter {
         let end = start + frames.len();
         self.reserve(end)?;
         let first = self.state.next_offset;
-        let files = open_files(&mut self.files, &self.seg, self.interval)?;
+        let files = open_files(&mut self.files, &self.seg)?;
         let buf = files.data.unpublished_mut(start..end);
         buf.copy_from_slice(frames);
         let mut at = 0;
@@ -390,12 +387,12 @@ impl SegmentWriter {
             max_ts = max_ts.max(ts);
             at += padded;
         }
-        self.finish_batch(end, count, max_ts);
+        self.finish_batch(end, count, max_ts)?;
         Ok(first)
     }
 
     /// Publishes the batch written from the current position up to `end`.
-    fn finish_batch(&mut self, end: usize, count: u64, max_ts: i64) {
+    fn finish_batch(&mut self, end: usize, count: u64, max_ts: i64) -> Result<()> {
         self.state.position = end;
         self.state.next_offset += count;
         self.state.max_timestamp_ms = max_ts;
@@ -403,7 +400,8 @@ impl SegmentWriter {
         // that sees this committed end, in this process or any other mapping the file. This
         // single store is the publication of the whole batch.
         self.seg.touch();
-        let files = self.files.as_mut().expect("an append maps the files first");
+        // Mapped already: the append that wrote the batch mapped them.
+        let files = open_files(&mut self.files, &self.seg)?;
         files.data.publish(end as u64);
         files.checkpoints.publish(self.state.checkpoints);
         let seg = &self.seg;
@@ -412,6 +410,7 @@ impl SegmentWriter {
             .store(self.state.next_offset, Ordering::Release);
         files.m.wake_tailers();
         self.request_prefault();
+        Ok(())
     }
 
     /// Gives up the segment without sealing it (its roll finishes in the background).
