@@ -2,6 +2,7 @@
 //! consumer group offsets. It owns the partition logs and wakes waiting consumers after each
 //! append. Methods that touch files block: the HTTP layer calls them off the async workers.
 
+mod durable;
 pub mod error;
 pub mod groups;
 mod partition;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
-pub use partition::{FlushOutcome, Partition, PartitionTail, ReadLimits, StartAt, Wait};
+pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use stats::{BrokerStats, GroupStats, PartitionStats};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
@@ -480,7 +481,7 @@ impl Broker {
     /// timing the msync, and tells producers waiting in [`Broker::wait_durable`]. Blocks.
     pub fn flush(&self, p: &Partition, offset: u64) -> Result<u64, BrokerError> {
         let result = self.flush_quietly(p, offset);
-        p.flushed(FlushOutcome::of(&result));
+        p.flushed(&result);
         result
     }
 
@@ -499,56 +500,58 @@ impl Broker {
     }
 
     /// Waits until every record below `end` of partition `p` is durable, as a task: no
-    /// thread waits. When no flush is running for waiters, one is started on the blocking
-    /// pool; every producer waiting meanwhile shares it (group commit), and those it did not
-    /// cover start the next one. A flush by anyone else (the periodic one) wakes them too.
+    /// thread waits, and only the flush that covers it wakes it. When no flush loop runs for
+    /// waiters, one is started on the blocking pool; every producer that waits meanwhile
+    /// shares its next flush (group commit). A flush by anyone else (the periodic one) answers
+    /// the producers it covered too (see [`durable`]).
     pub async fn wait_durable(
         self: &Arc<Self>,
         p: &Arc<Partition>,
         end: u64,
     ) -> Result<(), BrokerError> {
-        let mut flushes = p.subscribe_flushes();
-        let mut yielded = false;
-        // Whether a flush ended while this producer waited: a failure seen before that is an
-        // earlier flush's, which this one's own flush may well get past.
-        let mut waited = false;
-        loop {
-            // Marked as seen before looking, so a flush that ends after the look wakes us.
-            let outcome = flushes.borrow_and_update().clone();
-            let log = p.log();
+        let log = p.log();
+        let settled = || -> Option<Result<(), BrokerError>> {
             if log.durable_offset() >= end.min(log.end_offset()) {
-                return Ok(());
+                return Some(Ok(()));
             }
             if log.is_deleted() {
-                return Err(BrokerError::Log(crate::log::LogError::Deleted));
+                return Some(Err(BrokerError::Log(crate::log::LogError::Deleted)));
             }
             if let Some(reason) = log.stopped_reason() {
-                return Err(BrokerError::Log(crate::log::LogError::Stopped(reason)));
+                return Some(Err(BrokerError::Log(crate::log::LogError::Stopped(reason))));
             }
-            if let (FlushOutcome::Failed(why), true) = (&outcome, waited) {
-                return Err(BrokerError::FlushFailed(why.to_string()));
+            None
+        };
+        if let Some(result) = settled() {
+            return result;
+        }
+        // Let the producers that are ready to run append first, so that the flush this one
+        // may start covers them too (a bigger group commit).
+        tokio::task::yield_now().await;
+        if let Some(result) = settled() {
+            return result;
+        }
+        // Never more than the log holds, so the next flush always covers it.
+        let end = end.min(log.end_offset());
+        let answer = match p.durable_waiters().register(end) {
+            durable::Registered::Wait(answer) => answer,
+            durable::Registered::StartLoop(answer) => {
+                let flush_loop = FlushLoop {
+                    broker: Arc::clone(self),
+                    partition: Arc::clone(p),
+                    finished: false,
+                };
+                tokio::task::spawn_blocking(move || flush_loop.run());
+                answer
             }
-            if !yielded {
-                // Let the producers that are ready to run append first, so that the flush
-                // this one may start covers them too (a bigger group commit).
-                yielded = true;
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if p.claim_waiters_flush() {
-                let (broker, partition) = (Arc::clone(self), Arc::clone(p));
-                tokio::task::spawn_blocking(move || {
-                    let result = broker.flush_quietly(&partition, u64::MAX);
-                    // Given back before the waiters wake: one this flush did not cover
-                    // (it came after the flush began) must be able to start the next.
-                    partition.release_waiters_flush();
-                    partition.flushed(FlushOutcome::of(&result));
-                });
-            }
-            if flushes.changed().await.is_err() {
-                return Err(BrokerError::Log(crate::log::LogError::Deleted));
-            }
-            waited = true;
+        };
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) => Err(settled()
+                .and_then(Result::err)
+                .unwrap_or_else(|| BrokerError::FlushFailed(why.to_string()))),
+            // Every waiter is answered (see `FlushLoop`'s drop); this is not expected.
+            Err(_) => Err(BrokerError::FlushFailed("the flush loop ended".into())),
         }
     }
 
@@ -580,5 +583,37 @@ impl Broker {
 
     pub fn quota(&self) -> Option<&Arc<DiskQuota>> {
         self.quota.as_ref()
+    }
+}
+
+/// The flush loop of a partition's waiting producers (see [`durable`]). Should it end before
+/// its end (a panic, or a runtime that shut down before it ran), its drop answers every
+/// waiter, so that none waits for ever.
+struct FlushLoop {
+    broker: Arc<Broker>,
+    partition: Arc<Partition>,
+    finished: bool,
+}
+
+impl FlushLoop {
+    fn run(mut self) {
+        loop {
+            let result = self.broker.flush_quietly(&self.partition, u64::MAX);
+            self.partition.flushed(&result);
+            if !self.partition.durable_waiters().continue_loop() {
+                break;
+            }
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for FlushLoop {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.partition
+                .durable_waiters()
+                .abandon("the flush for waiting producers stopped");
+        }
     }
 }

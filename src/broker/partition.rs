@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use super::durable::DurableWaiters;
 use super::error::BrokerError;
 pub use crate::log::tailer::StartAt;
 use crate::log::{PartitionLog, ReadBatch};
@@ -45,32 +46,10 @@ pub struct Partition {
     end_offset: watch::Sender<u64>,
     /// A flush of this partition is queued (after `flush_messages` records).
     flush_queued: AtomicBool,
-    /// Changes after every flush of this partition, whoever ran it: what `durability=fsync`
-    /// producers wait on, as tasks rather than threads (see [`Broker::wait_durable`]).
-    flushed: watch::Sender<FlushOutcome>,
-    /// A flush for waiting producers runs on the blocking pool: at most one at a time per
-    /// partition, which every producer waiting meanwhile shares (group commit).
-    flush_for_waiters: AtomicBool,
-}
-
-/// What the last flush of a partition left: the durable offset, or why it failed.
-#[derive(Debug, Clone, Default)]
-pub enum FlushOutcome {
-    /// No flush has ended since the partition was opened.
-    #[default]
-    None,
-    Durable(u64),
-    Failed(std::sync::Arc<str>),
-}
-
-impl FlushOutcome {
-    /// The outcome of a flush's result.
-    pub fn of(result: &Result<u64, BrokerError>) -> Self {
-        match result {
-            Ok(durable) => FlushOutcome::Durable(*durable),
-            Err(e) => FlushOutcome::Failed(e.to_string().into()),
-        }
-    }
+    /// `durability=fsync` producers waiting, as tasks rather than threads, and answered by
+    /// every flush of this partition that covers them, whoever ran it (see
+    /// [`Broker::wait_durable`]).
+    durable_waiters: DurableWaiters,
 }
 
 impl Partition {
@@ -86,29 +65,26 @@ impl Partition {
             log,
             end_offset: watch::Sender::new(end),
             flush_queued: AtomicBool::new(false),
-            flushed: watch::Sender::new(FlushOutcome::None),
-            flush_for_waiters: AtomicBool::new(false),
+            durable_waiters: DurableWaiters::default(),
         })
     }
 
-    /// A receiver that changes after every flush of this partition.
-    pub fn subscribe_flushes(&self) -> watch::Receiver<FlushOutcome> {
-        self.flushed.subscribe()
+    /// The producers waiting for durability.
+    pub(super) fn durable_waiters(&self) -> &DurableWaiters {
+        &self.durable_waiters
     }
 
-    /// Tells waiting producers what a flush did.
-    pub(super) fn flushed(&self, outcome: FlushOutcome) {
-        self.flushed.send_replace(outcome);
-    }
-
-    /// Claims the right to start a flush for waiting producers; false if one runs.
-    pub(super) fn claim_waiters_flush(&self) -> bool {
-        !self.flush_for_waiters.swap(true, Ordering::AcqRel)
-    }
-
-    /// Gives the right back once that flush has ended.
-    pub(super) fn release_waiters_flush(&self) {
-        self.flush_for_waiters.store(false, Ordering::Release);
+    /// Answers the waiting producers that a flush covered, or, when it failed, every one it
+    /// did not.
+    pub(super) fn flushed(&self, result: &Result<u64, BrokerError>) {
+        match result {
+            Ok(durable) => self.durable_waiters.answer(*durable, None),
+            Err(e) => {
+                let why: std::sync::Arc<str> = e.to_string().into();
+                self.durable_waiters
+                    .answer(self.log.durable_offset(), Some(&why));
+            }
+        }
     }
 
     pub fn id(&self) -> u32 {
