@@ -2,7 +2,7 @@
 //! and producers waiting for durability, and reads that wait (long-poll, live tails).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Partition {
     /// every flush of this partition that covers them, whoever ran it (see
     /// [`Broker::wait_durable`]).
     durable_waiters: DurableWaiters,
+    /// Records and bytes of frames appended since the partition was opened.
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
 }
 
 impl Partition {
@@ -66,6 +69,8 @@ impl Partition {
             end_offset: watch::Sender::new(end),
             flush_queued: AtomicBool::new(false),
             durable_waiters: DurableWaiters::default(),
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
         })
     }
 
@@ -117,9 +122,24 @@ impl Partition {
         self.end_offset.subscribe()
     }
 
+    /// Counts an append, and wakes the consumers waiting for its records.
+    pub(super) fn appended(&self, a: &super::PartitionAppend) {
+        self.appended_records.fetch_add(a.count, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(a.bytes, Ordering::Relaxed);
+        self.notify(a.end_offset());
+    }
+
+    /// Records and bytes of frames appended since the partition was opened.
+    pub fn appended_totals(&self) -> (u64, u64) {
+        (
+            self.appended_records.load(Ordering::Relaxed),
+            self.appended_bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Wakes consumers waiting for records below `end`. Appends finish their notification
     /// in any order, so the watched value only ever grows.
-    pub(super) fn notify(&self, end: u64) {
+    fn notify(&self, end: u64) {
         self.end_offset.send_if_modified(|current| {
             let grew = end > *current;
             if grew {

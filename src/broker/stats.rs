@@ -33,6 +33,10 @@ pub struct PartitionStats {
     pub segments_deleted_by_size: u64,
     pub flushes: u64,
     pub flush_errors: u64,
+    /// Records appended since the partition was opened (this process).
+    pub records_appended: u64,
+    /// Bytes of frames appended since the partition was opened.
+    pub bytes_appended: u64,
 }
 
 /// A consumer group's committed offset in one partition, and its lag behind the end.
@@ -72,6 +76,8 @@ impl Broker {
                     segments_deleted_by_size: load(&st.segments_deleted_by_size),
                     flushes: load(&st.flushes),
                     flush_errors: load(&st.flush_errors),
+                    records_appended: p.appended_totals().0,
+                    bytes_appended: p.appended_totals().1,
                 });
             }
         }

@@ -305,7 +305,7 @@ impl Topic {
         }
         drop(guards);
         for (p, a) in partitions.iter().zip(&appends) {
-            p.notify(a.end_offset());
+            p.appended(a);
         }
         Ok(appends)
     }
@@ -351,7 +351,7 @@ impl Topic {
             count: appended.count,
             bytes: frames.bytes().len() as u64,
         };
-        p.notify(a.end_offset());
+        p.appended(&a);
         Ok(a)
     }
 

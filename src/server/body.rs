@@ -8,13 +8,13 @@ use crate::config::Config;
 /// Largest body accepted by the administrative routes (topics, group offsets).
 const ADMIN_BODY_LIMIT: usize = 1 << 20;
 
-/// Reads a request body of at most `limit` bytes (`413` beyond, with `limit_name` in the
+/// Reads a request body of at most `limit` bytes (`413` beyond, with `limit_name()` in the
 /// message), within `request_body_timeout_ms` (`408 request_timeout` after).
 pub(crate) async fn read_body(
     config: &Config,
     body: axum::body::Body,
     limit: usize,
-    limit_name: &str,
+    limit_name: impl FnOnce() -> String,
 ) -> ApiResult<bytes::Bytes> {
     let timeout = Duration::from_millis(config.request_body_timeout_ms);
     tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
@@ -31,7 +31,7 @@ pub(crate) async fn read_body(
         .map_err(|e| {
             let source = std::error::Error::source(&e);
             if source.is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                ApiError::too_large(format!("request body is over {limit_name}"))
+                ApiError::too_large(format!("request body is over {}", limit_name()))
             } else {
                 ApiError::bad_request(format!("cannot read the request body: {e}"))
             }
@@ -44,8 +44,8 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     config: &Config,
     body: axum::body::Body,
 ) -> ApiResult<T> {
-    let limit_name = format!("{ADMIN_BODY_LIMIT} bytes");
-    let bytes = read_body(config, body, ADMIN_BODY_LIMIT, &limit_name).await?;
+    let limit_name = || format!("{ADMIN_BODY_LIMIT} bytes");
+    let bytes = read_body(config, body, ADMIN_BODY_LIMIT, limit_name).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }

@@ -26,8 +26,6 @@ pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
-    pub records_appended: IntCounterVec,
-    pub bytes_appended: IntCounterVec,
     pub records_read: IntCounterVec,
     pub bytes_read: IntCounterVec,
     long_poll_waiters: IntGauge,
@@ -61,8 +59,6 @@ impl Metrics {
                 "HTTP request latency, by method and route template",
                 &["method", "route"],
             )?,
-            records_appended: counter("mapq_records_appended_total", "Records appended", tp)?,
-            bytes_appended: counter("mapq_bytes_appended_total", "Bytes of frames appended", tp)?,
             records_read: counter("mapq_records_read_total", "Records served to consumers", tp)?,
             bytes_read: counter(
                 "mapq_bytes_read_total",
@@ -142,12 +138,7 @@ impl Metrics {
     pub fn remove_topic(&self, topic: &str, partitions: u32) {
         for p in 0..partitions {
             let labels = [topic, &p.to_string()];
-            for c in [
-                &self.records_appended,
-                &self.bytes_appended,
-                &self.records_read,
-                &self.bytes_read,
-            ] {
+            for c in [&self.records_read, &self.bytes_read] {
                 let _ = c.remove_label_values(&labels);
             }
         }
@@ -240,6 +231,20 @@ const FAMILIES: &[Family] = &[
         counter: false,
         labels: TP,
         values: |s| per_partition(s, |p| p.tail_waiters),
+    },
+    Family {
+        name: "mapq_records_appended_total",
+        help: "Records appended",
+        counter: true,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.records_appended),
+    },
+    Family {
+        name: "mapq_bytes_appended_total",
+        help: "Bytes of frames appended",
+        counter: true,
+        labels: TP,
+        values: |s| per_partition(s, |p| p.bytes_appended),
     },
     Family {
         name: "mapq_segments_rolled_total",

@@ -302,18 +302,19 @@ fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" => Ok(Kind::Json),
-        "application/x-ndjson" => Ok(Kind::Ndjson),
-        "application/octet-stream" => Ok(Kind::Octets),
-        "application/vnd.mapq.frames" => Ok(Kind::Frames),
-        _ => Err(ApiError::new(
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let kinds = [
+        ("application/json", Kind::Json),
+        ("application/x-ndjson", Kind::Ndjson),
+        ("application/octet-stream", Kind::Octets),
+        ("application/vnd.mapq.frames", Kind::Frames),
+    ];
+    match kinds
+        .iter()
+        .find(|(name, _)| mime.eq_ignore_ascii_case(name))
+    {
+        Some(&(_, kind)) => Ok(kind),
+        None => Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!(
                 "Content-Type {ct:?} is not one of application/json, application/x-ndjson, \
@@ -384,8 +385,8 @@ pub async fn produce(
             )));
         }
     }
-    let limit_name = format!("max_request_bytes ({max_request})");
-    let body = crate::server::read_body(config, body, max_request as usize, &limit_name).await?;
+    let limit_name = || format!("max_request_bytes ({max_request})");
+    let body = crate::server::read_body(config, body, max_request as usize, limit_name).await?;
     if matches!(kind, Kind::Json | Kind::Ndjson)
         && (query.key.is_some() || query.partition.is_some())
     {
@@ -438,22 +439,12 @@ pub async fn produce(
             .await?
         }
     };
-    let metrics = state.metrics();
-    for a in &appends {
-        let labels = [topic.name(), &a.partition.to_string()];
-        metrics
-            .records_appended
-            .with_label_values(&labels)
-            .inc_by(a.count);
-        metrics
-            .bytes_appended
-            .with_label_values(&labels)
-            .inc_by(a.bytes);
-    }
     if durability == Durability::Fsync {
         broker.wait_appends_durable(&topic, &appends).await?;
     }
-    metrics.observe_produce(durability, started.elapsed());
+    state
+        .metrics()
+        .observe_produce(durability, started.elapsed());
     Ok(Json(ProduceResponse { offsets }))
 }
 
