@@ -63,6 +63,20 @@ private_apt() {
   apt-get "${APT_OPTS[@]}" update -qq
 }
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+# The Debian mirror this machine's apt already uses (from its sources, deb822 or one-line),
+# for the suites fetched below.
+debian_mirror() {
+  local uri
+  uri=$({ grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
+          grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+            awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; break } }'
+        } | grep -v -- '-security' | head -n1)
+  if [ -z "$uri" ]; then
+    echo "no Debian mirror found in /etc/apt's sources" >&2
+    return 1
+  fi
+  echo "${uri%/}"
+}
 
 REDIS_SERVER=$(command -v redis-server || true)
 REDIS_BENCHMARK=$(command -v redis-benchmark || true)
@@ -71,7 +85,7 @@ if [ -z "$REDIS_SERVER" ] || [ -z "$REDIS_BENCHMARK" ]; then
   REDIS_BENCHMARK=$PEERS/redis/usr/bin/redis-benchmark
   if [ ! -x "$REDIS_BENCHMARK" ]; then
     echo "fetching redis from Debian ($codename), unpacked under target/peers/" >&2
-    private_apt redis "deb http://deb.debian.org/debian $codename main"
+    private_apt redis "deb $(debian_mirror) $codename main"
     # With the libraries the host lacks (the host's own packages are not downloaded). No
     # maintainer script runs, so no service is set up or started.
     apt-get "${APT_OPTS[@]}" install -y -qq --download-only --no-install-recommends \
@@ -99,7 +113,7 @@ if ! { [ -n "$NATS" ] && "$NATS" --version | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])\.
   NATS=$PEERS/usr/sbin/nats-server
   if [ ! -x "$NATS" ]; then
     echo "fetching nats-server 2.10 from Debian 13 (trixie)" >&2
-    private_apt trixie "deb http://deb.debian.org/debian trixie main"
+    private_apt trixie "deb $(debian_mirror) trixie main"
     # The package alone: the binary is static, and trixie's libraries must not come along.
     (cd "$APT_DIR" && apt-get "${APT_OPTS[@]}" download nats-server 2>/dev/null)
     dpkg-deb -x "$APT_DIR"/nats-server_*.deb "$PEERS"

@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::broker::{Broker, Partition};
+use crate::broker::{Broker, BrokerError, Partition};
+use crate::log::LogError;
 
 /// Starts the maintenance task; it ends when `shutdown` turns true.
 pub fn spawn(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
@@ -53,7 +54,11 @@ async fn run(
                 p.take_queued_flush();
                 let b = Arc::clone(&broker);
                 supervise("flush_messages", move || {
-                    b.flush(&p, u64::MAX).map(|_| ()).map_err(|e| e.to_string())
+                    match b.flush(&p, u64::MAX) {
+                        // Its topic was deleted since: nothing is left to flush.
+                        Ok(_) | Err(BrokerError::Log(LogError::Deleted)) => Ok(()),
+                        Err(e) => Err(e.to_string()),
+                    }
                 }).await;
             }
             _ = until_true(&mut shutdown) => break,
