@@ -63,16 +63,29 @@ private_apt() {
   apt-get "${APT_OPTS[@]}" update -qq
 }
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-# The Debian mirror this machine's apt already uses (from its sources, deb822 or one-line),
-# for the suites fetched below.
+# The Debian mirror this machine's apt already uses for its own release (from its sources,
+# deb822 or one-line; an enabled `deb` entry for suite $codename, so that a third-party
+# repository is never taken), for the suites fetched below.
 debian_mirror() {
+  if [ "$(. /etc/os-release && echo "${ID:-}")" != debian ]; then
+    echo "benches/compare.sh fetches Debian's packages: this machine is not Debian" >&2
+    return 1
+  fi
   local uri
-  uri=$({ grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-          grep -hsE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
-            awk '{ for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:\/\//) { print $i; break } }'
-        } | grep -v -- '-security' | head -n1)
+  uri=$({ cat /etc/apt/sources.list.d/*.sources 2>/dev/null
+          echo  # (a last stanza without a blank line after it)
+        } | awk -v suite="$codename" 'BEGIN { on = 1 }
+          /^[[:space:]]*$/ { if (deb && on && has && uri != "") { print uri; exit } deb = 0; on = 1; has = 0; uri = ""; next }
+          tolower($1) == "types:" { for (i = 2; i <= NF; i++) if ($i == "deb") deb = 1 }
+          tolower($1) == "enabled:" { on = (tolower($2) != "no") }
+          tolower($1) == "uris:" { uri = $2 }
+          tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == suite) has = 1 }')
   if [ -z "$uri" ]; then
-    echo "no Debian mirror found in /etc/apt's sources" >&2
+    uri=$(grep -hsE '^deb[[:space:]]' /etc/apt/sources.list /etc/apt/sources.list.d/*.list |
+      awk -v suite="$codename" '{ sub(/\[[^]]*\]/, ""); if ($3 == suite) { print $2; exit } }')
+  fi
+  if [ -z "$uri" ]; then
+    echo "no enabled Debian source for $codename in /etc/apt's sources" >&2
     return 1
   fi
   echo "${uri%/}"
@@ -85,7 +98,8 @@ if [ -z "$REDIS_SERVER" ] || [ -z "$REDIS_BENCHMARK" ]; then
   REDIS_BENCHMARK=$PEERS/redis/usr/bin/redis-benchmark
   if [ ! -x "$REDIS_BENCHMARK" ]; then
     echo "fetching redis from Debian ($codename), unpacked under target/peers/" >&2
-    private_apt redis "deb $(debian_mirror) $codename main"
+    mirror=$(debian_mirror)
+    private_apt redis "deb $mirror $codename main"
     # With the libraries the host lacks (the host's own packages are not downloaded). No
     # maintainer script runs, so no service is set up or started.
     apt-get "${APT_OPTS[@]}" install -y -qq --download-only --no-install-recommends \
@@ -113,7 +127,8 @@ if ! { [ -n "$NATS" ] && "$NATS" --version | grep -Eq 'v2\.(1[0-9]|[2-9][0-9])\.
   NATS=$PEERS/usr/sbin/nats-server
   if [ ! -x "$NATS" ]; then
     echo "fetching nats-server 2.10 from Debian 13 (trixie)" >&2
-    private_apt trixie "deb $(debian_mirror) trixie main"
+    mirror=$(debian_mirror)
+    private_apt trixie "deb $mirror trixie main"
     # The package alone: the binary is static, and trixie's libraries must not come along.
     (cd "$APT_DIR" && apt-get "${APT_OPTS[@]}" download nats-server 2>/dev/null)
     dpkg-deb -x "$APT_DIR"/nats-server_*.deb "$PEERS"

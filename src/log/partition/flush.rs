@@ -40,10 +40,21 @@ impl PartitionLog {
         }
         *running = true;
         drop(running);
-        let result = self.flush_published();
-        *self.flush_running.lock().unwrap_or_else(|p| p.into_inner()) = false;
-        self.flush_done.notify_all();
-        result
+        /// Gives the flush lock back, and wakes whoever waits for it, however the flush ends
+        /// (a panic included: no later flush may wait for ever).
+        struct Release<'a>(&'a PartitionLog);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                *self
+                    .0
+                    .flush_running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = false;
+                self.0.flush_done.notify_all();
+            }
+        }
+        let _release = Release(self);
+        self.flush_published()
     }
     /// msyncs every segment with data above its durable end; only one runs at a time.
     fn flush_published(&self) -> Result<u64> {
