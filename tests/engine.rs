@@ -506,3 +506,55 @@ fn a_partition_is_opened_for_writing_once_per_process() {
     drop((log, again));
     assert!(PartitionLog::open(dir.path(), common::small_config(64 << 10)).is_ok());
 }
+
+#[test]
+fn a_first_segment_that_a_crash_left_without_its_header_is_created_anew() {
+    // A new partition's first segment is made durable by its first flush, not when it is
+    // created: a crash before that can leave its data file with an all-zero header, or
+    // shorter than a header. It held no durable record, so opening replaces it.
+    let config = || common::small_config(64 << 10);
+    let name = "00000000000000000000.log";
+    for leftover in [vec![0u8; 8192], vec![0u8; 100], Vec::new()] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(name), &leftover).unwrap();
+        let (log, report) = PartitionLog::open(dir.path(), config()).expect("open");
+        assert_eq!(report.removed_segments, vec![0]);
+        assert_eq!((log.start_offset(), log.end_offset()), (0, 0));
+        append_range(&log, 0, 10);
+        log.flush_until(u64::MAX).unwrap();
+        drop(log);
+        let (log, report) = PartitionLog::open(dir.path(), config()).expect("reopen");
+        assert!(report.removed_segments.is_empty());
+        assert_eq!(check_all(&log, 0), 10);
+    }
+}
+
+#[test]
+fn a_zeroed_header_is_damage_anywhere_but_in_a_new_partition() {
+    // Only a partition's first segment, alone, is created without a durable header; a
+    // later segment with a zeroed header is damage, and opening refuses it rather than
+    // starting the offsets again.
+    let config = || common::small_config(16 << 10);
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), config()).unwrap();
+    append_range(&log, 0, 100);
+    log.roll().unwrap();
+    append_range(&log, 100, 200);
+    log.flush_until(u64::MAX).unwrap();
+    let mut data_files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    data_files.sort();
+    assert!(data_files.len() >= 2, "the records span several segments");
+    drop(log);
+    let last = data_files.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    bytes[..4096].fill(0);
+    std::fs::write(last, &bytes).unwrap();
+    assert!(matches!(
+        PartitionLog::open(dir.path(), config()),
+        Err(LogError::Corrupt { .. })
+    ));
+}

@@ -16,6 +16,9 @@ use crate::log::{DiskQuota, Record, ValidFrames, WorkerHandle};
 /// The topic metadata file, `<data_dir>/<topic>/topic.json`.
 pub const META_FILE: &str = "topic.json";
 
+/// Threads that open (or create) a topic's partitions at once.
+const OPENING_THREADS: usize = 8;
+
 /// A topic's overrides of the server's defaults. Absent: the server default applies;
 /// `null`: no limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,11 +176,37 @@ impl Topic {
             config: overrides,
         };
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        write_durably(&dir.join(META_FILE), &json)?;
-        if let Some(parent) = dir.parent() {
-            let _ = crate::log::sync_dir(parent);
+        // The partitions' directories exist before the topic's directory is synced (below),
+        // which makes their names durable with `topic.json`'s.
+        for id in 0..partitions {
+            let p = dir.join(id.to_string());
+            fs::create_dir_all(&p).map_err(|e| BrokerError::io(&p, e))?;
         }
-        Self::open(dir, name, config, prefaulter, quota)
+        // Two syncs that wait for the disk run side by side with the partitions' creation,
+        // so that a creation waits for about two syncs: the metadata (its file synced,
+        // renamed, its directory synced) and the data directory (which now names the
+        // topic). A new partition's first segment costs no sync: its first flush makes it
+        // durable (see `Segment::create`). A crash part-way leaves either a directory without
+        // `topic.json` (left alone at start-up, and created over by the next creation of the
+        // name) or `topic.json` with partitions that lack files or hold a first segment that
+        // was never made durable (created anew, empty, when the topic opens).
+        std::thread::scope(|s| {
+            let metadata = s.spawn(|| write_durably(&dir.join(META_FILE), &json));
+            let data_dir = s.spawn(|| match dir.parent() {
+                Some(parent) => crate::log::sync_dir(parent).map_err(BrokerError::Log),
+                None => Ok(()),
+            });
+            let topic = Self::with_meta(dir, meta, config, prefaulter, quota);
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), BrokerError>>| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BrokerError::TaskFailed(
+                        "a thread making a topic's metadata durable panicked".into(),
+                    ))
+                })
+            };
+            let (metadata, data_dir) = (joined(metadata), joined(data_dir));
+            metadata.and(data_dir).and(topic)
+        })
     }
 
     /// Opens an existing topic directory.
@@ -198,18 +227,50 @@ impl Topic {
                 path.display()
             )));
         }
+        Self::with_meta(dir, meta, config, prefaulter, quota)
+    }
+
+    /// The topic `meta` describes, its partitions opened (created when new). A topic's
+    /// partitions open side by side, a few at a time: each new one waits for the disk.
+    fn with_meta(
+        dir: &Path,
+        meta: TopicMeta,
+        config: &Config,
+        prefaulter: WorkerHandle,
+        quota: Option<Arc<DiskQuota>>,
+    ) -> Result<Self, BrokerError> {
         let topic_config = effective(&meta.config, config);
         let mut log_config = config.log_config(topic_config.segment_bytes);
         log_config.worker = Some(prefaulter);
         log_config.quota = quota;
-        let partitions = (0..meta.partitions)
-            .map(|id| Partition::open(&dir.join(id.to_string()), id, &log_config).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+        let open = |id: u32| Partition::open(&dir.join(id.to_string()), id, &log_config);
+        let ids: Vec<u32> = (0..meta.partitions).collect();
+        let partitions = if ids.len() == 1 {
+            vec![open(0)?]
+        } else {
+            let per_thread = ids.len().div_ceil(OPENING_THREADS);
+            std::thread::scope(|s| {
+                let chunks: Vec<_> = ids
+                    .chunks(per_thread)
+                    .map(|chunk| {
+                        s.spawn(move || chunk.iter().map(|&id| open(id)).collect::<Vec<_>>())
+                    })
+                    .collect();
+                let mut opened = Vec::with_capacity(ids.len());
+                for chunk in chunks {
+                    let results = chunk.join().map_err(|_| {
+                        BrokerError::TaskFailed("a thread opening partitions panicked".into())
+                    })?;
+                    opened.extend(results);
+                }
+                opened.into_iter().collect::<Result<Vec<_>, _>>()
+            })?
+        };
         report_strays(dir, meta.partitions);
         Ok(Topic {
-            name: name.to_owned(),
+            name: meta.name,
             config: topic_config,
-            partitions,
+            partitions: partitions.into_iter().map(Arc::new).collect(),
             round_robin: RoundRobin::default(),
         })
     }

@@ -45,7 +45,16 @@ impl PartitionLog {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let claim = OpenPartition::claim(dir)?;
         let mut report = RecoveryReport::default();
-        let bases = scan_dir(dir, &mut report)?;
+        let mut bases = scan_dir(dir, &mut report)?;
+        if bases == [0] && segment::never_durable(dir, 0) {
+            // A new partition's first segment, from a creation that a crash interrupted
+            // before any record was flushed: it held nothing durable, and a new one replaces
+            // it below (any other damage to a header stays an error).
+            segment::remove(dir, 0);
+            report.removed_segments.push(0);
+            bases.clear();
+            tracing::warn!(partition = %dir.display(), "removed a first segment that was never made durable");
+        }
         let chunk = config.reserve_policy();
         let mut segments: Vec<Arc<Segment>> = Vec::with_capacity(bases.len() + 1);
         let mut writer = None;
@@ -108,16 +117,23 @@ impl PartitionLog {
         }
         report.segments = segments.len();
         let log_config = config.clone();
+        let mut new_dir_unsynced = false;
         let writer = match writer {
             Some(w) if !w.segment().is_sealed() => w,
             other => {
                 // Empty directory, or the newest segment is sealed: start a new active one.
+                // A new partition's first segment is made durable by its first flush (which
+                // waits for nothing else), not here: creating a partition then costs no
+                // sync of its own.
+                let first = other.is_none();
                 let base = other.map_or(0, |w| w.next_offset());
                 let seg = Arc::new(Segment::create(
                     dir,
                     new_header(&log_config, base, 0),
                     log_config.quota.as_ref(),
+                    !first,
                 )?);
+                new_dir_unsynced = first;
                 segments.push(Arc::clone(&seg));
                 SegmentWriter::new(seg, chunk)?
             }
@@ -136,10 +152,11 @@ impl PartitionLog {
                 "partition recovered"
             );
         }
-        Ok((
-            PartitionLog::from_parts(dir, config, segments, writer, claim),
-            report,
-        ))
+        let log = PartitionLog::from_parts(dir, config, segments, writer, claim);
+        if new_dir_unsynced {
+            log.mark_dir_unsynced();
+        }
+        Ok((log, report))
     }
 }
 

@@ -178,6 +178,12 @@ impl Drop for ClearOnDrop<'_> {
 }
 
 impl PartitionLog {
+    /// Marks the partition's directory as naming a file not yet durably: the next flush
+    /// syncs it before it makes any record durable.
+    pub(in crate::log) fn mark_dir_unsynced(&self) {
+        self.rolls.dir_dirty.store(true, Ordering::Release);
+    }
+
     /// Seals the active segment and starts a new one, if the active one holds any record.
     pub fn roll(&self) -> Result<()> {
         let mut w = self.lock_writer()?;
@@ -268,6 +274,7 @@ impl PartitionLog {
             &self.dir,
             header,
             self.config.quota.as_ref(),
+            true,
         )?);
         let new_writer = SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy())?;
         let old = std::mem::replace(w, new_writer);

@@ -53,6 +53,17 @@ pub fn remove(dir: &Path, base: u64) {
     }
 }
 
+/// Whether the data file of segment `base` in `dir` was created and never made durable: a
+/// crash before its first flush can leave it with an all-zero header page, or shorter than
+/// one (see [`Segment::create`] without `durable`). Such a segment holds no durable record.
+pub fn never_durable(dir: &Path, base: u64) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(DATA_START);
+    fs::File::open(path(dir, base, format::SEGMENT_EXT))
+        .and_then(|f| f.take(DATA_START as u64).read_to_end(&mut head))
+        .is_ok_and(|_| head.iter().all(|&b| b == 0))
+}
+
 /// Renames a file, or fails as the `rename` failpoint says.
 fn rename(from: &Path, to: &Path) -> Result<()> {
     failpoint::check("rename")
@@ -70,12 +81,18 @@ fn initial_charge(index_cap: usize) -> u64 {
 
 impl Segment {
     /// Creates a new segment in `dir`: its index files first, then the data file under a
-    /// temporary name, made durable and renamed into place, so a `.log` file always has a
-    /// whole header. Replaces an existing (empty) segment with the same base offset.
+    /// temporary name, renamed into place with its whole header, so that a reader never
+    /// sees a `.log` file without one. With `durable`, the header and the name are made
+    /// durable before this returns; without (a new partition's first segment), the first
+    /// flush of a record does it (the caller marks the directory unsynced), and a crash
+    /// before it may leave the file with an all-zero header, or none: recovery removes such
+    /// a first segment, which held no durable record (see `never_durable`). Replaces an
+    /// existing (empty) segment with the same base offset.
     pub fn create(
         dir: &Path,
         header: SegmentHeader,
         quota: Option<&Arc<DiskQuota>>,
+        durable: bool,
     ) -> Result<Self> {
         let base = header.base_offset;
         let index_cap = header.index_capacity();
@@ -108,9 +125,13 @@ impl Segment {
                 )
             })
             .map_err(cleanup)?;
-        data.flush(0..DATA_START).map_err(cleanup)?;
+        if durable {
+            data.flush(0..DATA_START).map_err(cleanup)?;
+        }
         rename(&tmp, &final_path)?;
-        sync_dir(dir)?;
+        if durable {
+            sync_dir(dir)?;
+        }
         let seg = Self::from_parts(header, final_path, data, offset_index, time_index, quota);
         seg.charged_bytes.store(charge.keep(), Ordering::Relaxed);
         seg.release_files();

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 
-pub use files::{list_bases, path, remove, spare_path, SPARE_BASE_OFFSET};
+pub use files::{list_bases, never_durable, path, remove, spare_path, SPARE_BASE_OFFSET};
 pub use header::SegmentHeader;
 pub use space::READ_AHEAD_AFTER_BYTES;
 pub use writer::{ReservePolicy, SegmentWriter};
