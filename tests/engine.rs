@@ -558,3 +558,60 @@ fn a_zeroed_header_is_damage_anywhere_but_in_a_new_partition() {
         Err(LogError::Corrupt { .. })
     ));
 }
+
+#[test]
+fn deleting_a_partition_stops_its_followers_while_its_files_remain() {
+    // Nothing else tells a follower in another process: the files are still there (they
+    // are removed afterwards, and a reader may hold them open), so the active segment's
+    // header says so, and blocked followers are woken.
+    use mapq::log::tailer::{TailError, TailOptions, Tailer, WaitMode};
+    for wait in [WaitMode::Block, WaitMode::Spin] {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+        append_range(&log, 0, 5);
+        let opts = TailOptions {
+            follow: true,
+            wait,
+            ..TailOptions::default()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_owned();
+        let follower = std::thread::spawn(move || {
+            let mut tailer = Tailer::open_dir(&path, opts).unwrap();
+            let mut read = 0;
+            let outcome = loop {
+                match tailer.next_record() {
+                    Ok(Some(_)) => {
+                        read += 1;
+                        if read == 5 {
+                            tx.send(()).unwrap();
+                        }
+                    }
+                    Ok(None) => break Ok(read),
+                    Err(e) => break Err((read, e)),
+                }
+            };
+            outcome
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the follower read the records");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log.mark_deleted();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !follower.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower still waits after the deletion ({wait:?})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        match follower.join().unwrap() {
+            Err((5, TailError::TopicDeleted)) => {}
+            other => panic!("{wait:?}: {other:?}"),
+        }
+        assert!(
+            dir.path().read_dir().unwrap().count() > 0,
+            "the files remain"
+        );
+    }
+}

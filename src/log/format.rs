@@ -56,12 +56,16 @@ pub mod segment_header {
     pub const WAKE_SEQ: usize = 4 * CACHE_LINE;
     /// u32, atomic: number of tailers blocked in a futex wait on WAKE_SEQ.
     pub const WAITERS: usize = WAKE_SEQ + size_of::<u32>();
+    /// u32, atomic: 0; 1 once the partition's topic was deleted (stored before `SEALED`):
+    /// the segment never changes again and no segment follows it.
+    pub const DELETED: usize = 5 * CACHE_LINE;
 
     /// Size of the whole header; the first frame starts here.
     pub const SIZE: usize = 4096;
 
     const _: () = assert!(STATIC_END <= COMMITTED_END);
-    const _: () = assert!(WAITERS + size_of::<u32>() <= SIZE);
+    const _: () = assert!(WAITERS + size_of::<u32>() <= DELETED);
+    const _: () = assert!(DELETED + size_of::<u32>() <= SIZE);
 }
 
 /// Field positions of the header shared by the offset and time index files.

@@ -343,6 +343,9 @@ impl Tailer {
         if self.pos < committed {
             return Ok(false);
         }
+        if self.m.is_deleted() {
+            return Err(TailError::TopicDeleted);
+        }
         let next_path = segment::path(&self.dir, self.next_offset, format::SEGMENT_EXT);
         if !(sealed || (look_for_newer && next_path.exists())) {
             return Ok(false);

@@ -202,7 +202,16 @@ impl PartitionLog {
     /// directory can go (and its name be reused by a new topic).
     pub fn mark_deleted(&self) {
         self.rolls.deleted.store(true, Ordering::Release);
-        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()));
+        {
+            // Waits for the append in flight; none starts afterwards. Then tells the local
+            // tailers, through the active segment's header, that nothing more will come (a
+            // parked writer maps its files again for that; if it cannot, tailers find the
+            // files gone at their next check instead).
+            let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            if w.unpark().is_ok() {
+                w.segment().mark_deleted();
+            }
+        }
         drop(self.rolls.file_work());
         drop(
             self.rolls

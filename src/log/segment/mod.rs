@@ -315,6 +315,18 @@ impl Segment {
         Ok(committed)
     }
 
+    /// Marks the segment as its deleted topic's last: `deleted`, then `sealed`, and wakes
+    /// the tailers blocked on it, which stop (a writer that is gone has nothing to wake them
+    /// with otherwise). Needs the writer's mapping.
+    pub(crate) fn mark_deleted(&self) {
+        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+            // Release: a reader that sees either flag sees the final committed end.
+            m.data.atomic_u32(sh::DELETED).store(1, Ordering::Release);
+            m.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
+            m.wake_tailers();
+        }
+    }
+
     /// Marks the segment sealed: no record will ever be added. Called after its writer's
     /// last publish and after the next segment's file exists.
     pub(crate) fn seal(&self) {

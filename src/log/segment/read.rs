@@ -108,6 +108,11 @@ impl Mapped {
         self.data.atomic_u32(sh::SEALED).load(Ordering::Acquire) != 0
     }
 
+    /// Whether the partition's topic was deleted: nothing follows this segment.
+    pub fn is_deleted(&self) -> bool {
+        self.data.atomic_u32(sh::DELETED).load(Ordering::Acquire) != 0
+    }
+
     /// The published bytes `[from, to)`, cut at the committed end (a caller holding an end
     /// loaded earlier gets fewer bytes, never unpublished ones, should recovery after a power
     /// loss have moved the end back).
