@@ -615,3 +615,53 @@ fn deleting_a_partition_stops_its_followers_while_its_files_remain() {
         );
     }
 }
+
+#[test]
+fn a_file_tailer_sees_the_records_of_a_new_segment_as_soon_as_they_are_appended() {
+    // Rolls adopt a spare segment prepared by the file worker; its files get their final
+    // names at the roll, not later on the worker, so that a reader of the files sees each
+    // record as early as an HTTP consumer does. The worker is kept busy here so that it
+    // cannot do the renames in time.
+    use mapq::log::tailer::{TailOptions, Tailer};
+    use mapq::log::FileWorker;
+    let worker = FileWorker::spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        worker: Some(worker.handle()),
+        ..common::small_config(16 << 10)
+    };
+    let (log, _) = PartitionLog::open(dir.path(), config).unwrap();
+    let segments = |log: &PartitionLog| log.segments().len();
+    // Past half the first segment: the worker prepares a spare; wait until it has run.
+    let mut end = 0;
+    while log.segments()[0].committed_end() < 10 << 10 {
+        append_range(&log, end, end + 10);
+        end += 10;
+    }
+    let (ran, done) = std::sync::mpsc::channel();
+    worker.handle().submit(move || ran.send(()).unwrap());
+    done.recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
+    // Keep the worker busy, then append until the roll.
+    let (release, blocked) = std::sync::mpsc::channel::<()>();
+    worker.handle().submit(move || {
+        let _ = blocked.recv_timeout(std::time::Duration::from_secs(30));
+    });
+    while segments(&log) == 1 {
+        append_range(&log, end, end + 10);
+        end += 10;
+    }
+    append_range(&log, end, end + 5);
+    end += 5;
+    let mut tailer = Tailer::open_dir(dir.path(), TailOptions::default()).unwrap();
+    let mut read = 0;
+    while let Some(f) = tailer.next_record().unwrap() {
+        assert_eq!(f.offset, read);
+        read += 1;
+    }
+    release.send(()).unwrap();
+    assert_eq!(
+        read, end,
+        "the file tailer stopped before the records of the new segment"
+    );
+}

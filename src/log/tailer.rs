@@ -351,6 +351,12 @@ impl Tailer {
             return Ok(false);
         }
         if next_path.exists() {
+            if !sealed && self.pos < self.m.committed_end() {
+                // Not sealed (a crash, or a roll between the loads above): the newer file
+                // was seen after the committed end was loaded, and the writer's last records
+                // here may lie between the two. Read up to the end loaded now first.
+                return Ok(false);
+            }
             *self = Self::at_segment(&self.dir, self.opts, self.next_offset)?;
             return Ok(true);
         }

@@ -230,13 +230,34 @@ impl PartitionLog {
         let replaces_empty = w.is_empty();
         if !replaces_empty {
             if let Some((spare, name)) = self.rolls.take_spare(header.capacity_bytes as usize) {
-                // The fast path: no file is created here. The spare becomes the active
-                // segment at once; its files are renamed and the old segment sealed by the
-                // prefaulter thread right after (or by the next flush).
+                // The fast path: no file is created here. The spare becomes the active segment at once, under its final names (three
+                // renames; the directory is synced by the prefaulter thread right after, or
+                // by the next flush), so that a file tailer sees its records as early as an
+                // HTTP consumer does; then the old segment is sealed, so that a tailer that
+                // sees the seal finds its successor. Should a rename fail, the records still
+                // go to the new segment, and the rename and the seal are retried with the
+                // directory's sync; names appear in order, so none is renamed here while an
+                // earlier roll's rename waits for that retry.
                 let seg = Arc::new(spare.adopt(&self.dir, base, now_ms())?);
+                let earlier_unnamed = self
+                    .rolls
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .any(|(_, _, n)| spare_path(&self.dir, n, format::SEGMENT_EXT).exists());
+                let renamed =
+                    (!earlier_unnamed).then(|| Segment::rename_spare_files(&self.dir, &name, base));
                 let new_writer =
                     SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy())?;
                 let old = std::mem::replace(w, new_writer).into_segment();
+                match renamed {
+                    Some(Ok(())) => old.seal(),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, partition = %self.dir.display(), "renaming a new segment failed; retried before the next flush")
+                    }
+                    None => {}
+                }
                 self.segments.rcu(|segs| {
                     let mut next: Vec<Arc<Segment>> = segs.as_ref().clone();
                     next.push(Arc::clone(&seg));

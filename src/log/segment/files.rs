@@ -255,14 +255,19 @@ impl Segment {
     }
 
     /// Gives an adopted spare's files their final names: the index files first, the data
-    /// file last, so a `.log` file always comes with its indexes.
+    /// file last, so a `.log` file always comes with its indexes. A file renamed by an
+    /// earlier, interrupted call is skipped.
     pub fn rename_spare_files(dir: &Path, name: &str, base_offset: u64) -> Result<()> {
         for ext in [
             format::OFFSET_INDEX_EXT,
             format::TIME_INDEX_EXT,
             format::SEGMENT_EXT,
         ] {
-            rename(&spare_path(dir, name, ext), &path(dir, base_offset, ext))?;
+            let (from, to) = (spare_path(dir, name, ext), path(dir, base_offset, ext));
+            if !from.exists() && to.exists() {
+                continue;
+            }
+            rename(&from, &to)?;
         }
         Ok(())
     }
