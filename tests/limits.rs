@@ -115,8 +115,26 @@ fn a_kept_alive_connection_outlives_the_header_timeout() {
 fn connections_beyond_the_limit_get_503_and_the_slot_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[("MAPQ_MAX_CONNECTIONS", "2")]);
-    let a = TcpStream::connect(addr(&server)).unwrap();
-    let b = TcpStream::connect(addr(&server)).unwrap();
+    // Two connections that hold the two slots, each proven by an answered request (kept
+    // alive): the start-up readiness probe's connection may hold a slot for a moment after
+    // its answer, so a connection that got a 503 meanwhile tries again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = || loop {
+        let mut s = TcpStream::connect(addr(&server)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut status = [0u8; 12];
+        let answered = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .and_then(|()| s.read_exact(&mut status));
+        if answered.is_ok() && &status[9..12] == b"200" {
+            return s;
+        }
+        // Refused (a 503, and the connection closed): the slot was not free yet.
+        assert!(Instant::now() < deadline, "the slots never came free");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let a = holder();
+    let b = holder();
     let mut c = TcpStream::connect(addr(&server)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut answer = String::new();
