@@ -1,0 +1,260 @@
+//! A reader in another language, written from `src/log/FORMAT.md` alone
+//! (`tests/tools/format_reader.py`, Python's standard library only), follows a live server's
+//! partition through rolls, `kill -9` restarts and the topic's deletion. Every record it reads
+//! must be exactly what HTTP consume returns (offset, timestamp, key, value, headers), and it
+//! must stop with "topic deleted" when the topic goes. It fails whenever the document and the
+//! code disagree. `MAPQ_FOREIGN_ROLLS` (default 200) sets how many rolls it follows.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::server::{create_topic, get_json, post_json, wait_with_deadline, Server};
+use reqwest::Client;
+use serde_json::{json, Value};
+
+/// Debian's own interpreter when there is one (the machine's other `python3` may lack
+/// nothing here, but Debian's is the one the project installs packages for).
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// The Python reader, following one partition directory; its stdout lines on a channel.
+struct Reader {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn follow(partition_dir: &Path) -> Reader {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/format_reader.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(partition_dir)
+            .arg("--follow")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the Python reader");
+        let (tx, lines) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stderr);
+        let err = child.stderr.take().unwrap();
+        let stderr_reader = std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+            }
+        });
+        Reader {
+            child,
+            lines,
+            stderr,
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    /// Waits for the reader to exit (within `limit`) and for all it wrote on stderr.
+    fn exit_code(&mut self, limit: Duration) -> i32 {
+        let code = wait_with_deadline(&mut self.child, limit);
+        if let Some(t) = self.stderr_reader.take() {
+            let _ = t.join();
+        }
+        code
+    }
+
+    fn records(&self, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                let line = self
+                    .lines
+                    .recv_timeout(Duration::from_secs(30))
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "record {i} of {n} never came; the reader said: {}",
+                            self.stderr.lock().unwrap()
+                        )
+                    });
+                serde_json::from_str(&line).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Record `seq` as produced: keys on even records, headers on every third, a binary value on
+/// every seventh, JSON (about 1 KiB) otherwise.
+fn record(seq: u64) -> Value {
+    let mut r = json!({"partition": 0});
+    if seq.is_multiple_of(2) {
+        r["key"] = json!(format!("key-{seq}"));
+    }
+    if seq.is_multiple_of(3) {
+        r["headers"] = json!({"trace": format!("t{seq}"), "n": "3"});
+    }
+    if seq.is_multiple_of(7) {
+        let bytes: Vec<u8> = (0..64).map(|i| (seq as u8).wrapping_add(i)).collect();
+        r["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
+    } else {
+        r["value"] = json!({"seq": seq, "pad": "p".repeat(1000)});
+    }
+    r
+}
+
+fn decode(b64: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().expect("base64 text"))
+        .expect("valid base64")
+}
+
+/// What the reader printed for a record, as HTTP consume shows it.
+fn as_consumed(r: &Value) -> Value {
+    let key = match &r["key_b64"] {
+        Value::Null => Value::Null,
+        k => json!(String::from_utf8(decode(k)).expect("UTF-8 keys here")),
+    };
+    let value = decode(&r["value_b64"]);
+    let mut out = json!({
+        "offset": r["offset"],
+        "timestamp_ms": r["timestamp_ms"],
+        "key": key,
+        "headers": r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let text = |v: &Value| String::from_utf8(decode(v)).unwrap();
+                (text(&h[0]), json!(text(&h[1])))
+            })
+            .collect::<serde_json::Map<_, _>>(),
+    });
+    if r["value_json"] == json!(true) {
+        out["value"] = serde_json::from_slice(&value).expect("a JSON value");
+    } else {
+        match String::from_utf8(value) {
+            Ok(text) => out["value"] = json!(text),
+            Err(_) => out["value_b64"] = r["value_b64"].clone(),
+        }
+    }
+    out
+}
+
+async fn consume_all(http: &Client, base: &str, end: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    while (all.len() as u64) < end {
+        let page = get_json(
+            http,
+            format!(
+                "{base}/v1/topics/py/partitions/0/records?offset={}&max_records=1000",
+                all.len()
+            ),
+        )
+        .await;
+        let records = page["records"].as_array().expect("records").clone();
+        assert!(!records.is_empty(), "consume stopped at {}", all.len());
+        all.extend(records);
+    }
+    all
+}
+
+fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.len() == 24 && name.ends_with(".log")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_written_from_the_format_document_reads_what_http_consumers_read() {
+    let rolls: usize = std::env::var("MAPQ_FOREIGN_ROLLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let restarts = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("MAPQ_SEGMENT_BYTES", "65536")];
+    let mut server = Server::start(dir.path(), &env);
+    let http = Client::new();
+    create_topic(&http, &server.base, json!({"name": "py"})).await;
+    let partition = dir.path().join("py").join("0");
+    let reader = Reader::follow(&partition);
+
+    // Batches of 20 records (about 20 KiB) into 64 KiB segments: a roll every few requests,
+    // and a kill -9 of the server every so often, until the partition has rolled enough.
+    let mut next = 0u64;
+    let mut restarted = 0;
+    while segment_files(&partition) <= rolls {
+        let batch: Vec<Value> = (next..next + 20).map(record).collect();
+        let r = post_json(
+            &http,
+            format!("{}/v1/topics/py/records", server.base),
+            &json!({ "records": batch }),
+        )
+        .await;
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        next += 20;
+        let due = segment_files(&partition) * (restarts + 1) / (rolls + 1);
+        if restarted < restarts && due > restarted {
+            server.kill();
+            server = Server::start(dir.path(), &env);
+            restarted += 1;
+        }
+    }
+    assert_eq!(restarted, restarts);
+
+    let consumed = consume_all(&http, &server.base, next).await;
+    let read: Vec<Value> = reader
+        .records(next as usize)
+        .iter()
+        .map(as_consumed)
+        .collect();
+    for (i, (got, want)) in read.iter().zip(&consumed).enumerate() {
+        assert_eq!(
+            got, want,
+            "record {i}: the Python reader and HTTP consume disagree"
+        );
+    }
+
+    // The topic goes: the reader stops, saying so.
+    let r = http
+        .delete(format!("{}/v1/topics/py", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut reader = reader;
+    assert_eq!(reader.exit_code(Duration::from_secs(10)), 3);
+    assert!(
+        reader.stderr.lock().unwrap().contains("topic deleted"),
+        "{}",
+        reader.stderr.lock().unwrap()
+    );
+}

@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""A reader of one mapq partition's segment files, written from src/log/FORMAT.md alone,
+with Python's standard library only: the test suite's check that the document is enough for
+a reader in another language (tests/foreign_reader.rs runs it against a live server).
+
+    format_reader.py <partition directory> [--follow]
+
+Prints one JSON line per record: {"offset": n, "timestamp_ms": t, "key_b64": ... or null,
+"value_b64": ..., "value_json": bool, "headers": [[name_b64, value_b64], ...]}.
+Without --follow it stops at the end of the log (exit 0). With --follow it waits for more,
+polling (a reader without write access cannot join the futex protocol, section 5.1), until
+the topic is deleted: then "topic deleted" on stderr and exit 3. A format error stops it
+with a message naming the file and byte position on stderr and exit 2.
+"""
+
+import base64
+import json
+import mmap
+import os
+import struct
+import sys
+import time
+
+HEADER_SIZE = 4096
+COMMITTED_END, DURABLE_END, SEALED, DELETED = 64, 128, 192, 320
+FRAME_FIXED = 40
+VALUE_JSON, HAS_KEY = 0x1, 0x2
+POLL = 0.002
+
+
+class FormatError(Exception):
+    pass
+
+
+def _crc32c_table():
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_TABLE = _crc32c_table()
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def segment_path(directory, base):
+    return os.path.join(directory, "%020d.log" % base)
+
+
+def segment_bases(directory):
+    """Base offsets of the .log files, oldest first (section 1); None if the directory is gone."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    return sorted(int(n[:20]) for n in names
+                  if len(n) == 24 and n.endswith(".log") and n[:20].isdigit())
+
+
+def identity(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class Segment:
+    def __init__(self, directory, base):
+        self.path = segment_path(directory, base)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            st = os.fstat(fd)
+            self.identity = (st.st_dev, st.st_ino)
+            if st.st_size < HEADER_SIZE:
+                raise FormatError("%s: shorter than a header" % self.path)
+            self.m = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        (magic, version, header_bytes, base_offset, capacity, _created, interval,
+         header_crc) = struct.unpack_from("<8sIIQQqII", self.m, 0)
+        checks = [
+            (magic == b"MAPQSEG\0", "bad magic"),
+            (version == 1, "unknown version %d" % version),
+            (header_bytes == HEADER_SIZE, "header_bytes %d" % header_bytes),
+            (base_offset == base, "base offset %d does not match the name" % base_offset),
+            (capacity == st.st_size, "capacity %d is not the file's length" % capacity),
+            (interval > 0, "index_interval_bytes 0"),
+            (crc32c(self.m[0:44]) == header_crc, "header CRC mismatch"),
+        ]
+        for ok, why in checks:
+            if not ok:
+                raise FormatError("%s: byte 0: %s" % (self.path, why))
+        self.base = base
+        self.capacity = capacity
+
+    def u32(self, at):
+        return struct.unpack_from("<I", self.m, at)[0]
+
+    def committed_end(self):
+        end = struct.unpack_from("<Q", self.m, COMMITTED_END)[0]
+        if not (HEADER_SIZE <= end <= self.capacity and end % 8 == 0):
+            raise FormatError("%s: byte %d: committed end %d outside the data area"
+                              % (self.path, COMMITTED_END, end))
+        return end
+
+    def sealed(self):
+        return self.u32(SEALED) != 0
+
+    def deleted(self):
+        return self.u32(DELETED) != 0
+
+    def frame(self, pos, end, expected_offset):
+        """Decodes the frame at `pos` (section 2.2); returns (record, padded length)."""
+        def bad(why):
+            return FormatError("%s: byte %d: %s" % (self.path, pos, why))
+        if end - pos < FRAME_FIXED:
+            raise bad("a frame header crosses the committed end")
+        (length, crc, offset, ts, attrs, key_len, value_len,
+         header_count) = struct.unpack_from("<IIQqIIII", self.m, pos)
+        padded = (length + 7) & ~7
+        if length < FRAME_FIXED or pos + padded > end:
+            raise bad("frame length %d" % length)
+        if attrs & ~(VALUE_JSON | HAS_KEY):
+            raise bad("unknown attribute bits 0x%x" % attrs)
+        if not attrs & HAS_KEY and key_len != 0:
+            raise bad("a null key with a length")
+        if FRAME_FIXED + key_len + value_len > length:
+            raise bad("key and value overrun the frame")
+        if any(self.m[pos + length:pos + padded]):
+            raise bad("non-zero padding")
+        if crc32c(self.m[pos + 16:pos + length]) != crc:
+            raise bad("CRC mismatch")
+        if offset != expected_offset:
+            raise bad("offset %d where %d was expected" % (offset, expected_offset))
+        at = pos + FRAME_FIXED
+        key = self.m[at:at + key_len] if attrs & HAS_KEY else None
+        at += key_len
+        value = self.m[at:at + value_len]
+        at += value_len
+        headers = []
+        for _ in range(header_count):
+            if at + 4 > pos + length:
+                raise bad("headers overrun the frame")
+            (n,) = struct.unpack_from("<I", self.m, at)
+            name = self.m[at + 4:at + 4 + n]
+            at += 4 + n
+            if at + 4 > pos + length:
+                raise bad("headers overrun the frame")
+            (n,) = struct.unpack_from("<I", self.m, at)
+            hvalue = self.m[at + 4:at + 4 + n]
+            at += 4 + n
+            headers.append([b64(name), b64(hvalue)])
+        if at != pos + length:
+            raise bad("headers do not fill the frame")
+        record = {
+            "offset": offset,
+            "timestamp_ms": ts,
+            "key_b64": None if key is None else b64(key),
+            "value_b64": b64(value),
+            "value_json": bool(attrs & VALUE_JSON),
+            "headers": headers,
+        }
+        return record, padded
+
+
+def b64(data):
+    return base64.b64encode(data).decode("ascii")
+
+
+class TopicDeleted(Exception):
+    pass
+
+
+def read(directory, follow):
+    bases = segment_bases(directory)
+    if bases is None:
+        raise TopicDeleted()
+    while not bases:
+        if not follow:
+            return
+        time.sleep(POLL)
+        bases = segment_bases(directory)
+        if bases is None:
+            raise TopicDeleted()
+    seg = Segment(directory, bases[0])
+    pos, next_offset = HEADER_SIZE, bases[0]
+    while True:
+        end = seg.committed_end()
+        while pos < end:
+            record, padded = seg.frame(pos, end, next_offset)
+            print(json.dumps(record), flush=True)
+            pos += padded
+            next_offset += 1
+        # At the committed end (section 5).
+        if seg.deleted():
+            raise TopicDeleted()
+        if seg.sealed():
+            if seg.committed_end() != end:
+                continue
+            # Finished: on to the segment whose base offset is the next offset (the same
+            # name again when this one was sealed empty: its replacement is a new file).
+            nxt = segment_path(directory, next_offset)
+            ident = identity(nxt)
+            if ident is not None and (nxt != seg.path or ident != seg.identity):
+                seg, pos = Segment(directory, next_offset), HEADER_SIZE
+                continue
+            if segment_bases(directory) is None:
+                raise TopicDeleted()
+        else:
+            if not follow:
+                return
+            # A newer file while this one is not sealed (a crash): finished once every frame
+            # below a committed end loaded after seeing that file is read.
+            nxt = segment_path(directory, next_offset)
+            if nxt != seg.path and identity(nxt) is not None:
+                if seg.committed_end() == end:
+                    seg, pos = Segment(directory, next_offset), HEADER_SIZE
+                continue
+            # The file replaced or gone while not sealed: the topic was deleted (perhaps
+            # created again); never read on from a file that is not ours.
+            if identity(seg.path) != seg.identity:
+                raise TopicDeleted()
+        if not follow:
+            return
+        time.sleep(POLL)
+
+
+def main():
+    args = sys.argv[1:]
+    follow = "--follow" in args
+    paths = [a for a in args if a != "--follow"]
+    if len(paths) != 1:
+        print(__doc__, file=sys.stderr)
+        return 64
+    try:
+        read(paths[0], follow)
+    except TopicDeleted:
+        print("topic deleted", file=sys.stderr)
+        return 3
+    except FormatError as e:
+        print("format error: %s" % e, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
