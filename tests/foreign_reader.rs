@@ -1,8 +1,8 @@
 //! A reader in another language, written from `src/log/FORMAT.md` alone
 //! (`tests/tools/format_reader.py`, Python's standard library only), follows a live server's
-//! partition through rolls, `kill -9` restarts and the topic's deletion. Every record it reads
-//! must be exactly what HTTP consume returns (offset, timestamp, key, value, headers), and it
-//! must stop with "topic deleted" when the topic goes. It fails whenever the document and the
+//! partition through rolls, `kill -9` restarts and the topic's deletion, beside `mapq tail`.
+//! Every record each reads must be exactly what HTTP consume returns (offset, timestamp, key,
+//! value, headers), and both must stop with "topic deleted" when the topic goes. It fails whenever the document and the
 //! code disagree. `MAPQ_FOREIGN_ROLLS` (default 200) sets how many rolls it follows.
 
 mod common;
@@ -37,16 +37,29 @@ struct Reader {
 }
 
 impl Reader {
-    fn follow(partition_dir: &Path) -> Reader {
+    /// The Python reader, following one partition directory.
+    fn python(partition_dir: &Path) -> Reader {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/format_reader.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(partition_dir)
-            .arg("--follow")
+        let mut cmd = Command::new(python());
+        cmd.arg(script).arg(partition_dir).arg("--follow");
+        Reader::spawn(cmd)
+    }
+
+    /// `mapq tail --follow` of one partition, beside it.
+    fn mapq_tail(data_dir: &Path, topic: &str) -> Reader {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        cmd.args(["tail", "--partition", "0", "--follow", "--data-dir"])
+            .arg(data_dir)
+            .arg(topic);
+        Reader::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Reader {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start the Python reader");
+            .expect("start a reader");
         let (tx, lines) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
@@ -205,7 +218,8 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
     let http = Client::new();
     create_topic(&http, &server.base, json!({"name": "py"})).await;
     let partition = dir.path().join("py").join("0");
-    let reader = Reader::follow(&partition);
+    let reader = Reader::python(&partition);
+    let tail = Reader::mapq_tail(dir.path(), "py");
 
     // Batches of 20 records (about 20 KiB) into 64 KiB segments: a roll every few requests,
     // and a kill -9 of the server every so often, until the partition has rolled enough.
@@ -242,6 +256,16 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
             "record {i}: the Python reader and HTTP consume disagree"
         );
     }
+    // `mapq tail` prints consume's record objects, with the partition first.
+    let tailed = tail.records(next as usize);
+    for (i, (mut got, want)) in tailed.into_iter().zip(&consumed).enumerate() {
+        assert_eq!(got["partition"], 0);
+        got.as_object_mut().unwrap().remove("partition");
+        assert_eq!(
+            &got, want,
+            "record {i}: mapq tail and HTTP consume disagree"
+        );
+    }
 
     // The topic goes: the reader stops, saying so.
     let r = http
@@ -250,11 +274,17 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let mut reader = reader;
+    let (mut reader, mut tail) = (reader, tail);
     assert_eq!(reader.exit_code(Duration::from_secs(10)), 3);
     assert!(
         reader.stderr.lock().unwrap().contains("topic deleted"),
         "{}",
         reader.stderr.lock().unwrap()
+    );
+    assert_eq!(tail.exit_code(Duration::from_secs(10)), 1);
+    assert!(
+        tail.stderr.lock().unwrap().contains("topic was deleted"),
+        "{}",
+        tail.stderr.lock().unwrap()
     );
 }
