@@ -7,14 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::server::{create_topic, get_json, post_json, wait_with_deadline, Server};
+use common::lines::LineProcess;
+use common::server::{create_topic, get_json, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -28,95 +27,28 @@ fn python() -> &'static str {
     }
 }
 
-/// The Python reader, following one partition directory; its stdout lines on a channel.
-struct Reader {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
+/// A reader process: the Python one or `mapq tail`.
+type Reader = LineProcess;
+
+/// The Python reader, following one partition directory.
+fn python_reader(partition_dir: &Path) -> Reader {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/format_reader.py");
+    LineProcess::spawn(
+        Command::new(python())
+            .arg(script)
+            .arg(partition_dir)
+            .arg("--follow"),
+    )
 }
 
-impl Reader {
-    /// The Python reader, following one partition directory.
-    fn python(partition_dir: &Path) -> Reader {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/format_reader.py");
-        let mut cmd = Command::new(python());
-        cmd.arg(script).arg(partition_dir).arg("--follow");
-        Reader::spawn(cmd)
-    }
-
-    /// `mapq tail --follow` of one partition, beside it.
-    fn mapq_tail(data_dir: &Path, topic: &str) -> Reader {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
-        cmd.args(["tail", "--partition", "0", "--follow", "--data-dir"])
+/// `mapq tail --follow` of one partition, beside it.
+fn mapq_tail(data_dir: &Path, topic: &str) -> Reader {
+    LineProcess::spawn(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["tail", "--partition", "0", "--follow", "--data-dir"])
             .arg(data_dir)
-            .arg(topic);
-        Reader::spawn(cmd)
-    }
-
-    fn spawn(mut cmd: Command) -> Reader {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start a reader");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let err = child.stderr.take().unwrap();
-        let stderr_reader = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
-            }
-        });
-        Reader {
-            child,
-            lines,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    /// Waits for the reader to exit (within `limit`) and for all it wrote on stderr.
-    fn exit_code(&mut self, limit: Duration) -> i32 {
-        let code = wait_with_deadline(&mut self.child, limit);
-        if let Some(t) = self.stderr_reader.take() {
-            let _ = t.join();
-        }
-        code
-    }
-
-    fn records(&self, n: usize) -> Vec<Value> {
-        (0..n)
-            .map(|i| {
-                let line = self
-                    .lines
-                    .recv_timeout(Duration::from_secs(30))
-                    .unwrap_or_else(|_| {
-                        panic!(
-                            "record {i} of {n} never came; the reader said: {}",
-                            self.stderr.lock().unwrap()
-                        )
-                    });
-                serde_json::from_str(&line).unwrap()
-            })
-            .collect()
-    }
-}
-
-impl Drop for Reader {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .arg(topic),
+    )
 }
 
 /// Record `seq` as produced: keys on even records, headers on every third, a binary value on
@@ -218,8 +150,8 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
     let http = Client::new();
     create_topic(&http, &server.base, json!({"name": "py"})).await;
     let partition = dir.path().join("py").join("0");
-    let reader = Reader::python(&partition);
-    let tail = Reader::mapq_tail(dir.path(), "py");
+    let reader = python_reader(&partition);
+    let tail = mapq_tail(dir.path(), "py");
 
     // Batches of 20 records (about 20 KiB) into 64 KiB segments: a roll every few requests,
     // and a kill -9 of the server every so often, until the partition has rolled enough.
@@ -246,7 +178,7 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
 
     let consumed = consume_all(&http, &server.base, next).await;
     let read: Vec<Value> = reader
-        .records(next as usize)
+        .records(next as usize, Duration::from_secs(30))
         .iter()
         .map(as_consumed)
         .collect();
@@ -257,7 +189,7 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         );
     }
     // `mapq tail` prints consume's record objects, with the partition first.
-    let tailed = tail.records(next as usize);
+    let tailed = tail.records(next as usize, Duration::from_secs(30));
     for (i, (mut got, want)) in tailed.into_iter().zip(&consumed).enumerate() {
         assert_eq!(got["partition"], 0);
         got.as_object_mut().unwrap().remove("partition");

@@ -3,107 +3,29 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::lines::LineProcess;
 use common::server::{create_topic, get_text, post_json, Server};
 use mapq::log::format::{get_u32, segment_header as sh};
 use reqwest::Client;
 use serde_json::{json, Value};
 
 /// A running `mapq tail` whose stdout lines arrive on a channel.
-struct Tail {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
-}
+type Tail = LineProcess;
 
-impl Tail {
-    /// Starts `mapq tail`; as user nobody (from a copy of the binary that user can reach)
-    /// if `as_nobody`.
-    fn start(data_dir: &Path, args: &[&str], as_nobody: bool) -> Tail {
-        let mut cmd = if as_nobody {
-            common::nobody::mapq()
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_mapq"))
-        };
-        cmd.arg("tail")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start mapq tail");
-        let (tx, lines) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let err = child.stderr.take().unwrap();
-        let stderr_reader = std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&line);
-            }
-        });
-        Tail {
-            child,
-            lines,
-            stderr,
-            stderr_reader: Some(stderr_reader),
-        }
-    }
-
-    /// The next `n` records, each within `limit`.
-    fn records(&self, n: usize, limit: Duration) -> Vec<Value> {
-        (0..n)
-            .map(|i| {
-                let line = self.lines.recv_timeout(limit).unwrap_or_else(|_| {
-                    panic!(
-                        "record {i} of {n} did not arrive; stderr: {}",
-                        self.stderr.lock().unwrap()
-                    )
-                });
-                serde_json::from_str(&line).unwrap()
-            })
-            .collect()
-    }
-
-    /// Waits for the process to exit, and for everything it wrote on stderr.
-    /// After the process has exited: its stdout ends with no further line.
-    fn expect_no_more_lines(&self, what: &str) {
-        match self.lines.recv_timeout(Duration::from_secs(5)) {
-            Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            Ok(line) => panic!("{what}: got {line}"),
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: stdout never closed"),
-        }
-    }
-
-    fn exit_code(&mut self, limit: Duration) -> i32 {
-        let code = common::server::wait_with_deadline(&mut self.child, limit);
-        if let Some(reader) = self.stderr_reader.take() {
-            let _ = reader.join();
-        }
-        code
-    }
-}
-
-impl Drop for Tail {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `mapq tail`; as user nobody (from a copy of the binary that user can reach) if
+/// `as_nobody`.
+fn start_tail(data_dir: &Path, args: &[&str], as_nobody: bool) -> Tail {
+    let mut cmd = if as_nobody {
+        common::nobody::mapq()
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+    };
+    cmd.arg("tail").arg("--data-dir").arg(data_dir).args(args);
+    LineProcess::spawn(&mut cmd)
 }
 
 async fn produce(http: &Client, base: &str, topic: &str, from: u64, n: u64) {
@@ -178,7 +100,7 @@ async fn every_record_in_order_across_rolls_and_a_retention_deletion() {
     let base = &server.base;
     create(&http, base, "roll").await;
     let total = 1200u64;
-    let mut tail = Tail::start(dir.path(), &["roll", "--follow", "--count", "1200"], false);
+    let mut tail = start_tail(dir.path(), &["roll", "--follow", "--count", "1200"], false);
     // The tailer reads into the first segment, then stops (SIGSTOP) with part of it unread.
     produce(&http, base, "roll", 0, 40).await;
     check_sequence(&tail.records(40, Duration::from_secs(10)), 0);
@@ -241,7 +163,7 @@ async fn a_tailer_at_latest_on_a_quiet_partition_wakes_on_the_next_record() {
     let http = Client::new();
     create(&http, &server.base, "quiet").await;
     produce(&http, &server.base, "quiet", 0, 3).await;
-    let mut tail = Tail::start(
+    let mut tail = start_tail(
         dir.path(),
         &[
             "quiet", "--from", "latest", "--follow", "--count", "1", "--wait", "block",
@@ -262,7 +184,7 @@ async fn the_tailer_survives_a_kill_9_of_the_writer_and_continues_after_restart(
     let server = Server::start(dir.path(), &env);
     let http = Client::new();
     create(&http, &server.base, "k").await;
-    let mut tail = Tail::start(dir.path(), &["k", "--follow", "--count", "600"], false);
+    let mut tail = start_tail(dir.path(), &["k", "--follow", "--count", "600"], false);
     produce(&http, &server.base, "k", 0, 300).await;
     let first = tail.records(300, Duration::from_secs(10));
     check_sequence(&first, 0);
@@ -298,7 +220,7 @@ async fn the_tailer_needs_no_write_permission() {
         }
     }
     // Root ignores permissions: run the tailer as user nobody instead.
-    let mut tail = Tail::start(dir.path(), &["ro"], as_root);
+    let mut tail = start_tail(dir.path(), &["ro"], as_root);
     check_sequence(&tail.records(20, Duration::from_secs(5)), 0);
     assert_eq!(
         tail.exit_code(Duration::from_secs(5)),
@@ -308,7 +230,7 @@ async fn the_tailer_needs_no_write_permission() {
     );
     // Following works too (it polls, since it cannot register as a waiter). The server
     // keeps its writable mappings, so it still appends to the read-only files.
-    let tail = Tail::start(dir.path(), &["ro", "--from", "20", "--follow"], as_root);
+    let tail = start_tail(dir.path(), &["ro", "--from", "20", "--follow"], as_root);
     produce(&http, &server.base, "ro", 20, 5).await;
     check_sequence(&tail.records(5, Duration::from_secs(5)), 20);
 }
@@ -330,7 +252,7 @@ async fn deleting_the_topic_stops_the_tailer_with_a_clear_error() {
     let http = Client::new();
     create(&http, &server.base, "gone").await;
     produce(&http, &server.base, "gone", 0, 10).await;
-    let mut tail = Tail::start(dir.path(), &["gone", "--follow"], false);
+    let mut tail = start_tail(dir.path(), &["gone", "--follow"], false);
     check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
     let r = http
         .delete(format!("{}/v1/topics/gone", server.base))
@@ -375,14 +297,14 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
         std::thread::sleep(Duration::from_millis(20));
     }
     server.kill();
-    let mut tail = Tail::start(dir.path(), &["old", "--from", "0"], false);
+    let mut tail = start_tail(dir.path(), &["old", "--from", "0"], false);
     assert_eq!(tail.exit_code(Duration::from_secs(5)), 1);
     let err = tail.stderr.lock().unwrap().clone();
     assert!(
         err.contains("was deleted by retention") && err.contains("--skip-deleted"),
         "{err}"
     );
-    let tail = Tail::start(
+    let tail = start_tail(
         dir.path(),
         &["old", "--from", "earliest", "--count", "1"],
         false,
@@ -391,7 +313,7 @@ async fn a_position_deleted_by_retention_is_reported_or_skipped() {
         .as_u64()
         .unwrap();
     assert!(earliest > 0);
-    let tail = Tail::start(
+    let tail = start_tail(
         dir.path(),
         &["old", "--from", "0", "--skip-deleted", "--count", "1"],
         false,
@@ -460,7 +382,7 @@ async fn the_data_group_can_tail_and_nobody_else_can_write() {
     // A member of the group tails it with read access only: as root, nobody (whose group
     // it is). Otherwise the test's own user, whose group it is too (it also owns the files,
     // so that half shows less).
-    let mut tail = Tail::start(&data, &["grp"], as_root);
+    let mut tail = start_tail(&data, &["grp"], as_root);
     check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
     assert_eq!(
         tail.exit_code(Duration::from_secs(5)),
@@ -526,7 +448,7 @@ async fn a_follower_stopped_by_a_signal_leaves_no_waiter_behind() {
         (libc::SIGTERM, 143),
         (libc::SIGHUP, 129),
     ] {
-        let mut tail = Tail::start(dir.path(), &["sig", "--follow"], false);
+        let mut tail = start_tail(dir.path(), &["sig", "--follow"], false);
         check_sequence(&tail.records(5, Duration::from_secs(5)), 0);
         wait_for_blocked_tailer(&segment);
         signal(&tail.child, sig);
