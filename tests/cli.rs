@@ -123,3 +123,18 @@ fn topics_produce_consume_and_groups_from_the_command_line() {
     let (code, out, err) = mapq(&server, &["topics", "delete", "orders"], None);
     assert_eq!((code, out.trim()), (0, "deleted topic orders"), "{err}");
 }
+
+#[test]
+fn tailing_a_topic_that_does_not_exist_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = output_with_deadline(
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["tail", "nosuch", "--data-dir"])
+            .arg(dir.path()),
+        b"",
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no topic \"nosuch\""), "{err}");
+}

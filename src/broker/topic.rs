@@ -227,6 +227,7 @@ impl Topic {
                 path.display()
             )));
         }
+        report_strays(dir, meta.partitions);
         Self::with_meta(dir, meta, config, prefaulter, quota)
     }
 
@@ -266,7 +267,6 @@ impl Topic {
                 opened.into_iter().collect::<Result<Vec<_>, _>>()
             })?
         };
-        report_strays(dir, meta.partitions);
         Ok(Topic {
             name: meta.name,
             config: topic_config,

@@ -79,7 +79,9 @@ pub(super) fn run_tail(args: &TailArgs) -> Result<(), String> {
         None => {
             let n = crate::broker::topic::partition_count(&args.data_dir.join(&args.topic))
                 .map_err(|e| match e {
-                    crate::broker::BrokerError::Log(_) => {
+                    crate::broker::BrokerError::Io { source, .. }
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
                         format!("no topic {:?} in {}", args.topic, args.data_dir.display())
                     }
                     e => e.to_string(),
