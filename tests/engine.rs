@@ -665,3 +665,24 @@ fn a_file_tailer_sees_the_records_of_a_new_segment_as_soon_as_they_are_appended(
         "the file tailer stopped before the records of the new segment"
     );
 }
+
+#[test]
+fn a_deletion_interrupted_by_a_crash_leaves_no_deleted_mark_behind() {
+    // The topic's files were marked, then the server died before removing them: the topic
+    // is still there at the next start, and its readers must not stop at the old mark.
+    use mapq::log::tailer::{TailOptions, Tailer};
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    append_range(&log, 0, 5);
+    log.mark_deleted();
+    drop(log);
+    let (log, _) = PartitionLog::open(dir.path(), common::small_config(64 << 10)).unwrap();
+    append_range(&log, 5, 8);
+    let mut tailer = Tailer::open_dir(dir.path(), TailOptions::default()).unwrap();
+    let mut read = 0;
+    while let Some(f) = tailer.next_record().expect("no 'topic deleted'") {
+        assert_eq!(f.offset, read);
+        read += 1;
+    }
+    assert_eq!(read, 8);
+}

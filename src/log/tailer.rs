@@ -338,13 +338,18 @@ impl Tailer {
     /// (sealed; or, with `look_for_newer`, a newer segment exists, as after a crash that left
     /// it unsealed). Returns whether it moved.
     fn advance(&mut self, look_for_newer: bool) -> Result<bool> {
+        if self.m.is_deleted() {
+            // The topic was deleted: the end loaded after the word is final. Read up to it
+            // (the durable end, reading durable data only: no flush comes any more), then stop.
+            if self.pos < self.visible_end() {
+                return Ok(false);
+            }
+            return Err(TailError::TopicDeleted);
+        }
         let sealed = self.m.is_sealed();
         let committed = self.m.committed_end();
         if self.pos < committed {
             return Ok(false);
-        }
-        if self.m.is_deleted() {
-            return Err(TailError::TopicDeleted);
         }
         let next_path = segment::path(&self.dir, self.next_offset, format::SEGMENT_EXT);
         if !(sealed || (look_for_newer && next_path.exists())) {
@@ -398,7 +403,9 @@ impl Tailer {
     }
 
     fn wait(&self, end: usize) -> Result<()> {
-        let changed = || self.visible_end() != end || self.m.is_sealed() || self.stopped();
+        let changed = || {
+            self.visible_end() != end || self.m.is_sealed() || self.m.is_deleted() || self.stopped()
+        };
         match self.opts.wait {
             WaitMode::Spin => {
                 let started = Instant::now();
@@ -429,7 +436,9 @@ impl Tailer {
 
     /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md).
     fn block(&self, end: usize) {
-        let changed = || self.visible_end() != end || self.m.is_sealed() || self.stopped();
+        let changed = || {
+            self.visible_end() != end || self.m.is_sealed() || self.m.is_deleted() || self.stopped()
+        };
         match &self.waiter {
             Some(rw) => {
                 let seq = rw.atomic_u32(sh::WAKE_SEQ);

@@ -203,6 +203,9 @@ def read(directory, follow):
             next_offset += 1
         # At the committed end (section 5).
         if seg.deleted():
+            # The end loaded after the word is final: read up to it, then stop.
+            if seg.committed_end() != end:
+                continue
             raise TopicDeleted()
         if seg.sealed():
             if seg.committed_end() != end:

@@ -59,7 +59,10 @@ impl PartitionLog {
     /// msyncs every segment with data above its durable end; only one runs at a time.
     fn flush_published(&self) -> Result<u64> {
         let end = self.end_offset();
-        // Durable records need durable file names.
+        // Durable records need durable file names, and a durable name needs a durable header.
+        for seg in self.segments.load().iter() {
+            seg.make_header_durable()?;
+        }
         self.rolls.sync_names()?;
         for seg in self.segments.load().iter() {
             if seg.durable_end() < seg.committed_end() {

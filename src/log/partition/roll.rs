@@ -126,6 +126,8 @@ impl RollState {
             return Ok(());
         }
         let renamed = batch.iter().try_for_each(|(_, new, name)| {
+            // Its name becomes durable below: its header first.
+            new.make_header_durable()?;
             if spare_path(&self.dir, name, format::SEGMENT_EXT).exists() {
                 Segment::rename_spare_files(&self.dir, name, new.base_offset())?;
             }
@@ -156,7 +158,11 @@ impl RollState {
     pub(super) fn sync_names(&self) -> Result<()> {
         self.finish_pending()?;
         if self.dir_dirty.swap(false, Ordering::AcqRel) {
-            sync_dir(&self.dir)?;
+            if let Err(e) = sync_dir(&self.dir) {
+                // Still to do: the next flush tries again before it acknowledges anything.
+                self.dir_dirty.store(true, Ordering::Release);
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -225,6 +231,9 @@ impl PartitionLog {
         // A parked writer's segment is sealed through its files: map them first, so that
         // nothing below can fail half-way for that.
         w.unpark()?;
+        // A roll syncs the directory (here or on the file worker): the active segment's name
+        // must not become durable before its header (a new partition's first segment).
+        w.segment().make_header_durable()?;
         let base = w.next_offset();
         let header = new_header(&self.config, base, need_bytes);
         let replaces_empty = w.is_empty();
@@ -239,6 +248,8 @@ impl PartitionLog {
                 // directory's sync; names appear in order, so none is renamed here while an
                 // earlier roll's rename waits for that retry.
                 let seg = Arc::new(spare.adopt(&self.dir, base, now_ms())?);
+                let new_writer =
+                    SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy())?;
                 let earlier_unnamed = self
                     .rolls
                     .pending
@@ -248,8 +259,6 @@ impl PartitionLog {
                     .any(|(_, _, n)| spare_path(&self.dir, n, format::SEGMENT_EXT).exists());
                 let renamed =
                     (!earlier_unnamed).then(|| Segment::rename_spare_files(&self.dir, &name, base));
-                let new_writer =
-                    SegmentWriter::new(Arc::clone(&seg), self.config.reserve_policy())?;
                 let old = std::mem::replace(w, new_writer).into_segment();
                 match renamed {
                     Some(Ok(())) => old.seal(),

@@ -133,6 +133,7 @@ impl Segment {
             sync_dir(dir)?;
         }
         let seg = Self::from_parts(header, final_path, data, offset_index, time_index, quota);
+        seg.header_durable.store(durable, Ordering::Release);
         seg.charged_bytes.store(charge.keep(), Ordering::Relaxed);
         seg.release_files();
         Ok(seg)
@@ -233,6 +234,8 @@ impl Segment {
             .adopt(base_offset, path(dir, base_offset, format::TIME_INDEX_EXT))?;
         self.mapped.store(Some(Arc::new(m)));
         self.next_offset = AtomicU64::new(base_offset);
+        // Its real header is only in memory until synced.
+        self.header_durable.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -292,6 +295,7 @@ impl Segment {
             path,
             closed_end: AtomicUsize::new(0),
             closed_sealed: AtomicBool::new(true),
+            header_durable: AtomicBool::new(true),
             last_used_ms: AtomicI64::new(now_ms()),
             reopen_lock: Mutex::new(()),
             next_offset: AtomicU64::new(header.base_offset),

@@ -90,6 +90,11 @@ pub struct Segment {
     /// The kernel may read ahead around faults in the data (see `enable_read_ahead`).
     /// Relaxed: an advice, set once.
     read_ahead: AtomicBool,
+    /// The header (bytes `[0, 4096)`) is known to be on disk. False for a new partition's
+    /// first segment until its first flush, and for an adopted spare until its header is
+    /// synced: no directory sync may make such a file's name durable before its header
+    /// (see [`Segment::make_header_durable`]).
+    header_durable: AtomicBool,
     /// The data directory's disk quota, if any, and the bytes this segment has charged to it.
     quota: Option<Arc<DiskQuota>>,
     charged_bytes: AtomicU64,
@@ -307,6 +312,7 @@ impl Segment {
         crate::log::failpoint::check("msync")
             .and_then(|()| m.data.flush(0..committed))
             .map_err(|e| LogError::io(&self.path, e))?;
+        self.header_durable.store(true, Ordering::Release);
         // Release: a tailer that reads only durable data sees the frames below it.
         m.data
             .atomic_u64(sh::DURABLE_END)
@@ -315,15 +321,42 @@ impl Segment {
         Ok(committed)
     }
 
-    /// Marks the segment as its deleted topic's last: `deleted`, then `sealed`, and wakes
-    /// the tailers blocked on it, which stop (a writer that is gone has nothing to wake them
-    /// with otherwise). Needs the writer's mapping.
+    /// msyncs the header if it is not known to be on disk: called before any sync of the
+    /// directory that may make the file's name durable, so that recovery never finds a
+    /// durable name over a header that is not (see [`Segment::create`] without `durable`).
+    pub(crate) fn make_header_durable(&self) -> Result<()> {
+        if self.header_durable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+            crate::log::failpoint::check("msync")
+                .and_then(|()| m.data.flush(0..DATA_START))
+                .map_err(|e| LogError::io(&self.path, e))?;
+        }
+        self.header_durable.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Marks the segment as its deleted topic's last (`deleted`, not `sealed`: a reader that
+    /// does not know the word must not move on to a file of a topic created again under the
+    /// same name) and wakes the tailers blocked on it, which stop. Needs the writer's
+    /// mapping.
     pub(crate) fn mark_deleted(&self) {
         if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
-            // Release: a reader that sees either flag sees the final committed end.
+            // Release: a reader that sees the word sees the final committed end.
             m.data.atomic_u32(sh::DELETED).store(1, Ordering::Release);
-            m.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
             m.wake_tailers();
+        }
+    }
+
+    /// Clears a `deleted` word that a deletion interrupted by a crash left behind: the
+    /// topic is being opened, so it exists. Recovery only (writable mapping).
+    pub(crate) fn clear_deleted(&self) {
+        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+            let word = m.data.atomic_u32(sh::DELETED);
+            if word.load(Ordering::Acquire) != 0 {
+                word.store(0, Ordering::Release);
+            }
         }
     }
 
