@@ -196,3 +196,33 @@ async fn a_failed_rename_during_rolls_is_never_acknowledged_as_durable() {
     }
     assert_eq!(seen.last().unwrap().1, json!("after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_directory_sync_is_retried_before_anything_is_acknowledged_as_durable() {
+    let data = tempfile::tempdir().unwrap();
+    let faults = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    // No periodic flush: only the fsync produces below sync anything.
+    let server = start(
+        data.path(),
+        faults.path(),
+        &[("MAPQ_FLUSH_INTERVAL_MS", "600000")],
+    );
+    // A memory produce creates the topic: its first segment's name is not durable yet, and
+    // the first flush must sync the partition's directory before it acknowledges a record.
+    let (status, _) = produce(&http, &server, "memory", &[json!("first")]).await;
+    assert_eq!(status, 200);
+    arm(faults.path(), "dirsync", true);
+    // Twice: a flush whose directory sync failed must not forget it, or the next flush would
+    // acknowledge records in a file whose name may not survive a power loss.
+    for attempt in 0..2 {
+        let (status, body) = produce(&http, &server, "fsync", &[json!(attempt)]).await;
+        assert!(
+            status >= 500,
+            "attempt {attempt}: {status} {body}: acknowledged as durable without a durable name"
+        );
+    }
+    arm(faults.path(), "dirsync", false);
+    let (status, body) = produce(&http, &server, "fsync", &[json!("after")]).await;
+    assert_eq!(status, 200, "{body}");
+}

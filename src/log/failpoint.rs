@@ -1,5 +1,6 @@
-//! Fault injection for tests: with the `failpoints` feature, the engine's msync, fallocate
-//! and rename calls fail on demand, so that their error paths are tested end to end.
+//! Fault injection for tests: with the `failpoints` feature, the engine's msync, fallocate,
+//! rename and directory-sync (`dirsync`) calls fail on demand, so that their error paths are
+//! tested end to end.
 //!
 //! A failpoint `name` fires while a file called `name` exists in the directory named by the
 //! `MAPQ_FAILPOINTS_DIR` environment variable (read once): a test creates the file to make

@@ -14,7 +14,8 @@ pub fn now_ms() -> i64 {
 
 /// fsyncs a directory so that entries created or renamed in it survive power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
+    super::failpoint::check("dirsync")
+        .and_then(|()| fs::File::open(dir))
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(dir, e))
 }
