@@ -1,6 +1,7 @@
 //! A reader in another language, written from `src/log/FORMAT.md` alone
 //! (`tests/tools/format_reader.py`, Python's standard library only), follows a live server's
-//! partition through rolls, `kill -9` restarts and the topic's deletion, beside `mapq tail`.
+//! partition through rolls, retention, `kill -9` restarts and the topic's deletion, beside
+//! `mapq tail`.
 //! Every record each reads must be exactly what HTTP consume returns (offset, timestamp, key,
 //! value, headers), and both must stop with "topic deleted" when the topic goes. It fails whenever the document and the
 //! code disagree. `MAPQ_FOREIGN_ROLLS` (default 200) sets how many rolls it follows.
@@ -108,33 +109,18 @@ fn as_consumed(r: &Value) -> Value {
     out
 }
 
-async fn consume_all(http: &Client, base: &str, end: u64) -> Vec<Value> {
-    let mut all = Vec::new();
-    while (all.len() as u64) < end {
-        let page = get_json(
-            http,
-            format!(
-                "{base}/v1/topics/py/partitions/0/records?offset={}&max_records=1000",
-                all.len()
-            ),
-        )
-        .await;
-        let records = page["records"].as_array().expect("records").clone();
-        assert!(!records.is_empty(), "consume stopped at {}", all.len());
-        all.extend(records);
-    }
-    all
-}
-
-fn segment_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+/// The base offsets of the partition's segment files, oldest first.
+fn segment_bases(dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            let name = name.to_string_lossy();
-            name.len() == 24 && name.ends_with(".log")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let base = name.strip_suffix(".log")?;
+            (base.len() == 20).then(|| base.parse().ok())?
         })
-        .count()
+        .collect();
+    bases.sort_unstable();
+    bases
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +131,11 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         .unwrap_or(200);
     let restarts = 5;
     let dir = tempfile::tempdir().unwrap();
-    let env = [("MAPQ_SEGMENT_BYTES", "65536")];
+    let env = [
+        ("MAPQ_SEGMENT_BYTES", "65536"),
+        ("MAPQ_RETENTION_BYTES", "1048576"),
+        ("MAPQ_RETENTION_CHECK_INTERVAL_MS", "200"),
+    ];
     let mut server = Server::start(dir.path(), &env);
     let http = Client::new();
     create_topic(&http, &server.base, json!({"name": "py"})).await;
@@ -154,10 +144,13 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
     let tail = mapq_tail(dir.path(), "py");
 
     // Batches of 20 records (about 20 KiB) into 64 KiB segments: a roll every few requests,
-    // and a kill -9 of the server every so often, until the partition has rolled enough.
+    // retention deleting the oldest segments all along (it keeps about 1 MiB), and a kill -9
+    // of the server every so often. Each batch is read back over HTTP before retention can
+    // take it, and both readers must have read the same records meanwhile.
     let mut next = 0u64;
     let mut restarted = 0;
-    while segment_files(&partition) <= rolls {
+    let mut bases_seen = std::collections::BTreeSet::new();
+    while bases_seen.len() <= rolls {
         let batch: Vec<Value> = (next..next + 20).map(record).collect();
         let r = post_json(
             &http,
@@ -166,8 +159,38 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         )
         .await;
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        let consumed = get_json(
+            &http,
+            format!(
+                "{}/v1/topics/py/partitions/0/records?offset={next}&max_records=20",
+                server.base
+            ),
+        )
+        .await["records"]
+            .as_array()
+            .expect("records")
+            .clone();
+        assert_eq!(consumed.len(), 20, "a batch read back over HTTP");
+        let read = reader.records(20, Duration::from_secs(30));
+        let tailed = tail.records(20, Duration::from_secs(30));
+        for ((got, mut tailed), want) in read.iter().zip(tailed).zip(&consumed) {
+            let at = &want["offset"];
+            assert_eq!(
+                &as_consumed(got),
+                want,
+                "record {at}: the Python reader and HTTP consume disagree"
+            );
+            // `mapq tail` prints consume's record objects, with the partition first.
+            assert_eq!(tailed["partition"], 0);
+            tailed.as_object_mut().unwrap().remove("partition");
+            assert_eq!(
+                &tailed, want,
+                "record {at}: mapq tail and HTTP consume disagree"
+            );
+        }
         next += 20;
-        let due = segment_files(&partition) * (restarts + 1) / (rolls + 1);
+        bases_seen.extend(segment_bases(&partition));
+        let due = bases_seen.len() * (restarts + 1) / (rolls + 1);
         if restarted < restarts && due > restarted {
             server.kill();
             server = Server::start(dir.path(), &env);
@@ -175,29 +198,8 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         }
     }
     assert_eq!(restarted, restarts);
-
-    let consumed = consume_all(&http, &server.base, next).await;
-    let read: Vec<Value> = reader
-        .records(next as usize, Duration::from_secs(30))
-        .iter()
-        .map(as_consumed)
-        .collect();
-    for (i, (got, want)) in read.iter().zip(&consumed).enumerate() {
-        assert_eq!(
-            got, want,
-            "record {i}: the Python reader and HTTP consume disagree"
-        );
-    }
-    // `mapq tail` prints consume's record objects, with the partition first.
-    let tailed = tail.records(next as usize, Duration::from_secs(30));
-    for (i, (mut got, want)) in tailed.into_iter().zip(&consumed).enumerate() {
-        assert_eq!(got["partition"], 0);
-        got.as_object_mut().unwrap().remove("partition");
-        assert_eq!(
-            &got, want,
-            "record {i}: mapq tail and HTTP consume disagree"
-        );
-    }
+    let oldest = segment_bases(&partition)[0];
+    assert!(oldest > 0, "retention never deleted a segment");
 
     // The topic goes: the reader stops, saying so.
     let r = http

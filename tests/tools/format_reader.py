@@ -9,8 +9,9 @@ Prints one JSON line per record: {"offset": n, "timestamp_ms": t, "key_b64": ...
 "value_b64": ..., "value_json": bool, "headers": [[name_b64, value_b64], ...]}.
 Without --follow it stops at the end of the log (exit 0). With --follow it waits for more,
 polling (a reader without write access cannot join the futex protocol, section 5.1), until
-the topic is deleted: then "topic deleted" on stderr and exit 3. A format error stops it
-with a message naming the file and byte position on stderr and exit 2.
+the topic is deleted: then "topic deleted" on stderr and exit 3. Records that retention
+deleted before it read them: a message and exit 4. A format error stops it with a message
+naming the file and byte position on stderr and exit 2.
 """
 
 import base64
@@ -181,6 +182,10 @@ class TopicDeleted(Exception):
     pass
 
 
+class RecordsLost(Exception):
+    """Retention deleted records this reader had not read yet (section 5)."""
+
+
 def read(directory, follow):
     bases = segment_bases(directory)
     if bases is None:
@@ -217,8 +222,11 @@ def read(directory, follow):
             if ident is not None and (nxt != seg.path or ident != seg.identity):
                 seg, pos = Segment(directory, next_offset), HEADER_SIZE
                 continue
-            if segment_bases(directory) is None:
+            bases = segment_bases(directory)
+            if bases is None:
                 raise TopicDeleted()
+            if bases and bases[0] > next_offset:
+                raise RecordsLost(next_offset, bases[0])
         else:
             if not follow:
                 return
@@ -253,6 +261,10 @@ def main():
     except FormatError as e:
         print("format error: %s" % e, file=sys.stderr)
         return 2
+    except RecordsLost as e:
+        print("records %d to %d were deleted by retention before they were read" % e.args,
+              file=sys.stderr)
+        return 4
     return 0
 
 
