@@ -12,8 +12,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
-use crate::broker::{Broker, BrokerError, Partition};
-use crate::log::LogError;
+use crate::broker::{Broker, Partition};
 
 /// Starts the maintenance task; it ends when `shutdown` turns true.
 pub fn spawn(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
@@ -54,11 +53,7 @@ async fn run(
                 p.take_queued_flush();
                 let b = Arc::clone(&broker);
                 supervise("flush_messages", move || {
-                    match b.flush(&p, u64::MAX) {
-                        // Its topic was deleted since: nothing is left to flush.
-                        Ok(_) | Err(BrokerError::Log(LogError::Deleted)) => Ok(()),
-                        Err(e) => Err(e.to_string()),
-                    }
+                    b.flush_unless_deleted(&p).map_err(|e| e.to_string())
                 }).await;
             }
             _ = until_true(&mut shutdown) => break,

@@ -595,7 +595,14 @@ fn deleting_a_partition_stops_its_followers_while_its_files_remain() {
         });
         rx.recv_timeout(std::time::Duration::from_secs(10))
             .expect("the follower read the records");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        match wait {
+            // The deletion must wake it from its futex wait.
+            WaitMode::Block => common::server::wait_for_blocked_tailer(
+                &dir.path().join("00000000000000000000.log"),
+            ),
+            // A spinning follower shows nothing: it reads the word on its next look.
+            WaitMode::Spin => {}
+        }
         log.mark_deleted();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !follower.is_finished() {

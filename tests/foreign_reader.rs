@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::lines::LineProcess;
-use common::server::{create_topic, get_json, post_json, Server};
+use common::server::{create_topic, delete_topic, get_json, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
@@ -202,12 +202,7 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
     assert!(oldest > 0, "retention never deleted a segment");
 
     // The topic goes: the reader stops, saying so.
-    let r = http
-        .delete(format!("{}/v1/topics/py", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    delete_topic(&http, &server.base, "py").await;
     let (mut reader, mut tail) = (reader, tail);
     assert_eq!(reader.exit_code(Duration::from_secs(10)), 3);
     assert!(

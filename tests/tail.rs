@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::lines::LineProcess;
-use common::server::{create_topic, get_text, post_json, Server};
+use common::server::{
+    create_topic, delete_topic, get_text, post_json, wait_for_blocked_tailer, Server,
+};
 use mapq::log::format::{get_u32, segment_header as sh};
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -50,19 +52,6 @@ fn check_sequence(records: &[Value], first: u64) {
         let want = first + i as u64;
         assert_eq!(r["offset"], want, "no gap, no duplicate");
         assert_eq!(r["value"]["seq"], want, "the record's own content");
-    }
-}
-
-/// Waits until a tailer has registered as a blocked waiter in the segment header.
-fn wait_for_blocked_tailer(segment: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let bytes = std::fs::read(segment).unwrap();
-        if get_u32(&bytes, sh::WAITERS) > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the tailer never blocked");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -254,12 +243,7 @@ async fn deleting_the_topic_stops_the_tailer_with_a_clear_error() {
     produce(&http, &server.base, "gone", 0, 10).await;
     let mut tail = start_tail(dir.path(), &["gone", "--follow"], false);
     check_sequence(&tail.records(10, Duration::from_secs(5)), 0);
-    let r = http
-        .delete(format!("{}/v1/topics/gone", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    delete_topic(&http, &server.base, "gone").await;
     // The topic comes back with other records: the tailer must not read them as its own.
     create(&http, &server.base, "gone").await;
     produce(&http, &server.base, "gone", 1000, 10).await;

@@ -470,15 +470,21 @@ impl Broker {
         let mut first_error = None;
         for t in self.topics() {
             for p in t.partitions() {
-                match self.flush(p, u64::MAX) {
-                    Ok(_) | Err(BrokerError::Log(crate::log::LogError::Deleted)) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
+                if let Err(e) = self.flush_unless_deleted(p) {
+                    first_error.get_or_insert(e);
                 }
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes everything appended to `p` durable; a partition whose topic was deleted
+    /// meanwhile has nothing left to flush, which is no error. Blocks.
+    pub fn flush_unless_deleted(&self, p: &Partition) -> Result<(), BrokerError> {
+        match self.flush(p, u64::MAX) {
+            Ok(_) | Err(BrokerError::Log(crate::log::LogError::Deleted)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes a partition durable up to `offset` (sharing flushes with concurrent callers),

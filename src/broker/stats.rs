@@ -62,6 +62,7 @@ impl Broker {
                 let st = log.stats();
                 let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
                 stats.open_segments += log.open_segment_count() as u64;
+                let (records_appended, bytes_appended) = p.appended_totals();
                 stats.partitions.push(PartitionStats {
                     topic: t.name().to_owned(),
                     partition: p.id(),
@@ -76,8 +77,8 @@ impl Broker {
                     segments_deleted_by_size: load(&st.segments_deleted_by_size),
                     flushes: load(&st.flushes),
                     flush_errors: load(&st.flush_errors),
-                    records_appended: p.appended_totals().0,
-                    bytes_appended: p.appended_totals().1,
+                    records_appended,
+                    bytes_appended,
                 });
             }
         }

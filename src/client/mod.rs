@@ -81,8 +81,6 @@ fn causes(e: &dyn std::error::Error) -> String {
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    /// Whether `--cacert` was given (for the hint on certificate errors).
-    has_cacert: bool,
     args: ClientArgs,
 }
 
@@ -99,7 +97,6 @@ impl Api {
         Ok(Api {
             http,
             base,
-            has_cacert: args.cacert.is_some(),
             args: args.clone(),
         })
     }
@@ -150,7 +147,7 @@ impl Api {
             let why = causes(&e);
             let hint = if why.contains("CaUsedAsEndEntity") {
                 " (the server's certificate is marked as a CA: make it with CA:FALSE)"
-            } else if !self.has_cacert && why.contains("certificate") {
+            } else if self.args.cacert.is_none() && why.contains("certificate") {
                 " (a private or self-signed server certificate? pass --cacert FILE)"
             } else if why.contains("invalid HTTP version") && self.base.starts_with("http://") {
                 " (does the server speak TLS? use an https:// --server)"

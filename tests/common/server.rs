@@ -331,6 +331,30 @@ pub async fn create_topic(http: &reqwest::Client, base: &str, topic: serde_json:
     assert_eq!(r.status(), 201, "creating {topic}");
 }
 
+/// Deletes `topic`, asserting `204`.
+pub async fn delete_topic(http: &reqwest::Client, base: &str, topic: &str) {
+    let r = http
+        .delete(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "deleting {topic}");
+}
+
+/// Waits until a tailer has registered as a blocked waiter in the header of `segment`.
+pub fn wait_for_blocked_tailer(segment: &Path) {
+    use mapq::log::format::{get_u32, segment_header as sh};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bytes = std::fs::read(segment).unwrap();
+        if get_u32(&bytes, sh::WAITERS) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the tailer never blocked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Commits `offset` for `group` on partition `partition` of `topic`, asserting `204`.
 pub async fn commit_offset(
     http: &reqwest::Client,

@@ -128,9 +128,8 @@ impl RollState {
         let renamed = batch.iter().try_for_each(|(_, new, name)| {
             // Its name becomes durable below: its header first.
             new.make_header_durable()?;
-            if spare_path(&self.dir, name, format::SEGMENT_EXT).exists() {
-                Segment::rename_spare_files(&self.dir, name, new.base_offset())?;
-            }
+            // Skips the files an earlier call renamed (the roll itself, usually).
+            Segment::rename_spare_files(&self.dir, name, new.base_offset())?;
             // The files have their final names: their descriptors can go.
             new.release_files();
             Ok(())

@@ -330,6 +330,11 @@ impl Segment {
     /// opening idle partitions slow (measured); past it, read-ahead's large pages make a busy
     /// writer's faults several times cheaper (also measured), and readers mostly read in
     /// order.
+    /// Whether [`Segment::enable_read_ahead`] has run (its madvise is file work).
+    pub(super) fn read_ahead_enabled(&self) -> bool {
+        self.read_ahead.load(Ordering::Relaxed)
+    }
+
     pub(super) fn enable_read_ahead(&self) {
         if !self.read_ahead.swap(true, Ordering::Relaxed) {
             if let Some(m) = self.mapping_if_open() {

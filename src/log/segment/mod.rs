@@ -136,9 +136,14 @@ impl Segment {
         self.mapped.load_full()
     }
 
+    /// The writer's mapping, if open (a reader's reopened mapping is read-only).
+    fn writable_mapping(&self) -> Option<Arc<Mapped>> {
+        self.mapping_if_open().filter(|m| m.data.is_writable())
+    }
+
     /// The mapping, reopened (read-only) if the segment was closed while idle. Blocks then.
     pub fn map_or_reopen(&self) -> Result<Arc<Mapped>> {
-        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        self.touch();
         if let Some(m) = self.mapping_if_open() {
             return Ok(m);
         }
@@ -231,7 +236,7 @@ impl Segment {
         if m.committed_end() >= DATA_START + READ_AHEAD_AFTER_BYTES {
             self.enable_read_ahead();
         }
-        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        self.touch();
         Ok(m)
     }
 
@@ -328,7 +333,7 @@ impl Segment {
         if self.header_durable.load(Ordering::Acquire) {
             return Ok(());
         }
-        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+        if let Some(m) = self.writable_mapping() {
             crate::log::failpoint::check("msync")
                 .and_then(|()| m.data.flush(0..DATA_START))
                 .map_err(|e| LogError::io(&self.path, e))?;
@@ -342,7 +347,7 @@ impl Segment {
     /// same name) and wakes the tailers blocked on it, which stop. Needs the writer's
     /// mapping.
     pub(crate) fn mark_deleted(&self) {
-        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+        if let Some(m) = self.writable_mapping() {
             // Release: a reader that sees the word sees the final committed end.
             m.data.atomic_u32(sh::DELETED).store(1, Ordering::Release);
             m.wake_tailers();
@@ -352,7 +357,7 @@ impl Segment {
     /// Clears a `deleted` word that a deletion interrupted by a crash left behind: the
     /// topic is being opened, so it exists. Recovery only (writable mapping).
     pub(crate) fn clear_deleted(&self) {
-        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+        if let Some(m) = self.writable_mapping() {
             let word = m.data.atomic_u32(sh::DELETED);
             if word.load(Ordering::Acquire) != 0 {
                 word.store(0, Ordering::Release);
@@ -363,7 +368,7 @@ impl Segment {
     /// Marks the segment sealed: no record will ever be added. Called after its writer's
     /// last publish and after the next segment's file exists.
     pub(crate) fn seal(&self) {
-        if let Some(m) = self.mapping_if_open().filter(|m| m.data.is_writable()) {
+        if let Some(m) = self.writable_mapping() {
             // Release: whoever sees the seal sees the final committed end.
             m.data.atomic_u32(sh::SEALED).store(1, Ordering::Release);
             m.wake_tailers();

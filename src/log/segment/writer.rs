@@ -306,6 +306,8 @@ impl SegmentWriter {
             // Pre-faulted too: a first touch of a fresh page would go through the file
             // system's page_mkwrite (a journal start) on the caller's thread.
             && self.seg.prefaulted_end() >= end
+            // And no read-ahead to switch on: `reserve` would madvise the whole segment.
+            && (end < DATA_START + READ_AHEAD_AFTER_BYTES || self.seg.read_ahead_enabled())
     }
 
     /// Checkpoints the index must have room for once the writer reaches `end`: at most one
