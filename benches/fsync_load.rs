@@ -82,7 +82,11 @@ fn run(max_fsync_in_flight: u64, records: u64) -> Vec<Figures> {
         .stderr(Stdio::inherit())
         .output()
         .expect("run mapq bench");
-    assert!(out.status.success(), "mapq bench failed");
+    assert!(
+        out.status.success(),
+        "mapq bench failed:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(parse)

@@ -91,9 +91,19 @@ fn wrk(url: &str, connections: u32, secs: u64, body: Option<&[u8]>) -> Run {
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["Requests/sec:", n] => run.per_s = n.parse().expect("wrk's rate"),
-            ["50%", d] => run.p50_us = wrk_duration_us(d).expect("wrk's p50"),
-            ["99%", d] => run.p99_us = wrk_duration_us(d).expect("wrk's p99"),
+            ["Requests/sec:", n] => {
+                run.per_s = n
+                    .parse()
+                    .unwrap_or_else(|_| panic!("wrk's rate {n:?} in:\n{text}"))
+            }
+            ["50%", d] => {
+                run.p50_us =
+                    wrk_duration_us(d).unwrap_or_else(|| panic!("wrk's p50 {d:?} in:\n{text}"))
+            }
+            ["99%", d] => {
+                run.p99_us =
+                    wrk_duration_us(d).unwrap_or_else(|| panic!("wrk's p99 {d:?} in:\n{text}"))
+            }
             _ => {}
         }
     }
@@ -223,15 +233,20 @@ fn big_batches(server: &Server, connections: u32, records: u64) -> Run {
         .lines()
         .find(|l| l.starts_with("RESULT produce"))
         .unwrap_or_else(|| panic!("no RESULT line from mapq bench:\n{text}"));
+    let number = |v: &str| -> f64 {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{v:?} is not a number in: {line}"))
+    };
     let mut run = Run::default();
     for w in line.split_whitespace() {
         match w.split_once('=') {
-            Some(("mb_per_s", v)) => run.per_s = v.parse::<f64>().expect("MB/s") * 1e6,
-            Some(("p50_us", v)) => run.p50_us = v.parse().expect("p50"),
-            Some(("p99_us", v)) => run.p99_us = v.parse().expect("p99"),
+            Some(("mb_per_s", v)) => run.per_s = number(v) * 1e6,
+            Some(("p50_us", v)) => run.p50_us = number(v),
+            Some(("p99_us", v)) => run.p99_us = number(v),
             _ => {}
         }
     }
+    assert!(run.per_s > 0.0, "no mb_per_s in: {line}");
     run
 }
 
