@@ -156,7 +156,8 @@ fn read_all(log: &PartitionLog) -> (Duration, u64) {
             break;
         }
         for f in batch.frames() {
-            checksum = checksum.wrapping_add(f.value().len() as u64 + f.value()[0] as u64);
+            let value = f.value().unwrap_or_default();
+            checksum = checksum.wrapping_add(value.len() as u64 + value[0] as u64);
             n += 1;
         }
         next = batch.next_offset;

@@ -52,8 +52,9 @@ fn mapq_tail(data_dir: &Path, topic: &str) -> Reader {
     )
 }
 
-/// Record `seq` as produced: keys on even records, headers on every third, a binary value on
-/// every seventh, JSON (about 1 KiB) otherwise.
+/// Record `seq` as produced: keys on even records, headers on every third (one of them null
+/// on every fifth), a null value on every eleventh, a binary value on every seventh, JSON
+/// (about 1 KiB) otherwise.
 fn record(seq: u64) -> Value {
     let mut r = json!({"partition": 0});
     if seq.is_multiple_of(2) {
@@ -61,8 +62,13 @@ fn record(seq: u64) -> Value {
     }
     if seq.is_multiple_of(3) {
         r["headers"] = json!({"trace": format!("t{seq}"), "n": "3"});
+        if seq.is_multiple_of(5) {
+            r["headers"]["gone"] = Value::Null;
+        }
     }
-    if seq.is_multiple_of(7) {
+    if seq.is_multiple_of(11) {
+        // Neither `value` nor `value_b64`: a null value.
+    } else if seq.is_multiple_of(7) {
         let bytes: Vec<u8> = (0..64).map(|i| (seq as u8).wrapping_add(i)).collect();
         r["value_b64"] = json!(base64::engine::general_purpose::STANDARD.encode(bytes));
     } else {
@@ -83,7 +89,6 @@ fn as_consumed(r: &Value) -> Value {
         Value::Null => Value::Null,
         k => json!(String::from_utf8(decode(k)).expect("UTF-8 keys here")),
     };
-    let value = decode(&r["value_b64"]);
     let mut out = json!({
         "offset": r["offset"],
         "timestamp_ms": r["timestamp_ms"],
@@ -94,10 +99,19 @@ fn as_consumed(r: &Value) -> Value {
             .iter()
             .map(|h| {
                 let text = |v: &Value| String::from_utf8(decode(v)).unwrap();
-                (text(&h[0]), json!(text(&h[1])))
+                let value = match &h[1] {
+                    Value::Null => Value::Null,
+                    v => json!(text(v)),
+                };
+                (text(&h[0]), value)
             })
             .collect::<serde_json::Map<_, _>>(),
     });
+    if r["value_b64"].is_null() {
+        // A null value: HTTP consume shows neither `value` nor `value_b64`.
+        return out;
+    }
+    let value = decode(&r["value_b64"]);
     if r["value_json"] == json!(true) {
         out["value"] = serde_json::from_slice(&value).expect("a JSON value");
     } else {
@@ -216,4 +230,72 @@ async fn a_reader_written_from_the_format_document_reads_what_http_consumers_rea
         "{}",
         tail.stderr.lock().unwrap()
     );
+}
+
+/// The reader decodes the checked-in golden partitions of both format versions (null
+/// values, null header values, batch heads) exactly as the engine reads them.
+#[test]
+fn the_reader_reads_both_golden_versions_as_the_engine_does() {
+    use mapq::log::{LogConfig, PartitionLog};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for version in [1, 2] {
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"));
+        let out = Command::new(python())
+            .arg("tests/tools/format_reader.py")
+            .arg(&golden)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let copy = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&golden).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
+        }
+        let config = LogConfig {
+            segment_bytes: 8192,
+            ..LogConfig::default()
+        };
+        let (log, _) = PartitionLog::open(copy.path(), config).unwrap();
+        let batch = log.read(0, 1000, 1 << 20).unwrap();
+        let want: Vec<Value> = batch
+            .records()
+            .map(|r| {
+                let batch = r.batch().map(|h| {
+                    let request = h.request;
+                    json!({
+                        "record_count": h.record_count,
+                        "leader_epoch": h.leader_epoch,
+                        "producer_id": h.producer.map_or(-1, |p| p.id),
+                        "producer_epoch": h.producer.map_or(-1, |p| p.epoch),
+                        "base_sequence": h.producer.map_or(-1, |p| p.base_sequence),
+                        "key_b64": request.map(|r| b64(r.key)),
+                        "request_records": request.map_or(0, |r| r.records),
+                        "digest_b64": b64(&request.map_or([0; 16], |r| r.digest)),
+                        "positions": h.positions(),
+                    })
+                });
+                json!({
+                    "offset": r.offset,
+                    "timestamp_ms": r.timestamp_ms,
+                    "key_b64": r.key.as_deref().map(b64),
+                    "value_b64": r.value.as_deref().map(b64),
+                    "value_json": r.value_is_json(),
+                    "headers": r.headers().map(|(n, v)| json!([b64(n), v.map(b64)])).collect::<Vec<_>>(),
+                    "batch": batch,
+                })
+            })
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(printed, want, "version {version}");
+    }
 }

@@ -41,23 +41,35 @@ fn frame_decoding_corpus() {
     let f = decode_frame(&seed0).unwrap();
     assert_eq!(
         (f.offset, f.timestamp_ms, f.key(), f.value()),
-        (7, 1, None, &b"hello"[..])
+        (7, 1, None, Some(&b"hello"[..]))
     );
     assert_eq!(f.headers().count(), 0);
     let seed1 = seed(1).unwrap();
     let f = decode_frame(&seed1).unwrap();
     assert_eq!(
         (f.offset, f.key(), f.value(), f.value_is_json()),
-        (7, Some(&b"k"[..]), &br#"{"a":1}"#[..], true)
+        (7, Some(&b"k"[..]), Some(&br#"{"a":1}"#[..]), true)
     );
     assert_eq!(
         f.headers().collect::<Vec<_>>(),
-        [(&b"source"[..], &b"web"[..])]
+        [(&b"source"[..], Some(&b"web"[..]))]
     );
+    // A version 2 frame: a null value, a null and an empty header value, a batch head.
+    let seed2 = v2_frame();
+    let f = decode_frame(&seed2).unwrap();
+    assert_eq!(f.value(), None);
+    assert_eq!(
+        f.headers().collect::<Vec<_>>(),
+        [(&b"n"[..], None), (&b"e"[..], Some(&b""[..]))]
+    );
+    let head = f.batch().expect("a batch head");
+    assert_eq!((head.record_count, head.leader_epoch), (2, 9));
+    assert_eq!(head.request.map(|r| r.key), Some(&b"idem"[..]));
+    assert_eq!(head.positions(), Some(vec![0, 3]));
     replay("frame_decoding", frame_decoding);
     // And every single-byte change of those two: each must decode to its own bytes or be
     // refused, never anything in between.
-    for seed in [seed0, seed1] {
+    for seed in [seed0, seed1, seed2] {
         for at in 0..seed.len() {
             for x in [0x01, 0x80, 0xff] {
                 let mut changed = seed.clone();
@@ -122,4 +134,34 @@ fn request_bodies_corpus() {
         assert!(status.is_success() || status == 409, "seed-{n}: {status}");
     }
     replay("request_bodies", |input| target.check(input));
+}
+
+/// A frame with every addition of format version 2.
+fn v2_frame() -> Vec<u8> {
+    use mapq::log::format::{encode_frame, BatchHead, ProducerStamp, Record, RequestTag};
+    let record = Record {
+        key: Some(b"k"),
+        value: None,
+        headers: &[(b"n", None), (b"e", Some(b""))],
+        timestamp_ms: 5,
+        value_is_json: false,
+        batch: Some(BatchHead {
+            record_count: 2,
+            leader_epoch: 9,
+            producer: Some(ProducerStamp {
+                id: 77,
+                epoch: 1,
+                base_sequence: 10,
+            }),
+            request: Some(RequestTag {
+                key: b"idem",
+                digest: [7; 16],
+                records: 4,
+                positions: Some(&[0, 3]),
+            }),
+        }),
+    };
+    let mut buf = vec![0; record.padded_len().unwrap()];
+    encode_frame(&mut buf, 3, &record);
+    buf
 }

@@ -1,20 +1,25 @@
-//! The format cannot drift unnoticed: a partition written by the code of format version 1 is
-//! checked in under `tests/golden/v1/`, and must keep reading record for record, and today's
-//! writer must still produce the same bytes.
+//! The format cannot drift unnoticed. A partition written by the code of format version 1
+//! is checked in under `tests/golden/v1/`: it must keep reading record for record, and
+//! opening it must go on in a version 2 segment without touching its records. One written
+//! by version 2 is under `tests/golden/v2/`, and today's writer must still produce its
+//! bytes.
 //!
-//! To regenerate after a deliberate format change (with a version bump and a line in the
-//! version history of FORMAT.md): `MAPQ_WRITE_GOLDEN=1 cargo test --test golden`, which
-//! rewrites them and then fails on purpose; the next run without the variable checks them.
+//! To regenerate the version 2 files after a deliberate format change (with a version bump
+//! and a line in the version history of FORMAT.md): `MAPQ_WRITE_GOLDEN=1 cargo test --test
+//! golden`, which rewrites them and then fails on purpose; the next run without the variable
+//! checks them. The version 1 files are never regenerated: no writer of version 1 is left.
 
 use std::path::{Path, PathBuf};
 
-use mapq::log::format::segment_header as sh;
+use mapq::log::format::{
+    segment_header as sh, BatchHead, Header, ProducerStamp, RequestTag, FORMAT_VERSION,
+};
 use mapq::log::{verify, LogConfig, PartitionLog, Record};
 
 const TS: i64 = 1_764_201_600_000;
 
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+fn golden_dir(version: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"))
 }
 
 fn config() -> LogConfig {
@@ -28,74 +33,149 @@ fn config() -> LogConfig {
     }
 }
 
-/// The records of the golden partition: every feature of the frame.
+/// A record of a golden partition.
 struct Expected {
     key: Option<&'static [u8]>,
-    value: &'static [u8],
-    headers: &'static [(&'static [u8], &'static [u8])],
+    value: Option<&'static [u8]>,
+    headers: &'static [Header<'static>],
     timestamp_ms: i64,
     json: bool,
 }
 
-const RECORDS: &[Expected] = &[
+impl Expected {
+    fn record(&self) -> Record<'static> {
+        Record {
+            key: self.key,
+            value: self.value,
+            headers: self.headers,
+            timestamp_ms: self.timestamp_ms,
+            value_is_json: self.json,
+            batch: None,
+        }
+    }
+}
+
+/// The version 1 partition's records: every feature of the version 1 frame.
+const RECORDS_V1: &[Expected] = &[
     Expected {
         key: Some(b"user-1"),
-        value: br#"{"any":"json"}"#,
-        headers: &[(b"source", b"web")],
+        value: Some(br#"{"any":"json"}"#),
+        headers: &[(b"source", Some(b"web"))],
         timestamp_ms: TS,
         json: true,
     },
     Expected {
         key: None,
-        value: &[0, 1, 2, 255],
+        value: Some(&[0, 1, 2, 255]),
         headers: &[],
         timestamp_ms: TS + 1,
         json: false,
     },
     Expected {
         key: Some(b""),
-        value: b"hello",
-        headers: &[(b"a", b"1"), (b"", b"")],
+        value: Some(b"hello"),
+        headers: &[(b"a", Some(b"1")), (b"", Some(b""))],
         timestamp_ms: TS - 5,
         json: false,
     },
     Expected {
         key: Some(b"k"),
-        value: b"",
+        value: Some(b""),
         headers: &[],
         timestamp_ms: TS + 2,
         json: false,
     },
 ];
 
-/// Records written per segment batch; the writer rolls between the two batches.
-fn write(dir: &Path) {
+/// Version 2 adds null values and null header values: the version 1 records, then those.
+const RECORDS_V2_EXTRA: &[Expected] = &[
+    Expected {
+        key: Some(b"gone"),
+        value: None,
+        headers: &[(b"null", None), (b"empty", Some(b""))],
+        timestamp_ms: TS + 3,
+        json: false,
+    },
+    Expected {
+        key: None,
+        value: Some(b""),
+        headers: &[(b"n", None)],
+        timestamp_ms: TS + 4,
+        json: false,
+    },
+];
+
+fn records_v2() -> Vec<&'static Expected> {
+    RECORDS_V1.iter().chain(RECORDS_V2_EXTRA).collect()
+}
+
+/// The batch heads of the version 2 partition: one with everything (a producer, an
+/// idempotency key with request positions), one with only a leader epoch.
+const POSITIONS: &[u32] = &[1, 2, 4, 5, 7, 8];
+
+fn full_head(count: u32) -> BatchHead<'static> {
+    BatchHead {
+        record_count: count,
+        leader_epoch: 3,
+        producer: Some(ProducerStamp {
+            id: 1000,
+            epoch: 2,
+            base_sequence: 41,
+        }),
+        request: Some(RequestTag {
+            key: b"order-7781",
+            digest: *b"0123456789abcdef",
+            records: 9,
+            positions: Some(&POSITIONS[..count as usize]),
+        }),
+    }
+}
+
+fn epoch_head(count: u32) -> BatchHead<'static> {
+    BatchHead {
+        record_count: count,
+        leader_epoch: 4,
+        ..BatchHead::default()
+    }
+}
+
+/// Version 2: a batch of every record with a full head, two records without a head, a
+/// roll, then every record again with a leader-epoch head.
+fn write_v2(dir: &Path) {
     let (log, _) = PartitionLog::open(dir, config()).unwrap();
-    let batch: Vec<Record<'_>> = RECORDS
-        .iter()
-        .map(|e| Record {
-            key: e.key,
-            value: e.value,
-            headers: e.headers,
-            timestamp_ms: e.timestamp_ms,
-            value_is_json: e.json,
-        })
-        .collect();
+    let mut batch: Vec<Record<'_>> = records_v2().iter().map(|e| e.record()).collect();
+    batch[0].batch = Some(full_head(batch.len() as u32));
     log.append(&batch).unwrap();
+    batch[0].batch = None;
     log.append(&batch[..2]).unwrap();
     log.roll().unwrap();
+    batch[0].batch = Some(epoch_head(batch.len() as u32));
     log.append(&batch).unwrap();
     log.flush().unwrap();
 }
 
-fn expected_at(offset: u64) -> &'static Expected {
+/// Where each offset of the version 2 partition comes from, and its head.
+fn expected_v2(offset: u64) -> (&'static Expected, Option<BatchHead<'static>>) {
+    let all = records_v2();
+    let n = all.len() as u64;
+    match offset {
+        o if o < n => (all[o as usize], (o == 0).then(|| full_head(n as u32))),
+        o if o < n + 2 => (all[(o - n) as usize], None),
+        o => (
+            all[(o - n - 2) as usize],
+            (o == n + 2).then(|| epoch_head(n as u32)),
+        ),
+    }
+}
+
+fn expected_v1(offset: u64) -> &'static Expected {
     // Offsets 0..4 and 6..10 are the whole list; 4 and 5 its first two.
     let i = match offset {
         0..=3 => offset,
         4 | 5 => offset - 4,
         _ => offset - 6,
     };
-    &RECORDS[i as usize]
+    &RECORDS_V1[i as usize]
 }
 
 fn file_names(dir: &Path) -> Vec<String> {
@@ -107,12 +187,112 @@ fn file_names(dir: &Path) -> Vec<String> {
     names
 }
 
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for name in file_names(from) {
+        std::fs::copy(from.join(&name), copy.path().join(&name)).unwrap();
+    }
+    copy
+}
+
+fn segment_names(bases: &[u64]) -> Vec<String> {
+    let mut names: Vec<String> = bases
+        .iter()
+        .flat_map(|b| ["index", "log", "timeindex"].map(|ext| format!("{b:020}.{ext}")))
+        .collect();
+    names.sort();
+    names
+}
+
+fn check_record(r: &mapq::log::StoredRecord, e: &Expected) {
+    assert_eq!(r.key.as_deref(), e.key, "key of {}", r.offset);
+    assert_eq!(r.value.as_deref(), e.value, "value of {}", r.offset);
+    assert_eq!(r.timestamp_ms, e.timestamp_ms);
+    assert_eq!(r.value_is_json(), e.json);
+    assert_eq!(r.headers().collect::<Vec<_>>(), e.headers.to_vec());
+}
+
+fn version_of(path: &Path) -> u32 {
+    let bytes = std::fs::read(path).unwrap();
+    u32::from_le_bytes(bytes[sh::VERSION..sh::VERSION + 4].try_into().unwrap())
+}
+
 #[test]
-fn golden_partition_still_reads_and_today_writes_the_same_bytes() {
-    let golden = golden_dir();
+fn golden_v1_partition_reads_and_opens_into_a_v2_segment() {
+    let golden = golden_dir(1);
+    assert_eq!(file_names(&golden), segment_names(&[0, 6]));
+
+    // 1. The checked-in files pass a full verification, read-only.
+    let summary = verify::verify_partition(&golden);
+    assert!(summary.is_ok(), "{summary}");
+    assert_eq!(summary.records, 10);
+
+    // 2. Opened by today's engine (on a copy: opening may repair), every record reads back;
+    //    the version 1 active segment is sealed, not appended to, and new records go to a
+    //    version 2 segment after it. Its records' bytes are not touched.
+    let copy = copy_dir(&golden);
+    let (log, report) = PartitionLog::open(copy.path(), config()).unwrap();
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!((log.start_offset(), log.end_offset()), (0, 10));
+    let batch = log.read(0, 100, 1 << 20).unwrap();
+    assert_eq!(batch.record_count, 10);
+    for r in batch.records() {
+        check_record(&r, expected_v1(r.offset));
+        assert!(r.batch().is_none());
+    }
+    assert_eq!(log.offset_for_timestamp(TS - 5).unwrap(), Some(0));
+    assert_eq!(log.offset_for_timestamp(TS + 2).unwrap(), Some(3));
+    let mut extra = RECORDS_V2_EXTRA[0].record();
+    extra.batch = Some(epoch_head(1));
+    assert_eq!(log.append(&[extra]).unwrap().first_offset, 10);
+    log.flush().unwrap();
+    drop(log);
+    assert_eq!(file_names(copy.path()), segment_names(&[0, 6, 10]));
+    let seg = |base: u64| copy.path().join(format!("{base:020}.log"));
+    assert_eq!(
+        version_of(&seg(6)),
+        1,
+        "the version 1 segment keeps its version"
+    );
+    assert_eq!(version_of(&seg(10)), FORMAT_VERSION);
+    let old = std::fs::read(seg(6)).unwrap();
+    let want = std::fs::read(golden.join("00000000000000000006.log")).unwrap();
+    let sealed = sh::SEALED..sh::SEALED + 4;
+    assert_eq!(old[sealed.clone()], 1u32.to_le_bytes(), "sealed on open");
+    assert_eq!(
+        old[..sealed.start],
+        want[..sealed.start],
+        "header before the seal word"
+    );
+    let end = u64::from_le_bytes(
+        want[sh::COMMITTED_END..sh::COMMITTED_END + 8]
+            .try_into()
+            .unwrap(),
+    );
+    assert_eq!(
+        old[sh::SIZE..end as usize],
+        want[sh::SIZE..end as usize],
+        "the version 1 records are untouched"
+    );
+
+    // 3. Reopened, the mixed partition verifies and reads back, heads and null values too.
+    let summary = verify::verify_partition(copy.path());
+    assert!(summary.is_ok(), "{summary}");
+    assert_eq!(summary.records, 11);
+    let (log, report) = PartitionLog::open(copy.path(), config()).unwrap();
+    assert_eq!(report.truncated_bytes, 0);
+    let batch = log.read(9, 100, 1 << 20).unwrap();
+    let last = batch.records().last().unwrap();
+    check_record(&last, &RECORDS_V2_EXTRA[0]);
+    assert_eq!(last.batch().map(|b| b.to_head(None)), Some(epoch_head(1)));
+}
+
+#[test]
+fn golden_v2_partition_reads_and_today_writes_the_same_bytes() {
+    let golden = golden_dir(2);
     if std::env::var_os("MAPQ_WRITE_GOLDEN").is_some() {
         let _ = std::fs::remove_dir_all(&golden);
-        write(&golden);
+        write_v2(&golden);
         // Compared with the code that just wrote them, they could not fail: this run checks
         // nothing, and says so, so that a variable left set cannot pass as a check.
         panic!(
@@ -120,54 +300,44 @@ fn golden_partition_still_reads_and_today_writes_the_same_bytes() {
             golden.display()
         );
     }
-    assert_eq!(
-        file_names(&golden),
-        [
-            "00000000000000000000.index",
-            "00000000000000000000.log",
-            "00000000000000000000.timeindex",
-            "00000000000000000006.index",
-            "00000000000000000006.log",
-            "00000000000000000006.timeindex",
-        ]
-    );
+    let n = records_v2().len() as u64;
+    assert_eq!(file_names(&golden), segment_names(&[0, n + 2]));
 
     // 1. The checked-in files pass a full verification, read-only.
     let summary = verify::verify_partition(&golden);
     assert!(summary.is_ok(), "{summary}");
-    assert_eq!(summary.records, 10);
+    assert_eq!(summary.records, 2 * n + 2);
 
-    // 2. Opened by today's engine (on a copy: opening may repair), every record reads back.
-    let copy = tempfile::tempdir().unwrap();
-    for name in file_names(&golden) {
-        std::fs::copy(golden.join(&name), copy.path().join(&name)).unwrap();
-    }
+    // 2. Opened by today's engine, every record and every batch head reads back.
+    let copy = copy_dir(&golden);
     let (log, report) = PartitionLog::open(copy.path(), config()).unwrap();
     assert_eq!(report.truncated_bytes, 0);
-    assert_eq!((log.start_offset(), log.end_offset()), (0, 10));
+    assert_eq!((log.start_offset(), log.end_offset()), (0, 2 * n + 2));
     let batch = log.read(0, 100, 1 << 20).unwrap();
-    assert_eq!(batch.record_count, 10);
+    assert_eq!(batch.record_count as u64, 2 * n + 2);
     for r in batch.records() {
-        let e = expected_at(r.offset);
-        assert_eq!(r.key.as_deref(), e.key, "key of {}", r.offset);
-        assert_eq!(r.value.as_ref(), e.value);
-        assert_eq!(r.timestamp_ms, e.timestamp_ms);
-        assert_eq!(r.value_is_json(), e.json);
-        assert_eq!(r.headers().collect::<Vec<_>>(), e.headers.to_vec());
+        let (e, head) = expected_v2(r.offset);
+        check_record(&r, e);
+        let positions = r.batch().and_then(|b| b.positions());
+        assert_eq!(
+            r.batch().map(|b| b.to_head(positions.as_deref())),
+            head,
+            "batch head of {}",
+            r.offset
+        );
     }
-    assert_eq!(log.offset_for_timestamp(TS - 5).unwrap(), Some(0));
-    assert_eq!(log.offset_for_timestamp(TS + 2).unwrap(), Some(3));
 
     // 3. Today's writer produces the same bytes, but for the creation time in each header
     //    (CREATED_MS) and the header checksum that covers it (HEADER_CRC).
     let fresh = tempfile::tempdir().unwrap();
-    write(fresh.path());
+    write_v2(fresh.path());
     assert_eq!(file_names(fresh.path()), file_names(&golden));
     for name in file_names(&golden) {
         let mut want = std::fs::read(golden.join(&name)).unwrap();
         let mut got = std::fs::read(fresh.path().join(&name)).unwrap();
         assert_eq!(got.len(), want.len(), "length of {name}");
         if name.ends_with(".log") {
+            assert_eq!(version_of(&golden.join(&name)), FORMAT_VERSION);
             for b in [&mut want, &mut got] {
                 b[sh::CREATED_MS..sh::CREATED_MS + 8].fill(0);
                 b[sh::HEADER_CRC..sh::HEADER_CRC + 4].fill(0);

@@ -372,6 +372,83 @@ async fn produce_in_every_format_and_consume_as_json() {
     assert_eq!(first["key"], "user-1");
 }
 
+/// Null values and null header values (format version 2) stay null, distinct from empty
+/// ones: a record with neither `value` nor `value_b64` comes back with neither, one with an
+/// empty value with `"value": ""`, and a null header value as `null`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_values_and_null_headers_stay_null() {
+    let api = Api::start(&[]);
+    api.create("tombstones", 1).await;
+    api.produce(
+        "tombstones",
+        json!([
+            {"key": "user-1", "headers": {"gone": null, "empty": ""}},
+            {"key": "user-2", "value_b64": ""},
+            {"key": "user-3", "value": null},
+        ]),
+    )
+    .await;
+    let got: Value = api
+        .get("/v1/topics/tombstones/partitions/0/records")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let recs = got["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 3);
+    let null = recs[0].as_object().unwrap();
+    assert!(
+        !null.contains_key("value") && !null.contains_key("value_b64"),
+        "a null value has neither field: {null:?}"
+    );
+    assert_eq!(recs[0]["headers"], json!({"gone": null, "empty": ""}));
+    assert_eq!(recs[1]["value"], "", "an empty value is not null");
+    assert_eq!(
+        recs[2]["value"],
+        Value::Null,
+        "the JSON value null is a value"
+    );
+    assert!(recs[2].as_object().unwrap().contains_key("value"));
+
+    // The frames as stored: the null value's flag, the empty value's length.
+    let bytes = api
+        .http
+        .get(api.url("/v1/topics/tombstones/partitions/0/records"))
+        .header("accept", "application/octet-stream")
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let first = decode_frame(&bytes).unwrap();
+    assert_eq!(first.value(), None);
+    let gone: Vec<_> = first.headers().collect();
+    assert!(gone.contains(&(&b"gone"[..], None)));
+    assert!(gone.contains(&(&b"empty"[..], Some(&b""[..]))));
+    let second = decode_frame(&bytes[first.padded_len..]).unwrap();
+    assert_eq!(second.value(), Some(&b""[..]));
+
+    // Clients may send null values in frames, but not batch heads: the server writes those.
+    let mut headed = Record::value(b"v", 0);
+    headed.batch = Some(mapq::log::format::BatchHead {
+        record_count: 1,
+        leader_epoch: 7,
+        ..Default::default()
+    });
+    let mut frame = vec![0; headed.padded_len().unwrap()];
+    encode_frame(&mut frame, 0, &headed);
+    let r = api
+        .post_raw(
+            "/v1/topics/tombstones/records",
+            "application/vnd.mapq.frames",
+            frame,
+        )
+        .await;
+    expect_error(r, 400, "bad_request").await;
+    assert_eq!(api.ends("tombstones").await, [3]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_produce_requests_append_nothing() {
     let api = Api::start(&[
@@ -404,7 +481,7 @@ async fn rejected_produce_requests_append_nothing() {
             "bad_request",
         ),
         (
-            json!({"records": [{"value": 1}, {"key": "no value"}]}),
+            json!({"records": [{"value": 1}, {"value": 1, "headers": {"a": 1}}]}),
             400,
             "bad_request",
         ),
@@ -576,7 +653,7 @@ async fn binary_produce_and_consume_round_trip_frames() {
     while at < bytes.len() {
         let f = decode_frame(&bytes[at..]).expect("the body is valid frames");
         assert_eq!(f.offset, expect);
-        assert_eq!(f.value(), &[expect as u8; 100]);
+        assert_eq!(f.value(), Some(&[expect as u8; 100][..]));
         assert_eq!(f.timestamp_ms, 1_000 + expect as i64);
         at += f.padded_len;
         expect += 1;

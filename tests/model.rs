@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::small_config;
+use mapq::log::format::{BatchHead, Header, ProducerStamp, RequestTag};
 use mapq::log::{verify, FileWorker, LogConfig, LogError, PartitionLog, ReadBatch, Record};
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -40,32 +41,100 @@ fn bytes_spec(max_len: usize) -> impl Strategy<Value = BytesSpec> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ModelRecord {
     key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     timestamp_ms: i64,
     value_is_json: bool,
+    /// A batch head: on the first record of a batch only, counting the batch.
+    head: Option<ModelHead>,
+}
+
+/// A batch head of the model (format v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelHead {
+    record_count: u32,
+    leader_epoch: u32,
+    producer: Option<ProducerStamp>,
+    request: Option<(Vec<u8>, [u8; 16], u32)>,
+}
+
+impl ModelHead {
+    fn as_head(&self) -> BatchHead<'_> {
+        BatchHead {
+            record_count: self.record_count,
+            leader_epoch: self.leader_epoch,
+            producer: self.producer,
+            request: self
+                .request
+                .as_ref()
+                .map(|(key, digest, extra)| RequestTag {
+                    key,
+                    digest: *digest,
+                    records: self.record_count + extra,
+                    positions: None,
+                }),
+        }
+    }
+}
+
+fn model_head() -> impl Strategy<Value = ModelHead> {
+    (
+        any::<u32>(),
+        proptest::option::of((0..i64::MAX, 0..i16::MAX, 0..i32::MAX)),
+        proptest::option::of((bytes_spec(40), any::<[u8; 16]>(), 0..5u32)),
+    )
+        .prop_map(|(leader_epoch, producer, request)| ModelHead {
+            record_count: 0,
+            leader_epoch,
+            producer: producer.map(|(id, epoch, base_sequence)| ProducerStamp {
+                id,
+                epoch,
+                base_sequence,
+            }),
+            request: request.map(|(key, digest, extra)| {
+                let mut key = key.bytes();
+                key.push(b'k');
+                (key, digest, extra)
+            }),
+        })
+}
+
+/// A batch of records, with a batch head on its first record now and then.
+fn model_batch() -> impl Strategy<Value = Vec<ModelRecord>> {
+    (
+        proptest::collection::vec(model_record(), 1..20),
+        proptest::option::weighted(0.3, model_head()),
+    )
+        .prop_map(|(mut batch, head)| {
+            batch[0].head = head.map(|h| ModelHead {
+                record_count: batch.len() as u32,
+                ..h
+            });
+            batch
+        })
 }
 
 impl ModelRecord {
     /// Bytes the record's frame takes in a segment, padding included.
     fn padded_len(&self) -> usize {
-        let headers: Vec<(&[u8], &[u8])> = self
+        let headers: Vec<Header<'_>> = self
             .headers
             .iter()
-            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .map(|(n, v)| (n.as_slice(), v.as_deref()))
             .collect();
         self.as_record(&headers)
             .padded_len()
             .expect("test records are small")
     }
 
-    fn as_record<'a>(&'a self, headers: &'a [(&'a [u8], &'a [u8])]) -> Record<'a> {
+    fn as_record<'a>(&'a self, headers: &'a [Header<'a>]) -> Record<'a> {
         Record {
             key: self.key.as_deref(),
-            value: &self.value,
+            value: self.value.as_deref(),
             headers,
             timestamp_ms: self.timestamp_ms,
-            value_is_json: self.value_is_json,
+            value_is_json: self.value_is_json && self.value.is_some(),
+            batch: self.head.as_ref().map(ModelHead::as_head),
         }
     }
 }
@@ -81,21 +150,28 @@ fn timestamp() -> impl Strategy<Value = i64> {
 fn model_record() -> impl Strategy<Value = ModelRecord> {
     (
         proptest::option::of(bytes_spec(24)),
-        bytes_spec(2000),
-        proptest::collection::vec((bytes_spec(12), bytes_spec(40)), 0..3),
+        proptest::option::weighted(0.9, bytes_spec(2000)),
+        proptest::collection::vec(
+            (
+                bytes_spec(12),
+                proptest::option::weighted(0.8, bytes_spec(40)),
+            ),
+            0..3,
+        ),
         timestamp(),
         proptest::bool::weighted(0.1),
     )
         .prop_map(
             |(key, value, headers, timestamp_ms, value_is_json)| ModelRecord {
                 key: key.map(BytesSpec::bytes),
-                value: value.bytes(),
+                value_is_json: value_is_json && value.is_some(),
+                value: value.map(BytesSpec::bytes),
                 headers: headers
                     .into_iter()
-                    .map(|(n, v)| (n.bytes(), v.bytes()))
+                    .map(|(n, v)| (n.bytes(), v.map(BytesSpec::bytes)))
                     .collect(),
                 timestamp_ms,
-                value_is_json,
+                head: None,
             },
         )
 }
@@ -152,7 +228,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(i64::MAX),
     ];
     prop_oneof![
-        10 => proptest::collection::vec(model_record(), 1..20).prop_map(Op::Append),
+        10 => model_batch().prop_map(Op::Append),
         8 => (read_at, max_records, max_bytes).prop_map(|(at, max_records, max_bytes)| Op::Read {
             at,
             max_records,
@@ -166,12 +242,12 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn append(log: &PartitionLog, batch: &[ModelRecord]) -> Result<u64, LogError> {
-    let headers: Vec<Vec<(&[u8], &[u8])>> = batch
+    let headers: Vec<Vec<Header<'_>>> = batch
         .iter()
         .map(|r| {
             r.headers
                 .iter()
-                .map(|(n, v)| (n.as_slice(), v.as_slice()))
+                .map(|(n, v)| (n.as_slice(), v.as_deref()))
                 .collect()
         })
         .collect();
@@ -226,11 +302,19 @@ fn check_batch(batch: &ReadBatch, offset: u64, expected: &[ModelRecord], end: u6
         assert_eq!(r.offset, at);
         assert_eq!(r.timestamp_ms, want.timestamp_ms, "timestamp of {at}");
         assert_eq!(r.key.as_deref(), want.key.as_deref(), "key of {at}");
-        assert_eq!(r.value.as_ref(), want.value.as_slice(), "value of {at}");
+        assert_eq!(r.value.as_deref(), want.value.as_deref(), "value of {at}");
         assert_eq!(r.value_is_json(), want.value_is_json, "json flag of {at}");
-        let headers: Vec<(Vec<u8>, Vec<u8>)> =
-            r.headers().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+        let headers: Vec<(Vec<u8>, Option<Vec<u8>>)> = r
+            .headers()
+            .map(|(n, v)| (n.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
         assert_eq!(headers, want.headers, "headers of {at}");
+        let head = want.head.as_ref().map(ModelHead::as_head);
+        assert_eq!(
+            r.batch().map(|b| b.to_head(None)),
+            head,
+            "batch head of {at}"
+        );
         got += 1;
     }
     assert_eq!(got, expected.len(), "records() yields every record counted");
@@ -377,10 +461,11 @@ proptest! {
 fn fixed_sequence_through_rare_paths() {
     let rec = |len: usize, ts: i64| ModelRecord {
         key: Some(vec![1; len % 7]),
-        value: vec![(len % 251) as u8; len],
-        headers: vec![(b"h".to_vec(), vec![2; len % 5])],
+        value: Some(vec![(len % 251) as u8; len]),
+        headers: vec![(b"h".to_vec(), Some(vec![2; len % 5]))],
         timestamp_ms: ts,
         value_is_json: false,
+        head: None,
     };
     let big: Vec<ModelRecord> = (0..19).map(|i| rec(1999, 100 + i)).collect();
     let ops = vec![

@@ -538,3 +538,64 @@ fn recovery_starts_from_the_last_durable_checkpoint() {
     drop(log);
     assert!(verify::verify_partition(dir.path()).is_ok());
 }
+
+/// A batch with a head is published whole or not at all (FORMAT.md §6): damage to any of
+/// its records, even the last, cuts the whole batch back to its head, so its head (an
+/// idempotency key, a producer sequence) never survives without all of its records.
+#[test]
+fn a_torn_batch_is_cut_back_to_its_head() {
+    use mapq::log::format::{BatchHead, Record, RequestTag};
+    for damaged in [1usize, 3, 5] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = PartitionLog::open(dir.path(), config()).unwrap();
+            append_range(&log, 0, 3);
+            let values: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 100]).collect();
+            let mut batch: Vec<Record<'_>> =
+                values.iter().map(|v| Record::value(v, 1_000)).collect();
+            batch[0].batch = Some(BatchHead {
+                record_count: 6,
+                request: Some(RequestTag {
+                    key: b"req-1",
+                    digest: [1; 16],
+                    records: 6,
+                    positions: None,
+                }),
+                ..BatchHead::default()
+            });
+            assert_eq!(log.append(&batch).unwrap().first_offset, 3);
+        }
+        let path = dir.path().join("00000000000000000000.log");
+        let mut bytes = fs::read(&path).unwrap();
+        let committed = u64::from_le_bytes(
+            bytes[sh::COMMITTED_END..sh::COMMITTED_END + 8]
+                .try_into()
+                .unwrap(),
+        ) as usize;
+        let mut at = DATA_START;
+        let mut frames = Vec::new();
+        while at < committed {
+            let f = format::decode_frame(&bytes[at..committed]).unwrap();
+            frames.push(at);
+            at += f.padded_len;
+        }
+        assert_eq!(frames.len(), 9);
+        // A byte of the damaged record's value (covered by its CRC).
+        bytes[frames[3 + damaged] + format::frame::FIXED_SIZE + 10] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+
+        let (log, report) = PartitionLog::open(dir.path(), config()).unwrap();
+        assert_eq!(
+            log.end_offset(),
+            3,
+            "record {damaged} of the batch damaged: the whole batch goes"
+        );
+        assert_eq!(report.truncated_bytes as usize, committed - frames[3]);
+        check_all(&log, 0);
+        append_range(&log, 3, 5);
+        check_all(&log, 0);
+        drop(log);
+        let summary = verify::verify_partition(dir.path());
+        assert!(summary.is_ok(), "{summary}");
+    }
+}

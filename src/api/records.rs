@@ -32,12 +32,15 @@ pub struct RecordIn<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     #[schema(value_type = Option<Value>)]
     pub value: Option<&'a RawValue>,
-    /// Value bytes, base64.
+    /// Value bytes, base64. A record with neither `value` nor `value_b64` has a null value
+    /// (a tombstone), as distinct from an empty one.
     #[serde(borrow, default)]
     pub value_b64: Option<Cow<'a, str>>,
+    /// Header names and values; a `null` value is stored as a null header value, as
+    /// distinct from an empty string.
     #[serde(borrow, default)]
-    #[schema(value_type = Option<BTreeMap<String, String>>)]
-    pub headers: Option<BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub headers: Option<BTreeMap<Cow<'a, str>, Option<Cow<'a, str>>>>,
     pub partition: Option<u32>,
     /// Milliseconds since the Unix epoch; absent or 0: the server's clock.
     pub timestamp_ms: Option<i64>,
@@ -97,8 +100,9 @@ pub struct RecordOut<'a> {
     pub value: Option<ValueOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,
-    #[schema(value_type = BTreeMap<String, String>)]
-    pub headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// Header names and values; `null` for a null header value.
+    #[schema(value_type = BTreeMap<String, Option<String>>)]
+    pub headers: BTreeMap<Cow<'a, str>, Option<Cow<'a, str>>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,7 +122,7 @@ impl<'a> RecordOut<'a> {
         offset: u64,
         timestamp_ms: i64,
         key: Option<&'a [u8]>,
-        value: &'a [u8],
+        value: Option<&'a [u8]>,
         value_is_json: bool,
         headers: HeaderIter<'a>,
     ) -> Self {
@@ -129,18 +133,22 @@ impl<'a> RecordOut<'a> {
                 Err(_) => (None, Some(b64(k))),
             },
         };
-        let json = value_is_json
-            .then(|| serde_json::from_slice::<&RawValue>(value).ok())
-            .flatten();
-        let (value, value_b64) = match json {
-            Some(raw) => (Some(ValueOut::Json(raw)), None),
-            None => match std::str::from_utf8(value) {
-                Ok(s) => (Some(ValueOut::Text(s)), None),
-                Err(_) => (None, Some(b64(value))),
+        let (value, value_b64) = match value {
+            // A null value: neither field.
+            None => (None, None),
+            Some(value) => match value_is_json
+                .then(|| serde_json::from_slice::<&RawValue>(value).ok())
+                .flatten()
+            {
+                Some(raw) => (Some(ValueOut::Json(raw)), None),
+                None => match std::str::from_utf8(value) {
+                    Ok(s) => (Some(ValueOut::Text(s)), None),
+                    Err(_) => (None, Some(b64(value))),
+                },
             },
         };
         let headers = headers
-            .map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+            .map(|(k, v)| (String::from_utf8_lossy(k), v.map(String::from_utf8_lossy)))
             .collect();
         RecordOut {
             offset,

@@ -266,7 +266,10 @@ fn render(
             None => std::io::Error::other(e),
         })
         .and_then(|()| out.write_all(b"\n")),
-        FormatArg::Value => out.write_all(f.value()).and_then(|()| out.write_all(b"\n")),
+        // A null value prints as an empty line, like an empty one.
+        FormatArg::Value => out
+            .write_all(f.value().unwrap_or_default())
+            .and_then(|()| out.write_all(b"\n")),
         FormatArg::Raw => out.write_all(f.bytes),
     }
 }

@@ -26,6 +26,11 @@ pub enum LogError {
     #[error("record too large: {0}")]
     RecordTooLarge(String),
 
+    /// A batch head that does not describe its batch (wrong count, not on the first
+    /// record, inconsistent fields).
+    #[error("invalid batch head: {0}")]
+    InvalidBatchHead(&'static str),
+
     /// Frames handed to `append_frames` are not valid frames.
     #[error("invalid frame at byte {position}: {source}")]
     InvalidFrame { position: usize, source: FrameError },
@@ -36,7 +41,7 @@ pub enum LogError {
     Corrupt { path: PathBuf, reason: String },
 
     /// The file was written by a format version this build does not read.
-    #[error("{path} has format version {found}; this build reads version {supported}")]
+    #[error("{path} has format version {found}; this build reads versions up to {supported}")]
     UnsupportedVersion {
         path: PathBuf,
         found: u32,

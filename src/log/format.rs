@@ -6,8 +6,14 @@
 
 use std::ops::Range;
 
-/// The on-disk format version written by this build, and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The segment format version written by this build.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest segment format version this build reads: version 1 segments are read as they
+/// are (their frames are valid version 2 frames that use none of its additions), never
+/// written to (FORMAT.md section 7).
+pub const OLDEST_READABLE_VERSION: u32 = 1;
+/// The version of the index file layout, unchanged since format version 1.
+pub const INDEX_VERSION: u32 = 1;
 
 /// Alignment of every frame's start and of every frame's padded length.
 pub const FRAME_ALIGN: usize = 8;
@@ -56,16 +62,24 @@ pub mod segment_header {
     pub const WAKE_SEQ: usize = 4 * CACHE_LINE;
     /// u32, atomic: number of tailers blocked in a futex wait on WAKE_SEQ.
     pub const WAITERS: usize = WAKE_SEQ + size_of::<u32>();
-    /// u32, atomic: 0; 1 once the partition's topic was deleted (stored before `SEALED`):
-    /// the segment never changes again and no segment follows it.
+    /// u32, atomic: 0; 1 once the partition's topic was deleted: the segment never changes
+    /// again and no segment follows it.
     pub const DELETED: usize = 5 * CACHE_LINE;
+    /// u64, atomic (version 2): 0 when the partition is not replicated; else the byte
+    /// position up to which every in-sync replica holds the records (what no failover can
+    /// remove).
+    pub const REPLICATED_END: usize = 6 * CACHE_LINE;
+    /// u32, atomic (version 2): 0; 1 once a truncation removed records of this file, or the
+    /// whole file: a reader finds its next offset again from the directory.
+    pub const TRUNCATED: usize = 7 * CACHE_LINE;
 
     /// Size of the whole header; the first frame starts here.
     pub const SIZE: usize = 4096;
 
     const _: () = assert!(STATIC_END <= COMMITTED_END);
     const _: () = assert!(WAITERS + size_of::<u32>() <= DELETED);
-    const _: () = assert!(DELETED + size_of::<u32>() <= SIZE);
+    const _: () = assert!(DELETED + size_of::<u32>() <= REPLICATED_END);
+    const _: () = assert!(TRUNCATED + size_of::<u32>() <= SIZE);
 }
 
 /// Field positions of the header shared by the offset and time index files.
@@ -115,14 +129,284 @@ pub mod frame {
     pub const CRC_START: usize = TIMESTAMP_MS;
 }
 
-/// Attribute flag bits of a record frame. Bits not listed must be zero in version 1.
+/// Attribute flag bits of a record frame. Bits not listed must be zero.
 pub mod attributes {
     /// The value is the UTF-8 text of a JSON document (produced as JSON, consumed as JSON).
     pub const VALUE_JSON: u32 = 1 << 0;
     /// The record has a key (possibly empty). When clear the key is null and its length is 0.
     pub const HAS_KEY: u32 = 1 << 1;
+    /// Version 2: the value is null (its length is 0), as distinct from an empty value.
+    pub const VALUE_NULL: u32 = 1 << 2;
+    /// Version 2: a batch head follows the headers (see [`super::batch_head`]): this is the
+    /// first record of a batch appended with one publication.
+    pub const BATCH_HEAD: u32 = 1 << 3;
     /// Every bit defined by version 1.
-    pub const KNOWN: u32 = VALUE_JSON | HAS_KEY;
+    pub const KNOWN_V1: u32 = VALUE_JSON | HAS_KEY;
+    /// Every bit defined by version 2.
+    pub const KNOWN: u32 = KNOWN_V1 | VALUE_NULL | BATCH_HEAD;
+}
+
+/// A header entry's value length that means "null value" (version 2); no bytes follow it.
+pub const NULL_HEADER_VALUE: u32 = u32::MAX;
+
+/// Field positions of a batch head (version 2): the block at the end of the first frame of
+/// a batch, after its headers, covered by the frame's CRC. It describes the whole batch:
+/// `record_count` records starting with this one, published together.
+pub mod batch_head {
+    use std::mem::size_of;
+
+    /// u32: bytes of the block, this field included.
+    pub const LEN: usize = 0;
+    /// u32: records in the batch, this one included; at least 1.
+    pub const RECORD_COUNT: usize = LEN + size_of::<u32>();
+    /// u32: the leader epoch under which the batch was appended (0 outside clusters).
+    pub const LEADER_EPOCH: usize = RECORD_COUNT + size_of::<u32>();
+    /// i16: producer epoch, -1 without a producer.
+    pub const PRODUCER_EPOCH: usize = LEADER_EPOCH + size_of::<u32>();
+    /// u16: length of the idempotency key, 0 without one.
+    pub const KEY_LEN: usize = PRODUCER_EPOCH + size_of::<i16>();
+    /// i64: producer id, -1 without a producer.
+    pub const PRODUCER_ID: usize = KEY_LEN + size_of::<u16>();
+    /// i32: sequence number of the batch's first record, -1 without a producer.
+    pub const BASE_SEQUENCE: usize = PRODUCER_ID + size_of::<i64>();
+    /// u32: records in the whole request the idempotency key names (0 without a key).
+    pub const REQUEST_RECORDS: usize = BASE_SEQUENCE + size_of::<i32>();
+    /// 16 bytes: digest of that request, opaque to readers (zeros without a key).
+    pub const DIGEST: usize = REQUEST_RECORDS + size_of::<u32>();
+    /// Size of the fixed part: the idempotency key follows, then (optionally) one u32 per
+    /// record of the batch: its position in the request.
+    pub const FIXED_SIZE: usize = DIGEST + 16;
+
+    const _: () = assert!(FIXED_SIZE == 48);
+}
+
+/// A producer's identity and sequence on a batch (Kafka's idempotent producer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    /// At least 0.
+    pub id: i64,
+    /// At least 0.
+    pub epoch: i16,
+    /// Sequence of the batch's first record, at least 0; record `i` has `base_sequence + i`.
+    pub base_sequence: i32,
+}
+
+/// The idempotency key of the request a batch came from, stored with its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTag<'a> {
+    /// 1 to 65535 bytes.
+    pub key: &'a [u8],
+    /// A digest of the request, to tell a retry from another request under the same key.
+    pub digest: [u8; 16],
+    /// Records in the whole request (over every partition), at least the batch's count.
+    pub records: u32,
+    /// When the request's records were spread over partitions: the request position of
+    /// each record of the batch, increasing. `None`: record `i` of the batch is record `i`
+    /// of the request.
+    pub positions: Option<&'a [u32]>,
+}
+
+/// A batch head to write with the first record of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchHead<'a> {
+    pub record_count: u32,
+    pub leader_epoch: u32,
+    pub producer: Option<ProducerStamp>,
+    pub request: Option<RequestTag<'a>>,
+}
+
+impl BatchHead<'_> {
+    /// Bytes of the encoded block.
+    pub fn encoded_len(&self) -> usize {
+        batch_head::FIXED_SIZE
+            + self
+                .request
+                .map_or(0, |r| r.key.len() + r.positions.map_or(0, |p| 4 * p.len()))
+    }
+
+    fn encode(&self, buf: &mut [u8]) {
+        use batch_head as b;
+        let (id, epoch, seq) = self
+            .producer
+            .map_or((-1, -1, -1), |p| (p.id, p.epoch, p.base_sequence));
+        put_u32(buf, b::LEN, self.encoded_len() as u32);
+        put_u32(buf, b::RECORD_COUNT, self.record_count);
+        put_u32(buf, b::LEADER_EPOCH, self.leader_epoch);
+        buf[b::PRODUCER_EPOCH..b::PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_le_bytes());
+        put_u64(buf, b::PRODUCER_ID, id as u64);
+        put_u32(buf, b::BASE_SEQUENCE, seq as u32);
+        let mut at = b::FIXED_SIZE;
+        match self.request {
+            None => {
+                buf[b::KEY_LEN..b::KEY_LEN + 2].fill(0);
+                put_u32(buf, b::REQUEST_RECORDS, 0);
+                buf[b::DIGEST..b::FIXED_SIZE].fill(0);
+            }
+            Some(r) => {
+                buf[b::KEY_LEN..b::KEY_LEN + 2]
+                    .copy_from_slice(&(r.key.len() as u16).to_le_bytes());
+                put_u32(buf, b::REQUEST_RECORDS, r.records);
+                buf[b::DIGEST..b::FIXED_SIZE].copy_from_slice(&r.digest);
+                buf[at..at + r.key.len()].copy_from_slice(r.key);
+                at += r.key.len();
+                for &p in r.positions.unwrap_or(&[]) {
+                    put_u32(buf, at, p);
+                    at += 4;
+                }
+            }
+        }
+        debug_assert_eq!(at, self.encoded_len());
+    }
+
+    /// Whether the head is one [`decode_batch_head`] accepts for a batch of `count`
+    /// records; the writer refuses any other.
+    pub fn check(&self, count: usize) -> std::result::Result<(), &'static str> {
+        let mut buf = vec![0u8; self.encoded_len()];
+        if self
+            .request
+            .is_some_and(|r| r.key.is_empty() || r.key.len() > u16::MAX as usize)
+        {
+            return Err("the idempotency key must be 1 to 65535 bytes");
+        }
+        self.encode(&mut buf);
+        let view = decode_batch_head(&buf)?;
+        if view.record_count as usize != count {
+            return Err("the batch head's record count differs from the batch's");
+        }
+        Ok(())
+    }
+}
+
+/// A decoded, validated batch head (see [`BatchHead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchView<'a> {
+    pub record_count: u32,
+    pub leader_epoch: u32,
+    pub producer: Option<ProducerStamp>,
+    pub request: Option<RequestView<'a>>,
+}
+
+impl<'a> BatchView<'a> {
+    /// The request positions of the batch's records, when the head lists them.
+    pub fn positions(&self) -> Option<Vec<u32>> {
+        let r = self.request.filter(RequestView::has_positions)?;
+        Some(
+            (0..self.record_count as usize)
+                .map(|i| r.position(i))
+                .collect(),
+        )
+    }
+
+    /// The head this view was decoded from; `positions` as [`BatchView::positions`] gave.
+    pub fn to_head<'b>(&self, positions: Option<&'b [u32]>) -> BatchHead<'b>
+    where
+        'a: 'b,
+    {
+        BatchHead {
+            record_count: self.record_count,
+            leader_epoch: self.leader_epoch,
+            producer: self.producer,
+            request: self.request.map(|r| RequestTag {
+                key: r.key,
+                digest: r.digest,
+                records: r.records,
+                positions,
+            }),
+        }
+    }
+}
+
+/// A decoded [`RequestTag`]; the positions stay little-endian bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestView<'a> {
+    pub key: &'a [u8],
+    pub digest: [u8; 16],
+    pub records: u32,
+    positions: Option<&'a [u8]>,
+}
+
+impl RequestView<'_> {
+    /// The request position of record `i` of the batch.
+    pub fn position(&self, i: usize) -> u32 {
+        match self.positions {
+            Some(p) => get_u32(p, 4 * i),
+            None => i as u32,
+        }
+    }
+
+    /// Whether the batch's records are spread-out positions of the request.
+    pub fn has_positions(&self) -> bool {
+        self.positions.is_some()
+    }
+}
+
+/// Decodes and checks a batch head block (exactly `block`).
+pub fn decode_batch_head(block: &[u8]) -> std::result::Result<BatchView<'_>, &'static str> {
+    use batch_head as b;
+    if block.len() < b::FIXED_SIZE || get_u32(block, b::LEN) as usize != block.len() {
+        return Err("batch head length does not fill the frame");
+    }
+    let record_count = get_u32(block, b::RECORD_COUNT);
+    if record_count == 0 {
+        return Err("batch head counts no record");
+    }
+    let epoch = i16::from_le_bytes([block[b::PRODUCER_EPOCH], block[b::PRODUCER_EPOCH + 1]]);
+    let id = get_u64(block, b::PRODUCER_ID) as i64;
+    let seq = get_u32(block, b::BASE_SEQUENCE) as i32;
+    let producer = match (id, epoch, seq) {
+        (-1, -1, -1) => None,
+        (id, epoch, seq) if id >= 0 && epoch >= 0 && seq >= 0 => Some(ProducerStamp {
+            id,
+            epoch,
+            base_sequence: seq,
+        }),
+        _ => return Err("batch head producer fields are partly set or negative"),
+    };
+    let key_len = u16::from_le_bytes([block[b::KEY_LEN], block[b::KEY_LEN + 1]]) as usize;
+    let records = get_u32(block, b::REQUEST_RECORDS);
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&block[b::DIGEST..b::FIXED_SIZE]);
+    let rest = &block[b::FIXED_SIZE..];
+    let request = if key_len == 0 {
+        if records != 0 || digest != [0; 16] || !rest.is_empty() {
+            return Err("batch head has request fields without an idempotency key");
+        }
+        None
+    } else {
+        let Some((key, positions)) = rest.split_at_checked(key_len) else {
+            return Err("batch head idempotency key overruns the block");
+        };
+        if records < record_count {
+            return Err("batch head counts more records than its request");
+        }
+        let positions = match positions.len() {
+            0 => None,
+            n if n == 4 * record_count as usize => {
+                let mut prev = None;
+                for i in 0..record_count as usize {
+                    let p = get_u32(positions, 4 * i);
+                    if p >= records || prev.is_some_and(|q| p <= q) {
+                        return Err("batch head request positions are out of order or range");
+                    }
+                    prev = Some(p);
+                }
+                Some(positions)
+            }
+            _ => return Err("batch head request positions do not match its record count"),
+        };
+        Some(RequestView {
+            key,
+            digest,
+            records,
+            positions,
+        })
+    };
+    Ok(BatchView {
+        record_count,
+        leader_epoch: get_u32(block, b::LEADER_EPOCH),
+        producer,
+        request,
+    })
 }
 
 /// Rounds `n` up to the frame alignment.
@@ -144,16 +428,22 @@ pub fn parse_file_name(name: &str, ext: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
+/// A header: its name, and its value (`None`: null, as distinct from empty).
+pub type Header<'a> = (&'a [u8], Option<&'a [u8]>);
+
 /// A record to append: borrowed key, value and headers.
 #[derive(Debug, Clone, Copy)]
 pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
+    /// `None`: a null value ([`attributes::VALUE_NULL`]), as distinct from an empty one.
+    pub value: Option<&'a [u8]>,
     /// Header names and values; by convention (and in the HTTP API) UTF-8.
-    pub headers: &'a [(&'a [u8], &'a [u8])],
+    pub headers: &'a [Header<'a>],
     pub timestamp_ms: i64,
     /// Sets [`attributes::VALUE_JSON`]: the value is JSON text.
     pub value_is_json: bool,
+    /// A batch head, on the first record of a batch only ([`attributes::BATCH_HEAD`]).
+    pub batch: Option<BatchHead<'a>>,
 }
 
 impl<'a> Record<'a> {
@@ -161,10 +451,11 @@ impl<'a> Record<'a> {
     pub fn value(value: &'a [u8], timestamp_ms: i64) -> Self {
         Record {
             key: None,
-            value,
+            value: Some(value),
             headers: &[],
             timestamp_ms,
             value_is_json: false,
+            batch: None,
         }
     }
 
@@ -173,9 +464,13 @@ impl<'a> Record<'a> {
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| 8 + n.len() + v.len())
+            .map(|(n, v)| 8 + n.len() + v.map_or(0, <[u8]>::len))
             .sum();
-        let len = frame::FIXED_SIZE + self.key.map_or(0, <[u8]>::len) + self.value.len() + headers;
+        let len = frame::FIXED_SIZE
+            + self.key.map_or(0, <[u8]>::len)
+            + self.value.map_or(0, <[u8]>::len)
+            + headers
+            + self.batch.map_or(0, |b| b.encoded_len());
         (len <= u32::MAX as usize - FRAME_ALIGN).then_some(len)
     }
 
@@ -221,15 +516,22 @@ pub fn encode_frame(buf: &mut [u8], offset: u64, record: &Record<'_>) {
     if record.key.is_some() {
         attrs |= attributes::HAS_KEY;
     }
+    if record.value.is_none() {
+        attrs |= attributes::VALUE_NULL;
+    }
+    if record.batch.is_some() {
+        attrs |= attributes::BATCH_HEAD;
+    }
+    let value = record.value.unwrap_or(&[]);
     put_u32(buf, frame::LENGTH, len as u32);
     put_u64(buf, frame::OFFSET, offset);
     put_u64(buf, frame::TIMESTAMP_MS, record.timestamp_ms as u64);
     put_u32(buf, frame::ATTRIBUTES, attrs);
     put_u32(buf, frame::KEY_LEN, key.len() as u32);
-    put_u32(buf, frame::VALUE_LEN, record.value.len() as u32);
+    put_u32(buf, frame::VALUE_LEN, value.len() as u32);
     put_u32(buf, frame::HEADER_COUNT, record.headers.len() as u32);
     let mut at = frame::FIXED_SIZE;
-    for part in [key, record.value] {
+    for part in [key, value] {
         buf[at..at + part.len()].copy_from_slice(part);
         at += part.len();
     }
@@ -238,10 +540,22 @@ pub fn encode_frame(buf: &mut [u8], offset: u64, record: &Record<'_>) {
         at += 4;
         buf[at..at + name.len()].copy_from_slice(name);
         at += name.len();
-        put_u32(buf, at, value.len() as u32);
-        at += 4;
-        buf[at..at + value.len()].copy_from_slice(value);
-        at += value.len();
+        match value {
+            Some(value) => {
+                put_u32(buf, at, value.len() as u32);
+                at += 4;
+                buf[at..at + value.len()].copy_from_slice(value);
+                at += value.len();
+            }
+            None => {
+                put_u32(buf, at, NULL_HEADER_VALUE);
+                at += 4;
+            }
+        }
+    }
+    if let Some(head) = &record.batch {
+        head.encode(&mut buf[at..len]);
+        at = len;
     }
     debug_assert_eq!(at, len);
     buf[len..].fill(0);
@@ -278,6 +592,8 @@ pub enum FrameError {
     BadLayout,
     #[error("padding after the frame is not zero")]
     NonZeroPadding,
+    #[error("{0}")]
+    BadBatchHead(&'static str),
 }
 
 /// A validated frame, borrowing the bytes it was decoded from.
@@ -292,6 +608,8 @@ pub struct FrameView<'a> {
     pub value_range: Range<usize>,
     pub headers_range: Range<usize>,
     pub header_count: u32,
+    /// Position of the batch head block, on the first record of a batch.
+    pub batch_range: Option<Range<usize>>,
     /// Length including padding: where the next frame starts.
     pub padded_len: usize,
     pub bytes: &'a [u8],
@@ -302,12 +620,22 @@ impl<'a> FrameView<'a> {
         self.key_range.clone().map(|r| &self.bytes[r])
     }
 
-    pub fn value(&self) -> &'a [u8] {
-        &self.bytes[self.value_range.clone()]
+    /// The value; `None` when it is null.
+    pub fn value(&self) -> Option<&'a [u8]> {
+        (self.attributes & attributes::VALUE_NULL == 0)
+            .then(|| &self.bytes[self.value_range.clone()])
     }
 
     pub fn value_is_json(&self) -> bool {
         self.attributes & attributes::VALUE_JSON != 0
+    }
+
+    /// The batch head, on the first record of a batch that has one.
+    pub fn batch(&self) -> Option<BatchView<'a>> {
+        // Checked when the frame was decoded.
+        self.batch_range
+            .clone()
+            .and_then(|r| decode_batch_head(&self.bytes[r]).ok())
     }
 
     pub fn headers(&self) -> HeaderIter<'a> {
@@ -335,14 +663,23 @@ fn split_len_prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     (body.len() >= len).then(|| body.split_at(len))
 }
 
+/// One header entry at the start of `buf`: name, value (`None` when null), and the rest.
+fn split_header(buf: &[u8]) -> Option<(Header<'_>, &[u8])> {
+    let (name, rest) = split_len_prefixed(buf)?;
+    if get_u32(rest.get(..4)?, 0) == NULL_HEADER_VALUE {
+        return Some(((name, None), &rest[4..]));
+    }
+    let (value, rest) = split_len_prefixed(rest)?;
+    Some(((name, Some(value)), rest))
+}
+
 impl<'a> Iterator for HeaderIter<'a> {
-    type Item = (&'a [u8], &'a [u8]);
+    type Item = Header<'a>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (name, rest) = split_len_prefixed(self.rest)?;
-        let (value, rest) = split_len_prefixed(rest)?;
+        let (header, rest) = split_header(self.rest)?;
         self.rest = rest;
-        Some((name, value))
+        Some(header)
     }
 }
 
@@ -351,7 +688,7 @@ impl<'a> Iterator for HeaderIter<'a> {
 /// must fit in it too. Never panics, whatever the bytes.
 pub fn decode_frame(buf: &[u8]) -> Result<FrameView<'_>, FrameError> {
     let view = decode_frame_unchecked_crc(buf)?;
-    let len = view.headers_range.end;
+    let len = get_u32(buf, frame::LENGTH) as usize;
     let stored = get_u32(buf, frame::CRC);
     let computed = crc32c::crc32c(&buf[frame::CRC_START..len]);
     if stored != computed {
@@ -394,6 +731,11 @@ pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameErro
     if attrs & attributes::HAS_KEY == 0 && key_len != 0 {
         return Err(FrameError::BadLayout);
     }
+    if attrs & attributes::VALUE_NULL != 0
+        && (value_len != 0 || attrs & attributes::VALUE_JSON != 0)
+    {
+        return Err(FrameError::BadLayout);
+    }
     let key_end = frame::FIXED_SIZE + key_len;
     let value_end = key_end
         .checked_add(value_len)
@@ -401,24 +743,30 @@ pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameErro
     if value_end > len {
         return Err(FrameError::BadLayout);
     }
-    // The headers must fill the rest of the frame exactly.
+    // The headers, and the batch head if there is one, must fill the rest exactly.
     let mut rest = &buf[value_end..len];
     for _ in 0..header_count {
-        let (_, r) = split_len_prefixed(rest).ok_or(FrameError::BadLayout)?;
-        let (_, r) = split_len_prefixed(r).ok_or(FrameError::BadLayout)?;
+        let (_, r) = split_header(rest).ok_or(FrameError::BadLayout)?;
         rest = r;
     }
-    if !rest.is_empty() {
+    let headers_end = len - rest.len();
+    let batch_range = if attrs & attributes::BATCH_HEAD != 0 {
+        decode_batch_head(rest).map_err(FrameError::BadBatchHead)?;
+        Some(headers_end..len)
+    } else if !rest.is_empty() {
         return Err(FrameError::BadLayout);
-    }
+    } else {
+        None
+    };
     Ok(FrameView {
         offset: get_u64(buf, frame::OFFSET),
         timestamp_ms: get_u64(buf, frame::TIMESTAMP_MS) as i64,
         attributes: attrs,
         key_range: (attrs & attributes::HAS_KEY != 0).then_some(frame::FIXED_SIZE..key_end),
         value_range: key_end..value_end,
-        headers_range: value_end..len,
+        headers_range: value_end..headers_end,
         header_count,
+        batch_range,
         padded_len,
         bytes: &buf[..padded_len],
     })
@@ -436,13 +784,14 @@ mod tests {
 
     #[test]
     fn round_trip_with_key_and_headers() {
-        let headers: &[(&[u8], &[u8])] = &[(b"source", b"web"), (b"", b"")];
+        let headers: &[Header<'_>] = &[(b"source", Some(b"web")), (b"", Some(b"")), (b"n", None)];
         let r = Record {
             key: Some(b"user-1"),
-            value: b"{\"a\":1}",
+            value: Some(b"{\"a\":1}"),
             headers,
             timestamp_ms: 1_764_201_600_000,
             value_is_json: true,
+            batch: None,
         };
         let buf = encode(41, &r);
         assert_eq!(buf.len() % FRAME_ALIGN, 0);
@@ -450,7 +799,7 @@ mod tests {
         assert_eq!(f.offset, 41);
         assert_eq!(f.timestamp_ms, 1_764_201_600_000);
         assert_eq!(f.key(), Some(&b"user-1"[..]));
-        assert_eq!(f.value(), b"{\"a\":1}");
+        assert_eq!(f.value(), Some(&b"{\"a\":1}"[..]));
         assert!(f.value_is_json());
         assert_eq!(f.headers().collect::<Vec<_>>(), headers.to_vec());
         assert_eq!(f.padded_len, buf.len());

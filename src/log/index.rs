@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::error::{LogError, Result};
-use super::format::{self, get_u32, get_u64, index_header as ih, FORMAT_VERSION};
+use super::format::{self, get_u32, get_u64, index_header as ih, INDEX_VERSION};
 use super::mmap::{Appender, Frontier, Layout, MappedFile};
 
 /// Where an index file's header, published entries and entry count lie.
@@ -94,7 +94,7 @@ impl Index {
         let len = file_len(capacity);
         let mut header = [0u8; ih::HEADER_CRC + 4];
         header[ih::MAGIC..ih::MAGIC + 8].copy_from_slice(&kind.magic());
-        header[ih::VERSION..ih::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[ih::VERSION..ih::VERSION + 4].copy_from_slice(&INDEX_VERSION.to_le_bytes());
         header[ih::ENTRY_BYTES..ih::ENTRY_BYTES + 4]
             .copy_from_slice(&(ih::ENTRY_SIZE as u32).to_le_bytes());
         header[ih::BASE_OFFSET..ih::BASE_OFFSET + 8].copy_from_slice(&base_offset.to_le_bytes());
@@ -146,11 +146,11 @@ impl Index {
             return Err(bad("header checksum mismatch".into()));
         }
         let version = get_u32(header, ih::VERSION);
-        if version != FORMAT_VERSION {
+        if version != INDEX_VERSION {
             return Err(LogError::UnsupportedVersion {
                 path: path.to_owned(),
                 found: version,
-                supported: FORMAT_VERSION,
+                supported: INDEX_VERSION,
             });
         }
         if get_u32(header, ih::ENTRY_BYTES) as usize != ih::ENTRY_SIZE {

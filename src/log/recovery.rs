@@ -120,6 +120,28 @@ impl PartitionLog {
         let log_config = config.clone();
         let mut new_dir_unsynced = false;
         let writer = match writer {
+            Some(w) if w.segment().header().version < format::FORMAT_VERSION => {
+                // A segment an earlier release wrote is read as it is, never appended to
+                // (its readers may not know this version's frames): seal it, and go on in
+                // a new segment of this version.
+                if !w.segment().is_sealed() {
+                    tracing::info!(
+                        segment = %w.segment().path().display(),
+                        version = w.segment().header().version,
+                        "sealed a segment of an earlier format version; new records go to a new segment"
+                    );
+                }
+                // The next file first: a reader that sees the seal finds it (FORMAT.md §3).
+                let seg = Arc::new(Segment::create(
+                    dir,
+                    new_header(&log_config, w.next_offset(), 0),
+                    log_config.quota.as_ref(),
+                    true,
+                )?);
+                w.seal()?;
+                segments.push(Arc::clone(&seg));
+                SegmentWriter::new(seg, chunk)?
+            }
             Some(w) if !w.segment().is_sealed() => w,
             other => {
                 // Empty directory, or the newest segment is sealed: start a new active one.

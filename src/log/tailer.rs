@@ -13,7 +13,8 @@
 //! let mut tailer = Tailer::open("./data".as_ref(), "orders", 0, options)?;
 //! while let Some(record) = tailer.next_record()? {
 //!     // `record` borrows the mapping: no copy was made.
-//!     println!("{} {}", record.offset, String::from_utf8_lossy(record.value()));
+//!     let value = record.value().unwrap_or_default(); // None: a null value
+//!     println!("{} {}", record.offset, String::from_utf8_lossy(value));
 //! }
 //! # Ok::<(), mapq::log::tailer::TailError>(())
 //! ```

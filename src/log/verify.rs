@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::format::decode_frame;
+use super::format::{attributes, decode_frame};
 use super::segment::list_bases as segment_bases;
 use super::segment::{Segment, DATA_START};
 
@@ -158,7 +158,15 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
             return base;
         }
     };
+    let version = seg.header().version;
+    if version < crate::log::format::FORMAT_VERSION {
+        s.notes.push(format!(
+            "{name}: format version {version}, read as it is (never appended to)"
+        ));
+    }
     let checkpoints = m.checkpoints();
+    // Records still due in the batch whose head was seen last.
+    let mut batch_due: Option<(usize, u32, u32)> = None;
     let mut next_cp = 0;
     let mut at = DATA_START;
     let mut next_offset = base;
@@ -184,6 +192,27 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
                 f.offset
             ));
         }
+        let v2_only =
+            f.attributes & !attributes::KNOWN_V1 != 0 || f.headers().any(|(_, v)| v.is_none());
+        if version < 2 && v2_only {
+            s.problems.push(format!(
+                "{name}: at byte {at}: a version {version} segment holds a frame with version 2 fields"
+            ));
+        }
+        if let Some(head) = f.batch() {
+            if let Some((head_at, count, seen)) = batch_due {
+                s.problems.push(format!(
+                    "{name}: the batch at byte {head_at} has {seen} of its {count} records"
+                ));
+            }
+            batch_due = Some((at, head.record_count, 0));
+        }
+        if let Some((_, count, seen)) = &mut batch_due {
+            *seen += 1;
+            if seen == count {
+                batch_due = None;
+            }
+        }
         if next_cp < checkpoints.len() && checkpoints[next_cp].position as usize == at {
             let (cp_offset, cp_ts) = (
                 checkpoints[next_cp].offset,
@@ -207,6 +236,11 @@ fn check_segment(seg: &Segment, s: &mut PartitionSummary) -> u64 {
         at += f.padded_len;
         s.records += 1;
         s.bytes += f.padded_len as u64;
+    }
+    if let Some((head_at, count, seen)) = batch_due {
+        s.problems.push(format!(
+            "{name}: the batch at byte {head_at} has {seen} of its {count} records"
+        ));
     }
     if next_cp < checkpoints.len() {
         s.problems.push(format!(

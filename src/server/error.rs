@@ -122,7 +122,7 @@ impl From<LogError> for ApiError {
                 ErrorCode::TopicNotFound,
                 "the topic was deleted while the request ran",
             ),
-            LogError::InvalidFrame { .. } => Self::bad_request(msg),
+            LogError::InvalidFrame { .. } | LogError::InvalidBatchHead(_) => Self::bad_request(msg),
             LogError::Stopped(_) => {
                 tracing::error!(error = %msg, "write to a stopped partition");
                 Self::new(ErrorCode::PartitionUnavailable,

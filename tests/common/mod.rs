@@ -45,15 +45,16 @@ pub fn try_append_range(
 ) -> Result<u64, mapq::log::LogError> {
     let values: Vec<Vec<u8>> = (from..to).map(value_for).collect();
     let keys: Vec<Option<Vec<u8>>> = (from..to).map(key_for).collect();
-    let headers: &[(&[u8], &[u8])] = &[(b"h", b"v")];
+    let headers: &[(&[u8], Option<&[u8]>)] = &[(b"h", Some(b"v"))];
     let records: Vec<Record<'_>> = (from..to)
         .zip(values.iter().zip(&keys))
         .map(|(i, (v, k))| Record {
             key: k.as_deref(),
-            value: v,
+            value: Some(v),
             headers: if i.is_multiple_of(2) { headers } else { &[] },
             timestamp_ms: 1_000 + i as i64,
             value_is_json: false,
+            batch: None,
         })
         .collect();
     Ok(log.append(&records)?.first_offset)
@@ -70,8 +71,8 @@ pub fn check_all(log: &PartitionLog, from: u64) -> u64 {
         for r in batch.records() {
             assert_eq!(r.offset, next, "offsets are contiguous");
             assert_eq!(
-                r.value.as_ref(),
-                value_for(next).as_slice(),
+                r.value.as_deref(),
+                Some(value_for(next).as_slice()),
                 "value of {next}"
             );
             assert_eq!(r.key.as_deref(), key_for(next).as_deref(), "key of {next}");

@@ -6,7 +6,10 @@ a reader in another language (tests/foreign_reader.rs runs it against a live ser
     format_reader.py <partition directory> [--follow]
 
 Prints one JSON line per record: {"offset": n, "timestamp_ms": t, "key_b64": ... or null,
-"value_b64": ..., "value_json": bool, "headers": [[name_b64, value_b64], ...]}.
+"value_b64": ... or null, "value_json": bool, "headers": [[name_b64, value_b64 or null], ...],
+"batch": null or {"record_count", "leader_epoch", "producer_id", "producer_epoch",
+"base_sequence", "key_b64", "request_records", "digest_b64", "positions"}} (format
+version 1 or 2).
 Without --follow it stops at the end of the log (exit 0). With --follow it waits for more,
 polling (a reader without write access cannot join the futex protocol, section 5.1), until
 the topic is deleted: then "topic deleted" on stderr and exit 3. Records that retention
@@ -25,7 +28,10 @@ import time
 HEADER_SIZE = 4096
 COMMITTED_END, DURABLE_END, SEALED, DELETED = 64, 128, 192, 320
 FRAME_FIXED = 40
-VALUE_JSON, HAS_KEY = 0x1, 0x2
+VALUE_JSON, HAS_KEY, VALUE_NULL, BATCH_HEAD = 0x1, 0x2, 0x4, 0x8
+KNOWN_ATTRIBUTES = {1: VALUE_JSON | HAS_KEY, 2: VALUE_JSON | HAS_KEY | VALUE_NULL | BATCH_HEAD}
+NULL_LEN = 0xFFFFFFFF
+BATCH_FIXED = 48
 POLL = 0.002
 
 
@@ -91,7 +97,7 @@ class Segment:
          header_crc) = struct.unpack_from("<8sIIQQqII", self.m, 0)
         checks = [
             (magic == b"MAPQSEG\0", "bad magic"),
-            (version == 1, "unknown version %d" % version),
+            (version in KNOWN_ATTRIBUTES, "unknown version %d" % version),
             (header_bytes == HEADER_SIZE, "header_bytes %d" % header_bytes),
             (base_offset == base, "base offset %d does not match the name" % base_offset),
             (capacity == st.st_size, "capacity %d is not the file's length" % capacity),
@@ -103,6 +109,7 @@ class Segment:
                 raise FormatError("%s: byte 0: %s" % (self.path, why))
         self.base = base
         self.capacity = capacity
+        self.version = version
 
     def u32(self, at):
         return struct.unpack_from("<I", self.m, at)[0]
@@ -131,10 +138,12 @@ class Segment:
         padded = (length + 7) & ~7
         if length < FRAME_FIXED or pos + padded > end:
             raise bad("frame length %d" % length)
-        if attrs & ~(VALUE_JSON | HAS_KEY):
+        if attrs & ~KNOWN_ATTRIBUTES[self.version]:
             raise bad("unknown attribute bits 0x%x" % attrs)
         if not attrs & HAS_KEY and key_len != 0:
             raise bad("a null key with a length")
+        if attrs & VALUE_NULL and (value_len != 0 or attrs & VALUE_JSON):
+            raise bad("a null value with a length or the JSON bit")
         if FRAME_FIXED + key_len + value_len > length:
             raise bad("key and value overrun the frame")
         if any(self.m[pos + length:pos + padded]):
@@ -146,32 +155,92 @@ class Segment:
         at = pos + FRAME_FIXED
         key = self.m[at:at + key_len] if attrs & HAS_KEY else None
         at += key_len
-        value = self.m[at:at + value_len]
+        value = None if attrs & VALUE_NULL else self.m[at:at + value_len]
         at += value_len
+        frame_end = pos + length
         headers = []
         for _ in range(header_count):
-            if at + 4 > pos + length:
+            if at + 4 > frame_end:
                 raise bad("headers overrun the frame")
             (n,) = struct.unpack_from("<I", self.m, at)
             name = self.m[at + 4:at + 4 + n]
             at += 4 + n
-            if at + 4 > pos + length:
+            if at + 4 > frame_end:
                 raise bad("headers overrun the frame")
             (n,) = struct.unpack_from("<I", self.m, at)
-            hvalue = self.m[at + 4:at + 4 + n]
-            at += 4 + n
-            headers.append([b64(name), b64(hvalue)])
-        if at != pos + length:
+            at += 4
+            if n == NULL_LEN and self.version >= 2:
+                headers.append([b64(name), None])
+                continue
+            if at + n > frame_end:
+                raise bad("headers overrun the frame")
+            headers.append([b64(name), b64(self.m[at:at + n])])
+            at += n
+        batch = None
+        if attrs & BATCH_HEAD:
+            try:
+                batch = batch_head(self.m[at:frame_end])
+            except ValueError as e:
+                raise bad("batch head: %s" % e)
+            at = frame_end
+        if at != frame_end:
             raise bad("headers do not fill the frame")
         record = {
             "offset": offset,
             "timestamp_ms": ts,
             "key_b64": None if key is None else b64(key),
-            "value_b64": b64(value),
+            "value_b64": None if value is None else b64(value),
             "value_json": bool(attrs & VALUE_JSON),
             "headers": headers,
+            "batch": batch,
         }
         return record, padded
+
+
+def batch_head(block):
+    """Decodes and checks a batch head (section 2.3)."""
+    if len(block) < BATCH_FIXED:
+        raise ValueError("shorter than 48 bytes")
+    (head_len, count, leader_epoch, producer_epoch, key_len, producer_id, base_sequence,
+     request_records) = struct.unpack_from("<IIIhHqiI", block, 0)
+    digest = block[32:48]
+    if head_len != len(block):
+        raise ValueError("head_len %d does not fill the frame" % head_len)
+    if count < 1:
+        raise ValueError("record_count 0")
+    producer = (producer_id, producer_epoch, base_sequence)
+    if producer != (-1, -1, -1) and min(producer) < 0:
+        raise ValueError("producer fields partly set")
+    rest = block[BATCH_FIXED:]
+    positions = None
+    if key_len == 0:
+        if request_records != 0 or any(digest) or rest:
+            raise ValueError("request fields without a key")
+        key = None
+    else:
+        if len(rest) < key_len:
+            raise ValueError("the key overruns the block")
+        key, rest = rest[:key_len], rest[key_len:]
+        if request_records < count:
+            raise ValueError("request_records below record_count")
+        if rest:
+            if len(rest) != 4 * count:
+                raise ValueError("positions do not match record_count")
+            positions = list(struct.unpack_from("<%dI" % count, rest, 0))
+            if any(p >= request_records for p in positions) or any(
+                    a >= b for a, b in zip(positions, positions[1:])):
+                raise ValueError("positions out of order or range")
+    return {
+        "record_count": count,
+        "leader_epoch": leader_epoch,
+        "producer_id": producer_id,
+        "producer_epoch": producer_epoch,
+        "base_sequence": base_sequence,
+        "key_b64": None if key is None else b64(key),
+        "request_records": request_records,
+        "digest_b64": b64(digest),
+        "positions": positions,
+    }
 
 
 def b64(data):

@@ -17,10 +17,20 @@ pub struct Appended {
     pub count: u64,
 }
 
-/// Bytes of frames a batch of records needs.
+/// Bytes of frames a batch of records needs. Checks the batch head too: only the first
+/// record may carry one, and it must count the batch's records.
 pub fn batch_bytes(records: &[Record<'_>]) -> Result<usize> {
     let mut total = 0usize;
-    for r in records {
+    for (i, r) in records.iter().enumerate() {
+        if let Some(head) = &r.batch {
+            if i > 0 {
+                return Err(LogError::InvalidBatchHead(
+                    "only the first record of a batch carries its head",
+                ));
+            }
+            head.check(records.len())
+                .map_err(LogError::InvalidBatchHead)?;
+        }
         let len = r
             .padded_len()
             .ok_or_else(|| LogError::RecordTooLarge("record over 4 GiB".into()))?;
@@ -126,6 +136,16 @@ impl<'a> ValidFrames<'a> {
                 position: at,
                 source,
             })?;
+            if f.batch_range.is_some() {
+                // Batch heads carry producer ids and idempotency keys, which the broker
+                // checks and writes itself.
+                return Err(LogError::InvalidFrame {
+                    position: at,
+                    source: format::FrameError::BadBatchHead(
+                        "batch heads are written by the server, not sent by clients",
+                    ),
+                });
+            }
             let payload = (f.headers_range.end - format::frame::FIXED_SIZE) as u64;
             if payload > max_record_bytes {
                 return Err(LogError::RecordTooLarge(format!(

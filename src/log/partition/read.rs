@@ -27,8 +27,11 @@ pub struct StoredRecord {
     pub timestamp_ms: i64,
     pub attributes: u32,
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` when the value is null.
+    pub value: Option<Bytes>,
     headers: Bytes,
+    /// The batch head block, on the first record of a batch that has one.
+    batch: Option<Bytes>,
 }
 
 impl StoredRecord {
@@ -39,6 +42,14 @@ impl StoredRecord {
     /// The `(name, value)` headers.
     pub fn headers(&self) -> HeaderIter<'_> {
         HeaderIter::new_validated(&self.headers)
+    }
+
+    /// The batch head, on the first record of a batch that has one.
+    pub fn batch(&self) -> Option<format::BatchView<'_>> {
+        // Checked when the frame was read.
+        self.batch
+            .as_deref()
+            .and_then(|b| format::decode_batch_head(b).ok())
     }
 }
 
@@ -64,8 +75,9 @@ impl ReadBatch {
                     timestamp_ms: f.timestamp_ms,
                     attributes: f.attributes,
                     key: f.key_range.clone().map(slice),
-                    value: slice(f.value_range.clone()),
+                    value: f.value().is_some().then(|| slice(f.value_range.clone())),
                     headers: slice(f.headers_range.clone()),
+                    batch: f.batch_range.clone().map(slice),
                 }
             })
         })

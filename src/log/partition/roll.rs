@@ -337,6 +337,7 @@ impl PartitionLog {
 pub(crate) fn new_header(config: &LogConfig, base_offset: u64, need_bytes: usize) -> SegmentHeader {
     let min = (DATA_START + need_bytes).next_multiple_of(4096) as u64;
     SegmentHeader {
+        version: format::FORMAT_VERSION,
         base_offset,
         capacity_bytes: config.segment_bytes.max(min).max(DATA_START as u64 + 4096),
         created_ms: now_ms(),

@@ -152,6 +152,7 @@ impl Segment {
         quota: Option<&Arc<DiskQuota>>,
     ) -> Result<Self> {
         let header = SegmentHeader {
+            version: format::FORMAT_VERSION,
             base_offset: SPARE_BASE_OFFSET,
             capacity_bytes,
             created_ms: 0,

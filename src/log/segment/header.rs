@@ -7,11 +7,16 @@ use std::path::Path;
 
 use super::DATA_START;
 use crate::log::error::{LogError, Result};
-use crate::log::format::{self, get_u32, get_u64, segment_header as sh, FORMAT_VERSION};
+use crate::log::format::{
+    self, get_u32, get_u64, segment_header as sh, FORMAT_VERSION, OLDEST_READABLE_VERSION,
+};
 
 /// The static header fields of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The format version of the file: [`FORMAT_VERSION`] for every file this build creates;
+    /// an older one for a file an earlier release wrote (read, never appended to).
+    pub version: u32,
     pub base_offset: u64,
     pub capacity_bytes: u64,
     pub created_ms: i64,
@@ -22,7 +27,7 @@ impl SegmentHeader {
     pub(super) fn encode(&self) -> [u8; sh::STATIC_END] {
         let mut h = [0u8; sh::STATIC_END];
         h[sh::MAGIC..sh::MAGIC + 8].copy_from_slice(&format::SEGMENT_MAGIC);
-        h[sh::VERSION..sh::VERSION + 4].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[sh::VERSION..sh::VERSION + 4].copy_from_slice(&self.version.to_le_bytes());
         h[sh::HEADER_BYTES..sh::HEADER_BYTES + 4].copy_from_slice(&(sh::SIZE as u32).to_le_bytes());
         h[sh::BASE_OFFSET..sh::BASE_OFFSET + 8].copy_from_slice(&self.base_offset.to_le_bytes());
         h[sh::CAPACITY_BYTES..sh::CAPACITY_BYTES + 8]
@@ -45,7 +50,7 @@ impl SegmentHeader {
             return Err(bad("segment header checksum mismatch"));
         }
         let version = get_u32(h, sh::VERSION);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(LogError::UnsupportedVersion {
                 path: path.to_owned(),
                 found: version,
@@ -56,6 +61,7 @@ impl SegmentHeader {
             return Err(bad("unexpected header size"));
         }
         let header = SegmentHeader {
+            version,
             base_offset: get_u64(h, sh::BASE_OFFSET),
             capacity_bytes: get_u64(h, sh::CAPACITY_BYTES),
             created_ms: get_u64(h, sh::CREATED_MS) as i64,

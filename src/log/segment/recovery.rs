@@ -30,6 +30,10 @@ pub enum TornCause {
     OffsetGap { expected: u64, found: u64 },
     #[error("offset u64::MAX")]
     LastOffset,
+    /// A batch head announced more records than follow it: the batch was not published
+    /// whole, so none of it is kept (FORMAT.md §6).
+    #[error("a batch of {announced} records has only {found}")]
+    IncompleteBatch { announced: u32, found: u32 },
 }
 
 /// What recovery found in a segment.
@@ -103,6 +107,10 @@ impl Segment {
         m.time_index.truncate(state.checkpoints)?;
         let mut report = SegmentRecovery::default();
         let mut rebuilt = Vec::new();
+        // The batch whose head the scan saw last and whose records are not all seen yet:
+        // the state before its head, the checkpoints rebuilt before it, its count and how
+        // many of its records were seen.
+        let mut open_batch: Option<(WriterState, usize, u32, u32)> = None;
         while state.position < committed {
             let at = state.position;
             let torn = |cause| Some(TornTail { at_byte: at, cause });
@@ -124,6 +132,13 @@ impl Segment {
                     break;
                 }
             };
+            if let Some(head) = f.batch() {
+                if let Some((_, _, announced, found)) = open_batch {
+                    report.torn = torn(TornCause::IncompleteBatch { announced, found });
+                    break;
+                }
+                open_batch = Some((state, rebuilt.len(), head.record_count, 0));
+            }
             if state.checkpoint_due(at, interval, capacity) {
                 rebuilt.push((at, f.offset, state.max_timestamp_ms));
                 state.checkpoints += 1;
@@ -132,6 +147,23 @@ impl Segment {
             state.position += f.padded_len;
             state.next_offset += 1;
             state.max_timestamp_ms = state.max_timestamp_ms.max(f.timestamp_ms);
+            if let Some((_, _, announced, found)) = &mut open_batch {
+                *found += 1;
+                if found == announced {
+                    open_batch = None;
+                }
+            }
+        }
+        if let Some((before, rebuilt_before, announced, found)) = open_batch {
+            // A batch is published whole or not at all: cut back to its head.
+            if report.torn.is_none() {
+                report.torn = Some(TornTail {
+                    at_byte: state.position,
+                    cause: TornCause::IncompleteBatch { announced, found },
+                });
+            }
+            state = before;
+            rebuilt.truncate(rebuilt_before);
         }
         report.rebuilt_checkpoints = rebuilt.len();
         if let Some(torn) = &report.torn {

@@ -58,7 +58,7 @@ pub fn record_json(r: &StoredRecord) -> RecordOut<'_> {
         r.offset,
         r.timestamp_ms,
         r.key.as_deref(),
-        &r.value,
+        r.value.as_deref(),
         r.value_is_json(),
         r.headers(),
     )

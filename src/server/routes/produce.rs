@@ -17,7 +17,7 @@ use utoipa::IntoParams;
 use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
 use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
-use crate::log::{Record, ValidFrames};
+use crate::log::{format, Record, ValidFrames};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, record_target, AppState};
 
@@ -139,12 +139,12 @@ impl Request {
         for (r, p) in records.iter_mut().zip(chosen) {
             r.partition = p;
         }
-        let headers: Vec<Vec<(&[u8], &[u8])>> = records
+        let headers: Vec<Vec<format::Header<'_>>> = records
             .iter()
             .map(|r| {
                 r.headers
                     .iter()
-                    .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                    .map(|(k, v)| (k.as_ref(), v.as_deref()))
                     .collect()
             })
             .collect();
@@ -182,13 +182,15 @@ struct Owned<'a> {
     /// The partition it goes to, chosen once the whole request was found valid.
     partition: u32,
     key: Option<Cow<'a, [u8]>>,
-    value: Cow<'a, [u8]>,
+    /// `None`: a null value (a record with neither `value` nor `value_b64`).
+    value: Option<Cow<'a, [u8]>>,
     json: bool,
     headers: Vec<Header<'a>>,
     timestamp_ms: i64,
 }
 
-type Header<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+/// A header's name and value (`None`: null).
+type Header<'a> = (Cow<'a, [u8]>, Option<Cow<'a, [u8]>>);
 
 fn b64(field: &str, s: &str) -> ApiResult<Vec<u8>> {
     base64::engine::general_purpose::STANDARD
@@ -222,25 +224,22 @@ fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiRes
                 "a record has both `value` and `value_b64`",
             ))
         }
-        (Some(v), None) => (Cow::Borrowed(v.get().as_bytes()), true),
-        (None, Some(v)) => (Cow::Owned(b64("value_b64", &v)?), false),
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "a record needs `value` or `value_b64`",
-            ))
-        }
+        (Some(v), None) => (Some(Cow::Borrowed(v.get().as_bytes())), true),
+        (None, Some(v)) => (Some(Cow::Owned(b64("value_b64", &v)?)), false),
+        // Neither: a null value (a tombstone), as distinct from an empty one.
+        (None, None) => (None, false),
     };
     let headers: Vec<_> = r
         .headers
         .unwrap_or_default()
         .into_iter()
-        .map(|(k, v)| (cow_bytes(k), cow_bytes(v)))
+        .map(|(k, v)| (cow_bytes(k), v.map(cow_bytes)))
         .collect();
     let size = key.as_ref().map_or(0, |k| k.len())
-        + value.len()
+        + value.as_ref().map_or(0, |v| v.len())
         + headers
             .iter()
-            .map(|(k, v)| k.len() + v.len())
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.len()))
             .sum::<usize>();
     if size as u64 > max_record_bytes {
         return Err(ApiError::too_large(format!(
@@ -269,7 +268,7 @@ fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiRes
 
 /// The records of a request by partition, in request order within each (the broker's
 /// all-or-nothing append takes them so), and where each record of the request went.
-fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<(&'r [u8], &'r [u8])>]) -> Batches<'r> {
+fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<format::Header<'r>>]) -> Batches<'r> {
     let mut by_partition: BTreeMap<u32, Vec<Record<'r>>> = BTreeMap::new();
     let mut places = Vec::with_capacity(records.len());
     for (r, headers) in records.iter().zip(headers) {
@@ -277,10 +276,11 @@ fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<(&'r [u8], &'r [u8])>
         places.push((r.partition, batch.len() as u64));
         batch.push(Record {
             key: r.key.as_deref(),
-            value: &r.value,
+            value: r.value.as_deref(),
             headers,
             timestamp_ms: r.timestamp_ms,
             value_is_json: r.json,
+            batch: None,
         });
     }
     (by_partition, places)
@@ -489,7 +489,7 @@ fn decode<'a>(
                 requested: query.partition,
                 partition: 0,
                 key: query.key.as_deref().map(|k| Cow::Borrowed(k.as_bytes())),
-                value: Cow::Borrowed(body),
+                value: Some(Cow::Borrowed(body)),
                 json: false,
                 headers: Vec::new(),
                 timestamp_ms: now,
