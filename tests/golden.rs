@@ -28,8 +28,7 @@ fn config() -> LogConfig {
         index_interval_bytes: 64,
         reserve_chunk_bytes: 4096,
         prefault_bytes: 4096,
-        worker: None,
-        quota: None,
+        ..LogConfig::default()
     }
 }
 

@@ -25,6 +25,10 @@ pub struct TailArgs {
     /// Only records that msync has made durable.
     #[arg(long)]
     pub durable_only: bool,
+    /// Only records that every in-sync replica holds (no failover can remove them); in a
+    /// partition that is not replicated, every record.
+    #[arg(long)]
+    pub replicated_only: bool,
     /// How to wait when following: `spin` (lowest latency, a busy core) or `block`.
     #[arg(long, value_enum, default_value = "block")]
     pub wait: WaitArg,
@@ -196,6 +200,7 @@ fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
         from,
         follow: args.follow,
         durable_only: args.durable_only,
+        replicated_only: args.replicated_only,
         wait: match args.wait {
             WaitArg::Spin => WaitMode::Spin,
             WaitArg::Block => WaitMode::Block,
@@ -230,9 +235,19 @@ fn tail_partition(
     }
     };
     let mut tailer = Tailer::open(data_dir, topic, partition, options).map_err(explain)?;
-    while let Some(f) = tailer.next_record().map_err(explain)? {
-        if !each(&f) {
-            break;
+    loop {
+        match tailer.next_record() {
+            Ok(Some(f)) => {
+                if !each(&f) {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(TailError::Truncated { to, read_up_to }) => eprintln!(
+                "mapq tail: partition {partition}: truncated to offset {to}; the records {to} to {} printed above are gone; going on from {to}",
+                read_up_to - 1
+            ),
+            Err(e) => return Err(explain(e)),
         }
     }
     Ok(())

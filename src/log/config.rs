@@ -32,6 +32,10 @@ pub struct LogConfig {
     pub worker: Option<WorkerHandle>,
     /// A disk quota shared with other partitions (`max_disk_bytes`).
     pub quota: Option<Arc<DiskQuota>>,
+    /// The partition is replicated: its segments keep a replicated end
+    /// ([`super::PartitionLog::advance_replicated`]), which `replicated_only` readers
+    /// stop at, and no truncation goes below it.
+    pub replicated: bool,
 }
 
 impl LogConfig {
@@ -53,6 +57,7 @@ impl Default for LogConfig {
             prefault_bytes: 4 << 20,
             worker: None,
             quota: None,
+            replicated: false,
         }
     }
 }

@@ -31,6 +31,21 @@ pub enum LogError {
     #[error("invalid batch head: {0}")]
     InvalidBatchHead(&'static str),
 
+    /// A truncation below the replicated offset: those records are held by every in-sync
+    /// replica, and no failover may remove them.
+    #[error("cannot truncate to offset {offset}: records below {replicated} are replicated")]
+    BelowReplicated { offset: u64, replicated: u64 },
+
+    /// A truncation inside a batch published together (one with a batch head).
+    #[error(
+        "cannot truncate to offset {offset}: it is inside the batch that starts at {batch_start}"
+    )]
+    InsideBatch { offset: u64, batch_start: u64 },
+
+    /// A replication operation on a partition that is not replicated.
+    #[error("the partition is not replicated")]
+    NotReplicated,
+
     /// Frames handed to `append_frames` are not valid frames.
     #[error("invalid frame at byte {position}: {source}")]
     InvalidFrame { position: usize, source: FrameError },

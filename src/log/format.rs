@@ -69,9 +69,13 @@ pub mod segment_header {
     /// position up to which every in-sync replica holds the records (what no failover can
     /// remove).
     pub const REPLICATED_END: usize = 6 * CACHE_LINE;
+    /// u64, atomic (version 2): meaningful once `TRUNCATED` is 1: the partition's end
+    /// offset right after the truncation (stored before `TRUNCATED`).
+    pub const TRUNCATED_TO: usize = 7 * CACHE_LINE;
     /// u32, atomic (version 2): 0; 1 once a truncation removed records of this file, or the
-    /// whole file: a reader finds its next offset again from the directory.
-    pub const TRUNCATED: usize = 7 * CACHE_LINE;
+    /// whole file: the file is never written again, and a reader finds its next offset again
+    /// from the directory (FORMAT.md section 5.3).
+    pub const TRUNCATED: usize = TRUNCATED_TO + size_of::<u64>();
 
     /// Size of the whole header; the first frame starts here.
     pub const SIZE: usize = 4096;

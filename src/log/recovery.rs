@@ -60,7 +60,7 @@ impl PartitionLog {
         let mut writer = None;
         for (i, &base) in bases.iter().enumerate() {
             let seg = Segment::open(dir, base, true, config.quota.as_ref())?;
-            seg.clear_deleted();
+            seg.clear_interrupted_marks();
             if let Some(prev) = segments.last() {
                 if prev.next_offset() != base {
                     return Err(LogError::corrupt(

@@ -75,6 +75,9 @@ pub struct TailOptions {
     pub follow: bool,
     /// Read only records that msync has made durable.
     pub durable_only: bool,
+    /// Read only records that every in-sync replica holds (what no failover can remove); in
+    /// a partition that is not replicated, every record.
+    pub replicated_only: bool,
     pub wait: WaitMode,
     pub on_deleted: OnDeleted,
     /// When set and true, a follower stops: `next_record` returns `Ok(None)` at its next
@@ -91,6 +94,7 @@ impl Default for TailOptions {
             from: StartAt::Earliest,
             follow: false,
             durable_only: false,
+            replicated_only: false,
             wait: WaitMode::Block,
             on_deleted: OnDeleted::Fail,
             stop: None,
@@ -109,6 +113,12 @@ pub enum TailError {
     OffsetBeyondEnd { offset: u64, latest: u64 },
     #[error("the topic was deleted")]
     TopicDeleted,
+    /// The partition was truncated back to offset `to` after this tailer had read records
+    /// up to `read_up_to`: the records `[to, read_up_to)` it returned are gone, and those
+    /// offsets will be given to other records. The tailer is positioned at `to` already:
+    /// calling [`Tailer::next_record`] again goes on from there.
+    #[error("the partition was truncated to offset {to}: the records read from {to} to {read_up_to} are gone")]
+    Truncated { to: u64, read_up_to: u64 },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -193,7 +203,9 @@ impl Tailer {
                     .copied()
                     .unwrap_or(first);
                 t = Self::at_segment(dir, opts, base)?;
-                let end = t.visible_end();
+                // Any published record: one above the durable or replicated end waits
+                // there until it is visible.
+                let end = t.m.committed_end();
                 match t.m.locate(offset, end)? {
                     Some(pos) => (t.pos, t.next_offset) = (pos, offset),
                     None => {
@@ -266,13 +278,17 @@ impl Tailer {
         self.next_offset
     }
 
-    /// Where reading must stop: the committed end, or the durable end.
+    /// Where reading must stop: the committed end, or the durable end, or the replicated
+    /// end (the lower of the two when both are asked for).
     fn visible_end(&self) -> usize {
+        let mut end = self.m.committed_end();
         if self.opts.durable_only {
-            self.m.durable_end()
-        } else {
-            self.m.committed_end()
+            end = end.min(self.m.durable_end());
         }
+        if self.opts.replicated_only {
+            end = end.min(self.m.replicated_end().unwrap_or(end));
+        }
+        end
     }
 
     /// The next record, a zero-copy view of the mapping. `None` at the end of the log when
@@ -347,6 +363,9 @@ impl Tailer {
             }
             return Err(TailError::TopicDeleted);
         }
+        if let Some(to) = self.m.truncated_to() {
+            return self.after_truncation(to);
+        }
         let sealed = self.m.is_sealed();
         let committed = self.m.committed_end();
         if self.pos < committed {
@@ -385,13 +404,52 @@ impl Tailer {
         }
     }
 
+    /// This file lost records to a truncation to `to` (section 5.3 of FORMAT.md): finds the
+    /// offset to read next again from the directory, once the file that replaces this one
+    /// has its name. Reports the records read past the cut, once. Returns whether it moved.
+    fn after_truncation(&mut self, to: u64) -> Result<bool> {
+        let target = self.next_offset.min(to);
+        let all = bases(&self.dir).map_err(|_| TailError::TopicDeleted)?;
+        let Some(&base) = all.iter().rev().find(|&&b| b <= target) else {
+            return match all.first() {
+                Some(&earliest) => self.deleted(target, earliest),
+                None => Err(TailError::TopicDeleted),
+            };
+        };
+        let c = Self::at_segment(&self.dir, self.opts, base)?;
+        let end = c.visible_end();
+        let pos = match c.m.locate(target, end)? {
+            _ if c.m.truncated_to().is_some() => None,
+            Some(pos) => Some(pos),
+            None if c.m.offset_at(base, end)? == target => Some(end),
+            None => None,
+        };
+        let Some(pos) = pos else {
+            // The copy has not taken the name yet (or its records are not visible to this
+            // reader yet): look again shortly.
+            std::thread::sleep(UNREGISTERED_POLL);
+            return Ok(false);
+        };
+        let read_up_to = self.next_offset;
+        *self = c;
+        (self.pos, self.next_offset) = (pos, target);
+        if read_up_to > target {
+            return Err(TailError::Truncated {
+                to: target,
+                read_up_to,
+            });
+        }
+        Ok(true)
+    }
+
     /// A segment that vanished while unsealed means its topic was deleted (or deleted and
     /// created again): never read on from a file that is not ours.
     fn check_still_there(&self) -> Result<()> {
         let path = segment::path(&self.dir, self.seg.base_offset(), format::SEGMENT_EXT);
         match file_id(&path) {
             Some(id) if id == self.file_id => Ok(()),
-            _ if self.m.is_sealed() => Ok(()),
+            // Sealed, or replaced by a truncation's copy (which `advance` moves to).
+            _ if self.m.is_sealed() || self.m.truncated_to().is_some() => Ok(()),
             _ => Err(TailError::TopicDeleted),
         }
     }
@@ -405,7 +463,11 @@ impl Tailer {
 
     fn wait(&self, end: usize) -> Result<()> {
         let changed = || {
-            self.visible_end() != end || self.m.is_sealed() || self.m.is_deleted() || self.stopped()
+            self.visible_end() != end
+                || self.m.is_sealed()
+                || self.m.is_deleted()
+                || self.m.truncated_to().is_some()
+                || self.stopped()
         };
         match self.opts.wait {
             WaitMode::Spin => {
@@ -438,7 +500,11 @@ impl Tailer {
     /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md).
     fn block(&self, end: usize) {
         let changed = || {
-            self.visible_end() != end || self.m.is_sealed() || self.m.is_deleted() || self.stopped()
+            self.visible_end() != end
+                || self.m.is_sealed()
+                || self.m.is_deleted()
+                || self.m.truncated_to().is_some()
+                || self.stopped()
         };
         match &self.waiter {
             Some(rw) => {

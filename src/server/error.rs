@@ -130,7 +130,11 @@ impl From<LogError> for ApiError {
                 )
             }
             LogError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
+            // Replication operations: the cluster layer's, never a client request's.
             LogError::AlreadyOpen(_)
+            | LogError::BelowReplicated { .. }
+            | LogError::InsideBatch { .. }
+            | LogError::NotReplicated
             | LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }
             | LogError::Io { .. } => Self::internal(msg),

@@ -15,8 +15,7 @@ pub fn small_config(segment_bytes: u64) -> LogConfig {
         index_interval_bytes: 256,
         reserve_chunk_bytes: 16 << 10,
         prefault_bytes: 8 << 10,
-        worker: None,
-        quota: None,
+        ..LogConfig::default()
     }
 }
 

@@ -12,7 +12,9 @@ Prints one JSON line per record: {"offset": n, "timestamp_ms": t, "key_b64": ...
 version 1 or 2).
 Without --follow it stops at the end of the log (exit 0). With --follow it waits for more,
 polling (a reader without write access cannot join the futex protocol, section 5.1), until
-the topic is deleted: then "topic deleted" on stderr and exit 3. Records that retention
+the topic is deleted: then "topic deleted" on stderr and exit 3. A truncation that takes
+records it printed away is reported on stderr ("truncated to N: records N to M are gone"),
+and it goes on from N. Records that retention
 deleted before it read them: a message and exit 4. A format error stops it with a message
 naming the file and byte position on stderr and exit 2.
 """
@@ -27,6 +29,7 @@ import time
 
 HEADER_SIZE = 4096
 COMMITTED_END, DURABLE_END, SEALED, DELETED = 64, 128, 192, 320
+REPLICATED_END, TRUNCATED_TO, TRUNCATED = 384, 448, 456
 FRAME_FIXED = 40
 VALUE_JSON, HAS_KEY, VALUE_NULL, BATCH_HEAD = 0x1, 0x2, 0x4, 0x8
 KNOWN_ATTRIBUTES = {1: VALUE_JSON | HAS_KEY, 2: VALUE_JSON | HAS_KEY | VALUE_NULL | BATCH_HEAD}
@@ -126,6 +129,12 @@ class Segment:
 
     def deleted(self):
         return self.u32(DELETED) != 0
+
+    def truncated_to(self):
+        """The end offset after a truncation that took records of this file, or None."""
+        if self.version < 2 or self.u32(TRUNCATED) == 0:
+            return None
+        return struct.unpack_from("<Q", self.m, TRUNCATED_TO)[0]
 
     def frame(self, pos, end, expected_offset):
         """Decodes the frame at `pos` (section 2.2); returns (record, padded length)."""
@@ -281,6 +290,20 @@ def read(directory, follow):
             if seg.committed_end() != end:
                 continue
             raise TopicDeleted()
+        to = seg.truncated_to()
+        if to is not None:
+            # Section 5.3: find the next offset again from the directory, once the file that
+            # replaces this one has its name.
+            found = find_after_truncation(directory, min(next_offset, to))
+            if found is None:
+                time.sleep(POLL)
+                continue
+            if next_offset > to:
+                print("truncated to %d: records %d to %d are gone" % (to, to, next_offset - 1),
+                      file=sys.stderr, flush=True)
+            seg, pos = found
+            next_offset = min(next_offset, to)
+            continue
         if seg.sealed():
             if seg.committed_end() != end:
                 continue
@@ -308,11 +331,38 @@ def read(directory, follow):
                 continue
             # The file replaced or gone while not sealed: the topic was deleted (perhaps
             # created again); never read on from a file that is not ours.
+            # (Or replaced by a truncation's copy: look at the mark after the identity.)
             if identity(seg.path) != seg.identity:
-                raise TopicDeleted()
+                if seg.truncated_to() is None:
+                    raise TopicDeleted()
+                continue
         if not follow:
             return
         time.sleep(POLL)
+
+
+def find_after_truncation(directory, target):
+    """The segment holding offset `target` (or ending at it) and the position of that
+    offset, from a file not itself truncated; None while the replacement is not in place."""
+    bases = segment_bases(directory)
+    if bases is None:
+        raise TopicDeleted()
+    older = [b for b in bases if b <= target]
+    if not older:
+        if bases:
+            raise RecordsLost(target, bases[0])
+        raise TopicDeleted()
+    seg = Segment(directory, older[-1])
+    if seg.truncated_to() is not None:
+        return None
+    end, pos, offset = seg.committed_end(), HEADER_SIZE, seg.base
+    while pos < end and offset < target:
+        _, padded = seg.frame(pos, end, offset)
+        pos += padded
+        offset += 1
+    if offset != target:
+        return None
+    return seg, pos
 
 
 def main():

@@ -81,7 +81,7 @@ impl AppendGuard<'_> {
     pub fn append_frames(&mut self, frames: ValidFrames<'_>) -> Result<Appended> {
         let (count, bytes) = (frames.count(), frames.bytes());
         self.append_with(bytes.len(), count, |w| {
-            w.append_frames(bytes, count, now_ms())
+            w.append_frames(bytes, count, Some(now_ms()))
         })
     }
 

@@ -5,7 +5,36 @@ use std::sync::atomic::Ordering;
 use super::PartitionLog;
 use crate::log::error::{LogError, Result};
 
+/// The partition's one flush at a time: held by a flush, and by a truncation (which moves
+/// the durable offset back). Dropping it gives the turn back and wakes whoever waits for it,
+/// however the holder ends (a panic included: no later flush may wait for ever).
+pub(super) struct FlushTurn<'a>(&'a PartitionLog);
+
+impl Drop for FlushTurn<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .flush_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.0.flush_done.notify_all();
+    }
+}
+
 impl PartitionLog {
+    /// Waits until no flush runs, and keeps any from starting until the turn is dropped.
+    pub(super) fn flush_turn(&self) -> FlushTurn<'_> {
+        let mut running = self.flush_running.lock().unwrap_or_else(|p| p.into_inner());
+        while *running {
+            running = self
+                .flush_done
+                .wait(running)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        *running = true;
+        FlushTurn(self)
+    }
+
     /// Makes every record published so far durable (msync), and advances the durable offset.
     /// A failure stops the partition: later appends fail with [`LogError::Stopped`].
     pub fn flush(&self) -> Result<u64> {
@@ -40,20 +69,7 @@ impl PartitionLog {
         }
         *running = true;
         drop(running);
-        /// Gives the flush lock back, and wakes whoever waits for it, however the flush ends
-        /// (a panic included: no later flush may wait for ever).
-        struct Release<'a>(&'a PartitionLog);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                *self
-                    .0
-                    .flush_running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = false;
-                self.0.flush_done.notify_all();
-            }
-        }
-        let _release = Release(self);
+        let _turn = FlushTurn(self);
         self.flush_published()
     }
     /// msyncs every segment with data above its durable end; only one runs at a time.

@@ -13,6 +13,7 @@ mod flush;
 mod read;
 mod retention;
 mod roll;
+mod truncate;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ pub use append::{batch_bytes, AppendGuard, Appended, ValidFrames};
 pub use read::{ReadBatch, StoredRecord};
 pub use retention::{DeleteReason, DeletedSegment};
 pub(crate) use roll::{new_header, RollState};
+pub use truncate::Truncation;
 
 use super::config::LogConfig;
 use super::error::{LogError, Result};
@@ -42,6 +44,8 @@ pub struct PartitionLog {
     end_offset: AtomicU64,
     /// Every record below this offset has been made durable by a flush.
     durable_offset: AtomicU64,
+    /// Below this offset every in-sync replica holds the records (0 when not replicated).
+    replicated_offset: AtomicU64,
     /// The single writer: the active segment. Lock order: `writer`, then `flush_running`.
     writer: Mutex<SegmentWriter>,
     /// Whether a flush is running: flushes run one at a time (never under this lock, and
@@ -82,12 +86,14 @@ impl PartitionLog {
         claim: crate::log::recovery::OpenPartition,
     ) -> Self {
         let rolls = Arc::new(RollState::new(dir, &config));
+        let replicated = truncate::stored_replicated_offset(&segments);
         PartitionLog {
             dir: dir.to_owned(),
             end_offset: AtomicU64::new(writer.next_offset()),
             config,
             segments: ArcSwap::from_pointee(segments),
             durable_offset: AtomicU64::new(0),
+            replicated_offset: AtomicU64::new(replicated),
             writer: Mutex::new(writer),
             flush_running: Mutex::new(false),
             flush_done: Condvar::new(),

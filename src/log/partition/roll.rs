@@ -26,6 +26,7 @@ pub(crate) struct RollState {
     pub(super) capacity_bytes: u64,
     pub(super) index_interval_bytes: u32,
     pub(super) quota: Option<Arc<DiskQuota>>,
+    pub(super) replicated: bool,
     /// A spare segment and its temporary name, ready to be adopted.
     pub(super) spare: Mutex<Option<(Segment, String)>>,
     pub(super) spare_requested: AtomicBool,
@@ -53,6 +54,7 @@ impl RollState {
             capacity_bytes: header.capacity_bytes,
             index_interval_bytes: header.index_interval_bytes,
             quota: config.quota.clone(),
+            replicated: config.replicated,
             spare: Mutex::new(None),
             spare_requested: AtomicBool::new(false),
             next_spare: AtomicU64::new(0),
@@ -79,12 +81,13 @@ impl RollState {
         {
             return Ok(());
         }
-        let name = format!("spare-{}", self.next_spare.fetch_add(1, Ordering::Relaxed));
+        let name = self.spare_name();
         let seg = Segment::create_spare(
             &self.dir,
             &name,
             self.capacity_bytes,
             self.index_interval_bytes,
+            self.replicated,
             self.quota.as_ref(),
         )?;
         seg.prefault_to(DATA_START + (1 << 20), 1 << 20)?;
@@ -94,6 +97,11 @@ impl RollState {
     }
 
     /// Takes the spare if it can hold `capacity` bytes.
+    /// A fresh name for a segment made under a temporary name (a spare, a truncation's copy).
+    pub(super) fn spare_name(&self) -> String {
+        format!("spare-{}", self.next_spare.fetch_add(1, Ordering::Relaxed))
+    }
+
     pub(super) fn take_spare(&self, capacity: usize) -> Option<(Segment, String)> {
         let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {
@@ -342,5 +350,6 @@ pub(crate) fn new_header(config: &LogConfig, base_offset: u64, need_bytes: usize
         capacity_bytes: config.segment_bytes.max(min).max(DATA_START as u64 + 4096),
         created_ms: now_ms(),
         index_interval_bytes: config.index_interval_bytes.max(format::FRAME_ALIGN as u32),
+        replicated: config.replicated,
     }
 }

@@ -149,6 +149,7 @@ impl Segment {
         name: &str,
         capacity_bytes: u64,
         index_interval_bytes: u32,
+        replicated: bool,
         quota: Option<&Arc<DiskQuota>>,
     ) -> Result<Self> {
         let header = SegmentHeader {
@@ -157,6 +158,7 @@ impl Segment {
             capacity_bytes,
             created_ms: 0,
             index_interval_bytes,
+            replicated,
         };
         let index_cap = header.index_capacity();
         let data_path = spare_path(dir, name, format::SEGMENT_EXT);

@@ -21,6 +21,10 @@ pub struct SegmentHeader {
     pub capacity_bytes: u64,
     pub created_ms: i64,
     pub index_interval_bytes: u32,
+    /// The partition is replicated: a new file starts with a replicated end of
+    /// [`DATA_START`] (nothing replicated yet) instead of 0 (not replicated). Not a static
+    /// field: read back from the `replicated_end` word.
+    pub replicated: bool,
 }
 
 impl SegmentHeader {
@@ -66,6 +70,7 @@ impl SegmentHeader {
             capacity_bytes: get_u64(h, sh::CAPACITY_BYTES),
             created_ms: get_u64(h, sh::CREATED_MS) as i64,
             index_interval_bytes: get_u32(h, sh::INDEX_INTERVAL_BYTES),
+            replicated: h.len() >= sh::REPLICATED_END + 8 && get_u64(h, sh::REPLICATED_END) != 0,
         };
         if header.capacity_bytes != file_len || file_len < DATA_START as u64 {
             return Err(bad("capacity does not match the file length"));
@@ -77,9 +82,14 @@ impl SegmentHeader {
     }
 
     /// The start of a new segment's file: its static header, then the committed and durable
-    /// ends (both at the data start), zeros between them.
-    pub(super) fn new_head(&self) -> [u8; sh::DURABLE_END + 8] {
-        let mut head = [0u8; sh::DURABLE_END + 8];
+    /// ends (both at the data start) and, when replicated, the replicated end (there too),
+    /// zeros between them.
+    pub(super) fn new_head(&self) -> [u8; sh::REPLICATED_END + 8] {
+        let mut head = [0u8; sh::REPLICATED_END + 8];
+        if self.replicated {
+            head[sh::REPLICATED_END..sh::REPLICATED_END + 8]
+                .copy_from_slice(&(DATA_START as u64).to_le_bytes());
+        }
         head[..sh::STATIC_END].copy_from_slice(&self.encode());
         head[sh::COMMITTED_END..sh::COMMITTED_END + 8]
             .copy_from_slice(&(DATA_START as u64).to_le_bytes());

@@ -354,15 +354,61 @@ impl Segment {
         }
     }
 
-    /// Clears a `deleted` word that a deletion interrupted by a crash left behind: the
-    /// topic is being opened, so it exists. Recovery only (writable mapping).
-    pub(crate) fn clear_deleted(&self) {
+    /// Clears the `deleted` and `truncated` words that a deletion or a truncation
+    /// interrupted by a crash left behind: the topic is being opened, so it exists, and the
+    /// file is still the segment's. Recovery only (writable mapping).
+    pub(crate) fn clear_interrupted_marks(&self) {
         if let Some(m) = self.writable_mapping() {
-            let word = m.data.atomic_u32(sh::DELETED);
-            if word.load(Ordering::Acquire) != 0 {
-                word.store(0, Ordering::Release);
+            for at in [sh::DELETED, sh::TRUNCATED] {
+                let word = m.data.atomic_u32(at);
+                if word.load(Ordering::Acquire) != 0 {
+                    word.store(0, Ordering::Release);
+                }
             }
         }
+    }
+
+    /// Runs `f` on a writable mapping of the file's header: the writer's mapping when it is
+    /// open, else the header page mapped for the call (a sealed segment closed while idle,
+    /// or one mapped read-only by a reader).
+    fn with_writable_header<T>(&self, f: impl FnOnce(&MappedFile) -> T) -> Result<T> {
+        if let Some(m) = self.writable_mapping() {
+            return Ok(f(&m.data));
+        }
+        let header = MappedFile::open_prefix_rw(&self.path, sh::SIZE)
+            .map_err(|e| LogError::io(&self.path, e))?;
+        Ok(f(&header))
+    }
+
+    /// Marks the file as taken away (in part or whole) by a truncation to `to`, and wakes
+    /// its waiters: its readers find their offset again from the directory. The file is
+    /// never written again.
+    pub(crate) fn mark_truncated(&self, to: u64) -> Result<()> {
+        self.with_writable_header(|h| {
+            h.atomic_u64(sh::TRUNCATED_TO).store(to, Ordering::Release);
+            // Release: a reader that sees the flag sees the offset.
+            h.atomic_u32(sh::TRUNCATED).store(1, Ordering::Release);
+            read::wake_waiters(h);
+        })
+    }
+
+    /// Undoes [`Segment::mark_truncated`] for a truncation that failed before the file
+    /// was replaced.
+    pub(crate) fn unmark_truncated(&self) -> Result<()> {
+        self.with_writable_header(|h| {
+            h.atomic_u32(sh::TRUNCATED).store(0, Ordering::Release);
+            read::wake_waiters(h);
+        })
+    }
+
+    /// Raises the replicated end to `position` (never lowers it) and wakes the waiters.
+    pub(crate) fn raise_replicated_end(&self, position: usize) -> Result<()> {
+        self.with_writable_header(|h| {
+            // Release: a reader that sees the new end sees the frames below it.
+            h.atomic_u64(sh::REPLICATED_END)
+                .fetch_max(position as u64, Ordering::Release);
+            read::wake_waiters(h);
+        })
     }
 
     /// Marks the segment sealed: no record will ever be added. Called after its writer's

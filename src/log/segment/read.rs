@@ -113,6 +113,28 @@ impl Mapped {
         self.data.atomic_u32(sh::DELETED).load(Ordering::Acquire) != 0
     }
 
+    /// After a truncation took records of this file away (or the whole file): the
+    /// partition's end offset right after it. `None` while the file is whole.
+    pub fn truncated_to(&self) -> Option<u64> {
+        // Acquire: pairs with the Release store of the flag, made after the offset's.
+        (self.data.atomic_u32(sh::TRUNCATED).load(Ordering::Acquire) != 0).then(|| {
+            self.data
+                .atomic_u64(sh::TRUNCATED_TO)
+                .load(Ordering::Acquire)
+        })
+    }
+
+    /// The replicated end: `None` when the partition is not replicated (the word is 0),
+    /// else the position up to which every in-sync replica holds the records, at most the
+    /// committed end.
+    pub fn replicated_end(&self) -> Option<usize> {
+        let end = self
+            .data
+            .atomic_u64(sh::REPLICATED_END)
+            .load(Ordering::Acquire);
+        (end != 0).then(|| (end as usize).clamp(DATA_START, self.committed_end()))
+    }
+
     /// The published bytes `[from, to)`, cut at the committed end (a caller holding an end
     /// loaded earlier gets fewer bytes, never unpublished ones, should recovery after a power
     /// loss have moved the end back).
@@ -190,7 +212,7 @@ impl Mapped {
     }
 
     /// Walks published frames from `pos` up to `end`, checking structure (not the CRC).
-    fn walk<'a>(
+    pub(crate) fn walk<'a>(
         &'a self,
         pos: usize,
         end: usize,
@@ -321,15 +343,22 @@ impl Mapped {
 
     /// Wakes tailers blocked on this segment's futex word, if any are registered.
     pub(crate) fn wake_tailers(&self) {
-        // SeqCst fence: orders the publish above before the waiter-count load below, pairing
-        // with the tailer's SeqCst increment of WAITERS before it re-checks the committed end
-        // (the two sides of a Dekker handshake), so a wake is never lost.
-        fence(Ordering::SeqCst);
-        if self.data.atomic_u32(sh::WAITERS).load(Ordering::Relaxed) != 0 {
-            let seq: &AtomicU32 = self.data.atomic_u32(sh::WAKE_SEQ);
-            seq.fetch_add(1, Ordering::SeqCst);
-            futex_wake_all(seq);
-        }
+        wake_waiters(&self.data);
+    }
+}
+
+/// Wakes the tailers blocked on the futex word of a segment file's header (mapped whole, or
+/// only its header page), if any are registered.
+pub(crate) fn wake_waiters(header: &MappedFile) {
+    // SeqCst fence: orders the store the waiters look for (a publish, a seal, a mark) before
+    // the waiter-count load below, pairing with the tailer's SeqCst increment of WAITERS
+    // before it re-checks the words (the two sides of a Dekker handshake), so a wake is
+    // never lost.
+    fence(Ordering::SeqCst);
+    if header.atomic_u32(sh::WAITERS).load(Ordering::Relaxed) != 0 {
+        let seq: &AtomicU32 = header.atomic_u32(sh::WAKE_SEQ);
+        seq.fetch_add(1, Ordering::SeqCst);
+        futex_wake_all(seq);
     }
 }
 

@@ -362,8 +362,9 @@ impl SegmentWriter {
     }
 
     /// Appends already-encoded, already-validated frames (binary produce): assigns their
-    /// offsets, and the server's time `now_ms` to frames whose timestamp is 0, then publishes.
-    pub fn append_frames(&mut self, frames: &[u8], count: u64, now_ms: i64) -> Result<u64> {
+    /// offsets, and the server's time `now_ms` to frames whose timestamp is 0 (with `None`,
+    /// timestamps stay as they are: a copy of stored frames), then publishes.
+    pub fn append_frames(&mut self, frames: &[u8], count: u64, now_ms: Option<i64>) -> Result<u64> {
         let start = self.state.position;
         let end = start + frames.len();
         self.reserve(end)?;
@@ -382,7 +383,7 @@ impl SegmentWriter {
             let frame = &mut buf[at..at + padded];
             format::set_frame_offset(frame, first + i);
             let mut ts = get_u64(frame, format::frame::TIMESTAMP_MS) as i64;
-            if ts == 0 {
+            if let (0, Some(now_ms)) = (ts, now_ms) {
                 format::set_frame_timestamp(frame, now_ms);
                 ts = now_ms;
             }
