@@ -350,3 +350,65 @@ fn golden_v2_partition_reads_and_today_writes_the_same_bytes() {
         }
     }
 }
+
+/// A version 1 partition whose active segment is empty (an idle topic after a roll) opens
+/// too: the empty version 1 file is replaced under its name by a version 2 one, as a roll
+/// replaces an empty segment, and the partition lists it once.
+#[test]
+fn a_v1_partition_with_an_empty_active_segment_opens() {
+    let golden = golden_dir(1);
+    let copy = copy_dir(&golden);
+    // Make segment 6 sealed, and an empty version 1 segment 10 after it, from its bytes.
+    let seg = |base: u64, ext: &str| copy.path().join(format!("{base:020}.{ext}"));
+    let mut six = std::fs::read(seg(6, "log")).unwrap();
+    six[sh::SEALED..sh::SEALED + 4].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(seg(6, "log"), &six).unwrap();
+    let mut ten = six.clone();
+    ten[sh::BASE_OFFSET..sh::BASE_OFFSET + 8].copy_from_slice(&10u64.to_le_bytes());
+    let crc = crc32c::crc32c(&ten[..sh::HEADER_CRC]);
+    ten[sh::HEADER_CRC..sh::HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+    for at in [sh::COMMITTED_END, sh::DURABLE_END] {
+        ten[at..at + 8].copy_from_slice(&(sh::SIZE as u64).to_le_bytes());
+    }
+    ten[sh::SEALED..sh::SEALED + 4].fill(0);
+    ten[sh::SIZE..].fill(0);
+    std::fs::write(seg(10, "log"), &ten).unwrap();
+    for ext in ["index", "timeindex"] {
+        // Index header: base offset at 16, CRC of [0, 32) at 32, count at 64.
+        let mut index = std::fs::read(seg(6, ext)).unwrap();
+        index[16..24].copy_from_slice(&10u64.to_le_bytes());
+        let crc = crc32c::crc32c(&index[..32]);
+        index[32..36].copy_from_slice(&crc.to_le_bytes());
+        index[64..72].fill(0);
+        index[128..].fill(0);
+        std::fs::write(seg(10, ext), &index).unwrap();
+    }
+    let summary = verify::verify_partition(copy.path());
+    assert!(summary.is_ok(), "{summary}");
+    assert_eq!(version_of(&seg(10, "log")), 1);
+
+    let (log, _) = PartitionLog::open(copy.path(), config()).unwrap();
+    let bases: Vec<u64> = log.segments().iter().map(|s| s.base_offset()).collect();
+    assert_eq!(bases, [0, 6, 10], "each segment listed once");
+    assert_eq!(
+        version_of(&seg(10, "log")),
+        FORMAT_VERSION,
+        "replaced under its name"
+    );
+    assert_eq!(
+        log.append(&[RECORDS_V2_EXTRA[0].record()])
+            .unwrap()
+            .first_offset,
+        10
+    );
+    log.flush().unwrap();
+    drop(log);
+    assert_eq!(file_names(copy.path()), segment_names(&[0, 6, 10]));
+    let summary = verify::verify_partition(copy.path());
+    assert!(summary.is_ok(), "{summary}");
+    assert_eq!(summary.records, 11);
+    let (log, _) = PartitionLog::open(copy.path(), config()).unwrap();
+    let batch = log.read(0, 100, 1 << 20).unwrap();
+    assert_eq!(batch.record_count, 11);
+    check_record(&batch.records().last().unwrap(), &RECORDS_V2_EXTRA[0]);
+}

@@ -56,6 +56,8 @@ struct ModelHead {
     leader_epoch: u32,
     producer: Option<ProducerStamp>,
     request: Option<(Vec<u8>, [u8; 16], u32)>,
+    /// The request positions of the batch's records, when they are spread out.
+    positions: Option<Vec<u32>>,
 }
 
 impl ModelHead {
@@ -70,8 +72,8 @@ impl ModelHead {
                 .map(|(key, digest, extra)| RequestTag {
                     key,
                     digest: *digest,
-                    records: self.record_count + extra,
-                    positions: None,
+                    records: 2 * self.record_count + extra,
+                    positions: self.positions.as_deref(),
                 }),
         }
     }
@@ -82,9 +84,12 @@ fn model_head() -> impl Strategy<Value = ModelHead> {
         any::<u32>(),
         proptest::option::of((0..i64::MAX, 0..i16::MAX, 0..i32::MAX)),
         proptest::option::of((bytes_spec(40), any::<[u8; 16]>(), 0..5u32)),
+        any::<bool>(),
     )
-        .prop_map(|(leader_epoch, producer, request)| ModelHead {
+        .prop_map(|(leader_epoch, producer, request, spread)| ModelHead {
             record_count: 0,
+            // Filled in with the batch's size (every other position of the request).
+            positions: (spread && request.is_some()).then(Vec::new),
             leader_epoch,
             producer: producer.map(|(id, epoch, base_sequence)| ProducerStamp {
                 id,
@@ -106,8 +111,13 @@ fn model_batch() -> impl Strategy<Value = Vec<ModelRecord>> {
         proptest::option::weighted(0.3, model_head()),
     )
         .prop_map(|(mut batch, head)| {
+            let n = batch.len() as u32;
             batch[0].head = head.map(|h| ModelHead {
-                record_count: batch.len() as u32,
+                record_count: n,
+                positions: h
+                    .positions
+                    .as_ref()
+                    .map(|_| (0..n).map(|i| 2 * i + 1).collect()),
                 ..h
             });
             batch
@@ -310,8 +320,9 @@ fn check_batch(batch: &ReadBatch, offset: u64, expected: &[ModelRecord], end: u6
             .collect();
         assert_eq!(headers, want.headers, "headers of {at}");
         let head = want.head.as_ref().map(ModelHead::as_head);
+        let positions = r.batch().and_then(|b| b.positions());
         assert_eq!(
-            r.batch().map(|b| b.to_head(None)),
+            r.batch().map(|b| b.to_head(positions.as_deref())),
             head,
             "batch head of {at}"
         );

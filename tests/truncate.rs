@@ -13,6 +13,25 @@ use mapq::log::{verify, LogConfig, LogError, PartitionLog};
 
 const SEGMENT_BYTES: u64 = 8 << 10;
 
+/// The tests of this file run one at a time: one of them arms the engine's `rename`
+/// failpoint, which would fail the others' renames meanwhile. Also points the failpoints at
+/// this process's own directory (read once, at the first failpoint check).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static FAILPOINTS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    FAILPOINTS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("MAPQ_FAILPOINTS_DIR", dir.path());
+        dir
+    });
+    guard
+}
+
+fn failpoint_dir() -> std::path::PathBuf {
+    std::env::var_os("MAPQ_FAILPOINTS_DIR").unwrap().into()
+}
+
 /// Appends `[from, to)` ten records at a time, so that the log rolls every few batches.
 fn append_in_batches(log: &PartitionLog, from: u64, to: u64) {
     for start in (from..to).step_by(10) {
@@ -32,6 +51,18 @@ fn segment_files(dir: &std::path::Path) -> Vec<u64> {
     bases
 }
 
+/// Appends `[from, to)` with values that differ from [`value_for`]'s: records written after
+/// a truncation, so that a reader still serving a removed record is caught.
+fn append_new_generation(log: &PartitionLog, from: u64, to: u64) {
+    let values: Vec<Vec<u8>> = (from..to).map(new_value).collect();
+    let records: Vec<Record<'_>> = values.iter().map(|v| Record::value(v, 7)).collect();
+    assert_eq!(log.append(&records).unwrap().first_offset, from);
+}
+
+fn new_value(offset: u64) -> Vec<u8> {
+    format!("second generation {offset}").into_bytes()
+}
+
 fn next_offsets(t: &mut Tailer, n: usize) -> Vec<u64> {
     (0..n)
         .map(|_| {
@@ -44,6 +75,7 @@ fn next_offsets(t: &mut Tailer, n: usize) -> Vec<u64> {
 
 #[test]
 fn truncation_cuts_back_across_segments_and_appends_reuse_the_offsets() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
     append_in_batches(&log, 0, 200);
@@ -89,6 +121,7 @@ fn truncation_cuts_back_across_segments_and_appends_reuse_the_offsets() {
 
 #[test]
 fn a_cut_inside_a_batch_with_a_head_is_refused() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
     append_in_batches(&log, 0, 5);
@@ -116,6 +149,7 @@ fn a_cut_inside_a_batch_with_a_head_is_refused() {
 
 #[test]
 fn tailers_see_the_end_move_back() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
     append_in_batches(&log, 0, 120);
@@ -131,7 +165,7 @@ fn tailers_see_the_end_move_back() {
     assert_eq!(next_offsets(&mut behind, 30), (0..30).collect::<Vec<_>>());
 
     log.truncate_to(70).unwrap();
-    append_in_batches(&log, 70, 90);
+    append_new_generation(&log, 70, 90);
     // The tailer that had read past the cut is told which records are gone, once, then
     // reads the new records at those offsets.
     match ahead.next_record() {
@@ -141,13 +175,25 @@ fn tailers_see_the_end_move_back() {
             other.map(|f| f.map(|f| f.offset))
         ),
     }
-    assert_eq!(next_offsets(&mut ahead, 20), (70..90).collect::<Vec<_>>());
+    let new_records = |t: &mut Tailer| -> Vec<u64> {
+        (70..90)
+            .map(|_| {
+                let f = t.next_record().unwrap().expect("a record");
+                let want = new_value(f.offset);
+                assert_eq!(f.value(), Some(want.as_slice()), "offset {}", f.offset);
+                f.offset
+            })
+            .collect()
+    };
+    assert_eq!(new_records(&mut ahead), (70..90).collect::<Vec<_>>());
     // The one that had not reads on, into the new records, without a report.
-    assert_eq!(next_offsets(&mut behind, 60), (30..90).collect::<Vec<_>>());
+    assert_eq!(next_offsets(&mut behind, 40), (30..70).collect::<Vec<_>>());
+    assert_eq!(new_records(&mut behind), (70..90).collect::<Vec<_>>());
 }
 
 #[test]
 fn replicated_readers_stop_at_the_replicated_end_and_truncation_never_goes_below_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         replicated: true,
@@ -223,6 +269,7 @@ fn replicated_readers_stop_at_the_replicated_end_and_truncation_never_goes_below
 /// clears the marks (the files are the partition's again) and every record reads.
 #[test]
 fn an_interrupted_truncation_leaves_a_partition_that_opens() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     {
         let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
@@ -254,6 +301,8 @@ fn an_interrupted_truncation_leaves_a_partition_that_opens() {
 /// new records at those offsets.
 #[test]
 fn the_format_document_reader_follows_a_truncation() {
+    let _serial = serial();
+    use base64::Engine;
     use std::process::Command;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
@@ -285,14 +334,73 @@ fn the_format_document_reader_follows_a_truncation() {
         (0..60).collect::<Vec<_>>()
     );
     log.truncate_to(25).unwrap();
-    append_in_batches(&log, 25, 40);
-    assert_eq!(
-        offsets(reader.records(15, limit)),
-        (25..40).collect::<Vec<_>>()
-    );
+    append_new_generation(&log, 25, 40);
+    let again = reader.records(15, limit);
+    for r in &again {
+        let offset = r["offset"].as_u64().unwrap();
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(r["value_b64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(value, new_value(offset), "the record now at {offset}");
+    }
+    assert_eq!(offsets(again), (25..40).collect::<Vec<_>>());
     let stderr = reader.stderr.lock().unwrap().clone();
     assert!(
         stderr.contains("truncated to 25: records 25 to 59 are gone"),
         "{stderr}"
     );
+}
+
+/// A truncation whose rename fails half-way (the `rename` failpoint) stops the partition
+/// (it cannot go on with those files) and leaves files that the next open repairs: the old
+/// cut segment, its mark cleared, no copy left behind, no gap, every record there.
+#[test]
+fn a_truncation_that_fails_half_way_leaves_a_partition_that_opens() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
+    append_in_batches(&log, 0, 100);
+    log.flush().unwrap();
+    let before = segment_files(dir.path());
+    let cut = before[1] + 2;
+    let cut_segment_end = before[2];
+    let armed = failpoint_dir().join("rename");
+    std::fs::write(&armed, b"").unwrap();
+    let failed = log.truncate_to(cut);
+    std::fs::remove_file(&armed).unwrap();
+    assert!(failed.is_err(), "the rename failpoint fired");
+    assert!(
+        matches!(
+            log.append(&[Record::value(b"x", 1)]),
+            Err(LogError::Stopped(_))
+        ),
+        "the partition stops"
+    );
+    drop(log);
+    let (log, report) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
+    assert!(
+        report
+            .removed_temp_files
+            .iter()
+            .any(|p| p.to_string_lossy().contains("spare-")),
+        "the unfinished copy is removed: {report:?}"
+    );
+    assert_eq!(segment_files(dir.path())[..2], before[..2]);
+    assert_eq!(
+        check_all(&log, 0),
+        cut_segment_end,
+        "the cut segment is whole again"
+    );
+    let bytes = std::fs::read(dir.path().join(format!("{:020}.log", before[1]))).unwrap();
+    assert_eq!(
+        bytes[sh::TRUNCATED..sh::TRUNCATED + 4],
+        [0; 4],
+        "its mark is cleared"
+    );
+    // And the truncation, asked again, works.
+    log.truncate_to(cut).unwrap();
+    assert_eq!(check_all(&log, 0), cut);
+    drop(log);
+    let summary = verify::verify_partition(dir.path());
+    assert!(summary.is_ok(), "{summary}");
 }

@@ -42,6 +42,11 @@ pub enum LogError {
     )]
     InsideBatch { offset: u64, batch_start: u64 },
 
+    /// A truncation into a segment of an older format version, whose readers may not know
+    /// the `truncated` word.
+    #[error("cannot truncate into segment {base_offset}: it is format version {version}")]
+    OldFormat { base_offset: u64, version: u32 },
+
     /// A replication operation on a partition that is not replicated.
     #[error("the partition is not replicated")]
     NotReplicated,

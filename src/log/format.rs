@@ -513,7 +513,8 @@ pub fn encode_frame(buf: &mut [u8], offset: u64, record: &Record<'_>) {
         .frame_len()
         .expect("caller sized the buffer with padded_len");
     let mut attrs = 0;
-    if record.value_is_json {
+    // A null value is not JSON text (a frame with both flags is invalid).
+    if record.value_is_json && record.value.is_some() {
         attrs |= attributes::VALUE_JSON;
     }
     let key = record.key.unwrap_or(&[]);

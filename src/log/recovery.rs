@@ -132,13 +132,20 @@ impl PartitionLog {
                     );
                 }
                 // The next file first: a reader that sees the seal finds it (FORMAT.md §3).
+                // An empty one is replaced under its name, as at a roll (FORMAT.md §3).
+                let replaces_empty = w.is_empty();
                 let seg = Arc::new(Segment::create(
                     dir,
                     new_header(&log_config, w.next_offset(), 0),
                     log_config.quota.as_ref(),
                     true,
                 )?);
-                w.seal()?;
+                if replaces_empty {
+                    w.seal_replaced()?;
+                    segments.pop();
+                } else {
+                    w.seal()?;
+                }
                 segments.push(Arc::clone(&seg));
                 SegmentWriter::new(seg, chunk)?
             }

@@ -355,6 +355,8 @@ impl Tailer {
     /// (sealed; or, with `look_for_newer`, a newer segment exists, as after a crash that left
     /// it unsealed). Returns whether it moved.
     fn advance(&mut self, look_for_newer: bool) -> Result<bool> {
+        // At the end of what it can read: a damaged end stops the reader here, by name.
+        self.m.checked_committed_end()?;
         if self.m.is_deleted() {
             // The topic was deleted: the end loaded after the word is final. Read up to it
             // (the durable end, reading durable data only: no flush comes any more), then stop.

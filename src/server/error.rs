@@ -134,6 +134,7 @@ impl From<LogError> for ApiError {
             LogError::AlreadyOpen(_)
             | LogError::BelowReplicated { .. }
             | LogError::InsideBatch { .. }
+            | LogError::OldFormat { .. }
             | LogError::NotReplicated
             | LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }

@@ -296,6 +296,8 @@ def read(directory, follow):
             # replaces this one has its name.
             found = find_after_truncation(directory, min(next_offset, to))
             if found is None:
+                if not follow:
+                    return
                 time.sleep(POLL)
                 continue
             if next_offset > to:

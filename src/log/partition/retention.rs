@@ -78,6 +78,13 @@ impl PartitionLog {
         if self.rolls.deleted.load(Ordering::Acquire) {
             return Ok(Vec::new());
         }
+        // A truncation (which holds the file work too) may have replaced segments since the
+        // list was loaded: delete only segments that are still the partition's.
+        let current = self.segments.load_full();
+        doomed.retain(|(seg, _)| current.iter().any(|c| Arc::ptr_eq(c, seg)));
+        if doomed.is_empty() {
+            return Ok(Vec::new());
+        }
         let gone: Vec<u64> = doomed.iter().map(|(s, _)| s.base_offset()).collect();
         // Readers see the new start before any file disappears.
         self.segments.rcu(|segs| {

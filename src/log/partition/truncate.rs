@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::{new_header, PartitionLog};
 use crate::log::error::{LogError, Result};
-use crate::log::format::SEGMENT_FILE_EXTS;
+use crate::log::format::{self, SEGMENT_FILE_EXTS};
 use crate::log::segment::{self, spare_path, Mapped, Segment, SegmentWriter, DATA_START};
 use crate::log::util::{now_ms, sync_dir};
 
@@ -69,6 +69,16 @@ impl PartitionLog {
         let k = segs.partition_point(|s| s.base_offset() <= offset) - 1;
         let cut = &segs[k];
         let base = cut.base_offset();
+        if let Some(old) = segs[k..]
+            .iter()
+            .find(|s| s.header().version < format::FORMAT_VERSION)
+        {
+            // Its readers may not know the `truncated` word.
+            return Err(LogError::OldFormat {
+                base_offset: old.base_offset(),
+                version: old.header().version,
+            });
+        }
         let m = cut.map_or_reopen()?;
         let committed = m.committed_end();
         let cut_pos = m.locate(offset, committed)?.unwrap_or(committed);
@@ -95,11 +105,12 @@ impl PartitionLog {
         self.end_offset.store(offset, Ordering::Release);
         // Newest first, so that a crash leaves no gap; then the copy takes the name.
         let removed: Vec<u64> = doomed[1..].iter().map(|s| s.base_offset()).collect();
-        for &b in removed.iter().rev() {
-            segment::remove(&self.dir, b);
-        }
-        let renamed =
-            Segment::rename_spare_files(&self.dir, &name, base).and_then(|()| sync_dir(&self.dir));
+        let renamed = removed
+            .iter()
+            .rev()
+            .try_for_each(|&b| remove_segment_files(&self.dir, b))
+            .and_then(|()| Segment::rename_spare_files(&self.dir, &name, base))
+            .and_then(|()| sync_dir(&self.dir));
         if let Err(e) = renamed {
             // The files are as a crash here would leave them, which the next open repairs;
             // this process cannot go on with them.
@@ -213,8 +224,11 @@ impl PartitionLog {
             } else {
                 m.locate(offset, committed)?.unwrap_or(committed)
             };
-            if m.replicated_end().unwrap_or(DATA_START) >= pos {
-                break;
+            // A segment without the word (written before the partition was replicated, or
+            // by format version 1) ends the walk, as does one already there.
+            match m.replicated_end() {
+                Some(end) if end < pos => {}
+                _ => break,
             }
             seg.raise_replicated_end(pos)?;
         }
@@ -261,6 +275,21 @@ fn check_between_batches(m: &Mapped, cut_pos: usize, offset: u64) -> Result<()> 
         }),
         None => Ok(()),
     }
+}
+
+/// Removes a segment's three files; a file already gone is fine, any other failure is an
+/// error (a newer segment left behind would lie beyond the copy's end: a gap).
+fn remove_segment_files(dir: &std::path::Path, base: u64) -> Result<()> {
+    for ext in SEGMENT_FILE_EXTS {
+        let path = segment::path(dir, base, ext);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LogError::io(path, e))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Removes a spare's files (a copy that was not finished).

@@ -95,6 +95,29 @@ impl Mapped {
         self.data.published_end()
     }
 
+    /// The committed end as stored, checked against the format (in `[4096, capacity]`, a
+    /// multiple of 8): an error naming the file and the value when it is not, for readers
+    /// that must stop on a damaged header rather than read a clamped end.
+    pub fn checked_committed_end(&self) -> Result<usize> {
+        let raw = self.data.frontier();
+        match usize::try_from(raw) {
+            Ok(end)
+                if (DATA_START..=self.capacity()).contains(&end)
+                    && end.is_multiple_of(format::FRAME_ALIGN) =>
+            {
+                Ok(end)
+            }
+            _ => Err(LogError::corrupt(
+                &self.path,
+                format!(
+                    "at byte {}: committed end {raw} is outside the data area [{DATA_START}, {}] or not a multiple of 8",
+                    sh::COMMITTED_END,
+                    self.capacity()
+                ),
+            )),
+        }
+    }
+
     pub fn durable_end(&self) -> usize {
         let end = self
             .data

@@ -189,6 +189,11 @@ impl Segment {
         data.set_frontier(end as u64);
         data.atomic_u64(sh::DURABLE_END)
             .fetch_min(end as u64, Ordering::AcqRel);
+        // What was cut was not replicated either (0, not replicated, stays 0).
+        let replicated = data.atomic_u64(sh::REPLICATED_END);
+        if replicated.load(Ordering::Acquire) > end as u64 {
+            replicated.store(end as u64, Ordering::Release);
+        }
         let capacity = self.capacity();
         if data.punch_hole_mut(end..capacity).is_ok() {
             // Blocks past the kept page are free again; the writer will re-allocate.
