@@ -275,6 +275,7 @@ fn the_reader_reads_both_golden_versions_as_the_engine_does() {
                     json!({
                         "record_count": h.record_count,
                         "leader_epoch": h.leader_epoch,
+                        "appended_ms": h.appended_ms,
                         "producer_id": h.producer.map_or(-1, |p| p.id),
                         "producer_epoch": h.producer.map_or(-1, |p| p.epoch),
                         "base_sequence": h.producer.map_or(-1, |p| p.base_sequence),

@@ -148,6 +148,7 @@ fn v2_frame() -> Vec<u8> {
         batch: Some(BatchHead {
             record_count: 2,
             leader_epoch: 9,
+            appended_ms: 1_764_201_600_123,
             producer: Some(ProducerStamp {
                 id: 77,
                 epoch: 1,

@@ -116,6 +116,7 @@ fn full_head(count: u32) -> BatchHead<'static> {
     BatchHead {
         record_count: count,
         leader_epoch: 3,
+        appended_ms: TS + 100,
         producer: Some(ProducerStamp {
             id: 1000,
             epoch: 2,
@@ -134,6 +135,7 @@ fn epoch_head(count: u32) -> BatchHead<'static> {
     BatchHead {
         record_count: count,
         leader_epoch: 4,
+        appended_ms: TS + 200,
         ..BatchHead::default()
     }
 }

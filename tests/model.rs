@@ -54,6 +54,7 @@ struct ModelRecord {
 struct ModelHead {
     record_count: u32,
     leader_epoch: u32,
+    appended_ms: i64,
     producer: Option<ProducerStamp>,
     request: Option<(Vec<u8>, [u8; 16], u32)>,
     /// The request positions of the batch's records, when they are spread out.
@@ -65,6 +66,7 @@ impl ModelHead {
         BatchHead {
             record_count: self.record_count,
             leader_epoch: self.leader_epoch,
+            appended_ms: self.appended_ms,
             producer: self.producer,
             request: self
                 .request
@@ -81,27 +83,30 @@ impl ModelHead {
 
 fn model_head() -> impl Strategy<Value = ModelHead> {
     (
-        any::<u32>(),
+        (any::<u32>(), any::<i64>()),
         proptest::option::of((0..i64::MAX, 0..i16::MAX, 0..i32::MAX)),
         proptest::option::of((bytes_spec(40), any::<[u8; 16]>(), 0..5u32)),
         any::<bool>(),
     )
-        .prop_map(|(leader_epoch, producer, request, spread)| ModelHead {
-            record_count: 0,
-            // Filled in with the batch's size (every other position of the request).
-            positions: (spread && request.is_some()).then(Vec::new),
-            leader_epoch,
-            producer: producer.map(|(id, epoch, base_sequence)| ProducerStamp {
-                id,
-                epoch,
-                base_sequence,
-            }),
-            request: request.map(|(key, digest, extra)| {
-                let mut key = key.bytes();
-                key.push(b'k');
-                (key, digest, extra)
-            }),
-        })
+        .prop_map(
+            |((leader_epoch, appended_ms), producer, request, spread)| ModelHead {
+                record_count: 0,
+                appended_ms,
+                // Filled in with the batch's size (every other position of the request).
+                positions: (spread && request.is_some()).then(Vec::new),
+                leader_epoch,
+                producer: producer.map(|(id, epoch, base_sequence)| ProducerStamp {
+                    id,
+                    epoch,
+                    base_sequence,
+                }),
+                request: request.map(|(key, digest, extra)| {
+                    let mut key = key.bytes();
+                    key.push(b'k');
+                    (key, digest, extra)
+                }),
+            },
+        )
 }
 
 /// A batch of records, with a batch head on its first record now and then.

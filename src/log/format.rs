@@ -177,11 +177,14 @@ pub mod batch_head {
     pub const REQUEST_RECORDS: usize = BASE_SEQUENCE + size_of::<i32>();
     /// 16 bytes: digest of that request, opaque to readers (zeros without a key).
     pub const DIGEST: usize = REQUEST_RECORDS + size_of::<u32>();
+    /// i64: the server's clock when the batch was appended, ms since the Unix epoch (the
+    /// records' own timestamps may be anything their producer chose).
+    pub const APPENDED_MS: usize = DIGEST + 16;
     /// Size of the fixed part: the idempotency key follows, then (optionally) one u32 per
     /// record of the batch: its position in the request.
-    pub const FIXED_SIZE: usize = DIGEST + 16;
+    pub const FIXED_SIZE: usize = APPENDED_MS + size_of::<i64>();
 
-    const _: () = assert!(FIXED_SIZE == 48);
+    const _: () = assert!(FIXED_SIZE == 56);
 }
 
 /// A producer's identity and sequence on a batch (Kafka's idempotent producer).
@@ -215,6 +218,8 @@ pub struct RequestTag<'a> {
 pub struct BatchHead<'a> {
     pub record_count: u32,
     pub leader_epoch: u32,
+    /// When the batch was appended (the server's clock, ms since the Unix epoch).
+    pub appended_ms: i64,
     pub producer: Option<ProducerStamp>,
     pub request: Option<RequestTag<'a>>,
 }
@@ -239,18 +244,19 @@ impl BatchHead<'_> {
         buf[b::PRODUCER_EPOCH..b::PRODUCER_EPOCH + 2].copy_from_slice(&epoch.to_le_bytes());
         put_u64(buf, b::PRODUCER_ID, id as u64);
         put_u32(buf, b::BASE_SEQUENCE, seq as u32);
+        put_u64(buf, b::APPENDED_MS, self.appended_ms as u64);
         let mut at = b::FIXED_SIZE;
         match self.request {
             None => {
                 buf[b::KEY_LEN..b::KEY_LEN + 2].fill(0);
                 put_u32(buf, b::REQUEST_RECORDS, 0);
-                buf[b::DIGEST..b::FIXED_SIZE].fill(0);
+                buf[b::DIGEST..b::APPENDED_MS].fill(0);
             }
             Some(r) => {
                 buf[b::KEY_LEN..b::KEY_LEN + 2]
                     .copy_from_slice(&(r.key.len() as u16).to_le_bytes());
                 put_u32(buf, b::REQUEST_RECORDS, r.records);
-                buf[b::DIGEST..b::FIXED_SIZE].copy_from_slice(&r.digest);
+                buf[b::DIGEST..b::APPENDED_MS].copy_from_slice(&r.digest);
                 buf[at..at + r.key.len()].copy_from_slice(r.key);
                 at += r.key.len();
                 for &p in r.positions.unwrap_or(&[]) {
@@ -286,6 +292,7 @@ impl BatchHead<'_> {
 pub struct BatchView<'a> {
     pub record_count: u32,
     pub leader_epoch: u32,
+    pub appended_ms: i64,
     pub producer: Option<ProducerStamp>,
     pub request: Option<RequestView<'a>>,
 }
@@ -309,6 +316,7 @@ impl<'a> BatchView<'a> {
         BatchHead {
             record_count: self.record_count,
             leader_epoch: self.leader_epoch,
+            appended_ms: self.appended_ms,
             producer: self.producer,
             request: self.request.map(|r| RequestTag {
                 key: r.key,
@@ -369,7 +377,7 @@ pub fn decode_batch_head(block: &[u8]) -> std::result::Result<BatchView<'_>, &'s
     let key_len = u16::from_le_bytes([block[b::KEY_LEN], block[b::KEY_LEN + 1]]) as usize;
     let records = get_u32(block, b::REQUEST_RECORDS);
     let mut digest = [0u8; 16];
-    digest.copy_from_slice(&block[b::DIGEST..b::FIXED_SIZE]);
+    digest.copy_from_slice(&block[b::DIGEST..b::APPENDED_MS]);
     let rest = &block[b::FIXED_SIZE..];
     let request = if key_len == 0 {
         if records != 0 || digest != [0; 16] || !rest.is_empty() {
@@ -408,6 +416,7 @@ pub fn decode_batch_head(block: &[u8]) -> std::result::Result<BatchView<'_>, &'s
     Ok(BatchView {
         record_count,
         leader_epoch: get_u32(block, b::LEADER_EPOCH),
+        appended_ms: get_u64(block, b::APPENDED_MS) as i64,
         producer,
         request,
     })
@@ -613,8 +622,6 @@ pub struct FrameView<'a> {
     pub value_range: Range<usize>,
     pub headers_range: Range<usize>,
     pub header_count: u32,
-    /// Position of the batch head block, on the first record of a batch.
-    pub batch_range: Option<Range<usize>>,
     /// Length including padding: where the next frame starts.
     pub padded_len: usize,
     pub bytes: &'a [u8],
@@ -626,6 +633,7 @@ impl<'a> FrameView<'a> {
     }
 
     /// The value; `None` when it is null.
+    #[inline]
     pub fn value(&self) -> Option<&'a [u8]> {
         (self.attributes & attributes::VALUE_NULL == 0)
             .then(|| &self.bytes[self.value_range.clone()])
@@ -635,11 +643,18 @@ impl<'a> FrameView<'a> {
         self.attributes & attributes::VALUE_JSON != 0
     }
 
+    /// Position of the batch head block in the frame, on the first record of a batch that
+    /// has one: from the end of the headers to the frame's length.
+    #[inline]
+    pub fn batch_range(&self) -> Option<Range<usize>> {
+        (self.attributes & attributes::BATCH_HEAD != 0)
+            .then(|| self.headers_range.end..get_u32(self.bytes, frame::LENGTH) as usize)
+    }
+
     /// The batch head, on the first record of a batch that has one.
     pub fn batch(&self) -> Option<BatchView<'a>> {
         // Checked when the frame was decoded.
-        self.batch_range
-            .clone()
+        self.batch_range()
             .and_then(|r| decode_batch_head(&self.bytes[r]).ok())
     }
 
@@ -755,14 +770,11 @@ pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameErro
         rest = r;
     }
     let headers_end = len - rest.len();
-    let batch_range = if attrs & attributes::BATCH_HEAD != 0 {
+    if attrs & attributes::BATCH_HEAD != 0 {
         decode_batch_head(rest).map_err(FrameError::BadBatchHead)?;
-        Some(headers_end..len)
     } else if !rest.is_empty() {
         return Err(FrameError::BadLayout);
-    } else {
-        None
-    };
+    }
     Ok(FrameView {
         offset: get_u64(buf, frame::OFFSET),
         timestamp_ms: get_u64(buf, frame::TIMESTAMP_MS) as i64,
@@ -771,7 +783,6 @@ pub fn decode_frame_unchecked_crc(buf: &[u8]) -> Result<FrameView<'_>, FrameErro
         value_range: key_end..value_end,
         headers_range: value_end..headers_end,
         header_count,
-        batch_range,
         padded_len,
         bytes: &buf[..padded_len],
     })

@@ -31,7 +31,7 @@ pub fn frame_decoding(data: &[u8]) {
             let headers: Vec<mapq::log::format::Header<'_>> = f.headers().collect();
             assert_eq!(headers.len(), f.header_count as usize, "header count");
             let head = f.batch();
-            assert_eq!(head.is_some(), f.batch_range.is_some(), "batch head");
+            assert_eq!(head.is_some(), f.batch_range().is_some(), "batch head");
             let positions = head.and_then(|h| h.positions());
             let record = Record {
                 key: f.key(),
@@ -51,7 +51,7 @@ pub fn frame_decoding(data: &[u8]) {
             // Clients may not send batch heads: the server writes them.
             assert_eq!(
                 validate_frames(&data[..f.padded_len]).ok(),
-                f.batch_range.is_none().then_some(1),
+                f.batch_range().is_none().then_some(1),
                 "ValidFrames::check accepts the one frame decode_frame accepted, unless it has a batch head"
             );
         }

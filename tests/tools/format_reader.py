@@ -7,7 +7,7 @@ a reader in another language (tests/foreign_reader.rs runs it against a live ser
 
 Prints one JSON line per record: {"offset": n, "timestamp_ms": t, "key_b64": ... or null,
 "value_b64": ... or null, "value_json": bool, "headers": [[name_b64, value_b64 or null], ...],
-"batch": null or {"record_count", "leader_epoch", "producer_id", "producer_epoch",
+"batch": null or {"record_count", "leader_epoch", "appended_ms", "producer_id", "producer_epoch",
 "base_sequence", "key_b64", "request_records", "digest_b64", "positions"}} (format
 version 1 or 2).
 Without --follow it stops at the end of the log (exit 0). With --follow it waits for more,
@@ -34,7 +34,7 @@ FRAME_FIXED = 40
 VALUE_JSON, HAS_KEY, VALUE_NULL, BATCH_HEAD = 0x1, 0x2, 0x4, 0x8
 KNOWN_ATTRIBUTES = {1: VALUE_JSON | HAS_KEY, 2: VALUE_JSON | HAS_KEY | VALUE_NULL | BATCH_HEAD}
 NULL_LEN = 0xFFFFFFFF
-BATCH_FIXED = 48
+BATCH_FIXED = 56
 POLL = 0.002
 
 
@@ -209,10 +209,11 @@ class Segment:
 def batch_head(block):
     """Decodes and checks a batch head (section 2.3)."""
     if len(block) < BATCH_FIXED:
-        raise ValueError("shorter than 48 bytes")
+        raise ValueError("shorter than 56 bytes")
     (head_len, count, leader_epoch, producer_epoch, key_len, producer_id, base_sequence,
      request_records) = struct.unpack_from("<IIIhHqiI", block, 0)
     digest = block[32:48]
+    (appended_ms,) = struct.unpack_from("<q", block, 48)
     if head_len != len(block):
         raise ValueError("head_len %d does not fill the frame" % head_len)
     if count < 1:
@@ -242,6 +243,7 @@ def batch_head(block):
     return {
         "record_count": count,
         "leader_epoch": leader_epoch,
+        "appended_ms": appended_ms,
         "producer_id": producer_id,
         "producer_epoch": producer_epoch,
         "base_sequence": base_sequence,

@@ -136,7 +136,7 @@ impl<'a> ValidFrames<'a> {
                 position: at,
                 source,
             })?;
-            if f.batch_range.is_some() {
+            if f.batch_range().is_some() {
                 // Batch heads carry producer ids and idempotency keys, which the broker
                 // checks and writes itself.
                 return Err(LogError::InvalidFrame {

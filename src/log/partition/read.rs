@@ -77,7 +77,7 @@ impl ReadBatch {
                     key: f.key_range.clone().map(slice),
                     value: f.value().is_some().then(|| slice(f.value_range.clone())),
                     headers: slice(f.headers_range.clone()),
-                    batch: f.batch_range.clone().map(slice),
+                    batch: f.batch_range().map(slice),
                 }
             })
         })
