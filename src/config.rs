@@ -34,6 +34,8 @@ pub struct Config {
     pub segment_bytes: u64,
     #[serde(deserialize_with = "nullable")]
     pub segment_ms: Option<u64>,
+    /// How long an `Idempotency-Key` is remembered after its records were appended.
+    pub idempotency_window_ms: u64,
     #[serde(deserialize_with = "nullable")]
     pub retention_ms: Option<u64>,
     #[serde(deserialize_with = "nullable")]

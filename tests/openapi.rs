@@ -51,7 +51,7 @@ async fn the_served_document_passes_a_real_openapi_validator() {
                 let templated = path.contains(&format!("{{{name}}}"));
                 let expected = if templated {
                     "path"
-                } else if name == "Last-Event-ID" {
+                } else if name == "Last-Event-ID" || name == "Idempotency-Key" {
                     "header"
                 } else {
                     "query"

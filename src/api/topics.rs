@@ -24,6 +24,8 @@ pub struct TopicConfigOut {
     pub retention_bytes: Option<u64>,
     pub segment_bytes: u64,
     pub segment_ms: Option<u64>,
+    /// How long a produce request's `Idempotency-Key` is remembered (ms).
+    pub idempotency_window_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -43,6 +45,8 @@ pub struct TopicDescription {
     pub partitions: u32,
     pub config: TopicConfigOut,
     pub partition_stats: Vec<PartitionStats>,
+    /// Idempotency keys remembered now (within `idempotency_window_ms`).
+    pub idempotency_keys: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -11,6 +11,13 @@ pub enum BrokerError {
     TopicNotFound(String),
     #[error("topic '{0}' already exists")]
     TopicExists(String),
+    /// An `Idempotency-Key` already used for another request (another body, query or
+    /// content type) within the key's window.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyMismatch,
+    /// An `Idempotency-Key` whose first request is still being appended.
+    #[error("a request with this Idempotency-Key is still in progress; retry once it is answered")]
+    IdempotencyKeyInFlight,
     #[error("topic '{topic}' has no partition {partition}")]
     PartitionNotFound { topic: String, partition: u32 },
     #[error("invalid name {0:?}: names match ^[A-Za-z0-9._-]{{1,200}}$ and are not . or ..")]

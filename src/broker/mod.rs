@@ -5,6 +5,7 @@
 mod durable;
 pub mod error;
 pub mod groups;
+pub mod idempotency;
 mod partition;
 pub mod partitioner;
 mod stats;
@@ -17,7 +18,7 @@ use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
 pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
-pub use stats::{BrokerStats, GroupStats, PartitionStats};
+pub use stats::{BrokerStats, GroupStats, IdempotencyStats, PartitionStats};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
 use crate::config::Config;

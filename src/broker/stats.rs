@@ -10,6 +10,7 @@ use super::Broker;
 pub struct BrokerStats {
     pub partitions: Vec<PartitionStats>,
     pub groups: Vec<GroupStats>,
+    pub idempotency: Vec<IdempotencyStats>,
     /// Segments mapped, with their files open, across all partitions.
     pub open_segments: u64,
     /// The `max_disk_bytes` quota: `(used, limit)` bytes, when there is one.
@@ -39,6 +40,18 @@ pub struct PartitionStats {
     pub bytes_appended: u64,
 }
 
+/// A topic's idempotent produce: keys remembered, retries answered from the log, refusals,
+/// and how long rebuilding the keys from the log took when it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdempotencyStats {
+    pub topic: String,
+    pub keys: u64,
+    pub replays: u64,
+    pub mismatches: u64,
+    pub in_flight: u64,
+    pub rebuild_ms: u64,
+}
+
 /// A consumer group's committed offset in one partition, and its lag behind the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStats {
@@ -57,6 +70,16 @@ impl Broker {
             ..BrokerStats::default()
         };
         for t in self.topics() {
+            let idem = t.idempotency();
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            stats.idempotency.push(IdempotencyStats {
+                topic: t.name().to_owned(),
+                keys: idem.len() as u64,
+                replays: load(&idem.replays),
+                mismatches: load(&idem.mismatches),
+                in_flight: load(&idem.in_flight_conflicts),
+                rebuild_ms: load(&idem.rebuild_ms),
+            });
             for p in t.partitions() {
                 let log = p.log();
                 let st = log.stats();

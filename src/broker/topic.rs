@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::BrokerError;
+use super::idempotency::{Idempotency, Piece};
 use super::partition::Partition;
 use super::partitioner::RoundRobin;
 use crate::config::Config;
@@ -18,6 +19,37 @@ pub const META_FILE: &str = "topic.json";
 
 /// Threads that open (or create) a topic's partitions at once.
 const OPENING_THREADS: usize = 8;
+
+/// The idempotency keys stored in the partitions' batch heads within the window (see
+/// [`super::idempotency`]): read back from the log, the one place they are kept.
+fn rebuild_idempotency(
+    partitions: &[Arc<Partition>],
+    window_ms: u64,
+) -> Result<Idempotency, BrokerError> {
+    let started = std::time::Instant::now();
+    let idempotency = Idempotency::new(window_ms);
+    let now = crate::log::now_ms();
+    let since = now.saturating_sub(window_ms.min(i64::MAX as u64) as i64);
+    for p in partitions {
+        p.log().scan_batch_heads(since, |first_offset, head| {
+            if let Some(r) = head.request {
+                let piece = Piece {
+                    partition: p.id(),
+                    first_offset,
+                    positions: (0..head.record_count as usize)
+                        .map(|i| r.position(i))
+                        .collect(),
+                };
+                idempotency.remember(r.key, r.digest, r.records, piece, head.appended_ms, now);
+            }
+        })?;
+    }
+    idempotency.rebuild_ms.store(
+        started.elapsed().as_millis() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    Ok(idempotency)
+}
 
 /// A topic's overrides of the server's defaults. Absent: the server default applies;
 /// `null`: no limit.
@@ -44,6 +76,8 @@ pub struct TopicOverrides {
         deserialize_with = "some"
     )]
     pub segment_ms: Option<Option<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_window_ms: Option<u64>,
 }
 
 /// A present field (even `null`) is `Some`.
@@ -76,6 +110,7 @@ impl TopicOverrides {
             ("retention_bytes", self.retention_bytes.flatten()),
             ("segment_ms", self.segment_ms.flatten()),
             ("segment_bytes", self.segment_bytes),
+            ("idempotency_window_ms", self.idempotency_window_ms),
         ] {
             if value.is_some_and(|v| v > i64::MAX as u64) {
                 return Err(BrokerError::InvalidConfig(format!(
@@ -103,6 +138,7 @@ pub struct TopicConfig {
     pub retention_bytes: Option<u64>,
     pub segment_bytes: u64,
     pub segment_ms: Option<u64>,
+    pub idempotency_window_ms: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -147,6 +183,7 @@ pub struct Topic {
     config: TopicConfig,
     partitions: Vec<Arc<Partition>>,
     round_robin: RoundRobin,
+    idempotency: Idempotency,
 }
 
 fn effective(o: &TopicOverrides, c: &Config) -> TopicConfig {
@@ -155,6 +192,7 @@ fn effective(o: &TopicOverrides, c: &Config) -> TopicConfig {
         retention_bytes: o.retention_bytes.unwrap_or(c.retention_bytes),
         segment_bytes: o.segment_bytes.unwrap_or(c.segment_bytes),
         segment_ms: o.segment_ms.unwrap_or(c.segment_ms),
+        idempotency_window_ms: o.idempotency_window_ms.unwrap_or(c.idempotency_window_ms),
     }
 }
 
@@ -267,12 +305,20 @@ impl Topic {
                 opened.into_iter().collect::<Result<Vec<_>, _>>()
             })?
         };
+        let partitions: Vec<Arc<Partition>> = partitions.into_iter().map(Arc::new).collect();
+        let idempotency = rebuild_idempotency(&partitions, topic_config.idempotency_window_ms)?;
         Ok(Topic {
             name: meta.name,
             config: topic_config,
-            partitions: partitions.into_iter().map(Arc::new).collect(),
+            partitions,
             round_robin: RoundRobin::default(),
+            idempotency,
         })
+    }
+
+    /// The topic's remembered idempotency keys.
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.idempotency
     }
 
     pub fn name(&self) -> &str {

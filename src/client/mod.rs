@@ -156,6 +156,11 @@ impl Api {
             };
             ClientError(format!("cannot reach {}: {why}{hint}", self.base))
         })?;
+        self.check(resp).await
+    }
+
+    /// The answer if it is a success; an error answer becomes its `message` (and `code`).
+    pub async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

@@ -30,6 +30,15 @@ pub struct ProduceArgs {
     /// `memory` or `fsync`.
     #[arg(long)]
     pub durability: Option<String>,
+    /// Retry a request this many times when it gets no answer, or a 408, 409, 429 or 5xx:
+    /// each request carries an `Idempotency-Key`, so a retry never stores a record twice.
+    #[arg(long, default_value_t = 10)]
+    pub retries: u32,
+}
+
+/// Whether an answer with this status may be retried with the same idempotency key.
+fn retryable(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error()
 }
 
 /// Reads records from stdin, one per line, and produces them in batches.
@@ -48,12 +57,23 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} records sent ({per_sec})")
+        indicatif::ProgressStyle::with_template("{spinner} {pos} records sent ({per_sec}) {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     let mut sent = 0u64;
+    let mut retries = 0u64;
+    // Keys are this run's id and the request's number: unique per request, the same for
+    // every retry of it.
+    let run = format!(
+        "mapq-produce-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let mut request_no = 0u64;
     loop {
         let mut records = Vec::with_capacity(p.batch);
         for line in lines.by_ref().take(p.batch.max(1)) {
@@ -89,9 +109,35 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
             break;
         }
         let n = records.len() as u64;
-        let answer: ProduceResponse = api
-            .call_as(api.http.post(&url).json(&json!({ "records": records })))
-            .await?;
+        let body = json!({ "records": records });
+        let key = format!("{run}-{request_no}");
+        request_no += 1;
+        let mut attempt = 0u32;
+        let answer: ProduceResponse = loop {
+            let req = api
+                .http
+                .post(&url)
+                .header("idempotency-key", &key)
+                .json(&body);
+            if attempt >= p.retries {
+                break api.call_as(req).await?;
+            }
+            match req.send().await {
+                // A success, or an error a retry cannot cure (which `check` reports).
+                Ok(resp) if !retryable(resp.status()) => {
+                    let resp = api.check(resp).await?;
+                    break serde_json::from_slice(&resp.bytes().await.unwrap_or_default())
+                        .map_err(|e| {
+                            ClientError(format!("unexpected answer from the server: {e}"))
+                        })?;
+                }
+                _ => {}
+            }
+            attempt += 1;
+            retries += 1;
+            progress.set_message(format!("{retries} retries"));
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+        };
         if answer.offsets.len() as u64 != n {
             return Err(ClientError(format!(
                 "the server acknowledged {} of {n} records",
@@ -103,10 +149,15 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
     }
     progress.finish_and_clear();
     if args.json {
-        print_json(&json!({ "records_sent": sent }));
+        print_json(&json!({ "records_sent": sent, "retries": retries }));
     } else {
         let records = if sent == 1 { "record" } else { "records" };
-        eprintln!("{sent} {records} sent to {}", p.topic);
+        let retried = match retries {
+            0 => String::new(),
+            1 => " (1 request retried, with its idempotency key)".to_owned(),
+            n => format!(" ({n} retries, each with its request's idempotency key)"),
+        };
+        eprintln!("{sent} {records} sent to {}{retried}", p.topic);
     }
     Ok(())
 }

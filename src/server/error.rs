@@ -78,6 +78,12 @@ impl From<BrokerError> for ApiError {
         match e {
             BrokerError::TopicNotFound(_) => Self::new(ErrorCode::TopicNotFound, msg),
             BrokerError::TopicExists(_) => Self::new(ErrorCode::TopicExists, msg),
+            BrokerError::IdempotencyKeyMismatch => {
+                Self::new(ErrorCode::IdempotencyKeyMismatch, msg)
+            }
+            BrokerError::IdempotencyKeyInFlight => {
+                Self::new(ErrorCode::IdempotencyKeyInFlight, msg)
+            }
             BrokerError::PartitionNotFound { .. } => Self::new(ErrorCode::PartitionNotFound, msg),
             BrokerError::InvalidName(_) => Self::new(ErrorCode::InvalidName, msg),
             BrokerError::InvalidConfig(_) => Self::new(ErrorCode::InvalidConfig, msg),

@@ -178,6 +178,14 @@ fn per_partition(s: &BrokerStats, value: fn(&crate::broker::PartitionStats) -> u
         .collect()
 }
 
+/// The series of each topic's idempotent produce: `(labels, value)`.
+fn per_topic(s: &BrokerStats, value: fn(&crate::broker::IdempotencyStats) -> u64) -> Vec<Series> {
+    s.idempotency
+        .iter()
+        .map(|i| (vec![i.topic.clone()], value(i)))
+        .collect()
+}
+
 /// The series of each group's partition: `(labels, value)`.
 fn per_group(s: &BrokerStats, value: fn(&crate::broker::GroupStats) -> u64) -> Vec<Series> {
     s.groups
@@ -286,6 +294,44 @@ const FAMILIES: &[Family] = &[
         counter: true,
         labels: TP,
         values: |s| per_partition(s, |p| p.flush_errors),
+    },
+    Family {
+        name: "mapq_idempotency_keys",
+        help: "Idempotency keys remembered (within idempotency_window_ms)",
+        counter: false,
+        labels: &["topic"],
+        values: |s| per_topic(s, |i| i.keys),
+    },
+    Family {
+        name: "mapq_idempotent_replays_total",
+        help: "Produce retries answered with the original offsets, nothing appended",
+        counter: true,
+        labels: &["topic"],
+        values: |s| per_topic(s, |i| i.replays),
+    },
+    Family {
+        name: "mapq_idempotency_conflicts_total",
+        help: "Produce requests refused for their Idempotency-Key, by code (idempotency_key_mismatch, idempotency_key_in_flight)",
+        counter: true,
+        labels: &["topic", "code"],
+        values: |s| {
+            s.idempotency
+                .iter()
+                .flat_map(|i| {
+                    [
+                        (vec![i.topic.clone(), "idempotency_key_mismatch".to_owned()], i.mismatches),
+                        (vec![i.topic.clone(), "idempotency_key_in_flight".to_owned()], i.in_flight),
+                    ]
+                })
+                .collect()
+        },
+    },
+    Family {
+        name: "mapq_idempotency_rebuild_milliseconds",
+        help: "Time to rebuild a topic's idempotency keys from its log when it opened",
+        counter: false,
+        labels: &["topic"],
+        values: |s| per_topic(s, |i| i.rebuild_ms),
     },
     Family {
         name: "mapq_consumer_group_offset",

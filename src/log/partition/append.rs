@@ -161,6 +161,12 @@ impl<'a> ValidFrames<'a> {
         })
     }
 
+    /// Frames the server built itself from checked ones: a client's frames with a batch
+    /// head added to the first (an idempotency key). `count` must be their number.
+    pub(crate) fn server_built(bytes: &'a [u8], count: u64) -> Self {
+        ValidFrames { bytes, count }
+    }
+
     /// How many frames.
     pub fn count(&self) -> u64 {
         self.count

@@ -173,6 +173,38 @@ impl PartitionLog {
         batch.high_watermark = end.max(batch.next_offset);
         Ok(batch)
     }
+    /// Calls `f` with the first offset and the head of every batch that has one and was
+    /// appended at or after `since_ms` (its `appended_ms`), oldest first: for what is rebuilt
+    /// from the log when a partition opens (idempotency keys, producer sequences). A segment
+    /// whose successor was created before `since_ms` is skipped unread: everything in it was
+    /// appended before that. Reads every frame of the others (their structure, not CRCs,
+    /// which recovery checked).
+    pub fn scan_batch_heads(
+        &self,
+        since_ms: i64,
+        mut f: impl FnMut(u64, &format::BatchView<'_>),
+    ) -> Result<()> {
+        let segs = self.segments.load_full();
+        for (i, seg) in segs.iter().enumerate() {
+            if segs
+                .get(i + 1)
+                .is_some_and(|next| next.header().created_ms < since_ms)
+            {
+                continue;
+            }
+            let m = seg.map_or_reopen()?;
+            for item in m.walk(crate::log::DATA_START, m.committed_end()) {
+                let (_, frame) = item?;
+                if let Some(head) = frame.batch() {
+                    if head.appended_ms >= since_ms {
+                        f(frame.offset, &head);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The offset of the first record with a timestamp at or after `timestamp_ms`, or `None`
     /// when there is none yet.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<u64>> {

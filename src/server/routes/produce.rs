@@ -15,6 +15,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
+use crate::broker::idempotency::{check_key, request_digest, Claim, Piece};
 use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
 use crate::log::{format, Record, ValidFrames};
@@ -48,6 +49,8 @@ struct Request {
     /// The partitions chosen for the records by a first attempt that could not append at
     /// once: the retry uses them (choosing again would move the round-robin twice).
     chosen: std::sync::Mutex<Option<Vec<u32>>>,
+    /// The request's `Idempotency-Key`, checked.
+    idempotency_key: Option<Vec<u8>>,
 }
 
 /// Where an append runs.
@@ -64,6 +67,8 @@ struct Produced {
     offsets: Vec<RecordOffset>,
     appends: Vec<PartitionAppend>,
     topic: Arc<Topic>,
+    /// A retry answered from the log: nothing was appended.
+    replayed: bool,
 }
 
 impl Request {
@@ -117,6 +122,7 @@ impl Request {
                     .collect(),
                 appends: vec![a],
                 topic,
+                replayed: false,
             }));
         }
         let mut records = decode(
@@ -139,15 +145,7 @@ impl Request {
         for (r, p) in records.iter_mut().zip(chosen) {
             r.partition = p;
         }
-        let headers: Vec<Vec<format::Header<'_>>> = records
-            .iter()
-            .map(|r| {
-                r.headers
-                    .iter()
-                    .map(|(k, v)| (k.as_ref(), v.as_deref()))
-                    .collect()
-            })
-            .collect();
+        let headers = record_headers(&records);
         let (by_partition, places) = batches(&records, &headers);
         let appends = match mode {
             Mode::Blocking => broker.append(&topic, &by_partition)?,
@@ -171,7 +169,227 @@ impl Request {
             offsets,
             appends,
             topic,
+            replayed: false,
         }))
+    }
+
+    /// The digest of what decides the request's records: the body's type, the query's key
+    /// and partition, the body (not its durability, which only decides when it is answered).
+    fn digest(&self) -> [u8; 16] {
+        let partition = self
+            .query
+            .partition
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        request_digest(&[
+            self.kind.name().as_bytes(),
+            self.query.key.as_deref().unwrap_or("").as_bytes(),
+            partition.as_bytes(),
+            &self.body,
+        ])
+    }
+
+    /// Appends a request that carries an `Idempotency-Key` (API.md, "Idempotent produce"):
+    /// a retry of a stored request is answered with its offsets, nothing appended; a
+    /// request that a crash cut in the middle appends only the records it lacks. The key
+    /// goes into the batch head of each partition's part, stored with the records. Blocks.
+    fn append_idempotent(&self, broker: &Broker, key: &[u8]) -> ApiResult<Produced> {
+        let digest = self.digest();
+        let now = now_ms();
+        if let Kind::Frames = self.kind {
+            if self.body.is_empty() {
+                return Err(ApiError::bad_request("the request holds no frames"));
+            }
+            let frames = ValidFrames::check(&self.body, self.max_record)?;
+            let topic = broker.topic_for_produce(&self.topic, self.query.partition)?;
+            let n = frames.count() as u32;
+            let pending = match topic.idempotency().claim(key, digest, n, now)? {
+                Claim::Replay { offsets, pieces } => {
+                    return Ok(replayed(Arc::clone(&topic), offsets, &pieces))
+                }
+                Claim::Append(pending) => pending,
+            };
+            // One partition, all or nothing: a stored part would be the whole request.
+            let partition =
+                self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
+            let head = request_head(key, digest, n, n, None, now);
+            let framed = frames_with_head(&self.body, head)?;
+            let a = broker.append_frames(
+                &topic,
+                partition,
+                ValidFrames::server_built(&framed, n.into()),
+            )?;
+            pending.complete(
+                vec![Piece {
+                    partition,
+                    first_offset: a.first_offset,
+                    positions: (0..n).collect(),
+                }],
+                now,
+            );
+            return Ok(Produced {
+                offsets: (a.first_offset..a.end_offset())
+                    .map(|offset| RecordOffset { partition, offset })
+                    .collect(),
+                appends: vec![a],
+                topic,
+                replayed: false,
+            });
+        }
+        let mut records = decode(self.kind, &self.body, &self.query, now, self.max_record)?;
+        if records.is_empty() {
+            return Err(ApiError::bad_request("the request holds no records"));
+        }
+        let topic =
+            broker.topic_for_produce(&self.topic, records.iter().filter_map(|r| r.requested))?;
+        let n = records.len() as u32;
+        let pending = match topic.idempotency().claim(key, digest, n, now)? {
+            Claim::Replay { offsets, pieces } => {
+                return Ok(replayed(Arc::clone(&topic), offsets, &pieces))
+            }
+            Claim::Append(pending) => pending,
+        };
+        let chosen = self.choose(
+            &topic,
+            &mut records.iter().map(|r| (r.requested, r.key.as_deref())),
+        )?;
+        for (r, p) in records.iter_mut().zip(chosen) {
+            r.partition = p;
+        }
+        let headers = record_headers(&records);
+        // The records not stored yet, by partition, with their request positions.
+        let mut positions: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for i in (0..n).filter(|&i| !pending.is_stored(i)) {
+            positions
+                .entry(records[i as usize].partition)
+                .or_default()
+                .push(i);
+        }
+        let spread = positions.len() > 1 || positions.values().any(|p| p.len() != n as usize);
+        let by_partition: BTreeMap<u32, Vec<Record<'_>>> = positions
+            .iter()
+            .map(|(&partition, positions)| {
+                let mut batch: Vec<Record<'_>> = positions
+                    .iter()
+                    .map(|&i| record_of(&records[i as usize], &headers[i as usize]))
+                    .collect();
+                batch[0].batch = Some(request_head(
+                    key,
+                    digest,
+                    n,
+                    positions.len() as u32,
+                    spread.then_some(positions.as_slice()),
+                    now,
+                ));
+                (partition, batch)
+            })
+            .collect();
+        let appends = broker.append(&topic, &by_partition)?;
+        let new: Vec<Piece> = appends
+            .iter()
+            .map(|a| Piece {
+                partition: a.partition,
+                first_offset: a.first_offset,
+                positions: positions[&a.partition].clone(),
+            })
+            .collect();
+        let all: Vec<Piece> = pending.stored().iter().chain(&new).cloned().collect();
+        pending.complete(new, now);
+        Ok(Produced {
+            offsets: offsets_of(n, &all),
+            appends,
+            topic,
+            replayed: false,
+        })
+    }
+}
+
+/// A batch head that stores a request's key with one partition's part of it.
+fn request_head<'a>(
+    key: &'a [u8],
+    digest: [u8; 16],
+    records: u32,
+    count: u32,
+    positions: Option<&'a [u32]>,
+    now: i64,
+) -> format::BatchHead<'a> {
+    format::BatchHead {
+        record_count: count,
+        appended_ms: now,
+        request: Some(format::RequestTag {
+            key,
+            digest,
+            records,
+            positions,
+        }),
+        ..format::BatchHead::default()
+    }
+}
+
+/// Client-built frames with a batch head added to the first: it is encoded again with the
+/// head, the others are copied as they are.
+fn frames_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<Vec<u8>> {
+    let first = format::decode_frame(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid frame at byte 0: {e}")))?;
+    let headers: Vec<format::Header<'_>> = first.headers().collect();
+    let record = Record {
+        key: first.key(),
+        value: first.value(),
+        headers: &headers,
+        timestamp_ms: first.timestamp_ms,
+        value_is_json: first.value_is_json(),
+        batch: Some(head),
+    };
+    let len = record
+        .padded_len()
+        .ok_or_else(|| ApiError::too_large("the first frame with its batch head is over 4 GiB"))?;
+    let mut framed = vec![0u8; len];
+    format::encode_frame(&mut framed, first.offset, &record);
+    framed.extend_from_slice(&body[first.padded_len..]);
+    Ok(framed)
+}
+
+/// The offsets of a request's `n` records, in request order, from where its parts lie.
+fn offsets_of(n: u32, pieces: &[Piece]) -> Vec<RecordOffset> {
+    let mut offsets = vec![
+        RecordOffset {
+            partition: 0,
+            offset: 0
+        };
+        n as usize
+    ];
+    for p in pieces {
+        for (i, &pos) in p.positions.iter().enumerate() {
+            if let Some(slot) = offsets.get_mut(pos as usize) {
+                *slot = RecordOffset {
+                    partition: p.partition,
+                    offset: p.first_offset + i as u64,
+                };
+            }
+        }
+    }
+    offsets
+}
+
+/// A retry answered from the log: the stored offsets, and the parts to wait for when the
+/// retry asks for durability.
+fn replayed(topic: Arc<Topic>, offsets: Vec<(u32, u64)>, pieces: &[Piece]) -> Produced {
+    Produced {
+        offsets: offsets
+            .into_iter()
+            .map(|(partition, offset)| RecordOffset { partition, offset })
+            .collect(),
+        appends: pieces
+            .iter()
+            .map(|p| PartitionAppend {
+                partition: p.partition,
+                first_offset: p.first_offset,
+                count: p.positions.len() as u64,
+                bytes: 0,
+            })
+            .collect(),
+        topic,
+        replayed: true,
     }
 }
 
@@ -266,6 +484,31 @@ fn decode_record<'a>(r: RecordIn<'a>, now: i64, max_record_bytes: u64) -> ApiRes
     })
 }
 
+/// Each record's headers, borrowed, as the engine's records take them.
+fn record_headers<'r>(records: &'r [Owned<'_>]) -> Vec<Vec<format::Header<'r>>> {
+    records
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_deref()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The engine's record for a decoded one.
+fn record_of<'r>(r: &'r Owned<'_>, headers: &'r [format::Header<'r>]) -> Record<'r> {
+    Record {
+        key: r.key.as_deref(),
+        value: r.value.as_deref(),
+        headers,
+        timestamp_ms: r.timestamp_ms,
+        value_is_json: r.json,
+        batch: None,
+    }
+}
+
 /// The records of a request by partition, in request order within each (the broker's
 /// all-or-nothing append takes them so), and where each record of the request went.
 fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<format::Header<'r>>]) -> Batches<'r> {
@@ -274,14 +517,7 @@ fn batches<'r>(records: &'r [Owned<'_>], headers: &'r [Vec<format::Header<'r>>])
     for (r, headers) in records.iter().zip(headers) {
         let batch = by_partition.entry(r.partition).or_default();
         places.push((r.partition, batch.len() as u64));
-        batch.push(Record {
-            key: r.key.as_deref(),
-            value: r.value.as_deref(),
-            headers,
-            timestamp_ms: r.timestamp_ms,
-            value_is_json: r.json,
-            batch: None,
-        });
+        batch.push(record_of(r, headers));
     }
     (by_partition, places)
 }
@@ -295,6 +531,17 @@ enum Kind {
     Ndjson,
     Octets,
     Frames,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Json => "json",
+            Kind::Ndjson => "ndjson",
+            Kind::Octets => "octets",
+            Kind::Frames => "frames",
+        }
+    }
 }
 
 fn content_kind(headers: &HeaderMap) -> ApiResult<Kind> {
@@ -339,6 +586,8 @@ pub const PRODUCE_ERRORS: &[ErrorCode] = &[
     ErrorCode::TooManyOpenFiles,
     ErrorCode::NotReady,
     ErrorCode::ShuttingDown,
+    ErrorCode::IdempotencyKeyMismatch,
+    ErrorCode::IdempotencyKeyInFlight,
 ];
 
 /// Produce records to a topic.
@@ -349,7 +598,12 @@ pub const PRODUCE_ERRORS: &[ErrorCode] = &[
 /// (record frames in the on-disk format, appended without re-encoding). A request is all or
 /// nothing per partition.
 #[utoipa::path(post, path = "/v1/topics/{topic}/records", tag = "records",
-    params(("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), ProduceQuery),
+    params(
+        ("topic" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = r"^[!-~]{1,128}$",
+            description = "Makes retries safe: a retry with the same key and request is answered with the original offsets (header `Idempotent-Replayed: true`) and appends nothing; the same key with another request is a 422, while the first is in progress a 409. Remembered for `idempotency_window_ms`, across restarts."),
+        ProduceQuery,
+    ),
     request_body(content(
         (ProduceRequest = "application/json"),
         (String = "application/x-ndjson"),
@@ -357,7 +611,9 @@ pub const PRODUCE_ERRORS: &[ErrorCode] = &[
         (Vec<u8> = "application/vnd.mapq.frames"),
     )),
     responses(
-        (status = 200, body = ProduceResponse),
+        (status = 200, body = ProduceResponse, headers(
+            ("Idempotent-Replayed" = String, description = "`true` on a retry answered from the log: nothing was appended"),
+        )),
     ))]
 pub async fn produce(
     State(state): State<AppState>,
@@ -365,12 +621,20 @@ pub async fn produce(
     query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<ProduceResponse>> {
+) -> ApiResult<(HeaderMap, Json<ProduceResponse>)> {
     let started = Instant::now();
     record_target(&topic_name, None);
     let Query(query) = query?;
     crate::broker::validate_name(&topic_name)?;
     let kind = content_kind(&headers)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v.as_bytes();
+            check_key(key).map_err(ApiError::bad_request)?;
+            Some(key.to_vec())
+        }
+        None => None,
+    };
     let config = state.config();
     let max_request = config.max_request_bytes;
     let max_record = config.max_record_bytes;
@@ -415,11 +679,13 @@ pub async fn produce(
         query,
         max_record,
         chosen: Default::default(),
+        idempotency_key,
     });
     // A small request to an existing topic is appended here when that is a copy into the
     // mapping (see `Topic::try_append`): cheaper than the hand-off to the blocking pool.
     // Anything else (a topic to create, a roll, blocks to reserve, a busy writer) goes there.
-    let now = (request.body.len() <= INLINE_APPEND_BYTES)
+    // (A request with an idempotency key claims its key first: on the blocking pool.)
+    let now = (request.body.len() <= INLINE_APPEND_BYTES && request.idempotency_key.is_none())
         .then(|| request.append(&broker, Mode::Now))
         .transpose()?
         .flatten();
@@ -427,14 +693,16 @@ pub async fn produce(
         offsets,
         appends,
         topic,
+        replayed,
     } = match now {
         Some(done) => done,
         None => {
             let broker = Arc::clone(&broker);
-            blocking(move || {
-                request
+            blocking(move || match &request.idempotency_key {
+                Some(key) => request.append_idempotent(&broker, key),
+                None => request
                     .append(&broker, Mode::Blocking)?
-                    .ok_or_else(|| ApiError::internal("a blocking append did not append"))
+                    .ok_or_else(|| ApiError::internal("a blocking append did not append")),
             })
             .await?
         }
@@ -445,7 +713,14 @@ pub async fn produce(
     state
         .metrics()
         .observe_produce(durability, started.elapsed());
-    Ok(Json(ProduceResponse { offsets }))
+    let mut answer = HeaderMap::new();
+    if replayed {
+        answer.insert(
+            "idempotent-replayed",
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    Ok((answer, Json(ProduceResponse { offsets })))
 }
 
 /// Decodes the records of a JSON, NDJSON or raw body, checking each.

@@ -24,7 +24,9 @@ pub fn describe(t: &Topic) -> TopicDescription {
             retention_bytes: c.retention_bytes,
             segment_bytes: c.segment_bytes,
             segment_ms: c.segment_ms,
+            idempotency_window_ms: c.idempotency_window_ms,
         },
+        idempotency_keys: t.idempotency().len() as u64,
         partition_stats: t
             .partitions()
             .iter()

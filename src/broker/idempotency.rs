@@ -1,0 +1,377 @@
+//! Idempotent produce: the keys of recent produce requests, each with where its records
+//! went, so that a retry is answered from the log instead of appended again (API.md,
+//! "Idempotent produce").
+//!
+//! The key is stored with its records: in the batch head of each partition's part of the
+//! request (FORMAT.md section 2.3), in the same publication. Records and key are thus kept
+//! or lost together, and this index is rebuilt from the log when a topic opens
+//! ([`Idempotency::remember`], from `PartitionLog::scan_batch_heads`): there is no other
+//! store that could disagree with the log. A request whose parts a crash cut in the middle
+//! leaves the parts it wrote; its retry appends only the records they lack.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+
+use super::error::BrokerError;
+
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// Checks an `Idempotency-Key`: 1 to 128 visible ASCII characters.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_BYTES} characters, not {}",
+            key.len()
+        ));
+    }
+    if let Some(b) = key.iter().find(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "Idempotency-Key must be visible ASCII characters; it holds byte {b:#04x}"
+        ));
+    }
+    Ok(())
+}
+
+/// The digest that tells a retry of a request from another request under the same key: of
+/// everything that decides its records (the body's type, the query's key and partition, the
+/// body), not of how it is acknowledged.
+pub fn request_digest(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let full = h.finalize();
+    let mut digest = [0u8; 16];
+    digest.copy_from_slice(&full[..16]);
+    digest
+}
+
+/// One partition's part of a request: its records lie at `first_offset ..` in order, record
+/// `i` being record `positions[i]` of the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub partition: u32,
+    pub first_offset: u64,
+    pub positions: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    digest: [u8; 16],
+    /// Records in the whole request.
+    records: u32,
+    pieces: Vec<Piece>,
+    /// A request with this key is being appended now.
+    in_flight: bool,
+    /// When its last part was appended (ms since the Unix epoch).
+    appended_ms: i64,
+}
+
+impl Entry {
+    fn stored(&self) -> usize {
+        self.pieces.iter().map(|p| p.positions.len()).sum()
+    }
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub enum Claim<'a> {
+    /// Every record of the request is stored: their `(partition, offset)` in request order,
+    /// and the parts (to wait until they are durable).
+    Replay {
+        offsets: Vec<(u32, u64)>,
+        pieces: Vec<Piece>,
+    },
+    /// Append the request's records that are not stored yet (all of them, for a new key);
+    /// the key is held as in flight until the append ends.
+    Append(Pending<'a>),
+}
+
+/// A key held in flight while its request is appended: [`Pending::complete`] records where
+/// the new records went; dropped without it (the append failed), the key is released as it
+/// was.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    index: &'a Idempotency,
+    key: Vec<u8>,
+    digest: [u8; 16],
+    stored: Vec<Piece>,
+    done: bool,
+}
+
+impl Pending<'_> {
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub fn digest(&self) -> [u8; 16] {
+        self.digest
+    }
+
+    /// The parts already stored (after a crash cut the request in the middle).
+    pub fn stored(&self) -> &[Piece] {
+        &self.stored
+    }
+
+    /// Whether the request position `i` is stored already.
+    pub fn is_stored(&self, i: u32) -> bool {
+        self.stored.iter().any(|p| p.positions.contains(&i))
+    }
+
+    /// Records where the rest of the request went: the key is remembered, complete.
+    pub fn complete(mut self, new: Vec<Piece>, appended_ms: i64) {
+        self.done = true;
+        let mut entries = self.index.lock();
+        if let Some(e) = entries.get_mut(&self.key) {
+            e.pieces.extend(new);
+            e.in_flight = false;
+            e.appended_ms = appended_ms;
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut entries = self.index.lock();
+        if self.stored.is_empty() {
+            entries.remove(&self.key);
+        } else if let Some(e) = entries.get_mut(&self.key) {
+            e.in_flight = false;
+        }
+    }
+}
+
+/// The remembered keys of one topic.
+#[derive(Debug)]
+pub struct Idempotency {
+    window_ms: u64,
+    entries: Mutex<HashMap<Vec<u8>, Entry>>,
+    last_purge_ms: AtomicI64,
+    /// Retries answered from the log.
+    pub replays: AtomicU64,
+    /// Requests refused: the key named another request.
+    pub mismatches: AtomicU64,
+    /// Requests refused: the key's first request was still being appended.
+    pub in_flight_conflicts: AtomicU64,
+    /// How long rebuilding the keys from the log took when the topic opened.
+    pub rebuild_ms: AtomicU64,
+}
+
+impl Idempotency {
+    /// Keys are remembered for `window_ms` after their records were appended.
+    pub fn new(window_ms: u64) -> Self {
+        Idempotency {
+            window_ms,
+            entries: Mutex::new(HashMap::new()),
+            last_purge_ms: AtomicI64::new(0),
+            replays: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+            in_flight_conflicts: AtomicU64::new(0),
+            rebuild_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn expired(&self, e: &Entry, now_ms: i64) -> bool {
+        !e.in_flight && now_ms.saturating_sub(e.appended_ms) > self.window_ms as i64
+    }
+
+    /// Decides what to do with a request of `records` records carrying `key`.
+    pub fn claim(
+        &self,
+        key: &[u8],
+        digest: [u8; 16],
+        records: u32,
+        now_ms: i64,
+    ) -> Result<Claim<'_>, BrokerError> {
+        let mut entries = self.lock();
+        if now_ms.saturating_sub(self.last_purge_ms.load(Ordering::Relaxed)) > 1000 {
+            self.last_purge_ms.store(now_ms, Ordering::Relaxed);
+            entries.retain(|_, e| !self.expired(e, now_ms));
+        }
+        if let Some(e) = entries.get(key) {
+            if self.expired(e, now_ms) {
+                entries.remove(key);
+            }
+        }
+        let pending = |stored: Vec<Piece>| {
+            Claim::Append(Pending {
+                index: self,
+                key: key.to_vec(),
+                digest,
+                stored,
+                done: false,
+            })
+        };
+        let Some(e) = entries.get_mut(key) else {
+            entries.insert(
+                key.to_vec(),
+                Entry {
+                    digest,
+                    records,
+                    pieces: Vec::new(),
+                    in_flight: true,
+                    appended_ms: now_ms,
+                },
+            );
+            return Ok(pending(Vec::new()));
+        };
+        if e.in_flight {
+            self.in_flight_conflicts.fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::IdempotencyKeyInFlight);
+        }
+        if e.digest != digest || e.records != records {
+            self.mismatches.fetch_add(1, Ordering::Relaxed);
+            return Err(BrokerError::IdempotencyKeyMismatch);
+        }
+        if e.stored() >= records as usize {
+            self.replays.fetch_add(1, Ordering::Relaxed);
+            let mut offsets = vec![(0, 0); records as usize];
+            for p in &e.pieces {
+                for (i, &pos) in p.positions.iter().enumerate() {
+                    if let Some(slot) = offsets.get_mut(pos as usize) {
+                        *slot = (p.partition, p.first_offset + i as u64);
+                    }
+                }
+            }
+            return Ok(Claim::Replay {
+                offsets,
+                pieces: e.pieces.clone(),
+            });
+        }
+        e.in_flight = true;
+        Ok(pending(e.pieces.clone()))
+    }
+
+    /// Remembers a part of a request found in the log (when the topic opens). Parts whose
+    /// digest or request size disagree with the key's first part are left out (they cannot
+    /// come from mapq); a key older than the window is not remembered.
+    pub fn remember(
+        &self,
+        key: &[u8],
+        digest: [u8; 16],
+        records: u32,
+        piece: Piece,
+        appended_ms: i64,
+        now_ms: i64,
+    ) {
+        if now_ms.saturating_sub(appended_ms) > self.window_ms as i64 {
+            return;
+        }
+        let mut entries = self.lock();
+        let e = entries.entry(key.to_vec()).or_insert_with(|| Entry {
+            digest,
+            records,
+            pieces: Vec::new(),
+            in_flight: false,
+            appended_ms,
+        });
+        if e.digest == digest && e.records == records {
+            e.pieces.push(piece);
+            e.appended_ms = e.appended_ms.max(appended_ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(partition: u32, first_offset: u64, positions: &[u32]) -> Piece {
+        Piece {
+            partition,
+            first_offset,
+            positions: positions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_key_is_appended_once_then_replayed_in_request_order() {
+        let idx = Idempotency::new(60_000);
+        let d = request_digest(&[b"body"]);
+        let Claim::Append(p) = idx.claim(b"k", d, 3, 1_000).unwrap() else {
+            panic!("a new key appends");
+        };
+        assert!(matches!(
+            idx.claim(b"k", d, 3, 1_001),
+            Err(BrokerError::IdempotencyKeyInFlight)
+        ));
+        p.complete(vec![piece(1, 40, &[0, 2]), piece(0, 7, &[1])], 1_002);
+        match idx.claim(b"k", d, 3, 2_000).unwrap() {
+            Claim::Replay { offsets, .. } => assert_eq!(offsets, [(1, 40), (0, 7), (1, 41)]),
+            other => panic!("{other:?}"),
+        }
+        let other = request_digest(&[b"other body"]);
+        assert!(matches!(
+            idx.claim(b"k", other, 3, 2_000),
+            Err(BrokerError::IdempotencyKeyMismatch)
+        ));
+        // Forgotten after the window.
+        assert!(matches!(
+            idx.claim(b"k", other, 3, 70_000).unwrap(),
+            Claim::Append(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_append_releases_the_key_and_a_cut_request_resumes() {
+        let idx = Idempotency::new(60_000);
+        let d = request_digest(&[b"x"]);
+        match idx.claim(b"k", d, 2, 0).unwrap() {
+            Claim::Append(p) => drop(p),
+            other => panic!("{other:?}"),
+        }
+        assert!(idx.is_empty(), "released");
+        // Found in the log after a crash: one of the two parts.
+        idx.remember(b"k", d, 2, piece(0, 5, &[1]), 10, 20);
+        let Claim::Append(p) = idx.claim(b"k", d, 2, 30).unwrap() else {
+            panic!("the rest is appended");
+        };
+        assert!(p.is_stored(1) && !p.is_stored(0));
+        p.complete(vec![piece(1, 0, &[0])], 40);
+        let claim = idx.claim(b"k", d, 2, 50).unwrap();
+        match claim {
+            Claim::Replay { offsets, .. } => assert_eq!(offsets, [(1, 0), (0, 5)]),
+            other => panic!("{other:?}"),
+        };
+    }
+
+    #[test]
+    fn keys_are_visible_ascii_of_at_most_128_bytes() {
+        assert!(check_key(b"order-7781").is_ok());
+        assert!(check_key(&[b'a'; 128]).is_ok());
+        for bad in [
+            &b""[..],
+            &[b'a'; 129][..],
+            b"has space",
+            b"tab\t",
+            "é".as_bytes(),
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
