@@ -337,6 +337,7 @@ impl Config {
         }
         for (key, value) in [
             ("segment_ms", self.segment_ms),
+            ("idempotency_window_ms", Some(self.idempotency_window_ms)),
             ("retention_ms", self.retention_ms),
             ("retention_bytes", self.retention_bytes),
             ("max_disk_bytes", self.max_disk_bytes),

@@ -212,7 +212,18 @@ async fn a_retry_is_answered_with_the_original_offsets_for_every_body_type() {
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], "idempotency_key_mismatch");
     }
-    // Bad keys.
+    // Bad keys, and two keys: refused, nothing appended.
+    let before = ends(&http, &base, "orders").await;
+    let two = http
+        .post(format!("{base}{records}"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "a")
+        .header("idempotency-key", "b")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two.status(), 400, "two keys");
     for key in ["", "has space", &"x".repeat(129)] {
         let r = post(
             &http,
@@ -225,9 +236,27 @@ async fn a_retry_is_answered_with_the_original_offsets_for_every_body_type() {
         .await;
         assert_eq!(r.status(), 400, "{key:?}");
     }
+    assert_eq!(ends(&http, &base, "orders").await, before);
     let topic = get_json(&http, format!("{base}/v1/topics/orders")).await;
     assert_eq!(topic["idempotency_keys"], 5);
     assert_eq!(topic["config"]["idempotency_window_ms"], 900_000);
+
+    // A topic with a short window forgets a key after it: the same request appends again.
+    create_topic(
+        &http,
+        &base,
+        json!({"name": "short", "partitions": 1, "config": {"idempotency_window_ms": 100}}),
+    )
+    .await;
+    let short = "/v1/topics/short/records";
+    let one = json!({"records": [{"value": 1}]}).to_string().into_bytes();
+    append_then_replay(&http, &base, short, "k", "application/json", one.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = post(&http, &base, short, Some("k"), "application/json", one).await;
+    assert!(!replayed(&again), "forgotten after the window");
+    assert_eq!(ends(&http, &base, "short").await, [2]);
+    let topic = get_json(&http, format!("{base}/v1/topics/short")).await;
+    assert_eq!(topic["config"]["idempotency_window_ms"], 100);
 }
 
 /// Keys survive a `kill -9`: they are read back from the records' batch heads. And a
@@ -265,6 +294,7 @@ async fn keys_survive_kill_9_and_a_cut_request_appends_only_what_is_missing() {
         .unwrap();
     assert_eq!(ends(&http, &base, "pay").await, [5, 5]);
     server.kill();
+    // No periodic flush in the second life: only the fsync retry below makes records durable.
 
     // The crash cut "cut" after partition 0's part: partition 1 loses its last two records.
     {
@@ -272,7 +302,7 @@ async fn keys_survive_kill_9_and_a_cut_request_appends_only_what_is_missing() {
         let (log, _) = mapq::log::PartitionLog::open(&p1, mapq::log::LogConfig::default()).unwrap();
         log.truncate_to(3).unwrap();
     }
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &[("MAPQ_FLUSH_INTERVAL_MS", "600000")]);
     let base = server.base.clone();
     assert_eq!(ends(&http, &base, "pay").await, [5, 3]);
     let r = post(
@@ -286,9 +316,31 @@ async fn keys_survive_kill_9_and_a_cut_request_appends_only_what_is_missing() {
     .await;
     assert!(replayed(&r), "a key from before the kill is remembered");
     assert_eq!(r.json::<Value>().await.unwrap(), first);
-    let r = post(&http, &base, path, Some("cut"), "application/json", body(4)).await;
+    let fsync = format!("{path}?durability=fsync");
+    let r = post(
+        &http,
+        &base,
+        &fsync,
+        Some("cut"),
+        "application/json",
+        body(4),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     assert!(!replayed(&r), "part of it was appended again");
+    // Durable means every part, the one stored before the crash too.
+    let metrics = common::server::get_text(&http, format!("{base}/metrics")).await;
+    let durable = |partition: &str| -> u64 {
+        let prefix = format!("mapq_log_durable_offset{{partition=\"{partition}\",topic=\"pay\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!((durable("0"), durable("1")), (5, 5));
     assert_eq!(
         r.json::<Value>().await.unwrap(),
         cut,
@@ -471,4 +523,47 @@ async fn retrying_producers_store_every_record_once_across_kill_9() {
         retries.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed()
     );
+}
+
+/// `mapq produce` sends a key with every request and retries on its own: started before the
+/// server is up, it retries until the server answers, says how many retries it made, and
+/// every record is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapq_produce_retries_until_the_server_answers() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut produce = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["produce", "later", "--batch", "4", "--server", &base])
+        .env_remove("MAPQ_TOKEN")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = (0..10).map(|i| format!("line {i}\n")).collect();
+    produce
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let server = Server::start_at(dir.path(), &format!("127.0.0.1:{port}"));
+    // Bounded: ten retries at most, a few seconds apart.
+    let out = tokio::task::spawn_blocking(move || produce.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("10 records sent to later ("), "{err}");
+    assert!(err.contains("retr"), "it says it retried: {err}");
+    let http = Client::new();
+    assert_eq!(ends(&http, &server.base, "later").await, [10]);
 }

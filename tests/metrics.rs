@@ -230,3 +230,54 @@ async fn counters_match_the_workload_and_gauges_match_the_topic() {
         assert!(!s.families.contains_key(name), "{name} without a quota");
     }
 }
+
+/// Idempotent produce shows in its series: the keys remembered, the retries answered from the
+/// log, the refusals by code, and how long the rebuild at start-up took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_series_count_keys_replays_and_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let base = server.base.clone();
+    create_topic(&http, &base, json!({"name": "idem", "partitions": 1})).await;
+    let send = |key: &'static str, value: i64| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/v1/topics/idem/records"))
+                .header("idempotency-key", key)
+                .json(&json!({"records": [{"value": value}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(send("a", 1).await, 200);
+    assert_eq!(send("a", 1).await, 200, "a replay");
+    assert_eq!(send("a", 1).await, 200, "another replay");
+    assert_eq!(send("a", 2).await, 422, "another request under the key");
+    assert_eq!(send("b", 1).await, 200);
+    let s = scrape(&http, &base).await;
+    let topic = [("topic", "idem")];
+    assert_eq!(value(&s, "mapq_idempotency_keys", &topic), 2.0);
+    assert_eq!(value(&s, "mapq_idempotent_replays_total", &topic), 2.0);
+    let conflicts = |code: &str| {
+        value(
+            &s,
+            "mapq_idempotency_conflicts_total",
+            &[("topic", "idem"), ("code", code)],
+        )
+    };
+    assert_eq!(conflicts("idempotency_key_mismatch"), 1.0);
+    assert_eq!(conflicts("idempotency_key_in_flight"), 0.0);
+    assert!(value(&s, "mapq_idempotency_rebuild_milliseconds", &topic) >= 0.0);
+    assert_eq!(
+        value(
+            &s,
+            "mapq_records_appended_total",
+            &[("topic", "idem"), ("partition", "0")]
+        ),
+        2.0
+    );
+}

@@ -51,13 +51,30 @@ pub fn request_digest(parts: &[&[u8]]) -> [u8; 16] {
     digest
 }
 
-/// One partition's part of a request: its records lie at `first_offset ..` in order, record
-/// `i` being record `positions[i]` of the request.
+/// One partition's part of a request: its `count` records lie at `first_offset ..` in
+/// order, record `i` being record `positions[i]` of the request (with `None`, record `i`
+/// of the request: the whole request in one partition, the common case, kept small).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
     pub partition: u32,
     pub first_offset: u64,
-    pub positions: Vec<u32>,
+    pub count: u32,
+    pub positions: Option<Vec<u32>>,
+}
+
+impl Piece {
+    /// The request position of the piece's record `i`.
+    pub fn position(&self, i: u32) -> u32 {
+        self.positions
+            .as_ref()
+            .and_then(|p| p.get(i as usize).copied())
+            .unwrap_or(i)
+    }
+
+    /// `(request position, offset)` of each of its records.
+    pub fn records(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..self.count).map(|i| (self.position(i), self.first_offset + u64::from(i)))
+    }
 }
 
 #[derive(Debug)]
@@ -73,8 +90,17 @@ struct Entry {
 }
 
 impl Entry {
-    fn stored(&self) -> usize {
-        self.pieces.iter().map(|p| p.positions.len()).sum()
+    /// Whether every record of the request is stored, position by position.
+    fn complete(&self) -> bool {
+        let mut seen = vec![false; self.records as usize];
+        for p in &self.pieces {
+            for (pos, _) in p.records() {
+                if let Some(s) = seen.get_mut(pos as usize) {
+                    *s = true;
+                }
+            }
+        }
+        seen.iter().all(|&s| s)
     }
 }
 
@@ -120,7 +146,9 @@ impl Pending<'_> {
 
     /// Whether the request position `i` is stored already.
     pub fn is_stored(&self, i: u32) -> bool {
-        self.stored.iter().any(|p| p.positions.contains(&i))
+        self.stored
+            .iter()
+            .any(|p| p.records().any(|(pos, _)| pos == i))
     }
 
     /// Records where the rest of the request went: the key is remembered, complete.
@@ -187,9 +215,17 @@ impl Idempotency {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Keys remembered now.
+    /// Keys remembered now (within the window, or being appended).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.len_at(crate::log::now_ms())
+    }
+
+    /// Keys remembered at `now_ms`.
+    pub fn len_at(&self, now_ms: i64) -> usize {
+        self.lock()
+            .values()
+            .filter(|e| !self.expired(e, now_ms))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -197,7 +233,7 @@ impl Idempotency {
     }
 
     fn expired(&self, e: &Entry, now_ms: i64) -> bool {
-        !e.in_flight && now_ms.saturating_sub(e.appended_ms) > self.window_ms as i64
+        !e.in_flight && now_ms.saturating_sub(e.appended_ms) > window(self.window_ms)
     }
 
     /// Decides what to do with a request of `records` records carrying `key`.
@@ -248,13 +284,13 @@ impl Idempotency {
             self.mismatches.fetch_add(1, Ordering::Relaxed);
             return Err(BrokerError::IdempotencyKeyMismatch);
         }
-        if e.stored() >= records as usize {
+        if e.complete() {
             self.replays.fetch_add(1, Ordering::Relaxed);
             let mut offsets = vec![(0, 0); records as usize];
             for p in &e.pieces {
-                for (i, &pos) in p.positions.iter().enumerate() {
+                for (pos, offset) in p.records() {
                     if let Some(slot) = offsets.get_mut(pos as usize) {
-                        *slot = (p.partition, p.first_offset + i as u64);
+                        *slot = (p.partition, offset);
                     }
                 }
             }
@@ -267,9 +303,17 @@ impl Idempotency {
         Ok(pending(e.pieces.clone()))
     }
 
+    /// How far back the log must be read to rebuild the keys: the parts of one request were
+    /// appended within a window of each other (a key is forgotten a window after its last
+    /// part), and a key lives a window after its newest part.
+    pub fn rebuild_since(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(window(self.window_ms).saturating_mul(2))
+    }
+
     /// Remembers a part of a request found in the log (when the topic opens). Parts whose
     /// digest or request size disagree with the key's first part are left out (they cannot
-    /// come from mapq); a key older than the window is not remembered.
+    /// come from mapq). Then [`Idempotency::finish_rebuild`] forgets the keys whose newest
+    /// part is older than the window.
     pub fn remember(
         &self,
         key: &[u8],
@@ -277,11 +321,7 @@ impl Idempotency {
         records: u32,
         piece: Piece,
         appended_ms: i64,
-        now_ms: i64,
     ) {
-        if now_ms.saturating_sub(appended_ms) > self.window_ms as i64 {
-            return;
-        }
         let mut entries = self.lock();
         let e = entries.entry(key.to_vec()).or_insert_with(|| Entry {
             digest,
@@ -297,6 +337,19 @@ impl Idempotency {
     }
 }
 
+impl Idempotency {
+    /// Ends a rebuild: keys whose newest part was appended before the window are forgotten,
+    /// whole (a key's older parts, from before a crash, count by its newest).
+    pub fn finish_rebuild(&self, now_ms: i64) {
+        self.lock().retain(|_, e| !self.expired(e, now_ms));
+    }
+}
+
+/// A window in milliseconds as a signed span (settings are checked to fit).
+fn window(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,7 +358,8 @@ mod tests {
         Piece {
             partition,
             first_offset,
-            positions: positions.to_vec(),
+            count: positions.len() as u32,
+            positions: Some(positions.to_vec()),
         }
     }
 
@@ -347,7 +401,8 @@ mod tests {
         }
         assert!(idx.is_empty(), "released");
         // Found in the log after a crash: one of the two parts.
-        idx.remember(b"k", d, 2, piece(0, 5, &[1]), 10, 20);
+        idx.remember(b"k", d, 2, piece(0, 5, &[1]), 10);
+        idx.finish_rebuild(20);
         let Claim::Append(p) = idx.claim(b"k", d, 2, 30).unwrap() else {
             panic!("the rest is appended");
         };
@@ -356,6 +411,61 @@ mod tests {
         let claim = idx.claim(b"k", d, 2, 50).unwrap();
         match claim {
             Claim::Replay { offsets, .. } => assert_eq!(offsets, [(1, 0), (0, 5)]),
+            other => panic!("{other:?}"),
+        };
+    }
+
+    /// A request cut by a crash and finished after the restart has parts a window apart at
+    /// most: a rebuild keeps or forgets the key whole, by its newest part.
+    #[test]
+    fn a_rebuild_keeps_a_key_by_its_newest_part() {
+        let idx = Idempotency::new(1_000);
+        let d = request_digest(&[b"x"]);
+        assert_eq!(idx.rebuild_since(10_000), 8_000);
+        idx.remember(b"split", d, 2, piece(0, 0, &[0]), 8_500);
+        idx.remember(b"split", d, 2, piece(1, 0, &[1]), 9_400);
+        idx.remember(b"old", d, 1, piece(0, 1, &[0]), 8_900);
+        // A part with another digest cannot be the same request's.
+        idx.remember(
+            b"split",
+            request_digest(&[b"y"]),
+            2,
+            piece(2, 0, &[0]),
+            9_000,
+        );
+        idx.finish_rebuild(10_000);
+        assert_eq!(
+            idx.len_at(10_000),
+            1,
+            "only the key whose newest part is in the window"
+        );
+        let claim = idx.claim(b"split", d, 2, 10_000).unwrap();
+        match claim {
+            Claim::Replay { offsets, .. } => assert_eq!(offsets, [(0, 0), (1, 0)]),
+            other => panic!("{other:?}"),
+        };
+    }
+
+    /// A key stored whole needs no position list: its records are the request's in order.
+    #[test]
+    fn a_contiguous_piece_replays_without_positions() {
+        let idx = Idempotency::new(1_000);
+        let d = request_digest(&[b"z"]);
+        let Claim::Append(p) = idx.claim(b"k", d, 3, 0).unwrap() else {
+            panic!("a new key appends");
+        };
+        p.complete(
+            vec![Piece {
+                partition: 4,
+                first_offset: 10,
+                count: 3,
+                positions: None,
+            }],
+            0,
+        );
+        let claim = idx.claim(b"k", d, 3, 1).unwrap();
+        match claim {
+            Claim::Replay { offsets, .. } => assert_eq!(offsets, [(4, 10), (4, 11), (4, 12)]),
             other => panic!("{other:?}"),
         };
     }

@@ -22,33 +22,38 @@ const OPENING_THREADS: usize = 8;
 
 /// The idempotency keys stored in the partitions' batch heads within the window (see
 /// [`super::idempotency`]): read back from the log, the one place they are kept.
-fn rebuild_idempotency(
-    partitions: &[Arc<Partition>],
-    window_ms: u64,
-) -> Result<Idempotency, BrokerError> {
+fn rebuild_idempotency(partitions: &[Arc<Partition>], window_ms: u64) -> Idempotency {
     let started = std::time::Instant::now();
     let idempotency = Idempotency::new(window_ms);
     let now = crate::log::now_ms();
-    let since = now.saturating_sub(window_ms.min(i64::MAX as u64) as i64);
+    let since = idempotency.rebuild_since(now);
     for p in partitions {
-        p.log().scan_batch_heads(since, |first_offset, head| {
+        let scanned = p.log().scan_batch_heads(since, |first_offset, head| {
             if let Some(r) = head.request {
                 let piece = Piece {
                     partition: p.id(),
                     first_offset,
-                    positions: (0..head.record_count as usize)
-                        .map(|i| r.position(i))
-                        .collect(),
+                    count: head.record_count,
+                    positions: r.has_positions().then(|| {
+                        (0..head.record_count as usize)
+                            .map(|i| r.position(i))
+                            .collect()
+                    }),
                 };
-                idempotency.remember(r.key, r.digest, r.records, piece, head.appended_ms, now);
+                idempotency.remember(r.key, r.digest, r.records, piece, head.appended_ms);
             }
-        })?;
+        });
+        if let Err(e) = scanned {
+            // The records read as they are; only the keys after the damage are not known.
+            tracing::error!(topic_partition = p.id(), error = %e, "idempotency keys not read back from this partition");
+        }
     }
+    idempotency.finish_rebuild(now);
     idempotency.rebuild_ms.store(
         started.elapsed().as_millis() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    Ok(idempotency)
+    idempotency
 }
 
 /// A topic's overrides of the server's defaults. Absent: the server default applies;
@@ -306,7 +311,7 @@ impl Topic {
             })?
         };
         let partitions: Vec<Arc<Partition>> = partitions.into_iter().map(Arc::new).collect();
-        let idempotency = rebuild_idempotency(&partitions, topic_config.idempotency_window_ms)?;
+        let idempotency = rebuild_idempotency(&partitions, topic_config.idempotency_window_ms);
         Ok(Topic {
             name: meta.name,
             config: topic_config,

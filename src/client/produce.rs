@@ -118,6 +118,8 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
                 .http
                 .post(&url)
                 .header("idempotency-key", &key)
+                // A hung connection counts as no answer: retried, with the same key.
+                .timeout(std::time::Duration::from_secs(60))
                 .json(&body);
             if attempt >= p.retries {
                 break api.call_as(req).await?;
@@ -126,10 +128,12 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
                 // A success, or an error a retry cannot cure (which `check` reports).
                 Ok(resp) if !retryable(resp.status()) => {
                     let resp = api.check(resp).await?;
-                    break serde_json::from_slice(&resp.bytes().await.unwrap_or_default())
-                        .map_err(|e| {
+                    // An answer cut off on the way is no answer: retried.
+                    if let Ok(bytes) = resp.bytes().await {
+                        break serde_json::from_slice(&bytes).map_err(|e| {
                             ClientError(format!("unexpected answer from the server: {e}"))
                         })?;
+                    }
                 }
                 _ => {}
             }

@@ -18,17 +18,22 @@ pub struct Server {
 impl Server {
     /// Starts a server on `data_dir` with extra `MAPQ_*` settings, and waits until it is ready.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        Self::spawn(data_dir, env, None)
+        Self::spawn(data_dir, env, None, "127.0.0.1:0")
+    }
+
+    /// Starts a server on a given address (a client started before it must find it there).
+    pub fn start_at(data_dir: &Path, listen: &str) -> Server {
+        Self::spawn(data_dir, &[], None, listen)
     }
 
     /// Starts a server with a configuration file.
     pub fn start_with_config(data_dir: &Path, config: &Path) -> Server {
-        Self::spawn(data_dir, &[], Some(config))
+        Self::spawn(data_dir, &[], Some(config), "127.0.0.1:0")
     }
 
-    fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>) -> Server {
+    fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>, listen: &str) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);

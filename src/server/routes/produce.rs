@@ -223,7 +223,8 @@ impl Request {
                 vec![Piece {
                     partition,
                     first_offset: a.first_offset,
-                    positions: (0..n).collect(),
+                    count: n,
+                    positions: None,
                 }],
                 now,
             );
@@ -290,17 +291,17 @@ impl Request {
             .map(|a| Piece {
                 partition: a.partition,
                 first_offset: a.first_offset,
-                positions: positions[&a.partition].clone(),
+                count: a.count as u32,
+                positions: spread.then(|| positions[&a.partition].clone()),
             })
             .collect();
         let all: Vec<Piece> = pending.stored().iter().chain(&new).cloned().collect();
         pending.complete(new, now);
-        Ok(Produced {
-            offsets: offsets_of(n, &all),
-            appends,
-            topic,
-            replayed: false,
-        })
+        // Every part, those stored before a crash too: a durable answer waits for all.
+        let mut done = replayed(topic, Vec::new(), &all);
+        done.offsets = offsets_of(n, &all);
+        done.replayed = false;
+        Ok(done)
     }
 }
 
@@ -359,11 +360,11 @@ fn offsets_of(n: u32, pieces: &[Piece]) -> Vec<RecordOffset> {
         n as usize
     ];
     for p in pieces {
-        for (i, &pos) in p.positions.iter().enumerate() {
+        for (pos, offset) in p.records() {
             if let Some(slot) = offsets.get_mut(pos as usize) {
                 *slot = RecordOffset {
                     partition: p.partition,
-                    offset: p.first_offset + i as u64,
+                    offset,
                 };
             }
         }
@@ -384,7 +385,7 @@ fn replayed(topic: Arc<Topic>, offsets: Vec<(u32, u64)>, pieces: &[Piece]) -> Pr
             .map(|p| PartitionAppend {
                 partition: p.partition,
                 first_offset: p.first_offset,
-                count: p.positions.len() as u64,
+                count: u64::from(p.count),
                 bytes: 0,
             })
             .collect(),
@@ -627,13 +628,19 @@ pub async fn produce(
     let Query(query) = query?;
     crate::broker::validate_name(&topic_name)?;
     let kind = content_kind(&headers)?;
-    let idempotency_key = match headers.get("idempotency-key") {
-        Some(v) => {
+    let mut keys = headers.get_all("idempotency-key").iter();
+    let idempotency_key = match (keys.next(), keys.next()) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "a request takes one Idempotency-Key header",
+            ))
+        }
+        (Some(v), None) => {
             let key = v.as_bytes();
             check_key(key).map_err(ApiError::bad_request)?;
             Some(key.to_vec())
         }
-        None => None,
+        _ => None,
     };
     let config = state.config();
     let max_request = config.max_request_bytes;
