@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Skip the consume phases.
     #[arg(long)]
     pub produce_only: bool,
+    /// Send an `Idempotency-Key` with every produce request (unique per request), to
+    /// measure what idempotent produce costs.
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// Run a consume probe every this many milliseconds: a plain consume request on a
     /// connection and a thread of its own, first for two seconds before the load (the idle
     /// baseline), then while the records are produced. Reports the probe's latency in both.
@@ -321,6 +325,7 @@ async fn produce(
         let args = args.clone();
         let bar = Arc::clone(&bar);
         let url_base = api.url(&format!("/v1/topics/{topic}/records"));
+        let key_prefix = format!("bench-{}-{topic}", std::process::id());
         tasks.push(tokio::spawn(async move {
             let mut hist = histogram();
             let mut records = 0u64;
@@ -343,12 +348,11 @@ async fn produce(
                 );
                 let t = Instant::now();
                 let sent = body.len();
-                let resp = http
-                    .post(&url)
-                    .header("content-type", content_type)
-                    .body(body)
-                    .send()
-                    .await?;
+                let mut req = http.post(&url).header("content-type", content_type);
+                if args.idempotency_keys {
+                    req = req.header("idempotency-key", format!("{key_prefix}-{b}"));
+                }
+                let resp = req.body(body).send().await?;
                 let status = resp.status();
                 let text = resp.bytes().await?;
                 if !status.is_success() {
