@@ -341,11 +341,17 @@ async fn produce(
                 } else {
                     bytes::Bytes::from(produce_body(&args, n as usize, b).0)
                 };
+                // Frames name their partition in the query; JSON records would carry it in the
+                // body: these go round-robin.
                 let partition = (b % u64::from(partitions)) as u32;
-                let url = format!(
-                    "{url_base}?partition={partition}&durability={}",
-                    args.durability
-                );
+                let url = if args.produce_format == "json" {
+                    format!("{url_base}?durability={}", args.durability)
+                } else {
+                    format!(
+                        "{url_base}?partition={partition}&durability={}",
+                        args.durability
+                    )
+                };
                 let t = Instant::now();
                 let sent = body.len();
                 let mut req = http.post(&url).header("content-type", content_type);
