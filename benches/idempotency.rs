@@ -121,9 +121,14 @@ fn main() {
     let keys = env_u64("MAPQ_BENCH_KEYS", 1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
 
-    // 1. Throughput with and without keys.
+    // 1. Throughput with and without keys (MAPQ_BENCH_REBUILD_ONLY=1 skips it).
     let server = Server::start(dir.path(), &[]);
-    for format in ["frames", "json"] {
+    let formats: &[&str] = if std::env::var_os("MAPQ_BENCH_REBUILD_ONLY").is_some() {
+        &[]
+    } else {
+        &["frames", "json"]
+    };
+    for &format in formats {
         let (mut plain, mut keyed) = (Vec::new(), Vec::new());
         for _ in 0..3 {
             plain.push(produce(&server, format, false, records));

@@ -27,6 +27,15 @@ fn rebuild_idempotency(partitions: &[Arc<Partition>], window_ms: u64) -> Idempot
     let idempotency = Idempotency::new(window_ms);
     let now = crate::log::now_ms();
     let since = idempotency.rebuild_since(now);
+    // Count first, then fill a table of the right size: growing it a million keys long
+    // touched twice the memory, which is most of the time on a fresh machine.
+    let mut heads = 0usize;
+    for p in partitions {
+        let _ = p.log().scan_batch_heads(since, |_, head| {
+            heads += usize::from(head.request.is_some());
+        });
+    }
+    idempotency.reserve(heads);
     for p in partitions {
         let scanned = p.log().scan_batch_heads(since, |first_offset, head| {
             if let Some(r) = head.request {
@@ -441,7 +450,7 @@ impl Topic {
     ) -> Result<Option<PartitionAppend>, BrokerError> {
         let p = self.partition(partition)?;
         match p.log().try_lock()? {
-            Some(guard) if guard.ready_for(frames.bytes().len()) => self
+            Some(guard) if guard.ready_for(frames.len()) => self
                 .append_frames_locked(p, guard, partition, frames)
                 .map(Some),
             _ => Ok(None),
@@ -461,7 +470,7 @@ impl Topic {
             partition,
             first_offset: appended.first_offset,
             count: appended.count,
-            bytes: frames.bytes().len() as u64,
+            bytes: frames.len() as u64,
         };
         p.appended(&a);
         Ok(a)

@@ -79,9 +79,9 @@ impl AppendGuard<'_> {
     /// Appends checked client-built frames without re-encoding them: assigns offsets, and
     /// the current time where a timestamp is 0.
     pub fn append_frames(&mut self, frames: ValidFrames<'_>) -> Result<Appended> {
-        let (count, bytes) = (frames.count(), frames.bytes());
-        self.append_with(bytes.len(), count, |w| {
-            w.append_frames(bytes, count, Some(now_ms()))
+        let count = frames.count();
+        self.append_with(frames.len(), count, |w| {
+            w.append_frame_parts(&[frames.head, frames.bytes], count, Some(now_ms()))
         })
     }
 
@@ -121,6 +121,9 @@ impl AppendGuard<'_> {
 /// second look.
 #[derive(Debug, Clone, Copy)]
 pub struct ValidFrames<'a> {
+    /// A frame the server built to go first (the client's first frame with a batch head),
+    /// or nothing.
+    head: &'a [u8],
     bytes: &'a [u8],
     count: u64,
 }
@@ -156,24 +159,35 @@ impl<'a> ValidFrames<'a> {
             count += 1;
         }
         Ok(ValidFrames {
+            head: &[],
             bytes: frames,
             count,
         })
     }
 
-    /// Frames the server built itself from checked ones: a client's frames with a batch
-    /// head added to the first (an idempotency key). `count` must be their number.
-    pub(crate) fn server_built(bytes: &'a [u8], count: u64) -> Self {
-        ValidFrames { bytes, count }
+    /// Checked client frames whose first one the server built again with a batch head (an
+    /// idempotency key): `head` goes first, then `rest`, the client's other frames as they
+    /// were checked; `count` frames in all.
+    pub(crate) fn with_head(head: &'a [u8], rest: &'a [u8], count: u64) -> Self {
+        ValidFrames {
+            head,
+            bytes: rest,
+            count,
+        }
+    }
+
+    /// Bytes of all the frames.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
     }
 
     /// How many frames.
     pub fn count(&self) -> u64 {
         self.count
-    }
-
-    pub fn bytes(&self) -> &'a [u8] {
-        self.bytes
     }
 }
 

@@ -365,13 +365,28 @@ impl SegmentWriter {
     /// offsets, and the server's time `now_ms` to frames whose timestamp is 0 (with `None`,
     /// timestamps stay as they are: a copy of stored frames), then publishes.
     pub fn append_frames(&mut self, frames: &[u8], count: u64, now_ms: Option<i64>) -> Result<u64> {
+        self.append_frame_parts(&[frames], count, now_ms)
+    }
+
+    /// [`SegmentWriter::append_frames`] of frames given in consecutive parts (a frame the
+    /// server built, then a client's): each is copied once, into the mapping.
+    pub fn append_frame_parts(
+        &mut self,
+        parts: &[&[u8]],
+        count: u64,
+        now_ms: Option<i64>,
+    ) -> Result<u64> {
         let start = self.state.position;
-        let end = start + frames.len();
+        let end = start + parts.iter().map(|p| p.len()).sum::<usize>();
         self.reserve(end)?;
         let first = self.state.next_offset;
         let files = open_files(&mut self.files, &self.seg)?;
         let buf = files.data.unpublished_mut(start..end);
-        buf.copy_from_slice(frames);
+        let mut filled = 0;
+        for part in parts {
+            buf[filled..filled + part.len()].copy_from_slice(part);
+            filled += part.len();
+        }
         let mut at = 0;
         let mut max_ts = self.state.max_timestamp_ms;
         for i in 0..count {

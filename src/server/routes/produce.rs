@@ -213,12 +213,9 @@ impl Request {
             let partition =
                 self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
             let head = request_head(key, digest, n, n, None, now);
-            let framed = frames_with_head(&self.body, head)?;
-            let a = broker.append_frames(
-                &topic,
-                partition,
-                ValidFrames::server_built(&framed, n.into()),
-            )?;
+            let (first, rest) = first_frame_with_head(&self.body, head)?;
+            let frames = ValidFrames::with_head(&first, &self.body[rest..], n.into());
+            let a = broker.append_frames(&topic, partition, frames)?;
             pending.complete(
                 vec![Piece {
                     partition,
@@ -292,7 +289,7 @@ impl Request {
                 partition: a.partition,
                 first_offset: a.first_offset,
                 count: a.count as u32,
-                positions: spread.then(|| positions[&a.partition].clone()),
+                positions: spread.then(|| positions[&a.partition].clone().into()),
             })
             .collect();
         let all: Vec<Piece> = pending.stored().iter().chain(&new).cloned().collect();
@@ -327,9 +324,9 @@ fn request_head<'a>(
     }
 }
 
-/// Client-built frames with a batch head added to the first: it is encoded again with the
-/// head, the others are copied as they are.
-fn frames_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<Vec<u8>> {
+/// The first of client-built frames encoded again with a batch head, and where the others
+/// start in the body (they are appended as they are, without a copy here).
+fn first_frame_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<(Vec<u8>, usize)> {
     let first = format::decode_frame(body)
         .map_err(|e| ApiError::bad_request(format!("invalid frame at byte 0: {e}")))?;
     let headers: Vec<format::Header<'_>> = first.headers().collect();
@@ -346,8 +343,7 @@ fn frames_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<Vec<u
         .ok_or_else(|| ApiError::too_large("the first frame with its batch head is over 4 GiB"))?;
     let mut framed = vec![0u8; len];
     format::encode_frame(&mut framed, first.offset, &record);
-    framed.extend_from_slice(&body[first.padded_len..]);
-    Ok(framed)
+    Ok((framed, first.padded_len))
 }
 
 /// The offsets of a request's `n` records, in request order, from where its parts lie.
