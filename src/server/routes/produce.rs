@@ -138,13 +138,7 @@ impl Request {
         let Some(topic) = topic(&mut records.iter().filter_map(|r| r.requested))? else {
             return Ok(None);
         };
-        let chosen = self.choose(
-            &topic,
-            &mut records.iter().map(|r| (r.requested, r.key.as_deref())),
-        )?;
-        for (r, p) in records.iter_mut().zip(chosen) {
-            r.partition = p;
-        }
+        self.assign_partitions(&topic, &mut records)?;
         let headers = record_headers(&records);
         let (by_partition, places) = batches(&records, &headers);
         let appends = match mode {
@@ -171,6 +165,18 @@ impl Request {
             topic,
             replayed: false,
         }))
+    }
+
+    /// Gives each record its partition (see [`Request::choose`]).
+    fn assign_partitions(&self, topic: &Topic, records: &mut [Owned<'_>]) -> ApiResult<()> {
+        let chosen = self.choose(
+            topic,
+            &mut records.iter().map(|r| (r.requested, r.key.as_deref())),
+        )?;
+        for (r, p) in records.iter_mut().zip(chosen) {
+            r.partition = p;
+        }
+        Ok(())
     }
 
     /// The digest of what decides the request's records: the body's type, the query's key
@@ -247,13 +253,7 @@ impl Request {
             }
             Claim::Append(pending) => pending,
         };
-        let chosen = self.choose(
-            &topic,
-            &mut records.iter().map(|r| (r.requested, r.key.as_deref())),
-        )?;
-        for (r, p) in records.iter_mut().zip(chosen) {
-            r.partition = p;
-        }
+        self.assign_partitions(&topic, &mut records)?;
         let headers = record_headers(&records);
         // The records not stored yet, by partition, with their request positions.
         let mut positions: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
