@@ -2,6 +2,7 @@
 //! consumer group offsets. It owns the partition logs and wakes waiting consumers after each
 //! append. Methods that touch files block: the HTTP layer calls them off the async workers.
 
+pub mod assignor;
 mod durable;
 pub mod error;
 pub mod groups;
