@@ -3,6 +3,7 @@
 //! append. Methods that touch files block: the HTTP layer calls them off the async workers.
 
 pub mod assignor;
+pub mod coordinator;
 mod durable;
 pub mod error;
 pub mod groups;
