@@ -122,7 +122,12 @@ pub async fn produce(args: &ClientArgs, p: &ProduceArgs) -> Result<()> {
                 .timeout(std::time::Duration::from_secs(60))
                 .json(&body);
             if attempt >= p.retries {
-                break api.call_as(req).await?;
+                break api.call_as(req).await.map_err(|e| {
+                    ClientError(format!(
+                        "{} (request {key} given up after {attempt} retries with its idempotency key; {sent} records sent before it)",
+                        e.0
+                    ))
+                })?;
             }
             match req.send().await {
                 // A success, or an error a retry cannot cure (which `check` reports).

@@ -17,7 +17,7 @@ pub enum TopicsCommand {
         #[arg(long)]
         partitions: Option<u32>,
         /// A topic setting, `key=value` (`retention_ms`, `retention_bytes`, `segment_bytes`,
-        /// `segment_ms`; `null` for no limit). Repeatable.
+        /// `segment_ms`, `idempotency_window_ms`; `null` for no limit). Repeatable.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
     },
@@ -65,12 +65,14 @@ fn describe(t: &TopicDescription) {
     let limit = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
     let c = &t.config;
     println!(
-        "config retention_bytes={} retention_ms={} segment_bytes={} segment_ms={}",
+        "config retention_bytes={} retention_ms={} segment_bytes={} segment_ms={} idempotency_window_ms={}",
         limit(c.retention_bytes),
         limit(c.retention_ms),
         c.segment_bytes,
-        limit(c.segment_ms)
+        limit(c.segment_ms),
+        c.idempotency_window_ms
     );
+    println!("idempotency keys remembered {}", t.idempotency_keys);
     let rows = t
         .partition_stats
         .iter()

@@ -352,6 +352,41 @@ impl RequestView<'_> {
     }
 }
 
+/// Why binary produce refuses a client's frame with a batch head ([`without_batch_heads`]
+/// makes such frames acceptable).
+pub const CLIENT_BATCH_HEAD: &str = "batch heads are written by the server, not sent by clients";
+
+/// A client's frames with their batch heads removed: each frame with a head is encoded
+/// again without it (its record kept, its CRC computed again), the others copied as they
+/// are. For frames copied from a binary consume of a topic whose batches have heads
+/// (idempotency keys, producer ids), which only the server writes. `None` if a frame does
+/// not decode.
+pub fn without_batch_heads(frames: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(frames.len());
+    let mut at = 0;
+    while at < frames.len() {
+        let f = decode_frame(&frames[at..]).ok()?;
+        if f.batch_range().is_some() {
+            let headers: Vec<Header<'_>> = f.headers().collect();
+            let record = Record {
+                key: f.key(),
+                value: f.value(),
+                headers: &headers,
+                timestamp_ms: f.timestamp_ms,
+                value_is_json: f.value_is_json(),
+                batch: None,
+            };
+            let start = out.len();
+            out.resize(start + record.padded_len()?, 0);
+            encode_frame(&mut out[start..], f.offset, &record);
+        } else {
+            out.extend_from_slice(f.bytes);
+        }
+        at += f.padded_len;
+    }
+    Some(out)
+}
+
 /// Decodes and checks a batch head block (exactly `block`).
 pub fn decode_batch_head(block: &[u8]) -> std::result::Result<BatchView<'_>, &'static str> {
     use batch_head as b;

@@ -144,9 +144,7 @@ impl<'a> ValidFrames<'a> {
                 // checks and writes itself.
                 return Err(LogError::InvalidFrame {
                     position: at,
-                    source: format::FrameError::BadBatchHead(
-                        "batch heads are written by the server, not sent by clients",
-                    ),
+                    source: format::FrameError::BadBatchHead(format::CLIENT_BATCH_HEAD),
                 });
             }
             let payload = (f.headers_range.end - format::frame::FIXED_SIZE) as u64;

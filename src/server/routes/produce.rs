@@ -18,7 +18,7 @@ use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffse
 use crate::broker::idempotency::{check_key, request_digest, Claim, Piece};
 use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
-use crate::log::{format, Record, ValidFrames};
+use crate::log::{format, LogError, Record, ValidFrames};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, record_target, AppState};
 
@@ -106,7 +106,8 @@ impl Request {
             if self.body.is_empty() {
                 return Err(ApiError::bad_request("the request holds no frames"));
             }
-            let frames = ValidFrames::check(&self.body, self.max_record)?;
+            let mut stripped = None;
+            let frames = check_client_frames(&self.body, self.max_record, &mut stripped)?;
             let Some(topic) = topic(&mut self.query.partition.into_iter())? else {
                 return Ok(None);
             };
@@ -206,7 +207,8 @@ impl Request {
             if self.body.is_empty() {
                 return Err(ApiError::bad_request("the request holds no frames"));
             }
-            let frames = ValidFrames::check(&self.body, self.max_record)?;
+            let mut stripped = None;
+            let frames = check_client_frames(&self.body, self.max_record, &mut stripped)?;
             let topic = broker.topic_for_produce(&self.topic, self.query.partition)?;
             let n = frames.count() as u32;
             let pending = match topic.idempotency().claim(key, digest, n, now)? {
@@ -219,8 +221,10 @@ impl Request {
             let partition =
                 self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
             let head = request_head(key, digest, n, n, None, now);
-            let (first, rest) = first_frame_with_head(&self.body, head)?;
-            let frames = ValidFrames::with_head(&first, &self.body[rest..], n.into());
+            // The frames as checked (their own batch heads removed, if they had any).
+            let body: &[u8] = stripped.as_deref().unwrap_or(&self.body);
+            let (first, rest) = first_frame_with_head(body, head)?;
+            let frames = ValidFrames::with_head(&first, &body[rest..], n.into());
             let a = broker.append_frames(&topic, partition, frames)?;
             pending.complete(
                 vec![Piece {
@@ -299,6 +303,27 @@ impl Request {
         done.offsets = offsets_of(n, &all);
         done.replayed = false;
         Ok(done)
+    }
+}
+
+/// Checks a client's frames. Frames copied from a binary consume of a topic whose batches
+/// have heads (idempotency keys, producer ids) carry those heads, which only the server
+/// writes: they are removed (the records kept, in `storage`), not refused.
+fn check_client_frames<'a>(
+    body: &'a [u8],
+    max_record: u64,
+    storage: &'a mut Option<Vec<u8>>,
+) -> ApiResult<ValidFrames<'a>> {
+    match ValidFrames::check(body, max_record) {
+        Err(LogError::InvalidFrame {
+            source: format::FrameError::BadBatchHead(why),
+            ..
+        }) if why == format::CLIENT_BATCH_HEAD => {
+            let plain = format::without_batch_heads(body)
+                .ok_or_else(|| ApiError::bad_request("the frames do not decode"))?;
+            Ok(ValidFrames::check(storage.insert(plain), max_record)?)
+        }
+        checked => Ok(checked?),
     }
 }
 
