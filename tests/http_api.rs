@@ -462,7 +462,10 @@ async fn null_values_and_null_headers_stay_null() {
         .unwrap();
     let copy = decode_frame(&stored).unwrap();
     assert_eq!(copy.value(), Some(&b"v"[..]));
-    assert!(copy.batch().is_none(), "the client's batch head is not stored");
+    assert!(
+        copy.batch().is_none(),
+        "the client's batch head is not stored"
+    );
     let second = decode_frame(&stored[copy.padded_len..]).unwrap();
     assert_eq!(second.value(), None, "the null value copied as it was");
 }
