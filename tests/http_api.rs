@@ -60,6 +60,19 @@ impl Api {
             .unwrap()
     }
 
+    /// A binary consume's frames.
+    async fn frames(&self, path: &str) -> bytes::Bytes {
+        self.http
+            .get(self.url(path))
+            .header("accept", "application/octet-stream")
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+    }
+
     async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
         self.http
             .post(self.url(path))
@@ -412,15 +425,8 @@ async fn null_values_and_null_headers_stay_null() {
 
     // The frames as stored: the null value's flag, the empty value's length.
     let bytes = api
-        .http
-        .get(api.url("/v1/topics/tombstones/partitions/0/records"))
-        .header("accept", "application/octet-stream")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .frames("/v1/topics/tombstones/partitions/0/records")
+        .await;
     let first = decode_frame(&bytes).unwrap();
     assert_eq!(first.value(), None);
     let gone: Vec<_> = first.headers().collect();
@@ -451,15 +457,8 @@ async fn null_values_and_null_headers_stay_null() {
     assert_eq!(r.status(), 200);
     assert_eq!(api.ends("tombstones").await, [5]);
     let stored = api
-        .http
-        .get(api.url("/v1/topics/tombstones/partitions/0/records?offset=3"))
-        .header("accept", "application/octet-stream")
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .frames("/v1/topics/tombstones/partitions/0/records?offset=3")
+        .await;
     let copy = decode_frame(&stored).unwrap();
     assert_eq!(copy.value(), Some(&b"v"[..]));
     assert!(

@@ -71,6 +71,23 @@ struct Produced {
     replayed: bool,
 }
 
+impl Produced {
+    /// An append to one partition (frames): its records' offsets in order.
+    fn one_partition(topic: Arc<Topic>, a: PartitionAppend) -> Self {
+        Produced {
+            offsets: (a.first_offset..a.end_offset())
+                .map(|offset| RecordOffset {
+                    partition: a.partition,
+                    offset,
+                })
+                .collect(),
+            appends: vec![a],
+            topic,
+            replayed: false,
+        }
+    }
+}
+
 impl Request {
     /// The partition of each record (asked for, else by key, else round-robin), or the
     /// ones an earlier attempt of this request chose.
@@ -117,14 +134,7 @@ impl Request {
                 Mode::Blocking => Some(broker.append_frames(&topic, partition, frames)?),
                 Mode::Now => broker.try_append_frames(&topic, partition, frames)?,
             };
-            return Ok(a.map(|a| Produced {
-                offsets: (a.first_offset..a.end_offset())
-                    .map(|offset| RecordOffset { partition, offset })
-                    .collect(),
-                appends: vec![a],
-                topic,
-                replayed: false,
-            }));
+            return Ok(a.map(|a| Produced::one_partition(topic, a)));
         }
         let mut records = decode(
             self.kind,
@@ -235,14 +245,7 @@ impl Request {
                 }],
                 now,
             );
-            return Ok(Produced {
-                offsets: (a.first_offset..a.end_offset())
-                    .map(|offset| RecordOffset { partition, offset })
-                    .collect(),
-                appends: vec![a],
-                topic,
-                replayed: false,
-            });
+            return Ok(Produced::one_partition(topic, a));
         }
         let mut records = decode(self.kind, &self.body, &self.query, now, self.max_record)?;
         if records.is_empty() {
