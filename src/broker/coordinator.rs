@@ -22,6 +22,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use super::assignor::{assign, MemberState, TopicPartition};
 
 /// A group's timing settings.
@@ -74,6 +76,29 @@ struct Member {
     last_seen_ms: i64,
 }
 
+/// What must survive a restart of the server, so that a `kill -9` moves no partition and
+/// fences no member: the members (topics, epochs) and who holds what, at which epoch, and
+/// what is being revoked. Everything else is derived: the target assignment (the assignor
+/// is deterministic and sticky), the partitions (from the topics), the members' last
+/// contact (a restart gives every member a new session). Lists, not maps keyed by
+/// partition, so that it serializes to JSON as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub group_epoch: u64,
+    pub members: Vec<SnapshotMember>,
+    /// `(topic, partition, member, epoch given at)`.
+    pub held: Vec<(String, u32, String, u64)>,
+    /// `(topic, partition, revoking since, ms since the Unix epoch)`.
+    pub revoking: Vec<(String, u32, i64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMember {
+    pub member: String,
+    pub topics: Vec<String>,
+    pub epoch: u64,
+}
+
 /// One group's membership and ownership.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Coordinator {
@@ -99,6 +124,75 @@ impl Coordinator {
 
     pub fn group_epoch(&self) -> u64 {
         self.group_epoch
+    }
+
+    /// The state to persist before answering a call that changed it.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            group_epoch: self.group_epoch,
+            members: self
+                .members
+                .iter()
+                .map(|(id, m)| SnapshotMember {
+                    member: id.clone(),
+                    topics: m.topics.iter().cloned().collect(),
+                    epoch: m.epoch,
+                })
+                .collect(),
+            held: self
+                .held
+                .iter()
+                .map(|((t, p), (m, e))| (t.clone(), *p, m.clone(), *e))
+                .collect(),
+            revoking: self
+                .revoking_since
+                .iter()
+                .map(|((t, p), since)| (t.clone(), *p, *since))
+                .collect(),
+        }
+    }
+
+    /// The coordinator a snapshot was taken of, with `partitions` (those of the subscribed
+    /// topics now) and every member's session starting at `now_ms`.
+    pub fn restore(
+        timeouts: GroupTimeouts,
+        s: &Snapshot,
+        partitions: BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) -> Self {
+        let mut c = Coordinator::new(timeouts);
+        c.members = s
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member.clone(),
+                    Member {
+                        topics: m.topics.iter().cloned().collect(),
+                        epoch: m.epoch,
+                        last_seen_ms: now_ms,
+                    },
+                )
+            })
+            .collect();
+        c.held = s
+            .held
+            .iter()
+            .filter(|(_, _, m, _)| c.members.contains_key(m))
+            .map(|(t, p, m, e)| ((t.clone(), *p), (m.clone(), *e)))
+            .collect();
+        c.revoking_since = s
+            .revoking
+            .iter()
+            .filter(|(t, p, _)| c.held.contains_key(&(t.clone(), *p)))
+            // The rebalance timeout starts again too: the holder could not answer meanwhile.
+            .map(|(t, p, _)| ((t.clone(), *p), now_ms))
+            .collect();
+        c.partitions = partitions;
+        c.held.retain(|tp, _| c.partitions.contains(tp));
+        c.reassign();
+        c.group_epoch = c.group_epoch.max(s.group_epoch);
+        c
     }
 
     pub fn members(&self) -> impl Iterator<Item = &str> {
@@ -430,6 +524,42 @@ mod tests {
         let mut a2 = Client::default();
         a2.beat(&mut c, "a", 301).unwrap();
         assert_eq!(a2.owned.len(), 2);
+    }
+
+    /// A restart between any two calls changes nothing a member sees: the restored
+    /// coordinator answers as the one it was taken from (a `kill -9` moves no partition and
+    /// fences nobody), and its snapshot survives JSON.
+    #[test]
+    fn a_restored_coordinator_answers_as_before() {
+        let mut c = Coordinator::new(GroupTimeouts::default());
+        c.set_partitions(parts(6));
+        let mut clients: BTreeMap<&str, Client> = BTreeMap::new();
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            let mut cl = Client::default();
+            cl.beat(&mut c, id, i as i64).unwrap();
+            clients.insert(id, cl);
+        }
+        // Mid-rebalance: a and b have been asked to revoke some partitions for c.
+        let json = serde_json::to_string(&c.snapshot()).unwrap();
+        let snap: Snapshot = serde_json::from_str(&json).unwrap();
+        let mut restored = Coordinator::restore(GroupTimeouts::default(), &snap, parts(6), 1_000);
+        for t in [10, 11, 12, 13, 14, 15] {
+            for (id, cl) in clients.iter_mut() {
+                let before = c.heartbeat(id, cl.epoch, topics(), &cl.owned, t).unwrap();
+                let after = restored
+                    .heartbeat(id, cl.epoch, topics(), &cl.owned, 1_000 + t)
+                    .unwrap();
+                assert_eq!(before.assignment, after.assignment, "{id} at {t}");
+                assert_eq!(before.revoke, after.revoke, "{id} at {t}");
+                cl.epoch = after.member_epoch;
+                cl.owned = after.assignment.keys().cloned().collect();
+            }
+        }
+        let sizes: Vec<usize> = clients
+            .keys()
+            .map(|id| restored.held_by(id).len())
+            .collect();
+        assert_eq!(sizes, [2, 2, 2]);
     }
 
     #[derive(Debug, Clone)]

@@ -126,6 +126,8 @@ pub struct Pending<'a> {
     key: Vec<u8>,
     digest: [u8; 16],
     stored: Vec<Piece>,
+    /// The request positions `stored` covers.
+    stored_positions: std::collections::BTreeSet<u32>,
     done: bool,
 }
 
@@ -145,9 +147,7 @@ impl Pending<'_> {
 
     /// Whether the request position `i` is stored already.
     pub fn is_stored(&self, i: u32) -> bool {
-        self.stored
-            .iter()
-            .any(|p| p.records().any(|(pos, _)| pos == i))
+        self.stored_positions.contains(&i)
     }
 
     /// Records where the rest of the request went: the key is remembered, complete.
@@ -299,6 +299,10 @@ impl Idempotency {
                 index: self,
                 key: key.to_vec(),
                 digest,
+                stored_positions: stored
+                    .iter()
+                    .flat_map(|p| p.records().map(|(pos, _)| pos))
+                    .collect(),
                 stored,
                 done: false,
             })
