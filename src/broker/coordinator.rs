@@ -126,6 +126,11 @@ impl Coordinator {
         self.group_epoch
     }
 
+    /// New session and rebalance timeouts (the group's settings changed).
+    pub fn set_timeouts(&mut self, timeouts: GroupTimeouts) {
+        self.timeouts = timeouts;
+    }
+
     /// The state to persist before answering a call that changed it.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

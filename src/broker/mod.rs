@@ -8,6 +8,7 @@ mod durable;
 pub mod error;
 pub mod groups;
 pub mod idempotency;
+pub mod members;
 mod partition;
 pub mod partitioner;
 mod stats;
