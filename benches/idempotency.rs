@@ -16,7 +16,7 @@
 mod server;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use mapq::log::format::{BatchHead, Record, RequestTag};
@@ -32,33 +32,23 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 /// Records per second of one `mapq bench --produce-only` run.
 fn produce(server: &Server, format: &str, keys: bool, records: u64) -> f64 {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
-    cmd.args(["bench", "--server", &server.base, "--produce-only"])
-        .args([
-            "--batch",
-            "100",
-            "--record-bytes",
-            "1024",
-            "--connections",
-            "4",
-        ])
-        .args(["--records", &records.to_string()])
-        .args(["--produce-format", format])
-        .stderr(Stdio::null());
+    let records = records.to_string();
+    let mut args = vec![
+        "--batch",
+        "100",
+        "--record-bytes",
+        "1024",
+        "--connections",
+        "4",
+        "--records",
+        &records,
+        "--produce-format",
+        format,
+    ];
     if keys {
-        cmd.arg("--idempotency-keys");
+        args.push("--idempotency-keys");
     }
-    let out = cmd.output().expect("run mapq bench");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mapq bench failed: {text}");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("RESULT produce"))
-        .unwrap_or_else(|| panic!("no RESULT line from mapq bench:\n{text}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("records_per_s="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no records_per_s in: {line}"))
+    server::produce_figures(server, &args)["records_per_s"]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -219,34 +219,34 @@ impl Drop for Redis {
 /// `mapq bench --produce-only` of `records` 1 KiB records in batches of 1,000 over
 /// `connections` (one partition each).
 fn big_batches(server: &Server, connections: u32, records: u64) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["bench", "--server", &server.base, "--produce-only"])
-        .args(["--batch", "1000", "--record-bytes", "1024"])
-        .args(["--connections", &connections.to_string()])
-        .args(["--records", &records.to_string()])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run mapq bench");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "mapq bench failed: {text}");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("RESULT produce"))
-        .unwrap_or_else(|| panic!("no RESULT line from mapq bench:\n{text}"));
-    let number = |v: &str| -> f64 {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{v:?} is not a number in: {line}"))
+    let (connections, records) = (connections.to_string(), records.to_string());
+    let figures = server::produce_figures(
+        server,
+        &[
+            "--batch",
+            "1000",
+            "--record-bytes",
+            "1024",
+            "--connections",
+            &connections,
+            "--records",
+            &records,
+        ],
+    );
+    let figure = |name: &str| {
+        *figures
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} from mapq bench: {figures:?}"))
     };
-    let mut run = Run::default();
-    for w in line.split_whitespace() {
-        match w.split_once('=') {
-            Some(("mb_per_s", v)) => run.per_s = number(v) * 1e6,
-            Some(("p50_us", v)) => run.p50_us = number(v),
-            Some(("p99_us", v)) => run.p99_us = number(v),
-            _ => {}
-        }
-    }
-    assert!(run.per_s > 0.0, "no mb_per_s in: {line}");
+    let run = Run {
+        per_s: figure("mb_per_s") * 1e6,
+        p50_us: figure("p50_us"),
+        p99_us: figure("p99_us"),
+    };
+    assert!(
+        run.per_s > 0.0,
+        "no throughput from mapq bench: {figures:?}"
+    );
     run
 }
 

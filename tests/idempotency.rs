@@ -56,6 +56,25 @@ async fn ends(http: &Client, base: &str, topic: &str) -> Vec<u64> {
         .collect()
 }
 
+/// A server on a fresh data directory with topic `name` of `partitions`, a client, and the
+/// server's base URL.
+async fn server_with_topic(
+    name: &str,
+    partitions: u32,
+) -> (tempfile::TempDir, Server, Client, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let base = server.base.clone();
+    create_topic(
+        &http,
+        &base,
+        json!({"name": name, "partitions": partitions}),
+    )
+    .await;
+    (dir, server, http, base)
+}
+
 fn replayed(r: &Response) -> bool {
     r.headers()
         .get("idempotent-replayed")
@@ -96,11 +115,7 @@ async fn append_then_replay(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_answered_with_the_original_offsets_for_every_body_type() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let http = Client::new();
-    let base = server.base.clone();
-    create_topic(&http, &base, json!({"name": "orders", "partitions": 3})).await;
+    let (_dir, _server, http, base) = server_with_topic("orders", 3).await;
     let records = "/v1/topics/orders/records";
 
     // JSON spread over partitions, in both durability modes.
@@ -264,11 +279,7 @@ async fn a_retry_is_answered_with_the_original_offsets_for_every_body_type() {
 /// part away while the server is down) appends only the missing part on retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_survive_kill_9_and_a_cut_request_appends_only_what_is_missing() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let http = Client::new();
-    let base = server.base.clone();
-    create_topic(&http, &base, json!({"name": "pay", "partitions": 2})).await;
+    let (dir, server, http, base) = server_with_topic("pay", 2).await;
     let path = "/v1/topics/pay/records";
     let body = |n: u64| {
         json!({"records": (0..n).map(|i| json!({"value": {"i": i}, "partition": i % 2})).collect::<Vec<_>>()})

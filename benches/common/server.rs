@@ -61,3 +61,30 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `mapq bench --produce-only` against `server` with `args`, and returns the figures of
+/// its `RESULT produce...` line by name (`records_per_s`, `mb_per_s`, `p50_us`, ...). A run
+/// that fails, or a figure that does not parse, stops the benchmark with the output.
+pub fn produce_figures(server: &Server, args: &[&str]) -> std::collections::BTreeMap<String, f64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["bench", "--server", &server.base, "--produce-only"])
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run mapq bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mapq bench failed: {text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("RESULT produce"))
+        .unwrap_or_else(|| panic!("no RESULT line from mapq bench:\n{text}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| {
+            let v = v
+                .parse()
+                .unwrap_or_else(|_| panic!("{v:?} is not a number in: {line}"));
+            (k.to_owned(), v)
+        })
+        .collect()
+}

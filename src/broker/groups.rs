@@ -12,6 +12,39 @@ use super::error::BrokerError;
 use super::topic::write_durably;
 use super::validate_name;
 
+/// Every `<group>.json` file in `dir` (created if missing), parsed: a directory of one
+/// small file per group, written with `write_durably`. Leftover `.tmp` files of an
+/// interrupted write are removed; any other file is reported (as found among `what`) and
+/// left alone. A file that does not parse is an error naming it.
+pub(super) fn read_group_files<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    what: &str,
+) -> Result<Vec<(String, T)>, BrokerError> {
+    fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
+        let path = entry.map_err(|e| BrokerError::io(dir, e))?.path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".json"))
+            .filter(|n| validate_name(n).is_ok())
+        else {
+            if path.extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_file(&path);
+            } else {
+                tracing::warn!(path = %path.display(), "unexpected file among {what}; left alone");
+            }
+            continue;
+        };
+        let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
+        let file = serde_json::from_slice(&bytes)
+            .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+        files.push((name.to_owned(), file));
+    }
+    Ok(files)
+}
+
 /// Committed offsets of one group, by topic and partition.
 pub type GroupOffsets = BTreeMap<(String, u32), u64>;
 
@@ -41,33 +74,14 @@ pub struct Groups {
 impl Groups {
     /// Loads every group file in `dir` (created if missing).
     pub fn open(dir: &Path) -> Result<Self, BrokerError> {
-        fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
         let mut groups = HashMap::new();
-        for entry in fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
-            let entry = entry.map_err(|e| BrokerError::io(dir, e))?;
-            let path = entry.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|n| validate_name(n).is_ok())
-            else {
-                if path.extension().is_some_and(|e| e == "tmp") {
-                    let _ = fs::remove_file(&path);
-                } else {
-                    tracing::warn!(path = %path.display(), "unexpected file among group offsets; left alone");
-                }
-                continue;
-            };
-            let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
-            let file: GroupFile = serde_json::from_slice(&bytes)
-                .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+        for (name, file) in read_group_files::<GroupFile>(dir, "group offsets")? {
             let offsets = file
                 .offsets
                 .into_iter()
                 .map(|e| ((e.topic, e.partition), e.offset))
                 .collect();
-            groups.insert(name.to_owned(), Arc::new(Mutex::new(offsets)));
+            groups.insert(name, Arc::new(Mutex::new(offsets)));
         }
         Ok(Groups {
             dir: dir.to_owned(),

@@ -6,7 +6,6 @@
 //! Not yet behind the HTTP API (issue 17's routes, long-polls and fetches come next).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -15,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::assignor::TopicPartition;
 use super::coordinator::{Coordinator, CoordinatorError, GroupTimeouts, Heartbeat, Snapshot};
 use super::error::BrokerError;
+use super::groups::read_group_files;
 use super::topic::write_durably;
 use super::validate_name;
 
@@ -86,26 +86,8 @@ impl MemberGroups {
         partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
         now_ms: i64,
     ) -> Result<Self, BrokerError> {
-        fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
         let mut groups = BTreeMap::new();
-        for entry in fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
-            let path = entry.map_err(|e| BrokerError::io(dir, e))?.path();
-            let Some(name) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .filter(|n| validate_name(n).is_ok())
-            else {
-                if path.extension().is_some_and(|e| e == "tmp") {
-                    let _ = fs::remove_file(&path);
-                } else {
-                    tracing::warn!(path = %path.display(), "unexpected file among group members; left alone");
-                }
-                continue;
-            };
-            let bytes = fs::read(&path).map_err(|e| BrokerError::io(&path, e))?;
-            let file: GroupFile = serde_json::from_slice(&bytes)
-                .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", path.display())))?;
+        for (name, file) in read_group_files::<GroupFile>(dir, "group members")? {
             let topics: BTreeSet<String> = file
                 .state
                 .members
@@ -119,7 +101,7 @@ impl MemberGroups {
                 now_ms,
             );
             groups.insert(
-                name.to_owned(),
+                name,
                 Group {
                     settings: file.settings,
                     written: coordinator.snapshot(),

@@ -368,14 +368,7 @@ pub fn without_batch_heads(frames: &[u8]) -> Option<Vec<u8>> {
         let f = decode_frame(&frames[at..]).ok()?;
         if f.batch_range().is_some() {
             let headers: Vec<Header<'_>> = f.headers().collect();
-            let record = Record {
-                key: f.key(),
-                value: f.value(),
-                headers: &headers,
-                timestamp_ms: f.timestamp_ms,
-                value_is_json: f.value_is_json(),
-                batch: None,
-            };
+            let record = f.record(&headers);
             let start = out.len();
             out.resize(start + record.padded_len()?, 0);
             encode_frame(&mut out[start..], f.offset, &record);
@@ -684,6 +677,22 @@ impl<'a> FrameView<'a> {
     pub fn batch_range(&self) -> Option<Range<usize>> {
         (self.attributes & attributes::BATCH_HEAD != 0)
             .then(|| self.headers_range.end..get_u32(self.bytes, frame::LENGTH) as usize)
+    }
+
+    /// The record this frame holds, to encode again (without a batch head: set `batch` to
+    /// give it one); `headers` are its [`FrameView::headers`], collected by the caller.
+    pub fn record<'h>(&self, headers: &'h [Header<'a>]) -> Record<'h>
+    where
+        'a: 'h,
+    {
+        Record {
+            key: self.key(),
+            value: self.value(),
+            headers,
+            timestamp_ms: self.timestamp_ms,
+            value_is_json: self.value_is_json(),
+            batch: None,
+        }
     }
 
     /// The batch head, on the first record of a batch that has one.

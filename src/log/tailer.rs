@@ -456,21 +456,24 @@ impl Tailer {
         }
     }
 
-    /// Waits until the visible end moves past `end`, the segment is sealed, or a while has
-    /// passed.
     /// Whether the owner asked this follower to stop ([`TailOptions::stop`]).
     fn stopped(&self) -> bool {
         self.opts.stop.is_some_and(|s| s.load(Ordering::Relaxed))
     }
 
+    /// Whether anything a waiting tailer waits for happened since it saw `end`: the visible
+    /// end moved, the segment was sealed, deleted or truncated, or its owner asked it to stop.
+    fn changed_since(&self, end: usize) -> bool {
+        self.visible_end() != end
+            || self.m.is_sealed()
+            || self.m.is_deleted()
+            || self.m.truncated_to().is_some()
+            || self.stopped()
+    }
+
+    /// Waits until something changed (see [`Tailer::changed_since`]), or a while has passed.
     fn wait(&self, end: usize) -> Result<()> {
-        let changed = || {
-            self.visible_end() != end
-                || self.m.is_sealed()
-                || self.m.is_deleted()
-                || self.m.truncated_to().is_some()
-                || self.stopped()
-        };
+        let changed = || self.changed_since(end);
         match self.opts.wait {
             WaitMode::Spin => {
                 let started = Instant::now();
@@ -501,13 +504,7 @@ impl Tailer {
 
     /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md).
     fn block(&self, end: usize) {
-        let changed = || {
-            self.visible_end() != end
-                || self.m.is_sealed()
-                || self.m.is_deleted()
-                || self.m.truncated_to().is_some()
-                || self.stopped()
-        };
+        let changed = || self.changed_since(end);
         match &self.waiter {
             Some(rw) => {
                 let seq = rw.atomic_u32(sh::WAKE_SEQ);

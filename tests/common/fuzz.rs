@@ -34,12 +34,8 @@ pub fn frame_decoding(data: &[u8]) {
             assert_eq!(head.is_some(), f.batch_range().is_some(), "batch head");
             let positions = head.and_then(|h| h.positions());
             let record = Record {
-                key: f.key(),
-                value: f.value(),
-                headers: &headers,
-                timestamp_ms: f.timestamp_ms,
-                value_is_json: f.value_is_json(),
                 batch: head.map(|h| h.to_head(positions.as_deref())),
+                ..f.record(&headers)
             };
             assert_eq!(record.padded_len(), Some(f.padded_len), "frame length");
             let mut encoded = vec![0u8; f.padded_len];

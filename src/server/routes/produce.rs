@@ -359,12 +359,8 @@ fn first_frame_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<
         .map_err(|e| ApiError::bad_request(format!("invalid frame at byte 0: {e}")))?;
     let headers: Vec<format::Header<'_>> = first.headers().collect();
     let record = Record {
-        key: first.key(),
-        value: first.value(),
-        headers: &headers,
-        timestamp_ms: first.timestamp_ms,
-        value_is_json: first.value_is_json(),
         batch: Some(head),
+        ..first.record(&headers)
     };
     let len = record
         .padded_len()
