@@ -137,6 +137,19 @@ fn bad_segments_stop_every_reader_with_the_file_and_position() {
                 text.contains(segment),
                 "{what}: {reader} does not name the file: {text}"
             );
+            // A damaged frame is named by where it starts.
+            let frame = match *what {
+                "unknown attribute bit" => Some(3),
+                "null value with the JSON bit" => Some(2),
+                _ => None,
+            };
+            if let Some(n) = frame {
+                let at = format!("byte {}", frame_at(&original, n));
+                assert!(
+                    text.contains(&at),
+                    "{what}: {reader} does not say {at:?}: {text}"
+                );
+            }
             for m in *mentions {
                 assert!(
                     text.contains(m),

@@ -407,9 +407,12 @@ async fn retrying_producers_store_every_record_once_across_kill_9() {
     .await;
     let base = Arc::new(Mutex::new(server.base.clone()));
     let retries = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Retries answered from the log: requests a kill cut after they were stored.
+    let replays = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for p in 0..producers {
         let (http, base, retries) = (http.clone(), Arc::clone(&base), Arc::clone(&retries));
+        let replays = Arc::clone(&replays);
         tasks.push(tokio::spawn(async move {
             let durability = if p % 2 == 0 { "fsync" } else { "memory" };
             let mut answers: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
@@ -442,7 +445,12 @@ async fn retrying_producers_store_every_record_once_across_kill_9() {
                         .send()
                         .await;
                     match sent {
-                        Ok(r) if r.status() == 200 => break r.json::<Value>().await.unwrap(),
+                        Ok(r) if r.status() == 200 => {
+                            if replayed(&r) {
+                                replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            break r.json::<Value>().await.unwrap();
+                        }
                         Ok(r) => assert!(
                             [409, 503].contains(&r.status().as_u16()),
                             "unexpected {}",
@@ -529,9 +537,10 @@ async fn retrying_producers_store_every_record_once_across_kill_9() {
         "the producers finished before the first kill: nothing was tested"
     );
     println!(
-        "{} records exactly once over {kills} kill -9 cycles; {} retries; checked in {:?}",
+        "{} records exactly once over {kills} kill -9 cycles; {} retries, {} answered from the log; checked in {:?}",
         stored.len(),
         retries.load(std::sync::atomic::Ordering::Relaxed),
+        replays.load(std::sync::atomic::Ordering::Relaxed),
         started.elapsed()
     );
 }
@@ -544,11 +553,10 @@ async fn mapq_produce_retries_until_the_server_answers() {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // The port is held while the client starts: its first attempt connects and is dropped
+    // (a connection that gets no answer), and only then does the server take the port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let mut produce = Command::new(env!("CARGO_BIN_EXE_mapq"))
         .args(["produce", "later", "--batch", "4", "--server", &base])
@@ -565,7 +573,22 @@ async fn mapq_produce_retries_until_the_server_answers() {
         .unwrap()
         .write_all(input.as_bytes())
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    listener.set_nonblocking(true).unwrap();
+    let first_attempt = tokio::task::spawn_blocking(move || {
+        for _ in 0..300 {
+            match listener.accept() {
+                Ok((conn, _)) => return conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+        panic!("mapq produce did not connect within 30 s");
+    })
+    .await
+    .unwrap();
+    drop(first_attempt);
     let server = Server::start_at(dir.path(), &format!("127.0.0.1:{port}"));
     // Bounded: ten retries at most, a few seconds apart.
     let out = tokio::task::spawn_blocking(move || produce.wait_with_output().unwrap())

@@ -61,7 +61,8 @@ pub fn assign(members: &[MemberState], partitions: &BTreeSet<TopicPartition>) ->
         let least = target
             .iter()
             .filter(|(m, _)| eligible(m, tp))
-            .min_by_key(|(m, owned)| (owned.len(), m.to_string()))
+            // The fewest; among equals the first, the lowest id (the map is in id order).
+            .min_by_key(|(_, owned)| owned.len())
             .map(|(m, _)| m.clone());
         if let Some(m) = least {
             target
@@ -81,7 +82,7 @@ pub fn assign(members: &[MemberState], partitions: &BTreeSet<TopicPartition>) ->
                 let to = target
                     .iter()
                     .filter(|(m, o)| *m != from && eligible(m, tp) && o.len() + 1 < owned.len())
-                    .min_by_key(|(m, o)| (o.len(), m.to_string()));
+                    .min_by_key(|(_, o)| o.len());
                 if let Some((to, o)) = to {
                     let gap = owned.len() - o.len();
                     if best.as_ref().is_none_or(|(g, ..)| gap > *g) {

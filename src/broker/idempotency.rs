@@ -124,7 +124,6 @@ pub enum Claim<'a> {
 pub struct Pending<'a> {
     index: &'a Idempotency,
     key: Vec<u8>,
-    digest: [u8; 16],
     stored: Vec<Piece>,
     /// The request positions `stored` covers.
     stored_positions: std::collections::BTreeSet<u32>,
@@ -132,14 +131,6 @@ pub struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    pub fn key(&self) -> &[u8] {
-        &self.key
-    }
-
-    pub fn digest(&self) -> [u8; 16] {
-        self.digest
-    }
-
     /// The parts already stored (after a crash cut the request in the middle).
     pub fn stored(&self) -> &[Piece] {
         &self.stored
@@ -247,17 +238,26 @@ impl Idempotency {
         }
     }
 
-    pub fn window_ms(&self) -> u64 {
-        self.window_ms
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keys remembered now (within the window, or being appended).
+    /// (Counting walks the keys under the lock the produce path takes: it runs at most once
+    /// a second, with the purge of expired keys; in between the count is the table's size.)
     pub fn len(&self) -> usize {
-        self.len_at(crate::log::now_ms())
+        let now = crate::log::now_ms();
+        let mut entries = self.lock();
+        self.purge_if_due(&mut entries, now);
+        entries.len()
+    }
+
+    /// Forgets expired keys, at most once a second.
+    fn purge_if_due(&self, entries: &mut Keys, now_ms: i64) {
+        if now_ms.saturating_sub(self.last_purge_ms.load(Ordering::Relaxed)) > 1000 {
+            self.last_purge_ms.store(now_ms, Ordering::Relaxed);
+            entries.retain(|_, e| !self.expired(e, now_ms));
+        }
     }
 
     /// Keys remembered at `now_ms`.
@@ -285,10 +285,7 @@ impl Idempotency {
         now_ms: i64,
     ) -> Result<Claim<'_>, BrokerError> {
         let mut entries = self.lock();
-        if now_ms.saturating_sub(self.last_purge_ms.load(Ordering::Relaxed)) > 1000 {
-            self.last_purge_ms.store(now_ms, Ordering::Relaxed);
-            entries.retain(|_, e| !self.expired(e, now_ms));
-        }
+        self.purge_if_due(&mut entries, now_ms);
         if let Some(e) = entries.get(key) {
             if self.expired(e, now_ms) {
                 entries.remove(key);
@@ -298,7 +295,6 @@ impl Idempotency {
             Claim::Append(Pending {
                 index: self,
                 key: key.to_vec(),
-                digest,
                 stored_positions: stored
                     .iter()
                     .flat_map(|p| p.records().map(|(pos, _)| pos))
@@ -330,16 +326,8 @@ impl Idempotency {
         }
         if e.complete() {
             self.replays.fetch_add(1, Ordering::Relaxed);
-            let mut offsets = vec![(0, 0); records as usize];
-            for p in &e.pieces {
-                for (pos, offset) in p.records() {
-                    if let Some(slot) = offsets.get_mut(pos as usize) {
-                        *slot = (p.partition, offset);
-                    }
-                }
-            }
             return Ok(Claim::Replay {
-                offsets,
+                offsets: offsets_of(records, &e.pieces),
                 pieces: e.pieces.clone(),
             });
         }
@@ -357,6 +345,12 @@ impl Idempotency {
     /// part), and a key lives a window after its newest part.
     pub fn rebuild_since(&self, now_ms: i64) -> i64 {
         now_ms.saturating_sub(window(self.window_ms).saturating_mul(2))
+    }
+
+    /// Ends a rebuild: keys whose newest part was appended before the window are forgotten,
+    /// whole (a key's older parts, from before a crash, count by its newest).
+    pub fn finish_rebuild(&self, now_ms: i64) {
+        self.lock().retain(|_, e| !self.expired(e, now_ms));
     }
 
     /// Remembers a part of a request found in the log (when the topic opens). Parts whose
@@ -396,12 +390,18 @@ impl Idempotency {
     }
 }
 
-impl Idempotency {
-    /// Ends a rebuild: keys whose newest part was appended before the window are forgotten,
-    /// whole (a key's older parts, from before a crash, count by its newest).
-    pub fn finish_rebuild(&self, now_ms: i64) {
-        self.lock().retain(|_, e| !self.expired(e, now_ms));
+/// Where each of a request's `records` records lies, `(partition, offset)` in request order,
+/// from the parts it was stored in.
+pub fn offsets_of(records: u32, pieces: &[Piece]) -> Vec<(u32, u64)> {
+    let mut offsets = vec![(0, 0); records as usize];
+    for p in pieces {
+        for (pos, offset) in p.records() {
+            if let Some(slot) = offsets.get_mut(pos as usize) {
+                *slot = (p.partition, offset);
+            }
+        }
     }
+    offsets
 }
 
 /// A window in milliseconds as a signed span (settings are checked to fit).

@@ -83,7 +83,6 @@ impl Broker {
             for p in t.partitions() {
                 let log = p.log();
                 let st = log.stats();
-                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
                 stats.open_segments += log.open_segment_count() as u64;
                 let (records_appended, bytes_appended) = p.appended_totals();
                 stats.partitions.push(PartitionStats {

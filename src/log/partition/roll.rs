@@ -96,12 +96,12 @@ impl RollState {
         Ok(())
     }
 
-    /// Takes the spare if it can hold `capacity` bytes.
     /// A fresh name for a segment made under a temporary name (a spare, a truncation's copy).
     pub(super) fn spare_name(&self) -> String {
         format!("spare-{}", self.next_spare.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Takes the spare if it can hold `capacity` bytes.
     pub(super) fn take_spare(&self, capacity: usize) -> Option<(Segment, String)> {
         let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
         match &*slot {

@@ -327,17 +327,17 @@ impl Segment {
         }
     }
 
+    /// Whether [`Segment::enable_read_ahead`] has run (its madvise is file work).
+    pub(super) fn read_ahead_enabled(&self) -> bool {
+        self.read_ahead.load(Ordering::Relaxed)
+    }
+
     /// Lets the kernel read ahead around faults in this segment's data, once it holds
     /// [`READ_AHEAD_AFTER_BYTES`]. Until then faults map single pages: around a fault in a
     /// hole, read-ahead zeroes a whole window nobody asked for, which made creating and
     /// opening idle partitions slow (measured); past it, read-ahead's large pages make a busy
     /// writer's faults several times cheaper (also measured), and readers mostly read in
     /// order.
-    /// Whether [`Segment::enable_read_ahead`] has run (its madvise is file work).
-    pub(super) fn read_ahead_enabled(&self) -> bool {
-        self.read_ahead.load(Ordering::Relaxed)
-    }
-
     pub(super) fn enable_read_ahead(&self) {
         if !self.read_ahead.swap(true, Ordering::Relaxed) {
             if let Some(m) = self.mapping_if_open() {

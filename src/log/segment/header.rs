@@ -21,9 +21,10 @@ pub struct SegmentHeader {
     pub capacity_bytes: u64,
     pub created_ms: i64,
     pub index_interval_bytes: u32,
-    /// The partition is replicated: a new file starts with a replicated end of
-    /// [`DATA_START`] (nothing replicated yet) instead of 0 (not replicated). Not a static
-    /// field: read back from the `replicated_end` word.
+    /// For a file being created: the partition is replicated, so the file starts with a
+    /// replicated end of [`DATA_START`] (nothing replicated yet) instead of 0 (not
+    /// replicated). Not stored in the static header: a decoded header says `false`; read
+    /// the `replicated_end` word ([`super::Mapped::replicated_end`]) to know.
     pub replicated: bool,
 }
 
@@ -70,7 +71,7 @@ impl SegmentHeader {
             capacity_bytes: get_u64(h, sh::CAPACITY_BYTES),
             created_ms: get_u64(h, sh::CREATED_MS) as i64,
             index_interval_bytes: get_u32(h, sh::INDEX_INTERVAL_BYTES),
-            replicated: h.len() >= sh::REPLICATED_END + 8 && get_u64(h, sh::REPLICATED_END) != 0,
+            replicated: false,
         };
         if header.capacity_bytes != file_len || file_len < DATA_START as u64 {
             return Err(bad("capacity does not match the file length"));

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
-use crate::broker::idempotency::{check_key, request_digest, Claim, Piece};
+use crate::broker::idempotency::{check_key, offsets_of, request_digest, Claim, Piece};
 use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
 use crate::log::{format, LogError, Record, ValidFrames};
@@ -223,7 +223,7 @@ impl Request {
             let n = frames.count() as u32;
             let pending = match topic.idempotency().claim(key, digest, n, now)? {
                 Claim::Replay { offsets, pieces } => {
-                    return Ok(replayed(Arc::clone(&topic), offsets, &pieces))
+                    return Ok(produced(Arc::clone(&topic), offsets, &pieces, true))
                 }
                 Claim::Append(pending) => pending,
             };
@@ -256,7 +256,7 @@ impl Request {
         let n = records.len() as u32;
         let pending = match topic.idempotency().claim(key, digest, n, now)? {
             Claim::Replay { offsets, pieces } => {
-                return Ok(replayed(Arc::clone(&topic), offsets, &pieces))
+                return Ok(produced(Arc::clone(&topic), offsets, &pieces, true))
             }
             Claim::Append(pending) => pending,
         };
@@ -301,11 +301,7 @@ impl Request {
             .collect();
         let all: Vec<Piece> = pending.stored().iter().chain(&new).cloned().collect();
         pending.complete(new, now);
-        // Every part, those stored before a crash too: a durable answer waits for all.
-        let mut done = replayed(topic, Vec::new(), &all);
-        done.offsets = offsets_of(n, &all);
-        done.replayed = false;
-        Ok(done)
+        Ok(produced(topic, offsets_of(n, &all), &all, false))
     }
 }
 
@@ -370,31 +366,15 @@ fn first_frame_with_head(body: &[u8], head: format::BatchHead<'_>) -> ApiResult<
     Ok((framed, first.padded_len))
 }
 
-/// The offsets of a request's `n` records, in request order, from where its parts lie.
-fn offsets_of(n: u32, pieces: &[Piece]) -> Vec<RecordOffset> {
-    let mut offsets = vec![
-        RecordOffset {
-            partition: 0,
-            offset: 0
-        };
-        n as usize
-    ];
-    for p in pieces {
-        for (pos, offset) in p.records() {
-            if let Some(slot) = offsets.get_mut(pos as usize) {
-                *slot = RecordOffset {
-                    partition: p.partition,
-                    offset,
-                };
-            }
-        }
-    }
-    offsets
-}
-
-/// A retry answered from the log: the stored offsets, and the parts to wait for when the
-/// retry asks for durability.
-fn replayed(topic: Arc<Topic>, offsets: Vec<(u32, u64)>, pieces: &[Piece]) -> Produced {
+/// The answer to a request with a key: its records' offsets in request order, and the
+/// parts to wait for when it asks for durability (every part, those stored before a crash
+/// too); `replayed` when nothing was appended.
+fn produced(
+    topic: Arc<Topic>,
+    offsets: Vec<(u32, u64)>,
+    pieces: &[Piece],
+    replayed: bool,
+) -> Produced {
     Produced {
         offsets: offsets
             .into_iter()
@@ -410,7 +390,7 @@ fn replayed(topic: Arc<Topic>, offsets: Vec<(u32, u64)>, pieces: &[Piece]) -> Pr
             })
             .collect(),
         topic,
-        replayed: true,
+        replayed,
     }
 }
 
