@@ -1,6 +1,6 @@
 //! Background maintenance: one supervised task per server that flushes (msync) on a timer
-//! and after `flush_messages` records, rolls segments by age, and applies retention by age
-//! and by size. It talks to the engine through its public API; every piece of file work runs
+//! and after `flush_messages` records, rolls segments by age, applies retention by age
+//! and by size, and removes group members past their session or rebalance timeout. It talks to the engine through its public API; every piece of file work runs
 //! on the blocking pool. Rolling by size happens in the append itself, and the next chunk of
 //! every active segment is reserved and pre-faulted by the engine's prefaulter thread.
 
@@ -13,6 +13,9 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::broker::{Broker, Partition};
+
+/// How often members past their session or rebalance timeout are looked for.
+const MEMBERS_TICK: Duration = Duration::from_millis(250);
 
 /// Starts the maintenance task; it ends when `shutdown` turns true.
 pub fn spawn(broker: Arc<Broker>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
@@ -31,6 +34,9 @@ async fn run(
     let mut housekeeping =
         tokio::time::interval(Duration::from_millis(config.retention_check_interval_ms));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Group members whose session or rebalance timeout passed are removed within this.
+    let mut members_tick = tokio::time::interval(MEMBERS_TICK);
+    members_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut requests = requests;
     tracing::info!(
         flush_interval_ms = config.flush_interval_ms,
@@ -43,6 +49,10 @@ async fn run(
             _ = flush_tick.tick() => {
                 let b = Arc::clone(&broker);
                 supervise("flush", move || { b.flush_all().map_err(|e| e.to_string()) }).await;
+            }
+            _ = members_tick.tick() => {
+                let b = Arc::clone(&broker);
+                supervise("group_members", move || b.expire_members().map_err(|e| e.to_string())).await;
             }
             _ = housekeeping.tick() => {
                 let b = Arc::clone(&broker);

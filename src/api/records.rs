@@ -84,6 +84,24 @@ pub struct ConsumeResponse<'a> {
     pub high_watermark: u64,
 }
 
+/// A member fetch's records (`GET /v1/groups/{group}/members/{member}/records`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberRecords<'a> {
+    #[schema(value_type = Vec<MemberRecordOut>)]
+    pub records: Vec<MemberRecordOut<'a>>,
+}
+
+/// A record of a member fetch: the record object of partition consume, with its topic and
+/// partition.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberRecordOut<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub record: RecordOut<'a>,
+}
+
 /// A record as JSON.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordOut<'a> {

@@ -112,6 +112,20 @@ pub struct Coordinator {
     held: BTreeMap<TopicPartition, (String, u64)>,
     /// Since when a holder has been asked to let go of a partition.
     revoking_since: BTreeMap<TopicPartition, i64>,
+    /// The last member each partition was given to (not persisted: for counting moves).
+    last_holder: BTreeMap<TopicPartition, String>,
+    /// Partitions given to a member other than their previous holder, since this
+    /// coordinator was created.
+    moves: u64,
+}
+
+/// Why a member was removed by [`Coordinator::expire`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Not heard from for the session timeout.
+    Session,
+    /// Did not let go of a revoked partition within the rebalance timeout.
+    Rebalance,
 }
 
 impl Coordinator {
@@ -195,6 +209,11 @@ impl Coordinator {
             .collect();
         c.partitions = partitions;
         c.held.retain(|tp, _| c.partitions.contains(tp));
+        c.last_holder = c
+            .held
+            .iter()
+            .map(|(tp, (m, _))| (tp.clone(), m.clone()))
+            .collect();
         c.reassign();
         c.group_epoch = c.group_epoch.max(s.group_epoch);
         c
@@ -202,6 +221,68 @@ impl Coordinator {
 
     pub fn members(&self) -> impl Iterator<Item = &str> {
         self.members.keys().map(String::as_str)
+    }
+
+    pub fn has_member(&self, member: &str) -> bool {
+        self.members.contains_key(member)
+    }
+
+    /// A member's epoch, topics and last contact (ms since the Unix epoch).
+    pub fn member(&self, member: &str) -> Option<(u64, &BTreeSet<String>, i64)> {
+        self.members
+            .get(member)
+            .map(|m| (m.epoch, &m.topics, m.last_seen_ms))
+    }
+
+    /// The topics some member subscribes to.
+    pub fn subscribed_topics(&self) -> BTreeSet<String> {
+        self.members
+            .values()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect()
+    }
+
+    /// Who holds `tp`, and the member epoch it was given at.
+    pub fn holder(&self, tp: &TopicPartition) -> Option<(&str, u64)> {
+        self.held.get(tp).map(|(m, e)| (m.as_str(), *e))
+    }
+
+    /// The partitions `member` may fetch now (see [`Coordinator::can_fetch`]), with the
+    /// epoch each was given at.
+    pub fn fetchable(&self, member: &str) -> Vec<(TopicPartition, u64)> {
+        let Some(target) = self.target.get(member) else {
+            return Vec::new();
+        };
+        self.held
+            .iter()
+            .filter(|(tp, (h, _))| h == member && target.contains(*tp))
+            .map(|(tp, (_, e))| (tp.clone(), *e))
+            .collect()
+    }
+
+    /// The partitions `member` holds but is asked to let go of.
+    pub fn revoking(&self, member: &str) -> Vec<TopicPartition> {
+        let target = self.target.get(member);
+        self.held
+            .iter()
+            .filter(|(tp, (h, _))| h == member && !target.is_some_and(|t| t.contains(*tp)))
+            .map(|(tp, _)| tp.clone())
+            .collect()
+    }
+
+    /// Whether every member holds exactly its target (no partition is moving or free).
+    pub fn is_reconciled(&self) -> bool {
+        let targeted: usize = self.target.values().map(BTreeSet::len).sum();
+        targeted == self.held.len()
+            && self.target.iter().all(|(m, t)| {
+                t.iter()
+                    .all(|tp| self.held.get(tp).is_some_and(|(h, _)| h == m))
+            })
+    }
+
+    /// Partitions given to a member other than their previous holder so far.
+    pub fn moves(&self) -> u64 {
+        self.moves
     }
 
     /// The partitions `member` holds now.
@@ -281,24 +362,25 @@ impl Coordinator {
     }
 
     /// Removes members not heard from for the session timeout, and fences holders that did
-    /// not let go of a revoked partition within the rebalance timeout. Returns the removed.
-    pub fn expire(&mut self, now_ms: i64) -> Vec<String> {
+    /// not let go of a revoked partition within the rebalance timeout. Returns the removed,
+    /// and why.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(String, Expiry)> {
         let session = self.timeouts.session_timeout_ms as i64;
         let rebalance = self.timeouts.rebalance_timeout_ms as i64;
-        let mut gone: BTreeSet<String> = self
+        let mut gone: BTreeMap<String, Expiry> = self
             .members
             .iter()
             .filter(|(_, m)| now_ms.saturating_sub(m.last_seen_ms) > session)
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| (id.clone(), Expiry::Session))
             .collect();
         for (tp, since) in &self.revoking_since {
             if now_ms.saturating_sub(*since) > rebalance {
                 if let Some((holder, _)) = self.held.get(tp) {
-                    gone.insert(holder.clone());
+                    gone.entry(holder.clone()).or_insert(Expiry::Rebalance);
                 }
             }
         }
-        for id in &gone {
+        for id in gone.keys() {
             self.members.remove(id);
             self.release(id);
         }
@@ -399,6 +481,10 @@ impl Coordinator {
             self.group_epoch.max(epoch + 1)
         };
         for tp in free {
+            let previous = self.last_holder.insert(tp.clone(), member.to_owned());
+            if previous.is_some_and(|p| p != member) {
+                self.moves += 1;
+            }
             self.held.insert(tp, (member.to_owned(), next_epoch));
         }
         if let Some(m) = self.members.get_mut(member) {
@@ -525,7 +611,7 @@ mod tests {
         b.beat(&mut c, "b", 81).unwrap();
         assert_eq!(b.owned.len(), 2);
         // b falls silent: removed after the session timeout, its partitions free.
-        assert_eq!(c.expire(300), vec!["b".to_owned()]);
+        assert_eq!(c.expire(300), vec![("b".to_owned(), Expiry::Session)]);
         let mut a2 = Client::default();
         a2.beat(&mut c, "a", 301).unwrap();
         assert_eq!(a2.owned.len(), 2);

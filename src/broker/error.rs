@@ -22,10 +22,16 @@ pub enum BrokerError {
     PartitionNotFound { topic: String, partition: u32 },
     #[error("invalid name {0:?}: names match ^[A-Za-z0-9._-]{{1,200}}$ and are not . or ..")]
     InvalidName(String),
-    #[error("invalid topic config: {0}")]
+    #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("consumer group '{0}' does not exist")]
     GroupNotFound(String),
+    /// A member's call refused by the group's coordinator (fencing).
+    #[error(transparent)]
+    Member(#[from] crate::broker::coordinator::CoordinatorError),
+    /// A commit without a member for a group that has members.
+    #[error("group '{0}' has members: commit as one of them, with `member` and `member_epoch`")]
+    MembersOnly(String),
     /// A group commit for an offset past the partition's end.
     #[error("offset {offset} is beyond the end ({end}) of {topic}/{partition}")]
     OffsetBeyondEnd {

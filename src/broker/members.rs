@@ -3,20 +3,33 @@
 //! whose call changed them, so that a server `kill -9` moves no partition and fences no
 //! member, and read back when the broker opens.
 //!
-//! Not yet behind the HTTP API (issue 17's routes, long-polls and fetches come next).
+//! Each group has its own lock, held across its file's write (calls on different groups
+//! proceed at once), and a watch bumped whenever its state changes, which long-polling
+//! heartbeats and fetches wait on. Fetch positions live in memory only: after a restart a
+//! member resumes at the committed offset (at-least-once).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::assignor::TopicPartition;
-use super::coordinator::{Coordinator, CoordinatorError, GroupTimeouts, Heartbeat, Snapshot};
+use super::coordinator::{
+    Coordinator, CoordinatorError, Expiry, GroupTimeouts, Heartbeat, Snapshot,
+};
 use super::error::BrokerError;
 use super::groups::read_group_files;
 use super::topic::write_durably;
 use super::validate_name;
+
+/// Name of the directory holding groups with members.
+pub const MEMBERS_DIR: &str = "@members";
+
+/// Removed members remembered (to answer `fenced_member` rather than `unknown_member`).
+const FENCED_REMEMBERED: usize = 4096;
 
 /// Where a member without a committed offset starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -47,37 +60,375 @@ impl Default for GroupSettings {
 }
 
 impl GroupSettings {
+    /// Shortest and longest timeouts accepted.
+    pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 500..=3_600_000;
+
     fn timeouts(&self) -> GroupTimeouts {
         GroupTimeouts {
             session_timeout_ms: self.session_timeout_ms,
             rebalance_timeout_ms: self.rebalance_timeout_ms,
         }
     }
+
+    /// How often a member should heartbeat: a third of the session timeout.
+    pub fn heartbeat_interval_ms(&self) -> u64 {
+        self.session_timeout_ms / 3
+    }
+
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        for (key, v) in [
+            ("session_timeout_ms", self.session_timeout_ms),
+            ("rebalance_timeout_ms", self.rebalance_timeout_ms),
+        ] {
+            if !Self::TIMEOUT_RANGE.contains(&v) {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "{key} must be from {} to {}, not {v}",
+                    Self::TIMEOUT_RANGE.start(),
+                    Self::TIMEOUT_RANGE.end()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A group's file.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct GroupFile {
     settings: GroupSettings,
     state: Snapshot,
+    /// The topics last subscribed to, kept when the last member leaves: lag is reported
+    /// for them whether or not members are alive.
+    #[serde(default)]
+    topics: BTreeSet<String>,
 }
 
+/// What the group's members did, since the server started: the counters of its metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupCounters {
+    /// Rebalances (new target assignments), by reason: `join`, `leave`, `subscription`,
+    /// `partitions`, `session_timeout`, `rebalance_timeout`.
+    pub rebalances: BTreeMap<&'static str, u64>,
+    /// Calls refused for fencing, by operation: `heartbeat`, `fetch`, `commit`.
+    pub fenced: BTreeMap<&'static str, u64>,
+    /// Rebalances that ended with every member holding its target, and how long the last
+    /// one and all of them took.
+    pub reconciled: u64,
+    pub reconcile_ms_total: u64,
+    pub last_reconcile_ms: u64,
+}
+
+/// Where a member's next fetch of a partition starts: valid while the member still holds
+/// the partition at the epoch it was given at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Position {
+    member: String,
+    given_at: u64,
+    next: u64,
+}
+
+/// A group's state, under its lock.
 #[derive(Debug)]
-struct Group {
-    settings: GroupSettings,
-    coordinator: Coordinator,
-    /// What the file holds now: a call that leaves the snapshot as it was writes nothing.
-    written: Snapshot,
+pub struct GroupState {
+    pub settings: GroupSettings,
+    pub coordinator: Coordinator,
+    /// See [`GroupFile::topics`].
+    pub topics: BTreeSet<String>,
+    pub counters: GroupCounters,
+    /// What the file holds now: a call that leaves the state as it was writes nothing.
+    written: Option<GroupFile>,
+    positions: HashMap<TopicPartition, Position>,
+    /// Members removed by a timeout or a leave, until they join again.
+    fenced: BTreeSet<String>,
+    /// Since when the target assignment has not been reached (ms since the Unix epoch).
+    rebalancing_since: Option<i64>,
+}
+
+impl GroupState {
+    fn new(settings: GroupSettings) -> Self {
+        GroupState {
+            settings,
+            coordinator: Coordinator::new(settings.timeouts()),
+            topics: BTreeSet::new(),
+            counters: GroupCounters::default(),
+            written: None,
+            positions: HashMap::new(),
+            fenced: BTreeSet::new(),
+            rebalancing_since: None,
+        }
+    }
+
+    fn file(&self) -> GroupFile {
+        GroupFile {
+            settings: self.settings,
+            state: self.coordinator.snapshot(),
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// A join or heartbeat (see [`Coordinator::heartbeat`]), with `partitions` those of the
+    /// subscribed topics now.
+    pub fn heartbeat(
+        &mut self,
+        member: &str,
+        epoch: u64,
+        topics: BTreeSet<String>,
+        owned: &BTreeSet<TopicPartition>,
+        partitions: BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) -> Result<Heartbeat, CoordinatorError> {
+        self.set_partitions(partitions);
+        self.expire(now_ms);
+        let before = self.coordinator.member(member).map(|(_, t, _)| t.clone());
+        let answer = self
+            .coordinator
+            .heartbeat(member, epoch, topics.clone(), owned, now_ms);
+        match &answer {
+            Err(_) => self.count_fenced("heartbeat"),
+            Ok(_) => {
+                self.fenced.remove(member);
+                match before {
+                    None => self.count_rebalance("join"),
+                    Some(t) if t != topics => self.count_rebalance("subscription"),
+                    Some(_) => {}
+                }
+            }
+        }
+        answer
+    }
+
+    /// The member leaves: its partitions are free at once.
+    pub fn leave(&mut self, member: &str) -> Result<(), CoordinatorError> {
+        self.coordinator.leave(member)?;
+        self.count_rebalance("leave");
+        self.remember_fenced(member);
+        Ok(())
+    }
+
+    /// Removes the members whose session or rebalance timeout passed.
+    pub fn expire(&mut self, now_ms: i64) -> Vec<(String, Expiry)> {
+        let gone = self.coordinator.expire(now_ms);
+        for (member, why) in &gone {
+            self.count_rebalance(match why {
+                Expiry::Session => "session_timeout",
+                Expiry::Rebalance => "rebalance_timeout",
+            });
+            self.remember_fenced(member);
+            tracing::info!(member = %member, reason = ?why, "group member removed");
+        }
+        gone
+    }
+
+    /// The partitions of the subscribed topics changed (created, deleted, grown).
+    pub fn set_partitions(&mut self, partitions: BTreeSet<TopicPartition>) {
+        let epoch = self.coordinator.group_epoch();
+        self.coordinator.set_partitions(partitions);
+        if self.coordinator.group_epoch() != epoch {
+            self.count_rebalance("partitions");
+        }
+    }
+
+    /// Why `member` may not call: `fenced_member` if it was removed, else `unknown_member`.
+    fn missing(&self, member: &str) -> CoordinatorError {
+        if self.fenced.contains(member) {
+            CoordinatorError::Fenced
+        } else {
+            CoordinatorError::UnknownMember
+        }
+    }
+
+    /// What `member` may fetch now: each partition, the epoch it was given at, and the
+    /// member's position in it (none: start at the committed offset). Keeps its session.
+    pub fn fetch_plan(
+        &mut self,
+        member: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(TopicPartition, u64, Option<u64>)>, CoordinatorError> {
+        if !self.coordinator.has_member(member) {
+            self.count_fenced("fetch");
+            return Err(self.missing(member));
+        }
+        self.coordinator.touch(member, now_ms);
+        Ok(self
+            .coordinator
+            .fetchable(member)
+            .into_iter()
+            .map(|(tp, given_at)| {
+                let next = self
+                    .positions
+                    .get(&tp)
+                    .filter(|p| p.member == member && p.given_at == given_at)
+                    .map(|p| p.next);
+                (tp, given_at, next)
+            })
+            .collect())
+    }
+
+    /// Moves `member`'s position in `tp` to `next`, if it still holds it at `given_at`.
+    pub fn advance(&mut self, member: &str, tp: &TopicPartition, given_at: u64, next: u64) {
+        if self.coordinator.holder(tp) == Some((member, given_at)) {
+            self.positions.insert(
+                tp.clone(),
+                Position {
+                    member: member.to_owned(),
+                    given_at,
+                    next,
+                },
+            );
+        }
+    }
+
+    /// Whether `member` at `epoch` may commit each of `tps` (fencing). Keeps its session.
+    pub fn check_commit<'a>(
+        &mut self,
+        member: &str,
+        epoch: u64,
+        tps: impl IntoIterator<Item = &'a TopicPartition>,
+        now_ms: i64,
+    ) -> Result<(), CoordinatorError> {
+        if !self.coordinator.has_member(member) {
+            self.count_fenced("commit");
+            return Err(self.missing(member));
+        }
+        for tp in tps {
+            if let Err(e) = self.coordinator.check_commit(member, epoch, tp) {
+                self.count_fenced("commit");
+                return Err(e);
+            }
+        }
+        self.coordinator.touch(member, now_ms);
+        Ok(())
+    }
+
+    fn count_rebalance(&mut self, reason: &'static str) {
+        *self.counters.rebalances.entry(reason).or_default() += 1;
+    }
+
+    fn count_fenced(&mut self, op: &'static str) {
+        *self.counters.fenced.entry(op).or_default() += 1;
+    }
+
+    fn remember_fenced(&mut self, member: &str) {
+        if self.fenced.len() >= FENCED_REMEMBERED {
+            self.fenced.pop_first();
+        }
+        self.fenced.insert(member.to_owned());
+        self.positions.retain(|_, p| p.member != member);
+    }
+}
+
+/// One group with members.
+#[derive(Debug)]
+pub struct MemberGroup {
+    name: String,
+    path: PathBuf,
+    state: Mutex<GroupState>,
+    /// Bumped whenever the group's persisted state changes.
+    changes: watch::Sender<u64>,
+    /// Where the next fetch starts its round of the member's partitions.
+    cursor: AtomicUsize,
+}
+
+impl MemberGroup {
+    fn new(name: &str, path: PathBuf, state: GroupState) -> Self {
+        MemberGroup {
+            name: name.to_owned(),
+            path,
+            state: Mutex::new(state),
+            changes: watch::Sender::new(0),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GroupState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of what a reader needs, without holding the lock.
+    pub fn read<R>(&self, f: impl FnOnce(&GroupState) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Runs `f` on the state under the group's lock; what it changed is written durably
+    /// before this returns (on failure the state is put back as it was, and the error
+    /// returned), and waiters are woken. Returns `f`'s result and a receiver of the next
+    /// change (subscribed under the lock: no change after this call can be missed). Blocks.
+    pub fn update<R>(
+        &self,
+        now_ms: i64,
+        f: impl FnOnce(&mut GroupState) -> R,
+    ) -> Result<(R, watch::Receiver<u64>), BrokerError> {
+        let mut st = self.lock();
+        let epoch = st.coordinator.group_epoch();
+        let before = (st.coordinator.clone(), st.settings, st.topics.clone());
+        let r = f(&mut st);
+        if st.coordinator.group_epoch() != epoch && st.rebalancing_since.is_none() {
+            st.rebalancing_since = Some(now_ms);
+        }
+        if let Some(since) = st.rebalancing_since {
+            if st.coordinator.is_reconciled() {
+                let took = now_ms.saturating_sub(since) as u64;
+                let c = &mut st.counters;
+                c.reconciled += 1;
+                c.reconcile_ms_total += took;
+                c.last_reconcile_ms = took;
+                st.rebalancing_since = None;
+            }
+        }
+        let subscribed = st.coordinator.subscribed_topics();
+        if !subscribed.is_empty() {
+            st.topics = subscribed;
+        }
+        let file = st.file();
+        if st.written.as_ref() != Some(&file) {
+            let json = serde_json::to_vec_pretty(&file).expect("a group file serializes");
+            if let Err(e) = write_durably(&self.path, &json) {
+                (st.coordinator, st.settings, st.topics) = before;
+                return Err(e);
+            }
+            st.written = Some(file);
+            self.changes.send_modify(|v| *v += 1);
+        }
+        Ok((r, self.changes.subscribe()))
+    }
+
+    /// Runs `f` under the group's lock without writing anything (a commit holds it across
+    /// its own write, so that no rebalance slips between its check and its write). Blocks.
+    pub fn with<R>(&self, f: impl FnOnce(&mut GroupState) -> R) -> R {
+        f(&mut self.lock())
+    }
+
+    /// The index to start the next fetch's round of `n` partitions at.
+    pub fn next_round(&self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            self.cursor.fetch_add(1, Ordering::Relaxed) % n
+        }
+    }
 }
 
 /// Every group with members.
 #[derive(Debug)]
 pub struct MemberGroups {
     dir: PathBuf,
-    groups: Mutex<BTreeMap<String, Group>>,
+    /// Held only to find or insert a group (lock order: this map, then a group).
+    groups: RwLock<HashMap<String, Arc<MemberGroup>>>,
 }
 
 impl MemberGroups {
+    /// No groups, and no directory: a placeholder until [`MemberGroups::open`].
+    pub fn empty() -> Self {
+        MemberGroups {
+            dir: PathBuf::new(),
+            groups: RwLock::new(HashMap::new()),
+        }
+    }
+
     /// Loads every group file in `dir` (created if missing); `partitions` gives the
     /// partitions of the topics they subscribe to now. Every member's session starts at
     /// `now_ms`: the members could not reach the server while it was down.
@@ -86,7 +437,7 @@ impl MemberGroups {
         partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
         now_ms: i64,
     ) -> Result<Self, BrokerError> {
-        let mut groups = BTreeMap::new();
+        let mut groups = HashMap::new();
         for (name, file) in read_group_files::<GroupFile>(dir, "group members")? {
             let topics: BTreeSet<String> = file
                 .state
@@ -94,162 +445,97 @@ impl MemberGroups {
                 .iter()
                 .flat_map(|m| m.topics.iter().cloned())
                 .collect();
-            let coordinator = Coordinator::restore(
+            let mut st = GroupState::new(file.settings);
+            st.coordinator = Coordinator::restore(
                 file.settings.timeouts(),
                 &file.state,
                 partitions(&topics),
                 now_ms,
             );
-            groups.insert(
-                name,
-                Group {
-                    settings: file.settings,
-                    written: coordinator.snapshot(),
-                    coordinator,
-                },
-            );
+            st.topics = file.topics.clone();
+            st.written = Some(file);
+            if !st.coordinator.is_reconciled() {
+                st.rebalancing_since = Some(now_ms);
+            }
+            let path = dir.join(format!("{name}.json"));
+            groups.insert(name.clone(), Arc::new(MemberGroup::new(&name, path, st)));
         }
         Ok(MemberGroups {
             dir: dir.to_owned(),
-            groups: Mutex::new(groups),
+            groups: RwLock::new(groups),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Group>> {
-        self.groups.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Names of the groups that have (or had) members.
+    /// Names of the groups with members (or that had some), sorted.
     pub fn names(&self) -> Vec<String> {
-        self.lock().keys().cloned().collect()
+        let mut names: Vec<String> = self
+            .groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
-    /// A group's settings, if it exists.
-    pub fn settings(&self, group: &str) -> Option<GroupSettings> {
-        self.lock().get(group).map(|g| g.settings)
+    pub fn get(&self, group: &str) -> Option<Arc<MemberGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    /// The group, created with `settings` (in memory: its first [`MemberGroup::update`]
+    /// writes it) when missing.
+    pub fn get_or_create(
+        &self,
+        group: &str,
+        settings: GroupSettings,
+    ) -> Result<Arc<MemberGroup>, BrokerError> {
+        validate_name(group)?;
+        if let Some(g) = self.get(group) {
+            return Ok(g);
+        }
+        let path = self.dir.join(format!("{group}.json"));
+        Ok(Arc::clone(
+            self.groups
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(group.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(MemberGroup::new(group, path, GroupState::new(settings)))
+                }),
+        ))
     }
 
     /// Creates a group, or changes its settings; returns whether it was created. Durable
-    /// before it returns.
-    pub fn put_settings(&self, group: &str, settings: GroupSettings) -> Result<bool, BrokerError> {
-        validate_name(group)?;
-        let mut groups = self.lock();
-        let created = !groups.contains_key(group);
-        let g = groups.entry(group.to_owned()).or_insert_with(|| Group {
-            settings,
-            coordinator: Coordinator::new(settings.timeouts()),
-            written: Coordinator::default().snapshot(),
-        });
-        if g.settings != settings || created {
-            g.settings = settings;
-            g.coordinator.set_timeouts(settings.timeouts());
-            self.write(group, g)?;
-        }
-        Ok(created)
-    }
-
-    /// A member's join or heartbeat (see [`Coordinator::heartbeat`]); `partitions` are those
-    /// of the topics it subscribes to (and of the others' topics), now. A first join creates
-    /// the group with the default settings. What changed is durable before it returns.
-    #[allow(clippy::too_many_arguments)]
-    pub fn heartbeat(
+    /// before it returns. Blocks.
+    pub fn put_settings(
         &self,
         group: &str,
-        member: &str,
-        epoch: u64,
-        topics: BTreeSet<String>,
-        owned: &BTreeSet<TopicPartition>,
-        partitions: BTreeSet<TopicPartition>,
+        settings: GroupSettings,
         now_ms: i64,
-    ) -> Result<Result<Heartbeat, CoordinatorError>, BrokerError> {
-        validate_name(group)?;
-        let mut groups = self.lock();
-        let g = groups.entry(group.to_owned()).or_insert_with(|| {
-            let settings = GroupSettings::default();
-            Group {
-                settings,
-                coordinator: Coordinator::new(settings.timeouts()),
-                written: Coordinator::default().snapshot(),
-            }
-        });
-        g.coordinator.set_partitions(partitions);
-        let answer = g
-            .coordinator
-            .heartbeat(member, epoch, topics, owned, now_ms);
-        self.write_if_changed(group, g)?;
-        Ok(answer)
+    ) -> Result<bool, BrokerError> {
+        settings.validate()?;
+        let existed = self.get(group).is_some();
+        let g = self.get_or_create(group, settings)?;
+        g.update(now_ms, |st| {
+            st.settings = settings;
+            st.coordinator.set_timeouts(settings.timeouts());
+        })?;
+        Ok(!existed)
     }
 
-    /// A member leaves; its partitions are free at once. Durable before it returns.
-    pub fn leave(
-        &self,
-        group: &str,
-        member: &str,
-    ) -> Result<Result<(), CoordinatorError>, BrokerError> {
-        let mut groups = self.lock();
-        let Some(g) = groups.get_mut(group) else {
-            return Ok(Err(CoordinatorError::UnknownMember));
-        };
-        let left = g.coordinator.leave(member);
-        self.write_if_changed(group, g)?;
-        Ok(left)
-    }
-
-    /// Removes the members whose session or rebalance timeout passed (see
-    /// [`Coordinator::expire`]), in every group; returns `(group, member)` of each.
-    pub fn expire(&self, now_ms: i64) -> Result<Vec<(String, String)>, BrokerError> {
-        let mut groups = self.lock();
-        let mut gone = Vec::new();
-        for (name, g) in groups.iter_mut() {
-            for member in g.coordinator.expire(now_ms) {
-                gone.push((name.clone(), member));
-            }
-            self.write_if_changed(name, g)?;
-        }
-        Ok(gone)
-    }
-
-    /// Whether a commit of `tp` by `member` at `epoch` is accepted (fencing).
-    pub fn check_commit(
-        &self,
-        group: &str,
-        member: &str,
-        epoch: u64,
-        tp: &TopicPartition,
-    ) -> Result<(), CoordinatorError> {
-        let groups = self.lock();
-        let g = groups.get(group).ok_or(CoordinatorError::UnknownMember)?;
-        g.coordinator.check_commit(member, epoch, tp)
-    }
-
-    /// The partitions `member` holds now.
-    pub fn held_by(&self, group: &str, member: &str) -> BTreeSet<TopicPartition> {
-        self.lock()
-            .get(group)
-            .map(|g| g.coordinator.held_by(member))
-            .unwrap_or_default()
-    }
-
-    fn write_if_changed(&self, name: &str, g: &mut Group) -> Result<(), BrokerError> {
-        if g.coordinator.snapshot() != g.written {
-            self.write(name, g)?;
-        }
-        Ok(())
-    }
-
-    fn write(&self, name: &str, g: &mut Group) -> Result<(), BrokerError> {
-        let file = GroupFile {
-            settings: g.settings,
-            state: g.coordinator.snapshot(),
-        };
-        let json = serde_json::to_vec_pretty(&file).expect("a group file serializes");
-        write_durably(&self.group_path(name), &json)?;
-        g.written = file.state;
-        Ok(())
-    }
-
-    fn group_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.json"))
+    /// Every group, for a walk over all of them.
+    pub fn all(&self) -> Vec<(String, Arc<MemberGroup>)> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, g)| (n.clone(), Arc::clone(g)))
+            .collect()
     }
 }
 
@@ -265,6 +551,24 @@ mod tests {
         (0..6).map(|p| ("orders".to_owned(), p)).collect()
     }
 
+    fn beat(
+        g: &MemberGroup,
+        member: &str,
+        epoch: u64,
+        owned: &BTreeSet<TopicPartition>,
+        now: i64,
+    ) -> Result<Heartbeat, CoordinatorError> {
+        g.update(now, |st| {
+            st.heartbeat(member, epoch, topics(), owned, parts(&topics()), now)
+        })
+        .unwrap()
+        .0
+    }
+
+    fn keys(hb: &Heartbeat) -> BTreeSet<TopicPartition> {
+        hb.assignment.keys().cloned().collect()
+    }
+
     /// Two members share a topic; the broker "crashes" (the groups are opened again from
     /// their files) in the middle of a rebalance: every member's next heartbeat gets what
     /// it would have got, nothing moved, nobody fenced.
@@ -272,81 +576,35 @@ mod tests {
     fn a_restart_moves_no_partition_and_fences_nobody() {
         let dir = tempfile::tempdir().unwrap();
         let groups = MemberGroups::open(dir.path(), parts, 0).unwrap();
-        let owned_none = BTreeSet::new();
-        let a = groups
-            .heartbeat("g", "a", 0, topics(), &owned_none, parts(&topics()), 0)
-            .unwrap()
-            .unwrap();
+        let g = groups.get_or_create("g", GroupSettings::default()).unwrap();
+        let none = BTreeSet::new();
+        let a = beat(&g, "a", 0, &none, 0).unwrap();
         assert_eq!(a.assignment.len(), 6);
-        let b = groups
-            .heartbeat("g", "b", 0, topics(), &owned_none, parts(&topics()), 1)
-            .unwrap()
-            .unwrap();
+        let b = beat(&g, "b", 0, &none, 1).unwrap();
         assert!(b.assignment.is_empty(), "a still holds everything");
-        let a_owned: BTreeSet<TopicPartition> = a.assignment.keys().cloned().collect();
-        let a2 = groups
-            .heartbeat(
-                "g",
-                "a",
-                a.member_epoch,
-                topics(),
-                &a_owned,
-                parts(&topics()),
-                2,
-            )
-            .unwrap()
-            .unwrap();
+        let a2 = beat(&g, "a", a.member_epoch, &keys(&a), 2).unwrap();
         assert_eq!(a2.revoke.len(), 3);
-        drop(groups);
+        drop((g, groups));
 
         // Opened again: the same holders, the same revocations pending.
         let groups = MemberGroups::open(dir.path(), parts, 10_000).unwrap();
         assert_eq!(groups.names(), ["g"]);
-        assert_eq!(groups.held_by("g", "a").len(), 6);
-        let a3 = groups
-            .heartbeat(
-                "g",
-                "a",
-                a2.member_epoch,
-                topics(),
-                &a_owned,
-                parts(&topics()),
-                10_001,
-            )
-            .unwrap()
-            .expect("not fenced by the restart");
+        let g = groups.get("g").unwrap();
+        assert_eq!(g.read(|st| st.coordinator.held_by("a").len()), 6);
+        let a3 = beat(&g, "a", a2.member_epoch, &keys(&a), 10_001).expect("not fenced");
         assert_eq!(a3.revoke, a2.revoke, "the same partitions are being moved");
         // a lets go; b gets them.
-        let kept: BTreeSet<TopicPartition> = a3.assignment.keys().cloned().collect();
-        groups
-            .heartbeat(
-                "g",
-                "a",
-                a3.member_epoch,
-                topics(),
-                &kept,
-                parts(&topics()),
-                10_002,
-            )
-            .unwrap()
-            .unwrap();
-        let b2 = groups
-            .heartbeat(
-                "g",
-                "b",
-                b.member_epoch,
-                topics(),
-                &owned_none,
-                parts(&topics()),
-                10_003,
-            )
-            .unwrap()
-            .expect("not fenced by the restart");
+        beat(&g, "a", a3.member_epoch, &keys(&a3), 10_002).unwrap();
+        let b2 = beat(&g, "b", b.member_epoch, &none, 10_003).expect("not fenced");
         assert_eq!(b2.assignment.len(), 3);
+        let moved = a2.revoke.iter().next().unwrap();
         assert_eq!(
-            groups.check_commit("g", "a", a3.member_epoch, a2.revoke.iter().next().unwrap()),
+            g.with(|st| st.check_commit("a", a3.member_epoch, [moved], 10_004)),
             Err(CoordinatorError::NotOwned)
         );
+        let counted = g.read(|st| st.counters.clone());
+        assert_eq!(counted.fenced.get("commit"), Some(&1));
+        assert_eq!(counted.reconciled, 1, "{counted:?}");
     }
 
     #[test]
@@ -358,32 +616,66 @@ mod tests {
             rebalance_timeout_ms: 9_000,
             auto_offset_reset: OffsetReset::Latest,
         };
-        assert!(groups.put_settings("g", s).unwrap());
-        assert!(!groups.put_settings("g", s).unwrap());
-        groups
-            .heartbeat("g", "a", 0, topics(), &BTreeSet::new(), parts(&topics()), 0)
-            .unwrap()
-            .unwrap();
-        assert_eq!(groups.leave("g", "a").unwrap(), Ok(()));
+        assert!(groups.put_settings("g", s, 0).unwrap());
+        assert!(!groups.put_settings("g", s, 0).unwrap());
+        let bad = GroupSettings {
+            session_timeout_ms: 1,
+            ..s
+        };
+        assert!(matches!(
+            groups.put_settings("g", bad, 0),
+            Err(BrokerError::InvalidConfig(_))
+        ));
+        let g = groups.get("g").unwrap();
+        beat(&g, "a", 0, &BTreeSet::new(), 0).unwrap();
+        let leave = |m: &str| g.update(0, |st| st.leave(m)).unwrap().0;
+        assert_eq!(leave("a"), Ok(()));
+        assert_eq!(leave("a"), Err(CoordinatorError::UnknownMember));
+        // A member that left (or was removed) and fetches is told it was fenced; one never
+        // seen is unknown.
         assert_eq!(
-            groups.leave("g", "a").unwrap(),
+            g.with(|st| st.fetch_plan("a", 1)),
+            Err(CoordinatorError::Fenced)
+        );
+        assert_eq!(
+            g.with(|st| st.fetch_plan("zed", 1)),
             Err(CoordinatorError::UnknownMember)
         );
-        drop(groups);
+        drop((g, groups));
         let groups = MemberGroups::open(dir.path(), parts, 0).unwrap();
-        assert_eq!(groups.settings("g"), Some(s));
-        assert!(groups.held_by("g", "a").is_empty());
+        let g = groups.get("g").unwrap();
+        assert_eq!(g.read(|st| st.settings), s);
+        assert!(g.read(|st| st.coordinator.held_by("a").is_empty()));
+        assert_eq!(g.read(|st| st.topics.clone()), topics(), "kept for lag");
         // A member silent beyond the session timeout is removed, durably.
-        groups
-            .heartbeat("g", "b", 0, topics(), &BTreeSet::new(), parts(&topics()), 0)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            groups.expire(6_000).unwrap(),
-            vec![("g".to_owned(), "b".to_owned())]
-        );
-        drop(groups);
+        beat(&g, "b", 0, &BTreeSet::new(), 0).unwrap();
+        let gone = g.update(6_000, |st| st.expire(6_000)).unwrap().0;
+        assert_eq!(gone, vec![("b".to_owned(), Expiry::Session)]);
+        drop((g, groups));
         let groups = MemberGroups::open(dir.path(), parts, 7_000).unwrap();
-        assert!(groups.held_by("g", "b").is_empty());
+        let g = groups.get("g").unwrap();
+        assert!(!g.read(|st| st.coordinator.has_member("b")));
+    }
+
+    /// A fetch position belongs to the member and the epoch it was given the partition at:
+    /// once the partition moved, the next holder starts at the committed offset.
+    #[test]
+    fn positions_do_not_follow_a_partition_to_its_next_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let groups = MemberGroups::open(dir.path(), parts, 0).unwrap();
+        let g = groups.get_or_create("g", GroupSettings::default()).unwrap();
+        let a = beat(&g, "a", 0, &BTreeSet::new(), 0).unwrap();
+        let plan = g.with(|st| st.fetch_plan("a", 1)).unwrap();
+        assert_eq!(plan.len(), 6);
+        assert!(plan.iter().all(|(_, _, pos)| pos.is_none()));
+        let (tp, given, _) = plan[0].clone();
+        g.with(|st| st.advance("a", &tp, given, 42));
+        let plan = g.with(|st| st.fetch_plan("a", 2)).unwrap();
+        assert_eq!(plan[0].2, Some(42));
+        g.update(3, |st| st.leave("a")).unwrap().0.unwrap();
+        let b = beat(&g, "b", 0, &BTreeSet::new(), 4).unwrap();
+        assert_eq!(keys(&b), keys(&a));
+        let plan = g.with(|st| st.fetch_plan("b", 5)).unwrap();
+        assert!(plan.iter().all(|(_, _, pos)| pos.is_none()), "{plan:?}");
     }
 }

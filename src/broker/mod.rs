@@ -9,6 +9,7 @@ pub mod error;
 pub mod groups;
 pub mod idempotency;
 pub mod members;
+mod membership;
 mod partition;
 pub mod partitioner;
 mod stats;
@@ -20,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
+pub use membership::{
+    GroupDescription, HeartbeatAnswer, HeartbeatCall, MemberDescription, PartitionLag,
+};
 pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use stats::{BrokerStats, GroupStats, IdempotencyStats, PartitionStats};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
@@ -154,6 +158,8 @@ pub struct Broker {
     /// Signalled when a name leaves `busy`.
     name_freed: std::sync::Condvar,
     groups: groups::Groups,
+    /// Groups with members: their coordinators and settings.
+    members: members::MemberGroups,
     prefaulter: FileWorker,
     /// The `max_disk_bytes` quota, shared by every partition.
     quota: Option<Arc<DiskQuota>>,
@@ -199,6 +205,8 @@ impl Broker {
             busy: std::sync::Mutex::new(Default::default()),
             name_freed: std::sync::Condvar::new(),
             groups,
+            // Opened once the topics are known (below).
+            members: members::MemberGroups::empty(),
             prefaulter,
             quota,
             flush_requests,
@@ -234,6 +242,13 @@ impl Broker {
         broker.groups.forget_topics(|t| topics.contains_key(t))?;
         tracing::info!(topics = topics.len(), data_dir = %broker.data_dir.display(), "data directory opened");
         *broker.topics.write().unwrap_or_else(|p| p.into_inner()) = topics;
+        let mut broker = broker;
+        let members = members::MemberGroups::open(
+            &broker.data_dir.join(members::MEMBERS_DIR),
+            |topics| broker.existing_partitions_of(topics),
+            crate::log::now_ms(),
+        )?;
+        broker.members = members;
         Ok(broker)
     }
 

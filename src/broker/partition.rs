@@ -31,7 +31,7 @@ pub struct Wait {
 }
 
 impl Wait {
-    fn permit(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+    pub(super) fn permit(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
         Arc::clone(&self.permits)
             .try_acquire_owned()
             .map_err(|_| BrokerError::TooManyWaiters)

@@ -6,6 +6,7 @@ use axum::Json;
 
 pub use crate::api::{ErrorBody, ErrorCode, ErrorDetail};
 
+use crate::broker::coordinator::CoordinatorError;
 use crate::broker::BrokerError;
 use crate::log::LogError;
 
@@ -88,6 +89,16 @@ impl From<BrokerError> for ApiError {
             BrokerError::InvalidName(_) => Self::new(ErrorCode::InvalidName, msg),
             BrokerError::InvalidConfig(_) => Self::new(ErrorCode::InvalidConfig, msg),
             BrokerError::GroupNotFound(_) => Self::new(ErrorCode::GroupNotFound, msg),
+            BrokerError::Member(e) => Self::new(
+                match e {
+                    CoordinatorError::Fenced => ErrorCode::FencedMember,
+                    CoordinatorError::UnknownMember => ErrorCode::UnknownMember,
+                    CoordinatorError::StaleEpoch => ErrorCode::StaleMemberEpoch,
+                    CoordinatorError::NotOwned => ErrorCode::PartitionNotOwned,
+                },
+                msg,
+            ),
+            BrokerError::MembersOnly(_) => Self::new(ErrorCode::PartitionNotOwned, msg),
             BrokerError::OffsetBeyondEnd { .. } => Self::bad_request(msg),
             BrokerError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),
             BrokerError::TooManyTopics(_) => Self::new(ErrorCode::TooManyTopics, msg),

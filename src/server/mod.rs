@@ -36,7 +36,7 @@ pub use state::AppState;
 use crate::auth::Permission;
 use access::{Access, Routes};
 use error::{ApiError, ErrorCode};
-use routes::{consume, groups, ops, produce, topics};
+use routes::{consume, groups, members, ops, produce, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -107,6 +107,33 @@ pub fn router(state: AppState) -> Router {
             Access::Holds(Consume),
             groups::LIST_GROUPS_ERRORS,
             routes!(groups::list_groups),
+        )
+        // Groups with members: `consume` on the topics a join names (checked by the
+        // handler); fetches and descriptions show only topics the token may consume.
+        .add(
+            Access::Holds(Consume),
+            members::PUT_GROUP_ERRORS,
+            routes!(members::put_group),
+        )
+        .add(
+            Access::Holds(Consume),
+            members::DESCRIBE_GROUP_ERRORS,
+            routes!(members::describe_group),
+        )
+        .add(
+            Access::Holds(Consume),
+            members::JOIN_ERRORS,
+            routes!(members::join),
+        )
+        .add(
+            Access::Holds(Consume),
+            members::LEAVE_ERRORS,
+            routes!(members::leave),
+        )
+        .add(
+            Access::Holds(Consume),
+            members::MEMBER_RECORDS_ERRORS,
+            routes!(members::member_records),
         )
         .add(Access::AnyToken, ops::HEALTHZ_ERRORS, routes!(ops::healthz))
         .add(Access::AnyToken, ops::READYZ_ERRORS, routes!(ops::readyz))

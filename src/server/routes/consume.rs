@@ -24,9 +24,9 @@ use crate::server::{blocking, record_target, AppState};
 /// Longest long-poll a consumer may ask for.
 pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 /// Largest `max_bytes` honoured; larger values are clamped.
-const MAX_BYTES_CAP: usize = 64 << 20;
+pub(crate) const MAX_BYTES_CAP: usize = 64 << 20;
 /// Largest `max_records` honoured; larger values are clamped.
-const MAX_RECORDS_CAP: usize = 100_000;
+pub(crate) const MAX_RECORDS_CAP: usize = 100_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -88,7 +88,7 @@ fn start_at(
 }
 
 /// How a consumer of this server may wait for records.
-fn wait_for(state: &AppState, timeout: Duration) -> Wait {
+pub(crate) fn wait_for(state: &AppState, timeout: Duration) -> Wait {
     Wait {
         timeout,
         stop: state.shutdown_signal(),
@@ -105,7 +105,7 @@ fn parse_partition(topic: &Topic, raw: &str) -> ApiResult<Arc<Partition>> {
     Ok(Arc::clone(topic.partition(id)?))
 }
 
-fn wants_octets(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_octets(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -185,7 +185,7 @@ pub async fn consume(
 
 /// The frames, straight from the mapping: the body is the batch's `Bytes` chunks, which
 /// point into the segment files; nothing is copied in user space.
-fn octets_response(batch: ReadBatch) -> Response {
+pub(crate) fn octets_response(batch: ReadBatch) -> Response {
     let len = batch.byte_len();
     let next = batch.next_offset;
     let hwm = batch.high_watermark;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::groups::{CommitRequest, GroupList, GroupOffsets, OffsetOut};
-use crate::broker::{validate_name, BrokerError};
+use crate::broker::validate_name;
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, AppState};
 
@@ -25,6 +25,10 @@ pub struct GroupQuery {
 /// The errors `commit_offsets` answers with (besides those of every route).
 pub const COMMIT_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
+    ErrorCode::UnknownMember,
+    ErrorCode::FencedMember,
+    ErrorCode::StaleMemberEpoch,
+    ErrorCode::PartitionNotOwned,
     ErrorCode::InvalidName,
     ErrorCode::TopicNotFound,
     ErrorCode::PartitionNotFound,
@@ -33,7 +37,9 @@ pub const COMMIT_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::NotReady,
 ];
 
-/// Commit a group's offsets. Durable (fsync) before the answer.
+/// Commit a group's offsets. Durable (fsync) before the answer. In a group with members,
+/// a member commits the partitions it owns, with `member` and `member_epoch`; a commit
+/// without them is accepted only while the group has no members.
 #[utoipa::path(put, path = "/v1/groups/{group}/offsets", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = CommitRequest,
@@ -58,6 +64,18 @@ pub async fn commit_offsets(
     if req.offsets.is_empty() {
         return Err(ApiError::bad_request("`offsets` is empty"));
     }
+    let member = match (req.member, req.member_epoch) {
+        (Some(m), Some(e)) => {
+            validate_name(&m)?;
+            Some((m, e))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "give both `member` and `member_epoch`, or neither",
+            ))
+        }
+    };
     let broker = state.broker()?;
     let entries: Vec<(String, u32, u64)> = req
         .offsets
@@ -65,30 +83,8 @@ pub async fn commit_offsets(
         .map(|o| (o.topic, o.partition, o.offset))
         .collect();
     blocking(move || {
-        // Checked under the group's lock, so that a topic deleted meanwhile cannot keep
-        // an offset committed here.
-        let check = || {
-            for (topic, partition, offset) in &entries {
-                let hwm = broker
-                    .topic(topic)?
-                    .partition(*partition)?
-                    .log()
-                    .end_offset();
-                if *offset > hwm {
-                    return Err(BrokerError::OffsetBeyondEnd {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        offset: *offset,
-                        end: hwm,
-                    });
-                }
-            }
-            Ok(())
-        };
-        broker
-            .groups()
-            .commit(&group, &entries, check)
-            .map_err(ApiError::from)
+        let member = member.as_ref().map(|(m, e)| (m.as_str(), *e));
+        Ok(broker.commit_offsets(&group, member, &entries)?)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -165,7 +161,8 @@ pub async fn get_offsets(
 /// The errors `list_groups` answers with (besides those of every route).
 pub const LIST_GROUPS_ERRORS: &[ErrorCode] = &[ErrorCode::NotReady];
 
-/// List the groups with committed offsets on topics the token may consume.
+/// List the groups (with members, or with committed offsets) on topics the token may
+/// consume.
 #[utoipa::path(get, path = "/v1/groups", tag = "groups",
     responses((status = 200, body = GroupList)))]
 pub async fn list_groups(
@@ -175,15 +172,14 @@ pub async fn list_groups(
     let broker = state.broker_for_read()?;
     // Each group's lock is held across a commit's fsync: read them off the async workers.
     let groups = crate::server::blocking(move || {
-        let groups = broker.groups();
-        Ok(groups
-            .names()
+        Ok(broker
+            .group_names()
             .into_iter()
             .filter(|g| {
-                groups.offsets(g).is_ok_and(|o| {
-                    o.keys()
-                        .any(|(topic, _)| principal.may(Permission::Consume, topic))
-                })
+                broker
+                    .group_topics(g)
+                    .iter()
+                    .any(|topic| principal.may(Permission::Consume, topic))
             })
             .collect())
     })

@@ -4,6 +4,7 @@
 
 pub mod consume;
 pub mod groups;
+pub mod members;
 pub mod ops;
 pub mod produce;
 pub mod topics;

@@ -1,0 +1,407 @@
+//! Consumer groups with members: group settings, joins and heartbeats (long-polling for a
+//! change of assignment), leaves, member fetches, and the description of a group. The
+//! rules are the broker's coordinator's; these handlers parse, authorize and render.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::api::groups::{
+    AssignedPartition, AutoOffsetReset, GroupDescriptionOut, GroupSettingsIn, GroupSettingsOut,
+    GroupType, JoinRequest, JoinResponse, MemberOut, PartitionLagOut, TopicPartitionRef,
+};
+use crate::api::records::{MemberRecordOut, MemberRecords};
+use crate::auth::{Permission, Principal};
+use crate::broker::assignor::TopicPartition;
+use crate::broker::members::{GroupSettings, OffsetReset};
+use crate::broker::{validate_name, HeartbeatCall, ReadLimits};
+use crate::log::{ReadBatch, StoredRecord};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
+use crate::server::routes::consume::{octets_response, record_json, wait_for, wants_octets};
+use crate::server::routes::consume::{MAX_BYTES_CAP, MAX_RECORDS_CAP, MAX_WAIT_MS};
+use crate::server::{blocking, AppState};
+
+fn settings_out(name: &str, s: &GroupSettings) -> GroupSettingsOut {
+    GroupSettingsOut {
+        name: name.to_owned(),
+        group_type: GroupType::Partitioned,
+        session_timeout_ms: s.session_timeout_ms,
+        rebalance_timeout_ms: s.rebalance_timeout_ms,
+        auto_offset_reset: match s.auto_offset_reset {
+            OffsetReset::Earliest => AutoOffsetReset::Earliest,
+            OffsetReset::Latest => AutoOffsetReset::Latest,
+        },
+    }
+}
+
+fn tp_ref((topic, partition): &TopicPartition) -> TopicPartitionRef {
+    TopicPartitionRef {
+        topic: topic.clone(),
+        partition: *partition,
+    }
+}
+
+/// The errors `put_group` answers with (besides those of every route).
+pub const PUT_GROUP_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::InvalidConfig,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RequestTimeout,
+    ErrorCode::NotReady,
+];
+
+/// Create a group with members, or change its settings (absent fields take their
+/// defaults). A first join creates the group with the defaults, so this call is optional.
+#[utoipa::path(put, path = "/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    request_body = GroupSettingsIn,
+    responses(
+        (status = 201, body = GroupSettingsOut, description = "Created, durably"),
+        (status = 200, body = GroupSettingsOut, description = "It existed; its settings are now these"),
+    ))]
+pub async fn put_group(
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<(StatusCode, Json<GroupSettingsOut>)> {
+    validate_name(&group)?;
+    let req: GroupSettingsIn = crate::server::read_json(state.config(), body).await?;
+    if req.group_type == GroupType::Queue {
+        return Err(ApiError::new(
+            ErrorCode::InvalidConfig,
+            "queue groups are not available in this version; use \"type\": \"partitioned\"",
+        ));
+    }
+    let d = GroupSettings::default();
+    let settings = GroupSettings {
+        session_timeout_ms: req.session_timeout_ms.unwrap_or(d.session_timeout_ms),
+        rebalance_timeout_ms: req.rebalance_timeout_ms.unwrap_or(d.rebalance_timeout_ms),
+        auto_offset_reset: match req.auto_offset_reset {
+            Some(AutoOffsetReset::Latest) => OffsetReset::Latest,
+            Some(AutoOffsetReset::Earliest) | None => OffsetReset::Earliest,
+        },
+    };
+    let broker = state.broker()?;
+    let name = group.clone();
+    let created = blocking(move || Ok(broker.put_group(&name, settings)?)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(settings_out(&group, &settings))))
+}
+
+/// The errors `join` answers with (besides those of every route).
+pub const JOIN_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::TopicNotFound,
+    ErrorCode::FencedMember,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RequestTimeout,
+    ErrorCode::NotReady,
+];
+
+/// Join a group (`member_epoch` 0) or heartbeat: the same idempotent call. `member` is
+/// chosen by the client (e.g. a UUID). Long-polls up to `wait_ms` when the answer would
+/// bring nothing new. What changed is durable before the answer.
+#[utoipa::path(put, path = "/v1/groups/{group}/members/{member}", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"),
+        ("member" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    request_body = JoinRequest,
+    responses((status = 200, body = JoinResponse)))]
+pub async fn join(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((group, member)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> ApiResult<Json<JoinResponse>> {
+    validate_name(&group)?;
+    validate_name(&member)?;
+    let req: JoinRequest = crate::server::read_json(state.config(), body).await?;
+    if req.topics.is_empty() {
+        return Err(ApiError::bad_request("`topics` is empty"));
+    }
+    for t in req.topics.iter().chain(req.owned.iter().map(|o| &o.topic)) {
+        validate_name(t)?;
+        if !principal.may(Permission::Consume, t) {
+            return Err(crate::server::forbidden(&principal));
+        }
+    }
+    if req.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let broker = state.broker()?;
+    // A long-poll ends well within the member's session and the request timeout.
+    let session = {
+        let (b, g) = (Arc::clone(&broker), group.clone());
+        blocking(move || Ok(b.group_settings(&g).session_timeout_ms)).await?
+    };
+    let wait_ms = req
+        .wait_ms
+        .min(session / 2)
+        .min(state.config().request_timeout_ms / 2);
+    let call = HeartbeatCall {
+        member_epoch: req.member_epoch,
+        topics: req.topics.into_iter().collect(),
+        owned: req
+            .owned
+            .into_iter()
+            .map(|o| (o.topic, o.partition))
+            .collect(),
+        wait: Duration::from_millis(wait_ms),
+    };
+    let a = broker
+        .heartbeat(&group, &member, call, state.shutdown_signal())
+        .await?;
+    Ok(Json(JoinResponse {
+        member_epoch: a.heartbeat.member_epoch,
+        heartbeat_interval_ms: a.settings.heartbeat_interval_ms(),
+        session_timeout_ms: a.settings.session_timeout_ms,
+        assignment: a
+            .heartbeat
+            .assignment
+            .iter()
+            .map(|(tp, epoch)| AssignedPartition {
+                topic: tp.0.clone(),
+                partition: tp.1,
+                epoch: *epoch,
+                committed: a.committed.get(tp).copied(),
+            })
+            .collect(),
+        revoke: a.heartbeat.revoke.iter().map(tp_ref).collect(),
+    }))
+}
+
+/// The errors `leave` answers with (besides those of every route).
+pub const LEAVE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidName,
+    ErrorCode::UnknownMember,
+    ErrorCode::NotReady,
+];
+
+/// Leave the group: the member's partitions are free at once (durably, before the answer).
+#[utoipa::path(delete, path = "/v1/groups/{group}/members/{member}", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"),
+        ("member" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    responses((status = 204, description = "Left")))]
+pub async fn leave(
+    State(state): State<AppState>,
+    Path((group, member)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    validate_name(&group)?;
+    validate_name(&member)?;
+    let broker = state.broker()?;
+    blocking(move || Ok(broker.leave_group(&group, &member)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MemberFetchQuery {
+    /// Default 1000, across the member's partitions.
+    max_records: Option<usize>,
+    /// Default 1 MiB; at least one record is returned even if it alone is larger.
+    max_bytes: Option<usize>,
+    /// Long-poll: wait up to this long (at most 30000) for a record in any owned partition.
+    wait_ms: Option<u64>,
+}
+
+/// The errors `member_records` answers with (besides those of every route).
+pub const MEMBER_RECORDS_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::UnknownMember,
+    ErrorCode::FencedMember,
+    ErrorCode::TooManyWaiters,
+];
+
+/// Read records of the partitions the member owns (not those it is letting go of), from
+/// its position in each: the committed offset at first, else the group's
+/// `auto_offset_reset`. The position moves past what is returned; a partition that moves
+/// to another member starts there from the committed offset. JSON records carry `topic`
+/// and `partition`. With `Accept: application/octet-stream`, the frames of one partition
+/// as they lie on disk, named by `X-Mapq-Topic` and `X-Mapq-Partition` (absent when there
+/// are no records), with `X-Mapq-Next-Offset` and `X-Mapq-High-Watermark`.
+#[utoipa::path(get, path = "/v1/groups/{group}/members/{member}/records", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"),
+        ("member" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$"), MemberFetchQuery),
+    responses(
+        (status = 200, content(
+            (MemberRecords = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
+    ))]
+pub async fn member_records(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path((group, member)): Path<(String, String)>,
+    query: Result<Query<MemberFetchQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Query(q) = query?;
+    validate_name(&group)?;
+    validate_name(&member)?;
+    let max_records = q.max_records.unwrap_or(1000);
+    if max_records == 0 {
+        return Err(ApiError::bad_request("max_records must be at least 1"));
+    }
+    let wait_ms = q.wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let limits = ReadLimits {
+        max_records: max_records.min(MAX_RECORDS_CAP),
+        max_bytes: q.max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP),
+    };
+    let octets = wants_octets(&headers);
+    let broker = state.broker_for_read()?;
+    let allow = Arc::new(move |topic: &str| principal.may(Permission::Consume, topic));
+    let wait = wait_for(&state, Duration::from_millis(wait_ms));
+    let batches = broker
+        .member_fetch(&group, &member, limits, octets, allow, Some(wait))
+        .await?;
+    let metrics = state.metrics();
+    for ((topic, partition), batch) in &batches {
+        let labels = [topic.as_str(), &partition.to_string()];
+        metrics
+            .records_read
+            .with_label_values(&labels)
+            .inc_by(batch.record_count as u64);
+        metrics
+            .bytes_read
+            .with_label_values(&labels)
+            .inc_by(batch.byte_len() as u64);
+    }
+    if octets {
+        let Some(((topic, partition), batch)) = batches.into_iter().next() else {
+            return Ok((
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )],
+                Vec::new(),
+            )
+                .into_response());
+        };
+        let mut resp = octets_response(batch);
+        let h = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&topic) {
+            h.insert("x-mapq-topic", v);
+        }
+        h.insert("x-mapq-partition", HeaderValue::from(partition));
+        return Ok(resp);
+    }
+    blocking(move || Ok(member_json(&batches))).await
+}
+
+fn member_json(batches: &[(TopicPartition, ReadBatch)]) -> Response {
+    let decoded: Vec<(&TopicPartition, Vec<StoredRecord>)> = batches
+        .iter()
+        .map(|(tp, b)| (tp, b.records().collect()))
+        .collect();
+    let body = MemberRecords {
+        records: decoded
+            .iter()
+            .flat_map(|((topic, partition), records)| {
+                records.iter().map(move |r| MemberRecordOut {
+                    topic,
+                    partition: *partition,
+                    record: record_json(r),
+                })
+            })
+            .collect(),
+    };
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// The errors `describe_group` answers with (besides those of every route).
+pub const DESCRIBE_GROUP_ERRORS: &[ErrorCode] = &[
+    ErrorCode::InvalidName,
+    ErrorCode::GroupNotFound,
+    ErrorCode::NotReady,
+];
+
+/// A group: its settings, members with their assignment, and the committed offset and lag
+/// of every partition of its topics (whether or not members are alive).
+#[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    responses((status = 200, body = GroupDescriptionOut)))]
+pub async fn describe_group(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<GroupDescriptionOut>> {
+    validate_name(&group)?;
+    let broker = state.broker_for_read()?;
+    let name = group.clone();
+    let d = blocking(move || Ok(broker.describe_group(&name)?)).await?;
+    let may = |t: &str| principal.may(Permission::Consume, t);
+    let topics: BTreeSet<&str> = d
+        .topics
+        .iter()
+        .map(String::as_str)
+        .chain(d.offsets.iter().map(|o| o.topic.as_str()))
+        .collect();
+    if !topics.iter().any(|t| may(t)) {
+        return Err(crate::broker::BrokerError::GroupNotFound(group).into());
+    }
+    let offsets: Vec<PartitionLagOut> = d
+        .offsets
+        .iter()
+        .filter(|o| may(&o.topic))
+        .map(|o| PartitionLagOut {
+            topic: o.topic.clone(),
+            partition: o.partition,
+            offset: o.offset,
+            lag: o.lag,
+        })
+        .collect();
+    Ok(Json(GroupDescriptionOut {
+        name: d.name.clone(),
+        group_type: GroupType::Partitioned,
+        epoch: d.epoch,
+        settings: settings_out(&d.name, &d.settings),
+        topics: d.topics.iter().filter(|t| may(t)).cloned().collect(),
+        members: d
+            .members
+            .iter()
+            .map(|m| MemberOut {
+                member: m.member.clone(),
+                member_epoch: m.member_epoch,
+                topics: m.topics.iter().cloned().collect(),
+                assignment: m.assignment.iter().map(tp_ref).collect(),
+                revoking: m.revoking.iter().map(tp_ref).collect(),
+                last_seen_ms: m.last_seen_ms,
+            })
+            .collect(),
+        lag: offsets.iter().map(|o| o.lag).sum(),
+        offsets,
+    }))
+}
