@@ -25,7 +25,7 @@ pub use membership::{
     GroupDescription, HeartbeatAnswer, HeartbeatCall, MemberDescription, PartitionLag,
 };
 pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
-pub use stats::{BrokerStats, GroupStats, IdempotencyStats, PartitionStats};
+pub use stats::{BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
 use crate::config::Config;

@@ -10,6 +10,7 @@ use super::Broker;
 pub struct BrokerStats {
     pub partitions: Vec<PartitionStats>,
     pub groups: Vec<GroupStats>,
+    pub member_groups: Vec<MemberGroupStats>,
     pub idempotency: Vec<IdempotencyStats>,
     /// Segments mapped, with their files open, across all partitions.
     pub open_segments: u64,
@@ -62,6 +63,17 @@ pub struct GroupStats {
     pub lag: u64,
 }
 
+/// A group with members: its members, epoch, and what its coordinator did since the
+/// server started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberGroupStats {
+    pub group: String,
+    pub members: u64,
+    pub epoch: u64,
+    pub partitions_moved: u64,
+    pub counters: super::members::GroupCounters,
+}
+
 impl Broker {
     /// The snapshot. Reads atomics and the in-memory group offsets; touches no file.
     pub fn stats(&self) -> BrokerStats {
@@ -103,6 +115,15 @@ impl Broker {
                     bytes_appended,
                 });
             }
+        }
+        for (group, g) in self.members.all() {
+            stats.member_groups.push(g.read(|st| MemberGroupStats {
+                group,
+                members: st.coordinator.members().count() as u64,
+                epoch: st.coordinator.group_epoch(),
+                partitions_moved: st.coordinator.moves(),
+                counters: st.counters.clone(),
+            }));
         }
         for group in self.groups().names() {
             let Ok(offsets) = self.groups().offsets(&group) else {

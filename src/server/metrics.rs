@@ -197,6 +197,34 @@ fn per_group(s: &BrokerStats, value: fn(&crate::broker::GroupStats) -> u64) -> V
         .collect()
 }
 
+/// The series of each group with members: `(labels, value)`.
+fn per_member_group(
+    s: &BrokerStats,
+    value: fn(&crate::broker::MemberGroupStats) -> u64,
+) -> Vec<Series> {
+    s.member_groups
+        .iter()
+        .map(|g| (vec![g.group.clone()], value(g)))
+        .collect()
+}
+
+/// The series of a counter of each group with members, by `reason` or `operation`.
+fn per_member_group_by(
+    s: &BrokerStats,
+    counts: fn(&crate::broker::MemberGroupStats) -> &std::collections::BTreeMap<&'static str, u64>,
+    kinds: &[&str],
+) -> Vec<Series> {
+    s.member_groups
+        .iter()
+        .flat_map(|g| {
+            kinds.iter().map(move |k| {
+                let n = counts(g).get(k).copied().unwrap_or(0);
+                (vec![g.group.clone(), (*k).to_owned()], n)
+            })
+        })
+        .collect()
+}
+
 const FAMILIES: &[Family] = &[
     Family {
         name: "mapq_log_start_offset",
@@ -346,6 +374,77 @@ const FAMILIES: &[Family] = &[
         counter: false,
         labels: GTP,
         values: |s| per_group(s, |g| g.lag),
+    },
+    Family {
+        name: "mapq_group_members",
+        help: "Members of a consumer group with members",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.members),
+    },
+    Family {
+        name: "mapq_group_epoch",
+        help: "Epoch of a consumer group (bumped at each new target assignment)",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.epoch),
+    },
+    Family {
+        name: "mapq_group_rebalances_total",
+        help: "New target assignments of a consumer group, by reason (join, leave, subscription, partitions, session_timeout, rebalance_timeout)",
+        counter: true,
+        labels: &["group", "reason"],
+        values: |s| {
+            per_member_group_by(
+                s,
+                |g| &g.counters.rebalances,
+                &[
+                    "join",
+                    "leave",
+                    "subscription",
+                    "partitions",
+                    "session_timeout",
+                    "rebalance_timeout",
+                ],
+            )
+        },
+    },
+    Family {
+        name: "mapq_group_partitions_moved_total",
+        help: "Partitions given to a member other than their previous owner",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.partitions_moved),
+    },
+    Family {
+        name: "mapq_group_fenced_total",
+        help: "Member calls refused by fencing (removed member, stale epoch, partition not owned), by operation (heartbeat, fetch, commit)",
+        counter: true,
+        labels: &["group", "operation"],
+        values: |s| {
+            per_member_group_by(s, |g| &g.counters.fenced, &["heartbeat", "fetch", "commit"])
+        },
+    },
+    Family {
+        name: "mapq_group_reconciles_total",
+        help: "Rebalances that ended with every member owning its target assignment",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.counters.reconciled),
+    },
+    Family {
+        name: "mapq_group_reconcile_milliseconds_total",
+        help: "Time from a new target assignment to every member owning it, summed over the rebalances (divide by mapq_group_reconciles_total)",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.counters.reconcile_ms_total),
+    },
+    Family {
+        name: "mapq_group_last_reconcile_milliseconds",
+        help: "Time the last rebalance took to reconcile",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_member_group(s, |g| g.counters.last_reconcile_ms),
     },
     Family {
         name: "mapq_open_segments",
