@@ -617,3 +617,111 @@ async fn bad_input_gets_the_contracts_codes_and_changes_nothing() {
     // Nothing changed: the same members, epoch, assignment, settings and offsets.
     assert_eq!(g.describe().await, before);
 }
+
+/// `mapq consume --group` processes share a topic: each record printed by exactly one of
+/// them, and one stopped with Ctrl-C (SIGINT) leaves at once, its partitions taken over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapq_consume_group_members_share_a_topic_and_leave_on_ctrl_c() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create_topic(
+        &http,
+        &server.base,
+        json!({"name": "orders", "partitions": 4}),
+    )
+    .await;
+    let produce = |from: u32, to: u32| {
+        let http = http.clone();
+        let base = server.base.clone();
+        async move {
+            let records: Vec<Value> = (from..to).map(|i| json!({"value": i})).collect();
+            let r = http
+                .post(format!("{base}/v1/topics/orders/records"))
+                .json(&json!({ "records": records }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    produce(0, 100).await;
+    let out = |name: &str| dir.path().join(format!("{name}.out"));
+    let spawn = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args([
+                "consume", "orders", "--group", "w", "--follow", "--member", name,
+            ])
+            .args(["--server", &server.base])
+            .stdout(std::fs::File::create(out(name)).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let g = Group::new(&server.base, "w");
+    let members_now = |n: usize| {
+        let g = &g;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let d = g.describe().await;
+                let owned: usize = d["members"]
+                    .as_array()
+                    .map(|ms| {
+                        ms.iter()
+                            .map(|m| m["assignment"].as_array().unwrap().len())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                if d["members"].as_array().map(Vec::len) == Some(n) && owned == 4 {
+                    return d;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "not {n} members owning 4 partitions: {d}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut c1 = spawn("c1");
+    members_now(1).await;
+    let mut c2 = spawn("c2");
+    let d = members_now(2).await;
+    for m in d["members"].as_array().unwrap() {
+        assert_eq!(m["assignment"].as_array().unwrap().len(), 2, "{d}");
+    }
+    produce(100, 200).await;
+    // Ctrl-C: c1 leaves (its partitions freed at once, long before a session timeout).
+    let stopped = Instant::now();
+    unsafe { libc::kill(c1.id() as i32, libc::SIGINT) };
+    let status = c1.wait().unwrap();
+    assert!(status.success(), "c1 ended with {status}");
+    members_now(1).await;
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    produce(200, 300).await;
+    // c2 prints everything left; then stop it too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = g.describe().await;
+        if d["lag"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lag never reached 0: {d}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(c2.id() as i32, libc::SIGTERM) };
+    assert!(c2.wait().unwrap().success());
+    let mut seen = std::collections::BTreeMap::new();
+    for name in ["c1", "c2"] {
+        let text = std::fs::read_to_string(out(name)).unwrap();
+        assert!(!text.is_empty(), "{name} printed nothing");
+        for line in text.lines() {
+            *seen.entry(line.parse::<u32>().unwrap()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), 300, "every record printed");
+    assert!(seen.values().all(|&n| n == 1), "a record printed twice");
+    assert_eq!(g.describe().await["members"], json!([]), "both left");
+}

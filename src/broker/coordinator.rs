@@ -270,6 +270,13 @@ impl Coordinator {
             .collect()
     }
 
+    /// Whether `member` holds exactly its target: if not, its next heartbeat brings it
+    /// partitions to revoke or to take.
+    pub fn is_settled(&self, member: &str) -> bool {
+        let target = self.target.get(member).cloned().unwrap_or_default();
+        self.held_by(member) == target
+    }
+
     /// Whether every member holds exactly its target (no partition is moving or free).
     pub fn is_reconciled(&self) -> bool {
         let targeted: usize = self.target.values().map(BTreeSet::len).sum();

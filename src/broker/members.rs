@@ -118,6 +118,15 @@ pub struct GroupCounters {
     pub last_reconcile_ms: u64,
 }
 
+/// What a member may fetch (see [`GroupState::fetch_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPlan {
+    /// Each partition, the epoch it was given at, and the member's position in it.
+    pub partitions: Vec<(TopicPartition, u64, Option<u64>)>,
+    /// The member has partitions to revoke or to take: its next heartbeat should not wait.
+    pub heartbeat_now: bool,
+}
+
 /// Where a member's next fetch of a partition starts: valid while the member still holds
 /// the partition at the epoch it was given at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,17 +248,13 @@ impl GroupState {
 
     /// What `member` may fetch now: each partition, the epoch it was given at, and the
     /// member's position in it (none: start at the committed offset). Keeps its session.
-    pub fn fetch_plan(
-        &mut self,
-        member: &str,
-        now_ms: i64,
-    ) -> Result<Vec<(TopicPartition, u64, Option<u64>)>, CoordinatorError> {
+    pub fn fetch_plan(&mut self, member: &str, now_ms: i64) -> Result<FetchPlan, CoordinatorError> {
         if !self.coordinator.has_member(member) {
             self.count_fenced("fetch");
             return Err(self.missing(member));
         }
         self.coordinator.touch(member, now_ms);
-        Ok(self
+        let partitions = self
             .coordinator
             .fetchable(member)
             .into_iter()
@@ -261,7 +266,11 @@ impl GroupState {
                     .map(|p| p.next);
                 (tp, given_at, next)
             })
-            .collect())
+            .collect();
+        Ok(FetchPlan {
+            partitions,
+            heartbeat_now: !self.coordinator.is_settled(member),
+        })
     }
 
     /// Moves `member`'s position in `tp` to `next`, if it still holds it at `given_at`.
@@ -665,17 +674,17 @@ mod tests {
         let groups = MemberGroups::open(dir.path(), parts, 0).unwrap();
         let g = groups.get_or_create("g", GroupSettings::default()).unwrap();
         let a = beat(&g, "a", 0, &BTreeSet::new(), 0).unwrap();
-        let plan = g.with(|st| st.fetch_plan("a", 1)).unwrap();
+        let plan = g.with(|st| st.fetch_plan("a", 1)).unwrap().partitions;
         assert_eq!(plan.len(), 6);
         assert!(plan.iter().all(|(_, _, pos)| pos.is_none()));
         let (tp, given, _) = plan[0].clone();
         g.with(|st| st.advance("a", &tp, given, 42));
-        let plan = g.with(|st| st.fetch_plan("a", 2)).unwrap();
+        let plan = g.with(|st| st.fetch_plan("a", 2)).unwrap().partitions;
         assert_eq!(plan[0].2, Some(42));
         g.update(3, |st| st.leave("a")).unwrap().0.unwrap();
         let b = beat(&g, "b", 0, &BTreeSet::new(), 4).unwrap();
         assert_eq!(keys(&b), keys(&a));
-        let plan = g.with(|st| st.fetch_plan("b", 5)).unwrap();
+        let plan = g.with(|st| st.fetch_plan("b", 5)).unwrap().partitions;
         assert!(plan.iter().all(|(_, _, pos)| pos.is_none()), "{plan:?}");
     }
 }

@@ -35,6 +35,14 @@ pub struct HeartbeatAnswer {
     pub committed: BTreeMap<TopicPartition, u64>,
 }
 
+/// What a member fetch brings (see [`Broker::member_fetch`]).
+#[derive(Debug)]
+pub struct MemberFetch {
+    pub batches: Vec<(TopicPartition, ReadBatch)>,
+    /// The member has partitions to revoke or to take: it should heartbeat now.
+    pub heartbeat_now: bool,
+}
+
 /// One member of a group, as described.
 #[derive(Debug, Clone)]
 pub struct MemberDescription {
@@ -210,7 +218,7 @@ impl Broker {
         one_partition: bool,
         allow: Arc<dyn Fn(&str) -> bool + Send + Sync>,
         wait: Option<Wait>,
-    ) -> Result<Vec<(TopicPartition, ReadBatch)>, BrokerError> {
+    ) -> Result<MemberFetch, BrokerError> {
         super::validate_name(group)?;
         let g = self
             .members
@@ -224,12 +232,19 @@ impl Broker {
                 member.to_owned(),
                 Arc::clone(&allow),
             );
-            let (batches, watched, changes) =
+            let (fetched, watched, changes) =
                 blocking(move || broker.fetch_once(&g2, &m, limits, one_partition, &*allow2))
                     .await?;
             let wait = match wait.as_ref() {
-                Some(w) if batches.is_empty() && !waited && !w.timeout.is_zero() => w,
-                _ => return Ok(batches),
+                Some(w)
+                    if fetched.batches.is_empty()
+                        && !fetched.heartbeat_now
+                        && !waited
+                        && !w.timeout.is_zero() =>
+                {
+                    w
+                }
+                _ => return Ok(fetched),
             };
             waited = true;
             let _permit = wait.permit()?;
@@ -268,7 +283,7 @@ impl Broker {
         allow: &dyn Fn(&str) -> bool,
     ) -> Result<
         (
-            Vec<(TopicPartition, ReadBatch)>,
+            MemberFetch,
             Vec<(Arc<super::Partition>, u64)>,
             tokio::sync::watch::Receiver<u64>,
         ),
@@ -279,7 +294,9 @@ impl Broker {
             st.fetch_plan(member, now)
                 .map(|plan| (plan, st.settings.auto_offset_reset))
         })?;
-        let (mut plan, reset) = plan.map_err(BrokerError::Member)?;
+        let (plan, reset) = plan.map_err(BrokerError::Member)?;
+        let heartbeat_now = plan.heartbeat_now;
+        let mut plan = plan.partitions;
         plan.retain(|((topic, _), _, _)| allow(topic));
         let committed = self.groups.offsets(g.name()).unwrap_or_default();
         let start = g.next_round(plan.len());
@@ -318,7 +335,14 @@ impl Broker {
             bytes = bytes.saturating_sub(batch.byte_len());
             out.push((tp, batch));
         }
-        Ok((out, watched, changes))
+        Ok((
+            MemberFetch {
+                batches: out,
+                heartbeat_now,
+            },
+            watched,
+            changes,
+        ))
     }
 
     /// Commits offsets for `group`, durably. As `member` (with its epoch), each partition

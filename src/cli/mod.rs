@@ -78,6 +78,13 @@ pub enum Command {
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
+    /// Consumer groups over HTTP: list, describe (members, assignment, lag).
+    Groups {
+        #[command(subcommand)]
+        command: crate::client::GroupsCommand,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
     /// Produce records read from stdin, one per line, in batches.
     Produce {
         #[command(flatten)]
@@ -85,8 +92,8 @@ pub enum Command {
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
-    /// Print a topic's records over HTTP (every partition, or one), optionally following and
-    /// committing a group's offsets.
+    /// Print a topic's records over HTTP (every partition, or one), optionally following; with
+    /// `--group`, as a member of a consumer group that shares the topic.
     Consume {
         #[command(flatten)]
         args: crate::client::ConsumeArgs,
@@ -147,6 +154,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Topics { command, client } => {
             client_command(|| async move { crate::client::topics(&client, &command).await })
+        }
+        Command::Groups { command, client } => {
+            client_command(|| async move { crate::client::groups(&client, &command).await })
         }
         Command::Produce { args, client } => {
             client_command(|| async move { crate::client::produce(&client, &args).await })

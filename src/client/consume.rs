@@ -31,10 +31,16 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Consumer group: start where it left off.
+    /// Consumer group. Alone: join it as a member, print the records of the partitions
+    /// the group assigns (several `mapq consume --group` share the topic), commit after
+    /// each batch, and leave on Ctrl-C. With `--partition`: read that partition from the
+    /// group's committed offset (and commit with `--commit`) without joining.
     #[arg(long)]
     pub group: Option<String>,
-    /// With `--group`: commit the offset after each batch printed.
+    /// With `--group`: the member id (default: `mapq-<pid>-<time>`).
+    #[arg(long, requires = "group")]
+    pub member: Option<String>,
+    /// With `--group --partition`: commit the offset after each batch printed.
     #[arg(long, requires = "group")]
     pub commit: bool,
 }
@@ -58,6 +64,9 @@ pub async fn consume(args: &ClientArgs, c: &ConsumeArgs) -> Result<()> {
     } else {
         c.format
     };
+    if let (Some(group), None) = (&c.group, c.partition) {
+        return super::member::consume_as_member(&api, c, format, group).await;
+    }
     let partitions: Vec<u32> = match c.partition {
         Some(p) => vec![p],
         None => {
@@ -253,7 +262,7 @@ fn with_partition(partition: u32, r: &Value) -> Value {
 
 /// A record's value as a shell user expects it: a string as its text, other JSON as its
 /// JSON text, bytes as they are; then a newline.
-fn write_value(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
+pub(super) fn write_value(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
     match (&r["value"], r["value_b64"].as_str()) {
         (_, Some(b64)) => {
             let bytes = base64::engine::general_purpose::STANDARD

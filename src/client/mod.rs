@@ -5,10 +5,13 @@
 
 pub mod bench;
 mod consume;
+mod groups;
+mod member;
 mod produce;
 mod topics;
 
 pub use consume::{consume, ConsumeArgs, OutputFormat};
+pub use groups::{groups, GroupsCommand};
 pub use produce::{produce, ProduceArgs};
 pub use topics::{topics, TopicsCommand};
 

@@ -233,7 +233,9 @@ pub const MEMBER_RECORDS_ERRORS: &[ErrorCode] = &[
 /// Read records of the partitions the member owns (not those it is letting go of), from
 /// its position in each: the committed offset at first, else the group's
 /// `auto_offset_reset`. The position moves past what is returned; a partition that moves
-/// to another member starts there from the committed offset. JSON records carry `topic`
+/// to another member starts there from the committed offset. `X-Mapq-Heartbeat-Now: true`
+/// tells the member that its assignment is changing (it has partitions to let go of or to
+/// take): its next heartbeat should not wait; a long-poll ends early for it. JSON records carry `topic`
 /// and `partition`. With `Accept: application/octet-stream`, the frames of one partition
 /// as they lie on disk, named by `X-Mapq-Topic` and `X-Mapq-Partition` (absent when there
 /// are no records), with `X-Mapq-Next-Offset` and `X-Mapq-High-Watermark`.
@@ -274,9 +276,11 @@ pub async fn member_records(
     let broker = state.broker_for_read()?;
     let allow = Arc::new(move |topic: &str| principal.may(Permission::Consume, topic));
     let wait = wait_for(&state, Duration::from_millis(wait_ms));
-    let batches = broker
+    let fetched = broker
         .member_fetch(&group, &member, limits, octets, allow, Some(wait))
         .await?;
+    let heartbeat_now = fetched.heartbeat_now;
+    let batches = fetched.batches;
     let metrics = state.metrics();
     for ((topic, partition), batch) in &batches {
         let labels = [topic.as_str(), &partition.to_string()];
@@ -289,26 +293,34 @@ pub async fn member_records(
             .with_label_values(&labels)
             .inc_by(batch.byte_len() as u64);
     }
-    if octets {
-        let Some(((topic, partition), batch)) = batches.into_iter().next() else {
-            return Ok((
+    let mut resp = if octets {
+        match batches.into_iter().next() {
+            None => (
                 [(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
                 )],
                 Vec::new(),
             )
-                .into_response());
-        };
-        let mut resp = octets_response(batch);
-        let h = resp.headers_mut();
-        if let Ok(v) = HeaderValue::from_str(&topic) {
-            h.insert("x-mapq-topic", v);
+                .into_response(),
+            Some(((topic, partition), batch)) => {
+                let mut resp = octets_response(batch);
+                let h = resp.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&topic) {
+                    h.insert("x-mapq-topic", v);
+                }
+                h.insert("x-mapq-partition", HeaderValue::from(partition));
+                resp
+            }
         }
-        h.insert("x-mapq-partition", HeaderValue::from(partition));
-        return Ok(resp);
+    } else {
+        blocking(move || Ok(member_json(&batches))).await?
+    };
+    if heartbeat_now {
+        resp.headers_mut()
+            .insert("x-mapq-heartbeat-now", HeaderValue::from_static("true"));
     }
-    blocking(move || Ok(member_json(&batches))).await
+    Ok(resp)
 }
 
 fn member_json(batches: &[(TopicPartition, ReadBatch)]) -> Response {

@@ -1,0 +1,108 @@
+//! `mapq groups list|describe`.
+
+use super::{print_json, table, Api, ClientArgs, Result};
+use crate::api::groups::{GroupDescriptionOut, GroupList, TopicPartitionRef};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum GroupsCommand {
+    /// List the groups (with members, or with committed offsets).
+    List,
+    /// Show a group: its settings, members with their assignment, and the committed offset
+    /// and lag of each partition.
+    Describe {
+        /// The group.
+        name: String,
+    },
+}
+
+fn list(parts: &[TopicPartitionRef]) -> String {
+    if parts.is_empty() {
+        return "-".to_owned();
+    }
+    parts
+        .iter()
+        .map(|p| format!("{}/{}", p.topic, p.partition))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn describe(g: &GroupDescriptionOut) {
+    let s = &g.settings;
+    println!(
+        "group {}  type partitioned  epoch {}  members {}  lag {}",
+        g.name,
+        g.epoch,
+        g.members.len(),
+        g.lag
+    );
+    println!(
+        "settings session_timeout_ms={} rebalance_timeout_ms={} auto_offset_reset={}",
+        s.session_timeout_ms,
+        s.rebalance_timeout_ms,
+        serde_json::to_value(s.auto_offset_reset)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    if !g.members.is_empty() {
+        let now = crate::log::now_ms();
+        let rows = g
+            .members
+            .iter()
+            .map(|m| {
+                vec![
+                    m.member.clone(),
+                    m.member_epoch.to_string(),
+                    list(&m.assignment),
+                    list(&m.revoking),
+                    format!("{} ms ago", now.saturating_sub(m.last_seen_ms).max(0)),
+                ]
+            })
+            .collect();
+        table(
+            &["MEMBER", "EPOCH", "ASSIGNMENT", "REVOKING", "LAST SEEN"],
+            rows,
+        );
+    }
+    let rows = g
+        .offsets
+        .iter()
+        .map(|o| {
+            vec![
+                o.topic.clone(),
+                o.partition.to_string(),
+                o.offset.map_or("-".to_owned(), |o| o.to_string()),
+                o.lag.to_string(),
+            ]
+        })
+        .collect();
+    table(&["TOPIC", "PARTITION", "COMMITTED", "LAG"], rows);
+}
+
+pub async fn groups(args: &ClientArgs, cmd: &GroupsCommand) -> Result<()> {
+    let api = Api::new(args)?;
+    match cmd {
+        GroupsCommand::List => {
+            let list: GroupList = api.call_as(api.http.get(api.url("/v1/groups"))).await?;
+            if args.json {
+                print_json(&serde_json::to_value(&list).unwrap_or_default());
+            } else {
+                table(
+                    &["GROUP"],
+                    list.groups.into_iter().map(|g| vec![g]).collect(),
+                );
+            }
+        }
+        GroupsCommand::Describe { name } => {
+            let g: GroupDescriptionOut = api
+                .call_as(api.http.get(api.url(&format!("/v1/groups/{name}"))))
+                .await?;
+            if args.json {
+                print_json(&serde_json::to_value(&g).unwrap_or_default());
+            } else {
+                describe(&g);
+            }
+        }
+    }
+    Ok(())
+}
