@@ -695,7 +695,7 @@ async fn mapq_consume_group_members_share_a_topic_and_leave_on_ctrl_c() {
     produce(100, 200).await;
     // Ctrl-C: c1 leaves (its partitions freed at once, long before a session timeout).
     let stopped = Instant::now();
-    unsafe { libc::kill(c1.id() as i32, libc::SIGINT) };
+    common::server::signal(&c1, libc::SIGINT);
     let status = c1.wait().unwrap();
     assert!(status.success(), "c1 ended with {status}");
     members_now(1).await;
@@ -711,7 +711,7 @@ async fn mapq_consume_group_members_share_a_topic_and_leave_on_ctrl_c() {
         assert!(Instant::now() < deadline, "lag never reached 0: {d}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    unsafe { libc::kill(c2.id() as i32, libc::SIGTERM) };
+    common::server::signal(&c2, libc::SIGTERM);
     assert!(c2.wait().unwrap().success());
     let mut seen = std::collections::BTreeMap::new();
     for name in ["c1", "c2"] {

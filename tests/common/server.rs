@@ -101,9 +101,7 @@ impl Server {
 
     /// SIGTERM, then waits for the exit code.
     pub fn terminate(mut self) -> i32 {
-        let pid = self.child.id() as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        signal(&self.child, libc::SIGTERM);
         let status = wait_with_deadline(&mut self.child, Duration::from_secs(30));
         std::mem::forget(self);
         status
@@ -317,6 +315,13 @@ pub fn raw_get_status(base: &str, path: &str) -> Option<u16> {
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).ok()?;
     std::str::from_utf8(&buf[9..12]).ok()?.parse().ok()
+}
+
+/// Sends `sig` to `child`, a process this test started (never one found by name).
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: kill(2) on the pid of our own child, which we have not waited for yet.
+    let rc = unsafe { libc::kill(child.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
 }
 
 /// GET `url` and parse the answer as JSON.
