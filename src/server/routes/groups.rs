@@ -176,10 +176,11 @@ pub async fn list_groups(
             .group_names()
             .into_iter()
             .filter(|g| {
-                broker
-                    .group_topics(g)
-                    .iter()
-                    .any(|topic| principal.may(Permission::Consume, topic))
+                let topics = broker.group_topics(g);
+                topics.is_empty()
+                    || topics
+                        .iter()
+                        .any(|topic| principal.may(Permission::Consume, topic))
             })
             .collect())
     })
