@@ -157,7 +157,10 @@ fn member_loop(
 
 /// Whether every one of `members` members owns its share of 12 partitions.
 fn settled(d: &Value, members: usize) -> bool {
-    let ms = d["members"].as_array().unwrap();
+    // Not there yet (404 before the first join).
+    let Some(ms) = d["members"].as_array() else {
+        return false;
+    };
     let sizes: Vec<usize> = ms
         .iter()
         .map(|m| m["assignment"].as_array().unwrap().len())

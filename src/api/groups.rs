@@ -100,6 +100,19 @@ pub struct TopicPartitionRef {
     pub partition: u32,
 }
 
+/// A partition a member holds: `{"topic", "partition"}`, or an `assignment` entry as it
+/// came (its `epoch` and `committed` are not needed, and ignored).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnedPartition {
+    pub topic: String,
+    pub partition: u32,
+    #[serde(default, skip_serializing)]
+    pub epoch: Option<u64>,
+    #[serde(default, skip_serializing)]
+    pub committed: Option<u64>,
+}
+
 /// A join (`member_epoch` 0) or a heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -110,8 +123,9 @@ pub struct JoinRequest {
     #[serde(default)]
     pub member_epoch: u64,
     /// The partitions the member holds: those assigned to it that it has not let go of.
+    /// The entries of `assignment` may be sent back as they are.
     #[serde(default)]
-    pub owned: Vec<TopicPartitionRef>,
+    pub owned: Vec<OwnedPartition>,
     /// Long-poll: wait up to this long (at most 30000, and at most half the session
     /// timeout) for the assignment to change, when the answer would bring nothing new.
     #[serde(default)]

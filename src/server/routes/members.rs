@@ -340,7 +340,12 @@ fn member_json(batches: &[(TopicPartition, ReadBatch)]) -> Response {
             })
             .collect(),
     };
-    match serde_json::to_vec(&body) {
+    // Sized up front, as partition consume does (values may become base64).
+    let (len, count) = batches.iter().fold((0, 0), |(l, c), (_, b)| {
+        (l + b.byte_len(), c + b.record_count)
+    });
+    let mut bytes = Vec::with_capacity(len / 3 * 4 + 200 * count + 64);
+    match serde_json::to_writer(&mut bytes, &body).map(|()| bytes) {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,
