@@ -537,6 +537,33 @@ impl MemberGroups {
         Ok(!existed)
     }
 
+    /// Removes `group` (its file, durably) if it is still `g` and `gone` holds of it, under
+    /// its lock. Blocks.
+    pub fn remove_if(
+        &self,
+        group: &str,
+        g: &Arc<MemberGroup>,
+        gone: impl FnOnce(&GroupState) -> bool,
+    ) -> Result<(), BrokerError> {
+        let mut all = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if !all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g)) {
+            return Ok(());
+        }
+        let st = g.lock();
+        if !gone(&st) {
+            return Ok(());
+        }
+        match std::fs::remove_file(&g.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BrokerError::io(&g.path, e)),
+        }
+        crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
+        drop(st);
+        all.remove(group);
+        Ok(())
+    }
+
     /// Every group, for a walk over all of them.
     pub fn all(&self) -> Vec<(String, Arc<MemberGroup>)> {
         self.groups

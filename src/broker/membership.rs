@@ -475,6 +475,28 @@ impl Broker {
         })
     }
 
+    /// Forgets a deleted topic in every group with members: it is no longer among the
+    /// topics whose lag a group reports, and a group left with no members and no topics is
+    /// removed (as a group left with no committed offsets is). Blocks.
+    pub(super) fn forget_member_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        for (name, g) in self.members.all() {
+            let (emptied, _) = g.update(now_ms(), |st| {
+                if !st.topics.remove(topic) {
+                    return false;
+                }
+                let subscribed = st.coordinator.subscribed_topics();
+                st.set_partitions(self.existing_partitions_of(&subscribed));
+                st.topics.is_empty()
+            })?;
+            if emptied {
+                self.members.remove_if(&name, &g, |st| {
+                    st.topics.is_empty() && st.coordinator.members().next().is_none()
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the members of every group whose session or rebalance timeout passed, and
     /// follows topics created, grown or deleted. For the maintenance task. Blocks.
     pub fn expire_members(&self) -> Result<(), BrokerError> {

@@ -1,6 +1,6 @@
 //! `mapq groups list|describe`.
 
-use super::{print_json, table, Api, ClientArgs, Result};
+use super::{print_json, say, table, Api, ClientArgs, Result};
 use crate::api::groups::{GroupDescriptionOut, GroupList, TopicPartitionRef};
 
 #[derive(Debug, clap::Subcommand)]
@@ -28,14 +28,14 @@ fn list(parts: &[TopicPartitionRef]) -> String {
 
 fn describe(g: &GroupDescriptionOut) {
     let s = &g.settings;
-    println!(
+    say!(
         "group {}  type partitioned  epoch {}  members {}  lag {}",
         g.name,
         g.epoch,
         g.members.len(),
         g.lag
     );
-    println!(
+    say!(
         "settings session_timeout_ms={} rebalance_timeout_ms={} auto_offset_reset={}",
         s.session_timeout_ms,
         s.rebalance_timeout_ms,

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::{print_json, table, Api, ClientArgs, ClientError, Result};
+use super::{print_json, say, table, Api, ClientArgs, ClientError, Result};
 use crate::api::topics::{TopicDescription, TopicList};
 
 #[derive(Debug, clap::Subcommand)]
@@ -61,10 +61,10 @@ fn show_topic(args: &ClientArgs, t: &TopicDescription) {
 }
 
 fn describe(t: &TopicDescription) {
-    println!("topic {}  partitions {}", t.name, t.partitions);
+    say!("topic {}  partitions {}", t.name, t.partitions);
     let limit = |v: Option<u64>| v.map_or("null".to_owned(), |v| v.to_string());
     let c = &t.config;
-    println!(
+    say!(
         "config retention_bytes={} retention_ms={} segment_bytes={} segment_ms={} idempotency_window_ms={}",
         limit(c.retention_bytes),
         limit(c.retention_ms),
@@ -72,7 +72,7 @@ fn describe(t: &TopicDescription) {
         limit(c.segment_ms),
         c.idempotency_window_ms
     );
-    println!("idempotency keys remembered {}", t.idempotency_keys);
+    say!("idempotency keys remembered {}", t.idempotency_keys);
     let rows = t
         .partition_stats
         .iter()
@@ -132,7 +132,7 @@ pub async fn topics(args: &ClientArgs, cmd: &TopicsCommand) -> Result<()> {
             api.call(api.http.delete(api.url(&format!("/v1/topics/{name}"))))
                 .await?;
             if !args.json {
-                println!("deleted topic {name}");
+                say!("deleted topic {name}");
             }
         }
     }
