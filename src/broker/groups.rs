@@ -45,6 +45,18 @@ pub(super) fn read_group_files<T: serde::de::DeserializeOwned>(
     Ok(files)
 }
 
+/// The keys of a map of groups by name, sorted.
+pub(super) fn sorted_names<V>(groups: &RwLock<HashMap<String, V>>) -> Vec<String> {
+    let mut names: Vec<String> = groups
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
 /// Committed offsets of one group, by topic and partition.
 pub type GroupOffsets = BTreeMap<(String, u32), u64>;
 
@@ -91,15 +103,7 @@ impl Groups {
 
     /// Names of every group, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
-        names
+        sorted_names(&self.groups)
     }
 
     /// A copy of a group's committed offsets.

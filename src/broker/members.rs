@@ -477,15 +477,7 @@ impl MemberGroups {
 
     /// Names of the groups with members (or that had some), sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
-        names.sort();
-        names
+        super::groups::sorted_names(&self.groups)
     }
 
     pub fn get(&self, group: &str) -> Option<Arc<MemberGroup>> {

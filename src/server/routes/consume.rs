@@ -24,9 +24,9 @@ use crate::server::{blocking, record_target, AppState};
 /// Longest long-poll a consumer may ask for.
 pub(crate) const MAX_WAIT_MS: u64 = 30_000;
 /// Largest `max_bytes` honoured; larger values are clamped.
-pub(crate) const MAX_BYTES_CAP: usize = 64 << 20;
+const MAX_BYTES_CAP: usize = 64 << 20;
 /// Largest `max_records` honoured; larger values are clamped.
-pub(crate) const MAX_RECORDS_CAP: usize = 100_000;
+const MAX_RECORDS_CAP: usize = 100_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -105,6 +105,45 @@ fn parse_partition(topic: &Topic, raw: &str) -> ApiResult<Arc<Partition>> {
     Ok(Arc::clone(topic.partition(id)?))
 }
 
+/// A read's budget from its query (`max_records` default 1000, `max_bytes` default 1 MiB,
+/// both clamped to their caps) and its long-poll (`wait_ms`, at most 30000).
+pub(crate) fn read_budget(
+    max_records: Option<usize>,
+    max_bytes: Option<usize>,
+    wait_ms: Option<u64>,
+) -> ApiResult<(ReadLimits, u64)> {
+    let max_records = max_records.unwrap_or(1000);
+    if max_records == 0 {
+        return Err(ApiError::bad_request("max_records must be at least 1"));
+    }
+    let wait_ms = wait_ms.unwrap_or(0);
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    let limits = ReadLimits {
+        max_records: max_records.min(MAX_RECORDS_CAP),
+        max_bytes: max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP),
+    };
+    Ok((limits, wait_ms))
+}
+
+/// Counts what a consumer was served, in `mapq_records_read_total` and
+/// `mapq_bytes_read_total`.
+pub(crate) fn count_read(state: &AppState, topic: &str, partition: u32, batch: &ReadBatch) {
+    let labels = [topic, &partition.to_string()];
+    let metrics = state.metrics();
+    metrics
+        .records_read
+        .with_label_values(&labels)
+        .inc_by(batch.record_count as u64);
+    metrics
+        .bytes_read
+        .with_label_values(&labels)
+        .inc_by(batch.byte_len() as u64);
+}
+
 pub(crate) fn wants_octets(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -146,35 +185,11 @@ pub async fn consume(
     let t = broker.topic(&topic)?;
     let p = parse_partition(&t, &partition)?;
     record_target(&topic, Some(p.id()));
-    let max_records = q.max_records.unwrap_or(1000);
-    if max_records == 0 {
-        return Err(ApiError::bad_request("max_records must be at least 1"));
-    }
-    let max_records = max_records.min(MAX_RECORDS_CAP);
-    let max_bytes = q.max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP);
-    let wait_ms = q.wait_ms.unwrap_or(0);
-    if wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}"
-        )));
-    }
+    let (limits, wait_ms) = read_budget(q.max_records, q.max_bytes, q.wait_ms)?;
     let start = start_at(q.offset.as_deref(), q.timestamp_ms, false)?;
-    let limits = ReadLimits {
-        max_records,
-        max_bytes,
-    };
     let wait = wait_for(&state, Duration::from_millis(wait_ms));
     let (_, batch) = p.read_or_wait(start, limits, Some(wait)).await?;
-    let labels = [topic.as_str(), &p.id().to_string()];
-    let metrics = state.metrics();
-    metrics
-        .records_read
-        .with_label_values(&labels)
-        .inc_by(batch.record_count as u64);
-    metrics
-        .bytes_read
-        .with_label_values(&labels)
-        .inc_by(batch.byte_len() as u64);
+    count_read(&state, &topic, p.id(), &batch);
     if wants_octets(&headers) {
         Ok(octets_response(batch))
     } else {

@@ -21,11 +21,12 @@ use crate::api::records::{MemberRecordOut, MemberRecords};
 use crate::auth::{Permission, Principal};
 use crate::broker::assignor::TopicPartition;
 use crate::broker::members::{GroupSettings, OffsetReset};
-use crate::broker::{validate_name, HeartbeatCall, ReadLimits};
+use crate::broker::{validate_name, HeartbeatCall};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
-use crate::server::routes::consume::{octets_response, record_json, wait_for, wants_octets};
-use crate::server::routes::consume::{MAX_BYTES_CAP, MAX_RECORDS_CAP, MAX_WAIT_MS};
+use crate::server::routes::consume::{
+    count_read, octets_response, read_budget, record_json, wait_for, wants_octets, MAX_WAIT_MS,
+};
 use crate::server::{blocking, AppState};
 
 fn settings_out(name: &str, s: &GroupSettings) -> GroupSettingsOut {
@@ -258,20 +259,7 @@ pub async fn member_records(
     let Query(q) = query?;
     validate_name(&group)?;
     validate_name(&member)?;
-    let max_records = q.max_records.unwrap_or(1000);
-    if max_records == 0 {
-        return Err(ApiError::bad_request("max_records must be at least 1"));
-    }
-    let wait_ms = q.wait_ms.unwrap_or(0);
-    if wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}"
-        )));
-    }
-    let limits = ReadLimits {
-        max_records: max_records.min(MAX_RECORDS_CAP),
-        max_bytes: q.max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP),
-    };
+    let (limits, wait_ms) = read_budget(q.max_records, q.max_bytes, q.wait_ms)?;
     let octets = wants_octets(&headers);
     let broker = state.broker_for_read()?;
     let allow = Arc::new(move |topic: &str| principal.may(Permission::Consume, topic));
@@ -281,17 +269,8 @@ pub async fn member_records(
         .await?;
     let heartbeat_now = fetched.heartbeat_now;
     let batches = fetched.batches;
-    let metrics = state.metrics();
     for ((topic, partition), batch) in &batches {
-        let labels = [topic.as_str(), &partition.to_string()];
-        metrics
-            .records_read
-            .with_label_values(&labels)
-            .inc_by(batch.record_count as u64);
-        metrics
-            .bytes_read
-            .with_label_values(&labels)
-            .inc_by(batch.byte_len() as u64);
+        count_read(&state, topic, *partition, batch);
     }
     let mut resp = if octets {
         match batches.into_iter().next() {
