@@ -202,6 +202,8 @@ async fn a_partition_moves_in_two_steps_and_its_new_owner_resumes_at_the_commit(
             (b2, started.elapsed())
         })
     };
+    // b's long-poll is waiting by the time a lets go (below).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     // a learns to let go of two partitions: it no longer fetches them, but may commit them.
     let hb = g.beat(&mut a, 0).await;
     let revoked = parts(&hb["revoke"]);
@@ -235,8 +237,8 @@ async fn a_partition_moves_in_two_steps_and_its_new_owner_resumes_at_the_commit(
     let (b, waited) = b_wait.await.unwrap();
     assert_eq!(b.owned, revoked, "b gets exactly what a let go of");
     assert!(
-        waited < Duration::from_secs(5),
-        "the long-poll woke on the change: {waited:?}"
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "the long-poll waited, and woke on the change: {waited:?}"
     );
     // a's commit of a partition it let go of is refused; b starts at the committed offset.
     let (t, p) = revoked.iter().next().unwrap();
@@ -300,9 +302,10 @@ async fn a_silent_member_is_removed_and_told_it_was_fenced() {
         g.beat(&mut b, 0).await;
     }
     assert_eq!((a.owned.len(), b.owned.len()), (2, 2));
-    // b falls silent; a keeps heartbeating and gets b's partitions after the session
-    // timeout (and the maintenance tick).
+    // b falls silent after one more heartbeat; a keeps heartbeating and gets b's
+    // partitions after the session timeout (and the maintenance tick).
     let silent = Instant::now();
+    g.beat(&mut b, 0).await;
     while a.owned.len() < 4 {
         assert!(silent.elapsed() < Duration::from_secs(5), "b never removed");
         g.beat(&mut a, 200).await;
@@ -724,4 +727,167 @@ async fn mapq_consume_group_members_share_a_topic_and_leave_on_ctrl_c() {
     assert_eq!(seen.len(), 300, "every record printed");
     assert!(seen.values().all(|&n| n == 1), "a record printed twice");
     assert_eq!(g.describe().await["members"], json!([]), "both left");
+}
+
+/// Members with different subscriptions: each gets partitions of its own topics only, and
+/// heartbeats of one do not disturb the other's (no rebalance churn).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_different_topics_settle_and_stay_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    orders(&server.base, 2, 1).await;
+    let http = Client::new();
+    create_topic(
+        &http,
+        &server.base,
+        json!({"name": "audit", "partitions": 2}),
+    )
+    .await;
+    let g = Group::new(&server.base, "g");
+    let beat = |m: &Member, topics: Value| {
+        let g = &g;
+        let owned: Vec<Value> = m
+            .owned
+            .iter()
+            .map(|(t, p)| json!({"topic": t, "partition": p}))
+            .collect();
+        let body = json!({"topics": topics, "member_epoch": m.epoch, "owned": owned});
+        let url = g.url(&format!("/members/{}", m.id));
+        async move {
+            let r = g.http.put(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let (mut a, mut b) = (member("a"), member("b"));
+    for _ in 0..4 {
+        for (m, topics) in [
+            (&mut a, json!(["orders", "audit"])),
+            (&mut b, json!(["orders"])),
+        ] {
+            let answer = beat(m, topics).await;
+            m.epoch = answer["member_epoch"].as_u64().unwrap();
+            m.owned = parts(&answer["assignment"]);
+        }
+    }
+    let audit: BTreeSet<_> = a.owned.iter().filter(|(t, _)| t == "audit").collect();
+    assert_eq!(audit.len(), 2, "only a subscribes to audit: {:?}", a.owned);
+    assert!(b.owned.iter().all(|(t, _)| t == "orders"), "{:?}", b.owned);
+    assert_eq!(a.owned.len() + b.owned.len(), 4);
+    let settled = g.describe().await["epoch"].clone();
+    for _ in 0..5 {
+        beat(&b, json!(["orders"])).await;
+        beat(&a, json!(["orders", "audit"])).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        g.describe().await["epoch"],
+        settled,
+        "heartbeats rebalanced a settled group"
+    );
+}
+
+/// After a fetch whose answer was lost, `from=committed` serves again what was not
+/// committed; `max_bytes=0` still brings one record; a bad `from` is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_can_restart_from_the_committed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    orders(&server.base, 1, 10).await;
+    let g = Group::new(&server.base, "g");
+    let mut a = member("a");
+    g.beat(&mut a, 0).await;
+    let (_, first) = g.fetch("a", "max_records=4").await;
+    assert_eq!(first["records"].as_array().unwrap().len(), 4);
+    let (status, _) = g
+        .commit(json!({"offsets": [{"topic": "orders", "partition": 0, "offset": 2}], "member": "a", "member_epoch": a.epoch}))
+        .await;
+    assert_eq!(status, 204);
+    // Say the answer to the first fetch was lost after offset 1: start again at the commit.
+    let (_, again) = g.fetch("a", "max_records=3&from=committed").await;
+    let offsets: Vec<u64> = again["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, [2, 3, 4]);
+    let (_, one) = g.fetch("a", "max_bytes=0").await;
+    let one = one["records"].as_array().unwrap();
+    assert_eq!((one.len(), &one[0]["offset"]), (1, &json!(5)));
+    let (status, body) = g.fetch("a", "from=latest").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+}
+
+/// With tokens: a join needs `consume` on its topics; managing a group (settings, removing
+/// a member) needs `consume` on every topic of the group; the description is shown only to
+/// a token that may consume one of its topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_who_joins_manages_and_sees_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mapq.toml");
+    std::fs::write(
+        &config,
+        common::tokens_toml(&[
+            ("ops", "ops", "*", &["produce", "consume", "admin"]),
+            ("worker", "worker", "orders*", &["consume"]),
+            ("auditor", "auditor", "audit", &["consume"]),
+        ]),
+    )
+    .unwrap();
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let http = Client::new();
+    let base = server.base.clone();
+    for name in ["orders", "audit"] {
+        let r = http
+            .post(format!("{base}/v1/topics"))
+            .bearer_auth("ops")
+            .json(&json!({"name": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let call = |method: reqwest::Method, path: &str, token: &str, body: Value| {
+        http.request(method, format!("{base}/v1/groups/g{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    use reqwest::Method;
+    let join = json!({"topics": ["orders"]});
+    let r = call(Method::PUT, "/members/w", "auditor", join.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "auditor may not consume orders");
+    let r = call(Method::PUT, "/members/w", "worker", join)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let settings = json!({"type": "partitioned", "session_timeout_ms": 500});
+    let r = call(Method::PUT, "", "auditor", settings.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "auditor may not change a group of orders");
+    let r = call(Method::DELETE, "/members/w", "auditor", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "auditor may not remove worker's member");
+    let r = call(Method::GET, "", "auditor", Value::Null).await.unwrap();
+    assert_eq!(r.status(), 404, "auditor does not see the group");
+    let r = call(Method::GET, "", "worker", Value::Null).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(
+        d["members"][0]["member"], "w",
+        "nothing the refused calls did stuck: {d}"
+    );
+    assert_eq!(d["settings"]["session_timeout_ms"], 30000);
+    let r = call(Method::DELETE, "/members/w", "worker", Value::Null)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
 }

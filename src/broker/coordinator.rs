@@ -85,6 +85,10 @@ struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub group_epoch: u64,
+    /// The last member epoch handed out: each new one is larger, so an epoch never names
+    /// two incarnations of a member.
+    #[serde(default)]
+    pub last_member_epoch: u64,
     pub members: Vec<SnapshotMember>,
     /// `(topic, partition, member, epoch given at)`.
     pub held: Vec<(String, u32, String, u64)>,
@@ -105,6 +109,8 @@ pub struct Coordinator {
     timeouts: GroupTimeouts,
     /// Bumped whenever the target assignment is computed again.
     group_epoch: u64,
+    /// See [`Snapshot::last_member_epoch`].
+    last_member_epoch: u64,
     members: BTreeMap<String, Member>,
     partitions: BTreeSet<TopicPartition>,
     target: BTreeMap<String, BTreeSet<TopicPartition>>,
@@ -149,6 +155,7 @@ impl Coordinator {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             group_epoch: self.group_epoch,
+            last_member_epoch: self.last_member_epoch,
             members: self
                 .members
                 .iter()
@@ -216,6 +223,12 @@ impl Coordinator {
             .collect();
         c.reassign();
         c.group_epoch = c.group_epoch.max(s.group_epoch);
+        c.last_member_epoch = s
+            .members
+            .iter()
+            .map(|m| m.epoch)
+            .chain(s.held.iter().map(|h| h.3))
+            .fold(s.last_member_epoch, u64::max);
         c
     }
 
@@ -270,11 +283,15 @@ impl Coordinator {
             .collect()
     }
 
-    /// Whether `member` holds exactly its target: if not, its next heartbeat brings it
-    /// partitions to revoke or to take.
-    pub fn is_settled(&self, member: &str) -> bool {
-        let target = self.target.get(member).cloned().unwrap_or_default();
-        self.held_by(member) == target
+    /// Whether `member`'s next heartbeat would bring it something: partitions to revoke,
+    /// or partitions of its target that nobody holds (not those still being revoked from
+    /// another member: that heartbeat would wait).
+    pub fn has_news(&self, member: &str) -> bool {
+        !self.revoking(member).is_empty()
+            || self
+                .target
+                .get(member)
+                .is_some_and(|t| t.iter().any(|tp| !self.held.contains_key(tp)))
     }
 
     /// Whether every member holds exactly its target (no partition is moving or free).
@@ -485,7 +502,9 @@ impl Coordinator {
         let next_epoch = if free.is_empty() && epoch > 0 {
             epoch
         } else {
-            self.group_epoch.max(epoch + 1)
+            // Never one handed out before (to this member or an earlier incarnation of it).
+            self.last_member_epoch = self.last_member_epoch.max(self.group_epoch).max(epoch) + 1;
+            self.last_member_epoch
         };
         for tp in free {
             let previous = self.last_holder.insert(tp.clone(), member.to_owned());

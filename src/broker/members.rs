@@ -151,6 +151,8 @@ pub struct GroupState {
     fenced: BTreeSet<String>,
     /// Since when the target assignment has not been reached (ms since the Unix epoch).
     rebalancing_since: Option<i64>,
+    /// Removed from the groups (its file deleted): nothing may write it again.
+    removed: bool,
 }
 
 impl GroupState {
@@ -164,6 +166,7 @@ impl GroupState {
             positions: HashMap::new(),
             fenced: BTreeSet::new(),
             rebalancing_since: None,
+            removed: false,
         }
     }
 
@@ -248,10 +251,18 @@ impl GroupState {
 
     /// What `member` may fetch now: each partition, the epoch it was given at, and the
     /// member's position in it (none: start at the committed offset). Keeps its session.
-    pub fn fetch_plan(&mut self, member: &str, now_ms: i64) -> Result<FetchPlan, CoordinatorError> {
+    pub fn fetch_plan(
+        &mut self,
+        member: &str,
+        now_ms: i64,
+        from_committed: bool,
+    ) -> Result<FetchPlan, CoordinatorError> {
         if !self.coordinator.has_member(member) {
             self.count_fenced("fetch");
             return Err(self.missing(member));
+        }
+        if from_committed {
+            self.positions.retain(|_, p| p.member != member);
         }
         self.coordinator.touch(member, now_ms);
         let partitions = self
@@ -269,7 +280,7 @@ impl GroupState {
             .collect();
         Ok(FetchPlan {
             partitions,
-            heartbeat_now: !self.coordinator.is_settled(member),
+            heartbeat_now: self.coordinator.has_news(member),
         })
     }
 
@@ -372,6 +383,9 @@ impl MemberGroup {
         f: impl FnOnce(&mut GroupState) -> R,
     ) -> Result<(R, watch::Receiver<u64>), BrokerError> {
         let mut st = self.lock();
+        if st.removed {
+            return Err(BrokerError::GroupNotFound(self.name.clone()));
+        }
         let epoch = st.coordinator.group_epoch();
         let before = (st.coordinator.clone(), st.settings, st.topics.clone());
         let r = f(&mut st);
@@ -511,6 +525,42 @@ impl MemberGroups {
         ))
     }
 
+    /// [`MemberGroup::update`] on `group`, created with the default settings when missing
+    /// (and forgotten again if its first write fails). Blocks.
+    pub fn update_or_create<R>(
+        &self,
+        group: &str,
+        now_ms: i64,
+        mut f: impl FnMut(&mut GroupState) -> R,
+    ) -> Result<(R, watch::Receiver<u64>), BrokerError> {
+        self.update_or_create_with(group, GroupSettings::default(), now_ms, &mut f)
+            .map(|(r, rx, _)| (r, rx))
+    }
+
+    fn update_or_create_with<R>(
+        &self,
+        group: &str,
+        settings: GroupSettings,
+        now_ms: i64,
+        f: &mut impl FnMut(&mut GroupState) -> R,
+    ) -> Result<(R, watch::Receiver<u64>, bool), BrokerError> {
+        // A group removed between the lookup and its lock is looked up (created) again.
+        for _ in 0..3 {
+            let existed = self.get(group).is_some();
+            let g = self.get_or_create(group, settings)?;
+            match g.update(now_ms, &mut *f) {
+                Ok((r, rx)) => return Ok((r, rx, !existed)),
+                Err(BrokerError::GroupNotFound(_)) => continue,
+                Err(e) => {
+                    // A group whose first write failed does not exist.
+                    self.remove_if(group, &g, |st| st.written.is_none())?;
+                    return Err(e);
+                }
+            }
+        }
+        Err(BrokerError::GroupNotFound(group.to_owned()))
+    }
+
     /// Creates a group, or changes its settings; returns whether it was created. Durable
     /// before it returns. Blocks.
     pub fn put_settings(
@@ -520,13 +570,12 @@ impl MemberGroups {
         now_ms: i64,
     ) -> Result<bool, BrokerError> {
         settings.validate()?;
-        let existed = self.get(group).is_some();
-        let g = self.get_or_create(group, settings)?;
-        g.update(now_ms, |st| {
+        let mut set = |st: &mut GroupState| {
             st.settings = settings;
             st.coordinator.set_timeouts(settings.timeouts());
-        })?;
-        Ok(!existed)
+        };
+        let (_, _, created) = self.update_or_create_with(group, settings, now_ms, &mut set)?;
+        Ok(created)
     }
 
     /// Removes `group` (its file, durably) if it is still `g` and `gone` holds of it, under
@@ -541,10 +590,11 @@ impl MemberGroups {
         if !all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g)) {
             return Ok(());
         }
-        let st = g.lock();
+        let mut st = g.lock();
         if !gone(&st) {
             return Ok(());
         }
+        st.removed = true;
         match std::fs::remove_file(&g.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -662,11 +712,11 @@ mod tests {
         // A member that left (or was removed) and fetches is told it was fenced; one never
         // seen is unknown.
         assert_eq!(
-            g.with(|st| st.fetch_plan("a", 1)),
+            g.with(|st| st.fetch_plan("a", 1, false)),
             Err(CoordinatorError::Fenced)
         );
         assert_eq!(
-            g.with(|st| st.fetch_plan("zed", 1)),
+            g.with(|st| st.fetch_plan("zed", 1, false)),
             Err(CoordinatorError::UnknownMember)
         );
         drop((g, groups));
@@ -693,17 +743,26 @@ mod tests {
         let groups = MemberGroups::open(dir.path(), parts, 0).unwrap();
         let g = groups.get_or_create("g", GroupSettings::default()).unwrap();
         let a = beat(&g, "a", 0, &BTreeSet::new(), 0).unwrap();
-        let plan = g.with(|st| st.fetch_plan("a", 1)).unwrap().partitions;
+        let plan = g
+            .with(|st| st.fetch_plan("a", 1, false))
+            .unwrap()
+            .partitions;
         assert_eq!(plan.len(), 6);
         assert!(plan.iter().all(|(_, _, pos)| pos.is_none()));
         let (tp, given, _) = plan[0].clone();
         g.with(|st| st.advance("a", &tp, given, 42));
-        let plan = g.with(|st| st.fetch_plan("a", 2)).unwrap().partitions;
+        let plan = g
+            .with(|st| st.fetch_plan("a", 2, false))
+            .unwrap()
+            .partitions;
         assert_eq!(plan[0].2, Some(42));
         g.update(3, |st| st.leave("a")).unwrap().0.unwrap();
         let b = beat(&g, "b", 0, &BTreeSet::new(), 4).unwrap();
         assert_eq!(keys(&b), keys(&a));
-        let plan = g.with(|st| st.fetch_plan("b", 5)).unwrap().partitions;
+        let plan = g
+            .with(|st| st.fetch_plan("b", 5, false))
+            .unwrap()
+            .partitions;
         assert!(plan.iter().all(|(_, _, pos)| pos.is_none()), "{plan:?}");
     }
 }

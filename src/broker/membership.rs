@@ -35,6 +35,16 @@ pub struct HeartbeatAnswer {
     pub committed: BTreeMap<TopicPartition, u64>,
 }
 
+/// A member fetch's request (see [`Broker::member_fetch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MemberFetchCall {
+    pub limits: ReadLimits,
+    /// Only the records of the first partition that has some.
+    pub one_partition: bool,
+    /// Start every partition at the committed offset, not at the member's position.
+    pub from_committed: bool,
+}
+
 /// What a member fetch brings (see [`Broker::member_fetch`]).
 #[derive(Debug)]
 pub struct MemberFetch {
@@ -141,12 +151,14 @@ impl Broker {
                 call.clone(),
             );
             let (answer, mut changes) = blocking(move || {
-                let partitions = broker.partitions_of(&c.topics)?;
-                let g = broker
-                    .members
-                    .get_or_create(&group_name, GroupSettings::default())?;
+                // Each of the member's topics must exist.
+                broker.partitions_of(&c.topics)?;
                 let now = now_ms();
-                let (hb, changes) = g.update(now, |st| {
+                let beat = |st: &mut super::members::GroupState| {
+                    // The partitions of every member's topics, not only the caller's.
+                    let mut topics = st.coordinator.subscribed_topics();
+                    topics.extend(c.topics.iter().cloned());
+                    let partitions = broker.existing_partitions_of(&topics);
                     st.heartbeat(
                         &member_id,
                         c.member_epoch,
@@ -156,7 +168,8 @@ impl Broker {
                         now,
                     )
                     .map(|hb| (hb, st.settings))
-                })?;
+                };
+                let (hb, changes) = broker.members.update_or_create(&group_name, now, beat)?;
                 let (heartbeat, settings) = hb.map_err(BrokerError::Member)?;
                 let committed = match broker.groups.offsets(&group_name) {
                     Ok(all) => all
@@ -204,18 +217,17 @@ impl Broker {
     }
 
     /// Records of the partitions `member` may fetch (those it owns and keeps; `allow`
-    /// filters them by topic), from its position in each (else the committed offset, else
-    /// the group's `auto_offset_reset`), taking the partitions in turn from a different
-    /// one each call. With `one_partition`, the records of the first partition that has
-    /// some. When none has records and `wait` allows, waits for an append to any of them
+    /// filters them by topic), from its position in each (else, or with `from_committed`,
+    /// the committed offset, else the group's `auto_offset_reset`), taking the partitions
+    /// in turn from a different one each call. With `one_partition`, the records of the
+    /// first partition that has some. When none has records and `wait` allows, waits for an append to any of them
     /// (or a change of the group) and reads once more. The member's positions move past
     /// what is returned; a fetch keeps its session.
     pub async fn member_fetch(
         self: &Arc<Self>,
         group: &str,
         member: &str,
-        limits: ReadLimits,
-        one_partition: bool,
+        call: MemberFetchCall,
         allow: Arc<dyn Fn(&str) -> bool + Send + Sync>,
         wait: Option<Wait>,
     ) -> Result<MemberFetch, BrokerError> {
@@ -225,6 +237,7 @@ impl Broker {
             .get(group)
             .ok_or(BrokerError::Member(CoordinatorError::UnknownMember))?;
         let mut waited = false;
+        let mut call = call;
         loop {
             let (broker, g2, m, allow2) = (
                 Arc::clone(self),
@@ -233,8 +246,9 @@ impl Broker {
                 Arc::clone(&allow),
             );
             let (fetched, watched, changes) =
-                blocking(move || broker.fetch_once(&g2, &m, limits, one_partition, &*allow2))
-                    .await?;
+                blocking(move || broker.fetch_once(&g2, &m, call, &*allow2)).await?;
+            // Positions are the member's again once they were reset.
+            call.from_committed = false;
             let wait = match wait.as_ref() {
                 Some(w)
                     if fetched.batches.is_empty()
@@ -278,8 +292,7 @@ impl Broker {
         &self,
         g: &super::members::MemberGroup,
         member: &str,
-        limits: ReadLimits,
-        one_partition: bool,
+        call: MemberFetchCall,
         allow: &dyn Fn(&str) -> bool,
     ) -> Result<
         (
@@ -291,7 +304,7 @@ impl Broker {
     > {
         let now = now_ms();
         let (plan, changes) = g.update(now, |st| {
-            st.fetch_plan(member, now)
+            st.fetch_plan(member, now, call.from_committed)
                 .map(|plan| (plan, st.settings.auto_offset_reset))
         })?;
         let (plan, reset) = plan.map_err(BrokerError::Member)?;
@@ -303,9 +316,11 @@ impl Broker {
         plan.rotate_left(start);
         let mut out = Vec::new();
         let mut watched = Vec::new();
+        let (limits, one_partition) = (call.limits, call.one_partition);
         let (mut records, mut bytes) = (limits.max_records, limits.max_bytes);
         for (tp, given_at, position) in plan {
-            if records == 0 || bytes == 0 || (one_partition && !out.is_empty()) {
+            // At least one record, even one larger than `max_bytes`.
+            if records == 0 || (!out.is_empty() && (bytes == 0 || one_partition)) {
                 break;
             }
             let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {

@@ -22,7 +22,8 @@ use std::sync::{Arc, RwLock, Weak};
 
 pub use error::BrokerError;
 pub use membership::{
-    GroupDescription, HeartbeatAnswer, HeartbeatCall, MemberDescription, PartitionLag,
+    GroupDescription, HeartbeatAnswer, HeartbeatCall, MemberDescription, MemberFetch,
+    MemberFetchCall, PartitionLag,
 };
 pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use stats::{BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats};

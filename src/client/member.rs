@@ -137,10 +137,16 @@ pub async fn consume_as_member(
         interval: Duration::from_secs(3),
         next_beat: Instant::now(),
     };
-    m.heartbeat(Duration::ZERO).await?;
     let stop = stop_requested();
     tokio::pin!(stop);
-    let result = run(&mut m, c, format, &mut stop).await;
+    let result = tokio::select! {
+        joined = m.heartbeat(Duration::ZERO) => match joined {
+            Ok(()) => run(&mut m, c, format, &mut stop).await,
+            Err(e) => Err(e),
+        },
+        // Stopped while joining: leave all the same (the join may have landed).
+        _ = stop.as_mut() => Ok(()),
+    };
     // Leave either way: the partitions are free at once for the others.
     let left = api.call(api.http.delete(m.url(""))).await;
     if let Err(e) = left {
@@ -164,14 +170,10 @@ async fn run(
             return Ok(());
         }
         if heartbeat_now || Instant::now() >= m.next_beat {
-            // When the fetch said the assignment is changing, wait (a little) for it.
-            let wait = if heartbeat_now {
-                m.interval.min(Duration::from_secs(5))
-            } else {
-                Duration::ZERO
-            };
+            // The fetches long-poll (and end early when the assignment changes): the
+            // heartbeat itself need not wait.
             tokio::select! {
-                r = m.heartbeat(wait) => r?,
+                r = m.heartbeat(Duration::ZERO) => r?,
                 _ = stop.as_mut() => return Ok(()),
             }
         }

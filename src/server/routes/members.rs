@@ -71,6 +71,7 @@ pub const PUT_GROUP_ERRORS: &[ErrorCode] = &[
     ))]
 pub async fn put_group(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<GroupSettingsOut>)> {
@@ -92,6 +93,7 @@ pub async fn put_group(
         },
     };
     let broker = state.broker()?;
+    may_manage(&broker, &principal, &group).await?;
     let name = group.clone();
     let created = blocking(move || Ok(broker.put_group(&name, settings)?)).await?;
     let status = if created {
@@ -100,6 +102,22 @@ pub async fn put_group(
         StatusCode::OK
     };
     Ok((status, Json(settings_out(&group, &settings))))
+}
+
+/// Changing a group's settings or removing a member needs `consume` on every topic of the
+/// group (any token that may consume somewhere, while it has none): `403` otherwise.
+async fn may_manage(
+    broker: &Arc<crate::broker::Broker>,
+    principal: &Principal,
+    group: &str,
+) -> ApiResult<()> {
+    let (b, g) = (Arc::clone(broker), group.to_owned());
+    let topics = blocking(move || Ok(b.group_topics(&g))).await?;
+    if topics.iter().all(|t| principal.may(Permission::Consume, t)) {
+        Ok(())
+    } else {
+        Err(crate::server::forbidden(principal))
+    }
 }
 
 /// The errors `join` answers with (besides those of every route).
@@ -201,11 +219,13 @@ pub const LEAVE_ERRORS: &[ErrorCode] = &[
     responses((status = 204, description = "Left")))]
 pub async fn leave(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((group, member)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     validate_name(&group)?;
     validate_name(&member)?;
     let broker = state.broker()?;
+    may_manage(&broker, &principal, &group).await?;
     blocking(move || Ok(broker.leave_group(&group, &member)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -218,8 +238,13 @@ pub struct MemberFetchQuery {
     max_records: Option<usize>,
     /// Default 1 MiB; at least one record is returned even if it alone is larger.
     max_bytes: Option<usize>,
-    /// Long-poll: wait up to this long (at most 30000) for a record in any owned partition.
+    /// Long-poll: wait up to this long (at most 30000, and at most half the session
+    /// timeout) for a record in any owned partition.
     wait_ms: Option<u64>,
+    /// `committed`: start every partition at the group's committed offset instead of the
+    /// member's position (after a fetch whose answer was lost: a timeout, a broken
+    /// connection), so that no record the member did not see is skipped.
+    from: Option<String>,
 }
 
 /// The errors `member_records` answers with (besides those of every route).
@@ -260,12 +285,32 @@ pub async fn member_records(
     validate_name(&group)?;
     validate_name(&member)?;
     let (limits, wait_ms) = read_budget(q.max_records, q.max_bytes, q.wait_ms)?;
+    let from_committed = match q.from.as_deref() {
+        None => false,
+        Some("committed") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "from must be `committed`, not {other:?}"
+            )))
+        }
+    };
     let octets = wants_octets(&headers);
     let broker = state.broker_for_read()?;
+    // A long-poll ends well within the member's session.
+    let session = {
+        let (b, g) = (Arc::clone(&broker), group.clone());
+        blocking(move || Ok(b.group_settings(&g).session_timeout_ms)).await?
+    };
+    let wait_ms = wait_ms.min(session / 2);
     let allow = Arc::new(move |topic: &str| principal.may(Permission::Consume, topic));
     let wait = wait_for(&state, Duration::from_millis(wait_ms));
+    let fetch = crate::broker::MemberFetchCall {
+        limits,
+        one_partition: octets,
+        from_committed,
+    };
     let fetched = broker
-        .member_fetch(&group, &member, limits, octets, allow, Some(wait))
+        .member_fetch(&group, &member, fetch, allow, Some(wait))
         .await?;
     let heartbeat_now = fetched.heartbeat_now;
     let batches = fetched.batches;
