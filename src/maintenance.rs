@@ -48,11 +48,16 @@ async fn run(
         tokio::select! {
             _ = flush_tick.tick() => {
                 let b = Arc::clone(&broker);
-                supervise("flush", move || { b.flush_all().map_err(|e| e.to_string()) }).await;
+                supervise("flush", move || {
+                    b.flush_all().map_err(|e| e.to_string())?;
+                    b.flush_queue_groups().map_err(|e| e.to_string())
+                }).await;
             }
             _ = members_tick.tick() => {
                 let b = Arc::clone(&broker);
                 supervise("group_members", move || b.expire_members().map_err(|e| e.to_string())).await;
+                let b = Arc::clone(&broker);
+                supervise("queue_groups", move || b.tick_queue_groups().map_err(|e| e.to_string())).await;
             }
             _ = housekeeping.tick() => {
                 let b = Arc::clone(&broker);

@@ -1016,6 +1016,8 @@ async fn operations_routes() {
         ("/v1/groups/{group}", vec!["get", "put"]),
         ("/v1/groups/{group}/members/{member}", vec!["delete", "put"]),
         ("/v1/groups/{group}/members/{member}/records", vec!["get"]),
+        ("/v1/groups/{group}/leases", vec!["post"]),
+        ("/v1/groups/{group}/acks", vec!["post"]),
         ("/metrics", vec!["get"]),
         ("/healthz", vec!["get"]),
         ("/readyz", vec!["get"]),

@@ -63,6 +63,7 @@ codes! {
     MethodNotAllowed = ("method_not_allowed", 405, "The route does not take this method"),
     RequestTimeout = ("request_timeout", 408, "The request body arrived too slowly"),
     TopicExists = ("topic_exists", 409, "A topic of that name exists"),
+    GroupExists = ("group_exists", 409, "A group of that name exists with another type or other settings"),
     FencedMember = ("fenced_member", 409, "The member was removed from the group (session or rebalance timeout, or it left): join again with `member_epoch` 0"),
     StaleMemberEpoch = ("stale_member_epoch", 409, "The commit's `member_epoch` is older than the one the partition was assigned at"),
     PartitionNotOwned = ("partition_not_owned", 409, "The member does not own the partition (or the group has members and the commit names none)"),

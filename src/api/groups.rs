@@ -64,22 +64,172 @@ pub enum AutoOffsetReset {
     Latest,
 }
 
-/// A group's settings; absent fields take their defaults.
+/// A group's type and settings (`PUT /v1/groups/{group}`); absent fields take their
+/// defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct GroupSettingsIn {
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum GroupSettingsIn {
+    /// A group with members sharing partitions.
+    Partitioned {
+        /// Default 30000: a member not heard from for this long is removed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_timeout_ms: Option<u64>,
+        /// Default 60000: a member that does not let go of a revoked partition within
+        /// this long is fenced, and the partition moves.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rebalance_timeout_ms: Option<u64>,
+        /// Default `earliest`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auto_offset_reset: Option<AutoOffsetReset>,
+    },
+    /// A queue group: per-record leases, acks, redelivery, dead letters.
+    Queue {
+        /// The topics whose records the group hands out (each must exist).
+        topics: Vec<String>,
+        /// Default 30000 (100 to 43200000): how long a lease lasts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_ms: Option<u64>,
+        /// Default 5: deliveries before a record is dead-lettered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_deliveries: Option<u32>,
+        /// Where records go after their last delivery or a reject (created if missing);
+        /// absent or null: they are dropped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter_topic: Option<String>,
+        /// Default 10000: records leased and not acked at most at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_in_flight: Option<u64>,
+    },
+}
+
+/// A queue group's settings, as they are.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueSettingsOut {
+    pub name: String,
     #[serde(rename = "type")]
     pub group_type: GroupType,
-    /// Default 30000: a member not heard from for this long is removed.
+    pub topics: Vec<String>,
+    pub lease_ms: u64,
+    pub max_deliveries: u32,
+    pub dead_letter_topic: Option<String>,
+    pub max_in_flight: u64,
+}
+
+/// `PUT /v1/groups/{group}`'s answer: the group's settings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum PutGroupOut {
+    Partitioned(GroupSettingsOut),
+    Queue(QueueSettingsOut),
+}
+
+/// `POST /v1/groups/{group}/leases`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRequest {
+    /// Who asks (for the server's log; a queue group does not track its workers).
+    #[serde(default)]
+    pub member: Option<String>,
+    /// Default 100 (at most 10000).
+    #[serde(default)]
+    pub max_records: Option<usize>,
+    /// Long-poll: wait up to this long (at most 30000) for a record.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// One ack (`POST /v1/groups/{group}/acks`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckIn {
+    /// The token the lease came with.
+    pub lease: String,
+    /// `accept`, `release` (with `delay_ms`), `reject`, or `extend` (with `lease_ms`).
+    #[serde(rename = "type")]
+    pub ack_type: AckType,
+    /// `release`: available again after this long (default 0, at most 43200000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_timeout_ms: Option<u64>,
-    /// Default 60000: a member that does not let go of a revoked partition within this
-    /// long is fenced, and the partition moves.
+    pub delay_ms: Option<u64>,
+    /// `extend`: the lease now ends this long from now (default the group's `lease_ms`, at
+    /// most 43200000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rebalance_timeout_ms: Option<u64>,
-    /// Default `earliest`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auto_offset_reset: Option<AutoOffsetReset>,
+    pub lease_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckType {
+    Accept,
+    Release,
+    Reject,
+    Extend,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub acks: Vec<AckIn>,
+}
+
+/// What one ack did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AckResultOut {
+    pub lease: String,
+    /// `ok`, or `lease_lost` (the record was leased again since: the ack acted on nothing).
+    pub status: AckStatus,
+    /// An `accept` of a record this token had accepted already.
+    pub repeat: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AckStatus {
+    Ok,
+    LeaseLost,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AckResponse {
+    pub results: Vec<AckResultOut>,
+}
+
+/// One partition of a queue group.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueuePartitionOut {
+    pub topic: String,
+    pub partition: u32,
+    /// Records neither settled nor in flight.
+    pub backlog: u64,
+    /// Records leased and not acked (leases not expired).
+    pub in_flight: u64,
+    /// Age of the oldest record not settled (0: none).
+    pub oldest_unacked_age_ms: u64,
+    /// Records dead-lettered (or dropped) so far.
+    pub dead_lettered: u64,
+}
+
+/// `GET /v1/groups/{group}` of a queue group: totals at the top, the same per partition.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueueGroupOut {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub group_type: GroupType,
+    pub backlog: u64,
+    pub in_flight: u64,
+    pub oldest_unacked_age_ms: u64,
+    pub dead_lettered: u64,
+    /// The in-flight window (`max_in_flight`) is full: leases get nothing until acks.
+    pub window_full: bool,
+    pub settings: QueueSettingsOut,
+    pub partitions: Vec<QueuePartitionOut>,
+}
+
+/// `GET /v1/groups/{group}`: a group with members (or only offsets), or a queue group.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum GroupOut {
+    Partitioned(GroupDescriptionOut),
+    Queue(QueueGroupOut),
 }
 
 /// A group's settings, as they are.

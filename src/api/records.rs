@@ -102,6 +102,29 @@ pub struct MemberRecordOut<'a> {
     pub record: RecordOut<'a>,
 }
 
+/// `POST /v1/groups/{group}/leases`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeaseResponse<'a> {
+    #[schema(value_type = Vec<LeasedRecordOut>)]
+    pub records: Vec<LeasedRecordOut<'a>>,
+    /// The group's in-flight window is full: fewer records (or none) than asked for.
+    pub window_full: bool,
+}
+
+/// A leased record: the record object of partition consume, with its topic, partition,
+/// lease token, delivery (1 for the first) and when the lease ends.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LeasedRecordOut<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub record: RecordOut<'a>,
+    pub lease: &'a str,
+    pub delivery: u32,
+    pub lease_expires_ms: i64,
+}
+
 /// A record as JSON.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordOut<'a> {

@@ -29,6 +29,9 @@ pub enum BrokerError {
     /// A member's call refused by the group's coordinator (fencing).
     #[error(transparent)]
     Member(#[from] crate::broker::coordinator::CoordinatorError),
+    /// A group of that name exists with another type or other settings.
+    #[error("group '{0}' exists with another type or other settings")]
+    GroupExists(String),
     /// A commit without a member for a group that has members.
     #[error("group '{0}' has members: commit as one of them, with `member` and `member_epoch`")]
     MembersOnly(String),

@@ -50,6 +50,29 @@ pub fn request_digest(parts: &[&[u8]]) -> [u8; 16] {
     h.digest128().to_le_bytes()
 }
 
+/// A batch head that stores a request's key with one partition's part of it.
+pub fn request_head<'a>(
+    key: &'a [u8],
+    digest: [u8; 16],
+    records: u32,
+    count: u32,
+    positions: Option<&'a [u32]>,
+    now: i64,
+) -> crate::log::format::BatchHead<'a> {
+    use crate::log::format;
+    format::BatchHead {
+        record_count: count,
+        appended_ms: now,
+        request: Some(format::RequestTag {
+            key,
+            digest,
+            records,
+            positions,
+        }),
+        ..format::BatchHead::default()
+    }
+}
+
 /// One partition's part of a request: its `count` records lie at `first_offset ..` in
 /// order, record `i` being record `positions[i]` of the request (with `None`, record `i`
 /// of the request: the whole request in one partition, the common case, kept small).

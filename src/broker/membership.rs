@@ -103,6 +103,14 @@ impl Broker {
         Ok(out)
     }
 
+    /// `GroupExists` when `group` is a queue group (calls of partitioned groups on it).
+    fn not_a_queue_group(&self, group: &str) -> Result<(), BrokerError> {
+        if self.is_queue_group(group) {
+            return Err(BrokerError::GroupExists(group.to_owned()));
+        }
+        Ok(())
+    }
+
     /// The partitions of those of `topics` that exist (a deleted topic has none).
     pub(super) fn existing_partitions_of(
         &self,
@@ -126,6 +134,7 @@ impl Broker {
     /// Creates a group with members or changes its settings; `true` when created. Durable
     /// before it returns. Blocks.
     pub fn put_group(&self, group: &str, settings: GroupSettings) -> Result<bool, BrokerError> {
+        self.not_a_queue_group(group)?;
         self.members.put_settings(group, settings, now_ms())
     }
 
@@ -142,6 +151,7 @@ impl Broker {
     ) -> Result<HeartbeatAnswer, BrokerError> {
         super::validate_name(group)?;
         super::validate_name(member)?;
+        self.not_a_queue_group(group)?;
         let deadline = tokio::time::Instant::now() + call.wait;
         loop {
             let (broker, group_name, member_id, c) = (
@@ -370,6 +380,7 @@ impl Broker {
         entries: &[(String, u32, u64)],
     ) -> Result<(), BrokerError> {
         super::validate_name(group)?;
+        self.not_a_queue_group(group)?;
         let check = || {
             for (topic, partition, offset) in entries {
                 let end = self.topic(topic)?.partition(*partition)?.log().end_offset();
@@ -411,6 +422,7 @@ impl Broker {
     pub fn group_names(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.groups.names().into_iter().collect();
         names.extend(self.members.names());
+        names.extend(self.queues.names());
         names.into_iter().collect()
     }
 
@@ -424,6 +436,9 @@ impl Broker {
             .unwrap_or_default();
         if let Some(g) = self.members.get(group) {
             topics.extend(g.read(|st| st.topics.clone()));
+        }
+        if let Some(g) = self.queues.get(group) {
+            topics.extend(g.lock().settings.topics.iter().cloned());
         }
         topics
     }

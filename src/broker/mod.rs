@@ -12,6 +12,9 @@ pub mod members;
 mod membership;
 mod partition;
 pub mod partitioner;
+pub mod queue;
+mod queue_ops;
+pub mod queues;
 mod stats;
 pub mod topic;
 
@@ -26,6 +29,9 @@ pub use membership::{
     MemberFetchCall, PartitionLag,
 };
 pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
+pub use queue_ops::{
+    AckResult, LeaseAnswer, LeasedRecord, QueueDescription, QueuePartitionStats, DLQ_HEADERS,
+};
 pub use stats::{BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
@@ -161,6 +167,8 @@ pub struct Broker {
     groups: groups::Groups,
     /// Groups with members: their coordinators and settings.
     members: members::MemberGroups,
+    /// Queue groups: their settings and journalled state.
+    queues: queues::QueueGroups,
     prefaulter: FileWorker,
     /// The `max_disk_bytes` quota, shared by every partition.
     quota: Option<Arc<DiskQuota>>,
@@ -208,6 +216,7 @@ impl Broker {
             groups,
             // Opened once the topics are known (below).
             members: members::MemberGroups::empty(),
+            queues: queues::QueueGroups::empty(),
             prefaulter,
             quota,
             flush_requests,
@@ -250,6 +259,9 @@ impl Broker {
             crate::log::now_ms(),
         )?;
         broker.members = members;
+        let fsync = broker.config.default_durability == crate::config::Durability::Fsync;
+        broker.queues =
+            queues::QueueGroups::open(&broker.data_dir.join(queues::QUEUES_DIR), fsync)?;
         Ok(broker)
     }
 

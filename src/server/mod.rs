@@ -36,7 +36,7 @@ pub use state::AppState;
 use crate::auth::Permission;
 use access::{Access, Routes};
 use error::{ApiError, ErrorCode};
-use routes::{consume, groups, members, ops, produce, topics};
+use routes::{consume, groups, members, ops, produce, queues, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -134,6 +134,17 @@ pub fn router(state: AppState) -> Router {
             Access::Holds(Consume),
             members::MEMBER_RECORDS_ERRORS,
             routes!(members::member_records),
+        )
+        // Queue groups: `consume` on every topic of the group, checked by the handlers.
+        .add(
+            Access::Holds(Consume),
+            queues::LEASE_ERRORS,
+            routes!(queues::lease),
+        )
+        .add(
+            Access::Holds(Consume),
+            queues::ACK_ERRORS,
+            routes!(queues::ack),
         )
         .add(Access::AnyToken, ops::HEALTHZ_ERRORS, routes!(ops::healthz))
         .add(Access::AnyToken, ops::READYZ_ERRORS, routes!(ops::readyz))

@@ -120,6 +120,38 @@ impl PartitionLog {
         let _ = sync_dir(&self.dir);
         Ok(deleted)
     }
+    /// Deletes the sealed segments whose records all lie below `offset` (a journal compacted
+    /// into a snapshot at `offset`). Never the active segment. Returns how many. Blocks.
+    pub fn delete_segments_below(&self, offset: u64) -> Result<usize> {
+        let _files = self.rolls.file_work();
+        if self.rolls.deleted.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let segs = self.segments.load_full();
+        let doomed: Vec<Arc<segment::Segment>> = segs
+            .iter()
+            .take(segs.len().saturating_sub(1))
+            .take_while(|s| s.is_sealed() && s.next_offset() <= offset)
+            .cloned()
+            .collect();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let gone: Vec<u64> = doomed.iter().map(|s| s.base_offset()).collect();
+        self.segments.rcu(|segs| {
+            segs.iter()
+                .filter(|s| !gone.contains(&s.base_offset()))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        for seg in &doomed {
+            segment::remove(&self.dir, seg.base_offset());
+            seg.release_quota();
+        }
+        let _ = sync_dir(&self.dir);
+        Ok(doomed.len())
+    }
+
     /// Unmaps sealed, durable segments no reader used since `idle_since_ms`, and parks the
     /// writer if the active segment is idle too (durable, neither written nor read since):
     /// they map again on demand. Returns how many closed.

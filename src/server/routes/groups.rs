@@ -29,6 +29,7 @@ pub const COMMIT_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::FencedMember,
     ErrorCode::StaleMemberEpoch,
     ErrorCode::PartitionNotOwned,
+    ErrorCode::GroupExists,
     ErrorCode::InvalidName,
     ErrorCode::TopicNotFound,
     ErrorCode::PartitionNotFound,

@@ -14,8 +14,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::groups::{
-    AssignedPartition, AutoOffsetReset, GroupDescriptionOut, GroupSettingsIn, GroupSettingsOut,
-    GroupType, JoinRequest, JoinResponse, MemberOut, PartitionLagOut, TopicPartitionRef,
+    AssignedPartition, AutoOffsetReset, GroupDescriptionOut, GroupOut, GroupSettingsIn,
+    GroupSettingsOut, GroupType, JoinRequest, JoinResponse, MemberOut, PartitionLagOut,
+    PutGroupOut, TopicPartitionRef,
 };
 use crate::api::records::{MemberRecordOut, MemberRecords};
 use crate::auth::{Permission, Principal};
@@ -54,54 +55,97 @@ pub const PUT_GROUP_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
     ErrorCode::InvalidName,
     ErrorCode::InvalidConfig,
+    ErrorCode::GroupExists,
+    ErrorCode::TopicNotFound,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
     ErrorCode::NotReady,
 ];
 
-/// Create a group with members, or change its settings (absent fields take their
-/// defaults). A first join creates the group with the defaults, so this call is optional.
+/// Create a group, or (a group with members) change its settings; absent fields take
+/// their defaults. A group with members: `201`, or `200` with its settings changed (a first
+/// join creates it with the defaults, so this call is optional for it). A queue group:
+/// `201`, or `200` when it exists with the same settings (`409 group_exists` with others).
 #[utoipa::path(put, path = "/v1/groups/{group}", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = GroupSettingsIn,
     responses(
-        (status = 201, body = GroupSettingsOut, description = "Created, durably"),
-        (status = 200, body = GroupSettingsOut, description = "It existed; its settings are now these"),
+        (status = 201, body = PutGroupOut, description = "Created, durably"),
+        (status = 200, body = PutGroupOut, description = "It existed; its settings are these"),
     ))]
 pub async fn put_group(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     body: axum::body::Body,
-) -> ApiResult<(StatusCode, Json<GroupSettingsOut>)> {
+) -> ApiResult<(StatusCode, Json<PutGroupOut>)> {
     validate_name(&group)?;
     let req: GroupSettingsIn = crate::server::read_json(state.config(), body).await?;
-    if req.group_type == GroupType::Queue {
-        return Err(ApiError::new(
-            ErrorCode::InvalidConfig,
-            "queue groups are not available in this version; use \"type\": \"partitioned\"",
-        ));
-    }
-    let d = GroupSettings::default();
-    let settings = GroupSettings {
-        session_timeout_ms: req.session_timeout_ms.unwrap_or(d.session_timeout_ms),
-        rebalance_timeout_ms: req.rebalance_timeout_ms.unwrap_or(d.rebalance_timeout_ms),
-        auto_offset_reset: match req.auto_offset_reset {
-            Some(AutoOffsetReset::Latest) => OffsetReset::Latest,
-            Some(AutoOffsetReset::Earliest) | None => OffsetReset::Earliest,
-        },
-    };
     let broker = state.broker()?;
-    may_manage(&broker, &principal, &group).await?;
-    let name = group.clone();
-    let created = blocking(move || Ok(broker.put_group(&name, settings)?)).await?;
+    let (created, out) = match req {
+        GroupSettingsIn::Partitioned {
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            auto_offset_reset,
+        } => {
+            let d = GroupSettings::default();
+            let settings = GroupSettings {
+                session_timeout_ms: session_timeout_ms.unwrap_or(d.session_timeout_ms),
+                rebalance_timeout_ms: rebalance_timeout_ms.unwrap_or(d.rebalance_timeout_ms),
+                auto_offset_reset: match auto_offset_reset {
+                    Some(AutoOffsetReset::Latest) => OffsetReset::Latest,
+                    Some(AutoOffsetReset::Earliest) | None => OffsetReset::Earliest,
+                },
+            };
+            may_manage(&broker, &principal, &group).await?;
+            let name = group.clone();
+            let created = blocking(move || Ok(broker.put_group(&name, settings)?)).await?;
+            (
+                created,
+                PutGroupOut::Partitioned(settings_out(&group, &settings)),
+            )
+        }
+        GroupSettingsIn::Queue {
+            topics,
+            lease_ms,
+            max_deliveries,
+            dead_letter_topic,
+            max_in_flight,
+        } => {
+            use crate::broker::queues::QueueSettings as Q;
+            let settings = Q {
+                topics,
+                lease_ms: lease_ms.unwrap_or(Q::DEFAULT_LEASE_MS),
+                max_deliveries: max_deliveries.unwrap_or(Q::DEFAULT_MAX_DELIVERIES),
+                dead_letter_topic,
+                max_in_flight: max_in_flight.unwrap_or(Q::DEFAULT_MAX_IN_FLIGHT),
+            };
+            let consumes = settings
+                .topics
+                .iter()
+                .all(|t| principal.may(Permission::Consume, t));
+            let produces_dlq = settings
+                .dead_letter_topic
+                .as_ref()
+                .is_none_or(|t| principal.may(Permission::Produce, t));
+            if !consumes || !produces_dlq {
+                return Err(crate::server::forbidden(&principal));
+            }
+            let (name, s) = (group.clone(), settings.clone());
+            let created = blocking(move || Ok(broker.create_queue_group(&name, s)?)).await?;
+            (
+                created,
+                PutGroupOut::Queue(super::queues::settings_out(&group, &settings)),
+            )
+        }
+    };
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(settings_out(&group, &settings))))
+    Ok((status, Json(out)))
 }
 
 /// Changing a group's settings or removing a member needs `consume` on every topic of the
@@ -123,6 +167,7 @@ async fn may_manage(
 /// The errors `join` answers with (besides those of every route).
 pub const JOIN_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
+    ErrorCode::GroupExists,
     ErrorCode::InvalidName,
     ErrorCode::TopicNotFound,
     ErrorCode::FencedMember,
@@ -389,18 +434,24 @@ pub const DESCRIBE_GROUP_ERRORS: &[ErrorCode] = &[
     ErrorCode::NotReady,
 ];
 
-/// A group: its settings, members with their assignment, and the committed offset and lag
-/// of every partition of its topics (whether or not members are alive).
+/// A group. With members (or committed offsets only): its settings, members with their
+/// assignment, and the committed offset and lag of every partition of its topics (whether
+/// or not members are alive). A queue group: backlog, in flight, oldest unacked age and
+/// dead letters, in all and per partition, and its settings.
 #[utoipa::path(get, path = "/v1/groups/{group}", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
-    responses((status = 200, body = GroupDescriptionOut)))]
+    responses((status = 200, body = GroupOut)))]
 pub async fn describe_group(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
-) -> ApiResult<Json<GroupDescriptionOut>> {
+) -> ApiResult<Json<GroupOut>> {
     validate_name(&group)?;
     let broker = state.broker_for_read()?;
+    if broker.is_queue_group(&group) {
+        let q = super::queues::describe(&broker, &principal, &group).await?;
+        return Ok(Json(GroupOut::Queue(q)));
+    }
     let name = group.clone();
     let d = blocking(move || Ok(broker.describe_group(&name)?)).await?;
     let may = |t: &str| principal.may(Permission::Consume, t);
@@ -425,7 +476,7 @@ pub async fn describe_group(
             lag: o.lag,
         })
         .collect();
-    Ok(Json(GroupDescriptionOut {
+    Ok(Json(GroupOut::Partitioned(GroupDescriptionOut {
         name: d.name.clone(),
         group_type: GroupType::Partitioned,
         epoch: d.epoch,
@@ -445,5 +496,5 @@ pub async fn describe_group(
             .collect(),
         lag: offsets.iter().map(|o| o.lag).sum(),
         offsets,
-    }))
+    })))
 }

@@ -7,4 +7,5 @@ pub mod groups;
 pub mod members;
 pub mod ops;
 pub mod produce;
+pub mod queues;
 pub mod topics;

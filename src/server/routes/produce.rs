@@ -15,7 +15,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::records::{ProduceRequest, ProduceResponse, RecordIn, RecordOffset};
-use crate::broker::idempotency::{check_key, offsets_of, request_digest, Claim, Piece};
+use crate::broker::idempotency::{
+    check_key, offsets_of, request_digest, request_head, Claim, Piece,
+};
 use crate::broker::{Broker, BrokerError, PartitionAppend, Topic};
 use crate::config::Durability;
 use crate::log::{format, LogError, Record, ValidFrames};
@@ -323,28 +325,6 @@ fn check_client_frames<'a>(
             Ok(ValidFrames::check(storage.insert(plain), max_record)?)
         }
         checked => Ok(checked?),
-    }
-}
-
-/// A batch head that stores a request's key with one partition's part of it.
-fn request_head<'a>(
-    key: &'a [u8],
-    digest: [u8; 16],
-    records: u32,
-    count: u32,
-    positions: Option<&'a [u32]>,
-    now: i64,
-) -> format::BatchHead<'a> {
-    format::BatchHead {
-        record_count: count,
-        appended_ms: now,
-        request: Some(format::RequestTag {
-            key,
-            digest,
-            records,
-            positions,
-        }),
-        ..format::BatchHead::default()
     }
 }
 

@@ -1,0 +1,521 @@
+//! What the broker does for queue groups (API.md, "Queue groups"): creation, leases that
+//! long-poll, acks, dead-lettering through idempotent produce, the description with backlog
+//! and in-flight counts, and the maintenance tick. The rules live in [`super::queue`], the
+//! journal in [`super::queues`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::future::{select_all, FutureExt};
+
+use super::assignor::TopicPartition;
+use super::idempotency::{request_digest, request_head, Claim, Piece};
+use super::queue::{AckKind, AckOutcome, DeadReason, Event, Rec, Token};
+use super::queues::{QueueGroup, QueueInner, QueueSettings};
+use super::{blocking, Broker, BrokerError, Partition, Wait};
+use crate::log::format::Header;
+use crate::log::{now_ms, Record, StoredRecord};
+
+/// A record handed out under a lease.
+#[derive(Debug, Clone)]
+pub struct LeasedRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub record: StoredRecord,
+    pub token: String,
+    pub delivery: u32,
+    pub expires_ms: i64,
+}
+
+/// What a lease request got.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseAnswer {
+    pub records: Vec<LeasedRecord>,
+    /// The in-flight window (`max_in_flight`) was full: fewer records (or none) than asked.
+    pub window_full: bool,
+}
+
+/// One ack's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckResult {
+    pub lease: String,
+    pub outcome: AckOutcome,
+}
+
+/// One partition of a queue group, as described.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueuePartitionStats {
+    pub topic: String,
+    pub partition: u32,
+    pub backlog: u64,
+    pub in_flight: u64,
+    pub oldest_unacked_age_ms: u64,
+    pub dead_lettered: u64,
+}
+
+/// A queue group, as `GET /v1/groups/{group}` shows it.
+#[derive(Debug, Clone)]
+pub struct QueueDescription {
+    pub name: String,
+    pub settings: QueueSettings,
+    pub partitions: Vec<QueuePartitionStats>,
+    /// The in-flight window is full now.
+    pub window_full: bool,
+}
+
+/// Headers of a dead-lettered record, besides its own.
+pub const DLQ_HEADERS: [&str; 6] = [
+    "dlq.group",
+    "dlq.topic",
+    "dlq.partition",
+    "dlq.offset",
+    "dlq.deliveries",
+    "dlq.reason",
+];
+
+impl Broker {
+    /// Creates a queue group (`true`), or finds it with the same settings (`false`). Its
+    /// topics must exist; a missing dead-letter topic is created as produce would create it.
+    /// A group with members or committed offsets of that name: `GroupExists`. Blocks.
+    pub fn create_queue_group(
+        &self,
+        group: &str,
+        settings: QueueSettings,
+    ) -> Result<bool, BrokerError> {
+        super::validate_name(group)?;
+        settings.validate()?;
+        if self.members.get(group).is_some() || self.groups.offsets(group).is_ok() {
+            return Err(BrokerError::GroupExists(group.to_owned()));
+        }
+        for t in &settings.topics {
+            self.topic(t)?;
+        }
+        if let Some(dlq) = &settings.dead_letter_topic {
+            self.topic_for_produce(dlq, [])?;
+        }
+        self.queues.create(group, settings)
+    }
+
+    /// A queue group called `group`, or `GroupNotFound`.
+    pub fn queue_group(&self, group: &str) -> Result<Arc<QueueGroup>, BrokerError> {
+        super::validate_name(group)?;
+        self.queues
+            .get(group)
+            .ok_or_else(|| BrokerError::GroupNotFound(group.to_owned()))
+    }
+
+    /// Whether `group` names a queue group.
+    pub fn is_queue_group(&self, group: &str) -> bool {
+        self.queues.get(group).is_some()
+    }
+
+    /// Leases up to `max` records: first those due for another delivery, then new ones,
+    /// within the in-flight window. When there are none and `wait` allows, waits for an
+    /// append, a release, an expiry or a change, and tries once more. Each lease (and its
+    /// delivery count) is journalled before the answer.
+    pub async fn lease(
+        self: &Arc<Self>,
+        group: &str,
+        max: usize,
+        wait: Option<Wait>,
+    ) -> Result<LeaseAnswer, BrokerError> {
+        let g = self.queue_group(group)?;
+        let deadline = wait
+            .as_ref()
+            .map(|w| tokio::time::Instant::now() + w.timeout);
+        let mut permit = None;
+        loop {
+            let mut changes = g.subscribe();
+            let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
+            let (answer, watched, next_due) = blocking(move || broker.lease_once(&g2, max)).await?;
+            let (Some(w), Some(deadline)) = (wait.as_ref(), deadline) else {
+                return Ok(answer);
+            };
+            if !answer.records.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(answer);
+            }
+            if permit.is_none() {
+                permit = Some(w.permit()?);
+            }
+            let mut stop = w.stop.clone();
+            let mut appends: Vec<_> = watched
+                .into_iter()
+                .map(|(p, offset)| {
+                    async move {
+                        let mut rx = p.subscribe();
+                        let _ = rx.wait_for(|&end| end > offset).await;
+                    }
+                    .boxed()
+                })
+                .collect();
+            appends.push(std::future::pending().boxed());
+            let due = next_due.map_or(deadline, |at| {
+                let ms = at.saturating_sub(now_ms()).max(1) as u64;
+                deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(ms))
+            });
+            tokio::select! {
+                _ = select_all(appends) => {}
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(due) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(answer),
+            }
+        }
+    }
+
+    /// One round of [`Broker::lease`], on the blocking pool: the records leased, the
+    /// partitions to watch when there were none (with the offset that would come next), and
+    /// when the next lease expires or release falls due.
+    #[allow(clippy::type_complexity)]
+    fn lease_once(
+        &self,
+        g: &QueueGroup,
+        max: usize,
+    ) -> Result<(LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>), BrokerError> {
+        let mut inner = g.lock();
+        let now = now_ms();
+        self.settle_due(g, &mut inner, now)?;
+        let s = inner.settings.clone();
+        let room = s.max_in_flight.saturating_sub(inner.state.in_flight(now)) as usize;
+        let want = max.min(room);
+        let window_full = want < max;
+        if window_full {
+            g.counters.add(&g.counters.window_full, 1);
+        }
+        let mut picked: Vec<(TopicPartition, StoredRecord, u32)> = Vec::new();
+        // Records due for another delivery first.
+        for (tp, o, d) in inner.state.redeliverable(now, s.max_deliveries, want) {
+            let Some(r) = self.read_one(&tp, o)? else {
+                continue;
+            };
+            picked.push((tp, r, d));
+        }
+        // Then new ones, from each partition in turn.
+        let mut watched = Vec::new();
+        let mut skips = Vec::new();
+        let partitions = self.existing_partitions_of(&s.topics.iter().cloned().collect());
+        let n = partitions.len().max(1);
+        let start = g.next_round(n);
+        for tp in partitions.iter().cycle().skip(start).take(partitions.len()) {
+            let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+                continue;
+            };
+            let log = p.log();
+            let (floor, next) = inner
+                .state
+                .queue(tp)
+                .map_or((log.start_offset(), log.start_offset()), |q| {
+                    (q.floor, q.next)
+                });
+            if floor < log.start_offset() {
+                // Retention removed records before they were settled: skip them.
+                skips.push(Event::Skip {
+                    t: tp.0.clone(),
+                    p: tp.1,
+                    to: log.start_offset(),
+                });
+            }
+            let from = next.max(log.start_offset());
+            if picked.len() >= want {
+                continue;
+            }
+            let batch = p.read(
+                from,
+                super::ReadLimits {
+                    max_records: want - picked.len(),
+                    max_bytes: 16 << 20,
+                },
+            )?;
+            if batch.record_count == 0 {
+                watched.push((p, from));
+                continue;
+            }
+            for r in batch.records() {
+                picked.push((tp.clone(), r, 1));
+            }
+        }
+        let exp = now.saturating_add(s.lease_ms as i64);
+        let mut events = skips;
+        events.extend(picked.iter().map(|(tp, r, d)| Event::Lease {
+            t: tp.0.clone(),
+            p: tp.1,
+            o: r.offset,
+            d: *d,
+            exp,
+        }));
+        inner.commit(&events)?;
+        inner.sync()?;
+        let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
+        g.counters.add(&g.counters.first_deliveries, first);
+        g.counters
+            .add(&g.counters.redeliveries, picked.len() as u64 - first);
+        let records = picked
+            .into_iter()
+            .map(|((topic, partition), record, delivery)| LeasedRecord {
+                token: Token {
+                    topic: topic.clone(),
+                    partition,
+                    offset: record.offset,
+                    delivery,
+                }
+                .encode(),
+                topic,
+                partition,
+                record,
+                delivery,
+                expires_ms: exp,
+            })
+            .collect();
+        let next_due = inner.state.next_due(now);
+        Ok((
+            LeaseAnswer {
+                records,
+                window_full,
+            },
+            watched,
+            next_due,
+        ))
+    }
+
+    fn read_one(
+        &self,
+        tp: &TopicPartition,
+        offset: u64,
+    ) -> Result<Option<StoredRecord>, BrokerError> {
+        let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+            return Ok(None);
+        };
+        if offset < p.log().start_offset() || offset >= p.log().end_offset() {
+            return Ok(None);
+        }
+        let batch = p.read(
+            offset,
+            super::ReadLimits {
+                max_records: 1,
+                max_bytes: 1,
+            },
+        )?;
+        let first = batch.records().next().filter(|r| r.offset == offset);
+        Ok(first)
+    }
+
+    /// Dead-letters the records whose last allowed delivery failed (released, or lease
+    /// expired), under the group's lock. Blocks.
+    fn settle_due(
+        &self,
+        g: &QueueGroup,
+        inner: &mut QueueInner,
+        now: i64,
+    ) -> Result<(), BrokerError> {
+        let max = inner.settings.max_deliveries;
+        for (tp, o, d) in inner.state.due_dead(now, max) {
+            if let Some(Rec::Leased { .. }) = inner.state.queue(&tp).and_then(|q| q.recs.get(&o)) {
+                g.counters.add(&g.counters.expired_leases, 1);
+            }
+            self.dead_letter(g, inner, &tp, o, d, DeadReason::MaxDeliveries)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the record to the dead-letter topic (once: under an idempotency key naming
+    /// the group and the record, so that a retry after a crash is answered from the first
+    /// copy), then journals it settled. Without a dead-letter topic the record is dropped.
+    fn dead_letter(
+        &self,
+        g: &QueueGroup,
+        inner: &mut QueueInner,
+        tp: &TopicPartition,
+        offset: u64,
+        deliveries: u32,
+        reason: DeadReason,
+    ) -> Result<(), BrokerError> {
+        if let (Some(dlq), Some(r)) = (
+            inner.settings.dead_letter_topic.clone(),
+            self.read_one(tp, offset)?,
+        ) {
+            let topic = self.topic_for_produce(&dlq, [])?;
+            let key = format!(
+                "dlq-{:032x}",
+                u128::from_le_bytes(request_digest(&[
+                    g.name().as_bytes(),
+                    tp.0.as_bytes(),
+                    &tp.1.to_le_bytes(),
+                    &offset.to_le_bytes()
+                ]))
+            );
+            let digest = request_digest(&[key.as_bytes()]);
+            let now = now_ms();
+            let claim = topic.idempotency().claim(key.as_bytes(), digest, 1, now)?;
+            match claim {
+                Claim::Replay { .. } => {}
+                Claim::Append(pending) => {
+                    let values = [
+                        g.name().to_owned(),
+                        tp.0.clone(),
+                        tp.1.to_string(),
+                        offset.to_string(),
+                        deliveries.to_string(),
+                        reason.as_str().to_owned(),
+                    ];
+                    let mut headers: Vec<Header<'_>> = r.headers().collect();
+                    headers.extend(
+                        DLQ_HEADERS
+                            .iter()
+                            .zip(&values)
+                            .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
+                    );
+                    let partition = tp.1 % topic.partition_count().max(1);
+                    let record = Record {
+                        key: r.key.as_deref(),
+                        value: r.value.as_deref(),
+                        headers: &headers,
+                        timestamp_ms: r.timestamp_ms,
+                        value_is_json: r.value_is_json(),
+                        batch: Some(request_head(key.as_bytes(), digest, 1, 1, None, now)),
+                    };
+                    let appends =
+                        self.append(&topic, &BTreeMap::from([(partition, vec![record])]))?;
+                    pending.complete(
+                        appends
+                            .iter()
+                            .map(|a| Piece {
+                                partition: a.partition,
+                                first_offset: a.first_offset,
+                                count: 1,
+                                positions: None,
+                            })
+                            .collect(),
+                        now,
+                    );
+                }
+            }
+        }
+        inner.commit(&[Event::Dead {
+            t: tp.0.clone(),
+            p: tp.1,
+            o: offset,
+            reason,
+        }])?;
+        g.counters.add(&g.counters.dead_letters, 1);
+        Ok(())
+    }
+
+    /// Applies acks in order: each acts on its record if its token is the record's current
+    /// delivery (else `lease_lost`). What changed is journalled before the answer. Blocks.
+    pub fn ack(
+        &self,
+        group: &str,
+        acks: &[(String, Token, AckKind)],
+    ) -> Result<Vec<AckResult>, BrokerError> {
+        let g = self.queue_group(group)?;
+        let mut inner = g.lock();
+        let now = now_ms();
+        let max = inner.settings.max_deliveries;
+        let mut results = Vec::with_capacity(acks.len());
+        let mut released = false;
+        for (lease, token, kind) in acks {
+            let (outcome, event, dead) = inner.state.ack(token, *kind, now, max);
+            if let Some(e) = event {
+                released |= matches!(e, Event::Release { .. });
+                inner.commit(&[e])?;
+            }
+            let tp = (token.topic.clone(), token.partition);
+            if let Some(reason) = dead {
+                self.dead_letter(&g, &mut inner, &tp, token.offset, token.delivery, reason)?;
+            }
+            let c = &g.counters;
+            match (outcome, kind) {
+                (AckOutcome::LeaseLost, _) => c.add(&c.lost_leases, 1),
+                (AckOutcome::Ok { repeat: true }, _) => {}
+                (AckOutcome::Ok { .. }, AckKind::Accept) => c.add(&c.accepts, 1),
+                (AckOutcome::Ok { .. }, AckKind::Release { .. }) => c.add(&c.releases, 1),
+                (AckOutcome::Ok { .. }, AckKind::Reject) => c.add(&c.rejects, 1),
+                (AckOutcome::Ok { .. }, AckKind::Extend { .. }) => c.add(&c.extends, 1),
+            }
+            results.push(AckResult {
+                lease: lease.clone(),
+                outcome,
+            });
+        }
+        inner.sync()?;
+        drop(inner);
+        if released {
+            g.notify();
+        }
+        Ok(results)
+    }
+
+    /// A queue group's backlog, in-flight records, oldest unacked age and dead letters,
+    /// per partition. Blocks (reads the oldest records' timestamps).
+    pub fn describe_queue_group(&self, group: &str) -> Result<QueueDescription, BrokerError> {
+        let g = self.queue_group(group)?;
+        let inner = g.lock();
+        let now = now_ms();
+        let s = inner.settings.clone();
+        let mut partitions = Vec::new();
+        for tp in self.existing_partitions_of(&s.topics.iter().cloned().collect()) {
+            let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+                continue;
+            };
+            let log = p.log();
+            let (end, start) = (log.end_offset(), log.start_offset());
+            let empty = super::queue::PartitionQueue {
+                floor: start,
+                next: start,
+                ..Default::default()
+            };
+            let q = inner.state.queue(&tp).unwrap_or(&empty);
+            let oldest = q.oldest_unsettled(end).max(start);
+            let age = match self.read_one(&tp, oldest)? {
+                Some(r) if oldest < end => now.saturating_sub(r.timestamp_ms).max(0) as u64,
+                _ => 0,
+            };
+            partitions.push(QueuePartitionStats {
+                backlog: q.backlog(end, now),
+                in_flight: q.in_flight(now),
+                oldest_unacked_age_ms: age,
+                dead_lettered: q.dead_lettered,
+                topic: tp.0,
+                partition: tp.1,
+            });
+        }
+        let window_full = inner.state.in_flight(now) >= s.max_in_flight;
+        Ok(QueueDescription {
+            name: group.to_owned(),
+            settings: s,
+            partitions,
+            window_full,
+        })
+    }
+
+    /// Dead-letters records whose last lease expired, in every queue group, and wakes the
+    /// lease requests waiting for expired leases. For the maintenance task. Blocks.
+    pub fn tick_queue_groups(&self) -> Result<(), BrokerError> {
+        for g in self.queues.all() {
+            let mut inner = g.lock();
+            let now = now_ms();
+            let before = inner.journal_len();
+            self.settle_due(&g, &mut inner, now)?;
+            let changed = inner.journal_len() != before;
+            if changed {
+                inner.sync()?;
+            }
+            let expired = inner
+                .state
+                .next_due(now - 1_000)
+                .is_some_and(|at| at <= now);
+            drop(inner);
+            if changed || expired {
+                g.notify();
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes every queue group's journal (with the data's flushes). Blocks.
+    pub fn flush_queue_groups(&self) -> Result<(), BrokerError> {
+        for g in self.queues.all() {
+            g.lock().flush()?;
+        }
+        Ok(())
+    }
+}

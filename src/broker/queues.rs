@@ -1,0 +1,391 @@
+//! Queue groups as the broker keeps them: each group's settings
+//! (`<data_dir>/@queues/<group>/settings.json`, written durably) and its state journalled in
+//! mapq's own log format (`<data_dir>/@queues/<group>/journal/`, a partition of the storage
+//! engine whose records are the JSON [`Event`]s of [`super::queue`]), appended before every
+//! answer that changed the state and replayed when the broker opens. The journal is
+//! compacted: after [`SNAPSHOT_EVERY`] events the whole state is written as one snapshot
+//! event at the head of a new segment, and the segments before it are deleted.
+//!
+//! A journal's events reach the mapped file before the answer, as records do with the
+//! default `memory` durability: a `kill -9` of the server loses none; the flush task makes
+//! them durable with the data's. With `default_durability = "fsync"` each change is flushed
+//! before its answer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::error::BrokerError;
+use super::queue::{Event, QueueState};
+use super::topic::write_durably;
+use crate::log::{LogConfig, PartitionLog, Record};
+
+/// Name of the directory holding queue groups.
+pub const QUEUES_DIR: &str = "@queues";
+/// Events after which the journal is compacted into a snapshot.
+pub const SNAPSHOT_EVERY: u64 = 100_000;
+/// Longest lease (and release delay) a worker may ask for: 12 hours, as SQS allows.
+pub const MAX_LEASE_MS: u64 = 12 * 3600 * 1000;
+
+/// A queue group's settings (API.md: `PUT /v1/groups/{group}` with `"type": "queue"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    pub topics: Vec<String>,
+    pub lease_ms: u64,
+    pub max_deliveries: u32,
+    /// `None`: a record is dropped after its last delivery.
+    pub dead_letter_topic: Option<String>,
+    pub max_in_flight: u64,
+}
+
+impl QueueSettings {
+    pub const DEFAULT_LEASE_MS: u64 = 30_000;
+    pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+    pub const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
+
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let bad = |why: String| Err(BrokerError::InvalidConfig(why));
+        if self.topics.is_empty() {
+            return bad("`topics` is empty".into());
+        }
+        for t in &self.topics {
+            super::validate_name(t)?;
+        }
+        if !(100..=MAX_LEASE_MS).contains(&self.lease_ms) {
+            return bad(format!(
+                "lease_ms must be from 100 to {MAX_LEASE_MS}, not {}",
+                self.lease_ms
+            ));
+        }
+        if !(1..=1000).contains(&self.max_deliveries) {
+            return bad(format!(
+                "max_deliveries must be from 1 to 1000, not {}",
+                self.max_deliveries
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            return bad(format!(
+                "max_in_flight must be from 1 to 1000000, not {}",
+                self.max_in_flight
+            ));
+        }
+        if let Some(dlq) = &self.dead_letter_topic {
+            super::validate_name(dlq)?;
+            if self.topics.contains(dlq) {
+                return bad(format!(
+                    "the dead-letter topic {dlq:?} is one of the group's topics"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a queue group did since the server started: the counters of its metrics.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub first_deliveries: AtomicU64,
+    pub redeliveries: AtomicU64,
+    pub accepts: AtomicU64,
+    pub releases: AtomicU64,
+    pub rejects: AtomicU64,
+    pub extends: AtomicU64,
+    pub lost_leases: AtomicU64,
+    pub expired_leases: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub window_full: AtomicU64,
+}
+
+impl QueueCounters {
+    pub fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A queue group's state under its lock.
+#[derive(Debug)]
+pub struct QueueInner {
+    pub settings: QueueSettings,
+    pub state: QueueState,
+    journal: PartitionLog,
+    since_snapshot: u64,
+    fsync: bool,
+}
+
+impl QueueInner {
+    /// Appends `events` to the journal (one publication: all or none) and applies them;
+    /// compacts the journal when it is due. On error, nothing was applied. Durable with
+    /// [`QueueInner::sync`]. Blocks.
+    pub fn commit(&mut self, events: &[Event]) -> Result<(), BrokerError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let now = crate::log::now_ms();
+        let bytes: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).expect("an event serializes"))
+            .collect();
+        let records: Vec<Record<'_>> = bytes
+            .iter()
+            .map(|b| Record {
+                value_is_json: true,
+                ..Record::value(b, now)
+            })
+            .collect();
+        self.journal.append(&records)?;
+        for e in events {
+            self.state.apply(e);
+        }
+        self.since_snapshot += events.len() as u64;
+        if self.since_snapshot >= SNAPSHOT_EVERY {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the state as one snapshot at the head of a new segment, and deletes the
+    /// segments before it. Blocks.
+    fn compact(&mut self) -> Result<(), BrokerError> {
+        self.journal.roll()?;
+        let snapshot = Event::Snapshot {
+            state: Box::new(self.state.clone()),
+        };
+        let bytes = serde_json::to_vec(&snapshot).expect("a snapshot serializes");
+        let at = self
+            .journal
+            .append(&[Record::value(&bytes, crate::log::now_ms())])?
+            .first_offset;
+        self.journal.flush()?;
+        self.journal.delete_segments_below(at)?;
+        self.since_snapshot = 0;
+        Ok(())
+    }
+
+    /// With `default_durability = "fsync"`: makes what was committed durable (before the
+    /// answer). Blocks.
+    pub fn sync(&self) -> Result<(), BrokerError> {
+        if self.fsync {
+            self.journal.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the journal (the maintenance task's, with the data's).
+    pub fn flush(&self) -> Result<(), BrokerError> {
+        self.journal.flush()?;
+        Ok(())
+    }
+
+    pub fn journal_len(&self) -> u64 {
+        self.journal.end_offset() - self.journal.start_offset()
+    }
+}
+
+/// One queue group.
+#[derive(Debug)]
+pub struct QueueGroup {
+    name: String,
+    inner: Mutex<QueueInner>,
+    /// Bumped whenever records become available (released, expired, extended away).
+    changes: watch::Sender<u64>,
+    pub counters: QueueCounters,
+    /// Where the next lease starts its round of the partitions.
+    cursor: AtomicU64,
+}
+
+impl QueueGroup {
+    /// The index to start the next round of `n` partitions at.
+    pub fn next_round(&self, n: usize) -> usize {
+        (self.cursor.fetch_add(1, Ordering::Relaxed) % n.max(1) as u64) as usize
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, QueueInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes waiting lease requests (records became available).
+    pub fn notify(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// Every queue group.
+#[derive(Debug)]
+pub struct QueueGroups {
+    dir: PathBuf,
+    fsync: bool,
+    groups: RwLock<BTreeMap<String, Arc<QueueGroup>>>,
+}
+
+fn journal_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 20,
+        reserve_chunk_bytes: 1 << 20,
+        prefault_bytes: 256 << 10,
+        ..LogConfig::default()
+    }
+}
+
+/// Replays a journal into a state. An event that does not decode (a journal of a newer
+/// version) is skipped with an error in the log, never a failure to start.
+fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), BrokerError> {
+    let mut state = QueueState::default();
+    let mut offset = journal.start_offset();
+    let mut events = 0u64;
+    while offset < journal.end_offset() {
+        let batch = journal.read(offset, 10_000, 16 << 20)?;
+        if batch.record_count == 0 {
+            break;
+        }
+        for r in batch.records() {
+            match serde_json::from_slice::<Event>(r.value.as_deref().unwrap_or_default()) {
+                Ok(e) => {
+                    if matches!(e, Event::Snapshot { .. }) {
+                        events = 0;
+                    }
+                    state.apply(&e);
+                    events += 1;
+                }
+                Err(e) => {
+                    tracing::error!(group, offset = r.offset, error = %e, "a queue journal event that does not decode; skipped")
+                }
+            }
+        }
+        offset = batch.next_offset;
+    }
+    Ok((state, events))
+}
+
+impl QueueGroups {
+    /// Opens every queue group in `dir` (created if missing), replaying its journal.
+    pub fn open(dir: &Path, fsync: bool) -> Result<Self, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
+        let mut groups = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
+            let path = entry.map_err(|e| BrokerError::io(dir, e))?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            let settings_path = path.join("settings.json");
+            if super::validate_name(&name).is_err() || !settings_path.is_file() {
+                tracing::warn!(path = %path.display(), "unexpected entry among queue groups; left alone");
+                continue;
+            }
+            let bytes =
+                std::fs::read(&settings_path).map_err(|e| BrokerError::io(&settings_path, e))?;
+            let settings: QueueSettings = serde_json::from_slice(&bytes)
+                .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", settings_path.display())))?;
+            let g = Self::open_group(&path, &name, settings, fsync)?;
+            groups.insert(name, Arc::new(g));
+        }
+        Ok(QueueGroups {
+            dir: dir.to_owned(),
+            fsync,
+            groups: RwLock::new(groups),
+        })
+    }
+
+    fn open_group(
+        path: &Path,
+        name: &str,
+        settings: QueueSettings,
+        fsync: bool,
+    ) -> Result<QueueGroup, BrokerError> {
+        let (journal, _) = PartitionLog::open(&path.join("journal"), journal_config())?;
+        let started = std::time::Instant::now();
+        let (state, since_snapshot) = replay(&journal, name)?;
+        tracing::info!(
+            group = name,
+            events = since_snapshot,
+            ms = started.elapsed().as_millis() as u64,
+            "queue group state rebuilt from its journal"
+        );
+        Ok(QueueGroup {
+            name: name.to_owned(),
+            inner: Mutex::new(QueueInner {
+                settings,
+                state,
+                journal,
+                since_snapshot,
+                fsync,
+            }),
+            changes: watch::Sender::new(0),
+            counters: QueueCounters::default(),
+            cursor: AtomicU64::new(0),
+        })
+    }
+
+    /// No groups: a placeholder until [`QueueGroups::open`].
+    pub fn empty() -> Self {
+        QueueGroups {
+            dir: PathBuf::new(),
+            fsync: false,
+            groups: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn get(&self, group: &str) -> Option<Arc<QueueGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<QueueGroup>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a queue group; `Ok(false)` when it exists with the same settings,
+    /// `GroupExists` when with others. Durable before it returns. Blocks.
+    pub fn create(&self, group: &str, settings: QueueSettings) -> Result<bool, BrokerError> {
+        settings.validate()?;
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = groups.get(group) {
+            return if g.lock().settings == settings {
+                Ok(false)
+            } else {
+                Err(BrokerError::GroupExists(group.to_owned()))
+            };
+        }
+        let path = self.dir.join(group);
+        if path.exists() {
+            // Left by a creation that a crash cut before its settings were written.
+            std::fs::remove_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
+        }
+        std::fs::create_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
+        let json = serde_json::to_vec_pretty(&settings).expect("settings serialize");
+        let g = Self::open_group(&path, group, settings, self.fsync)?;
+        // The settings file last: a group directory without it is not a group.
+        write_durably(&path.join("settings.json"), &json)?;
+        crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
+        groups.insert(group.to_owned(), Arc::new(g));
+        Ok(true)
+    }
+}

@@ -1,0 +1,281 @@
+//! Queue groups: leases (long-polling) and acks; their description and settings are
+//! rendered here for `GET`/`PUT /v1/groups/{group}` (in `members.rs`, which serves both
+//! kinds of group).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use crate::api::groups::{
+    AckRequest, AckResponse, AckResultOut, AckStatus, AckType, GroupType, LeaseRequest,
+    QueueGroupOut, QueuePartitionOut, QueueSettingsOut,
+};
+use crate::api::records::{LeaseResponse, LeasedRecordOut};
+use crate::auth::{Permission, Principal};
+use crate::broker::queue::{AckKind, AckOutcome, Token};
+use crate::broker::queues::{QueueSettings, MAX_LEASE_MS};
+use crate::broker::{validate_name, Broker, LeasedRecord};
+use crate::server::error::{ApiError, ApiResult, ErrorCode};
+use crate::server::routes::consume::{count_read, record_json, wait_for, MAX_WAIT_MS};
+use crate::server::{blocking, AppState};
+
+/// Most records one lease request gets.
+const MAX_LEASE_RECORDS: usize = 10_000;
+
+pub fn settings_out(name: &str, s: &QueueSettings) -> QueueSettingsOut {
+    QueueSettingsOut {
+        name: name.to_owned(),
+        group_type: GroupType::Queue,
+        topics: s.topics.clone(),
+        lease_ms: s.lease_ms,
+        max_deliveries: s.max_deliveries,
+        dead_letter_topic: s.dead_letter_topic.clone(),
+        max_in_flight: s.max_in_flight,
+    }
+}
+
+/// Leasing and acking need `consume` on every topic of the group.
+fn may_work(broker: &Broker, principal: &Principal, group: &str) -> ApiResult<()> {
+    let g = broker.queue_group(group)?;
+    let topics = g.lock().settings.topics.clone();
+    if topics.iter().all(|t| principal.may(Permission::Consume, t)) {
+        Ok(())
+    } else {
+        Err(crate::server::forbidden(principal))
+    }
+}
+
+/// The description of a queue group (for `GET /v1/groups/{group}`): `404` for a token that
+/// may consume none of its topics.
+pub async fn describe(
+    broker: &Arc<Broker>,
+    principal: &Principal,
+    group: &str,
+) -> ApiResult<QueueGroupOut> {
+    let (b, g) = (Arc::clone(broker), group.to_owned());
+    let d = blocking(move || Ok(b.describe_queue_group(&g)?)).await?;
+    if !d
+        .settings
+        .topics
+        .iter()
+        .any(|t| principal.may(Permission::Consume, t))
+    {
+        return Err(crate::broker::BrokerError::GroupNotFound(group.to_owned()).into());
+    }
+    let partitions: Vec<QueuePartitionOut> = d
+        .partitions
+        .iter()
+        .map(|p| QueuePartitionOut {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            backlog: p.backlog,
+            in_flight: p.in_flight,
+            oldest_unacked_age_ms: p.oldest_unacked_age_ms,
+            dead_lettered: p.dead_lettered,
+        })
+        .collect();
+    Ok(QueueGroupOut {
+        name: d.name.clone(),
+        group_type: GroupType::Queue,
+        backlog: partitions.iter().map(|p| p.backlog).sum(),
+        in_flight: partitions.iter().map(|p| p.in_flight).sum(),
+        oldest_unacked_age_ms: partitions
+            .iter()
+            .map(|p| p.oldest_unacked_age_ms)
+            .max()
+            .unwrap_or(0),
+        dead_lettered: partitions.iter().map(|p| p.dead_lettered).sum(),
+        window_full: d.window_full,
+        settings: settings_out(&d.name, &d.settings),
+        partitions,
+    })
+}
+
+/// The errors `lease` answers with (besides those of every route).
+pub const LEASE_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::GroupNotFound,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RequestTimeout,
+    ErrorCode::TooManyWaiters,
+    ErrorCode::NotReady,
+];
+
+/// Lease records of a queue group: each is handed to this caller alone until its lease
+/// ends, with a token for its acks. Records due for another delivery come first, then new
+/// ones. Long-polls up to `wait_ms` when none is available. The delivery count is durable
+/// before the answer.
+#[utoipa::path(post, path = "/v1/groups/{group}/leases", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    request_body = LeaseRequest,
+    responses((status = 200, body = LeaseResponse)))]
+pub async fn lease(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(group): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<Response> {
+    validate_name(&group)?;
+    let req: LeaseRequest = crate::server::read_json(state.config(), body).await?;
+    let max = req.max_records.unwrap_or(100);
+    if max == 0 || max > MAX_LEASE_RECORDS {
+        return Err(ApiError::bad_request(format!(
+            "max_records must be from 1 to {MAX_LEASE_RECORDS}"
+        )));
+    }
+    if req.wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    if let Some(m) = &req.member {
+        validate_name(m)?;
+    }
+    let broker = state.broker()?;
+    may_work(&broker, &principal, &group)?;
+    // The body carries the long-poll: it ends within the request timeout.
+    let wait_ms = req.wait_ms.min(state.config().request_timeout_ms / 2);
+    let wait = wait_for(&state, Duration::from_millis(wait_ms));
+    let answer = broker.lease(&group, max, Some(wait)).await?;
+    for r in &answer.records {
+        count_read(&state, &r.topic, r.partition, &single(r));
+    }
+    blocking(move || Ok(lease_json(&answer.records, answer.window_full))).await
+}
+
+/// A one-record batch of a leased record, for the read counters.
+fn single(r: &LeasedRecord) -> crate::log::ReadBatch {
+    crate::log::ReadBatch {
+        chunks: Vec::new(),
+        record_count: 1,
+        next_offset: r.record.offset + 1,
+        high_watermark: 0,
+    }
+}
+
+fn lease_json(records: &[LeasedRecord], window_full: bool) -> Response {
+    let body = LeaseResponse {
+        records: records
+            .iter()
+            .map(|r| LeasedRecordOut {
+                topic: &r.topic,
+                partition: r.partition,
+                record: record_json(&r.record),
+                lease: &r.token,
+                delivery: r.delivery,
+                lease_expires_ms: r.expires_ms,
+            })
+            .collect(),
+        window_full,
+    };
+    match serde_json::to_vec(&body) {
+        Ok(bytes) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// The errors `ack` answers with (besides those of every route).
+pub const ACK_ERRORS: &[ErrorCode] = &[
+    ErrorCode::BadRequest,
+    ErrorCode::InvalidName,
+    ErrorCode::GroupNotFound,
+    ErrorCode::UnsupportedMediaType,
+    ErrorCode::PayloadTooLarge,
+    ErrorCode::RequestTimeout,
+    ErrorCode::NotReady,
+];
+
+/// Ack leased records, in order: `accept` (settled), `release` (available again after
+/// `delay_ms`; dead-lettered after the last delivery), `reject` (dead-lettered at once),
+/// `extend` (the lease ends `lease_ms` from now). Each result is `ok`, or `lease_lost`
+/// when the record was leased again since (the token acts on nothing); a repeated accept is
+/// `ok` with `repeat`. A malformed ack refuses the whole request (`400`), nothing changed.
+/// Durable before the answer.
+#[utoipa::path(post, path = "/v1/groups/{group}/acks", tag = "groups",
+    params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
+    request_body = AckRequest,
+    responses((status = 200, body = AckResponse)))]
+pub async fn ack(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(group): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<axum::Json<AckResponse>> {
+    validate_name(&group)?;
+    let req: AckRequest = crate::server::read_json(state.config(), body).await?;
+    if req.acks.is_empty() {
+        return Err(ApiError::bad_request("`acks` is empty"));
+    }
+    let broker = state.broker()?;
+    may_work(&broker, &principal, &group)?;
+    let default_lease = broker.queue_group(&group)?.lock().settings.lease_ms;
+    let mut acks = Vec::with_capacity(req.acks.len());
+    for (i, a) in req.acks.into_iter().enumerate() {
+        let token = Token::decode(&a.lease).ok_or_else(|| {
+            ApiError::bad_request(format!("acks[{i}]: {:?} is not a lease token", a.lease))
+        })?;
+        let check = |what: &str, v: Option<u64>, default: u64| -> ApiResult<u64> {
+            let v = v.unwrap_or(default);
+            if v > MAX_LEASE_MS {
+                return Err(ApiError::bad_request(format!(
+                    "acks[{i}]: {what} must be at most {MAX_LEASE_MS}, not {v}"
+                )));
+            }
+            Ok(v)
+        };
+        let misplaced = |field: &str| {
+            ApiError::bad_request(format!(
+                "acks[{i}]: {field} does not go with {:?}",
+                a.ack_type
+            ))
+        };
+        let kind = match a.ack_type {
+            AckType::Accept | AckType::Reject if a.delay_ms.is_some() => {
+                return Err(misplaced("delay_ms"))
+            }
+            AckType::Accept | AckType::Reject | AckType::Release if a.lease_ms.is_some() => {
+                return Err(misplaced("lease_ms"))
+            }
+            AckType::Extend if a.delay_ms.is_some() => return Err(misplaced("delay_ms")),
+            AckType::Accept => AckKind::Accept,
+            AckType::Reject => AckKind::Reject,
+            AckType::Release => AckKind::Release {
+                delay_ms: check("delay_ms", a.delay_ms, 0)?,
+            },
+            AckType::Extend => AckKind::Extend {
+                lease_ms: check("lease_ms", a.lease_ms, default_lease)?,
+            },
+        };
+        acks.push((a.lease, token, kind));
+    }
+    let results = blocking(move || Ok(broker.ack(&group, &acks)?)).await?;
+    Ok(axum::Json(AckResponse {
+        results: results
+            .into_iter()
+            .map(|r| {
+                let (status, repeat) = match r.outcome {
+                    AckOutcome::Ok { repeat } => (AckStatus::Ok, repeat),
+                    AckOutcome::LeaseLost => (AckStatus::LeaseLost, false),
+                };
+                AckResultOut {
+                    lease: r.lease,
+                    status,
+                    repeat,
+                }
+            })
+            .collect(),
+    }))
+}
