@@ -32,7 +32,9 @@ pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use queue_ops::{
     AckResult, LeaseAnswer, LeasedRecord, QueueDescription, QueuePartitionStats, DLQ_HEADERS,
 };
-pub use stats::{BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats};
+pub use stats::{
+    BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats, QueueGroupStats,
+};
 pub use topic::{PartitionAppend, Topic, TopicOverrides};
 
 use crate::config::Config;

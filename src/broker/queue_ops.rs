@@ -187,6 +187,9 @@ impl Broker {
             let Some(r) = self.read_one(&tp, o)? else {
                 continue;
             };
+            if let Some(Rec::Leased { .. }) = inner.state.queue(&tp).and_then(|q| q.recs.get(&o)) {
+                g.counters.add(&g.counters.expired_leases, 1);
+            }
             picked.push((tp, r, d));
         }
         // Then new ones, from each partition in turn.

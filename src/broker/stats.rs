@@ -11,6 +11,7 @@ pub struct BrokerStats {
     pub partitions: Vec<PartitionStats>,
     pub groups: Vec<GroupStats>,
     pub member_groups: Vec<MemberGroupStats>,
+    pub queue_groups: Vec<QueueGroupStats>,
     pub idempotency: Vec<IdempotencyStats>,
     /// Segments mapped, with their files open, across all partitions.
     pub open_segments: u64,
@@ -74,6 +75,26 @@ pub struct MemberGroupStats {
     pub counters: super::members::GroupCounters,
 }
 
+/// A queue group: what is waiting and in flight now, and what it did since the server
+/// started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueGroupStats {
+    pub group: String,
+    pub backlog: u64,
+    pub in_flight: u64,
+    pub oldest_unacked_age_ms: u64,
+    pub first_deliveries: u64,
+    pub redeliveries: u64,
+    pub accepts: u64,
+    pub releases: u64,
+    pub rejects: u64,
+    pub extends: u64,
+    pub expired_leases: u64,
+    pub lost_leases: u64,
+    pub dead_letters: u64,
+    pub window_full: u64,
+}
+
 impl Broker {
     /// The snapshot. Reads atomics and the in-memory group offsets; touches no file.
     pub fn stats(&self) -> BrokerStats {
@@ -124,6 +145,34 @@ impl Broker {
                 partitions_moved: st.coordinator.moves(),
                 counters: st.counters.clone(),
             }));
+        }
+        for g in self.queues.all() {
+            let Ok(d) = self.describe_queue_group(g.name()) else {
+                continue;
+            };
+            let c = &g.counters;
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            stats.queue_groups.push(QueueGroupStats {
+                group: g.name().to_owned(),
+                backlog: d.partitions.iter().map(|p| p.backlog).sum(),
+                in_flight: d.partitions.iter().map(|p| p.in_flight).sum(),
+                oldest_unacked_age_ms: d
+                    .partitions
+                    .iter()
+                    .map(|p| p.oldest_unacked_age_ms)
+                    .max()
+                    .unwrap_or(0),
+                first_deliveries: load(&c.first_deliveries),
+                redeliveries: load(&c.redeliveries),
+                accepts: load(&c.accepts),
+                releases: load(&c.releases),
+                rejects: load(&c.rejects),
+                extends: load(&c.extends),
+                expired_leases: load(&c.expired_leases),
+                lost_leases: load(&c.lost_leases),
+                dead_letters: load(&c.dead_letters),
+                window_full: load(&c.window_full),
+            });
         }
         for group in self.groups().names() {
             let Ok(offsets) = self.groups().offsets(&group) else {

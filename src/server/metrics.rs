@@ -225,6 +225,29 @@ fn per_member_group_by(
         .collect()
 }
 
+/// The series of each queue group: `(labels, value)`.
+fn per_queue(s: &BrokerStats, value: fn(&crate::broker::QueueGroupStats) -> u64) -> Vec<Series> {
+    s.queue_groups
+        .iter()
+        .map(|g| (vec![g.group.clone()], value(g)))
+        .collect()
+}
+
+/// One of a queue group's counters, read from its stats.
+type QueueCounter = fn(&crate::broker::QueueGroupStats) -> u64;
+
+/// The series of a counter of each queue group, by a second label.
+fn per_queue_by(s: &BrokerStats, kinds: &[(&str, QueueCounter)]) -> Vec<Series> {
+    s.queue_groups
+        .iter()
+        .flat_map(|g| {
+            kinds
+                .iter()
+                .map(move |(k, v)| (vec![g.group.clone(), (*k).to_owned()], v(g)))
+        })
+        .collect()
+}
+
 const FAMILIES: &[Family] = &[
     Family {
         name: "mapq_log_start_offset",
@@ -445,6 +468,84 @@ const FAMILIES: &[Family] = &[
         counter: false,
         labels: &["group"],
         values: |s| per_member_group(s, |g| g.counters.last_reconcile_ms),
+    },
+    Family {
+        name: "mapq_queue_backlog",
+        help: "Records of a queue group neither settled nor in flight",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.backlog),
+    },
+    Family {
+        name: "mapq_queue_in_flight",
+        help: "Records of a queue group leased and not acked",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.in_flight),
+    },
+    Family {
+        name: "mapq_queue_oldest_unacked_age_milliseconds",
+        help: "Age of the oldest record of a queue group not settled",
+        counter: false,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.oldest_unacked_age_ms),
+    },
+    Family {
+        name: "mapq_queue_deliveries_total",
+        help: "Records leased, by kind (first, retry)",
+        counter: true,
+        labels: &["group", "kind"],
+        values: |s| {
+            per_queue_by(
+                s,
+                &[("first", |g| g.first_deliveries), ("retry", |g| g.redeliveries)],
+            )
+        },
+    },
+    Family {
+        name: "mapq_queue_acks_total",
+        help: "Acks that acted, by type (accept, release, reject, extend; repeats not counted)",
+        counter: true,
+        labels: &["group", "type"],
+        values: |s| {
+            per_queue_by(
+                s,
+                &[
+                    ("accept", |g| g.accepts),
+                    ("release", |g| g.releases),
+                    ("reject", |g| g.rejects),
+                    ("extend", |g| g.extends),
+                ],
+            )
+        },
+    },
+    Family {
+        name: "mapq_queue_lease_expiries_total",
+        help: "Leases that ended without an ack",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.expired_leases),
+    },
+    Family {
+        name: "mapq_queue_lost_leases_total",
+        help: "Acks with a token whose record was leased again since (they acted on nothing)",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.lost_leases),
+    },
+    Family {
+        name: "mapq_queue_dead_letters_total",
+        help: "Records dead-lettered (or dropped, without a dead-letter topic)",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.dead_letters),
+    },
+    Family {
+        name: "mapq_queue_window_full_total",
+        help: "Lease requests that got fewer records than asked because max_in_flight records were in flight",
+        counter: true,
+        labels: &["group"],
+        values: |s| per_queue(s, |g| g.window_full),
     },
     Family {
         name: "mapq_open_segments",
