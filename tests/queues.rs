@@ -577,3 +577,75 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
         assert_eq!(state, prefix[kept], "cut at byte {cut}: {kept} events kept");
     }
 }
+
+/// `mapq queue work` runs a command per record and acks by its exit status; Ctrl-C stops it
+/// cleanly; `mapq groups describe` shows the queue group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapq_queue_work_acks_by_exit_status() {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    create_topic(
+        &Client::new(),
+        &server.base,
+        json!({"name": "jobs", "partitions": 2}),
+    )
+    .await;
+    let values: Vec<String> = (0..30)
+        .map(|i| match i % 10 {
+            3 => format!("flaky-{i}"),
+            7 => format!("bad-{i}"),
+            _ => format!("ok-{i}"),
+        })
+        .collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce(&server.base, "jobs", &refs).await;
+    let q = Queue::new(&server.base, "work");
+    q.put(json!({"type": "queue", "topics": ["jobs"], "max_deliveries": 2, "dead_letter_topic": "dead"})).await;
+    let out = dir.path().join("done.txt");
+    let script = format!(
+        r#"v=$(cat); case "$v" in ok-*) echo "$v $MAPQ_TOPIC $MAPQ_DELIVERY" >> {}; exit 0;; bad-*) exit 100;; *) exit 1;; esac"#,
+        out.display()
+    );
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args([
+            "queue",
+            "work",
+            "work",
+            "--server",
+            &server.base,
+            "--retry-delay-ms",
+            "0",
+        ])
+        .args(["--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let d = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = q.describe().await;
+            if d["backlog"] == 0 && d["in_flight"] == 0 && d["dead_lettered"] == 6 {
+                break d;
+            }
+            assert!(Instant::now() < deadline, "not settled: {d}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    common::server::signal(&worker, libc::SIGINT);
+    assert!(worker.wait().unwrap().success(), "{d}");
+    let done = std::fs::read_to_string(&out).unwrap();
+    let mut lines: Vec<&str> = done.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 24, "{done}");
+    assert!(lines.iter().all(|l| l.ends_with(" jobs 1")), "{done}");
+    let described = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["groups", "describe", "work", "--server", &server.base])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(
+        text.starts_with("group work  type queue  backlog 0  in flight 0"),
+        "{text}"
+    );
+    assert!(text.contains("dead-lettered 6"), "{text}");
+}

@@ -85,6 +85,14 @@ pub enum Command {
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
+    /// Queue groups over HTTP: `mapq queue work GROUP -- COMMAND` runs COMMAND per record
+    /// and acks by its exit status.
+    Queue {
+        #[command(subcommand)]
+        command: crate::client::QueueCommand,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
     /// Produce records read from stdin, one per line, in batches.
     Produce {
         #[command(flatten)]
@@ -157,6 +165,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Groups { command, client } => {
             client_command(|| async move { crate::client::groups(&client, &command).await })
+        }
+        Command::Queue { command, client } => {
+            client_command(|| async move { crate::client::queue(&client, &command).await })
         }
         Command::Produce { args, client } => {
             client_command(|| async move { crate::client::produce(&client, &args).await })

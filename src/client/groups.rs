@@ -1,7 +1,9 @@
 //! `mapq groups list|describe`.
 
 use super::{print_json, say, table, Api, ClientArgs, Result};
-use crate::api::groups::{GroupDescriptionOut, GroupList, TopicPartitionRef};
+use crate::api::groups::{
+    GroupDescriptionOut, GroupList, GroupOut, QueueGroupOut, TopicPartitionRef,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GroupsCommand {
@@ -79,6 +81,52 @@ fn describe(g: &GroupDescriptionOut) {
     table(&["TOPIC", "PARTITION", "COMMITTED", "LAG"], rows);
 }
 
+fn describe_queue(q: &QueueGroupOut) {
+    let s = &q.settings;
+    say!(
+        "group {}  type queue  backlog {}  in flight {}  oldest unacked {} ms  dead-lettered {}{}",
+        q.name,
+        q.backlog,
+        q.in_flight,
+        q.oldest_unacked_age_ms,
+        q.dead_lettered,
+        if q.window_full { "  WINDOW FULL" } else { "" }
+    );
+    say!(
+        "settings topics={} lease_ms={} max_deliveries={} dead_letter_topic={} max_in_flight={}",
+        s.topics.join(","),
+        s.lease_ms,
+        s.max_deliveries,
+        s.dead_letter_topic.as_deref().unwrap_or("null"),
+        s.max_in_flight
+    );
+    let rows = q
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.topic.clone(),
+                p.partition.to_string(),
+                p.backlog.to_string(),
+                p.in_flight.to_string(),
+                p.oldest_unacked_age_ms.to_string(),
+                p.dead_lettered.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "TOPIC",
+            "PARTITION",
+            "BACKLOG",
+            "IN FLIGHT",
+            "OLDEST MS",
+            "DEAD",
+        ],
+        rows,
+    );
+}
+
 pub async fn groups(args: &ClientArgs, cmd: &GroupsCommand) -> Result<()> {
     let api = Api::new(args)?;
     match cmd {
@@ -94,13 +142,13 @@ pub async fn groups(args: &ClientArgs, cmd: &GroupsCommand) -> Result<()> {
             }
         }
         GroupsCommand::Describe { name } => {
-            let g: GroupDescriptionOut = api
+            let g: GroupOut = api
                 .call_as(api.http.get(api.url(&format!("/v1/groups/{name}"))))
                 .await?;
-            if args.json {
-                print_json(&serde_json::to_value(&g).unwrap_or_default());
-            } else {
-                describe(&g);
+            match (args.json, g) {
+                (true, g) => print_json(&serde_json::to_value(&g).unwrap_or_default()),
+                (false, GroupOut::Partitioned(g)) => describe(&g),
+                (false, GroupOut::Queue(q)) => describe_queue(&q),
             }
         }
     }

@@ -94,7 +94,7 @@ fn default_member_id() -> String {
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn stop_requested() {
+pub(super) async fn stop_requested() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {

@@ -8,11 +8,13 @@ mod consume;
 mod groups;
 mod member;
 mod produce;
+mod queue;
 mod topics;
 
 pub use consume::{consume, ConsumeArgs, OutputFormat};
 pub use groups::{groups, GroupsCommand};
 pub use produce::{produce, ProduceArgs};
+pub use queue::{queue, QueueCommand};
 pub use topics::{topics, TopicsCommand};
 
 use serde_json::Value;
