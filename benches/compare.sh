@@ -2,6 +2,7 @@
 # mapq side by side with Redis Streams and NATS JetStream, on this machine, in one run.
 #
 #   benches/compare.sh            # about 3 minutes; needs root for apt-get on first run
+#   ONLY=queue benches/compare.sh # only the work-queue rows
 #
 # Nothing on the host is started, stopped or reconfigured. Redis (redis-server and
 # redis-benchmark, with the libraries the host lacks) is used from the host when installed,
@@ -26,6 +27,11 @@
 #            mapq:  HTTP binary consume, 5000 records per request, 4 connections
 #            mapq local tail: `mapq tail --format raw` reading the segment files, one
 #                   process per partition at once
+#   queue    Redis: XREADGROUP COUNT 100 + XACK, 8 connections (benches/nats_bench/queue.go)
+#            NATS:  work-queue stream, one durable pull consumer shared by 8 workers, fetch
+#                   100, explicit Ack of each message
+#            mapq:  a queue group, 8 workers leasing 100 (binary answers) and acking them
+#                   in one request (`mapq bench --queue-workers 8`)
 # Durability classes:
 #   memory   Redis appendonly yes + appendfsync everysec; NATS JetStream file storage with
 #            its default sync; mapq durability=memory (flush every second)
@@ -36,6 +42,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 RECORDS_1K=${RECORDS_1K:-200000}
 RECORDS_100=${RECORDS_100:-500000}
+RECORDS_QUEUE=${RECORDS_QUEUE:-200000}
 
 PIDS=()
 WORK=$(mktemp -d /tmp/mapq-compare-XXXXXX)
@@ -230,16 +237,54 @@ mapq_run() {   # $1 class (memory|fsync), $2 size, $3 records, $4 connections, $
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-for size in 1024 100; do
-  records=$RECORDS_1K; [ "$size" = 100 ] && records=$RECORDS_100
-  echo "== $size B records: $records" >&2
-  redis_run memory everysec "$size" "$records"
-  redis_run fsync always "$size" "$records"
-  nats_run memory "$size" "$records"
-  nats_run fsync "$size" "$records"
-  mapq_run memory "$size" "$records" 4 4
-  mapq_run fsync "$size" "$records" 8 1
-done
+# Work queues: RECORDS_QUEUE records of 1 KiB produced first, then worked off by 8
+# workers taking batches of 100 and acking each record (memory class): Redis XREADGROUP +
+# XACK, NATS JetStream work-queue stream with a shared pull consumer and explicit acks,
+# mapq queue group leases (binary answers) and acks.
+queue_runs() {
+  local port dir pid n=$RECORDS_QUEUE
+  echo "== work queue: $n records of 1 KiB, 8 workers, batches of 100" >&2
+  port=$(free_port); dir=$WORK/redis-queue; mkdir -p "$dir"
+  "$REDIS_SERVER" --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' \
+    --appendonly yes --appendfsync everysec --daemonize no --logfile "$dir/log" &
+  PIDS+=($!); pid=$!
+  wait_port "$port"
+  "$WORK/nats_bench" -queue-workers 8 -redis "127.0.0.1:$port" -n "$n" -size 1024 -fetch 100 -label redis \
+    | while read -r _ _ rps mbs _; do result redis queue_1024B "${rps#*=}" "${mbs#*=}" "-"; done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  port=$(free_port); dir=$WORK/nats-queue; mkdir -p "$dir"
+  printf 'listen: 127.0.0.1:%s\njetstream { store_dir: "%s" }\n' "$port" "$dir" >"$dir/nats.conf"
+  "$NATS" -c "$dir/nats.conf" >"$dir/log" 2>&1 &
+  PIDS+=($!); pid=$!
+  wait_port "$port"
+  "$WORK/nats_bench" -url "nats://127.0.0.1:$port" -queue-workers 8 -n "$n" -size 1024 -fetch 100 -inflight 800 -label nats \
+    | while read -r _ _ rps mbs _; do result nats queue_1024B "${rps#*=}" "${mbs#*=}" "-"; done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  port=$(free_port); dir=$WORK/mapq-queue
+  "$MAPQ" serve --listen "127.0.0.1:$port" --data-dir "$dir" >"$dir.out" 2>"$dir.log" &
+  PIDS+=($!); pid=$!
+  wait_port "$port"
+  "$MAPQ" bench --server "http://127.0.0.1:$port" --topic jobs --records "$n" --record-bytes 1024 \
+    --batch 100 --connections 8 --partitions 4 --queue-workers 8 2>/dev/null \
+    | grep '^RESULT queue' | while read -r _ _ rps mbs p50 p99 _; do
+        result mapq queue_1024B "${rps#*=}" "${mbs#*=}" "${p50#*=}us/${p99#*=}us"
+      done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+if [ "${ONLY:-}" != queue ]; then
+  for size in 1024 100; do
+    records=$RECORDS_1K; [ "$size" = 100 ] && records=$RECORDS_100
+    echo "== $size B records: $records" >&2
+    redis_run memory everysec "$size" "$records"
+    redis_run fsync always "$size" "$records"
+    nats_run memory "$size" "$records"
+    nats_run fsync "$size" "$records"
+    mapq_run memory "$size" "$records" 4 4
+    mapq_run fsync "$size" "$records" 8 1
+  done
+fi
+queue_runs
 
 python3 - "$RESULTS" <<'EOF'
 import sys, collections

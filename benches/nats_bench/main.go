@@ -1,6 +1,7 @@
 // A small NATS JetStream load client for benches/compare.sh: async publish with acks
-// (a bounded number in flight), then a pull consumer fetching in batches. Built offline in
-// GOPATH mode against Debian's golang-github-nats-io-go-nats-dev.
+// (a bounded number in flight), then a pull consumer fetching in batches; or, with
+// -queue-workers, a work queue worked off by N workers (queue.go), on NATS or on Redis.
+// Built offline in GOPATH mode against Debian's golang-github-nats-io-go-nats-dev.
 package main
 
 import (
@@ -33,7 +34,17 @@ func main() {
 	inflight := flag.Int("inflight", 256, "async publishes in flight")
 	fetch := flag.Int("fetch", 1000, "records per pull fetch")
 	label := flag.String("label", "nats", "scenario prefix")
+	workers := flag.Int("queue-workers", 0, "instead: a work queue, N workers fetching -fetch and acking each")
+	redis := flag.String("redis", "", "with -queue-workers: Redis at this address, XREADGROUP + XACK")
 	flag.Parse()
+	if *workers > 0 && *redis != "" {
+		redisQueue(*redis, *n, *size, *workers, *fetch, *label)
+		return
+	}
+	if *workers > 0 {
+		natsQueue(*url, *n, *size, *workers, *fetch, *inflight, *label)
+		return
+	}
 
 	nc, err := nats.Connect(*url)
 	if err != nil {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::future::{select_all, FutureExt};
 
 use super::assignor::TopicPartition;
@@ -14,7 +15,23 @@ use super::queue::{AckKind, AckOutcome, DeadReason, Event, Rec, Token};
 use super::queues::{QueueGroup, QueueInner, QueueSettings};
 use super::{blocking, Broker, BrokerError, Partition, Wait};
 use crate::log::format::Header;
-use crate::log::{now_ms, Record, StoredRecord};
+use crate::log::{now_ms, ReadBatch, Record, StoredRecord};
+
+/// The records of a batch, each with its frame (a view of the batch's chunks).
+fn with_frames(batch: &ReadBatch) -> Vec<(StoredRecord, Bytes)> {
+    let mut frames = Vec::with_capacity(batch.record_count);
+    for chunk in &batch.chunks {
+        let mut at = 0;
+        while at < chunk.len() {
+            let Ok(f) = crate::log::format::decode_frame_unchecked_crc(&chunk[at..]) else {
+                break;
+            };
+            frames.push(chunk.slice(at..at + f.padded_len));
+            at += f.padded_len;
+        }
+    }
+    batch.records().zip(frames).collect()
+}
 
 /// A record handed out under a lease.
 #[derive(Debug, Clone)]
@@ -22,6 +39,8 @@ pub struct LeasedRecord {
     pub topic: String,
     pub partition: u32,
     pub record: StoredRecord,
+    /// The record's frame as it lies in the segment (a view of the mapping, not a copy).
+    pub frame: Bytes,
     pub token: String,
     pub delivery: u32,
     pub expires_ms: i64,
@@ -173,7 +192,10 @@ impl Broker {
     ) -> Result<(LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>), BrokerError> {
         let mut inner = g.lock();
         let now = now_ms();
-        self.settle_due(g, &mut inner, now)?;
+        let settled = self.settle_due(g, &mut inner, now);
+        // What was dead-lettered is journalled, whatever happened next.
+        inner.commit_staged()?;
+        settled?;
         let s = inner.settings.clone();
         let room = s.max_in_flight.saturating_sub(inner.state.in_flight(now)) as usize;
         let want = max.min(room);
@@ -181,7 +203,7 @@ impl Broker {
         if window_full {
             g.counters.add(&g.counters.window_full, 1);
         }
-        let mut picked: Vec<(TopicPartition, StoredRecord, u32)> = Vec::new();
+        let mut picked: Vec<(TopicPartition, (StoredRecord, Bytes), u32)> = Vec::new();
         // Records due for another delivery first.
         for (tp, o, d) in inner.state.redeliverable(now, s.max_deliveries, want) {
             let Some(r) = self.read_one(&tp, o)? else {
@@ -232,13 +254,13 @@ impl Broker {
                 watched.push((p, from));
                 continue;
             }
-            for r in batch.records() {
+            for r in with_frames(&batch) {
                 picked.push((tp.clone(), r, 1));
             }
         }
         let exp = now.saturating_add(s.lease_ms as i64);
         let mut events = skips;
-        events.extend(picked.iter().map(|(tp, r, d)| Event::Lease {
+        events.extend(picked.iter().map(|(tp, (r, _), d)| Event::Lease {
             t: tp.0.clone(),
             p: tp.1,
             o: r.offset,
@@ -253,20 +275,23 @@ impl Broker {
             .add(&g.counters.redeliveries, picked.len() as u64 - first);
         let records = picked
             .into_iter()
-            .map(|((topic, partition), record, delivery)| LeasedRecord {
-                token: Token {
-                    topic: topic.clone(),
+            .map(
+                |((topic, partition), (record, frame), delivery)| LeasedRecord {
+                    token: Token {
+                        topic: topic.clone(),
+                        partition,
+                        offset: record.offset,
+                        delivery,
+                    }
+                    .encode(),
+                    topic,
                     partition,
-                    offset: record.offset,
+                    record,
+                    frame,
                     delivery,
-                }
-                .encode(),
-                topic,
-                partition,
-                record,
-                delivery,
-                expires_ms: exp,
-            })
+                    expires_ms: exp,
+                },
+            )
             .collect();
         let next_due = inner.state.next_due(now);
         Ok((
@@ -283,7 +308,7 @@ impl Broker {
         &self,
         tp: &TopicPartition,
         offset: u64,
-    ) -> Result<Option<StoredRecord>, BrokerError> {
+    ) -> Result<Option<(StoredRecord, Bytes)>, BrokerError> {
         let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
             return Ok(None);
         };
@@ -297,7 +322,10 @@ impl Broker {
                 max_bytes: 1,
             },
         )?;
-        let first = batch.records().next().filter(|r| r.offset == offset);
+        let first = with_frames(&batch)
+            .into_iter()
+            .next()
+            .filter(|(r, _)| r.offset == offset);
         Ok(first)
     }
 
@@ -331,7 +359,7 @@ impl Broker {
         deliveries: u32,
         reason: DeadReason,
     ) -> Result<(), BrokerError> {
-        if let (Some(dlq), Some(r)) = (
+        if let (Some(dlq), Some((r, _))) = (
             inner.settings.dead_letter_topic.clone(),
             self.read_one(tp, offset)?,
         ) {
@@ -392,12 +420,12 @@ impl Broker {
                 }
             }
         }
-        inner.commit(&[Event::Dead {
+        inner.stage(&Event::Dead {
             t: tp.0.clone(),
             p: tp.1,
             o: offset,
             reason,
-        }])?;
+        });
         g.counters.add(&g.counters.dead_letters, 1);
         Ok(())
     }
@@ -415,15 +443,23 @@ impl Broker {
         let max = inner.settings.max_deliveries;
         let mut results = Vec::with_capacity(acks.len());
         let mut released = false;
+        let mut failed = None;
         for (lease, token, kind) in acks {
             let (outcome, event, dead) = inner.state.ack(token, *kind, now, max);
             if let Some(e) = event {
                 released |= matches!(e, Event::Release { .. });
-                inner.commit(&[e])?;
+                inner.stage(&e);
             }
             let tp = (token.topic.clone(), token.partition);
             if let Some(reason) = dead {
-                self.dead_letter(&g, &mut inner, &tp, token.offset, token.delivery, reason)?;
+                let dead =
+                    self.dead_letter(&g, &mut inner, &tp, token.offset, token.delivery, reason);
+                if let Err(e) = dead {
+                    // The acks before this one are journalled below; this one and the
+                    // rest are not applied: the caller retries them.
+                    failed = Some(e);
+                    break;
+                }
             }
             let c = &g.counters;
             match (outcome, kind) {
@@ -438,6 +474,10 @@ impl Broker {
                 lease: lease.clone(),
                 outcome,
             });
+        }
+        inner.commit_staged()?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         inner.sync()?;
         drop(inner);
@@ -469,7 +509,7 @@ impl Broker {
             let q = inner.state.queue(&tp).unwrap_or(&empty);
             let oldest = q.oldest_unsettled(end).max(start);
             let age = match self.read_one(&tp, oldest)? {
-                Some(r) if oldest < end => now.saturating_sub(r.timestamp_ms).max(0) as u64,
+                Some((r, _)) if oldest < end => now.saturating_sub(r.timestamp_ms).max(0) as u64,
                 _ => 0,
             };
             partitions.push(QueuePartitionStats {
@@ -497,7 +537,9 @@ impl Broker {
             let mut inner = g.lock();
             let now = now_ms();
             let before = inner.journal_len();
-            self.settle_due(&g, &mut inner, now)?;
+            let settled = self.settle_due(&g, &mut inner, now);
+            inner.commit_staged()?;
+            settled?;
             let changed = inner.journal_len() != before;
             if changed {
                 inner.sync()?;

@@ -114,6 +114,8 @@ pub struct QueueInner {
     journal: PartitionLog,
     since_snapshot: u64,
     fsync: bool,
+    /// Events applied but not journalled yet (see [`QueueInner::stage`]).
+    staged: Vec<Vec<u8>>,
 }
 
 impl QueueInner {
@@ -121,26 +123,43 @@ impl QueueInner {
     /// compacts the journal when it is due. On error, nothing was applied. Durable with
     /// [`QueueInner::sync`]. Blocks.
     pub fn commit(&mut self, events: &[Event]) -> Result<(), BrokerError> {
-        if events.is_empty() {
+        for e in events {
+            self.stage(e);
+        }
+        self.commit_staged()
+    }
+
+    /// Applies an event now, to be journalled by the next [`QueueInner::commit_staged`]
+    /// (which the caller must reach before it answers): later decisions of the same
+    /// request see it.
+    pub fn stage(&mut self, e: &Event) {
+        self.staged
+            .push(serde_json::to_vec(e).expect("an event serializes"));
+        self.state.apply(e);
+    }
+
+    /// Journals the staged events in one publication. If that fails, the state is rebuilt
+    /// from the journal (the staged events were applied but are not in it) and the error
+    /// returned. Blocks.
+    pub fn commit_staged(&mut self) -> Result<(), BrokerError> {
+        if self.staged.is_empty() {
             return Ok(());
         }
         let now = crate::log::now_ms();
-        let bytes: Vec<Vec<u8>> = events
-            .iter()
-            .map(|e| serde_json::to_vec(e).expect("an event serializes"))
-            .collect();
-        let records: Vec<Record<'_>> = bytes
+        let staged = std::mem::take(&mut self.staged);
+        let records: Vec<Record<'_>> = staged
             .iter()
             .map(|b| Record {
                 value_is_json: true,
                 ..Record::value(b, now)
             })
             .collect();
-        self.journal.append(&records)?;
-        for e in events {
-            self.state.apply(e);
+        if let Err(e) = self.journal.append(&records) {
+            let (state, since) = replay(&self.journal, "(after a failed append)")?;
+            (self.state, self.since_snapshot) = (state, since);
+            return Err(e.into());
         }
-        self.since_snapshot += events.len() as u64;
+        self.since_snapshot += staged.len() as u64;
         if self.since_snapshot >= SNAPSHOT_EVERY {
             self.compact()?;
         }
@@ -320,6 +339,7 @@ impl QueueGroups {
                 journal,
                 since_snapshot,
                 fsync,
+                staged: Vec::new(),
             }),
             changes: watch::Sender::new(0),
             counters: QueueCounters::default(),

@@ -3,6 +3,7 @@
 //! prints throughput and latency percentiles, ending with `RESULT` lines:
 //! `RESULT <scenario> records_per_s=<n> mb_per_s=<n> p50_us=<n> p99_us=<n> p999_us=<n>`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,11 @@ pub struct BenchArgs {
     /// baseline), then while the records are produced. Reports the probe's latency in both.
     #[arg(long, value_name = "MS")]
     pub probe_ms: Option<u64>,
+    /// After the produce, work the records off as a queue group with this many workers
+    /// (instead of the consume phases): each leases `--batch` records at a time and accepts
+    /// them in one ack request, until every record is acked.
+    #[arg(long, value_name = "N")]
+    pub queue_workers: Option<usize>,
 }
 
 struct Phase {
@@ -213,6 +219,18 @@ async fn phases(api: &Api, args: &BenchArgs, topic: &str, partitions: u32) -> an
     for p in &probes {
         p.print();
     }
+    if let Some(workers) = args.queue_workers {
+        let q = queue(api, args, topic, workers).await?;
+        let q = Phase {
+            name: format!("queue_{label}_w{workers}"),
+            ..q
+        };
+        q.print();
+        for p in [&produce, &q] {
+            println!("{}", p.result_line());
+        }
+        return Ok(());
+    }
     if args.produce_only {
         for p in std::iter::once(&produce).chain(&probes) {
             println!("{}", p.result_line());
@@ -235,6 +253,90 @@ async fn phases(api: &Api, args: &BenchArgs, topic: &str, partitions: u32) -> an
         println!("{}", p.result_line());
     }
     Ok(())
+}
+
+/// Works the topic's records off as a queue group: `workers` tasks, each leasing
+/// `args.batch` records and accepting them in one ack request, until all are acked. The
+/// latency is one lease plus its ack.
+async fn queue(api: &Api, args: &BenchArgs, topic: &str, workers: usize) -> anyhow::Result<Phase> {
+    let group = format!("bench-q-{}", std::process::id());
+    let r = api
+        .http()
+        .put(api.url(&format!("/v1/groups/{group}")))
+        .json(&json!({"type": "queue", "topics": [topic], "lease_ms": 600_000, "max_in_flight": 1_000_000}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        anyhow::bail!(
+            "creating queue group {group}: {} {}",
+            r.status(),
+            r.text().await?
+        );
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let bar = progress(args.records, "queue");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers.max(1) {
+        let (api, acked, bar) = (api.clone(), acked.clone(), bar.clone());
+        let (group, records, batch) = (group.clone(), args.records, args.batch);
+        let http = api.fresh_client()?;
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            while acked.load(Ordering::Relaxed) < records {
+                let t = Instant::now();
+                // The binary answer: the leases in a small JSON prelude, then the frames.
+                let body = http
+                    .post(api.url(&format!("/v1/groups/{group}/leases")))
+                    .header("accept", "application/vnd.mapq.leases")
+                    .json(&json!({"max_records": batch, "wait_ms": 100}))
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                let len = body
+                    .get(..4)
+                    .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                let got: serde_json::Value = serde_json::from_slice(
+                    body.get(4..4 + len)
+                        .ok_or_else(|| anyhow::anyhow!("a lease answer cut short"))?,
+                )?;
+                let acks: Vec<serde_json::Value> = got["records"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|r| json!({"lease": r["lease"], "type": "accept"}))
+                    .collect();
+                if acks.is_empty() {
+                    continue;
+                }
+                http.post(api.url(&format!("/v1/groups/{group}/acks")))
+                    .json(&json!({ "acks": acks }))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                latency.record(t.elapsed().as_micros() as u64).ok();
+                acked.fetch_add(acks.len() as u64, Ordering::Relaxed);
+                bar.inc(acks.len() as u64);
+            }
+            Ok::<_, anyhow::Error>(latency)
+        }));
+    }
+    let mut latency_us = histogram();
+    for t in tasks {
+        latency_us.add(t.await??)?;
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    Ok(Phase {
+        name: String::new(),
+        records: args.records,
+        bytes: args.records * args.record_bytes as u64,
+        elapsed,
+        latency_us,
+    })
 }
 
 /// A consume probe on a thread, a runtime and a connection of its own, so that the load

@@ -110,7 +110,9 @@ pub const LEASE_ERRORS: &[ErrorCode] = &[
 /// Lease records of a queue group: each is handed to this caller alone until its lease
 /// ends, with a token for its acks. Records due for another delivery come first, then new
 /// ones. Long-polls up to `wait_ms` when none is available. The delivery count is durable
-/// before the answer.
+/// before the answer. With `Accept: application/vnd.mapq.leases`, a binary answer: a
+/// 4-byte little-endian length, that much JSON (the records without key, value and
+/// headers), then the records' frames as on disk, in the same order.
 #[utoipa::path(post, path = "/v1/groups/{group}/leases", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = LeaseRequest,
@@ -119,6 +121,7 @@ pub async fn lease(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
     validate_name(&group)?;
@@ -143,20 +146,88 @@ pub async fn lease(
     let wait_ms = req.wait_ms.min(state.config().request_timeout_ms / 2);
     let wait = wait_for(&state, Duration::from_millis(wait_ms));
     let answer = broker.lease(&group, max, Some(wait)).await?;
+    // Counted per partition, not per record (each count is a labelled series lookup).
+    let mut served: std::collections::BTreeMap<(&str, u32), crate::log::ReadBatch> =
+        std::collections::BTreeMap::new();
     for r in &answer.records {
-        count_read(&state, &r.topic, r.partition, &single(r));
+        let b = served
+            .entry((r.topic.as_str(), r.partition))
+            .or_insert_with(|| crate::log::ReadBatch {
+                chunks: Vec::new(),
+                record_count: 0,
+                next_offset: 0,
+                high_watermark: 0,
+            });
+        b.record_count += 1;
+        b.chunks.push(r.frame.clone());
+    }
+    for ((topic, partition), batch) in &served {
+        count_read(&state, topic, *partition, batch);
+    }
+    drop(served);
+    let binary = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(LEASES_MEDIA_TYPE));
+    if binary {
+        return Ok(lease_frames(answer.records, answer.window_full));
     }
     blocking(move || Ok(lease_json(&answer.records, answer.window_full))).await
 }
 
-/// A one-record batch of a leased record, for the read counters.
-fn single(r: &LeasedRecord) -> crate::log::ReadBatch {
-    crate::log::ReadBatch {
-        chunks: Vec::new(),
-        record_count: 1,
-        next_offset: r.record.offset + 1,
-        high_watermark: 0,
+/// The binary form of a lease answer (`Accept: application/vnd.mapq.leases`): a 4-byte
+/// little-endian length, that many bytes of JSON (the JSON answer without the records'
+/// keys, values and headers), then each record's frame exactly as on disk (FORMAT.md), in
+/// the same order, sent from the mapping without a copy.
+pub const LEASES_MEDIA_TYPE: &str = "application/vnd.mapq.leases";
+
+fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
+    #[derive(serde::Serialize)]
+    struct Lease<'a> {
+        topic: &'a str,
+        partition: u32,
+        offset: u64,
+        lease: &'a str,
+        delivery: u32,
+        lease_expires_ms: i64,
     }
+    #[derive(serde::Serialize)]
+    struct Prelude<'a> {
+        records: Vec<Lease<'a>>,
+        window_full: bool,
+    }
+    let prelude = Prelude {
+        records: records
+            .iter()
+            .map(|r| Lease {
+                topic: &r.topic,
+                partition: r.partition,
+                offset: r.record.offset,
+                lease: &r.token,
+                delivery: r.delivery,
+                lease_expires_ms: r.expires_ms,
+            })
+            .collect(),
+        window_full,
+    };
+    let prelude = serde_json::to_vec(&prelude).unwrap_or_default();
+    let mut head = Vec::with_capacity(4 + prelude.len());
+    head.extend_from_slice(&(prelude.len() as u32).to_le_bytes());
+    head.extend_from_slice(&prelude);
+    let len = head.len() + records.iter().map(|r| r.frame.len()).sum::<usize>();
+    let chunks =
+        std::iter::once(bytes::Bytes::from(head)).chain(records.into_iter().map(|r| r.frame));
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.map(Ok::<_, std::convert::Infallible>),
+    ));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(LEASES_MEDIA_TYPE),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
 }
 
 fn lease_json(records: &[LeasedRecord], window_full: bool) -> Response {
