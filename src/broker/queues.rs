@@ -111,7 +111,7 @@ impl QueueCounters {
 pub struct QueueInner {
     pub settings: QueueSettings,
     pub state: QueueState,
-    journal: PartitionLog,
+    journal: Arc<PartitionLog>,
     since_snapshot: u64,
     fsync: bool,
     /// Events applied but not journalled yet (see [`QueueInner::stage`]).
@@ -193,10 +193,10 @@ impl QueueInner {
         Ok(())
     }
 
-    /// Flushes the journal (the maintenance task's, with the data's).
-    pub fn flush(&self) -> Result<(), BrokerError> {
-        self.journal.flush()?;
-        Ok(())
+    /// The journal, to flush without holding the group's lock (the maintenance task's,
+    /// with the data's).
+    pub fn journal(&self) -> Arc<PartitionLog> {
+        Arc::clone(&self.journal)
     }
 
     pub fn journal_len(&self) -> u64 {
@@ -336,7 +336,7 @@ impl QueueGroups {
             inner: Mutex::new(QueueInner {
                 settings,
                 state,
-                journal,
+                journal: Arc::new(journal),
                 since_snapshot,
                 fsync,
                 staged: Vec::new(),
