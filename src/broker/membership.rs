@@ -533,8 +533,11 @@ impl Broker {
         for (_, g) in self.members.all() {
             let now = now_ms();
             g.update(now, |st| {
-                let topics = st.coordinator.subscribed_topics();
-                st.set_partitions(self.existing_partitions_of(&topics));
+                // A group without members has nothing to assign (and no epoch to bump).
+                if st.coordinator.members().next().is_some() {
+                    let topics = st.coordinator.subscribed_topics();
+                    st.set_partitions(self.existing_partitions_of(&topics));
+                }
                 st.expire(now);
             })?;
         }
