@@ -6,20 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
 use common::{append_range, small_config};
 use mapq::log::format::{self, frame, segment_header as sh};
 use mapq::log::{PartitionLog, DATA_START};
-
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
 
 fn put_u32(bytes: &mut [u8], at: usize, v: u32) {
     bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -104,7 +95,7 @@ fn bad_segments_stop_every_reader_with_the_file_and_position() {
             ),
             (
                 "the Python reader",
-                Command::new(python())
+                Command::new(common::python())
                     .arg(concat!(
                         env!("CARGO_MANIFEST_DIR"),
                         "/tests/tools/format_reader.py"

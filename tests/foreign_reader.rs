@@ -18,16 +18,6 @@ use common::server::{create_topic, delete_topic, get_json, post_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-/// Debian's own interpreter when there is one (the machine's other `python3` may lack
-/// nothing here, but Debian's is the one the project installs packages for).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 /// A reader process: the Python one or `mapq tail`.
 type Reader = LineProcess;
 
@@ -35,7 +25,7 @@ type Reader = LineProcess;
 fn python_reader(partition_dir: &Path) -> Reader {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/format_reader.py");
     LineProcess::spawn(
-        Command::new(python())
+        Command::new(common::python())
             .arg(script)
             .arg(partition_dir)
             .arg("--follow"),
@@ -240,7 +230,7 @@ fn the_reader_reads_both_golden_versions_as_the_engine_does() {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     for version in [1, 2] {
         let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/golden/v{version}"));
-        let out = Command::new(python())
+        let out = Command::new(common::python())
             .arg("tests/tools/format_reader.py")
             .arg(&golden)
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -25,14 +25,6 @@ const PARTITIONS: u64 = 12;
 const RECORDS: u64 = 120_000;
 const SESSION_MS: u64 = 2_000;
 
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 struct Worker {
     name: String,
     child: Child,
@@ -43,7 +35,7 @@ impl Worker {
     fn start(dir: &Path, base: &str, name: &str, pace_ms: &str) -> Worker {
         let log = dir.join(format!("{name}.log"));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/group_worker.py");
-        let child = Command::new(python())
+        let child = Command::new(common::python())
             .arg(script)
             .args([base, "workers", name, "in", "out", pace_ms])
             .stdout(std::fs::File::create(&log).unwrap())

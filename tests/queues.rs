@@ -649,3 +649,92 @@ async fn mapq_queue_work_acks_by_exit_status() {
     );
     assert!(text.contains("dead-lettered 6"), "{text}");
 }
+
+/// A journal compacted into snapshots: the old segments go, and the group opens again with
+/// the same state.
+#[test]
+fn a_compacted_journal_keeps_the_state_and_drops_its_old_segments() {
+    use mapq::broker::queue::Event;
+    use mapq::broker::queues::{QueueGroups, QueueSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = QueueSettings {
+        topics: vec!["jobs".into()],
+        lease_ms: 1000,
+        max_deliveries: 3,
+        dead_letter_topic: None,
+        max_in_flight: 100,
+    };
+    let state = {
+        let groups = QueueGroups::open_compacting(dir.path(), false, 50).unwrap();
+        groups.create("work", settings).unwrap();
+        let g = groups.get("work").unwrap();
+        let mut inner = g.lock();
+        for o in 0..200u64 {
+            let lease = Event::Lease {
+                t: "jobs".into(),
+                p: 0,
+                o,
+                d: 1,
+                exp: 10_000,
+            };
+            inner.commit(&[lease]).unwrap();
+            if o % 3 != 0 {
+                inner
+                    .commit(&[Event::Accept {
+                        t: "jobs".into(),
+                        p: 0,
+                        o,
+                    }])
+                    .unwrap();
+            }
+        }
+        inner.state.clone()
+    };
+    let journal =
+        mapq::log::PartitionLog::open(&dir.path().join("work/journal"), Default::default())
+            .unwrap()
+            .0;
+    assert!(
+        journal.start_offset() > 0,
+        "the events before the last snapshot are gone"
+    );
+    assert!(journal.end_offset() - journal.start_offset() < 60);
+    drop(journal);
+    let groups = QueueGroups::open(dir.path(), false).unwrap();
+    assert_eq!(groups.get("work").unwrap().lock().state, state);
+}
+
+/// A topic deleted and created again: the queue group starts it afresh (no error, no stale
+/// state from the old records).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_again_is_worked_off_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    create_topic(&http, &server.base, json!({"name": "jobs"})).await;
+    produce(&server.base, "jobs", &["a", "b", "c"]).await;
+    let q = Queue::new(&server.base, "work");
+    q.put(json!({"type": "queue", "topics": ["jobs"]})).await;
+    let got = q.take(2).await;
+    q.ack(json!([{"lease": got[0]["lease"], "type": "accept"}]))
+        .await;
+    common::server::delete_topic(&http, &server.base, "jobs").await;
+    create_topic(&http, &server.base, json!({"name": "jobs"})).await;
+    produce(&server.base, "jobs", &["x"]).await;
+    let again = q.take(10).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (
+            &again[0]["value"],
+            &again[0]["offset"],
+            &again[0]["delivery"]
+        ),
+        (&json!("x"), &json!(0), &json!(1))
+    );
+    let d = q.describe().await;
+    assert_eq!(
+        (&d["backlog"], &d["in_flight"]),
+        (&json!(0), &json!(1)),
+        "{d}"
+    );
+}

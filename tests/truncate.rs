@@ -308,13 +308,8 @@ fn the_format_document_reader_follows_a_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let (log, _) = PartitionLog::open(dir.path(), small_config(SEGMENT_BYTES)).unwrap();
     append_in_batches(&log, 0, 60);
-    let python = if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
     let reader = common::lines::LineProcess::spawn(
-        Command::new(python)
+        Command::new(common::python())
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/tools/format_reader.py"

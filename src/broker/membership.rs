@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{select_all, FutureExt};
-
 use super::assignor::TopicPartition;
 use super::coordinator::{CoordinatorError, Heartbeat};
 use super::members::{GroupSettings, OffsetReset};
@@ -274,19 +272,8 @@ impl Broker {
             let _permit = wait.permit()?;
             let mut stop = wait.stop.clone();
             let mut changes = changes;
-            let mut appends: Vec<_> = watched
-                .into_iter()
-                .map(|(p, offset)| {
-                    async move {
-                        let mut rx = p.subscribe();
-                        let _ = rx.wait_for(|&end| end > offset).await;
-                    }
-                    .boxed()
-                })
-                .collect();
-            appends.push(std::future::pending().boxed());
             tokio::select! {
-                _ = select_all(appends) => {}
+                _ = super::partition::any_grows(watched) => {}
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep(wait.timeout) => {}
                 _ = stop.wait_for(|s| *s) => {}
@@ -438,7 +425,7 @@ impl Broker {
             topics.extend(g.read(|st| st.topics.clone()));
         }
         if let Some(g) = self.queues.get(group) {
-            topics.extend(g.lock().settings.topics.iter().cloned());
+            topics.extend(g.settings.topics.iter().cloned());
         }
         topics
     }

@@ -492,6 +492,7 @@ impl Broker {
         // (start-up forgets the offsets of topics that no longer exist).
         self.groups.forget_topics(|t| t != name)?;
         self.forget_member_topic(name)?;
+        self.forget_queue_topic(name)?;
         let dir = self.data_dir.join(name);
         fs::remove_dir_all(&dir).map_err(|e| BrokerError::io(&dir, e))?;
         let _ = crate::log::sync_dir(&self.data_dir);

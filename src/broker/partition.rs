@@ -221,6 +221,24 @@ impl Partition {
     }
 }
 
+/// Resolves when any of `watched` grows past its offset (never, when `watched` is empty):
+/// a long-poll over several partitions, woken by the appends themselves.
+pub(super) async fn any_grows(watched: Vec<(Arc<Partition>, u64)>) {
+    use futures_util::future::{select_all, FutureExt};
+    let mut appends: Vec<_> = watched
+        .into_iter()
+        .map(|(p, offset)| {
+            async move {
+                let mut rx = p.subscribe();
+                let _ = rx.wait_for(|&end| end > offset).await;
+            }
+            .boxed()
+        })
+        .collect();
+    appends.push(std::future::pending().boxed());
+    select_all(appends).await;
+}
+
 /// A live tail of a partition (see [`Partition::tail`]).
 #[derive(Debug)]
 pub struct PartitionTail {

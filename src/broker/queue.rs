@@ -30,8 +30,6 @@ pub enum DeadReason {
     MaxDeliveries,
     /// A worker rejected it.
     Rejected,
-    /// Retention deleted it before it was settled: nothing to hand out any more.
-    Retention,
 }
 
 impl DeadReason {
@@ -39,7 +37,6 @@ impl DeadReason {
         match self {
             DeadReason::MaxDeliveries => "max_deliveries",
             DeadReason::Rejected => "rejected",
-            DeadReason::Retention => "retention",
         }
     }
 }
@@ -99,6 +96,11 @@ pub enum Event {
         t: String,
         p: u32,
         to: u64,
+    },
+    /// The topic `t` was deleted: its partitions' queues are forgotten (a topic created
+    /// again under the name starts afresh).
+    Forget {
+        t: String,
     },
     /// The whole state, from which the journal's later events go on.
     Snapshot {
@@ -310,6 +312,7 @@ impl QueueState {
                 q.next = q.next.max(o + 1);
             }
             Event::Accept { t, p, o } => self.settle(t, *p, *o, true),
+            Event::Forget { t } => self.partitions.retain(|(pt, _, _)| pt != t),
             Event::Skip { t, p, to } => {
                 let q = self.queue_mut(t, *p, *to);
                 q.recs = q.recs.split_off(to);

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::future::{select_all, FutureExt};
 
 use super::assignor::TopicPartition;
 use super::idempotency::{request_digest, request_head, Claim, Piece};
@@ -157,23 +156,12 @@ impl Broker {
                 permit = Some(w.permit()?);
             }
             let mut stop = w.stop.clone();
-            let mut appends: Vec<_> = watched
-                .into_iter()
-                .map(|(p, offset)| {
-                    async move {
-                        let mut rx = p.subscribe();
-                        let _ = rx.wait_for(|&end| end > offset).await;
-                    }
-                    .boxed()
-                })
-                .collect();
-            appends.push(std::future::pending().boxed());
             let due = next_due.map_or(deadline, |at| {
                 let ms = at.saturating_sub(now_ms()).max(1) as u64;
                 deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(ms))
             });
             tokio::select! {
-                _ = select_all(appends) => {}
+                _ = super::partition::any_grows(watched) => {}
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(due) => {}
                 _ = stop.wait_for(|s| *s) => return Ok(answer),
@@ -195,7 +183,10 @@ impl Broker {
         let settled = self.settle_due(g, &mut inner, now);
         // What was dead-lettered is journalled, whatever happened next.
         inner.commit_staged()?;
-        settled?;
+        if let Err(e) = settled {
+            // Retried by the next tick; leasing goes on meanwhile.
+            tracing::warn!(group = g.name(), error = %e, "dead-lettering failed; it will be tried again");
+        }
         let s = inner.settings.clone();
         let room = s.max_in_flight.saturating_sub(inner.state.in_flight(now)) as usize;
         let want = max.min(room);
@@ -240,7 +231,7 @@ impl Broker {
                 });
             }
             let from = next.max(log.start_offset());
-            if picked.len() >= want {
+            if picked.len() >= want || from > log.end_offset() {
                 continue;
             }
             let batch = p.read(
@@ -442,6 +433,8 @@ impl Broker {
         let now = now_ms();
         let max = inner.settings.max_deliveries;
         let mut results = Vec::with_capacity(acks.len());
+        // Whether a waiting lease request may now get something (a record released, or
+        // room in a full window).
         let mut released = false;
         let mut failed = None;
         for (lease, token, kind) in acks {
@@ -461,6 +454,8 @@ impl Broker {
                     break;
                 }
             }
+            released |= matches!(outcome, AckOutcome::Ok { repeat: false })
+                && !matches!(kind, AckKind::Extend { .. });
             let c = &g.counters;
             match (outcome, kind) {
                 (AckOutcome::LeaseLost, _) => c.add(&c.lost_leases, 1),
@@ -533,24 +528,46 @@ impl Broker {
     /// Dead-letters records whose last lease expired, in every queue group, and wakes the
     /// lease requests waiting for expired leases. For the maintenance task. Blocks.
     pub fn tick_queue_groups(&self) -> Result<(), BrokerError> {
+        let mut first_error = None;
         for g in self.queues.all() {
-            let mut inner = g.lock();
-            let now = now_ms();
-            let before = inner.journal_len();
-            let settled = self.settle_due(&g, &mut inner, now);
-            inner.commit_staged()?;
-            settled?;
-            let changed = inner.journal_len() != before;
-            if changed {
-                inner.sync()?;
+            // One group's failure does not keep the others from their tick.
+            if let Err(e) = self.tick_queue_group(&g) {
+                tracing::warn!(group = g.name(), error = %e, "queue group maintenance failed");
+                first_error.get_or_insert(e);
             }
-            let expired = inner
-                .state
-                .next_due(now - 1_000)
-                .is_some_and(|at| at <= now);
-            drop(inner);
-            if changed || expired {
-                g.notify();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn tick_queue_group(&self, g: &QueueGroup) -> Result<(), BrokerError> {
+        let mut inner = g.lock();
+        let now = now_ms();
+        let before = inner.journal_len();
+        let settled = self.settle_due(g, &mut inner, now);
+        inner.commit_staged()?;
+        let changed = inner.journal_len() != before;
+        if changed {
+            inner.sync()?;
+        }
+        let expired = inner
+            .state
+            .next_due(now - 1_000)
+            .is_some_and(|at| at <= now);
+        drop(inner);
+        if changed || expired {
+            g.notify();
+        }
+        settled
+    }
+
+    /// Forgets a deleted topic in every queue group: its partitions' queues go, so that a
+    /// topic created again under the name starts afresh. Blocks.
+    pub(super) fn forget_queue_topic(&self, topic: &str) -> Result<(), BrokerError> {
+        for g in self.queues.all() {
+            if g.settings.topics.iter().any(|t| t == topic) {
+                g.lock().commit(&[Event::Forget {
+                    t: topic.to_owned(),
+                }])?;
             }
         }
         Ok(())

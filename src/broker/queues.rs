@@ -111,6 +111,10 @@ impl QueueCounters {
 pub struct QueueInner {
     pub settings: QueueSettings,
     pub state: QueueState,
+    /// The state could not be rebuilt after a failed journal append: it may disagree with
+    /// the journal, so the group answers nothing until the server restarts.
+    poisoned: bool,
+    snapshot_every: u64,
     journal: Arc<PartitionLog>,
     since_snapshot: u64,
     fsync: bool,
@@ -133,6 +137,9 @@ impl QueueInner {
     /// (which the caller must reach before it answers): later decisions of the same
     /// request see it.
     pub fn stage(&mut self, e: &Event) {
+        if self.poisoned {
+            return;
+        }
         self.staged
             .push(serde_json::to_vec(e).expect("an event serializes"));
         self.state.apply(e);
@@ -142,6 +149,11 @@ impl QueueInner {
     /// from the journal (the staged events were applied but are not in it) and the error
     /// returned. Blocks.
     pub fn commit_staged(&mut self) -> Result<(), BrokerError> {
+        if self.poisoned {
+            return Err(BrokerError::Corrupt(
+                "this queue group's state could not be rebuilt after a failed journal write; restart the server".into(),
+            ));
+        }
         if self.staged.is_empty() {
             return Ok(());
         }
@@ -155,13 +167,22 @@ impl QueueInner {
             })
             .collect();
         if let Err(e) = self.journal.append(&records) {
-            let (state, since) = replay(&self.journal, "(after a failed append)")?;
-            (self.state, self.since_snapshot) = (state, since);
+            match replay(&self.journal, "(after a failed append)") {
+                Ok((state, since)) => (self.state, self.since_snapshot) = (state, since),
+                Err(again) => {
+                    tracing::error!(error = %again, "a queue group's state could not be rebuilt from its journal; it answers nothing until a restart");
+                    self.poisoned = true;
+                }
+            }
             return Err(e.into());
         }
         self.since_snapshot += staged.len() as u64;
-        if self.since_snapshot >= SNAPSHOT_EVERY {
-            self.compact()?;
+        if self.since_snapshot >= self.snapshot_every {
+            // The events are journalled: a failed compaction loses nothing (the journal
+            // keeps them; the next commit tries again).
+            if let Err(e) = self.compact() {
+                tracing::error!(error = %e, "compacting a queue group's journal failed; it will be tried again");
+            }
         }
         Ok(())
     }
@@ -208,6 +229,8 @@ impl QueueInner {
 #[derive(Debug)]
 pub struct QueueGroup {
     name: String,
+    /// The settings (they never change once the group exists), readable without the lock.
+    pub settings: QueueSettings,
     inner: Mutex<QueueInner>,
     /// Bumped whenever records become available (released, expired, extended away).
     changes: watch::Sender<u64>,
@@ -245,6 +268,7 @@ impl QueueGroup {
 pub struct QueueGroups {
     dir: PathBuf,
     fsync: bool,
+    snapshot_every: u64,
     groups: RwLock<BTreeMap<String, Arc<QueueGroup>>>,
 }
 
@@ -290,6 +314,15 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
 impl QueueGroups {
     /// Opens every queue group in `dir` (created if missing), replaying its journal.
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, BrokerError> {
+        Self::open_compacting(dir, fsync, SNAPSHOT_EVERY)
+    }
+
+    /// [`QueueGroups::open`], compacting journals after `snapshot_every` events.
+    pub fn open_compacting(
+        dir: &Path,
+        fsync: bool,
+        snapshot_every: u64,
+    ) -> Result<Self, BrokerError> {
         std::fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
         let mut groups = BTreeMap::new();
         for entry in std::fs::read_dir(dir).map_err(|e| BrokerError::io(dir, e))? {
@@ -306,12 +339,13 @@ impl QueueGroups {
                 std::fs::read(&settings_path).map_err(|e| BrokerError::io(&settings_path, e))?;
             let settings: QueueSettings = serde_json::from_slice(&bytes)
                 .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", settings_path.display())))?;
-            let g = Self::open_group(&path, &name, settings, fsync)?;
+            let g = Self::open_group(&path, &name, settings, fsync, snapshot_every)?;
             groups.insert(name, Arc::new(g));
         }
         Ok(QueueGroups {
             dir: dir.to_owned(),
             fsync,
+            snapshot_every,
             groups: RwLock::new(groups),
         })
     }
@@ -321,6 +355,7 @@ impl QueueGroups {
         name: &str,
         settings: QueueSettings,
         fsync: bool,
+        snapshot_every: u64,
     ) -> Result<QueueGroup, BrokerError> {
         let (journal, _) = PartitionLog::open(&path.join("journal"), journal_config())?;
         let started = std::time::Instant::now();
@@ -333,9 +368,12 @@ impl QueueGroups {
         );
         Ok(QueueGroup {
             name: name.to_owned(),
+            settings: settings.clone(),
             inner: Mutex::new(QueueInner {
                 settings,
                 state,
+                poisoned: false,
+                snapshot_every,
                 journal: Arc::new(journal),
                 since_snapshot,
                 fsync,
@@ -352,6 +390,7 @@ impl QueueGroups {
         QueueGroups {
             dir: PathBuf::new(),
             fsync: false,
+            snapshot_every: SNAPSHOT_EVERY,
             groups: RwLock::new(BTreeMap::new()),
         }
     }
@@ -384,11 +423,14 @@ impl QueueGroups {
 
     /// Creates a queue group; `Ok(false)` when it exists with the same settings,
     /// `GroupExists` when with others. Durable before it returns. Blocks.
-    pub fn create(&self, group: &str, settings: QueueSettings) -> Result<bool, BrokerError> {
+    pub fn create(&self, group: &str, mut settings: QueueSettings) -> Result<bool, BrokerError> {
         settings.validate()?;
+        // The same topics in another order are the same settings.
+        settings.topics.sort();
+        settings.topics.dedup();
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         if let Some(g) = groups.get(group) {
-            return if g.lock().settings == settings {
+            return if g.settings == settings {
                 Ok(false)
             } else {
                 Err(BrokerError::GroupExists(group.to_owned()))
@@ -401,7 +443,7 @@ impl QueueGroups {
         }
         std::fs::create_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
         let json = serde_json::to_vec_pretty(&settings).expect("settings serialize");
-        let g = Self::open_group(&path, group, settings, self.fsync)?;
+        let g = Self::open_group(&path, group, settings, self.fsync, self.snapshot_every)?;
         // The settings file last: a group directory without it is not a group.
         write_durably(&path.join("settings.json"), &json)?;
         crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;

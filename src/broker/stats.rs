@@ -96,7 +96,8 @@ pub struct QueueGroupStats {
 }
 
 impl Broker {
-    /// The snapshot. Reads atomics and the in-memory group offsets; touches no file.
+    /// The snapshot. Reads atomics and the in-memory group offsets, and each queue group's
+    /// state (under its lock) and the timestamp of its oldest unsettled record.
     pub fn stats(&self) -> BrokerStats {
         let mut stats = BrokerStats {
             disk: self.quota().map(|q| (q.used_bytes(), q.limit_bytes())),

@@ -60,22 +60,35 @@ fn value_bytes(r: &Value) -> Vec<u8> {
     }
 }
 
-async fn ack(api: &Api, group: &str, lease: &str, kind: Value) -> Result<()> {
+/// Acks one record; `false` when the lease was lost (the record was leased again: the ack
+/// acted on nothing).
+async fn ack(api: &Api, group: &str, lease: &str, kind: Value) -> Result<bool> {
     let mut a = kind;
     a["lease"] = json!(lease);
-    api.call(
-        api.http
-            .post(api.url(&format!("/v1/groups/{group}/acks")))
-            .json(&json!({ "acks": [a] })),
-    )
-    .await?;
-    Ok(())
+    let answer = api
+        .call(
+            api.http
+                .post(api.url(&format!("/v1/groups/{group}/acks")))
+                .json(&json!({ "acks": [a] })),
+        )
+        .await?;
+    let ok = answer["results"][0]["status"] == "ok";
+    if !ok {
+        eprintln!(
+            "mapq queue work: lease {lease} was lost (the record went to another worker); its {} acted on nothing",
+            a["type"]
+        );
+    }
+    Ok(ok)
 }
 
 /// Runs the command for one record, extending its lease while it runs; returns the ack.
 async fn run_one(api: &Api, w: &WorkArgs, r: &Value) -> Result<Value> {
     let lease = r["lease"].as_str().unwrap_or_default().to_owned();
     let mut cmd = tokio::process::Command::new(&w.command[0]);
+    // A group of its own: a Ctrl-C in the terminal stops the worker, which lets the
+    // running commands finish, instead of killing them too.
+    cmd.process_group(0).kill_on_drop(true);
     cmd.args(&w.command[1..])
         .stdin(Stdio::piped())
         .env("MAPQ_GROUP", &w.group)
@@ -131,8 +144,13 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
     while !stopping.load(Ordering::Relaxed)
         && w.count.is_none_or(|n| done.load(Ordering::Relaxed) < n)
     {
-        // Lease only what can start soon.
-        let free = slots.available_permits().max(1);
+        // Lease only what can start at once: wait for a free slot first.
+        let first = tokio::select! {
+            p = Arc::clone(&slots).acquire_owned() => p.map_err(|e| ClientError(e.to_string()))?,
+            _ = super::member::stop_requested() => break,
+        };
+        let mut first = Some(first);
+        let free = 1 + slots.available_permits();
         let lease = api.call(
             api.http
                 .post(api.url(&format!("/v1/groups/{}/leases", w.group)))
@@ -149,10 +167,13 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
                 ack(&api, &w.group, lease, json!({"type": "release"})).await?;
                 continue;
             }
-            let permit = Arc::clone(&slots)
-                .acquire_owned()
-                .await
-                .map_err(|e| ClientError(e.to_string()))?;
+            let permit = match first.take() {
+                Some(p) => p,
+                None => Arc::clone(&slots)
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| ClientError(e.to_string()))?,
+            };
             let (api, w_group, done) = (api.clone(), w.group.clone(), Arc::clone(&done));
             let work = WorkArgs {
                 group: w.group.clone(),
@@ -165,14 +186,10 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
             running.spawn(async move {
                 let _permit = permit;
                 let kind = run_one(&api, &work, &r).await?;
-                ack(
-                    &api,
-                    &w_group,
-                    r["lease"].as_str().unwrap_or_default(),
-                    kind,
-                )
-                .await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                let lease = r["lease"].as_str().unwrap_or_default();
+                if ack(&api, &w_group, lease, kind).await? {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok::<(), ClientError>(())
             });
         }

@@ -8,6 +8,16 @@ pub mod server;
 
 use mapq::log::{LogConfig, PartitionLog, Record};
 
+/// Debian's own interpreter when there is one (the machine's other `python3` may lack
+/// nothing the tests need, but Debian's is the one the project installs packages for).
+pub fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
 /// Small segments and dense checkpoints, so that tests cross rolls and indexes quickly.
 pub fn small_config(segment_bytes: u64) -> LogConfig {
     LogConfig {

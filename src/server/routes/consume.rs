@@ -229,10 +229,19 @@ fn json_response(batch: &ReadBatch) -> Response {
         next_offset: batch.next_offset,
         high_watermark: batch.high_watermark,
     };
-    // Sized up front (values may become base64, a third larger, plus each record's fields):
-    // growing one large buffer by doubling copies it several times.
-    let mut bytes = Vec::with_capacity(batch.byte_len() / 3 * 4 + 160 * batch.record_count + 64);
-    match serde_json::to_writer(&mut bytes, &body).map(|()| bytes) {
+    json_records_response(&body, batch.byte_len(), batch.record_count)
+}
+
+/// A JSON answer of records, its buffer sized up front for `frame_bytes` of frames in
+/// `records` records (values may become base64, a third larger, plus each record's
+/// fields): growing one large buffer by doubling would copy it several times.
+pub(crate) fn json_records_response(
+    body: &impl serde::Serialize,
+    frame_bytes: usize,
+    records: usize,
+) -> Response {
+    let mut bytes = Vec::with_capacity(frame_bytes / 3 * 4 + 200 * records + 64);
+    match serde_json::to_writer(&mut bytes, body).map(|()| bytes) {
         Ok(bytes) => (
             [(
                 header::CONTENT_TYPE,

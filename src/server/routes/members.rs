@@ -26,7 +26,8 @@ use crate::broker::{validate_name, HeartbeatCall};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::routes::consume::{
-    count_read, octets_response, read_budget, record_json, wait_for, wants_octets, MAX_WAIT_MS,
+    count_read, json_records_response, octets_response, read_budget, record_json, wait_for,
+    wants_octets, MAX_WAIT_MS,
 };
 use crate::server::{blocking, AppState};
 
@@ -409,22 +410,10 @@ fn member_json(batches: &[(TopicPartition, ReadBatch)]) -> Response {
             })
             .collect(),
     };
-    // Sized up front, as partition consume does (values may become base64).
     let (len, count) = batches.iter().fold((0, 0), |(l, c), (_, b)| {
         (l + b.byte_len(), c + b.record_count)
     });
-    let mut bytes = Vec::with_capacity(len / 3 * 4 + 200 * count + 64);
-    match serde_json::to_writer(&mut bytes, &body).map(|()| bytes) {
-        Ok(bytes) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
+    json_records_response(&body, len, count)
 }
 
 /// The errors `describe_group` answers with (besides those of every route).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 
 use crate::api::groups::{
@@ -20,7 +20,9 @@ use crate::broker::queue::{AckKind, AckOutcome, Token};
 use crate::broker::queues::{QueueSettings, MAX_LEASE_MS};
 use crate::broker::{validate_name, Broker, LeasedRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
-use crate::server::routes::consume::{count_read, record_json, wait_for, MAX_WAIT_MS};
+use crate::server::routes::consume::{
+    count_read, json_records_response, record_json, wait_for, MAX_WAIT_MS,
+};
 use crate::server::{blocking, AppState};
 
 /// Most records one lease request gets.
@@ -41,7 +43,7 @@ pub fn settings_out(name: &str, s: &QueueSettings) -> QueueSettingsOut {
 /// Leasing and acking need `consume` on every topic of the group.
 fn may_work(broker: &Broker, principal: &Principal, group: &str) -> ApiResult<()> {
     let g = broker.queue_group(group)?;
-    let topics = g.lock().settings.topics.clone();
+    let topics = &g.settings.topics;
     if topics.iter().all(|t| principal.may(Permission::Consume, t)) {
         Ok(())
     } else {
@@ -245,17 +247,8 @@ fn lease_json(records: &[LeasedRecord], window_full: bool) -> Response {
             .collect(),
         window_full,
     };
-    match serde_json::to_vec(&body) {
-        Ok(bytes) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => ApiError::internal(e).into_response(),
-    }
+    let len = records.iter().map(|r| r.frame.len()).sum();
+    json_records_response(&body, len, records.len())
 }
 
 /// The errors `ack` answers with (besides those of every route).
@@ -292,7 +285,7 @@ pub async fn ack(
     }
     let broker = state.broker()?;
     may_work(&broker, &principal, &group)?;
-    let default_lease = broker.queue_group(&group)?.lock().settings.lease_ms;
+    let default_lease = broker.queue_group(&group)?.settings.lease_ms;
     let mut acks = Vec::with_capacity(req.acks.len());
     for (i, a) in req.acks.into_iter().enumerate() {
         let token = Token::decode(&a.lease).ok_or_else(|| {
