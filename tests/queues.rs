@@ -457,6 +457,16 @@ async fn bad_input_is_refused_and_changes_nothing() {
             "group_not_found",
         ),
         (
+            "a lease from a group with members",
+            {
+                let pg = Queue::new(&server.base, "pg");
+                assert_eq!(pg.put(json!({"type": "partitioned"})).await.0, 201);
+                pg.lease(json!({})).await
+            },
+            409,
+            "group_exists",
+        ),
+        (
             "an unknown setting",
             Queue::new(&server.base, "other")
                 .put(json!({"type": "queue", "topics": ["jobs"], "lease": 5}))

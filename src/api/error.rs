@@ -58,7 +58,7 @@ codes! {
     NotFound = ("not_found", 404, "No such route"),
     TopicNotFound = ("topic_not_found", 404, "The topic does not exist (and is not created for this request)"),
     PartitionNotFound = ("partition_not_found", 404, "The topic has no such partition"),
-    GroupNotFound = ("group_not_found", 404, "The consumer group has neither members nor committed offsets"),
+    GroupNotFound = ("group_not_found", 404, "No group of that name (with members, committed offsets, or a queue group)"),
     UnknownMember = ("unknown_member", 404, "The group has no such member (join first)"),
     MethodNotAllowed = ("method_not_allowed", 405, "The route does not take this method"),
     RequestTimeout = ("request_timeout", 408, "The request body arrived too slowly"),

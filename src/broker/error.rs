@@ -32,6 +32,9 @@ pub enum BrokerError {
     /// A group of that name exists with another type or other settings.
     #[error("group '{0}' exists with another type or other settings")]
     GroupExists(String),
+    /// A call of one kind of group on a group of the other kind.
+    #[error("group '{group}' is {is}: this call is for the other kind of group")]
+    WrongGroupType { group: String, is: &'static str },
     /// A commit without a member for a group that has members.
     #[error("group '{0}' has members: commit as one of them, with `member` and `member_epoch`")]
     MembersOnly(String),

@@ -226,7 +226,6 @@ impl GroupState {
                 Expiry::Rebalance => "rebalance_timeout",
             });
             self.remember_fenced(member);
-            tracing::info!(member = %member, reason = ?why, "group member removed");
         }
         gone
     }

@@ -104,7 +104,10 @@ impl Broker {
     /// `GroupExists` when `group` is a queue group (calls of partitioned groups on it).
     fn not_a_queue_group(&self, group: &str) -> Result<(), BrokerError> {
         if self.is_queue_group(group) {
-            return Err(BrokerError::GroupExists(group.to_owned()));
+            return Err(BrokerError::WrongGroupType {
+                group: group.to_owned(),
+                is: "a queue group",
+            });
         }
         Ok(())
     }
@@ -519,14 +522,17 @@ impl Broker {
     pub fn expire_members(&self) -> Result<(), BrokerError> {
         for (_, g) in self.members.all() {
             let now = now_ms();
-            g.update(now, |st| {
+            let (gone, _) = g.update(now, |st| {
                 // A group without members has nothing to assign (and no epoch to bump).
                 if st.coordinator.members().next().is_some() {
                     let topics = st.coordinator.subscribed_topics();
                     st.set_partitions(self.existing_partitions_of(&topics));
                 }
-                st.expire(now);
+                st.expire(now)
             })?;
+            for (member, why) in gone {
+                tracing::info!(group = g.name(), member = %member, reason = ?why, "group member removed: its partitions move");
+            }
         }
         Ok(())
     }

@@ -117,9 +117,16 @@ impl Broker {
     /// A queue group called `group`, or `GroupNotFound`.
     pub fn queue_group(&self, group: &str) -> Result<Arc<QueueGroup>, BrokerError> {
         super::validate_name(group)?;
-        self.queues
-            .get(group)
-            .ok_or_else(|| BrokerError::GroupNotFound(group.to_owned()))
+        if let Some(g) = self.queues.get(group) {
+            return Ok(g);
+        }
+        if self.members.get(group).is_some() || self.groups.offsets(group).is_ok() {
+            return Err(BrokerError::WrongGroupType {
+                group: group.to_owned(),
+                is: "a group with members (or committed offsets)",
+            });
+        }
+        Err(BrokerError::GroupNotFound(group.to_owned()))
     }
 
     /// Whether `group` names a queue group.

@@ -360,12 +360,14 @@ impl QueueGroups {
         let (journal, _) = PartitionLog::open(&path.join("journal"), journal_config())?;
         let started = std::time::Instant::now();
         let (state, since_snapshot) = replay(&journal, name)?;
-        tracing::info!(
-            group = name,
-            events = since_snapshot,
-            ms = started.elapsed().as_millis() as u64,
-            "queue group state rebuilt from its journal"
-        );
+        if journal.end_offset() > 0 {
+            tracing::info!(
+                group = name,
+                events = since_snapshot,
+                ms = started.elapsed().as_millis() as u64,
+                "queue group state read back from its journal"
+            );
+        }
         Ok(QueueGroup {
             name: name.to_owned(),
             settings: settings.clone(),

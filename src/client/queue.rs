@@ -21,7 +21,8 @@ use super::{Api, ClientArgs, ClientError, Result};
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCommand {
     /// Run COMMAND for each record of queue group GROUP (value on stdin; MAPQ_TOPIC,
-    /// MAPQ_PARTITION, MAPQ_OFFSET, MAPQ_DELIVERY, MAPQ_KEY in the environment) and ack by
+    /// MAPQ_PARTITION, MAPQ_OFFSET, MAPQ_DELIVERY, MAPQ_KEY, MAPQ_LEASE, MAPQ_GROUP in the
+    /// environment) and ack by
     /// its exit status.
     Work(WorkArgs),
 }
@@ -139,6 +140,8 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
     }
     let slots = Arc::new(Semaphore::new(w.concurrency.max(1)));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Accepted, released, rejected.
+    let tally: Arc<[std::sync::atomic::AtomicU64; 3]> = Arc::new(Default::default());
     let mut running = tokio::task::JoinSet::new();
     let mut failure: Option<ClientError> = None;
     while !stopping.load(Ordering::Relaxed)
@@ -183,12 +186,26 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
                 count: w.count,
                 command: w.command.clone(),
             };
+            let tally = Arc::clone(&tally);
             running.spawn(async move {
                 let _permit = permit;
-                let kind = run_one(&api, &work, &r).await?;
                 let lease = r["lease"].as_str().unwrap_or_default();
+                let kind = match run_one(&api, &work, &r).await {
+                    Ok(kind) => kind,
+                    Err(e) => {
+                        // Not run: back to the queue at once, not held until the lease ends.
+                        let _ = ack(&api, &w_group, lease, json!({"type": "release"})).await;
+                        return Err(e);
+                    }
+                };
+                let which = match kind["type"].as_str() {
+                    Some("accept") => 0,
+                    Some("reject") => 2,
+                    _ => 1,
+                };
                 if ack(&api, &w_group, lease, kind).await? {
                     done.fetch_add(1, Ordering::Relaxed);
+                    tally[which].fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<(), ClientError>(())
             });
@@ -207,6 +224,9 @@ pub async fn queue(args: &ClientArgs, cmd: &QueueCommand) -> Result<()> {
             failure.get_or_insert(e);
         }
     }
+    let [accepted, released, rejected] =
+        tally.as_ref().each_ref().map(|c| c.load(Ordering::Relaxed));
+    eprintln!("mapq queue work: {accepted} accepted, {released} released, {rejected} rejected");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

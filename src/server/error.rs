@@ -98,7 +98,9 @@ impl From<BrokerError> for ApiError {
                 },
                 msg,
             ),
-            BrokerError::GroupExists(_) => Self::new(ErrorCode::GroupExists, msg),
+            BrokerError::GroupExists(_) | BrokerError::WrongGroupType { .. } => {
+                Self::new(ErrorCode::GroupExists, msg)
+            }
             BrokerError::MembersOnly(_) => Self::new(ErrorCode::PartitionNotOwned, msg),
             BrokerError::OffsetBeyondEnd { .. } => Self::bad_request(msg),
             BrokerError::Io { ref source, .. } if out_of_files(source) => too_many_open_files(msg),

@@ -528,7 +528,7 @@ const FAMILIES: &[Family] = &[
     },
     Family {
         name: "mapq_queue_lost_leases_total",
-        help: "Acks with a token whose record was leased again since (they acted on nothing)",
+        help: "Acks that acted on nothing (lease_lost: the record was leased again, settled otherwise, or never leased under that token)",
         counter: true,
         labels: &["group"],
         values: |s| per_queue(s, |g| g.lost_leases),

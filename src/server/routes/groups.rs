@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::api::groups::{CommitRequest, GroupList, GroupOffsets, OffsetOut};
-use crate::broker::validate_name;
+use crate::broker::{validate_name, BrokerError};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, AppState};
 
@@ -94,6 +94,7 @@ pub async fn commit_offsets(
 /// The errors `get_offsets` answers with (besides those of every route).
 pub const GET_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
+    ErrorCode::GroupExists,
     ErrorCode::InvalidName,
     ErrorCode::GroupNotFound,
     ErrorCode::NotReady,
@@ -120,6 +121,13 @@ pub async fn get_offsets(
         }
     }
     let broker = state.broker_for_read()?;
+    if broker.is_queue_group(&group) {
+        return Err(BrokerError::WrongGroupType {
+            group,
+            is: "a queue group (it commits no offsets: see GET /v1/groups/{group})",
+        }
+        .into());
+    }
     // The group's lock is held across a commit's fsync: wait for it off the async workers.
     let committed = {
         let broker = std::sync::Arc::clone(&broker);

@@ -102,6 +102,7 @@ pub const LEASE_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
     ErrorCode::InvalidName,
     ErrorCode::GroupNotFound,
+    ErrorCode::GroupExists,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
@@ -118,7 +119,10 @@ pub const LEASE_ERRORS: &[ErrorCode] = &[
 #[utoipa::path(post, path = "/v1/groups/{group}/leases", tag = "groups",
     params(("group" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,200}$")),
     request_body = LeaseRequest,
-    responses((status = 200, body = LeaseResponse)))]
+    responses((status = 200, content(
+        (LeaseResponse = "application/json"),
+        (Vec<u8> = "application/vnd.mapq.leases"),
+    ))))]
 pub async fn lease(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -189,6 +193,7 @@ fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
         topic: &'a str,
         partition: u32,
         offset: u64,
+        timestamp_ms: i64,
         lease: &'a str,
         delivery: u32,
         lease_expires_ms: i64,
@@ -205,6 +210,7 @@ fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
                 topic: &r.topic,
                 partition: r.partition,
                 offset: r.record.offset,
+                timestamp_ms: r.record.timestamp_ms,
                 lease: &r.token,
                 delivery: r.delivery,
                 lease_expires_ms: r.expires_ms,
@@ -256,6 +262,7 @@ pub const ACK_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
     ErrorCode::InvalidName,
     ErrorCode::GroupNotFound,
+    ErrorCode::GroupExists,
     ErrorCode::UnsupportedMediaType,
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
