@@ -106,6 +106,15 @@ impl Groups {
         sorted_names(&self.groups)
     }
 
+    /// Whether `group` has committed offsets. Reads the map only: never waits for a
+    /// commit's write (safe on an async worker).
+    pub fn exists(&self, group: &str) -> bool {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(group)
+    }
+
     /// A copy of a group's committed offsets.
     pub fn offsets(&self, group: &str) -> Result<GroupOffsets, BrokerError> {
         validate_name(group)?;

@@ -102,7 +102,7 @@ impl Broker {
     ) -> Result<bool, BrokerError> {
         super::validate_name(group)?;
         settings.validate()?;
-        if self.members.get(group).is_some() || self.groups.offsets(group).is_ok() {
+        if self.members.get(group).is_some() || self.groups.exists(group) {
             return Err(BrokerError::GroupExists(group.to_owned()));
         }
         for t in &settings.topics {
@@ -120,7 +120,7 @@ impl Broker {
         if let Some(g) = self.queues.get(group) {
             return Ok(g);
         }
-        if self.members.get(group).is_some() || self.groups.offsets(group).is_ok() {
+        if self.members.get(group).is_some() || self.groups.exists(group) {
             return Err(BrokerError::WrongGroupType {
                 group: group.to_owned(),
                 is: "a group with members (or committed offsets)",
