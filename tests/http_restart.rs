@@ -353,11 +353,6 @@ async fn server_with_a_stalled_reader(
     (server, stalled)
 }
 
-fn signal(server: &Server, sig: i32) {
-    // SAFETY: sending a signal to our own child process.
-    unsafe { libc::kill(server.child.id() as i32, sig) };
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_stalled_reader_ends_after_the_grace_period() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,10 +381,10 @@ async fn a_second_signal_exits_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut server, _stalled) =
         server_with_a_stalled_reader(dir.path(), &[("MAPQ_SHUTDOWN_GRACE_MS", "600000")]).await;
-    signal(&server, libc::SIGTERM);
+    common::server::signal(&server.child, libc::SIGTERM);
     assert!(server.log_contains("shutting down"));
     let started = std::time::Instant::now();
-    signal(&server, libc::SIGINT);
+    common::server::signal(&server.child, libc::SIGINT);
     let code = common::server::wait_with_deadline(&mut server.child, Duration::from_secs(10));
     assert_eq!(code, 1);
     assert!(started.elapsed() < Duration::from_secs(5));

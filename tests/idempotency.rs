@@ -22,13 +22,6 @@ use mapq::log::format::{encode_frame, Record};
 use reqwest::{Client, Response};
 use serde_json::{json, Value};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 async fn post(
     http: &Client,
     base: &str,
@@ -384,14 +377,14 @@ async fn keys_survive_kill_9_and_a_cut_request_appends_only_what_is_missing() {
 /// final answer named, in both durability modes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrying_producers_store_every_record_once_across_kill_9() {
-    let producers = env_u64("MAPQ_IDEM_PRODUCERS", 4);
-    let per_producer = env_u64("MAPQ_IDEM_RECORDS", 1000);
+    let producers = common::env_u64("MAPQ_IDEM_PRODUCERS", 4);
+    let per_producer = common::env_u64("MAPQ_IDEM_RECORDS", 1000);
     // Each producer waits this long between requests, so that the kills fall while they
     // produce (20 requests take at least a second by default).
-    let pace = Duration::from_millis(env_u64("MAPQ_IDEM_PACE_MS", 50));
-    let cycles = env_u64("MAPQ_IDEM_CYCLES", 3);
+    let pace = Duration::from_millis(common::env_u64("MAPQ_IDEM_PACE_MS", 50));
+    let cycles = common::env_u64("MAPQ_IDEM_CYCLES", 3);
     // Kills come every KILL_MS to 3 x KILL_MS (1-3 s in the long run).
-    let kill_ms = env_u64("MAPQ_IDEM_KILL_MS", 300);
+    let kill_ms = common::env_u64("MAPQ_IDEM_KILL_MS", 300);
     let batch = 50;
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);

@@ -199,7 +199,7 @@ async fn a_partition_moves_in_two_steps_and_its_new_owner_resumes_at_the_commit(
         tokio::spawn(async move {
             let started = Instant::now();
             g2.beat(&mut b2, 10_000).await;
-            (b2, started.elapsed())
+            (b2, started.elapsed(), Instant::now())
         })
     };
     // b's long-poll is waiting by the time a lets go (below).
@@ -222,7 +222,12 @@ async fn a_partition_moves_in_two_steps_and_its_new_owner_resumes_at_the_commit(
         .unwrap();
     assert_eq!(appended.status(), 200);
     let (_, got) = g.fetch("a", "max_records=1000").await;
-    for r in got["records"].as_array().unwrap() {
+    let fetched = got["records"].as_array().unwrap();
+    assert!(
+        !fetched.is_empty(),
+        "a fetches the new records of what it keeps: {got}"
+    );
+    for r in fetched {
         let tp = (
             r["topic"].as_str().unwrap().to_owned(),
             r["partition"].as_u64().unwrap(),
@@ -233,8 +238,10 @@ async fn a_partition_moves_in_two_steps_and_its_new_owner_resumes_at_the_commit(
         );
     }
     // a lets go (its heartbeat leaves them out): b's long-poll answers with them.
+    let let_go = Instant::now();
     g.beat(&mut a, 0).await;
-    let (b, waited) = b_wait.await.unwrap();
+    let (b, waited, answered) = b_wait.await.unwrap();
+    assert!(answered >= let_go, "b's long-poll answered before a let go");
     assert_eq!(b.owned, revoked, "b gets exactly what a let go of");
     assert!(
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
@@ -289,12 +296,13 @@ async fn a_silent_member_is_removed_and_told_it_was_fenced() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     orders(&server.base, 4, 1).await;
-    put_group(
+    let (status, body) = put_group(
         &server.base,
         "g",
         json!({"type": "partitioned", "session_timeout_ms": 1000}),
     )
     .await;
+    assert_eq!(status, 201, "{body}");
     let g = Group::new(&server.base, "g");
     let (mut a, mut b) = (member("a"), member("b"));
     for _ in 0..3 {
@@ -367,6 +375,7 @@ async fn a_server_kill_moves_no_partition_and_fences_nobody() {
     let g = Group::new(&server.base, "g");
     let after = g.describe().await;
     assert_eq!(before["members"].as_array().unwrap().len(), 4);
+    assert_eq!(after["members"].as_array().unwrap().len(), 4, "{after}");
     for (x, y) in before["members"]
         .as_array()
         .unwrap()

@@ -250,9 +250,13 @@ async fn check(base: &str, workers: &[Worker], rejected_at_first: bool) {
             "{value}: {seen:?}"
         );
     }
-    let flaky_seen = deliveries.iter().filter(|(v, _)| v.starts_with("flaky-"));
-    for (value, seen) in flaky_seen {
-        assert!(seen.len() <= 5, "{value} delivered {} times", seen.len());
+    // Without server kills every delivery of a failing record reaches a worker: all five.
+    // (With them, a lease answered into a killed connection is never seen.)
+    if rejected_at_first {
+        let flaky_seen = deliveries.iter().filter(|(v, _)| v.starts_with("flaky-"));
+        for (value, seen) in flaky_seen {
+            assert_eq!(seen.len(), 5, "{value} delivered {seen:?}");
+        }
     }
 }
 

@@ -165,7 +165,12 @@ async fn every_kind_of_ack_and_tokens_that_stop_once_their_record_is_leased_agai
     // b comes back after its delay, as delivery 2; c stays leased past its first lease.
     let mut again = Vec::new();
     while again.is_empty() {
-        let (_, body) = q.lease(json!({"max_records": 10, "wait_ms": 2000})).await;
+        assert!(
+            released_at.elapsed() < Duration::from_secs(10),
+            "b never came back"
+        );
+        let (status, body) = q.lease(json!({"max_records": 10, "wait_ms": 2000})).await;
+        assert_eq!(status, 200, "{body}");
         again = body["records"].as_array().unwrap().clone();
     }
     assert!(
@@ -189,6 +194,11 @@ async fn every_kind_of_ack_and_tokens_that_stop_once_their_record_is_leased_agai
     // delivery failed, so it goes to the dead letters.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let third = q.take(10).await;
+    assert_eq!(
+        third.len(),
+        1,
+        "only b: c is still leased after its extend: {third:?}"
+    );
     assert_eq!(
         (&third[0]["value"], &third[0]["delivery"]),
         (&json!("b"), &json!(3)),
@@ -271,8 +281,11 @@ async fn leases_and_delivery_counts_survive_a_kill() {
     create_topic(&Client::new(), &server.base, json!({"name": "jobs"})).await;
     produce(&server.base, "jobs", &["a", "b", "c"]).await;
     let q = Queue::new(&server.base, "work");
-    q.put(json!({"type": "queue", "topics": ["jobs"], "lease_ms": 1000}))
+    let (status, body) = q
+        .put(json!({"type": "queue", "topics": ["jobs"], "lease_ms": 1000}))
         .await;
+
+    assert_eq!(status, 201, "{body}");
     let first = by_value(&q.take(10).await);
     // b is released and leased again (delivery 2) before the kill.
     q.ack(json!([{"lease": first["b"]["lease"], "type": "release"}]))
@@ -308,8 +321,11 @@ async fn a_full_in_flight_window_is_reported_not_a_silent_stall() {
     create_topic(&Client::new(), &server.base, json!({"name": "jobs"})).await;
     produce(&server.base, "jobs", &["a", "b", "c", "d", "e"]).await;
     let q = Queue::new(&server.base, "work");
-    q.put(json!({"type": "queue", "topics": ["jobs"], "max_in_flight": 2}))
+    let (status, body) = q
+        .put(json!({"type": "queue", "topics": ["jobs"], "max_in_flight": 2}))
         .await;
+
+    assert_eq!(status, 201, "{body}");
     let (_, body) = q.lease(json!({"max_records": 5})).await;
     assert_eq!(body["records"].as_array().unwrap().len(), 2);
     assert_eq!(body["window_full"], true);
@@ -343,8 +359,11 @@ async fn bad_input_is_refused_and_changes_nothing() {
     create_topic(&http, &server.base, json!({"name": "jobs"})).await;
     produce(&server.base, "jobs", &["a", "b"]).await;
     let q = Queue::new(&server.base, "work");
-    q.put(json!({"type": "queue", "topics": ["jobs"], "dead_letter_topic": "dead"}))
+    let (status, body) = q
+        .put(json!({"type": "queue", "topics": ["jobs"], "dead_letter_topic": "dead"}))
         .await;
+
+    assert_eq!(status, 201, "{body}");
     let leased = q.take(1).await;
     let token = leased[0]["lease"].clone();
     let before = q.describe().await;
@@ -611,7 +630,9 @@ async fn mapq_queue_work_acks_by_exit_status() {
     let refs: Vec<&str> = values.iter().map(String::as_str).collect();
     produce(&server.base, "jobs", &refs).await;
     let q = Queue::new(&server.base, "work");
-    q.put(json!({"type": "queue", "topics": ["jobs"], "max_deliveries": 2, "dead_letter_topic": "dead"})).await;
+    let (status, body) = q.put(json!({"type": "queue", "topics": ["jobs"], "max_deliveries": 2, "dead_letter_topic": "dead"})).await;
+
+    assert_eq!(status, 201, "{body}");
     let out = dir.path().join("done.txt");
     let script = format!(
         r#"v=$(cat); case "$v" in ok-*) echo "$v $MAPQ_TOPIC $MAPQ_DELIVERY" >> {}; exit 0;; bad-*) exit 100;; *) exit 1;; esac"#,
@@ -724,7 +745,9 @@ async fn a_topic_created_again_is_worked_off_afresh() {
     create_topic(&http, &server.base, json!({"name": "jobs"})).await;
     produce(&server.base, "jobs", &["a", "b", "c"]).await;
     let q = Queue::new(&server.base, "work");
-    q.put(json!({"type": "queue", "topics": ["jobs"]})).await;
+    let (status, body) = q.put(json!({"type": "queue", "topics": ["jobs"]})).await;
+
+    assert_eq!(status, 201, "{body}");
     let got = q.take(2).await;
     q.ack(json!([{"lease": got[0]["lease"], "type": "accept"}]))
         .await;

@@ -22,13 +22,6 @@ use common::server::{create_topic, get_json, Server};
 use reqwest::Client;
 use serde_json::{json, Value};
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Resident anonymous memory (heap, stacks), without the mapped segment pages the kernel
 /// also counts as resident: that is what must not grow with the data.
 fn rss_kib(pid: u32) -> u64 {
@@ -55,9 +48,9 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_soak() {
-    let cycles = env_u64("MAPQ_SOAK_CYCLES", 3);
-    let cycle_ms = env_u64("MAPQ_SOAK_MS", 1200);
-    let seed = env_u64("MAPQ_SOAK_SEED", 0x5eed_1234_abcd_0001);
+    let cycles = common::env_u64("MAPQ_SOAK_CYCLES", 3);
+    let cycle_ms = common::env_u64("MAPQ_SOAK_MS", 1200);
+    let seed = common::env_u64("MAPQ_SOAK_SEED", 0x5eed_1234_abcd_0001);
     println!("soak: {cycles} cycles of ~{cycle_ms} ms, seed {seed}");
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();

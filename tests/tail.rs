@@ -4,12 +4,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::lines::LineProcess;
 use common::server::{
-    create_topic, delete_topic, get_text, post_json, wait_for_blocked_tailer, Server,
+    create_topic, delete_topic, get_text, post_json, signal, wait_for_blocked_tailer, Server,
 };
 use mapq::log::format::{get_u32, segment_header as sh};
 use reqwest::Client;
@@ -66,12 +66,6 @@ async fn segments(http: &Client, base: &str, topic: &str) -> u64 {
         .await
         .unwrap();
     d["partition_stats"][0]["segments"].as_u64().unwrap()
-}
-
-fn signal(child: &Child, signal: i32) {
-    // SAFETY: sending a signal to our own child process, which has not been waited for.
-    let rc = unsafe { libc::kill(child.id() as i32, signal) };
-    assert_eq!(rc, 0, "kill({signal})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

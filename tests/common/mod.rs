@@ -8,6 +8,14 @@ pub mod server;
 
 use mapq::log::{LogConfig, PartitionLog, Record};
 
+/// A number from the environment (the knobs of the long runs), else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Debian's own interpreter when there is one (the machine's other `python3` may lack
 /// nothing the tests need, but Debian's is the one the project installs packages for).
 pub fn python() -> &'static str {
