@@ -415,7 +415,8 @@ impl Coordinator {
     }
 
     /// Whether `member` at `epoch` may fetch `tp` now: it holds it and keeps it.
-    pub fn can_fetch(&self, member: &str, epoch: u64, tp: &TopicPartition) -> bool {
+    #[cfg(test)]
+    fn can_fetch(&self, member: &str, epoch: u64, tp: &TopicPartition) -> bool {
         self.members.get(member).is_some_and(|m| m.epoch == epoch)
             && self.held.get(tp).is_some_and(|(h, _)| h == member)
             && self.target.get(member).is_some_and(|t| t.contains(tp))

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::error::BrokerError;
-use super::topic::write_durably;
+use super::topic::{remove_durably, write_durably};
 use super::validate_name;
 
 /// Every `<group>.json` file in `dir` (created if missing), parsed: a directory of one
@@ -204,13 +204,7 @@ impl Groups {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect();
             if next.is_empty() {
-                let path = self.dir.join(format!("{group}.json"));
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(BrokerError::io(&path, e)),
-                }
-                crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
+                remove_durably(&self.dir.join(format!("{group}.json")))?;
                 offsets.clear();
                 drop(offsets);
                 self.remove_if_empty(&group, &g);

@@ -283,8 +283,9 @@ impl Idempotency {
         }
     }
 
-    /// Keys remembered at `now_ms`.
-    pub fn len_at(&self, now_ms: i64) -> usize {
+    /// Keys remembered at `now_ms` (for the tests: it walks every key).
+    #[cfg(test)]
+    fn len_at(&self, now_ms: i64) -> usize {
         self.lock()
             .values()
             .filter(|e| !self.expired(e, now_ms))

@@ -22,7 +22,7 @@ use super::coordinator::{
 };
 use super::error::BrokerError;
 use super::groups::read_group_files;
-use super::topic::write_durably;
+use super::topic::{remove_durably, write_durably};
 use super::validate_name;
 
 /// Name of the directory holding groups with members.
@@ -38,6 +38,15 @@ pub enum OffsetReset {
     #[default]
     Earliest,
     Latest,
+}
+
+impl From<OffsetReset> for super::StartAt {
+    fn from(r: OffsetReset) -> Self {
+        match r {
+            OffsetReset::Earliest => super::StartAt::Earliest,
+            OffsetReset::Latest => super::StartAt::Latest,
+        }
+    }
 }
 
 /// A group's settings (API.md: `PUT /v1/groups/{group}`).
@@ -593,16 +602,12 @@ impl MemberGroups {
         if !gone(&st) {
             return Ok(());
         }
+        // Marked removed (nothing writes it again) and out of the map; the file goes
+        // without the map's lock, which readers on async workers take.
         st.removed = true;
-        match std::fs::remove_file(&g.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(BrokerError::io(&g.path, e)),
-        }
-        crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
-        drop(st);
         all.remove(group);
-        Ok(())
+        drop(all);
+        remove_durably(&g.path)
     }
 
     /// Every group, for a walk over all of them.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::assignor::TopicPartition;
 use super::coordinator::{CoordinatorError, Heartbeat};
-use super::members::{GroupSettings, OffsetReset};
+use super::members::GroupSettings;
 use super::{blocking, Broker, BrokerError, ReadLimits, Wait};
 use crate::log::{now_ms, ReadBatch};
 
@@ -119,8 +119,8 @@ impl Broker {
     ) -> BTreeSet<TopicPartition> {
         topics
             .iter()
-            .filter_map(|t| self.partitions_of(&[t.clone()].into()).ok())
-            .flatten()
+            .filter_map(|name| self.topic(name).ok())
+            .flat_map(|t| (0..t.partition_count()).map(move |p| (t.name().to_owned(), p)))
             .collect()
     }
 
@@ -323,17 +323,15 @@ impl Broker {
             if records == 0 || (!out.is_empty() && (bytes == 0 || one_partition)) {
                 break;
             }
-            let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+            let Ok(p) = self.partition(&tp) else {
                 continue;
             };
             let log = p.log();
-            let from = position
-                .or_else(|| committed.get(&tp).copied())
-                .unwrap_or(match reset {
-                    OffsetReset::Earliest => log.start_offset(),
-                    OffsetReset::Latest => log.end_offset(),
-                })
-                .clamp(log.start_offset(), log.end_offset());
+            let from = match position.or_else(|| committed.get(&tp).copied()) {
+                Some(o) => o,
+                None => p.resolve(reset.into())?,
+            }
+            .clamp(log.start_offset(), log.end_offset());
             let batch = p.read(
                 from,
                 ReadLimits {
@@ -470,13 +468,15 @@ impl Broker {
         let offsets = partitions
             .into_iter()
             .filter_map(|(topic, partition)| {
-                let p = self.topic(&topic).ok()?.partition(partition).ok()?.clone();
+                let tp = (topic, partition);
+                let p = self.partition(&tp).ok()?;
                 let log = p.log();
-                let offset = committed.get(&(topic.clone(), partition)).copied();
-                let from = offset.unwrap_or(match settings.auto_offset_reset {
-                    OffsetReset::Earliest => log.start_offset(),
-                    OffsetReset::Latest => log.end_offset(),
-                });
+                let offset = committed.get(&tp).copied();
+                let from = match offset {
+                    Some(o) => o,
+                    None => p.resolve(settings.auto_offset_reset.into()).ok()?,
+                };
+                let (topic, partition) = tp;
                 Some(PartitionLag {
                     lag: log.end_offset().saturating_sub(from),
                     topic,

@@ -286,6 +286,11 @@ impl Broker {
             .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
     }
 
+    /// The partition `tp` names, if its topic and it exist.
+    pub fn partition(&self, tp: &assignor::TopicPartition) -> Result<Arc<Partition>, BrokerError> {
+        Ok(Arc::clone(self.topic(&tp.0)?.partition(tp.1)?))
+    }
+
     /// Every topic, by name.
     pub fn topics(&self) -> Vec<Arc<Topic>> {
         self.topics

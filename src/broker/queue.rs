@@ -16,7 +16,7 @@
 //!   that were handed out at least once are kept, so the state stays as small as what is
 //!   in flight.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -480,14 +480,6 @@ impl QueueState {
             }
             _ => lost,
         }
-    }
-
-    /// The partitions the state knows, sorted.
-    pub fn known(&self) -> BTreeSet<TopicPartition> {
-        self.partitions
-            .iter()
-            .map(|(t, p, _)| (t.clone(), *p))
-            .collect()
     }
 }
 

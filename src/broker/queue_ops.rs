@@ -4,6 +4,7 @@
 //! journal in [`super::queues`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -194,12 +195,12 @@ impl Broker {
             // Retried by the next tick; leasing goes on meanwhile.
             tracing::warn!(group = g.name(), error = %e, "dead-lettering failed; it will be tried again");
         }
-        let s = inner.settings.clone();
+        let s = &g.settings;
         let room = s.max_in_flight.saturating_sub(inner.state.in_flight(now)) as usize;
         let want = max.min(room);
         let window_full = want < max;
         if window_full {
-            g.counters.add(&g.counters.window_full, 1);
+            g.counters.window_full.fetch_add(1, Ordering::Relaxed);
         }
         let mut picked: Vec<(TopicPartition, (StoredRecord, Bytes), u32)> = Vec::new();
         // Records due for another delivery first.
@@ -208,7 +209,7 @@ impl Broker {
                 continue;
             };
             if let Some(Rec::Leased { .. }) = inner.state.queue(&tp).and_then(|q| q.recs.get(&o)) {
-                g.counters.add(&g.counters.expired_leases, 1);
+                g.counters.expired_leases.fetch_add(1, Ordering::Relaxed);
             }
             picked.push((tp, r, d));
         }
@@ -219,7 +220,7 @@ impl Broker {
         let n = partitions.len().max(1);
         let start = g.next_round(n);
         for tp in partitions.iter().cycle().skip(start).take(partitions.len()) {
-            let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+            let Ok(p) = self.partition(tp) else {
                 continue;
             };
             let log = p.log();
@@ -266,11 +267,14 @@ impl Broker {
             exp,
         }));
         inner.commit(&events)?;
-        inner.sync()?;
+        let durable = inner.to_sync();
         let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
-        g.counters.add(&g.counters.first_deliveries, first);
         g.counters
-            .add(&g.counters.redeliveries, picked.len() as u64 - first);
+            .first_deliveries
+            .fetch_add(first, Ordering::Relaxed);
+        g.counters
+            .redeliveries
+            .fetch_add(picked.len() as u64 - first, Ordering::Relaxed);
         let records = picked
             .into_iter()
             .map(
@@ -292,6 +296,10 @@ impl Broker {
             )
             .collect();
         let next_due = inner.state.next_due(now);
+        drop(inner);
+        if let Some(journal) = durable {
+            journal.flush()?;
+        }
         Ok((
             LeaseAnswer {
                 records,
@@ -307,7 +315,7 @@ impl Broker {
         tp: &TopicPartition,
         offset: u64,
     ) -> Result<Option<(StoredRecord, Bytes)>, BrokerError> {
-        let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+        let Ok(p) = self.partition(tp) else {
             return Ok(None);
         };
         if offset < p.log().start_offset() || offset >= p.log().end_offset() {
@@ -335,10 +343,10 @@ impl Broker {
         inner: &mut QueueInner,
         now: i64,
     ) -> Result<(), BrokerError> {
-        let max = inner.settings.max_deliveries;
+        let max = g.settings.max_deliveries;
         for (tp, o, d) in inner.state.due_dead(now, max) {
             if let Some(Rec::Leased { .. }) = inner.state.queue(&tp).and_then(|q| q.recs.get(&o)) {
-                g.counters.add(&g.counters.expired_leases, 1);
+                g.counters.expired_leases.fetch_add(1, Ordering::Relaxed);
             }
             self.dead_letter(g, inner, &tp, o, d, DeadReason::MaxDeliveries)?;
         }
@@ -358,7 +366,7 @@ impl Broker {
         reason: DeadReason,
     ) -> Result<(), BrokerError> {
         if let (Some(dlq), Some((r, _))) = (
-            inner.settings.dead_letter_topic.clone(),
+            g.settings.dead_letter_topic.clone(),
             self.read_one(tp, offset)?,
         ) {
             let topic = self.topic_for_produce(&dlq, [])?;
@@ -424,7 +432,7 @@ impl Broker {
             o: offset,
             reason,
         });
-        g.counters.add(&g.counters.dead_letters, 1);
+        g.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -438,7 +446,7 @@ impl Broker {
         let g = self.queue_group(group)?;
         let mut inner = g.lock();
         let now = now_ms();
-        let max = inner.settings.max_deliveries;
+        let max = g.settings.max_deliveries;
         let mut results = Vec::with_capacity(acks.len());
         // Whether a waiting lease request may now get something (a record released, or
         // room in a full window).
@@ -464,13 +472,16 @@ impl Broker {
             released |= matches!(outcome, AckOutcome::Ok { repeat: false })
                 && !matches!(kind, AckKind::Extend { .. });
             let c = &g.counters;
-            match (outcome, kind) {
-                (AckOutcome::LeaseLost, _) => c.add(&c.lost_leases, 1),
-                (AckOutcome::Ok { repeat: true }, _) => {}
-                (AckOutcome::Ok { .. }, AckKind::Accept) => c.add(&c.accepts, 1),
-                (AckOutcome::Ok { .. }, AckKind::Release { .. }) => c.add(&c.releases, 1),
-                (AckOutcome::Ok { .. }, AckKind::Reject) => c.add(&c.rejects, 1),
-                (AckOutcome::Ok { .. }, AckKind::Extend { .. }) => c.add(&c.extends, 1),
+            let counter = match (outcome, kind) {
+                (AckOutcome::LeaseLost, _) => Some(&c.lost_leases),
+                (AckOutcome::Ok { repeat: true }, _) => None,
+                (AckOutcome::Ok { .. }, AckKind::Accept) => Some(&c.accepts),
+                (AckOutcome::Ok { .. }, AckKind::Release { .. }) => Some(&c.releases),
+                (AckOutcome::Ok { .. }, AckKind::Reject) => Some(&c.rejects),
+                (AckOutcome::Ok { .. }, AckKind::Extend { .. }) => Some(&c.extends),
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             results.push(AckResult {
                 lease: lease.clone(),
@@ -481,8 +492,11 @@ impl Broker {
         if let Some(e) = failed {
             return Err(e);
         }
-        inner.sync()?;
+        let durable = inner.to_sync();
         drop(inner);
+        if let Some(journal) = durable {
+            journal.flush()?;
+        }
         if released {
             g.notify();
         }
@@ -495,10 +509,10 @@ impl Broker {
         let g = self.queue_group(group)?;
         let inner = g.lock();
         let now = now_ms();
-        let s = inner.settings.clone();
+        let s = &g.settings;
         let mut partitions = Vec::new();
         for tp in self.existing_partitions_of(&s.topics.iter().cloned().collect()) {
-            let Ok(p) = self.topic(&tp.0).and_then(|t| t.partition(tp.1).cloned()) else {
+            let Ok(p) = self.partition(&tp) else {
                 continue;
             };
             let log = p.log();
@@ -526,7 +540,7 @@ impl Broker {
         let window_full = inner.state.in_flight(now) >= s.max_in_flight;
         Ok(QueueDescription {
             name: group.to_owned(),
-            settings: s,
+            settings: s.clone(),
             partitions,
             window_full,
         })
@@ -549,18 +563,17 @@ impl Broker {
     fn tick_queue_group(&self, g: &QueueGroup) -> Result<(), BrokerError> {
         let mut inner = g.lock();
         let now = now_ms();
-        let before = inner.journal_len();
         let settled = self.settle_due(g, &mut inner, now);
-        inner.commit_staged()?;
-        let changed = inner.journal_len() != before;
-        if changed {
-            inner.sync()?;
-        }
+        let changed = inner.commit_staged()?;
+        let durable = inner.to_sync().filter(|_| changed);
         let expired = inner
             .state
             .next_due(now - 1_000)
             .is_some_and(|at| at <= now);
         drop(inner);
+        if let Some(journal) = durable {
+            journal.flush()?;
+        }
         if changed || expired {
             g.notify();
         }

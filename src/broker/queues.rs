@@ -100,16 +100,9 @@ pub struct QueueCounters {
     pub window_full: AtomicU64,
 }
 
-impl QueueCounters {
-    pub fn add(&self, c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
 /// A queue group's state under its lock.
 #[derive(Debug)]
 pub struct QueueInner {
-    pub settings: QueueSettings,
     pub state: QueueState,
     /// The state could not be rebuilt after a failed journal append: it may disagree with
     /// the journal, so the group answers nothing until the server restarts.
@@ -130,7 +123,7 @@ impl QueueInner {
         for e in events {
             self.stage(e);
         }
-        self.commit_staged()
+        self.commit_staged().map(|_| ())
     }
 
     /// Applies an event now, to be journalled by the next [`QueueInner::commit_staged`]
@@ -147,15 +140,15 @@ impl QueueInner {
 
     /// Journals the staged events in one publication. If that fails, the state is rebuilt
     /// from the journal (the staged events were applied but are not in it) and the error
-    /// returned. Blocks.
-    pub fn commit_staged(&mut self) -> Result<(), BrokerError> {
+    /// returned. Returns whether anything was written. Blocks.
+    pub fn commit_staged(&mut self) -> Result<bool, BrokerError> {
         if self.poisoned {
             return Err(BrokerError::Corrupt(
                 "this queue group's state could not be rebuilt after a failed journal write; restart the server".into(),
             ));
         }
         if self.staged.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let now = crate::log::now_ms();
         let staged = std::mem::take(&mut self.staged);
@@ -184,7 +177,7 @@ impl QueueInner {
                 tracing::error!(error = %e, "compacting a queue group's journal failed; it will be tried again");
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Writes the state as one snapshot at the head of a new segment, and deletes the
@@ -205,23 +198,17 @@ impl QueueInner {
         Ok(())
     }
 
-    /// With `default_durability = "fsync"`: makes what was committed durable (before the
-    /// answer). Blocks.
-    pub fn sync(&self) -> Result<(), BrokerError> {
-        if self.fsync {
-            self.journal.flush()?;
-        }
-        Ok(())
+    /// With `default_durability = "fsync"`: the journal to flush before the answer, which
+    /// the caller does once it let go of the group's lock (so that the group's other
+    /// calls do not wait on the disk).
+    pub fn to_sync(&self) -> Option<Arc<PartitionLog>> {
+        self.fsync.then(|| Arc::clone(&self.journal))
     }
 
     /// The journal, to flush without holding the group's lock (the maintenance task's,
     /// with the data's).
     pub fn journal(&self) -> Arc<PartitionLog> {
         Arc::clone(&self.journal)
-    }
-
-    pub fn journal_len(&self) -> u64 {
-        self.journal.end_offset() - self.journal.start_offset()
     }
 }
 
@@ -267,6 +254,8 @@ impl QueueGroup {
 #[derive(Debug)]
 pub struct QueueGroups {
     dir: PathBuf,
+    /// Held by a creation across its file work.
+    creating: Mutex<()>,
     fsync: bool,
     snapshot_every: u64,
     groups: RwLock<BTreeMap<String, Arc<QueueGroup>>>,
@@ -344,6 +333,7 @@ impl QueueGroups {
         }
         Ok(QueueGroups {
             dir: dir.to_owned(),
+            creating: Mutex::new(()),
             fsync,
             snapshot_every,
             groups: RwLock::new(groups),
@@ -370,9 +360,8 @@ impl QueueGroups {
         }
         Ok(QueueGroup {
             name: name.to_owned(),
-            settings: settings.clone(),
+            settings,
             inner: Mutex::new(QueueInner {
-                settings,
                 state,
                 poisoned: false,
                 snapshot_every,
@@ -391,6 +380,7 @@ impl QueueGroups {
     pub fn empty() -> Self {
         QueueGroups {
             dir: PathBuf::new(),
+            creating: Mutex::new(()),
             fsync: false,
             snapshot_every: SNAPSHOT_EVERY,
             groups: RwLock::new(BTreeMap::new()),
@@ -430,8 +420,10 @@ impl QueueGroups {
         // The same topics in another order are the same settings.
         settings.topics.sort();
         settings.topics.dedup();
-        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(g) = groups.get(group) {
+        // Creations take turns; the map's lock, which readers on async workers take, is
+        // held only to look up and to insert, never across the file work.
+        let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = self.get(group) {
             return if g.settings == settings {
                 Ok(false)
             } else {
@@ -449,7 +441,10 @@ impl QueueGroups {
         // The settings file last: a group directory without it is not a group.
         write_durably(&path.join("settings.json"), &json)?;
         crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
-        groups.insert(group.to_owned(), Arc::new(g));
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.to_owned(), Arc::new(g));
         Ok(true)
     }
 }

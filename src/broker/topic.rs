@@ -493,6 +493,19 @@ impl Topic {
 
 /// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, fsync of
 /// the directory.
+/// Removes `path` (gone already is fine) and syncs its directory. Blocks.
+pub fn remove_durably(path: &Path) -> Result<(), BrokerError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(BrokerError::io(path, e)),
+    }
+    if let Some(dir) = path.parent() {
+        crate::log::sync_dir(dir).map_err(BrokerError::Log)?;
+    }
+    Ok(())
+}
+
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), BrokerError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
