@@ -27,18 +27,6 @@ use server::Server;
 
 const PARTITIONS: u64 = 4;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Reads everything a fetcher is given, until `records` records; returns the bytes read.
 /// `url` is a partition's records (with `offset=` appended) or a member's records.
 async fn drain(
@@ -62,11 +50,14 @@ async fn drain(
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), 200);
         if octets {
-            let n: u64 = r.headers()["x-mapq-next-offset"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
+            // An empty member answer names no partition and no next offset: no progress.
+            let Some(n) = r
+                .headers()
+                .get("x-mapq-next-offset")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            else {
+                continue;
+            };
             let body = r.bytes().await.unwrap();
             bytes += body.len() as u64;
             got += n - next;
@@ -148,9 +139,13 @@ fn member_loop(
                 owned.clear();
                 continue;
             }
-            let a: Value = r.json().await.unwrap();
-            epoch = a["member_epoch"].as_u64().unwrap();
-            owned = a["assignment"].as_array().unwrap().clone();
+            // A task nobody awaits: an answer that does not parse starts the member over
+            // instead of a panic that would be lost.
+            let a: Value = r.json().await.unwrap_or_default();
+            match (a["member_epoch"].as_u64(), a["assignment"].as_array()) {
+                (Some(e), Some(assignment)) => (epoch, owned) = (e, assignment.clone()),
+                _ => (epoch, owned) = (0, Vec::new()),
+            }
         }
     })
 }
@@ -213,7 +208,7 @@ async fn last_reconcile_ms(http: &Client, base: &str) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let records = env_u64("MAPQ_BENCH_RECORDS", 200_000);
+    let records = server::env_u64("MAPQ_BENCH_RECORDS", 200_000);
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let base = server.base.clone();
@@ -267,7 +262,7 @@ async fn main() {
     println!("| fetch, 4 fetchers | plain partition consume MB/s | 4 group members MB/s | members / plain |");
     println!("|---|---|---|---|");
     for (what, plain, members) in rows {
-        let (p, m) = (median(plain), median(members));
+        let (p, m) = (server::median(plain), server::median(members));
         println!("| {what} | {p:.0} | {m:.0} | {:.2} |", m / p);
     }
 
@@ -327,15 +322,15 @@ async fn main() {
     println!("|---|---|---|---|");
     println!(
         "| a 5th member joins 4 | {:.1} | {:.1} | {:.1} |",
-        median(joins.clone()),
+        server::median(joins.clone()),
         max(&joins),
-        median(server_joins)
+        server::median(server_joins)
     );
     println!(
         "| the 5th leaves | {:.1} | {:.1} | {:.1} |",
-        median(leaves.clone()),
+        server::median(leaves.clone()),
         max(&leaves),
-        median(server_leaves)
+        server::median(server_leaves)
     );
     drop(server);
 }

@@ -23,13 +23,6 @@ use mapq::log::format::{BatchHead, Record, RequestTag};
 use mapq::log::{now_ms, LogConfig, PartitionLog};
 use server::Server;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Records per second of one `mapq bench --produce-only` run.
 fn produce(server: &Server, format: &str, keys: bool, records: u64) -> f64 {
     let records = records.to_string();
@@ -49,11 +42,6 @@ fn produce(server: &Server, format: &str, keys: bool, records: u64) -> f64 {
         args.push("--idempotency-keys");
     }
     server::produce_figures(server, &args)["records_per_s"]
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A metric's value for topic `topic` from the server's `/metrics`, once the server has
@@ -107,8 +95,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let records = env_u64("MAPQ_BENCH_RECORDS", 200_000);
-    let keys = env_u64("MAPQ_BENCH_KEYS", 1_000_000);
+    let records = server::env_u64("MAPQ_BENCH_RECORDS", 200_000);
+    let keys = server::env_u64("MAPQ_BENCH_KEYS", 1_000_000);
     let dir = tempfile::tempdir().expect("temp dir");
 
     // 1. Throughput with and without keys (MAPQ_BENCH_REBUILD_ONLY=1 skips it).
@@ -124,7 +112,7 @@ fn main() {
             plain.push(produce(&server, format, false, records));
             keyed.push(produce(&server, format, true, records));
         }
-        let (p, k) = (median(plain.clone()), median(keyed.clone()));
+        let (p, k) = (server::median(plain.clone()), server::median(keyed.clone()));
         println!(
             "RESULT produce_{format}_1KiB_batch100_4conns without_keys_records_per_s={p:.0} with_keys_records_per_s={k:.0} ratio={:.3} runs_without={plain:.0?} runs_with={keyed:.0?}",
             k / p

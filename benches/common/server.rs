@@ -88,3 +88,17 @@ pub fn produce_figures(server: &Server, args: &[&str]) -> std::collections::BTre
         })
         .collect()
 }
+
+/// A number from the environment (a benchmark's knob), else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of some figures.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

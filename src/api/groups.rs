@@ -52,7 +52,7 @@ pub struct GroupList {
 pub enum GroupType {
     /// Members share the partitions: each partition is owned by one member at a time.
     Partitioned,
-    /// Per-record leases, acks and dead letters (not available in this version).
+    /// Per-record leases, acks and dead letters.
     Queue,
 }
 

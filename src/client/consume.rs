@@ -263,15 +263,22 @@ fn with_partition(partition: u32, r: &Value) -> Value {
 /// A record's value as a shell user expects it: a string as its text, other JSON as its
 /// JSON text, bytes as they are; then a newline.
 pub(super) fn write_value(out: &mut impl Write, r: &Value) -> std::io::Result<()> {
-    match (&r["value"], r["value_b64"].as_str()) {
-        (_, Some(b64)) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap_or_else(|_| b64.as_bytes().to_vec());
-            out.write_all(&bytes)?;
-        }
-        (Value::String(s), None) => out.write_all(s.as_bytes())?,
-        (v, None) => write!(out, "{v}")?,
-    }
+    out.write_all(&value_bytes(r).unwrap_or_else(|| b"null".to_vec()))?;
     out.write_all(b"\n")
+}
+
+/// A record object's value as bytes: a string as its text, other JSON as its JSON text,
+/// `value_b64` decoded; `None` for a null value (neither field).
+pub(super) fn value_bytes(r: &Value) -> Option<Vec<u8>> {
+    if let Some(b64) = r["value_b64"].as_str() {
+        return Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_else(|_| b64.as_bytes().to_vec()),
+        );
+    }
+    match r.get("value")? {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        v => Some(v.to_string().into_bytes()),
+    }
 }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use super::consume::value_bytes;
 use super::{Api, ClientArgs, ClientError, Result};
 
 #[derive(Debug, clap::Subcommand)]
@@ -46,19 +46,6 @@ pub struct WorkArgs {
     /// The command and its arguments (after `--`).
     #[arg(required = true, last = true)]
     pub command: Vec<String>,
-}
-
-/// A record's value as bytes: a string as its text, other JSON as its JSON text, bytes as
-/// they are.
-fn value_bytes(r: &Value) -> Vec<u8> {
-    match (&r["value"], r["value_b64"].as_str()) {
-        (_, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .unwrap_or_default(),
-        (Value::String(s), None) => s.as_bytes().to_vec(),
-        (Value::Null, None) => Vec::new(),
-        (v, None) => v.to_string().into_bytes(),
-    }
 }
 
 /// Acks one record; `false` when the lease was lost (the record was leased again: the ack
@@ -105,7 +92,8 @@ async fn run_one(api: &Api, w: &WorkArgs, r: &Value) -> Result<Value> {
         .spawn()
         .map_err(|e| ClientError(format!("cannot run {:?}: {e}", w.command[0])))?;
     if let Some(mut stdin) = child.stdin.take() {
-        let value = value_bytes(r);
+        // A null value (a tombstone) is an empty input.
+        let value = value_bytes(r).unwrap_or_default();
         // A command that does not read its input is no failure.
         let _ = stdin.write_all(&value).await;
     }

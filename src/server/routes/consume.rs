@@ -116,12 +116,7 @@ pub(crate) fn read_budget(
     if max_records == 0 {
         return Err(ApiError::bad_request("max_records must be at least 1"));
     }
-    let wait_ms = wait_ms.unwrap_or(0);
-    if wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}"
-        )));
-    }
+    let wait_ms = check_wait_ms(wait_ms.unwrap_or(0))?;
     let limits = ReadLimits {
         max_records: max_records.min(MAX_RECORDS_CAP),
         max_bytes: max_bytes.unwrap_or(1 << 20).min(MAX_BYTES_CAP),
@@ -144,11 +139,26 @@ pub(crate) fn count_read(state: &AppState, topic: &str, partition: u32, batch: &
         .inc_by(batch.byte_len() as u64);
 }
 
-pub(crate) fn wants_octets(headers: &HeaderMap) -> bool {
+/// A long-poll's `wait_ms`: at most [`MAX_WAIT_MS`], else `400`.
+pub(crate) fn check_wait_ms(wait_ms: u64) -> ApiResult<u64> {
+    if wait_ms > MAX_WAIT_MS {
+        return Err(ApiError::bad_request(format!(
+            "wait_ms must be at most {MAX_WAIT_MS}"
+        )));
+    }
+    Ok(wait_ms)
+}
+
+/// Whether the request's `Accept` names `media`.
+pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("application/octet-stream"))
+        .is_some_and(|a| a.contains(media))
+}
+
+pub(crate) fn wants_octets(headers: &HeaderMap) -> bool {
+    accepts(headers, "application/octet-stream")
 }
 
 /// The errors `consume` answers with (besides those of every route).

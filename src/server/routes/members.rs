@@ -26,8 +26,8 @@ use crate::broker::{validate_name, HeartbeatCall};
 use crate::log::{ReadBatch, StoredRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::routes::consume::{
-    count_read, json_records_response, octets_response, read_budget, record_json, wait_for,
-    wants_octets, MAX_WAIT_MS,
+    check_wait_ms, count_read, json_records_response, octets_response, read_budget, record_json,
+    wait_for, wants_octets,
 };
 use crate::server::{blocking, AppState};
 
@@ -204,11 +204,7 @@ pub async fn join(
             return Err(crate::server::forbidden(&principal));
         }
     }
-    if req.wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}"
-        )));
-    }
+    check_wait_ms(req.wait_ms)?;
     let broker = state.broker()?;
     // A long-poll ends well within the member's session and the request timeout.
     let session = {

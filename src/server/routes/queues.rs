@@ -21,7 +21,7 @@ use crate::broker::queues::{QueueSettings, MAX_LEASE_MS};
 use crate::broker::{validate_name, Broker, LeasedRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::routes::consume::{
-    count_read, json_records_response, record_json, wait_for, MAX_WAIT_MS,
+    accepts, check_wait_ms, count_read, json_records_response, record_json, wait_for,
 };
 use crate::server::{blocking, AppState};
 
@@ -41,11 +41,18 @@ pub fn settings_out(name: &str, s: &QueueSettings) -> QueueSettingsOut {
 }
 
 /// Leasing and acking need `consume` on every topic of the group.
-fn may_work(broker: &Broker, principal: &Principal, group: &str) -> ApiResult<()> {
+fn may_work(
+    broker: &Broker,
+    principal: &Principal,
+    group: &str,
+) -> ApiResult<Arc<crate::broker::queues::QueueGroup>> {
     let g = broker.queue_group(group)?;
-    let topics = &g.settings.topics;
-    if topics.iter().all(|t| principal.may(Permission::Consume, t)) {
-        Ok(())
+    if g.settings
+        .topics
+        .iter()
+        .all(|t| principal.may(Permission::Consume, t))
+    {
+        Ok(g)
     } else {
         Err(crate::server::forbidden(principal))
     }
@@ -138,11 +145,7 @@ pub async fn lease(
             "max_records must be from 1 to {MAX_LEASE_RECORDS}"
         )));
     }
-    if req.wait_ms > MAX_WAIT_MS {
-        return Err(ApiError::bad_request(format!(
-            "wait_ms must be at most {MAX_WAIT_MS}"
-        )));
-    }
+    check_wait_ms(req.wait_ms)?;
     if let Some(m) = &req.member {
         validate_name(m)?;
     }
@@ -171,12 +174,8 @@ pub async fn lease(
         count_read(&state, topic, *partition, batch);
     }
     drop(served);
-    let binary = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains(LEASES_MEDIA_TYPE));
-    if binary {
-        return Ok(lease_frames(answer.records, answer.window_full));
+    if accepts(&headers, LEASES_MEDIA_TYPE) {
+        return lease_frames(answer.records, answer.window_full);
     }
     blocking(move || Ok(lease_json(&answer.records, answer.window_full))).await
 }
@@ -187,7 +186,7 @@ pub async fn lease(
 /// the same order, sent from the mapping without a copy.
 pub const LEASES_MEDIA_TYPE: &str = "application/vnd.mapq.leases";
 
-fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
+fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> ApiResult<Response> {
     #[derive(serde::Serialize)]
     struct Lease<'a> {
         topic: &'a str,
@@ -218,7 +217,7 @@ fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
             .collect(),
         window_full,
     };
-    let prelude = serde_json::to_vec(&prelude).unwrap_or_default();
+    let prelude = serde_json::to_vec(&prelude).map_err(ApiError::internal)?;
     let mut head = Vec::with_capacity(4 + prelude.len());
     head.extend_from_slice(&(prelude.len() as u32).to_le_bytes());
     head.extend_from_slice(&prelude);
@@ -235,7 +234,7 @@ fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> Response {
         HeaderValue::from_static(LEASES_MEDIA_TYPE),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    resp
+    Ok(resp)
 }
 
 fn lease_json(records: &[LeasedRecord], window_full: bool) -> Response {
@@ -291,8 +290,7 @@ pub async fn ack(
         return Err(ApiError::bad_request("`acks` is empty"));
     }
     let broker = state.broker()?;
-    may_work(&broker, &principal, &group)?;
-    let default_lease = broker.queue_group(&group)?.settings.lease_ms;
+    let default_lease = may_work(&broker, &principal, &group)?.settings.lease_ms;
     let mut acks = Vec::with_capacity(req.acks.len());
     for (i, a) in req.acks.into_iter().enumerate() {
         let token = Token::decode(&a.lease).ok_or_else(|| {

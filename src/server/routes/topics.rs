@@ -82,13 +82,15 @@ pub async fn create_topic(
         })?,
     };
     let broker = state.broker()?;
-    let t = blocking(move || {
+    // The description counts the idempotency keys under their lock: off the async workers.
+    let described = blocking(move || {
         broker
             .create_topic(&req.name, req.partitions, overrides)
+            .map(|t| describe(&t))
             .map_err(ApiError::from)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(describe(&t))))
+    Ok((StatusCode::CREATED, Json(described)))
 }
 
 /// The errors `list_topics` answers with (besides those of every route).
@@ -134,7 +136,9 @@ pub async fn describe_topic(
 ) -> ApiResult<Json<TopicDescription>> {
     record_target(&topic, None);
     let t = state.broker_for_read()?.topic(&topic)?;
-    Ok(Json(describe(&t)))
+    // The description counts the idempotency keys under the lock produce claims take (and
+    // may purge expired ones): off the async workers.
+    Ok(Json(blocking(move || Ok(describe(&t))).await?))
 }
 
 /// The errors `delete_topic` answers with (besides those of every route).
