@@ -28,6 +28,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(tls::acceptor(&config.tls_cert_file, &config.tls_key_file)?)
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let kafka_tls = tls.clone();
     // A data directory in use by another server is refused before this one listens.
     let lock = {
         let config = Arc::clone(&config);
@@ -46,6 +47,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     // Tests and scripts read the bound address (port 0 picks one) from this line.
     println!("mapq listening on {scheme}://{addr}");
+    let kafka_listener = crate::kafka::bind(&state).await?;
 
     // Recovery runs while /healthz already answers and /readyz says 503.
     let recovering = {
@@ -99,8 +101,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     let maintenance = crate::maintenance::spawn(Arc::clone(&broker), state.shutdown_signal());
+    let kafka = kafka_listener.map(|l| {
+        tokio::spawn(crate::kafka::serve(
+            l,
+            Arc::clone(&broker),
+            state.clone(),
+            kafka_tls.clone(),
+        ))
+    });
 
     server.await?;
+    if let Some(k) = kafka {
+        let _ = k.await;
+    }
     let _ = maintenance.await;
     tokio::task::spawn_blocking(move || broker.flush_all()).await??;
     tracing::info!("all partitions flushed; bye");

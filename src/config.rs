@@ -75,6 +75,11 @@ pub struct Config {
     /// PEM certificate chain; with `tls_key_file`, the server speaks only TLS. Empty: no TLS.
     pub tls_cert_file: PathBuf,
     pub tls_key_file: PathBuf,
+    /// The Kafka listener's address (`host:port`); empty: none.
+    pub kafka_listen: String,
+    /// The `host:port` Kafka clients are told to connect to; empty: the bound address.
+    pub kafka_advertised_listener: String,
+    pub kafka_group_initial_rebalance_delay_ms: u64,
 }
 
 /// Variables of the `mapq` client commands (`--token`, `--cacert`, `--server`): a shell that
@@ -160,6 +165,8 @@ pub struct Overrides {
     /// An address or `host:port`, resolved like the `listen` setting.
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// Like `listen`, for the Kafka listener; empty turns it off.
+    pub kafka_listen: Option<String>,
 }
 
 impl Config {
@@ -241,6 +248,9 @@ impl Config {
         }
         if let Some(listen) = &overrides.listen {
             table.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if let Some(kafka) = &overrides.kafka_listen {
+            table.insert("kafka_listen".into(), toml::Value::String(kafka.clone()));
         }
         if let Some(dir) = &overrides.data_dir {
             table.insert(
@@ -385,6 +395,24 @@ impl Config {
                 "tls_cert_file",
                 "tls_cert_file and tls_key_file must be set together",
             );
+        }
+        if !self.kafka_listen.is_empty() {
+            if let Err(e) = resolve_addr(&self.kafka_listen) {
+                return bad("kafka_listen", &e);
+            }
+        }
+        if !self.kafka_advertised_listener.is_empty() {
+            let port = self
+                .kafka_advertised_listener
+                .rsplit_once(':')
+                .and_then(|(host, port)| (!host.is_empty()).then(|| port.parse::<u16>().ok()))
+                .flatten();
+            if port.is_none() {
+                return bad(
+                    "kafka_advertised_listener",
+                    "must be host:port, such as kafka.example.com:9092",
+                );
+            }
         }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");
@@ -541,6 +569,7 @@ mod tests {
         let flags = Overrides {
             listen: Some("localhost:0".into()),
             data_dir: None,
+            kafka_listen: None,
         };
         let c = Config::load(None, [], &flags).unwrap();
         assert!(c.listen.ip().is_loopback());
@@ -619,9 +648,11 @@ mod tests {
         let flags = Overrides {
             listen: Some("127.0.0.1:3".into()),
             data_dir: Some("/tmp/x".into()),
+            kafka_listen: Some(String::new()),
         };
         let c = Config::load(Some(&f), env, &flags).unwrap();
         assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.kafka_listen, "", "the flag turns the Kafka listener off");
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
     }
 }

@@ -50,6 +50,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod kafka;
 pub mod log;
 pub mod maintenance;
 pub mod server;

@@ -332,12 +332,19 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
 fn serve_like_a_container(data_dir: &Path, config: &Path, env: &[(String, String)]) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
     // The flags win over MAPQ_LISTEN and MAPQ_DATA_DIR, which hold the container's values.
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--kafka-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data_dir)
+    .arg("--config")
+    .arg(config)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("MAPQ_") {
             cmd.env_remove(k);
@@ -367,6 +374,7 @@ fn serve_like_a_container(data_dir: &Path, config: &Path, env: &[(String, String
         base: base.unwrap_or_default(),
         data_dir: data_dir.to_owned(),
         log,
+        kafka: Default::default(),
     };
     assert!(
         !server.base.is_empty(),

@@ -39,7 +39,14 @@ fn a_second_server_refuses_before_it_says_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Server::start(dir.path(), &[]);
     let (code, out, err) = run(mapq()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path()));
     assert_ne!(code, 0);
     assert!(err.contains("is in use by another mapq server"), "{err}");
@@ -78,7 +85,14 @@ fn the_clients_variables_do_not_stop_the_server_and_typos_are_named() {
 fn listen_takes_a_host_name_and_the_cli_a_server_without_scheme() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = mapq()
-        .args(["serve", "--listen", "localhost:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "localhost:0",
+            "--kafka-listen",
+            "localhost:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -20,7 +20,14 @@ impl Server {
             cmd.env_remove(k);
         }
         let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env(
                 "MAPQ_LOG_LEVEL",

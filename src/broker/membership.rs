@@ -406,6 +406,11 @@ impl Broker {
         })
     }
 
+    /// Whether `group` names a group with members (HTTP members, mapq's own protocol).
+    pub fn is_member_group(&self, group: &str) -> bool {
+        self.members.get(group).is_some()
+    }
+
     /// Every group: with members, or with committed offsets only. Sorted.
     pub fn group_names(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.groups.names().into_iter().collect();

@@ -28,14 +28,14 @@ pub use membership::{
     GroupDescription, HeartbeatAnswer, HeartbeatCall, MemberDescription, MemberFetch,
     MemberFetchCall, PartitionLag,
 };
-pub use partition::{Partition, PartitionTail, ReadLimits, StartAt, Wait};
+pub use partition::{any_grows, Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use queue_ops::{
     AckResult, LeaseAnswer, LeasedRecord, QueueDescription, QueuePartitionStats, DLQ_HEADERS,
 };
 pub use stats::{
     BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats, QueueGroupStats,
 };
-pub use topic::{PartitionAppend, Topic, TopicOverrides};
+pub use topic::{write_durably, PartitionAppend, Topic, TopicOverrides};
 
 use crate::config::Config;
 use crate::log::{DiskQuota, FileWorker};

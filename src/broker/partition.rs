@@ -223,7 +223,7 @@ impl Partition {
 
 /// Resolves when any of `watched` grows past its offset (never, when `watched` is empty):
 /// a long-poll over several partitions, woken by the appends themselves.
-pub(super) async fn any_grows(watched: Vec<(Arc<Partition>, u64)>) {
+pub async fn any_grows(watched: Vec<(Arc<Partition>, u64)>) {
     use futures_util::future::{select_all, FutureExt};
     let mut appends: Vec<_> = watched
         .into_iter()

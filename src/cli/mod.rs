@@ -68,6 +68,9 @@ pub enum Command {
         /// Data directory.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Kafka listen address, e.g. 127.0.0.1:9092 (port 0: any free port; empty: none).
+        #[arg(long)]
+        kafka_listen: Option<String>,
     },
     /// HTTP load generator: produce N records, then consume them as frames and as JSON.
     Bench(crate::client::bench::BenchArgs),
@@ -135,9 +138,14 @@ pub fn run(cli: Cli) -> ExitCode {
             config,
             listen,
             data_dir,
+            kafka_listen,
         } => run_serve(
             config.as_deref(),
-            Overrides { listen, data_dir },
+            Overrides {
+                listen,
+                data_dir,
+                kafka_listen,
+            },
             cli.log_format,
         ),
         Command::Verify { data_dir } => run_verify(&data_dir),

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub bytes_read: IntCounterVec,
     long_poll_waiters: IntGauge,
     produce_duration: HistogramVec,
+    kafka_requests: IntCounterVec,
+    kafka_errors: IntCounterVec,
+    kafka_duration: HistogramVec,
+    kafka_connections: IntGauge,
+    kafka_connections_opened: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +79,32 @@ impl Metrics {
                 "Produce request latency, from the body read to the answer, by durability",
                 &["durability"],
             )?,
+            kafka_requests: counter(
+                "mapq_kafka_requests_total",
+                "Kafka protocol requests answered, by API",
+                &["api"],
+            )?,
+            kafka_errors: counter(
+                "mapq_kafka_request_errors_total",
+                "Kafka error codes in answers (one per partition, member or resource), by API and error",
+                &["api", "error"],
+            )?,
+            kafka_duration: histogram(
+                "mapq_kafka_request_duration_seconds",
+                "Kafka protocol request latency, from the decoded request to the answer, by API",
+                &["api"],
+            )?,
+            kafka_connections: gauge_alone(
+                "mapq_kafka_connections",
+                "Kafka protocol connections open",
+            )?,
+            kafka_connections_opened: registered(
+                &registry,
+                prometheus::IntCounter::new(
+                    "mapq_kafka_connections_total",
+                    "Kafka protocol connections accepted",
+                )?,
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -91,6 +122,33 @@ impl Metrics {
         self.produce_duration
             .with_label_values(&[label])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a Kafka request: its API, the errors its answer carries, its latency.
+    pub fn observe_kafka(
+        &self,
+        api: &str,
+        errors: &[kafka_protocol::ResponseError],
+        elapsed: Duration,
+    ) {
+        self.kafka_requests.with_label_values(&[api]).inc();
+        for e in errors {
+            self.kafka_errors
+                .with_label_values(&[api, &e.to_string()])
+                .inc();
+        }
+        self.kafka_duration
+            .with_label_values(&[api])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn kafka_connection_opened(&self) {
+        self.kafka_connections.inc();
+        self.kafka_connections_opened.inc();
+    }
+
+    pub fn kafka_connection_closed(&self) {
+        self.kafka_connections.dec();
     }
 
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

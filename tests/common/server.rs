@@ -13,6 +13,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Lines the server printed on stderr (its log), collected in the background.
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The Kafka listener's address, once the server printed it.
+    pub kafka: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Server {
@@ -33,8 +35,15 @@ impl Server {
 
     fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>, listen: &str) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
-        cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(data_dir);
+        cmd.args([
+            "serve",
+            "--listen",
+            listen,
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
@@ -60,10 +69,15 @@ impl Server {
             }
         });
         let (tx, rx) = mpsc::channel();
+        let kafka = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let kafka_slot = kafka.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.strip_prefix("mapq listening on ") {
                     let _ = tx.send(addr.to_owned());
+                }
+                if let Some(addr) = line.strip_prefix("mapq kafka listening on ") {
+                    *kafka_slot.lock().unwrap() = Some(addr.to_owned());
                 }
             }
         });
@@ -75,12 +89,29 @@ impl Server {
             base,
             data_dir: data_dir.to_owned(),
             log,
+            kafka,
         };
         // An https server has no raw-HTTP readiness probe: its tests wait with their client.
         if server.base.starts_with("http://") {
             server.wait_ready();
         }
         server
+    }
+
+    /// The Kafka listener's `host:port` (it is printed right after the HTTP address).
+    pub fn kafka_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = self.kafka.lock().unwrap().clone() {
+                return addr;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server printed no Kafka address: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

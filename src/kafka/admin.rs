@@ -1,0 +1,408 @@
+//! Metadata, CreateTopics, DeleteTopics, DescribeConfigs and FindCoordinator: one node that
+//! leads every partition and coordinates every group.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, MetadataRequest, MetadataResponse, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+
+use super::{kafka_error, Ctx, Outcome, NODE_ID};
+use crate::auth::Permission;
+use crate::broker::{Topic, TopicOverrides};
+
+/// DescribeConfigs' resource type of a topic, and of a broker.
+const TOPIC_RESOURCE: i8 = 2;
+const BROKER_RESOURCE: i8 = 4;
+/// DescribeConfigs' config sources.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DEFAULT: i8 = 5;
+
+impl Ctx<'_> {
+    pub(super) async fn metadata(
+        &self,
+        req: MetadataRequest,
+        out: &mut Outcome,
+    ) -> MetadataResponse {
+        let mut r = MetadataResponse::default();
+        let mut broker = MetadataResponseBroker::default();
+        broker.node_id = BrokerId(NODE_ID);
+        broker.host = self.kafka.host.clone();
+        broker.port = self.kafka.port;
+        r.brokers = vec![broker];
+        r.cluster_id = Some(StrBytes::from_static_str("mapq"));
+        r.controller_id = BrokerId(NODE_ID);
+        // Version 0 asks for every topic with an empty list, later versions with null.
+        let names: Option<Vec<String>> = match req.topics {
+            Some(t) if !(t.is_empty() && self.version == 0) => Some(
+                t.into_iter()
+                    .map(|t| t.name.map(|n| n.0.to_string()).unwrap_or_default())
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let create = self.version < 4 || req.allow_auto_topic_creation;
+        match names {
+            None => {
+                for t in self.broker().topics() {
+                    if self.principal.sees(t.name()) {
+                        r.topics.push(topic_metadata(&t));
+                    }
+                }
+            }
+            Some(names) => {
+                for name in names {
+                    let found = if !self.principal.sees(&name) {
+                        Err(ResponseError::TopicAuthorizationFailed)
+                    } else {
+                        let broker = Arc::clone(self.broker());
+                        let n = name.clone();
+                        let may_create = create && self.principal.may(Permission::Produce, &name);
+                        crate::broker::blocking(move || match broker.topic(&n) {
+                            Err(crate::broker::BrokerError::TopicNotFound(_)) if may_create => {
+                                broker.topic_for_produce(&n, [])
+                            }
+                            other => other,
+                        })
+                        .await
+                        .map_err(|e| kafka_error(&e))
+                    };
+                    match found {
+                        Ok(t) => r.topics.push(topic_metadata(&t)),
+                        Err(e) => {
+                            let mut t = MetadataResponseTopic::default();
+                            t.name = Some(TopicName(StrBytes::from_string(name)));
+                            t.error_code = out.error(e);
+                            r.topics.push(t);
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    pub(super) async fn create_topics(
+        &self,
+        req: CreateTopicsRequest,
+        out: &mut Outcome,
+    ) -> CreateTopicsResponse {
+        let mut r = CreateTopicsResponse::default();
+        for topic in req.topics {
+            let mut t = CreatableTopicResult::default();
+            t.name = topic.name.clone();
+            let name = topic.name.0.to_string();
+            let created = if !self.principal.may(Permission::Admin, &name) {
+                Err((ResponseError::TopicAuthorizationFailed, None))
+            } else {
+                match overrides_of(&topic) {
+                    Err(e) => Err(e),
+                    Ok(overrides) => {
+                        let broker = Arc::clone(self.broker());
+                        let partitions = u32::try_from(topic.num_partitions).ok();
+                        let validate_only = req.validate_only;
+                        crate::broker::blocking(move || {
+                            overrides.validate()?;
+                            if validate_only {
+                                crate::broker::validate_name(&name)?;
+                                return match broker.topic(&name) {
+                                    Ok(_) => Err(crate::broker::BrokerError::TopicExists(name)),
+                                    Err(_) => Ok(None),
+                                };
+                            }
+                            broker.create_topic(&name, partitions, overrides).map(Some)
+                        })
+                        .await
+                        .map_err(|e| (kafka_error(&e), Some(e.to_string())))
+                    }
+                }
+            };
+            match created {
+                Ok(topic) => {
+                    t.num_partitions = topic.as_ref().map_or(-1, |t| t.partition_count() as i32);
+                    t.replication_factor = 1;
+                }
+                Err((e, message)) => {
+                    t.error_code = out.error(e);
+                    t.error_message = message.map(StrBytes::from_string);
+                    t.num_partitions = -1;
+                    t.replication_factor = -1;
+                }
+            }
+            r.topics.push(t);
+        }
+        r
+    }
+
+    pub(super) async fn delete_topics(
+        &self,
+        req: DeleteTopicsRequest,
+        out: &mut Outcome,
+    ) -> DeleteTopicsResponse {
+        let mut r = DeleteTopicsResponse::default();
+        for name in req.topic_names {
+            let mut t = DeletableTopicResult::default();
+            t.name = Some(name.clone());
+            let name = name.0.to_string();
+            let result = if !self.principal.may(Permission::Admin, &name) {
+                Err(ResponseError::TopicAuthorizationFailed)
+            } else {
+                let broker = Arc::clone(self.broker());
+                crate::broker::blocking(move || broker.delete_topic(&name))
+                    .await
+                    .map_err(|e| kafka_error(&e))
+            };
+            t.error_code = out.result(result);
+            r.responses.push(t);
+        }
+        r
+    }
+
+    pub(super) fn describe_configs(
+        &self,
+        req: DescribeConfigsRequest,
+        out: &mut Outcome,
+    ) -> DescribeConfigsResponse {
+        let mut r = DescribeConfigsResponse::default();
+        for res in req.resources {
+            let mut result = DescribeConfigsResult::default();
+            result.resource_type = res.resource_type;
+            result.resource_name = res.resource_name.clone();
+            let entries = match res.resource_type {
+                TOPIC_RESOURCE => {
+                    let name = res.resource_name.to_string();
+                    if !self.principal.sees(&name) {
+                        Err(ResponseError::TopicAuthorizationFailed)
+                    } else {
+                        self.broker()
+                            .topic(&name)
+                            .map(|t| self.topic_configs(&t))
+                            .map_err(|e| kafka_error(&e))
+                    }
+                }
+                BROKER_RESOURCE => Ok(self.broker_configs()),
+                _ => Err(ResponseError::InvalidRequest),
+            };
+            match entries {
+                Ok(entries) => {
+                    result.configs = entries
+                        .into_iter()
+                        .filter(|e| {
+                            res.configuration_keys
+                                .as_ref()
+                                .is_none_or(|keys| keys.contains(&e.name))
+                        })
+                        .collect()
+                }
+                Err(e) => result.error_code = out.error(e),
+            }
+            r.results.push(result);
+        }
+        r
+    }
+
+    /// A topic's settings under Kafka's names.
+    fn topic_configs(&self, t: &Topic) -> Vec<DescribeConfigsResourceResult> {
+        let c = t.config();
+        let server = self.broker().config();
+        let limit = |v: Option<u64>| v.map_or(-1, |v| v as i64).to_string();
+        let source = |own: bool| if own { SOURCE_TOPIC } else { SOURCE_DEFAULT };
+        vec![
+            entry(
+                "retention.ms",
+                limit(c.retention_ms),
+                source(c.retention_ms != server.retention_ms),
+            ),
+            entry(
+                "retention.bytes",
+                limit(c.retention_bytes),
+                source(c.retention_bytes != server.retention_bytes),
+            ),
+            entry(
+                "segment.bytes",
+                c.segment_bytes.to_string(),
+                source(c.segment_bytes != server.segment_bytes),
+            ),
+            entry(
+                "segment.ms",
+                limit(c.segment_ms),
+                source(c.segment_ms != server.segment_ms),
+            ),
+            entry("cleanup.policy", "delete".into(), SOURCE_DEFAULT),
+            entry(
+                "max.message.bytes",
+                server.max_record_bytes.to_string(),
+                SOURCE_DEFAULT,
+            ),
+            entry(
+                "message.timestamp.type",
+                "CreateTime".into(),
+                SOURCE_DEFAULT,
+            ),
+            entry("min.insync.replicas", "1".into(), SOURCE_DEFAULT),
+        ]
+    }
+
+    fn broker_configs(&self) -> Vec<DescribeConfigsResourceResult> {
+        let c = self.broker().config();
+        vec![
+            entry(
+                "auto.create.topics.enable",
+                c.auto_create_topics.to_string(),
+                SOURCE_DEFAULT,
+            ),
+            entry(
+                "num.partitions",
+                c.default_partitions.to_string(),
+                SOURCE_DEFAULT,
+            ),
+            entry("default.replication.factor", "1".into(), SOURCE_DEFAULT),
+            entry(
+                "message.max.bytes",
+                c.max_record_bytes.to_string(),
+                SOURCE_DEFAULT,
+            ),
+        ]
+    }
+
+    pub(super) fn find_coordinator(
+        &self,
+        req: FindCoordinatorRequest,
+        out: &mut Outcome,
+    ) -> FindCoordinatorResponse {
+        let mut r = FindCoordinatorResponse::default();
+        let mut answer = |key: StrBytes| {
+            let mut c = Coordinator::default();
+            c.key = key;
+            if req.key_type != 0 {
+                // Transactions are not offered: no transaction coordinator.
+                c.error_code = out.error(ResponseError::CoordinatorNotAvailable);
+                c.node_id = BrokerId(-1);
+                c.port = -1;
+            } else {
+                c.node_id = BrokerId(NODE_ID);
+                c.host = self.kafka.host.clone();
+                c.port = self.kafka.port;
+            }
+            c
+        };
+        if self.version >= 4 {
+            r.coordinators = req
+                .coordinator_keys
+                .iter()
+                .cloned()
+                .map(&mut answer)
+                .collect();
+        } else {
+            let c = answer(req.key.clone());
+            r.error_code = c.error_code;
+            r.node_id = c.node_id;
+            r.host = c.host;
+            r.port = c.port;
+        }
+        r
+    }
+}
+
+fn entry(name: &'static str, value: String, source: i8) -> DescribeConfigsResourceResult {
+    let mut e = DescribeConfigsResourceResult::default();
+    e.name = StrBytes::from_static_str(name);
+    e.value = Some(StrBytes::from_string(value));
+    e.read_only = true;
+    e.config_source = source;
+    e
+}
+
+fn topic_metadata(t: &Topic) -> MetadataResponseTopic {
+    let mut m = MetadataResponseTopic::default();
+    m.name = Some(TopicName(StrBytes::from_string(t.name().to_owned())));
+    m.partitions = (0..t.partition_count())
+        .map(|i| {
+            let mut p = MetadataResponsePartition::default();
+            p.partition_index = i as i32;
+            p.leader_id = BrokerId(NODE_ID);
+            p.leader_epoch = 0;
+            p.replica_nodes = vec![BrokerId(NODE_ID)];
+            p.isr_nodes = vec![BrokerId(NODE_ID)];
+            p
+        })
+        .collect();
+    m
+}
+
+/// A CreateTopics entry's settings as mapq's topic overrides; Kafka settings mapq has no
+/// counterpart for are refused, rather than silently ignored.
+fn overrides_of(topic: &CreatableTopic) -> Result<TopicOverrides, (ResponseError, Option<String>)> {
+    if !matches!(topic.replication_factor, -1 | 1) {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            Some("mapq keeps one copy of each partition: replication factor 1".into()),
+        ));
+    }
+    if !topic.assignments.is_empty() {
+        return Err((
+            ResponseError::InvalidReplicaAssignment,
+            Some("replica assignments are not taken: this server holds every partition".into()),
+        ));
+    }
+    if topic.num_partitions == 0 || topic.num_partitions < -1 {
+        return Err((
+            ResponseError::InvalidPartitions,
+            Some("the number of partitions must be at least 1 (or -1: the default)".into()),
+        ));
+    }
+    let mut o = TopicOverrides::default();
+    for c in &topic.configs {
+        let value = c.value.as_ref().map(|v| v.to_string());
+        let bad = |why: &str| {
+            Err((
+                ResponseError::InvalidConfig,
+                Some(format!("{}: {why}", c.name.as_str())),
+            ))
+        };
+        let number = |v: &Option<String>| -> Option<i64> { v.as_deref()?.trim().parse().ok() };
+        // -1 means no limit, as in Kafka.
+        let limit = |v: &Option<String>| match number(v) {
+            Some(-1) => Some(None),
+            Some(n) if n >= 0 => Some(Some(n as u64)),
+            _ => None,
+        };
+        match c.name.as_str() {
+            "retention.ms" => match limit(&value) {
+                Some(l) => o.retention_ms = Some(l),
+                None => return bad("must be -1 or a number of milliseconds"),
+            },
+            "retention.bytes" => match limit(&value) {
+                Some(l) => o.retention_bytes = Some(l),
+                None => return bad("must be -1 or a number of bytes"),
+            },
+            "segment.ms" => match number(&value) {
+                Some(n) if n > 0 => o.segment_ms = Some(Some(n as u64)),
+                _ => return bad("must be a positive number of milliseconds"),
+            },
+            "segment.bytes" => match number(&value) {
+                Some(n) if n > 0 => o.segment_bytes = Some(n as u64),
+                _ => return bad("must be a positive number of bytes"),
+            },
+            "cleanup.policy" if value.as_deref() == Some("delete") => {}
+            "cleanup.policy" => return bad("only \"delete\" (compaction is not offered)"),
+            "min.insync.replicas" if value.as_deref() == Some("1") => {}
+            _ => return bad("not a setting mapq has"),
+        }
+    }
+    Ok(o)
+}

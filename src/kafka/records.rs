@@ -1,0 +1,275 @@
+//! Records at the edge: Kafka record batches (magic 2, any codec) into mapq records, and
+//! mapq records into uncompressed Kafka record batches. Keys, values and header values keep
+//! their null-ness; header names are UTF-8 in both (Kafka's are strings).
+
+use bytes::{Bytes, BytesMut};
+use indexmap::IndexMap;
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::records::{
+    Compression, Record as KafkaRecord, RecordBatchDecoder, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
+};
+
+use crate::log::format::{BatchHead, Header, ProducerStamp, Record};
+use crate::log::ReadBatch;
+
+/// One record of a produce request, owned (its parts share the request's buffer, or the
+/// decompressed one).
+#[derive(Debug)]
+pub struct Incoming {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(StrBytes, Option<Bytes>)>,
+    pub timestamp_ms: i64,
+}
+
+/// The records of one partition of a produce request.
+#[derive(Debug)]
+pub struct IncomingBatch {
+    pub records: Vec<Incoming>,
+    /// The idempotent producer's id, epoch and first sequence, when it sent them.
+    pub producer: Option<ProducerStamp>,
+    pub transactional: bool,
+}
+
+/// Decodes the record batches of one partition of a produce request: CRCs checked, any codec
+/// decompressed. Several batches are taken in order as one (Kafka sends one); their producer
+/// fields must follow on.
+pub fn decode_produce(mut bytes: Bytes, now_ms: i64) -> Result<IncomingBatch, String> {
+    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
+    let mut out = IncomingBatch {
+        records: Vec::new(),
+        producer: None,
+        transactional: false,
+    };
+    let mut expected_sequence = None;
+    for set in sets {
+        for r in set.records {
+            if r.control {
+                return Err("control records are only written by brokers".into());
+            }
+            out.transactional |= r.transactional;
+            if r.producer_id >= 0 {
+                if r.producer_epoch < 0 || r.sequence < 0 {
+                    return Err("an idempotent batch without an epoch or a sequence".into());
+                }
+                match (out.producer, expected_sequence) {
+                    (None, _) if out.records.is_empty() => {
+                        out.producer = Some(ProducerStamp {
+                            id: r.producer_id,
+                            epoch: r.producer_epoch,
+                            base_sequence: r.sequence,
+                        });
+                    }
+                    (Some(p), Some(seq))
+                        if p.id == r.producer_id
+                            && p.epoch == r.producer_epoch
+                            && r.sequence == seq => {}
+                    _ => return Err("the batches' producer fields do not follow on".into()),
+                }
+                expected_sequence = Some(r.sequence.wrapping_add(1));
+            } else if out.producer.is_some() {
+                return Err("the batches' producer fields do not follow on".into());
+            }
+            let headers = r.headers.into_iter().collect();
+            out.records.push(Incoming {
+                key: r.key,
+                value: r.value,
+                headers,
+                // No timestamp (-1): the server's clock, as for HTTP records without one.
+                timestamp_ms: if r.timestamp < 0 { now_ms } else { r.timestamp },
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The header lists of `batch`, for [`as_records`] to borrow.
+pub fn header_lists(batch: &IncomingBatch) -> Vec<Vec<Header<'_>>> {
+    batch
+        .records
+        .iter()
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(name, value)| (name.as_bytes(), value.as_deref()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The records of `batch` to append, the first carrying `head`.
+pub fn as_records<'a>(
+    batch: &'a IncomingBatch,
+    headers: &'a [Vec<Header<'a>>],
+    head: Option<BatchHead<'a>>,
+) -> Vec<Record<'a>> {
+    batch
+        .records
+        .iter()
+        .zip(headers)
+        .enumerate()
+        .map(|(i, (r, h))| Record {
+            key: r.key.as_deref(),
+            value: r.value.as_deref(),
+            headers: h,
+            timestamp_ms: r.timestamp_ms,
+            value_is_json: false,
+            batch: if i == 0 { head } else { None },
+        })
+        .collect()
+}
+
+/// Encodes what a read returned as one uncompressed record batch (magic 2, create times),
+/// starting at the first record read: a fetch from inside a batch that a producer sent gets
+/// exactly the records from its offset on.
+pub fn encode_fetch(batch: &ReadBatch, out: &mut BytesMut) -> Result<(), String> {
+    if batch.record_count == 0 {
+        return Ok(());
+    }
+    let mut first = None;
+    let records: Vec<KafkaRecord> = batch
+        .records()
+        .map(|r| {
+            let first = *first.get_or_insert(r.offset);
+            let headers: IndexMap<StrBytes, Option<Bytes>> = r
+                .headers()
+                .map(|(name, value)| {
+                    (
+                        StrBytes::from_string(String::from_utf8_lossy(name).into_owned()),
+                        value.map(Bytes::copy_from_slice),
+                    )
+                })
+                .collect();
+            KafkaRecord {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: r.offset as i64,
+                // No producer: the batch's base sequence is -1, and the encoder keeps the
+                // records of one batch while offset minus sequence stays the same.
+                sequence: (r.offset - first) as i32 - 1,
+                timestamp: r.timestamp_ms,
+                key: r.key,
+                value: r.value,
+                headers,
+            }
+        })
+        .collect();
+    RecordBatchEncoder::encode(
+        out,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka_record(
+        offset: i64,
+        key: Option<&'static [u8]>,
+        value: Option<&'static [u8]>,
+    ) -> KafkaRecord {
+        let mut headers = IndexMap::new();
+        headers.insert(
+            StrBytes::from_static_str("h"),
+            Some(Bytes::from_static(b"v")),
+        );
+        headers.insert(StrBytes::from_static_str("null"), None);
+        headers.insert(StrBytes::from_static_str("empty"), Some(Bytes::new()));
+        KafkaRecord {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: 7,
+            producer_epoch: 1,
+            timestamp_type: TimestampType::Creation,
+            offset,
+            sequence: 40 + offset as i32,
+            timestamp: 1_700_000_000_000 + offset,
+            key: key.map(Bytes::from_static),
+            value: value.map(Bytes::from_static),
+            headers,
+        }
+    }
+
+    #[test]
+    fn every_codec_decodes_to_the_same_records_nulls_kept() {
+        let sent = [
+            kafka_record(0, Some(b"k"), Some(b"v")),
+            kafka_record(1, None, None),
+            kafka_record(2, Some(b""), Some(b"")),
+        ];
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                sent.iter(),
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .unwrap();
+            let got = decode_produce(buf.freeze(), 5).unwrap();
+            assert_eq!(
+                got.producer,
+                Some(ProducerStamp {
+                    id: 7,
+                    epoch: 1,
+                    base_sequence: 40
+                }),
+                "{compression:?}"
+            );
+            assert_eq!(got.records.len(), 3);
+            assert_eq!(got.records[0].key.as_deref(), Some(&b"k"[..]));
+            assert_eq!(got.records[1].key, None);
+            assert_eq!(got.records[1].value, None);
+            assert_eq!(got.records[2].key.as_deref(), Some(&b""[..]));
+            assert_eq!(got.records[2].value.as_deref(), Some(&b""[..]));
+            assert_eq!(got.records[2].timestamp_ms, 1_700_000_000_002);
+            let h = &got.records[0].headers;
+            assert_eq!(h.len(), 3);
+            assert_eq!(h[1], (StrBytes::from_static_str("null"), None));
+            assert_eq!(
+                h[2],
+                (StrBytes::from_static_str("empty"), Some(Bytes::new()))
+            );
+        }
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_refused() {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            [kafka_record(0, Some(b"k"), Some(b"v"))].iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        let last = buf.len() - 1;
+        buf[last] ^= 0xff;
+        assert!(decode_produce(buf.freeze(), 0).is_err());
+        assert!(decode_produce(Bytes::from_static(&[0, 1, 2]), 0).is_err());
+    }
+}
