@@ -35,12 +35,17 @@ impl Server {
 
     fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>, listen: &str) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+        // Every server listens for Kafka clients on a free port, unless the test names one.
+        let kafka = env
+            .iter()
+            .find(|(k, _)| *k == "MAPQ_KAFKA_LISTEN")
+            .map_or("127.0.0.1:0", |(_, v)| v);
         cmd.args([
             "serve",
             "--listen",
             listen,
             "--kafka-listen",
-            "127.0.0.1:0",
+            kafka,
             "--data-dir",
         ])
         .arg(data_dir);
