@@ -298,11 +298,16 @@ impl Ctx<'_> {
         else {
             return fail(ResponseError::UnknownTopicOrPartition);
         };
-        let batch = match records.map(|b| records::decode_produce(b, now)) {
+        // A batch may expand to what one HTTP request may carry, no more.
+        let limit = self.broker().config().max_request_bytes as usize;
+        let batch = match records.map(|b| records::decode_produce(b, now, limit)) {
             None => return fail(ResponseError::CorruptMessage),
-            Some(Err(why)) => {
-                tracing::debug!(peer = %self.peer, client = %self.client_id, %why, "Kafka produce refused");
-                return fail(ResponseError::CorruptMessage);
+            Some(Err(refused)) => {
+                tracing::debug!(peer = %self.peer, client = %self.client_id, %refused, "Kafka produce refused");
+                return fail(match refused {
+                    records::Refused::TooLarge(_) => ResponseError::MessageTooLarge,
+                    records::Refused::Corrupt(_) => ResponseError::CorruptMessage,
+                });
             }
             Some(Ok(b)) if b.records.is_empty() => return fail(ResponseError::CorruptMessage),
             Some(Ok(b)) => b,

@@ -3,7 +3,7 @@
 //! their null-ness; header names are UTF-8 in both (Kafka's are strings).
 
 use bytes::{Bytes, BytesMut};
-use indexmap::IndexMap;
+use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{
     Compression, Record as KafkaRecord, RecordBatchDecoder, RecordBatchEncoder,
@@ -32,11 +32,101 @@ pub struct IncomingBatch {
     pub transactional: bool,
 }
 
+/// Decompresses a batch's records, refusing to produce more than `limit` bytes: a small
+/// request must not expand into gigabytes in memory.
+fn decompress_bounded(limit: usize) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> {
+    use std::io::Read;
+    move |input: &mut Bytes, codec: Compression| {
+        let input = input.split_to(input.len());
+        let too_big = || anyhow::Error::new(TooLarge(limit));
+        let reader: Box<dyn Read + '_> = match codec {
+            Compression::None => return Ok(input),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&input[..])),
+            Compression::Lz4 => Box::new(lz4::Decoder::new(&input[..])?),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&input[..])?),
+            Compression::Snappy => {
+                // Snappy states each block's length up front: check them, then decode.
+                if snappy_len(&input)? > limit {
+                    return Err(too_big());
+                }
+                use kafka_protocol::compression::Decompressor;
+                let mut b = input;
+                return kafka_protocol::compression::Snappy::decompress(
+                    &mut b,
+                    |out: &mut Bytes| Ok(out.clone()),
+                );
+            }
+        };
+        let mut out = Vec::new();
+        reader.take(limit as u64 + 1).read_to_end(&mut out)?;
+        if out.len() > limit {
+            return Err(too_big());
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// A batch that decompresses to more than the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the batch decompresses to more than {0} bytes")]
+struct TooLarge(usize);
+
+/// Why a produce's records were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// Decompressed, a batch is larger than a request may be.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Not a valid record batch (CRC, framing, codec, producer fields).
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The decompressed length of Kafka's snappy: xerial's framing (a magic header, then
+/// length-prefixed blocks) or, without the header, one raw block.
+fn snappy_len(input: &[u8]) -> anyhow::Result<usize> {
+    const MAGIC: &[u8] = b"\x82SNAPPY\x00";
+    let Some(mut rest) = input.strip_prefix(MAGIC) else {
+        return Ok(snap::raw::decompress_len(input)?);
+    };
+    // The rest of the 16-byte header: two versions.
+    rest = rest
+        .get(8..)
+        .ok_or_else(|| anyhow::anyhow!("short snappy header"))?;
+    let mut total = 0usize;
+    while !rest.is_empty() {
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| anyhow::anyhow!("short snappy block length"))?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let block = tail
+            .get(..len)
+            .ok_or_else(|| anyhow::anyhow!("short snappy block"))?;
+        total = total.saturating_add(snap::raw::decompress_len(block)?);
+        rest = &tail[len..];
+    }
+    Ok(total)
+}
+
 /// Decodes the record batches of one partition of a produce request: CRCs checked, any codec
-/// decompressed. Several batches are taken in order as one (Kafka sends one); their producer
-/// fields must follow on.
-pub fn decode_produce(mut bytes: Bytes, now_ms: i64) -> Result<IncomingBatch, String> {
-    let sets = RecordBatchDecoder::decode_all(&mut bytes).map_err(|e| e.to_string())?;
+/// decompressed (to at most `limit` bytes a batch). Several batches are taken in order as one
+/// (Kafka sends one); their producer fields must follow on.
+pub fn decode_produce(
+    mut bytes: Bytes,
+    now_ms: i64,
+    limit: usize,
+) -> Result<IncomingBatch, Refused> {
+    let decompress = decompress_bounded(limit);
+    let mut sets = Vec::new();
+    while !bytes.is_empty() {
+        sets.push(
+            RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(&decompress))
+                .map_err(|e| match e.downcast_ref::<TooLarge>() {
+                    Some(t) => Refused::TooLarge(t.to_string()),
+                    None => Refused::Corrupt(format!("{e:#}")),
+                })?,
+        );
+    }
     let mut out = IncomingBatch {
         records: Vec::new(),
         producer: None,
@@ -46,12 +136,16 @@ pub fn decode_produce(mut bytes: Bytes, now_ms: i64) -> Result<IncomingBatch, St
     for set in sets {
         for r in set.records {
             if r.control {
-                return Err("control records are only written by brokers".into());
+                return Err(Refused::Corrupt(
+                    "control records are only written by brokers".into(),
+                ));
             }
             out.transactional |= r.transactional;
             if r.producer_id >= 0 {
                 if r.producer_epoch < 0 || r.sequence < 0 {
-                    return Err("an idempotent batch without an epoch or a sequence".into());
+                    return Err(Refused::Corrupt(
+                        "an idempotent batch without an epoch or a sequence".into(),
+                    ));
                 }
                 match (out.producer, expected_sequence) {
                     (None, _) if out.records.is_empty() => {
@@ -65,11 +159,17 @@ pub fn decode_produce(mut bytes: Bytes, now_ms: i64) -> Result<IncomingBatch, St
                         if p.id == r.producer_id
                             && p.epoch == r.producer_epoch
                             && r.sequence == seq => {}
-                    _ => return Err("the batches' producer fields do not follow on".into()),
+                    _ => {
+                        return Err(Refused::Corrupt(
+                            "the batches' producer fields do not follow on".into(),
+                        ))
+                    }
                 }
                 expected_sequence = Some(r.sequence.wrapping_add(1));
             } else if out.producer.is_some() {
-                return Err("the batches' producer fields do not follow on".into());
+                return Err(Refused::Corrupt(
+                    "the batches' producer fields do not follow on".into(),
+                ));
             }
             let headers = r.headers.into_iter().collect();
             out.records.push(Incoming {
@@ -228,7 +328,7 @@ mod tests {
                 },
             )
             .unwrap();
-            let got = decode_produce(buf.freeze(), 5).unwrap();
+            let got = decode_produce(buf.freeze(), 5, 1 << 20).unwrap();
             assert_eq!(
                 got.producer,
                 Some(ProducerStamp {
@@ -269,7 +369,40 @@ mod tests {
         .unwrap();
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
-        assert!(decode_produce(buf.freeze(), 0).is_err());
-        assert!(decode_produce(Bytes::from_static(&[0, 1, 2]), 0).is_err());
+        assert!(decode_produce(buf.freeze(), 0, 1 << 20).is_err());
+        assert!(decode_produce(Bytes::from_static(&[0, 1, 2]), 0, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_batch_that_decompresses_beyond_the_limit_is_refused_under_every_codec() {
+        let big = KafkaRecord {
+            value: Some(Bytes::from(vec![0u8; 4 << 20])),
+            ..kafka_record(0, None, None)
+        };
+        for compression in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut buf = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                [big.clone()].iter(),
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .unwrap();
+            assert!(buf.len() < 1 << 20, "{compression:?} compresses zeros");
+            let e = decode_produce(buf.clone().freeze(), 0, 1 << 20).unwrap_err();
+            assert!(
+                matches!(&e, Refused::TooLarge(why) if why.contains("more than 1048576 bytes")),
+                "{compression:?}: {e:?}"
+            );
+            let got = decode_produce(buf.freeze(), 0, 8 << 20).unwrap();
+            assert_eq!(got.records[0].value.as_ref().map(Bytes::len), Some(4 << 20));
+        }
     }
 }
