@@ -198,13 +198,14 @@ impl Ctx<'_> {
                 _ => Err(ResponseError::InvalidRequest),
             };
             match entries {
+                // No keys (null, or none listed): every setting.
                 Ok(entries) => {
                     result.configs = entries
                         .into_iter()
                         .filter(|e| {
                             res.configuration_keys
                                 .as_ref()
-                                .is_none_or(|keys| keys.contains(&e.name))
+                                .is_none_or(|keys| keys.is_empty() || keys.contains(&e.name))
                         })
                         .collect()
                 }

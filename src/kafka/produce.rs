@@ -198,7 +198,11 @@ impl Ctx<'_> {
         let acks = req.acks;
         let refuse_all = if !(-1..=1).contains(&acks) {
             Some(ResponseError::InvalidRequiredAcks)
-        } else if req.transactional_id.is_some() {
+        } else if req
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| !t.0.is_empty())
+        {
             // Transactions are not offered (their APIs are not advertised).
             Some(ResponseError::TransactionalIdAuthorizationFailed)
         } else {
@@ -344,7 +348,11 @@ impl Ctx<'_> {
         let mut r = InitProducerIdResponse::default();
         r.producer_id = ProducerId(-1);
         r.producer_epoch = -1;
-        if req.transactional_id.is_some() {
+        if req
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| !t.0.is_empty())
+        {
             r.error_code = out.error(ResponseError::TransactionalIdAuthorizationFailed);
             return r;
         }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fuzz;
+pub mod kafka;
 pub mod lines;
 pub mod nobody;
 pub mod server;
