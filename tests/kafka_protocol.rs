@@ -11,14 +11,16 @@ use common::server::Server;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FetchRequest, GroupId, InitProducerIdRequest, MetadataRequest, OffsetCommitRequest,
-    ProduceRequest, ProducerId, TopicName,
+    FetchRequest, GroupId, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
+    MetadataRequest, OffsetCommitRequest, ProduceRequest, ProducerId, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -377,4 +379,127 @@ fn errors_are_kafka_codes_and_bad_bytes_close_only_their_connection() {
         "a frame beyond the limit closes the connection"
     );
     assert_eq!(c.call(1, &MetadataRequest::default()).brokers.len(), 1);
+}
+
+/// Joins `group` as a new member (version 5: the first join asks for a member id).
+fn join(
+    c: &mut KafkaClient,
+    group: &str,
+    member: &str,
+) -> kafka_protocol::messages::JoinGroupResponse {
+    let mut j = JoinGroupRequest::default();
+    j.group_id = GroupId(StrBytes::from_string(group.to_owned()));
+    j.session_timeout_ms = 10_000;
+    j.rebalance_timeout_ms = 10_000;
+    j.member_id = StrBytes::from_string(member.to_owned());
+    j.protocol_type = StrBytes::from_static_str("consumer");
+    let mut p = JoinGroupRequestProtocol::default();
+    p.name = StrBytes::from_static_str("range");
+    p.metadata = bytes::Bytes::from_static(b"subscription");
+    j.protocols = vec![p];
+    c.call(5, &j)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kafka_group_and_an_http_group_keep_to_their_own_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let addr = server.kafka_addr();
+    let http = reqwest::Client::new();
+    let mut c = KafkaClient::connect(&addr);
+    assert_eq!(produce(&mut c, "gt", batch(0, 5, None)), (0, 0));
+
+    // The classic protocol: a member id first, then the join, the leader's sync.
+    let first = join(&mut c, "kgroup", "");
+    assert_eq!(first.error_code, code(ResponseError::MemberIdRequired));
+    let id = first.member_id.to_string();
+    let joined = join(&mut c, "kgroup", &id);
+    assert_eq!(joined.error_code, 0);
+    assert_eq!(joined.leader.as_str(), id, "the only member leads");
+    assert_eq!(joined.members.len(), 1);
+    assert_eq!(joined.members[0].metadata.as_ref(), b"subscription");
+    let generation = joined.generation_id;
+    let mut sync = SyncGroupRequest::default();
+    sync.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+    sync.generation_id = generation;
+    sync.member_id = StrBytes::from_string(id.clone());
+    let mut a = SyncGroupRequestAssignment::default();
+    a.member_id = StrBytes::from_string(id.clone());
+    a.assignment = bytes::Bytes::from_static(b"gt-0");
+    sync.assignments = vec![a];
+    let synced = c.call(3, &sync);
+    assert_eq!(
+        (synced.error_code, synced.assignment.as_ref()),
+        (0, &b"gt-0"[..])
+    );
+
+    // Commits with the member's generation are the group's offsets over HTTP; a stale
+    // generation is refused.
+    let commit = |generation: i32, offset: i64| {
+        let mut r = OffsetCommitRequest::default();
+        r.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+        r.generation_id_or_member_epoch = generation;
+        r.member_id = StrBytes::from_string(id.clone());
+        let mut t = OffsetCommitRequestTopic::default();
+        t.name = name("gt");
+        let mut p = OffsetCommitRequestPartition::default();
+        p.committed_offset = offset;
+        t.partitions = vec![p];
+        r.topics = vec![t];
+        r
+    };
+    let r = c.call(8, &commit(generation, 3));
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let r = c.call(8, &commit(generation - 1, 4));
+    assert_eq!(
+        r.topics[0].partitions[0].error_code,
+        code(ResponseError::IllegalGeneration)
+    );
+    let g = common::server::get_json(&http, server.url("/v1/groups/kgroup/offsets")).await;
+    assert_eq!(g["offsets"][0]["offset"], 3, "{g}");
+
+    // While the Kafka member is there, HTTP keeps off the name.
+    let r = http
+        .put(server.url("/v1/groups/kgroup/offsets"))
+        .json(&serde_json::json!({"offsets": [{"topic": "gt", "partition": 0, "offset": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "group_exists", "{body}");
+    let r = http
+        .put(server.url("/v1/groups/kgroup"))
+        .json(&serde_json::json!({"type": "queue", "topics": ["gt"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+
+    // The member leaves: the offsets stay, and HTTP may commit again.
+    let mut leave = LeaveGroupRequest::default();
+    leave.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+    leave.member_id = StrBytes::from_string(id.clone());
+    assert_eq!(c.call(2, &leave).error_code, 0);
+    let r = http
+        .put(server.url("/v1/groups/kgroup/offsets"))
+        .json(&serde_json::json!({"offsets": [{"topic": "gt", "partition": 0, "offset": 5}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // An HTTP group with members keeps Kafka members off its name.
+    let r = http
+        .put(server.url("/v1/groups/hgroup"))
+        .json(&serde_json::json!({"type": "partitioned"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let refused = join(&mut c, "hgroup", "");
+    assert_eq!(
+        refused.error_code,
+        code(ResponseError::InconsistentGroupProtocol)
+    );
 }

@@ -101,12 +101,19 @@ impl Broker {
         Ok(out)
     }
 
-    /// `GroupExists` when `group` is a queue group (calls of partitioned groups on it).
+    /// `GroupExists` when `group` is a queue group, or has Kafka consumers in it (calls of
+    /// HTTP partitioned groups on it).
     fn not_a_queue_group(&self, group: &str) -> Result<(), BrokerError> {
         if self.is_queue_group(group) {
             return Err(BrokerError::WrongGroupType {
                 group: group.to_owned(),
                 is: "a queue group",
+            });
+        }
+        if self.has_kafka_members(group) {
+            return Err(BrokerError::WrongGroupType {
+                group: group.to_owned(),
+                is: "a Kafka consumer group with members (stop them, or commit through them)",
             });
         }
         Ok(())
@@ -369,6 +376,32 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         super::validate_name(group)?;
         self.not_a_queue_group(group)?;
+        self.commit_checked_offsets(group, member, entries)
+    }
+
+    /// A Kafka consumer group's commit, its member and generation checked by the Kafka
+    /// listener's coordinator. Durable on return. Blocks.
+    pub fn commit_kafka_offsets(
+        &self,
+        group: &str,
+        entries: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
+        super::validate_name(group)?;
+        if self.is_queue_group(group) || self.members.get(group).is_some() {
+            return Err(BrokerError::WrongGroupType {
+                group: group.to_owned(),
+                is: "a queue group or an HTTP group with members",
+            });
+        }
+        self.commit_checked_offsets(group, None, entries)
+    }
+
+    fn commit_checked_offsets(
+        &self,
+        group: &str,
+        member: Option<(&str, u64)>,
+        entries: &[(String, u32, u64)],
+    ) -> Result<(), BrokerError> {
         let check = || {
             for (topic, partition, offset) in entries {
                 let end = self.topic(topic)?.partition(*partition)?.log().end_offset();

@@ -179,8 +179,20 @@ pub struct Broker {
     flush_receiver: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Weak<Partition>>>>,
     /// Told how long each flush took (msync of one partition), wherever it ran.
     flush_observer: std::sync::OnceLock<Observer>,
+    /// Whether a group has Kafka consumers in it now (set by the Kafka listener): HTTP
+    /// members, HTTP commits and queue groups keep off such a group.
+    kafka_groups: std::sync::OnceLock<KafkaGroups>,
     /// The data directory's lock, held while the broker lives.
     _lock: fs::File,
+}
+
+/// See [`Broker::set_kafka_groups`].
+pub struct KafkaGroups(pub Box<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for KafkaGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaGroups")
+    }
 }
 
 impl Broker {
@@ -224,6 +236,7 @@ impl Broker {
             flush_requests,
             flush_receiver: std::sync::Mutex::new(Some(flush_receiver)),
             flush_observer: std::sync::OnceLock::new(),
+            kafka_groups: std::sync::OnceLock::new(),
             _lock: lock,
         };
         let mut topics = BTreeMap::new();
@@ -269,6 +282,17 @@ impl Broker {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Tells the broker which groups have Kafka consumers in them (once, by the Kafka
+    /// listener).
+    pub fn set_kafka_groups(&self, has_members: KafkaGroups) {
+        let _ = self.kafka_groups.set(has_members);
+    }
+
+    /// Whether Kafka consumers are in `group` now.
+    pub fn has_kafka_members(&self, group: &str) -> bool {
+        self.kafka_groups.get().is_some_and(|f| (f.0)(group))
     }
 
     pub fn groups(&self) -> &groups::Groups {

@@ -103,7 +103,10 @@ impl Broker {
     ) -> Result<bool, BrokerError> {
         super::validate_name(group)?;
         settings.validate()?;
-        if self.members.get(group).is_some() || self.groups.exists(group) {
+        if self.members.get(group).is_some()
+            || self.groups.exists(group)
+            || self.has_kafka_members(group)
+        {
             return Err(BrokerError::GroupExists(group.to_owned()));
         }
         for t in &settings.topics {
@@ -121,7 +124,10 @@ impl Broker {
         if let Some(g) = self.queues.get(group) {
             return Ok(g);
         }
-        if self.members.get(group).is_some() || self.groups.exists(group) {
+        if self.members.get(group).is_some()
+            || self.groups.exists(group)
+            || self.has_kafka_members(group)
+        {
             return Err(BrokerError::WrongGroupType {
                 group: group.to_owned(),
                 is: "a group with members (or committed offsets)",

@@ -744,7 +744,7 @@ impl Ctx<'_> {
         } else {
             let broker = Arc::clone(self.broker());
             let group = name.clone();
-            crate::broker::blocking(move || broker.commit_offsets(&group, None, &entries))
+            crate::broker::blocking(move || broker.commit_kafka_offsets(&group, &entries))
                 .await
                 .map_err(|e| kafka_error(&e))
         };

@@ -129,6 +129,12 @@ pub async fn serve(
         host: StrBytes::from_string(host),
         port,
     });
+    let weak = Arc::downgrade(&kafka);
+    kafka
+        .broker
+        .set_kafka_groups(crate::broker::KafkaGroups(Box::new(move |group| {
+            weak.upgrade().is_some_and(|k| k.groups.has_members(group))
+        })));
     tokio::spawn(groups::expire_members(Arc::clone(&kafka)));
     let connections = Arc::new(Semaphore::new(state.config().max_connections as usize));
     let mut shutdown = state.shutdown_signal();
@@ -559,6 +565,10 @@ pub(crate) fn kafka_error(e: &BrokerError) -> ResponseError {
         BrokerError::Log(LogError::NoSpace { .. }) => ResponseError::KafkaStorageError,
         BrokerError::Log(LogError::Deleted) => ResponseError::UnknownTopicOrPartition,
         BrokerError::TooManyWaiters => ResponseError::ThrottlingQuotaExceeded,
+        BrokerError::WrongGroupType { .. }
+        | BrokerError::GroupExists(_)
+        | BrokerError::MembersOnly(_)
+        | BrokerError::Member(_) => ResponseError::InconsistentGroupProtocol,
         _ => ResponseError::UnknownServerError,
     }
 }
