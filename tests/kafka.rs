@@ -694,3 +694,103 @@ async fn kill_9_under_an_idempotent_acks_all_producer_loses_and_duplicates_nothi
         "{checked} acknowledgements checked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_over_tls_maps_onto_tokens_and_their_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let config = dir.path().join("mapq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}\n{}",
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap(),
+            common::tokens_toml(&[("alice", "alice-secret", "a*", &["produce", "consume"])])
+        ),
+    )
+    .unwrap();
+    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let kafka = server.kafka_addr();
+    let secure = |user: &str, password: &str| {
+        let mut c = kcat(&kafka);
+        c.args([
+            "-X",
+            "security.protocol=SASL_SSL",
+            "-X",
+            "sasl.mechanisms=PLAIN",
+        ])
+        .arg("-X")
+        .arg(format!("sasl.username={user}"))
+        .arg("-X")
+        .arg(format!("sasl.password={password}"))
+        .arg("-X")
+        .arg(format!("ssl.ca.location={}", cert_file.display()));
+        c
+    };
+    ok(
+        run(
+            secure("alice", "alice-secret").args(["-P", "-t", "apples"]),
+            b"one\ntwo\n",
+            30,
+        ),
+        "kcat -P with SASL/PLAIN over TLS",
+    );
+    let out = ok(
+        run(
+            secure("alice", "alice-secret").args(["-C", "-t", "apples", "-e", "-f", "%s\n"]),
+            b"",
+            30,
+        ),
+        "kcat -C with SASL/PLAIN over TLS",
+    );
+    assert_eq!(String::from_utf8_lossy(&out), "one\ntwo\n");
+
+    // Outside the token's grant: refused per topic, the connection kept.
+    let out = run(
+        secure("alice", "alice-secret").args(["-P", "-t", "bananas"]),
+        b"x\n",
+        30,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("uthorization"), "{err}");
+
+    // A wrong password, or no SASL at all: nothing is answered but the handshake.
+    let out = run(secure("alice", "wrong").args(["-L", "-m", "2"]), b"", 30);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uthentication"),
+        "{out:?}"
+    );
+    let out = run(
+        kcat(&kafka)
+            .args(["-X", "security.protocol=SSL", "-L", "-m", "2"])
+            .arg("-X")
+            .arg(format!("ssl.ca.location={}", cert_file.display())),
+        b"",
+        30,
+    );
+    assert!(!out.status.success(), "{out:?}");
+    // Plain TCP on a TLS listener gets nowhere either.
+    let out = run(kcat(&kafka).args(["-L", "-m", "2"]), b"", 30);
+    assert!(!out.status.success(), "{out:?}");
+    // The records over HTTPS, with the same token.
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let v: Value = https
+        .get(server.url("/v1/topics/apples/partitions/0/records?offset=0"))
+        .bearer_auth("alice-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["records"][1]["value"], "two", "{v}");
+}

@@ -284,3 +284,88 @@ async fn idempotency_series_count_keys_replays_and_conflicts() {
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_requests_errors_latency_and_connections_are_counted() {
+    use common::kafka::{batch, KafkaClient};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiVersionsRequest, MetadataRequest, ProduceRequest, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let http = Client::new();
+    let produce = |records: bytes::Bytes| {
+        let mut p = PartitionProduceData::default();
+        p.records = Some(records);
+        let mut t = TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_static_str("km"));
+        t.partition_data = vec![p];
+        let mut r = ProduceRequest::default();
+        r.acks = -1;
+        r.timeout_ms = 5000;
+        r.topic_data = vec![t];
+        r
+    };
+    let mut c = KafkaClient::connect(&server.kafka_addr());
+    c.call(3, &ApiVersionsRequest::default());
+    c.call(3, &ApiVersionsRequest::default());
+    c.call(1, &MetadataRequest::default());
+    for i in 0..3 {
+        let r = c.call(9, &produce(batch(i, 2, None)));
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let mut bad = batch(9, 1, None).to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let r = c.call(9, &produce(bad.into()));
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 2);
+
+    let s = scrape(&http, &server.base).await;
+    fn api(name: &str) -> [(&str, &str); 1] {
+        [("api", name)]
+    }
+    assert_eq!(
+        value(&s, "mapq_kafka_requests_total", &api("ApiVersions")),
+        2.0
+    );
+    assert_eq!(
+        value(&s, "mapq_kafka_requests_total", &api("Metadata")),
+        1.0
+    );
+    assert_eq!(value(&s, "mapq_kafka_requests_total", &api("Produce")), 4.0);
+    assert_eq!(
+        value(
+            &s,
+            "mapq_kafka_request_errors_total",
+            &[("api", "Produce"), ("error", "CorruptMessage")]
+        ),
+        1.0
+    );
+    assert_eq!(samples(&s, "mapq_kafka_request_errors_total").len(), 1);
+    assert_eq!(
+        value(&s, "mapq_kafka_request_duration_seconds", &api("Produce")),
+        4.0
+    );
+    assert_eq!(value(&s, "mapq_kafka_connections", &[]), 1.0);
+    assert_eq!(value(&s, "mapq_kafka_connections_total", &[]), 1.0);
+    // The records the good produces appended, as the HTTP side counts them.
+    let t = get_json(&http, server.url("/v1/topics/km")).await;
+    assert_eq!(t["partition_stats"][0]["end_offset"], 6);
+
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = scrape(&http, &server.base).await;
+        if value(&s, "mapq_kafka_connections", &[]) == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed connection is still counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
