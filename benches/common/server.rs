@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 pub struct Server {
     child: Child,
     pub base: String,
+    /// The Kafka listener's `host:port`.
+    pub kafka: String,
 }
 
 impl Server {
@@ -38,16 +40,18 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start mapq serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the listening line");
-        let base = line
-            .trim()
-            .strip_prefix("mapq listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Server { child, base }
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("the listening lines");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_owned()
+        };
+        let base = line("mapq listening on ");
+        let kafka = line("mapq kafka listening on ");
+        Server { child, base, kafka }
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,371 @@
+//! The Kafka listener against HTTP binary produce of the same server (issue 19's target:
+//! within 20 %), measured in the same run.
+//!
+//! `cargo bench --bench kafka` (about a minute). Rows, 1 KiB records in batches of 1,000,
+//! `durability=memory`, one connection:
+//! - Kafka Produce (v9, acks=1, uncompressed) from a bare client of this benchmark (the
+//!   `kafka-protocol` crate's encoder, each request encoded once and sent again), one request
+//!   in flight, against `mapq bench --produce-only` (HTTP binary frames) with one in flight;
+//! - the same Kafka client with five requests in flight (librdkafka's default for an
+//!   idempotent producer), against the same HTTP figure;
+//! - Kafka Fetch of everything produced, 8 MiB per fetch, against the same client's
+//!   produce (what a consumer that keeps up must sustain);
+//! - `kcat -P` (librdkafka, Debian) producing 1 KiB lines from a file, against the bare
+//!   client: what a real client gets, when kcat is installed (root, or already there).
+//!
+//! Each pair runs `MAPQ_BENCH_ROUNDS` times (default 3) and the medians are reported;
+//! `MAPQ_BENCH_RECORDS` (default 200,000) records each. It prints a table with the ratios,
+//! and `RESULT` lines. `MAPQ_BENCH_DIR` sets the directory for data (default: the system
+//! temp dir).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{
+    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
+    ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+
+#[path = "common/server.rs"]
+mod server;
+use server::{env_u64, median, produce_figures, Server};
+
+const BATCH: usize = 1000;
+const RECORD_BYTES: usize = 1024;
+
+/// Rate in records per second, and request latency percentiles.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn median_run(runs: &[Run]) -> Run {
+    Run {
+        per_s: median(runs.iter().map(|r| r.per_s).collect()),
+        p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
+        p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
+}
+
+fn frame(api: ApiKey, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = api as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("mapq-bench"));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    let mut out = ((buf.len() + body.len()) as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&buf);
+    out.extend_from_slice(body);
+    out
+}
+
+fn read_frame(s: &mut TcpStream) -> Bytes {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("an answer");
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).expect("an answer");
+    Bytes::from(buf)
+}
+
+/// One Produce request body of `BATCH` records for `topic`, encoded once.
+fn produce_body(topic: &str) -> Vec<u8> {
+    let value = Bytes::from(vec![b'x'; RECORD_BYTES]);
+    let records: Vec<Record> = (0..BATCH)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32 - 1,
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut batch,
+        records.iter(),
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    let mut p = PartitionProduceData::default();
+    p.records = Some(batch.freeze());
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_owned()));
+    t.partition_data = vec![p];
+    let mut r = ProduceRequest::default();
+    r.acks = 1;
+    r.timeout_ms = 30_000;
+    r.topic_data = vec![t];
+    let mut body = BytesMut::new();
+    r.encode(&mut body, 9).unwrap();
+    body.to_vec()
+}
+
+/// Produces `records` records to `topic` with `in_flight` requests outstanding.
+fn kafka_produce(addr: &str, topic: &str, records: u64, in_flight: usize) -> Run {
+    let body = produce_body(topic);
+    let mut s = TcpStream::connect(addr).expect("connect to the Kafka listener");
+    s.set_nodelay(true).unwrap();
+    let requests = records.div_ceil(BATCH as u64) as usize;
+    let mut sent_at = std::collections::VecDeque::new();
+    let mut latencies = Vec::with_capacity(requests);
+    let started = Instant::now();
+    let mut sent = 0;
+    let send =
+        |s: &mut TcpStream, sent: &mut usize, sent_at: &mut std::collections::VecDeque<Instant>| {
+            s.write_all(&frame(ApiKey::Produce, 9, *sent as i32, &body))
+                .expect("send a produce");
+            sent_at.push_back(Instant::now());
+            *sent += 1;
+        };
+    while sent < requests.min(in_flight) {
+        send(&mut s, &mut sent, &mut sent_at);
+    }
+    for _ in 0..requests {
+        let mut answer = read_frame(&mut s);
+        ResponseHeader::decode(&mut answer, ApiKey::Produce.response_header_version(9)).unwrap();
+        let r = ProduceResponse::decode(&mut answer, 9).unwrap();
+        let code = r.responses[0].partition_responses[0].error_code;
+        assert_eq!(code, 0, "Kafka produce error {code}");
+        latencies.push(sent_at.pop_front().unwrap().elapsed().as_secs_f64() * 1e6);
+        if sent < requests {
+            send(&mut s, &mut sent, &mut sent_at);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Run {
+        per_s: (requests * BATCH) as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    }
+}
+
+/// Fetches `records` records of `topic` from offset 0, 8 MiB a fetch.
+fn kafka_fetch(addr: &str, topic: &str, records: u64) -> Run {
+    let mut s = TcpStream::connect(addr).expect("connect to the Kafka listener");
+    s.set_nodelay(true).unwrap();
+    let mut offset = 0i64;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut id = 0;
+    while (offset as u64) < records {
+        let mut p = FetchPartition::default();
+        p.fetch_offset = offset;
+        p.partition_max_bytes = 8 << 20;
+        let mut t = FetchTopic::default();
+        t.topic = TopicName(StrBytes::from_string(topic.to_owned()));
+        t.partitions = vec![p];
+        let mut r = FetchRequest::default();
+        r.max_wait_ms = 500;
+        r.min_bytes = 1;
+        r.max_bytes = 8 << 20;
+        r.topics = vec![t];
+        let mut body = BytesMut::new();
+        r.encode(&mut body, 11).unwrap();
+        let asked = Instant::now();
+        s.write_all(&frame(ApiKey::Fetch, 11, id, &body)).unwrap();
+        id += 1;
+        let mut answer = read_frame(&mut s);
+        ResponseHeader::decode(&mut answer, ApiKey::Fetch.response_header_version(11)).unwrap();
+        let mut r = FetchResponse::decode(&mut answer, 11).unwrap();
+        latencies.push(asked.elapsed().as_secs_f64() * 1e6);
+        let part = r.responses.remove(0).partitions.remove(0);
+        assert_eq!(part.error_code, 0, "Kafka fetch error");
+        let mut records = part.records.expect("records");
+        let sets =
+            kafka_protocol::records::RecordBatchDecoder::decode_batch_info(&mut records).unwrap();
+        let last = sets.last().expect("a batch");
+        offset = last.min_offset + i64::from(last.record_count);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Run {
+        per_s: records as f64 / elapsed,
+        p50_us: percentile(&latencies, 0.5),
+        p99_us: percentile(&latencies, 0.99),
+    }
+}
+
+/// `kcat -P` of `records` lines of 1 KiB (1023 bytes and the newline) from a file, timed
+/// whole (start-up included); `None` without kcat.
+fn kcat_produce(addr: &str, topic: &str, file: &Path, records: u64) -> Option<Run> {
+    let started = Instant::now();
+    let status = Command::new("kcat")
+        .args(["-b", addr, "-P", "-t", topic, "-X", "linger.ms=5"])
+        .args(["-X", "batch.num.messages=1000", "-X", "acks=1", "-l"])
+        .arg(file)
+        .stdout(Stdio::null())
+        .status()
+        .ok()?;
+    assert!(status.success(), "kcat -P failed");
+    Some(Run {
+        per_s: records as f64 / started.elapsed().as_secs_f64(),
+        ..Run::default()
+    })
+}
+
+/// kcat from Debian, through the test suite's installer; `false` when it cannot be had.
+fn ensure_kcat() -> bool {
+    if Command::new("kcat").arg("-V").output().is_ok() {
+        return true;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/tools/install-kafka-clients.sh"
+    );
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/kafka-clients");
+    Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn fmt_rate(per_s: f64) -> String {
+    format!(
+        "{:.0} k rec/s {:.0} MB/s",
+        per_s / 1e3,
+        per_s * RECORD_BYTES as f64 / 1e6
+    )
+}
+
+fn row(name: &str, run: Run, baseline_name: &str, baseline: Run) {
+    let ratio = run.per_s / baseline.per_s;
+    println!(
+        "{name:<30} {:>24}  p50 {:>7.0} µs  p99 {:>7.0} µs | {baseline_name:<30} {:>24} | {ratio:.2}x",
+        fmt_rate(run.per_s),
+        run.p50_us,
+        run.p99_us,
+        fmt_rate(baseline.per_s),
+    );
+    println!(
+        "RESULT {name} records_per_s={:.0} p50_us={:.0} p99_us={:.0} baseline={baseline_name} baseline_records_per_s={:.0} ratio={ratio:.3}",
+        run.per_s, run.p50_us, run.p99_us, baseline.per_s
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("kafka: benchmark");
+        return;
+    }
+    let rounds = env_u64("MAPQ_BENCH_ROUNDS", 3) as usize;
+    let records = env_u64("MAPQ_BENCH_RECORDS", 200_000);
+    let base_dir = std::env::var_os("MAPQ_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = tempfile::tempdir_in(&base_dir).expect("a data directory");
+    let server = Server::start(dir.path(), &[]);
+    let mut http = Vec::new();
+    let mut one = Vec::new();
+    let mut five = Vec::new();
+    let mut fetch = Vec::new();
+    let records_arg = records.to_string();
+    for round in 0..rounds {
+        let figures = produce_figures(
+            &server,
+            &[
+                "--batch",
+                "1000",
+                "--record-bytes",
+                "1024",
+                "--connections",
+                "1",
+                "--records",
+                &records_arg,
+            ],
+        );
+        http.push(Run {
+            per_s: figures["records_per_s"],
+            p50_us: figures["p50_us"],
+            p99_us: figures["p99_us"],
+        });
+        let topic = format!("kafka-{round}");
+        one.push(kafka_produce(&server.kafka, &topic, records, 1));
+        five.push(kafka_produce(
+            &server.kafka,
+            &format!("kafka5-{round}"),
+            records,
+            5,
+        ));
+        fetch.push(kafka_fetch(&server.kafka, &topic, records));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (http, one, five, fetch) = (
+        median_run(&http),
+        median_run(&one),
+        median_run(&five),
+        median_run(&fetch),
+    );
+    println!(
+        "1 KiB records, batches of {BATCH}, one connection, durability=memory; medians of {rounds} rounds of {records} records:"
+    );
+    row(
+        "kafka_produce_1_in_flight",
+        one,
+        "http_binary_produce",
+        http,
+    );
+    row(
+        "kafka_produce_5_in_flight",
+        five,
+        "http_binary_produce",
+        http,
+    );
+    row("kafka_fetch_8MiB", fetch, "kafka_produce_1_in_flight", one);
+    if ensure_kcat() {
+        let file = dir.path().join("lines");
+        let mut line = vec![b'x'; RECORD_BYTES - 1];
+        line.push(b'\n');
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        for _ in 0..records {
+            f.write_all(&line).unwrap();
+        }
+        f.flush().unwrap();
+        drop(f);
+        let runs: Vec<Run> = (0..rounds)
+            .filter_map(|r| kcat_produce(&server.kafka, &format!("kcat-{r}"), &file, records))
+            .collect();
+        if !runs.is_empty() {
+            row(
+                "kcat_produce",
+                median_run(&runs),
+                "kafka_produce_5_in_flight",
+                five,
+            );
+        }
+    } else {
+        println!("kcat: not installed (run as root, or install kcat), row skipped");
+    }
+}
