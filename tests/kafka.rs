@@ -11,32 +11,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::server::{output_with_deadline, Server};
 use serde_json::{json, Value};
 
-/// Where the clients are installed (once per test binary; the script serializes binaries).
 fn clients() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka-clients");
-        let script =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/install-kafka-clients.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
-            .status()
-            .expect("run tests/tools/install-kafka-clients.sh");
-        assert!(
-            out.success(),
-            "the Kafka clients could not be installed (messages above)"
-        );
-        dir
-    })
+    common::kafka::clients()
 }
 
 fn tool(name: &str) -> PathBuf {

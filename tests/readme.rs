@@ -5,7 +5,7 @@
 //! test runs them the same way: one real server on a port chosen by the OS, with its data in
 //! `<tmp>/data`, and each block in `bash -euo pipefail` with `<tmp>` as working directory (so
 //! `./data` is the server's data), `localhost:8080` and `127.0.0.1:8080` rewritten to the
-//! server's address, `MAPQ_SERVER` set to it and the freshly built `mapq` first on `PATH`.
+//! server's address (and `localhost:9092` to its Kafka listener's), `MAPQ_SERVER` set to it and the freshly built `mapq` first on `PATH`.
 //!
 //! What the README promises and this test holds it to:
 //! - Fences: `sh` blocks are run; `shell` blocks (servers, endless followers, benchmarks,
@@ -235,9 +235,10 @@ fn steps(block: &Block) -> Vec<Step> {
     steps
 }
 
-/// The step as the test runs it: against `addr`, with curl failing on HTTP errors (or, for
-/// an error shown on purpose, printing the status after the body).
-fn runnable(step: &Step, addr: &str) -> String {
+/// The step as the test runs it: against `addr` (and the Kafka listener at `kafka`), with
+/// curl failing on HTTP errors (or, for an error shown on purpose, printing the status after
+/// the body).
+fn runnable(step: &Step, addr: &str, kafka: &str) -> String {
     let curls = step.code.matches("curl").count();
     assert_eq!(
         curls,
@@ -261,6 +262,7 @@ fn runnable(step: &Step, addr: &str) -> String {
     step.text
         .replace("localhost:8080", addr)
         .replace("127.0.0.1:8080", addr)
+        .replace("localhost:9092", kafka)
         .replace("curl -s ", curl)
 }
 
@@ -395,9 +397,10 @@ fn run_block(block: &Block, dir: &Path, server: &Server) -> Result<usize, String
         block.line
     );
     let addr = server.base.trim_start_matches("http://");
+    let kafka = server.kafka_addr();
     let mut script = String::new();
     for (i, step) in steps.iter().enumerate() {
-        script.push_str(&runnable(step, addr));
+        script.push_str(&runnable(step, addr, &kafka));
         script.push_str(&format!("printf '\\n\\036mapq-readme-step {i}\\n'\n"));
     }
     let ran = run_script(&script, dir, server);
@@ -474,6 +477,10 @@ fn every_sh_block_runs_in_order_against_a_fresh_server_and_prints_what_it_says()
         "a topic list with its exact answer"
     );
 
+    // The Kafka examples use kcat, installed as for tests/kafka.rs.
+    if README.contains("kcat ") {
+        common::kafka::clients();
+    }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
     let mut checked = 0;
@@ -531,8 +538,8 @@ fn commands_are_split_at_the_end_of_their_last_line() {
             body: serde_json::json!({"error": {"code": "x"}})
         })
     );
-    assert!(runnable(&steps[0], "h:1").starts_with("curl -sS --fail-with-body -XPOST"));
-    assert!(runnable(&steps[3], "h:1").starts_with(r"curl -sS -w '\n%{http_code}' y"));
+    assert!(runnable(&steps[0], "h:1", "k:2").starts_with("curl -sS --fail-with-body -XPOST"));
+    assert!(runnable(&steps[3], "h:1", "k:2").starts_with(r"curl -sS -w '\n%{http_code}' y"));
     assert!(check(
         &Expect::Json(serde_json::json!({"timestamp_ms": 1})),
         "{\"timestamp_ms\": 7}\n"

@@ -5,6 +5,9 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +16,30 @@ use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
+
+/// Installs the Kafka clients nobody on the team wrote (kcat, confluent-kafka, kafka-python,
+/// kafkajs) with `tests/tools/install-kafka-clients.sh`, once per test binary (the script
+/// serializes binaries); returns where the PyPI and npm ones are.
+pub fn clients() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kafka-clients");
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/install-kafka-clients.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("run tests/tools/install-kafka-clients.sh");
+        assert!(
+            status.success(),
+            "the Kafka clients could not be installed (messages above)"
+        );
+        dir
+    })
+}
 
 pub struct KafkaClient {
     pub stream: TcpStream,
