@@ -608,7 +608,18 @@ fn encode(
     version: i16,
     response: ResponseKind,
 ) -> Result<BytesMut, Close> {
-    let mut buf = BytesMut::new();
+    // A fetch answer is mostly its records: room for them up front, not a buffer that
+    // doubles (and faults fresh pages in) as it fills.
+    let records: usize = match &response {
+        ResponseKind::Fetch(f) => f
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .map(|p| p.records.as_ref().map_or(0, bytes::Bytes::len))
+            .sum(),
+        _ => 0,
+    };
+    let mut buf = BytesMut::with_capacity(records + 4096);
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     header

@@ -227,6 +227,9 @@ pub fn encode_fetch(batch: &ReadBatch, out: &mut BytesMut) -> Result<(), String>
     if batch.record_count == 0 {
         return Ok(());
     }
+    // The batch is smaller than the frames it comes from (a frame's fixed part is larger
+    // than a record's varints): one allocation.
+    out.reserve(batch.byte_len() + 128);
     let mut first = None;
     let records: Vec<KafkaRecord> = batch
         .records()
