@@ -94,10 +94,19 @@ impl Ctx<'_> {
         let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
         let mut stop = self.kafka.state.shutdown_signal();
+        let failed = response
+            .responses
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .any(|p| p.error_code != 0);
         loop {
             let read = self.read_all(&wanted, max_bytes).await;
             let total: usize = read.iter().map(|r| r.as_ref().map_or(0, |b| b.len())).sum();
-            let done = total >= min_bytes.max(1)
+            // As Kafka: answered at once with min_bytes 0, with nothing to wait on, or when
+            // a partition has an error; else once min_bytes are there, or at max_wait_ms.
+            let done = total >= min_bytes
+                || wanted.is_empty()
+                || failed
                 || read.iter().any(Result::is_err)
                 || tokio::time::Instant::now() >= deadline
                 || *stop.borrow();

@@ -15,6 +15,7 @@ mod groups;
 mod produce;
 mod records;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,7 +90,9 @@ pub async fn bind(state: &AppState) -> anyhow::Result<Option<TcpListener>> {
         .map_err(|e| anyhow::anyhow!("cannot listen for Kafka clients on {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(addr = %bound, "listening for Kafka clients");
-    println!("mapq kafka listening on {bound}");
+    // Not println!: a closed standard output (a supervisor that read the first line and
+    // went away) must not stop the server.
+    let _ = writeln!(std::io::stdout(), "mapq kafka listening on {bound}");
     Ok(Some(listener))
 }
 
