@@ -365,6 +365,34 @@ fn errors_are_kafka_codes_and_bad_bytes_close_only_their_connection() {
         code(ResponseError::UnknownTopicOrPartition)
     );
 
+    // Counts that do not fit their bytes are refused before anything is allocated for
+    // them: a batch claiming 2^31 records, a request claiming 2^31 topics.
+    let mut lying = batch(0, 1, None).to_vec();
+    lying[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+    let (e, _) = produce(&mut c, "made2", lying.into());
+    assert_eq!(e, code(ResponseError::CorruptMessage));
+    let mut liar = KafkaClient::connect(&addr);
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&(ApiKey::Metadata as i16).to_be_bytes());
+    raw.extend_from_slice(&1i16.to_be_bytes());
+    raw.extend_from_slice(&5i32.to_be_bytes());
+    raw.extend_from_slice(&(-1i16).to_be_bytes());
+    raw.extend_from_slice(&i32::MAX.to_be_bytes());
+    liar.send_raw(&raw);
+    assert!(
+        liar.recv_raw().is_none(),
+        "a body that cannot be decoded closes the connection"
+    );
+    // Requests other than Produce are small: a 2 MiB one is refused unread.
+    let mut big = KafkaClient::connect(&addr);
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&(ApiKey::Metadata as i16).to_be_bytes());
+    raw.extend_from_slice(&1i16.to_be_bytes());
+    raw.extend_from_slice(&6i32.to_be_bytes());
+    raw.resize(2 << 20, 0);
+    big.send_raw(&raw);
+    assert!(big.recv_raw().is_none());
+
     // Garbage closes that connection, and only it.
     let mut junk = KafkaClient::connect(&addr);
     junk.send_raw(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1, 9, 9]);
@@ -488,6 +516,69 @@ async fn a_kafka_group_and_an_http_group_keep_to_their_own_names() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+
+    // A commit of an existing and a missing partition: the first lands, the second alone
+    // fails.
+    let joined = join(&mut c, "kgroup", "");
+    let id = join(&mut c, "kgroup", joined.member_id.as_str());
+    // (Commits wait for the leader's assignment: REBALANCE_IN_PROGRESS before the sync.)
+    let mut sync = SyncGroupRequest::default();
+    sync.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+    sync.generation_id = id.generation_id;
+    sync.member_id = id.member_id.clone();
+    assert_eq!(c.call(3, &sync).error_code, 0);
+    let mut r = OffsetCommitRequest::default();
+    r.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+    r.generation_id_or_member_epoch = id.generation_id;
+    r.member_id = id.member_id.clone();
+    let mut t = OffsetCommitRequestTopic::default();
+    t.name = name("gt");
+    t.partitions = [(0, 4), (7, 1)]
+        .into_iter()
+        .map(|(index, offset)| {
+            let mut p = OffsetCommitRequestPartition::default();
+            p.partition_index = index;
+            p.committed_offset = offset;
+            p
+        })
+        .collect();
+    r.topics = vec![t];
+    let answer = c.call(8, &r);
+    let codes: Vec<i16> = answer.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, [0, code(ResponseError::UnknownTopicOrPartition)]);
+    let g = common::server::get_json(&http, server.url("/v1/groups/kgroup/offsets")).await;
+    assert_eq!(g["offsets"][0]["offset"], 4, "{g}");
+    let mut leave = LeaveGroupRequest::default();
+    leave.group_id = GroupId(StrBytes::from_static_str("kgroup"));
+    leave.member_id = id.member_id.clone();
+    assert_eq!(c.call(2, &leave).error_code, 0);
+
+    // A static member (group.instance.id) joins at once, and when it comes back after a
+    // restart it replaces its old self instead of waiting for its session to expire.
+    let static_join = |c: &mut KafkaClient| {
+        let mut j = JoinGroupRequest::default();
+        j.group_id = GroupId(StrBytes::from_static_str("sgroup"));
+        j.session_timeout_ms = 60_000;
+        j.rebalance_timeout_ms = 60_000;
+        j.group_instance_id = Some(StrBytes::from_static_str("host-1"));
+        j.protocol_type = StrBytes::from_static_str("consumer");
+        let mut p = JoinGroupRequestProtocol::default();
+        p.name = StrBytes::from_static_str("range");
+        j.protocols = vec![p];
+        c.call(5, &j)
+    };
+    let first = static_join(&mut c);
+    assert_eq!(first.error_code, 0);
+    let started = Instant::now();
+    let again = static_join(&mut c);
+    assert_eq!(again.error_code, 0);
+    assert_ne!(again.member_id, first.member_id);
+    assert_eq!(again.members.len(), 1, "the old member is gone");
+    assert!(started.elapsed() < Duration::from_secs(10));
 
     // An HTTP group with members keeps Kafka members off its name.
     let r = http

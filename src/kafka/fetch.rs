@@ -100,6 +100,12 @@ impl Ctx<'_> {
             .flat_map(|t| &t.partitions)
             .any(|p| p.error_code != 0);
         loop {
+            // The ends before the read: an append that lands after the read, but before the
+            // wait begins, still wakes the wait.
+            let ends: Vec<u64> = wanted
+                .iter()
+                .map(|w| w.partition.log().end_offset().max(w.offset))
+                .collect();
             let read = self.read_all(&wanted, max_bytes).await;
             let total: usize = read.iter().map(|r| r.as_ref().map_or(0, |b| b.len())).sum();
             // As Kafka: answered at once with min_bytes 0, with nothing to wait on, or when
@@ -129,12 +135,8 @@ impl Ctx<'_> {
             // Woken by the append itself, not by a timer.
             let watched = wanted
                 .iter()
-                .map(|w| {
-                    (
-                        Arc::clone(&w.partition),
-                        w.partition.log().end_offset().max(w.offset),
-                    )
-                })
+                .zip(&ends)
+                .map(|(w, &end)| (Arc::clone(&w.partition), end))
                 .collect();
             tokio::select! {
                 _ = crate::broker::any_grows(watched) => {}

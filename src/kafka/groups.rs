@@ -99,6 +99,8 @@ struct Group {
     members: BTreeMap<String, Member>,
     /// Member ids handed out by MEMBER_ID_REQUIRED and not yet used to join.
     pending: HashMap<String, Instant>,
+    /// Static members (`group.instance.id`): each instance's current member id.
+    statics: HashMap<String, String>,
     /// When the rebalance under way completes, whoever has rejoined by then.
     deadline: Option<Instant>,
     /// Before this, an initial rebalance waits for more members.
@@ -116,6 +118,7 @@ impl Group {
             leader: None,
             members: BTreeMap::new(),
             pending: HashMap::new(),
+            statics: HashMap::new(),
             deadline: None,
             initial_until: None,
             next_member: 0,
@@ -230,7 +233,18 @@ impl Group {
         Ok(())
     }
 
+    /// Why a member's commit in `generation` is refused, if it is: an unknown member, an
+    /// old generation, or a rebalance waiting for the leader's assignment (Kafka's rules;
+    /// while members rejoin, the current generation may still commit).
+    fn commit_refusal(&self, member: &str, generation: i32) -> Option<ResponseError> {
+        self.check(member, generation)
+            .err()
+            .or((self.state == State::CompletingRebalance)
+                .then_some(ResponseError::RebalanceInProgress))
+    }
+
     fn remove(&mut self, member: &str, now: Instant, initial_delay: Duration) {
+        self.statics.retain(|_, m| m != member);
         if let Some(m) = self.members.remove(member) {
             if let Some(tx) = m.joined {
                 let mut r = JoinGroupResponse::default();
@@ -405,6 +419,24 @@ impl Ctx<'_> {
                 return fail(out, ResponseError::InconsistentGroupProtocol, req.member_id);
             }
             let mut member_id = req.member_id.to_string();
+            let instance = req
+                .group_instance_id
+                .as_ref()
+                .filter(|i| !i.is_empty())
+                .map(|i| i.to_string());
+            if let Some(instance) = &instance {
+                match g.statics.get(instance).cloned() {
+                    // The instance came back (restarted): its old member goes, at once,
+                    // rather than holding up the rebalance until its session expires.
+                    Some(old) if member_id.is_empty() => {
+                        g.remove(&old, now, delay);
+                    }
+                    Some(old) if old != member_id => {
+                        return fail(out, ResponseError::FencedInstanceId, req.member_id);
+                    }
+                    _ => {}
+                }
+            }
             if member_id.is_empty() {
                 g.next_member += 1;
                 member_id = format!(
@@ -417,8 +449,9 @@ impl Ctx<'_> {
                     g.next_member,
                     crate::log::now_ms()
                 );
-                if self.version >= 4 {
-                    // KIP-394: the client joins again with this id.
+                if self.version >= 4 && instance.is_none() {
+                    // KIP-394: the client joins again with this id (static members are
+                    // known by their instance id, and join at once).
                     g.pending.insert(member_id.clone(), now);
                     return fail(
                         out,
@@ -429,6 +462,9 @@ impl Ctx<'_> {
             } else if !g.members.contains_key(&member_id) && g.pending.remove(&member_id).is_none()
             {
                 return fail(out, ResponseError::UnknownMemberId, req.member_id);
+            }
+            if let Some(instance) = instance {
+                g.statics.insert(instance, member_id.clone());
             }
             let (tx, rx) = oneshot::channel();
             let assignment = g
@@ -577,15 +613,21 @@ impl Ctx<'_> {
         out: &mut Outcome,
     ) -> LeaveGroupResponse {
         let mut r = LeaveGroupResponse::default();
+        let group = self.kafka.groups.get(req.group_id.0.as_str());
         let leaving: Vec<String> = if self.version >= 3 {
+            // A static member may leave by its instance id alone.
             req.members
                 .iter()
-                .map(|m| m.member_id.to_string())
+                .map(|m| match (&m.group_instance_id, &group) {
+                    (Some(i), Some(g)) if m.member_id.is_empty() => {
+                        lock(g).statics.get(i.as_str()).cloned().unwrap_or_default()
+                    }
+                    _ => m.member_id.to_string(),
+                })
                 .collect()
         } else {
             vec![req.member_id.to_string()]
         };
-        let group = self.kafka.groups.get(req.group_id.0.as_str());
         let now = Instant::now();
         for id in leaving {
             let known = group
@@ -695,26 +737,20 @@ impl Ctx<'_> {
         let name = req.group_id.0.to_string();
         let member = req.member_id.to_string();
         let generation = req.generation_id_or_member_epoch;
-        let refused = self.group_refusal(&name).or_else(|| {
-            let group = self.kafka.groups.get(&name);
-            let simple = generation < 0 && member.is_empty();
-            match group {
-                // A commit without a member, from a consumer outside any group.
-                _ if simple => self
-                    .kafka
-                    .groups
-                    .has_members(&name)
-                    .then_some(ResponseError::UnknownMemberId),
-                None => Some(ResponseError::UnknownMemberId),
-                Some(g) => {
-                    let g = lock(&g);
-                    g.check(&member, generation)
-                        .err()
-                        .or((g.state == State::CompletingRebalance)
-                            .then_some(ResponseError::RebalanceInProgress))
-                }
-            }
+        // A commit without a member, from a consumer outside any group, is taken while the
+        // group has no members; a member's, while its generation is the group's.
+        let simple = generation < 0 && member.is_empty();
+        let group = self.kafka.groups.get(&name);
+        let refused = self.group_refusal(&name).or_else(|| match &group {
+            _ if simple => self
+                .kafka
+                .groups
+                .has_members(&name)
+                .then_some(ResponseError::UnknownMemberId),
+            None => Some(ResponseError::UnknownMemberId),
+            Some(g) => lock(g).commit_refusal(&member, generation),
         });
+        // Each partition on its own: one that does not exist fails alone.
         let mut entries = Vec::new();
         let mut codes: Vec<Vec<Option<ResponseError>>> = Vec::new();
         for t in &req.topics {
@@ -725,8 +761,18 @@ impl Ctx<'_> {
                 let e = refused
                     .or_else(|| (!allowed).then_some(ResponseError::TopicAuthorizationFailed))
                     .or_else(|| {
-                        (p.partition_index < 0 || p.committed_offset < 0)
-                            .then_some(ResponseError::InvalidCommitOffsetSize)
+                        let index = u32::try_from(p.partition_index).ok()?;
+                        let Ok(partition) = self.broker().partition(&(topic.clone(), index)) else {
+                            return Some(ResponseError::UnknownTopicOrPartition);
+                        };
+                        let end = partition.log().end_offset();
+                        u64::try_from(p.committed_offset)
+                            .ok()
+                            .filter(|&o| o <= end)
+                            .map_or(Some(ResponseError::OffsetOutOfRange), |_| None)
+                    })
+                    .or_else(|| {
+                        (p.partition_index < 0).then_some(ResponseError::UnknownTopicOrPartition)
                     });
                 if e.is_none() {
                     entries.push((
@@ -743,10 +789,26 @@ impl Ctx<'_> {
             Ok(())
         } else {
             let broker = Arc::clone(self.broker());
-            let group = name.clone();
-            crate::broker::blocking(move || broker.commit_kafka_offsets(&group, &entries))
-                .await
-                .map_err(|e| kafka_error(&e))
+            let name = name.clone();
+            let group = if simple { None } else { group };
+            let member = member.clone();
+            // A member's commit is written under the group's lock, its generation checked
+            // again: no rebalance completes between the check and the write (a member that
+            // just lost its partitions cannot overwrite the new owner's offsets).
+            crate::broker::blocking(move || {
+                let guard = group.as_ref().map(|g| lock(g));
+                if let Some(e) = guard
+                    .as_ref()
+                    .and_then(|g| g.commit_refusal(&member, generation))
+                {
+                    return Ok(Err(e));
+                }
+                let result = broker.commit_kafka_offsets(&name, &entries);
+                drop(guard);
+                Ok(result.map_err(|e| kafka_error(&e)))
+            })
+            .await
+            .unwrap_or_else(|e| Err(kafka_error(&e)))
         };
         let mut r = OffsetCommitResponse::default();
         for (t, c) in req.topics.iter().zip(codes) {

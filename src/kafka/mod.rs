@@ -43,17 +43,22 @@ const NODE_ID: i32 = 1;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Room for the parts of a request beside its records.
 const REQUEST_OVERHEAD: usize = 1 << 20;
+/// The largest request other than Produce. The protocol crate decodes a request into
+/// structs several times its size on the wire (an array entry of a few bytes becomes a
+/// struct of a hundred): metadata, commits and fetches of thousands of partitions fit.
+const MAX_OTHER_REQUEST: usize = 1 << 20;
 
 /// The versions this server speaks of each API it answers, as its ApiVersions advertises
 /// them: within what the protocol crate can decode, and up to the versions whose fields
-/// mapq fills in (no topic ids, no fetch sessions, no transactions).
+/// mapq fills in (no topic ids, no fetch sessions, no transactions, no ListOffsets by
+/// largest timestamp). OffsetFetch from version 2, the first with a top-level error.
 const API_VERSIONS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 9),
     (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 7),
+    (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 9),
     (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::OffsetFetch, 2, 7),
     (ApiKey::FindCoordinator, 0, 4),
     (ApiKey::JoinGroup, 0, 7),
     (ApiKey::Heartbeat, 0, 4),
@@ -318,6 +323,12 @@ impl<'k> Connection<'k> {
             return Err(Close::Protocol("a request shorter than its header".into()));
         }
         let key = i16::from_be_bytes([frame[0], frame[1]]);
+        if key != ApiKey::Produce as i16 && frame.len() > MAX_OTHER_REQUEST {
+            return Err(Close::Protocol(format!(
+                "a request of {} bytes (at most {MAX_OTHER_REQUEST} but for Produce)",
+                frame.len()
+            )));
+        }
         let version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let api =

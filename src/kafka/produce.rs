@@ -75,9 +75,7 @@ impl ProducerEntry {
             self.epoch = stamp.epoch;
             self.batches.clear();
         }
-        let last = stamp
-            .base_sequence
-            .wrapping_add(count.saturating_sub(1) as i32);
+        let last = records::seq_add(stamp.base_sequence, count.saturating_sub(1));
         self.batches
             .push_back((stamp.base_sequence, last, first_offset));
         while self.batches.len() > REMEMBERED_BATCHES {
@@ -102,9 +100,7 @@ impl PartitionProducers {
                 Err(ResponseError::OutOfOrderSequenceNumber)
             };
         }
-        let last = stamp
-            .base_sequence
-            .wrapping_add(count.saturating_sub(1) as i32);
+        let last = records::seq_add(stamp.base_sequence, count.saturating_sub(1));
         if let Some(&(_, _, offset)) = e
             .batches
             .iter()
@@ -113,7 +109,7 @@ impl PartitionProducers {
             return Ok(Sequence::Duplicate(offset));
         }
         match e.batches.back() {
-            Some(&(_, l, _)) if stamp.base_sequence != l.wrapping_add(1) => {
+            Some(&(_, l, _)) if stamp.base_sequence != records::seq_add(l, 1) => {
                 Err(ResponseError::OutOfOrderSequenceNumber)
             }
             _ => Ok(Sequence::Append),
@@ -304,7 +300,16 @@ impl Ctx<'_> {
         };
         // A batch may expand to what one HTTP request may carry, no more.
         let limit = self.broker().config().max_request_bytes as usize;
-        let batch = match records.map(|b| records::decode_produce(b, now, limit)) {
+        // Decompressing and checking CRCs is CPU work: off the async workers.
+        let decoded = match records {
+            None => None,
+            Some(b) => Some(
+                tokio::task::spawn_blocking(move || records::decode_produce(b, now, limit))
+                    .await
+                    .unwrap_or_else(|e| Err(records::Refused::Corrupt(e.to_string()))),
+            ),
+        };
+        let batch = match decoded {
             None => return fail(ResponseError::CorruptMessage),
             Some(Err(refused)) => {
                 tracing::debug!(peer = %self.peer, client = %self.client_id, %refused, "Kafka produce refused");
@@ -491,6 +496,29 @@ mod tests {
             s.check(stamp(0, 5), 1),
             Err(ResponseError::InvalidProducerEpoch)
         );
+    }
+
+    #[test]
+    fn sequences_wrap_from_i32_max_to_0_as_kafkas_do() {
+        let mut s = PartitionProducers::default();
+        s.by_id
+            .entry(9)
+            .or_default()
+            .remember(stamp(0, i32::MAX - 1), 2, 7);
+        assert_eq!(s.check(stamp(0, 0), 1), Ok(Sequence::Append));
+        assert_eq!(
+            s.check(stamp(0, i32::MAX - 1), 2),
+            Ok(Sequence::Duplicate(7))
+        );
+        assert_eq!(
+            s.check(stamp(0, 1), 1),
+            Err(ResponseError::OutOfOrderSequenceNumber)
+        );
+        // A batch across the wrap ends at 1.
+        s.by_id.entry(9).or_default().remember(stamp(0, 0), 1, 9);
+        s.by_id.entry(9).or_default().remember(stamp(0, 1), 5, 10);
+        assert_eq!(s.check(stamp(0, 6), 1), Ok(Sequence::Append));
+        assert_eq!(records::seq_add(i32::MAX - 1, 3), 1);
     }
 
     #[test]

@@ -32,29 +32,40 @@ pub struct IncomingBatch {
     pub transactional: bool,
 }
 
-/// Decompresses a batch's records, refusing to produce more than `limit` bytes: a small
-/// request must not expand into gigabytes in memory.
-fn decompress_bounded(limit: usize) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> {
+/// Decompresses a batch's records within what is left of `budget` (bytes, for the whole
+/// request), and checks the counts inside them before the protocol crate decodes (and
+/// allocates for) them: a small request must not expand into gigabytes in memory.
+fn decompress_bounded(
+    budget: &std::cell::Cell<usize>,
+) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> + '_ {
     use std::io::Read;
     move |input: &mut Bytes, codec: Compression| {
         let input = input.split_to(input.len());
+        let limit = budget.get();
         let too_big = || anyhow::Error::new(TooLarge(limit));
         let reader: Box<dyn Read + '_> = match codec {
-            Compression::None => return Ok(input),
+            Compression::None => {
+                check_records(&input)?;
+                return Ok(input);
+            }
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&input[..])),
             Compression::Lz4 => Box::new(lz4::Decoder::new(&input[..])?),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&input[..])?),
             Compression::Snappy => {
                 // Snappy states each block's length up front: check them, then decode.
-                if snappy_len(&input)? > limit {
+                let len = snappy_len(&input)?;
+                if len > limit {
                     return Err(too_big());
                 }
+                budget.set(limit - len);
                 use kafka_protocol::compression::Decompressor;
                 let mut b = input;
-                return kafka_protocol::compression::Snappy::decompress(
-                    &mut b,
-                    |out: &mut Bytes| Ok(out.clone()),
-                );
+                let out =
+                    kafka_protocol::compression::Snappy::decompress(&mut b, |out: &mut Bytes| {
+                        Ok(out.clone())
+                    })?;
+                check_records(&out)?;
+                return Ok(out);
             }
         };
         let mut out = Vec::new();
@@ -62,8 +73,87 @@ fn decompress_bounded(limit: usize) -> impl Fn(&mut Bytes, Compression) -> anyho
         if out.len() > limit {
             return Err(too_big());
         }
+        budget.set(limit - out.len());
+        check_records(&out)?;
         Ok(Bytes::from(out))
     }
+}
+
+/// A zigzag varint (Kafka's record fields) at the start of `buf`: its value and length.
+fn varint(buf: &[u8]) -> Option<(i64, usize)> {
+    let mut raw = 0u64;
+    for (i, &b) in buf.iter().take(10).enumerate() {
+        raw |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(((raw >> 1) as i64 ^ -((raw & 1) as i64), i + 1));
+        }
+    }
+    None
+}
+
+/// Walks the records of a batch (magic 2) and checks that each record's header count fits
+/// in its bytes (a header takes at least two): the crate sizes a map by that count before
+/// reading a header.
+fn check_records(mut rest: &[u8]) -> anyhow::Result<()> {
+    let bad = || anyhow::anyhow!("a record's lengths do not fit in its batch");
+    while !rest.is_empty() {
+        let (len, n) = varint(rest).ok_or_else(bad)?;
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        let record = rest.get(n..n + len).ok_or_else(bad)?;
+        rest = &rest[n + len..];
+        // Attributes, then the timestamp and offset deltas.
+        let mut r = record.get(1..).ok_or_else(bad)?;
+        for _ in 0..2 {
+            let (_, n) = varint(r).ok_or_else(bad)?;
+            r = &r[n..];
+        }
+        // The key and the value (-1: null).
+        for _ in 0..2 {
+            let (len, n) = varint(r).ok_or_else(bad)?;
+            let skip = if len < 0 {
+                0
+            } else {
+                usize::try_from(len).map_err(|_| bad())?
+            };
+            r = r.get(n + skip..).ok_or_else(bad)?;
+        }
+        let (headers, n) = varint(r).ok_or_else(bad)?;
+        if headers < 0 || headers as usize > (r.len() - n) / 2 {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// Checks a batch's record count against its bytes before the crate reserves room for that
+/// many records: a record takes at least 7 bytes of the batch (uncompressed) or of what the
+/// request may decompress to.
+fn check_batch_head(batch: &[u8], limit: usize) -> Result<(), Refused> {
+    // baseOffset, batchLength, then 49 bytes of header up to and including the count.
+    let (Some(len), Some(attributes), Some(count)) =
+        (batch.get(8..12), batch.get(21..23), batch.get(57..61))
+    else {
+        return Ok(()); // Too short: the crate says so.
+    };
+    let len = i32::from_be_bytes(len.try_into().unwrap_or_default());
+    let compressed = i16::from_be_bytes(attributes.try_into().unwrap_or_default()) & 7 != 0;
+    let count = i32::from_be_bytes(count.try_into().unwrap_or_default());
+    let room = if compressed {
+        limit
+    } else {
+        usize::try_from(len).unwrap_or(0).saturating_sub(49)
+    };
+    if count < 0 || count as usize > room / 7 {
+        return Err(Refused::Corrupt(format!(
+            "a batch claims {count} records in {len} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `seq` plus `n` in Kafka's sequence space: after `i32::MAX` comes 0.
+pub fn seq_add(seq: i32, n: u32) -> i32 {
+    ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
 /// A batch that decompresses to more than the limit.
@@ -116,9 +206,11 @@ pub fn decode_produce(
     now_ms: i64,
     limit: usize,
 ) -> Result<IncomingBatch, Refused> {
-    let decompress = decompress_bounded(limit);
+    let budget = std::cell::Cell::new(limit);
+    let decompress = decompress_bounded(&budget);
     let mut sets = Vec::new();
     while !bytes.is_empty() {
+        check_batch_head(&bytes, budget.get())?;
         sets.push(
             RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(&decompress))
                 .map_err(|e| match e.downcast_ref::<TooLarge>() {
@@ -132,45 +224,41 @@ pub fn decode_produce(
         producer: None,
         transactional: false,
     };
-    let mut expected_sequence = None;
+    let corrupt = |why: &str| Err(Refused::Corrupt(why.into()));
+    // The sequence the next batch must start at, after an idempotent one.
+    let mut next_sequence = None;
     for set in sets {
+        let Some(first) = set.records.first() else {
+            continue;
+        };
+        // The producer fields are the batch's, the same on each of its records.
+        if first.producer_id >= 0 {
+            if first.producer_epoch < 0 || first.sequence < 0 {
+                return corrupt("an idempotent batch without an epoch or a sequence");
+            }
+            match (out.producer, next_sequence) {
+                (None, None) if out.records.is_empty() => {
+                    out.producer = Some(ProducerStamp {
+                        id: first.producer_id,
+                        epoch: first.producer_epoch,
+                        base_sequence: first.sequence,
+                    });
+                }
+                (Some(p), Some(seq))
+                    if p.id == first.producer_id
+                        && p.epoch == first.producer_epoch
+                        && first.sequence == seq => {}
+                _ => return corrupt("the batches' producer fields do not follow on"),
+            }
+            next_sequence = Some(seq_add(first.sequence, set.records.len() as u32));
+        } else if out.producer.is_some() {
+            return corrupt("the batches' producer fields do not follow on");
+        }
         for r in set.records {
             if r.control {
-                return Err(Refused::Corrupt(
-                    "control records are only written by brokers".into(),
-                ));
+                return corrupt("control records are only written by brokers");
             }
             out.transactional |= r.transactional;
-            if r.producer_id >= 0 {
-                if r.producer_epoch < 0 || r.sequence < 0 {
-                    return Err(Refused::Corrupt(
-                        "an idempotent batch without an epoch or a sequence".into(),
-                    ));
-                }
-                match (out.producer, expected_sequence) {
-                    (None, _) if out.records.is_empty() => {
-                        out.producer = Some(ProducerStamp {
-                            id: r.producer_id,
-                            epoch: r.producer_epoch,
-                            base_sequence: r.sequence,
-                        });
-                    }
-                    (Some(p), Some(seq))
-                        if p.id == r.producer_id
-                            && p.epoch == r.producer_epoch
-                            && r.sequence == seq => {}
-                    _ => {
-                        return Err(Refused::Corrupt(
-                            "the batches' producer fields do not follow on".into(),
-                        ))
-                    }
-                }
-                expected_sequence = Some(r.sequence.wrapping_add(1));
-            } else if out.producer.is_some() {
-                return Err(Refused::Corrupt(
-                    "the batches' producer fields do not follow on".into(),
-                ));
-            }
             let headers = r.headers.into_iter().collect();
             out.records.push(Incoming {
                 key: r.key,
@@ -406,6 +494,64 @@ mod tests {
             );
             let got = decode_produce(buf.freeze(), 0, 8 << 20).unwrap();
             assert_eq!(got.records[0].value.as_ref().map(Bytes::len), Some(4 << 20));
+        }
+    }
+
+    #[test]
+    fn counts_that_do_not_fit_their_bytes_are_refused_before_anything_is_allocated() {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            [kafka_record(0, Some(b"k"), Some(b"v"))].iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
+        // The record count (after the header's first 57 bytes), claimed huge; the CRC is
+        // not even looked at.
+        let mut huge = buf.to_vec();
+        huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let e = decode_produce(Bytes::from(huge), 0, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&e, Refused::Corrupt(why) if why.contains("claims")),
+            "{e:?}"
+        );
+        // A record's header count beyond its bytes.
+        let mut record = Vec::new();
+        for v in [0i64, 0, 0, -1, 1] {
+            record.extend(zigzag(v));
+        }
+        record.push(b'v');
+        record.extend(zigzag(i32::MAX as i64));
+        let mut records = zigzag(record.len() as i64);
+        records.extend(&record);
+        assert!(check_records(&records).is_err());
+        // The same record with the one header it has room for passes.
+        let last = record.len() - 1;
+        record.truncate(last - 4);
+        record.extend(zigzag(1));
+        record.extend(zigzag(1));
+        record.push(b'h');
+        record.extend(zigzag(-1));
+        let mut records = zigzag(record.len() as i64);
+        records.extend(&record);
+        check_records(&records).unwrap();
+        assert!(varint(&[0x80; 11]).is_none());
+    }
+
+    fn zigzag(v: i64) -> Vec<u8> {
+        let mut raw = ((v << 1) ^ (v >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            let b = (raw & 0x7f) as u8;
+            raw >>= 7;
+            if raw == 0 {
+                out.push(b);
+                return out;
+            }
+            out.push(b | 0x80);
         }
     }
 }
