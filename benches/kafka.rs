@@ -18,8 +18,7 @@
 //! and `RESULT` lines. `MAPQ_BENCH_DIR` sets the directory for data (default: the system
 //! temp dir).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,14 +26,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader,
-    ResponseHeader, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::messages::{ApiKey, FetchRequest, ProduceRequest, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+#[path = "../tests/common/kafka.rs"]
+mod kafka_client;
+use kafka_client::KafkaClient;
 
 #[path = "common/server.rs"]
 mod server;
@@ -63,62 +60,14 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q) as usize]
 }
 
-fn frame(api: ApiKey, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {
-    let mut header = RequestHeader::default();
-    header.request_api_key = api as i16;
-    header.request_api_version = version;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("mapq-bench"));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, api.request_header_version(version))
-        .unwrap();
-    let mut out = ((buf.len() + body.len()) as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&buf);
-    out.extend_from_slice(body);
-    out
-}
-
-fn read_frame(s: &mut TcpStream) -> Bytes {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("an answer");
-    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).expect("an answer");
-    Bytes::from(buf)
-}
-
 /// One Produce request body of `BATCH` records for `topic`, encoded once.
 fn produce_body(topic: &str) -> Vec<u8> {
     let value = Bytes::from(vec![b'x'; RECORD_BYTES]);
-    let records: Vec<Record> = (0..BATCH)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32 - 1,
-            timestamp: 1_700_000_000_000,
-            key: None,
-            value: Some(value.clone()),
-            headers: Default::default(),
-        })
+    let records: Vec<_> = (0..BATCH)
+        .map(|i| kafka_client::bare_record(i as i64, None, Some(value.clone())))
         .collect();
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
     let mut p = PartitionProduceData::default();
-    p.records = Some(batch.freeze());
+    p.records = Some(kafka_client::encode_batch(&records));
     let mut t = TopicProduceData::default();
     t.name = TopicName(StrBytes::from_string(topic.to_owned()));
     t.partition_data = vec![p];
@@ -134,35 +83,36 @@ fn produce_body(topic: &str) -> Vec<u8> {
 /// Produces `records` records to `topic` with `in_flight` requests outstanding.
 fn kafka_produce(addr: &str, topic: &str, records: u64, in_flight: usize) -> Run {
     let body = produce_body(topic);
-    let mut s = TcpStream::connect(addr).expect("connect to the Kafka listener");
-    s.set_nodelay(true).unwrap();
+    let mut c = KafkaClient::connect(addr);
+    c.stream.set_nodelay(true).unwrap();
     let requests = records.div_ceil(BATCH as u64) as usize;
     let mut sent_at = std::collections::VecDeque::new();
     let mut latencies = Vec::with_capacity(requests);
     let started = Instant::now();
+    let mut send = |c: &mut KafkaClient| {
+        c.send_encoded(ApiKey::Produce, 9, &body);
+        sent_at.push_back(Instant::now());
+    };
     let mut sent = 0;
-    let send =
-        |s: &mut TcpStream, sent: &mut usize, sent_at: &mut std::collections::VecDeque<Instant>| {
-            s.write_all(&frame(ApiKey::Produce, 9, *sent as i32, &body))
-                .expect("send a produce");
-            sent_at.push_back(Instant::now());
-            *sent += 1;
-        };
     while sent < requests.min(in_flight) {
-        send(&mut s, &mut sent, &mut sent_at);
+        send(&mut c);
+        sent += 1;
     }
+    let mut answered = Vec::with_capacity(requests);
     for _ in 0..requests {
-        let mut answer = read_frame(&mut s);
-        ResponseHeader::decode(&mut answer, ApiKey::Produce.response_header_version(9)).unwrap();
-        let r = ProduceResponse::decode(&mut answer, 9).unwrap();
+        let (_, r) = c.recv::<ProduceRequest>(9);
+        answered.push(Instant::now());
         let code = r.responses[0].partition_responses[0].error_code;
         assert_eq!(code, 0, "Kafka produce error {code}");
-        latencies.push(sent_at.pop_front().unwrap().elapsed().as_secs_f64() * 1e6);
         if sent < requests {
-            send(&mut s, &mut sent, &mut sent_at);
+            send(&mut c);
+            sent += 1;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    for (asked, got) in sent_at.iter().zip(&answered) {
+        latencies.push(got.duration_since(*asked).as_secs_f64() * 1e6);
+    }
     latencies.sort_by(f64::total_cmp);
     Run {
         per_s: (requests * BATCH) as f64 / elapsed,
@@ -173,12 +123,11 @@ fn kafka_produce(addr: &str, topic: &str, records: u64, in_flight: usize) -> Run
 
 /// Fetches `records` records of `topic` from offset 0, 8 MiB a fetch.
 fn kafka_fetch(addr: &str, topic: &str, records: u64) -> Run {
-    let mut s = TcpStream::connect(addr).expect("connect to the Kafka listener");
-    s.set_nodelay(true).unwrap();
+    let mut c = KafkaClient::connect(addr);
+    c.stream.set_nodelay(true).unwrap();
     let mut offset = 0i64;
     let mut latencies = Vec::new();
     let started = Instant::now();
-    let mut id = 0;
     while (offset as u64) < records {
         let mut p = FetchPartition::default();
         p.fetch_offset = offset;
@@ -191,14 +140,8 @@ fn kafka_fetch(addr: &str, topic: &str, records: u64) -> Run {
         r.min_bytes = 1;
         r.max_bytes = 8 << 20;
         r.topics = vec![t];
-        let mut body = BytesMut::new();
-        r.encode(&mut body, 11).unwrap();
         let asked = Instant::now();
-        s.write_all(&frame(ApiKey::Fetch, 11, id, &body)).unwrap();
-        id += 1;
-        let mut answer = read_frame(&mut s);
-        ResponseHeader::decode(&mut answer, ApiKey::Fetch.response_header_version(11)).unwrap();
-        let mut r = FetchResponse::decode(&mut answer, 11).unwrap();
+        let mut r = c.call(11, &r);
         latencies.push(asked.elapsed().as_secs_f64() * 1e6);
         let part = r.responses.remove(0).partitions.remove(0);
         assert_eq!(part.error_code, 0, "Kafka fetch error");

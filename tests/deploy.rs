@@ -330,21 +330,14 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
 
 /// `mapq serve --config FILE` with `env` on top (as a container gets them), on a free port.
 fn serve_like_a_container(data_dir: &Path, config: &Path, env: &[(String, String)]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
     // The flags win over MAPQ_LISTEN and MAPQ_DATA_DIR, which hold the container's values.
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--kafka-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-    ])
-    .arg(data_dir)
-    .arg("--config")
-    .arg(config)
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = common::server::serve_command("127.0.0.1:0", "127.0.0.1:0");
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("MAPQ_") {
             cmd.env_remove(k);

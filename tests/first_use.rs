@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::server::{wait_with_deadline, Server};
+use common::server::{serve_command, wait_with_deadline, Server};
 
 fn mapq() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
@@ -38,15 +38,8 @@ fn run(cmd: &mut Command) -> (i32, String, String) {
 fn a_second_server_refuses_before_it_says_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Server::start(dir.path(), &[]);
-    let (code, out, err) = run(mapq()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
+    let (code, out, err) = run(serve_command("127.0.0.1:0", "127.0.0.1:0")
+        .arg("--data-dir")
         .arg(dir.path()));
     assert_ne!(code, 0);
     assert!(err.contains("is in use by another mapq server"), "{err}");
@@ -84,15 +77,8 @@ fn the_clients_variables_do_not_stop_the_server_and_typos_are_named() {
 #[test]
 fn listen_takes_a_host_name_and_the_cli_a_server_without_scheme() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = mapq()
-        .args([
-            "serve",
-            "--listen",
-            "localhost:0",
-            "--kafka-listen",
-            "localhost:0",
-            "--data-dir",
-        ])
+    let mut child = serve_command("localhost:0", "localhost:0")
+        .arg("--data-dir")
         .arg(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

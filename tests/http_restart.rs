@@ -259,15 +259,8 @@ fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let first = Server::start(dir.path(), &[]);
     // If the directory lock regressed, this server would run forever: a deadline fails it.
     let out = output_with_deadline(
-        std::process::Command::new(env!("CARGO_BIN_EXE_mapq"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--kafka-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+        common::server::serve_command("127.0.0.1:0", "127.0.0.1:0")
+            .arg("--data-dir")
             .arg(dir.path()),
         b"",
         Duration::from_secs(10),

@@ -679,23 +679,14 @@ async fn kill_9_under_an_idempotent_acks_all_producer_loses_and_duplicates_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_plain_over_tls_maps_onto_tokens_and_their_grants() {
     let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-    let config = dir.path().join("mapq.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "tls_cert_file = {:?}\ntls_key_file = {:?}\n{}",
-            cert_file.to_str().unwrap(),
-            key_file.to_str().unwrap(),
-            common::tokens_toml(&[("alice", "alice-secret", "a*", &["produce", "consume"])])
-        ),
-    )
-    .unwrap();
-    let server = Server::start_with_config(&dir.path().join("data"), &config);
+    let tls = common::tls_setup(&common::tokens_toml(&[(
+        "alice",
+        "alice-secret",
+        "a*",
+        &["produce", "consume"],
+    )]));
+    let cert_file = &tls.ca_pem;
+    let server = Server::start_with_config(&dir.path().join("data"), &tls.config);
     let kafka = server.kafka_addr();
     let secure = |user: &str, password: &str| {
         let mut c = kcat(&kafka);
@@ -761,7 +752,7 @@ async fn sasl_plain_over_tls_maps_onto_tokens_and_their_grants() {
     assert!(!out.status.success(), "{out:?}");
     // The records over HTTPS, with the same token.
     let https = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .add_root_certificate(tls.ca.clone())
         .build()
         .unwrap();
     let v: Value = https

@@ -11,41 +11,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::server::{output_with_deadline, trickle, Server};
+use common::tls_setup;
 use serde_json::{json, Value};
-
-struct Tls {
-    _dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    ca_pem: std::path::PathBuf,
-    ca: reqwest::Certificate,
-}
-
-/// A self-signed certificate for 127.0.0.1 and localhost, and a config file that uses it.
-fn tls_setup(extra: &str) -> Tls {
-    let dir = tempfile::tempdir().unwrap();
-    let cert =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
-    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
-    let config = dir.path().join("mapq.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "tls_cert_file = {:?}\ntls_key_file = {:?}\n{extra}",
-            cert_file.to_str().unwrap(),
-            key_file.to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    Tls {
-        _dir: dir,
-        config,
-        ca_pem: cert_file,
-        ca,
-    }
-}
 
 async fn wait_ready(http: &reqwest::Client, server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -395,6 +395,20 @@ mod tests {
         }
     }
 
+    fn encoded(records: &[KafkaRecord], compression: Compression) -> BytesMut {
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        buf
+    }
+
     #[test]
     fn every_codec_decodes_to_the_same_records_nulls_kept() {
         let sent = [
@@ -409,16 +423,7 @@ mod tests {
             Compression::Lz4,
             Compression::Zstd,
         ] {
-            let mut buf = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut buf,
-                sent.iter(),
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression,
-                },
-            )
-            .unwrap();
+            let buf = encoded(&sent, compression);
             let got = decode_produce(buf.freeze(), 5, 1 << 20).unwrap();
             assert_eq!(
                 got.producer,
@@ -448,16 +453,10 @@ mod tests {
 
     #[test]
     fn a_corrupt_batch_is_refused() {
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            [kafka_record(0, Some(b"k"), Some(b"v"))].iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
+        let mut buf = encoded(
+            &[kafka_record(0, Some(b"k"), Some(b"v"))],
+            Compression::None,
+        );
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
         assert!(decode_produce(buf.freeze(), 0, 1 << 20).is_err());
@@ -476,16 +475,7 @@ mod tests {
             Compression::Lz4,
             Compression::Zstd,
         ] {
-            let mut buf = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut buf,
-                [big.clone()].iter(),
-                &RecordEncodeOptions {
-                    version: 2,
-                    compression,
-                },
-            )
-            .unwrap();
+            let buf = encoded(std::slice::from_ref(&big), compression);
             assert!(buf.len() < 1 << 20, "{compression:?} compresses zeros");
             let e = decode_produce(buf.clone().freeze(), 0, 1 << 20).unwrap_err();
             assert!(
@@ -499,16 +489,10 @@ mod tests {
 
     #[test]
     fn counts_that_do_not_fit_their_bytes_are_refused_before_anything_is_allocated() {
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            [kafka_record(0, Some(b"k"), Some(b"v"))].iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
+        let buf = encoded(
+            &[kafka_record(0, Some(b"k"), Some(b"v"))],
+            Compression::None,
+        );
         // The record count (after the header's first 57 bytes), claimed huge; the CRC is
         // not even looked at.
         let mut huge = buf.to_vec();

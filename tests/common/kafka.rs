@@ -57,11 +57,17 @@ impl KafkaClient {
 
     /// Sends `req` in `version` without waiting; returns its correlation id.
     pub fn send<R: Request>(&mut self, version: i16, req: &R) -> i32 {
+        let mut body = BytesMut::new();
+        req.encode(&mut body, version).unwrap();
+        self.send_encoded(ApiKey::try_from(R::KEY).unwrap(), version, &body)
+    }
+
+    /// Sends a request body encoded beforehand (a benchmark sends one many times).
+    pub fn send_encoded(&mut self, key: ApiKey, version: i16, body: &[u8]) -> i32 {
         let id = self.next;
         self.next += 1;
-        let key = ApiKey::try_from(R::KEY).unwrap();
         let mut header = RequestHeader::default();
-        header.request_api_key = R::KEY;
+        header.request_api_key = key as i16;
         header.request_api_version = version;
         header.correlation_id = id;
         header.client_id = Some(StrBytes::from_static_str("mapq-test"));
@@ -69,7 +75,7 @@ impl KafkaClient {
         header
             .encode(&mut buf, key.request_header_version(version))
             .unwrap();
-        req.encode(&mut buf, version).unwrap();
+        buf.extend_from_slice(body);
         self.send_raw(&buf);
         id
     }
@@ -111,11 +117,20 @@ impl KafkaClient {
 
 /// A record with a key and value (and a header), for [`batch`].
 pub fn record(offset: i64, key: &str, value: &str) -> Record {
-    let mut headers = kafka_protocol::indexmap::IndexMap::new();
-    headers.insert(
+    let mut r = bare_record(
+        offset,
+        Some(Bytes::from(key.to_owned())),
+        Some(Bytes::from(value.to_owned())),
+    );
+    r.headers.insert(
         StrBytes::from_static_str("h"),
         Some(Bytes::from_static(b"1")),
     );
+    r
+}
+
+/// A record without headers, timestamped 1_700_000_000_000 plus its offset, no producer.
+pub fn bare_record(offset: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
     Record {
         transactional: false,
         control: false,
@@ -125,11 +140,13 @@ pub fn record(offset: i64, key: &str, value: &str) -> Record {
         producer_epoch: -1,
         timestamp_type: TimestampType::Creation,
         offset,
-        sequence: -1,
+        // No producer: the batch's base sequence is -1, and the encoder keeps records in
+        // one batch while offset minus sequence stays the same.
+        sequence: offset as i32 - 1,
         timestamp: 1_700_000_000_000 + offset,
-        key: Some(Bytes::from(key.to_owned())),
-        value: Some(Bytes::from(value.to_owned())),
-        headers,
+        key,
+        value,
+        headers: Default::default(),
     }
 }
 
@@ -151,6 +168,11 @@ pub fn batch(first: usize, count: usize, producer: Option<(i64, i16, i32)>) -> B
             r
         })
         .collect();
+    encode_batch(&records)
+}
+
+/// `records` as one uncompressed record batch.
+pub fn encode_batch(records: &[Record]) -> Bytes {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,

@@ -117,3 +117,39 @@ pub fn tokens_toml(tokens: &[(&str, &str, &str, &[&str])]) -> String {
         })
         .collect()
 }
+
+/// A server's TLS setup for tests: a self-signed certificate and its key in a temporary
+/// directory, and a config file that uses them (with `extra` settings after).
+pub struct Tls {
+    _dir: tempfile::TempDir,
+    pub config: std::path::PathBuf,
+    pub ca_pem: std::path::PathBuf,
+    pub ca: reqwest::Certificate,
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost, and a config file that uses it.
+pub fn tls_setup(extra: &str) -> Tls {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let config = dir.path().join("mapq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_cert_file = {:?}\ntls_key_file = {:?}\n{extra}",
+            cert_file.to_str().unwrap(),
+            key_file.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    Tls {
+        _dir: dir,
+        config,
+        ca_pem: cert_file,
+        ca,
+    }
+}

@@ -7,6 +7,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// `mapq serve` listening for HTTP on `listen` and for Kafka on `kafka` (port 0: a free
+/// one), its data directory still to give (`--data-dir DIR`).
+pub fn serve_command(listen: &str, kafka: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
+    cmd.args(["serve", "--listen", listen, "--kafka-listen", kafka]);
+    cmd
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,
@@ -34,21 +42,13 @@ impl Server {
     }
 
     fn spawn(data_dir: &Path, env: &[(&str, &str)], config: Option<&Path>, listen: &str) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapq"));
         // Every server listens for Kafka clients on a free port, unless the test names one.
         let kafka = env
             .iter()
             .find(|(k, _)| *k == "MAPQ_KAFKA_LISTEN")
             .map_or("127.0.0.1:0", |(_, v)| v);
-        cmd.args([
-            "serve",
-            "--listen",
-            listen,
-            "--kafka-listen",
-            kafka,
-            "--data-dir",
-        ])
-        .arg(data_dir);
+        let mut cmd = serve_command(listen, kafka);
+        cmd.arg("--data-dir").arg(data_dir);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
