@@ -8,8 +8,8 @@
 //!   in flight, against `mapq bench --produce-only` (HTTP binary frames) with one in flight;
 //! - the same Kafka client with five requests in flight (librdkafka's default for an
 //!   idempotent producer), against the same HTTP figure;
-//! - Kafka Fetch of everything produced, 8 MiB per fetch, against the same client's
-//!   produce (what a consumer that keeps up must sustain);
+//! - Kafka Fetch of everything produced, 8 MiB per fetch, against `mapq bench`'s binary
+//!   consume (HTTP, frames sent from the mapping) of as many records;
 //! - `kcat -P` (librdkafka, Debian) producing 1 KiB lines from a file, against the bare
 //!   client: what a real client gets, when kcat is installed (root, or already there).
 //!
@@ -35,7 +35,7 @@ use kafka_client::KafkaClient;
 
 #[path = "common/server.rs"]
 mod server;
-use server::{env_u64, median, produce_figures, Server};
+use server::{bench_figures, env_u64, median, Server};
 
 const BATCH: usize = 1000;
 const RECORD_BYTES: usize = 1024;
@@ -231,12 +231,13 @@ fn main() {
     let dir = tempfile::tempdir_in(&base_dir).expect("a data directory");
     let server = Server::start(dir.path(), &[]);
     let mut http = Vec::new();
+    let mut http_consume = Vec::new();
     let mut one = Vec::new();
     let mut five = Vec::new();
     let mut fetch = Vec::new();
     let records_arg = records.to_string();
     for round in 0..rounds {
-        let figures = produce_figures(
+        let figures = bench_figures(
             &server,
             &[
                 "--batch",
@@ -249,11 +250,16 @@ fn main() {
                 &records_arg,
             ],
         );
-        http.push(Run {
-            per_s: figures["records_per_s"],
-            p50_us: figures["p50_us"],
-            p99_us: figures["p99_us"],
-        });
+        let run = |scenario: &str| {
+            let f = &figures[scenario];
+            Run {
+                per_s: f["records_per_s"],
+                p50_us: f["p50_us"],
+                p99_us: f["p99_us"],
+            }
+        };
+        http.push(run("produce"));
+        http_consume.push(run("consume_binary"));
         let topic = format!("kafka-{round}");
         one.push(kafka_produce(&server.kafka, &topic, records, 1));
         five.push(kafka_produce(
@@ -265,8 +271,9 @@ fn main() {
         fetch.push(kafka_fetch(&server.kafka, &topic, records));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (http, one, five, fetch) = (
+    let (http, http_consume, one, five, fetch) = (
         median_run(&http),
+        median_run(&http_consume),
         median_run(&one),
         median_run(&five),
         median_run(&fetch),
@@ -286,7 +293,12 @@ fn main() {
         "http_binary_produce",
         http,
     );
-    row("kafka_fetch_8MiB", fetch, "kafka_produce_1_in_flight", one);
+    row(
+        "kafka_fetch_8MiB",
+        fetch,
+        "http_binary_consume",
+        http_consume,
+    );
     if ensure_kcat() {
         let file = dir.path().join("lines");
         let mut line = vec![b'x'; RECORD_BYTES - 1];

@@ -77,27 +77,56 @@ impl Drop for Server {
 /// its `RESULT produce...` line by name (`records_per_s`, `mb_per_s`, `p50_us`, ...). A run
 /// that fails, or a figure that does not parse, stops the benchmark with the output.
 pub fn produce_figures(server: &Server, args: &[&str]) -> std::collections::BTreeMap<String, f64> {
+    let mut all = vec!["--produce-only"];
+    all.extend_from_slice(args);
+    bench_figures(server, &all)
+        .remove("produce")
+        .unwrap_or_else(|| panic!("no RESULT produce line from mapq bench"))
+}
+
+/// Runs `mapq bench` against `server` with `args`, and returns the figures of each of its
+/// `RESULT <scenario> ...` lines, by scenario (`produce`, `consume_binary` or
+/// `consume_json`, the rest of the name dropped) and figure name.
+pub fn bench_figures(
+    server: &Server,
+    args: &[&str],
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, f64>> {
     let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
-        .args(["bench", "--server", &server.base, "--produce-only"])
+        .args(["bench", "--server", &server.base])
         .args(args)
         .stderr(Stdio::inherit())
         .output()
         .expect("run mapq bench");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "mapq bench failed: {text}");
-    let line = text
+    let scenarios: std::collections::BTreeMap<_, _> = text
         .lines()
-        .find(|l| l.starts_with("RESULT produce"))
-        .unwrap_or_else(|| panic!("no RESULT line from mapq bench:\n{text}"));
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| {
-            let v = v
-                .parse()
-                .unwrap_or_else(|_| panic!("{v:?} is not a number in: {line}"));
-            (k.to_owned(), v)
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap_or_default();
+            let scenario = ["produce", "consume_binary", "consume_json"]
+                .into_iter()
+                .find(|s| name.starts_with(s))
+                .unwrap_or(name)
+                .to_owned();
+            let figures = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| {
+                    let v = v
+                        .parse()
+                        .unwrap_or_else(|_| panic!("{v:?} is not a number in: {line}"));
+                    (k.to_owned(), v)
+                })
+                .collect();
+            (scenario, figures)
         })
-        .collect()
+        .collect();
+    assert!(
+        !scenarios.is_empty(),
+        "no RESULT line from mapq bench:\n{text}"
+    );
+    scenarios
 }
 
 /// A number from the environment (a benchmark's knob), else `default`.
