@@ -13,7 +13,8 @@
 //! - `kcat -P` (librdkafka, Debian) producing 1 KiB lines from a file, against the bare
 //!   client: what a real client gets, when kcat is installed (root, or already there).
 //!
-//! Each pair runs `MAPQ_BENCH_ROUNDS` times (default 3) and the medians are reported;
+//! Each pair runs `MAPQ_BENCH_ROUNDS` times (default 3), each run after a `sync` (so that
+//! none pays for the write-back of the one before), and the medians are reported;
 //! `MAPQ_BENCH_RECORDS` (default 200,000) records each. It prints a table with the ratios,
 //! and `RESULT` lines. `MAPQ_BENCH_DIR` sets the directory for data (default: the system
 //! temp dir).
@@ -46,6 +47,13 @@ struct Run {
     per_s: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// Writes back the dirty pages of the runs before: a run that starts while the kernel
+/// throttles writers for an earlier run's hundreds of megabytes measures that instead.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn median_run(runs: &[Run]) -> Run {
@@ -237,6 +245,7 @@ fn main() {
     let mut fetch = Vec::new();
     let records_arg = records.to_string();
     for round in 0..rounds {
+        settle();
         let figures = bench_figures(
             &server,
             &[
@@ -261,15 +270,17 @@ fn main() {
         http.push(run("produce"));
         http_consume.push(run("consume_binary"));
         let topic = format!("kafka-{round}");
+        settle();
         one.push(kafka_produce(&server.kafka, &topic, records, 1));
+        settle();
         five.push(kafka_produce(
             &server.kafka,
             &format!("kafka5-{round}"),
             records,
             5,
         ));
+        settle();
         fetch.push(kafka_fetch(&server.kafka, &topic, records));
-        std::thread::sleep(Duration::from_millis(200));
     }
     let (http, http_consume, one, five, fetch) = (
         median_run(&http),
@@ -310,7 +321,10 @@ fn main() {
         f.flush().unwrap();
         drop(f);
         let runs: Vec<Run> = (0..rounds)
-            .filter_map(|r| kcat_produce(&server.kafka, &format!("kcat-{r}"), &file, records))
+            .filter_map(|r| {
+                settle();
+                kcat_produce(&server.kafka, &format!("kcat-{r}"), &file, records)
+            })
             .collect();
         if !runs.is_empty() {
             row(

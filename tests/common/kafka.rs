@@ -91,9 +91,11 @@ impl KafkaClient {
     pub fn recv_raw(&mut self) -> Option<Bytes> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).ok()?;
-        let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
-        self.stream.read_exact(&mut frame).ok()?;
-        Some(Bytes::from(frame))
+        let len = u32::from_be_bytes(len) as u64;
+        // Read into spare capacity: no zeroing of a large answer first.
+        let mut frame = Vec::with_capacity(len as usize);
+        (&mut self.stream).take(len).read_to_end(&mut frame).ok()?;
+        (frame.len() as u64 == len).then(|| Bytes::from(frame))
     }
 
     /// Reads the next answer as `R`'s response in `version`: its correlation id and body.
