@@ -194,7 +194,8 @@ pub struct ProducerStamp {
     pub id: i64,
     /// At least 0.
     pub epoch: i16,
-    /// Sequence of the batch's first record, at least 0; record `i` has `base_sequence + i`.
+    /// Sequence of the batch's first record, at least 0; record `i` has `base_sequence + i`,
+    /// wrapping from `i32::MAX` to 0 as Kafka's sequences do.
     pub base_sequence: i32,
 }
 

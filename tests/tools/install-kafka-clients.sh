@@ -49,7 +49,8 @@ if [ ! -f "$dir/kafka-python/.v$KAFKA_PYTHON" ]; then
     echo "no pip to install kafka-python with (install python3-pip)" >&2
     exit 1
   fi
-  "${pip[@]}" install -q --disable-pip-version-check --no-deps --target "$dir/kafka-python" \
+  "${pip[@]}" install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$dir/kafka-python" \
     "kafka-python==$KAFKA_PYTHON" >&2
   touch "$dir/kafka-python/.v$KAFKA_PYTHON"
 fi
