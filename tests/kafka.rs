@@ -1,5 +1,5 @@
 //! Kafka clients nobody on the team wrote, against a real server's Kafka listener: kcat and
-//! confluent-kafka (librdkafka, Debian), kafka-python (PyPI) and kafkajs (npm), installed
+//! confluent-kafka (librdkafka, Debian), kafka-python and aiokafka (PyPI) and kafkajs (npm), installed
 //! by `tests/tools/install-kafka-clients.sh`. Records cross protocols: what Kafka clients
 //! produce reads identically over HTTP and `mapq tail`, and the reverse.
 //!
@@ -499,6 +499,42 @@ async fn kafka_python_and_kafkajs_produce_and_consume_in_groups() {
         .sum();
     assert_eq!(total, 100, "{g}");
     assert_eq!(g["offsets"].as_array().unwrap().len(), 2, "{g}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiokafka_produces_idempotently_and_consumes_in_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let kafka = server.kafka_addr();
+    let out = ok(
+        run(
+            Command::new(common::python())
+                .env("PYTHONPATH", clients().join("aiokafka"))
+                .arg(tool("aiokafka_client.py"))
+                .args([&kafka, "ak", "akg", "60"]),
+            b"",
+            120,
+        ),
+        "aiokafka",
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let sent: Vec<u64> = v["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[1].as_u64().unwrap())
+        .collect();
+    assert_eq!(sent, (0..60).collect::<Vec<_>>());
+    let consumed = v["consumed"].as_array().unwrap();
+    assert_eq!(consumed.len(), 60);
+    assert_eq!(
+        consumed[59],
+        json!({"partition": 0, "offset": 59, "key": "k59", "value": "v59", "headers": [["i", "59"]]})
+    );
+    let g = common::server::get_json(&http(), server.url("/v1/groups/akg/offsets")).await;
+    assert_eq!(g["offsets"][0]["offset"], 60, "{g}");
+    // Its batches carried a producer id: the records are there once each.
+    assert_eq!(http_records(&server, "ak", 0).await.len(), 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,9 @@
 # written by this project:
 #   - kcat and python3-confluent-kafka (both librdkafka), from Debian's packages, with
 #     apt-get (root needed; `apt-get update` is run once if the package lists are missing);
-#   - kafka-python, from PyPI, into DIR/kafka-python (pure Python; run with PYTHONPATH);
+#   - kafka-python and aiokafka, from PyPI, into DIR/kafka-python and DIR/aiokafka (run with
+#     PYTHONPATH), with the pip of Debian's /usr/bin/python3 (the interpreter the tests run)
+#     when it has one;
 #   - kafkajs, from the npm registry, into DIR/kafkajs/node_modules.
 # Versions are pinned. Nothing already there is installed again; no service is started.
 # Registries are the machine's own configured ones (apt sources, pip and npm settings).
@@ -12,6 +14,7 @@
 set -euo pipefail
 
 KAFKA_PYTHON=3.0.12
+AIOKAFKA=0.14.0
 KAFKAJS=2.2.4
 
 dir=${1:?usage: install-kafka-clients.sh DIR}
@@ -36,24 +39,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if [ ! -f "$dir/kafka-python/.v$KAFKA_PYTHON" ]; then
-  rm -rf "$dir/kafka-python"
-  pip=()
-  for py in python3 /usr/bin/python3; do
-    if "$py" -m pip --version >/dev/null 2>&1; then
-      pip=("$py" -m pip)
-      break
-    fi
-  done
+pip=()
+for py in /usr/bin/python3 python3; do
+  if "$py" -m pip --version >/dev/null 2>&1; then
+    pip=("$py" -m pip)
+    break
+  fi
+done
+# pip_into DIR SPEC...: installs SPEC (with its dependencies) into DIR, once.
+pip_into() {
+  local into=$1 stamp=$1/.installed
+  shift
+  [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$*" ] && return 0
   if [ ${#pip[@]} -eq 0 ]; then
-    echo "no pip to install kafka-python with (install python3-pip)" >&2
+    echo "no pip to install $* with (install python3-pip)" >&2
     exit 1
   fi
-  "${pip[@]}" install -q --disable-pip-version-check --root-user-action=ignore --no-deps \
-    --target "$dir/kafka-python" \
-    "kafka-python==$KAFKA_PYTHON" >&2
-  touch "$dir/kafka-python/.v$KAFKA_PYTHON"
-fi
+  rm -rf "$into"
+  "${pip[@]}" install -q --disable-pip-version-check --root-user-action=ignore \
+    --target "$into" "$@" >&2
+  echo "$*" >"$stamp"
+}
+pip_into "$dir/kafka-python" --no-deps "kafka-python==$KAFKA_PYTHON"
+pip_into "$dir/aiokafka" "aiokafka==$AIOKAFKA"
 
 if [ ! -f "$dir/kafkajs/.v$KAFKAJS" ]; then
   command -v npm >/dev/null || {
