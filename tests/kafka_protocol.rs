@@ -12,6 +12,7 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::offset_commit_request::{
     OffsetCommitRequestPartition, OffsetCommitRequestTopic,
 };
@@ -19,8 +20,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest,
-    FetchRequest, GroupId, InitProducerIdRequest, JoinGroupRequest, LeaveGroupRequest,
-    MetadataRequest, OffsetCommitRequest, ProduceRequest, ProducerId, SyncGroupRequest, TopicName,
+    FetchRequest, GroupId, HeartbeatRequest, InitProducerIdRequest, JoinGroupRequest,
+    LeaveGroupRequest, MetadataRequest, OffsetCommitRequest, ProduceRequest, ProducerId,
+    SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -579,6 +581,27 @@ async fn a_kafka_group_and_an_http_group_keep_to_their_own_names() {
     assert_ne!(again.member_id, first.member_id);
     assert_eq!(again.members.len(), 1, "the old member is gone");
     assert!(started.elapsed() < Duration::from_secs(10));
+    // The old member, alive somewhere, is fenced by its instance id.
+    let mut hb = HeartbeatRequest::default();
+    hb.group_id = GroupId(StrBytes::from_static_str("sgroup"));
+    hb.generation_id = again.generation_id;
+    hb.member_id = first.member_id.clone();
+    hb.group_instance_id = Some(StrBytes::from_static_str("host-1"));
+    assert_eq!(
+        c.call(3, &hb).error_code,
+        code(ResponseError::FencedInstanceId)
+    );
+    // It leaves by its instance id alone; the answer names it as it was asked.
+    let mut leave = LeaveGroupRequest::default();
+    leave.group_id = GroupId(StrBytes::from_static_str("sgroup"));
+    let mut who = MemberIdentity::default();
+    who.group_instance_id = Some(StrBytes::from_static_str("host-1"));
+    leave.members = vec![who];
+    let left = c.call(3, &leave);
+    assert_eq!(left.members.len(), 1);
+    assert_eq!(left.members[0].error_code, 0);
+    assert_eq!(left.members[0].member_id.as_str(), "");
+    assert_eq!(left.members[0].group_instance_id.as_deref(), Some("host-1"));
 
     // An HTTP group with members keeps Kafka members off its name.
     let r = http

@@ -81,6 +81,21 @@ struct Member {
 }
 
 impl Member {
+    /// Answers the member's waiting join or sync, if any, with FENCED_INSTANCE_ID: another
+    /// member took its static instance id.
+    fn fence(self) {
+        if let Some(tx) = self.joined {
+            let mut r = JoinGroupResponse::default();
+            r.error_code = ResponseError::FencedInstanceId.code();
+            let _ = tx.send(r);
+        }
+        if let Some(tx) = self.syncing {
+            let mut r = SyncGroupResponse::default();
+            r.error_code = ResponseError::FencedInstanceId.code();
+            let _ = tx.send(r);
+        }
+    }
+
     fn metadata(&self, protocol: &str) -> Bytes {
         self.protocols
             .iter()
@@ -101,6 +116,9 @@ struct Group {
     pending: HashMap<String, Instant>,
     /// Static members (`group.instance.id`): each instance's current member id.
     statics: HashMap<String, String>,
+    /// Member commits checked against the generation and being written: the join phase
+    /// does not complete (the generation does not change) until they are.
+    commits_in_flight: usize,
     /// When the rebalance under way completes, whoever has rejoined by then.
     deadline: Option<Instant>,
     /// Before this, an initial rebalance waits for more members.
@@ -119,6 +137,7 @@ impl Group {
             members: BTreeMap::new(),
             pending: HashMap::new(),
             statics: HashMap::new(),
+            commits_in_flight: 0,
             deadline: None,
             initial_until: None,
             next_member: 0,
@@ -154,7 +173,7 @@ impl Group {
     /// Completes the join phase when every member has rejoined (and the initial delay is
     /// over), or when `force` (the deadline passed): members that did not rejoin are out.
     fn maybe_complete_join(&mut self, now: Instant, force: bool) {
-        if self.state != State::PreparingRebalance {
+        if self.state != State::PreparingRebalance || self.commits_in_flight > 0 {
             return;
         }
         let all = self.members.values().all(|m| m.joined.is_some());
@@ -163,6 +182,8 @@ impl Group {
             return;
         }
         self.members.retain(|_, m| m.joined.is_some());
+        let members = &self.members;
+        self.statics.retain(|_, m| members.contains_key(m));
         self.generation += 1;
         self.deadline = None;
         self.initial_until = None;
@@ -231,6 +252,15 @@ impl Group {
             return Err(ResponseError::IllegalGeneration);
         }
         Ok(())
+    }
+
+    /// FENCED_INSTANCE_ID when `instance` (a static member's `group.instance.id`) now
+    /// belongs to another member than `member`.
+    fn fenced(&self, instance: Option<&StrBytes>, member: &str) -> Result<(), ResponseError> {
+        match instance.and_then(|i| self.statics.get(i.as_str())) {
+            Some(current) if current != member => Err(ResponseError::FencedInstanceId),
+            _ => Ok(()),
+        }
     }
 
     /// Why a member's commit in `generation` is refused, if it is: an unknown member, an
@@ -341,6 +371,35 @@ fn lock(g: &Mutex<Group>) -> std::sync::MutexGuard<'_, Group> {
     g.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A member's commit being written: while it lives, the group's join phase does not
+/// complete, so the generation it was checked against stays the group's.
+struct CommitInFlight(Arc<Mutex<Group>>);
+
+impl CommitInFlight {
+    fn begin(
+        group: &Arc<Mutex<Group>>,
+        member: &str,
+        generation: i32,
+    ) -> Result<Self, ResponseError> {
+        let mut g = lock(group);
+        if let Some(e) = g.commit_refusal(member, generation) {
+            return Err(e);
+        }
+        g.commits_in_flight += 1;
+        Ok(CommitInFlight(Arc::clone(group)))
+    }
+}
+
+impl Drop for CommitInFlight {
+    fn drop(&mut self) {
+        let mut g = lock(&self.0);
+        g.commits_in_flight -= 1;
+        let now = Instant::now();
+        let force = g.deadline.is_some_and(|d| now >= d);
+        g.maybe_complete_join(now, force);
+    }
+}
+
 /// Runs [`ClassicGroups::tick`] until shutdown.
 pub async fn expire_members(kafka: Arc<Kafka>) {
     let mut stop = kafka.state.shutdown_signal();
@@ -424,12 +483,18 @@ impl Ctx<'_> {
                 .as_ref()
                 .filter(|i| !i.is_empty())
                 .map(|i| i.to_string());
+            // A static member that comes back (restarted) takes its old member's place at
+            // once, with its assignment and its leadership, rather than holding up the
+            // rebalance until the old one's session expires; the old one is fenced.
+            let mut replaced: Option<(bool, Bytes)> = None;
             if let Some(instance) = &instance {
                 match g.statics.get(instance).cloned() {
-                    // The instance came back (restarted): its old member goes, at once,
-                    // rather than holding up the rebalance until its session expires.
                     Some(old) if member_id.is_empty() => {
-                        g.remove(&old, now, delay);
+                        if let Some(m) = g.members.remove(&old) {
+                            let leader = g.leader.as_deref() == Some(old.as_str());
+                            replaced = Some((leader, m.assignment.clone()));
+                            m.fence();
+                        }
                     }
                     Some(old) if old != member_id => {
                         return fail(out, ResponseError::FencedInstanceId, req.member_id);
@@ -467,11 +532,17 @@ impl Ctx<'_> {
                 g.statics.insert(instance, member_id.clone());
             }
             let (tx, rx) = oneshot::channel();
-            let assignment = g
+            let mut assignment = g
                 .members
                 .get(&member_id)
                 .map(|m| m.assignment.clone())
                 .unwrap_or_default();
+            if let Some((leader, old_assignment)) = replaced {
+                assignment = old_assignment;
+                if leader {
+                    g.leader = Some(member_id.clone());
+                }
+            }
             g.protocol_type = req.protocol_type.to_string();
             g.members.insert(
                 member_id.clone(),
@@ -525,7 +596,10 @@ impl Ctx<'_> {
         let member = req.member_id.to_string();
         let rx = {
             let mut g = lock(&group);
-            if let Err(e) = g.check(&member, req.generation_id) {
+            if let Err(e) = g
+                .fenced(req.group_instance_id.as_ref(), &member)
+                .and_then(|()| g.check(&member, req.generation_id))
+            {
                 return fail(out, e);
             }
             let answer = |g: &Group, assignment: Bytes| {
@@ -593,13 +667,16 @@ impl Ctx<'_> {
         };
         let mut g = lock(&group);
         let member = req.member_id.as_str();
-        let result = g.check(member, req.generation_id).and_then(|()| {
-            if g.state == State::PreparingRebalance {
-                Err(ResponseError::RebalanceInProgress)
-            } else {
-                Ok(())
-            }
-        });
+        let result = g
+            .fenced(req.group_instance_id.as_ref(), member)
+            .and_then(|()| g.check(member, req.generation_id))
+            .and_then(|()| {
+                if g.state == State::PreparingRebalance {
+                    Err(ResponseError::RebalanceInProgress)
+                } else {
+                    Ok(())
+                }
+            });
         if let Some(m) = g.members.get_mut(member) {
             m.last_seen = Instant::now();
         }
@@ -614,36 +691,42 @@ impl Ctx<'_> {
     ) -> LeaveGroupResponse {
         let mut r = LeaveGroupResponse::default();
         let group = self.kafka.groups.get(req.group_id.0.as_str());
-        let leaving: Vec<String> = if self.version >= 3 {
-            // A static member may leave by its instance id alone.
+        // Who leaves: (member id as asked, static instance id as asked). From version 3 a
+        // static member may leave by its instance id alone.
+        let leaving: Vec<(StrBytes, Option<StrBytes>)> = if self.version >= 3 {
             req.members
                 .iter()
-                .map(|m| match (&m.group_instance_id, &group) {
-                    (Some(i), Some(g)) if m.member_id.is_empty() => {
-                        lock(g).statics.get(i.as_str()).cloned().unwrap_or_default()
-                    }
-                    _ => m.member_id.to_string(),
-                })
+                .map(|m| (m.member_id.clone(), m.group_instance_id.clone()))
                 .collect()
         } else {
-            vec![req.member_id.to_string()]
+            vec![(req.member_id.clone(), None)]
         };
         let now = Instant::now();
-        for id in leaving {
-            let known = group
-                .as_ref()
-                .is_some_and(|g| lock(g).members.contains_key(&id));
-            let code = if known {
-                if let Some(g) = &group {
-                    lock(g).remove(&id, now, self.kafka.groups.initial_delay);
+        for (asked, instance) in leaving {
+            let result = match &group {
+                None => Err(ResponseError::UnknownMemberId),
+                Some(g) => {
+                    let mut g = lock(g);
+                    let id = match instance.as_ref().filter(|_| asked.is_empty()) {
+                        Some(i) => g.statics.get(i.as_str()).cloned().unwrap_or_default(),
+                        None => asked.to_string(),
+                    };
+                    g.fenced(instance.as_ref(), &id).and_then(|()| {
+                        if g.members.contains_key(&id) {
+                            g.remove(&id, now, self.kafka.groups.initial_delay);
+                            Ok(())
+                        } else {
+                            Err(ResponseError::UnknownMemberId)
+                        }
+                    })
                 }
-                0
-            } else {
-                out.error(ResponseError::UnknownMemberId)
             };
+            let code = out.result(result);
             if self.version >= 3 {
+                // The ids as asked: clients match answers to their requests by them.
                 let mut m = MemberResponse::default();
-                m.member_id = StrBytes::from_string(id);
+                m.member_id = asked;
+                m.group_instance_id = instance;
                 m.error_code = code;
                 r.members.push(m);
             } else {
@@ -748,7 +831,12 @@ impl Ctx<'_> {
                 .has_members(&name)
                 .then_some(ResponseError::UnknownMemberId),
             None => Some(ResponseError::UnknownMemberId),
-            Some(g) => lock(g).commit_refusal(&member, generation),
+            Some(g) => {
+                let g = lock(g);
+                g.fenced(req.group_instance_id.as_ref(), &member)
+                    .err()
+                    .or_else(|| g.commit_refusal(&member, generation))
+            }
         });
         // Each partition on its own: one that does not exist fails alone.
         let mut entries = Vec::new();
@@ -790,26 +878,37 @@ impl Ctx<'_> {
         } else {
             let broker = Arc::clone(self.broker());
             let name = name.clone();
-            let group = if simple { None } else { group };
-            let member = member.clone();
-            // A member's commit is written under the group's lock, its generation checked
-            // again: no rebalance completes between the check and the write (a member that
-            // just lost its partitions cannot overwrite the new owner's offsets).
-            crate::broker::blocking(move || {
-                let guard = group.as_ref().map(|g| lock(g));
-                if let Some(e) = guard
-                    .as_ref()
-                    .and_then(|g| g.commit_refusal(&member, generation))
-                {
-                    return Ok(Err(e));
-                }
-                let result = broker.commit_kafka_offsets(&name, &entries);
-                drop(guard);
-                Ok(result.map_err(|e| kafka_error(&e)))
+            // A member's commit holds the group's join phase open while it is written, its
+            // generation checked again: no rebalance completes between the check and the
+            // write (a member that just lost its partitions cannot overwrite the new
+            // owner's offsets), and the group's lock is not held across the fsync.
+            let in_flight = match (simple, &group) {
+                (false, Some(g)) => match CommitInFlight::begin(g, &member, generation) {
+                    Ok(c) => Some(c),
+                    Err(e) => return self.commit_answer(&req, codes, Err(e), out),
+                },
+                _ => None,
+            };
+            let result = crate::broker::blocking(move || {
+                Ok(broker
+                    .commit_kafka_offsets(&name, &entries)
+                    .map_err(|e| kafka_error(&e)))
             })
-            .await
-            .unwrap_or_else(|e| Err(kafka_error(&e)))
+            .await;
+            drop(in_flight);
+            result.unwrap_or_else(|e| Err(kafka_error(&e)))
         };
+        self.commit_answer(&req, codes, committed, out)
+    }
+
+    /// The answer to a commit: each partition's own error, else the commit's.
+    fn commit_answer(
+        &self,
+        req: &OffsetCommitRequest,
+        codes: Vec<Vec<Option<ResponseError>>>,
+        committed: Result<(), ResponseError>,
+        out: &mut Outcome,
+    ) -> OffsetCommitResponse {
         let mut r = OffsetCommitResponse::default();
         for (t, c) in req.topics.iter().zip(codes) {
             let mut t_out = OffsetCommitResponseTopic::default();

@@ -205,6 +205,10 @@ impl Ctx<'_> {
             None
         };
         let now = crate::log::now_ms();
+        // The request's batches may expand to what one HTTP request may carry, no more.
+        let budget = Arc::new(records::Budget::new(
+            self.broker().config().max_request_bytes as usize,
+        ));
         let mut response = ProduceResponse::default();
         let mut waits = Vec::new();
         for topic in req.topic_data {
@@ -241,7 +245,7 @@ impl Ctx<'_> {
                         wait: None,
                     },
                     Ok(t) => {
-                        self.produce_partition(t, part.index, part.records, now)
+                        self.produce_partition(t, part.index, part.records, now, &budget)
                             .await
                     }
                 };
@@ -287,6 +291,7 @@ impl Ctx<'_> {
         index: i32,
         records: Option<bytes::Bytes>,
         now: i64,
+        budget: &Arc<records::Budget>,
     ) -> Appended {
         let fail = |e: ResponseError| Appended {
             error: Err(e),
@@ -298,15 +303,16 @@ impl Ctx<'_> {
         else {
             return fail(ResponseError::UnknownTopicOrPartition);
         };
-        // A batch may expand to what one HTTP request may carry, no more.
-        let limit = self.broker().config().max_request_bytes as usize;
         // Decompressing and checking CRCs is CPU work: off the async workers.
         let decoded = match records {
             None => None,
             Some(b) => Some(
-                tokio::task::spawn_blocking(move || records::decode_produce(b, now, limit))
-                    .await
-                    .unwrap_or_else(|e| Err(records::Refused::Corrupt(e.to_string()))),
+                {
+                    let budget = Arc::clone(budget);
+                    tokio::task::spawn_blocking(move || records::decode_produce(b, now, &budget))
+                }
+                .await
+                .unwrap_or_else(|e| Err(records::Refused::Corrupt(e.to_string()))),
             ),
         };
         let batch = match decoded {

@@ -32,20 +32,48 @@ pub struct IncomingBatch {
     pub transactional: bool,
 }
 
-/// Decompresses a batch's records within what is left of `budget` (bytes, for the whole
-/// request), and checks the counts inside them before the protocol crate decodes (and
-/// allocates for) them: a small request must not expand into gigabytes in memory.
+/// What the checks of one request's batches share: the bytes its batches may still
+/// decompress to (one budget for the whole request, over all its partitions), and the
+/// record count the batch being decoded claims.
+#[derive(Debug)]
+pub struct Budget {
+    bytes: std::sync::atomic::AtomicUsize,
+    claimed: std::sync::atomic::AtomicUsize,
+}
+
+impl Budget {
+    pub fn new(bytes: usize) -> Self {
+        Budget {
+            bytes: std::sync::atomic::AtomicUsize::new(bytes),
+            claimed: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn left(&self) -> usize {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn spend(&self, n: usize) {
+        self.bytes
+            .fetch_sub(n.min(self.left()), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Decompresses a batch's records within what is left of the request's budget, and checks
+/// the counts inside them before the protocol crate decodes (and allocates for) them: a
+/// small request must not expand into gigabytes in memory.
 fn decompress_bounded(
-    budget: &std::cell::Cell<usize>,
+    budget: &Budget,
 ) -> impl Fn(&mut Bytes, Compression) -> anyhow::Result<Bytes> + '_ {
     use std::io::Read;
     move |input: &mut Bytes, codec: Compression| {
         let input = input.split_to(input.len());
-        let limit = budget.get();
+        let limit = budget.left();
         let too_big = || anyhow::Error::new(TooLarge(limit));
+        let claimed = budget.claimed.load(std::sync::atomic::Ordering::Relaxed);
         let reader: Box<dyn Read + '_> = match codec {
             Compression::None => {
-                check_records(&input)?;
+                check_records(&input, claimed)?;
                 return Ok(input);
             }
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&input[..])),
@@ -57,14 +85,14 @@ fn decompress_bounded(
                 if len > limit {
                     return Err(too_big());
                 }
-                budget.set(limit - len);
+                budget.spend(len);
                 use kafka_protocol::compression::Decompressor;
                 let mut b = input;
                 let out =
                     kafka_protocol::compression::Snappy::decompress(&mut b, |out: &mut Bytes| {
                         Ok(out.clone())
                     })?;
-                check_records(&out)?;
+                check_records(&out, claimed)?;
                 return Ok(out);
             }
         };
@@ -73,54 +101,71 @@ fn decompress_bounded(
         if out.len() > limit {
             return Err(too_big());
         }
-        budget.set(limit - out.len());
-        check_records(&out)?;
+        budget.spend(out.len());
+        check_records(&out, claimed)?;
         Ok(Bytes::from(out))
     }
 }
 
-/// A zigzag varint (Kafka's record fields) at the start of `buf`: its value and length.
-fn varint(buf: &[u8]) -> Option<(i64, usize)> {
-    let mut raw = 0u64;
-    for (i, &b) in buf.iter().take(10).enumerate() {
-        raw |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some(((raw >> 1) as i64 ^ -((raw & 1) as i64), i + 1));
+/// A zigzag varint of a 32-bit field, read exactly as the protocol crate reads it (at most
+/// five bytes, bits beyond 32 dropped), so that these checks walk the bytes as the crate
+/// will: its value and length.
+fn varint32(buf: &[u8]) -> Option<(i32, usize)> {
+    let mut raw = 0u32;
+    for (i, &b) in buf.iter().take(5).enumerate() {
+        raw |= u32::from(b & 0x7f).wrapping_shl(7 * i as u32);
+        if b & 0x80 == 0 || i == 4 {
+            return Some(((raw >> 1) as i32 ^ -((raw & 1) as i32), i + 1));
         }
     }
     None
 }
 
-/// Walks the records of a batch (magic 2) and checks that each record's header count fits
-/// in its bytes (a header takes at least two): the crate sizes a map by that count before
-/// reading a header.
-fn check_records(mut rest: &[u8]) -> anyhow::Result<()> {
+/// The length of a zigzag varint of a 64-bit field (at most ten bytes, as the crate reads
+/// it).
+fn varlong_len(buf: &[u8]) -> Option<usize> {
+    buf.iter()
+        .take(10)
+        .position(|&b| b & 0x80 == 0)
+        .map(|i| i + 1)
+        .or((buf.len() >= 10).then_some(10))
+}
+
+/// Walks the records of a batch (magic 2) as the crate will, and checks that each record's
+/// header count fits in its bytes (a header takes at least two) and that there are at least
+/// the `claimed` records: the crate sizes a map by the header count, and a vector by the
+/// batch's record count, before it reads them.
+fn check_records(mut rest: &[u8], claimed: usize) -> anyhow::Result<()> {
     let bad = || anyhow::anyhow!("a record's lengths do not fit in its batch");
+    let mut walked = 0usize;
     while !rest.is_empty() {
-        let (len, n) = varint(rest).ok_or_else(bad)?;
+        let (len, n) = varint32(rest).ok_or_else(bad)?;
         let len = usize::try_from(len).map_err(|_| bad())?;
-        let record = rest.get(n..n + len).ok_or_else(bad)?;
+        let record = rest.get(n..n.saturating_add(len)).ok_or_else(bad)?;
         rest = &rest[n + len..];
-        // Attributes, then the timestamp and offset deltas.
+        walked += 1;
+        // Attributes, then the timestamp delta (64 bits) and the offset delta.
         let mut r = record.get(1..).ok_or_else(bad)?;
-        for _ in 0..2 {
-            let (_, n) = varint(r).ok_or_else(bad)?;
-            r = &r[n..];
-        }
+        r = &r[varlong_len(r).ok_or_else(bad)?..];
+        r = &r[varint32(r).ok_or_else(bad)?.1..];
         // The key and the value (-1: null).
         for _ in 0..2 {
-            let (len, n) = varint(r).ok_or_else(bad)?;
-            let skip = if len < 0 {
-                0
-            } else {
-                usize::try_from(len).map_err(|_| bad())?
+            let (len, n) = varint32(r).ok_or_else(bad)?;
+            let skip = match len {
+                -1 => 0,
+                len => usize::try_from(len).map_err(|_| bad())?,
             };
-            r = r.get(n + skip..).ok_or_else(bad)?;
+            r = r.get(n.saturating_add(skip)..).ok_or_else(bad)?;
         }
-        let (headers, n) = varint(r).ok_or_else(bad)?;
+        let (headers, n) = varint32(r).ok_or_else(bad)?;
         if headers < 0 || headers as usize > (r.len() - n) / 2 {
             return Err(bad());
         }
+    }
+    if walked < claimed {
+        return Err(anyhow::anyhow!(
+            "the batch claims {claimed} records and holds {walked}"
+        ));
     }
     Ok(())
 }
@@ -128,12 +173,12 @@ fn check_records(mut rest: &[u8]) -> anyhow::Result<()> {
 /// Checks a batch's record count against its bytes before the crate reserves room for that
 /// many records: a record takes at least 7 bytes of the batch (uncompressed) or of what the
 /// request may decompress to.
-fn check_batch_head(batch: &[u8], limit: usize) -> Result<(), Refused> {
+fn check_batch_head(batch: &[u8], limit: usize) -> Result<usize, Refused> {
     // baseOffset, batchLength, then 49 bytes of header up to and including the count.
     let (Some(len), Some(attributes), Some(count)) =
         (batch.get(8..12), batch.get(21..23), batch.get(57..61))
     else {
-        return Ok(()); // Too short: the crate says so.
+        return Ok(0); // Too short: the crate says so.
     };
     let len = i32::from_be_bytes(len.try_into().unwrap_or_default());
     let compressed = i16::from_be_bytes(attributes.try_into().unwrap_or_default()) & 7 != 0;
@@ -148,7 +193,7 @@ fn check_batch_head(batch: &[u8], limit: usize) -> Result<(), Refused> {
             "a batch claims {count} records in {len} bytes"
         )));
     }
-    Ok(())
+    Ok(count as usize)
 }
 
 /// `seq` plus `n` in Kafka's sequence space: after `i32::MAX` comes 0.
@@ -204,13 +249,15 @@ fn snappy_len(input: &[u8]) -> anyhow::Result<usize> {
 pub fn decode_produce(
     mut bytes: Bytes,
     now_ms: i64,
-    limit: usize,
+    budget: &Budget,
 ) -> Result<IncomingBatch, Refused> {
-    let budget = std::cell::Cell::new(limit);
-    let decompress = decompress_bounded(&budget);
+    let decompress = decompress_bounded(budget);
     let mut sets = Vec::new();
     while !bytes.is_empty() {
-        check_batch_head(&bytes, budget.get())?;
+        let claimed = check_batch_head(&bytes, budget.left())?;
+        budget
+            .claimed
+            .store(claimed, std::sync::atomic::Ordering::Relaxed);
         sets.push(
             RecordBatchDecoder::decode_with_custom_compression(&mut bytes, Some(&decompress))
                 .map_err(|e| match e.downcast_ref::<TooLarge>() {
@@ -424,7 +471,7 @@ mod tests {
             Compression::Zstd,
         ] {
             let buf = encoded(&sent, compression);
-            let got = decode_produce(buf.freeze(), 5, 1 << 20).unwrap();
+            let got = decode_produce(buf.freeze(), 5, &Budget::new(1 << 20)).unwrap();
             assert_eq!(
                 got.producer,
                 Some(ProducerStamp {
@@ -459,8 +506,8 @@ mod tests {
         );
         let last = buf.len() - 1;
         buf[last] ^= 0xff;
-        assert!(decode_produce(buf.freeze(), 0, 1 << 20).is_err());
-        assert!(decode_produce(Bytes::from_static(&[0, 1, 2]), 0, 1 << 20).is_err());
+        assert!(decode_produce(buf.freeze(), 0, &Budget::new(1 << 20)).is_err());
+        assert!(decode_produce(Bytes::from_static(&[0, 1, 2]), 0, &Budget::new(1 << 20)).is_err());
     }
 
     #[test]
@@ -477,12 +524,12 @@ mod tests {
         ] {
             let buf = encoded(std::slice::from_ref(&big), compression);
             assert!(buf.len() < 1 << 20, "{compression:?} compresses zeros");
-            let e = decode_produce(buf.clone().freeze(), 0, 1 << 20).unwrap_err();
+            let e = decode_produce(buf.clone().freeze(), 0, &Budget::new(1 << 20)).unwrap_err();
             assert!(
                 matches!(&e, Refused::TooLarge(why) if why.contains("more than 1048576 bytes")),
                 "{compression:?}: {e:?}"
             );
-            let got = decode_produce(buf.freeze(), 0, 8 << 20).unwrap();
+            let got = decode_produce(buf.freeze(), 0, &Budget::new(8 << 20)).unwrap();
             assert_eq!(got.records[0].value.as_ref().map(Bytes::len), Some(4 << 20));
         }
     }
@@ -497,7 +544,7 @@ mod tests {
         // not even looked at.
         let mut huge = buf.to_vec();
         huge[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
-        let e = decode_produce(Bytes::from(huge), 0, 1 << 20).unwrap_err();
+        let e = decode_produce(Bytes::from(huge), 0, &Budget::new(1 << 20)).unwrap_err();
         assert!(
             matches!(&e, Refused::Corrupt(why) if why.contains("claims")),
             "{e:?}"
@@ -511,7 +558,7 @@ mod tests {
         record.extend(zigzag(i32::MAX as i64));
         let mut records = zigzag(record.len() as i64);
         records.extend(&record);
-        assert!(check_records(&records).is_err());
+        assert!(check_records(&records, 0).is_err());
         // The same record with the one header it has room for passes.
         let last = record.len() - 1;
         record.truncate(last - 4);
@@ -521,8 +568,26 @@ mod tests {
         record.extend(zigzag(-1));
         let mut records = zigzag(record.len() as i64);
         records.extend(&record);
-        check_records(&records).unwrap();
-        assert!(varint(&[0x80; 11]).is_none());
+        check_records(&records, 1).unwrap();
+        // More records claimed than the batch holds.
+        assert!(check_records(&records, 2).is_err());
+        // An over-long varint is read as the crate reads it: five bytes at most.
+        assert_eq!(
+            varint32(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x0c]),
+            Some((0, 5))
+        );
+        assert_eq!(varint32(&zigzag(-1)), Some((-1, 1)));
+        assert_eq!(varint32(&zigzag(i64::from(i32::MAX))), Some((i32::MAX, 5)));
+        assert!(varint32(&[0x80, 0x80]).is_none());
+        // The review's record: an offset delta of six bytes that the crate reads as five,
+        // then a header count of about 2^30 in what follows.
+        let body = [
+            0x00, 0x00, 0x80, 0x80, 0x80, 0x80, 0x80, 0x0c, 0x02, 0x00, 0x01, 0x00, 0x00, 0x00,
+            0x01, 0xfe, 0xff, 0xff, 0xff, 0x07,
+        ];
+        let mut records = zigzag(body.len() as i64);
+        records.extend(body);
+        assert!(check_records(&records, 1).is_err());
     }
 
     fn zigzag(v: i64) -> Vec<u8> {
