@@ -433,22 +433,22 @@ async fn librdkafka_idempotent_producer_and_a_group_that_resumes_where_it_commit
     drop(server);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_python_and_kafkajs_produce_and_consume_in_groups() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let kafka = server.kafka_addr();
-
+/// Runs `script`, a Python client from PyPI (`library`, installed by the installer under
+/// its name): it produces `count` records to the topic named like the library, consumes
+/// them in the group `<library>-group` and commits. Checks the offsets produced, the
+/// records consumed, and the commit over HTTP.
+async fn python_client_in_a_group(server: &Server, library: &str, script: &str, count: u64) {
+    let group = format!("{library}-group");
     let out = ok(
         run(
             Command::new(common::python())
-                .env("PYTHONPATH", clients().join("kafka-python"))
-                .arg(tool("kafka_python_client.py"))
-                .args([&kafka, "kp", "kpg", "100"]),
+                .env("PYTHONPATH", clients().join(library))
+                .arg(tool(script))
+                .args([&server.kafka_addr(), library, &group, &count.to_string()]),
             b"",
             120,
         ),
-        "kafka-python",
+        library,
     );
     let v: Value = serde_json::from_slice(&out).unwrap();
     let produced: Vec<u64> = v["produced"]
@@ -457,15 +457,27 @@ async fn kafka_python_and_kafkajs_produce_and_consume_in_groups() {
         .iter()
         .map(|p| p[1].as_u64().unwrap())
         .collect();
-    assert_eq!(produced, (0..100).collect::<Vec<_>>());
+    assert_eq!(produced, (0..count).collect::<Vec<_>>(), "{library}");
     let consumed = v["consumed"].as_array().unwrap();
-    assert_eq!(consumed.len(), 100);
+    assert_eq!(consumed.len() as u64, count, "{library}");
+    let last = count - 1;
     assert_eq!(
-        consumed[42],
-        json!({"partition": 0, "offset": 42, "key": "k42", "value": "v42", "headers": [["i", "42"]]})
+        consumed[last as usize],
+        json!({"partition": 0, "offset": last, "key": format!("k{last}"), "value": format!("v{last}"), "headers": [["i", last.to_string()]]}),
+        "{library}"
     );
-    let g = common::server::get_json(&http(), server.url("/v1/groups/kpg/offsets")).await;
-    assert_eq!(g["offsets"][0]["offset"], 100, "{g}");
+    let g =
+        common::server::get_json(&http(), server.url(&format!("/v1/groups/{group}/offsets"))).await;
+    assert_eq!(g["offsets"][0]["offset"], count, "{library}: {g}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_and_kafkajs_produce_and_consume_in_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let kafka = server.kafka_addr();
+
+    python_client_in_a_group(&server, "kafka-python", "kafka_python_client.py", 100).await;
 
     let out = ok(
         run(
@@ -505,36 +517,9 @@ async fn kafka_python_and_kafkajs_produce_and_consume_in_groups() {
 async fn aiokafka_produces_idempotently_and_consumes_in_a_group() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let kafka = server.kafka_addr();
-    let out = ok(
-        run(
-            Command::new(common::python())
-                .env("PYTHONPATH", clients().join("aiokafka"))
-                .arg(tool("aiokafka_client.py"))
-                .args([&kafka, "ak", "akg", "60"]),
-            b"",
-            120,
-        ),
-        "aiokafka",
-    );
-    let v: Value = serde_json::from_slice(&out).unwrap();
-    let sent: Vec<u64> = v["sent"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s[1].as_u64().unwrap())
-        .collect();
-    assert_eq!(sent, (0..60).collect::<Vec<_>>());
-    let consumed = v["consumed"].as_array().unwrap();
-    assert_eq!(consumed.len(), 60);
-    assert_eq!(
-        consumed[59],
-        json!({"partition": 0, "offset": 59, "key": "k59", "value": "v59", "headers": [["i", "59"]]})
-    );
-    let g = common::server::get_json(&http(), server.url("/v1/groups/akg/offsets")).await;
-    assert_eq!(g["offsets"][0]["offset"], 60, "{g}");
+    python_client_in_a_group(&server, "aiokafka", "aiokafka_client.py", 60).await;
     // Its batches carried a producer id: the records are there once each.
-    assert_eq!(http_records(&server, "ak", 0).await.len(), 60);
+    assert_eq!(http_records(&server, "aiokafka", 0).await.len(), 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,7 +38,8 @@ async def main(bootstrap, topic, group, count):
         await c.commit()
     finally:
         await c.stop()
-    print(json.dumps({"sent": [[s.partition, s.offset] for s in sent], "consumed": consumed}))
+    print(json.dumps({"produced": [[s.partition, s.offset] for s in sent],
+                      "consumed": consumed}))
 
 
 asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
