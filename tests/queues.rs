@@ -515,36 +515,51 @@ async fn bad_input_is_refused_and_changes_nothing() {
     );
 }
 
-/// The journal cut at every byte of its last events (a torn write): the group opens, with
-/// exactly the state of the events wholly before the cut.
-#[test]
-fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
-    use mapq::broker::queue::{Event, QueueState};
-    use mapq::broker::queues::{QueueGroups, QueueSettings};
-    use mapq::log::format::decode_frame;
-    let dir = tempfile::tempdir().unwrap();
-    let settings = QueueSettings {
+/// The settings of the journal tests' group `work`, on topic `jobs`.
+fn journal_test_settings() -> mapq::broker::queues::QueueSettings {
+    mapq::broker::queues::QueueSettings {
         topics: vec!["jobs".into()],
         lease_ms: 1000,
         max_deliveries: 3,
         dead_letter_topic: None,
         max_in_flight: 100,
-    };
-    let mut events = Vec::new();
-    for o in 0..6u64 {
-        events.push(Event::Lease {
-            t: "jobs".into(),
-            p: 0,
-            o,
-            d: 1,
-            exp: 10_000,
-        });
     }
-    events.push(Event::Accept {
+}
+
+/// A first delivery of `jobs`/0 at `o`, leased until 10 s.
+fn lease(o: u64) -> mapq::broker::queue::Event {
+    mapq::broker::queue::Event::Lease {
         t: "jobs".into(),
         p: 0,
-        o: 0,
-    });
+        o,
+        d: 1,
+        exp: 10_000,
+    }
+}
+
+/// `jobs`/0 at `o` accepted.
+fn accept(o: u64) -> mapq::broker::queue::Event {
+    mapq::broker::queue::Event::Accept {
+        t: "jobs".into(),
+        p: 0,
+        o,
+    }
+}
+
+/// The journal cut at every byte of its last events (a torn write): the group opens, with
+/// exactly the state of the events wholly before the cut.
+#[test]
+fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
+    use mapq::broker::queue::{Event, QueueState};
+    use mapq::broker::queues::QueueGroups;
+    use mapq::log::format::decode_frame;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = journal_test_settings();
+    let mut events = Vec::new();
+    for o in 0..6u64 {
+        events.push(lease(o));
+    }
+    events.push(accept(0));
     events.push(Event::Release {
         t: "jobs".into(),
         p: 0,
@@ -557,11 +572,7 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
         o: 2,
         exp: 20_000,
     });
-    events.push(Event::Accept {
-        t: "jobs".into(),
-        p: 0,
-        o: 3,
-    });
+    events.push(accept(3));
     {
         let groups = QueueGroups::open(dir.path(), false).unwrap();
         groups.create("work", settings).unwrap();
@@ -685,38 +696,18 @@ async fn mapq_queue_work_acks_by_exit_status() {
 /// the same state.
 #[test]
 fn a_compacted_journal_keeps_the_state_and_drops_its_old_segments() {
-    use mapq::broker::queue::Event;
-    use mapq::broker::queues::{QueueGroups, QueueSettings};
+    use mapq::broker::queues::QueueGroups;
     let dir = tempfile::tempdir().unwrap();
-    let settings = QueueSettings {
-        topics: vec!["jobs".into()],
-        lease_ms: 1000,
-        max_deliveries: 3,
-        dead_letter_topic: None,
-        max_in_flight: 100,
-    };
+    let settings = journal_test_settings();
     let state = {
         let groups = QueueGroups::open_compacting(dir.path(), false, 50).unwrap();
         groups.create("work", settings).unwrap();
         let g = groups.get("work").unwrap();
         let mut inner = g.lock();
         for o in 0..200u64 {
-            let lease = Event::Lease {
-                t: "jobs".into(),
-                p: 0,
-                o,
-                d: 1,
-                exp: 10_000,
-            };
-            inner.commit(&[lease]).unwrap();
+            inner.commit(&[lease(o)]).unwrap();
             if o % 3 != 0 {
-                inner
-                    .commit(&[Event::Accept {
-                        t: "jobs".into(),
-                        p: 0,
-                        o,
-                    }])
-                    .unwrap();
+                inner.commit(&[accept(o)]).unwrap();
             }
         }
         inner.state.clone()
