@@ -56,6 +56,21 @@ impl Queue {
         body["records"].as_array().unwrap().clone()
     }
 
+    /// Leases (up to 10 at a time) until at least `n` records came back, each lease
+    /// long-polling until one is due (a lease expires, a delay ends), for at most 10 s.
+    async fn take_waiting(&self, n: usize) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while got.len() < n && std::time::Instant::now() < deadline {
+            let (status, body) = self
+                .lease(json!({"member": "t", "max_records": 10, "wait_ms": 5000}))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            got.extend(body["records"].as_array().unwrap().iter().cloned());
+        }
+        got
+    }
+
     async fn ack_raw(&self, acks: Value) -> (StatusCode, Value) {
         let r = self
             .http
@@ -192,8 +207,7 @@ async fn every_kind_of_ack_and_tokens_that_stop_once_their_record_is_leased_agai
     assert_eq!(results, [lost(), lost()]);
     // b's lease expires (delivery 2), comes back as delivery 3, is released: its last
     // delivery failed, so it goes to the dead letters.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let third = q.take(10).await;
+    let third = q.take_waiting(1).await;
     assert_eq!(
         third.len(),
         1,
@@ -304,8 +318,7 @@ async fn leases_and_delivery_counts_survive_a_kill() {
         .await;
     assert_eq!(results, [ok(false), lost(), ok(false)]);
     // c's lease (delivery 1) expires; b comes back as delivery 3, c as 2: nothing reset.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let again = by_value(&q.take(10).await);
+    let again = by_value(&q.take_waiting(2).await);
     assert_eq!(
         (&again["b"]["delivery"], &again["c"]["delivery"]),
         (&json!(3), &json!(2)),
