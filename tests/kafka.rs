@@ -637,7 +637,6 @@ async fn kill_9_under_an_idempotent_acks_all_producer_loses_and_duplicates_nothi
             std::thread::sleep(Duration::from_millis(20));
         }
         server.kill();
-        std::thread::sleep(Duration::from_millis(300));
         server = Server::start(dir.path(), &[("MAPQ_KAFKA_LISTEN", &kafka_listen)]);
     }
     let before = acked(&acks);

@@ -259,8 +259,10 @@ fn fetch_starts_inside_a_batch_waits_for_records_and_gives_at_least_one_whole_re
     let (e, records) = fetch(&mut c, "f", 10, 1 << 20, 10_000);
     assert_eq!(e, 0);
     assert_eq!(records.len(), 1);
+    // It waited for the append (made 300 ms after the fetch was sent), and no longer.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() >= Duration::from_millis(250)
+            && started.elapsed() < Duration::from_secs(5),
         "woken by the append, not by the timeout: {:?}",
         started.elapsed()
     );
