@@ -28,6 +28,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(tls::acceptor(&config.tls_cert_file, &config.tls_key_file)?)
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // The Kafka listener speaks TLS with the same certificate.
     let kafka_tls = tls.clone();
     // A data directory in use by another server is refused before this one listens.
     let lock = {
@@ -106,7 +107,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             l,
             Arc::clone(&broker),
             state.clone(),
-            kafka_tls.clone(),
+            kafka_tls,
         ))
     });
 

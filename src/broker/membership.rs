@@ -387,7 +387,7 @@ impl Broker {
         entries: &[(String, u32, u64)],
     ) -> Result<(), BrokerError> {
         super::validate_name(group)?;
-        if self.is_queue_group(group) || self.members.get(group).is_some() {
+        if self.is_queue_group(group) || self.is_member_group(group) {
             return Err(BrokerError::WrongGroupType {
                 group: group.to_owned(),
                 is: "a queue group or an HTTP group with members",

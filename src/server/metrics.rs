@@ -284,7 +284,7 @@ fn per_member_group_by(
 }
 
 /// The series of each queue group: `(labels, value)`.
-fn per_queue(s: &BrokerStats, value: fn(&crate::broker::QueueGroupStats) -> u64) -> Vec<Series> {
+fn per_queue(s: &BrokerStats, value: QueueCounter) -> Vec<Series> {
     s.queue_groups
         .iter()
         .map(|g| (vec![g.group.clone()], value(g)))
