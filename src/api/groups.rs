@@ -208,6 +208,19 @@ pub struct QueuePartitionOut {
     pub dead_lettered: u64,
 }
 
+impl From<&crate::broker::QueuePartitionStats> for QueuePartitionOut {
+    fn from(p: &crate::broker::QueuePartitionStats) -> Self {
+        QueuePartitionOut {
+            topic: p.topic.clone(),
+            partition: p.partition,
+            backlog: p.backlog,
+            in_flight: p.in_flight,
+            oldest_unacked_age_ms: p.oldest_unacked_age_ms,
+            dead_lettered: p.dead_lettered,
+        }
+    }
+}
+
 /// `GET /v1/groups/{group}` of a queue group: totals at the top, the same per partition.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueueGroupOut {

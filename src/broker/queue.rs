@@ -151,6 +151,15 @@ mod as_list {
 }
 
 impl PartitionQueue {
+    /// A partition nothing was handed out of yet, from `start` (its log's start).
+    pub fn starting_at(start: u64) -> Self {
+        PartitionQueue {
+            floor: start,
+            next: start,
+            ..Default::default()
+        }
+    }
+
     /// Moves the floor past settled records.
     fn raise_floor(&mut self) {
         while let Some((&o, &Rec::Settled { d, accepted })) = self.recs.first_key_value() {
@@ -279,15 +288,8 @@ impl QueueState {
         {
             Some(i) => i,
             None => {
-                self.partitions.push((
-                    t.to_owned(),
-                    p,
-                    PartitionQueue {
-                        floor: start,
-                        next: start,
-                        ..Default::default()
-                    },
-                ));
+                self.partitions
+                    .push((t.to_owned(), p, PartitionQueue::starting_at(start)));
                 self.partitions.len() - 1
             }
         };

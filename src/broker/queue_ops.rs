@@ -523,11 +523,7 @@ impl Broker {
             };
             let log = p.log();
             let (end, start) = (log.end_offset(), log.start_offset());
-            let empty = super::queue::PartitionQueue {
-                floor: start,
-                next: start,
-                ..Default::default()
-            };
+            let empty = super::queue::PartitionQueue::starting_at(start);
             let q = inner.state.queue(&tp).unwrap_or(&empty);
             let oldest = q.oldest_unsettled(end).max(start);
             let age = match self.read_one(&tp, oldest)? {

@@ -75,18 +75,7 @@ pub async fn describe(
     {
         return Err(crate::broker::BrokerError::GroupNotFound(group.to_owned()).into());
     }
-    let partitions: Vec<QueuePartitionOut> = d
-        .partitions
-        .iter()
-        .map(|p| QueuePartitionOut {
-            topic: p.topic.clone(),
-            partition: p.partition,
-            backlog: p.backlog,
-            in_flight: p.in_flight,
-            oldest_unacked_age_ms: p.oldest_unacked_age_ms,
-            dead_lettered: p.dead_lettered,
-        })
-        .collect();
+    let partitions: Vec<QueuePartitionOut> = d.partitions.iter().map(Into::into).collect();
     Ok(QueueGroupOut {
         name: d.name.clone(),
         group_type: GroupType::Queue,
