@@ -82,8 +82,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
         tls,
     };
+    let mut stopped = state.shutdown_signal();
     let server = tokio::spawn(http::run(listener, app, options, async move {
-        signals.next().await;
+        // A signal, or a start-up that failed after the listener began (the cluster).
+        tokio::select! {
+            _ = signals.next() => {}
+            _ = stopped.wait_for(|s| *s) => {}
+        }
         shutdown_state.begin_shutdown();
         tokio::spawn(async move {
             signals.next().await;
@@ -101,6 +106,33 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if config.cluster {
+        let kafka_bound = kafka_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let kafka = if config.kafka_advertised_listener.is_empty() {
+            kafka_bound
+        } else {
+            config.kafka_advertised_listener.clone()
+        };
+        let settings = crate::cluster::Settings::of(&config, &format!("{scheme}://{addr}"), &kafka);
+        match crate::cluster::Cluster::join(settings, Arc::clone(&broker), state.shutdown_signal())
+            .await
+        {
+            Ok(cluster) => {
+                state.metrics().register_cluster(&cluster);
+                state.set_cluster(cluster);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot join the cluster");
+                state.begin_shutdown();
+                let _ = server.await;
+                return Err(anyhow::anyhow!("cannot join the cluster: {e}"));
+            }
+        }
+    }
     let maintenance = crate::maintenance::spawn(Arc::clone(&broker), state.shutdown_signal());
     let kafka = kafka_listener.map(|l| {
         tokio::spawn(crate::kafka::serve(

@@ -80,6 +80,21 @@ pub struct Config {
     /// The `host:port` Kafka clients are told to connect to; empty: the bound address.
     pub kafka_advertised_listener: String,
     pub kafka_group_initial_rebalance_delay_ms: u64,
+    /// Join a cluster (see the `cluster` section of `config/mapq.toml`).
+    pub cluster: bool,
+    pub etcd_endpoints: Vec<String>,
+    pub node_id: String,
+    /// The URL other nodes and redirected clients use; empty: `http://` and the bound
+    /// address.
+    pub advertised_http: String,
+    /// `host:port` Kafka clients are told for this node; empty: as `kafka_advertised_listener`.
+    pub advertised_kafka: String,
+    pub default_replication_factor: u32,
+    pub default_min_insync_replicas: u32,
+    pub cluster_lease_ms: u64,
+    pub replica_lag_ms: u64,
+    /// A token secret nodes send to each other when tokens are configured.
+    pub cluster_token: String,
 }
 
 /// Variables of the `mapq` client commands (`--token`, `--cacert`, `--server`): a shell that
@@ -167,6 +182,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// Like `listen`, for the Kafka listener; empty turns it off.
     pub kafka_listen: Option<String>,
+    /// `--cluster`: join the cluster the settings name.
+    pub cluster: bool,
 }
 
 impl Config {
@@ -242,12 +259,23 @@ impl Config {
             // others (numbers, booleans, and numbers that may be "null") are parsed.
             let value = match table.get(&key) {
                 Some(toml::Value::String(d)) if d != "null" => toml::Value::String(raw),
+                // Lists are comma-separated.
+                Some(toml::Value::Array(_)) => toml::Value::Array(
+                    raw.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
                 _ => env_value(&raw),
             };
             table.insert(key, value);
         }
         if let Some(listen) = &overrides.listen {
             table.insert("listen".into(), toml::Value::String(listen.clone()));
+        }
+        if overrides.cluster {
+            table.insert("cluster".into(), toml::Value::Boolean(true));
         }
         if let Some(kafka) = &overrides.kafka_listen {
             table.insert("kafka_listen".into(), toml::Value::String(kafka.clone()));
@@ -414,6 +442,52 @@ impl Config {
                 );
             }
         }
+        if self.cluster {
+            if crate::broker::validate_name(&self.node_id).is_err() {
+                return bad(
+                    "node_id",
+                    "a cluster node needs a node_id: letters, digits, `.`, `_`, `-` (unique and stable across restarts)",
+                );
+            }
+            if self.etcd_endpoints.is_empty() {
+                return bad(
+                    "etcd_endpoints",
+                    "a cluster needs at least one etcd endpoint",
+                );
+            }
+            if let Some(e) = self
+                .etcd_endpoints
+                .iter()
+                .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+            {
+                return bad(
+                    "etcd_endpoints",
+                    &format!("{e:?} is not a URL such as http://127.0.0.1:2379"),
+                );
+            }
+            let url = &self.advertised_http;
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(
+                    "advertised_http",
+                    "must be a URL such as http://10.0.0.5:8080",
+                );
+            }
+            if self.default_replication_factor == 0 || self.default_min_insync_replicas == 0 {
+                return bad(
+                    "default_replication_factor",
+                    "default_replication_factor and default_min_insync_replicas must be at least 1",
+                );
+            }
+            if self.cluster_lease_ms < 2000 {
+                return bad(
+                    "cluster_lease_ms",
+                    "must be at least 2000 (etcd counts leases in whole seconds)",
+                );
+            }
+            if self.replica_lag_ms == 0 {
+                return bad("replica_lag_ms", "must be at least 1");
+            }
+        }
         if self.flush_interval_ms == 0 {
             return bad("flush_interval_ms", "must be at least 1");
         }
@@ -432,6 +506,7 @@ impl Config {
             segment_bytes,
             reserve_chunk_bytes: self.reserve_chunk_bytes,
             prefault_bytes: self.prefault_bytes,
+            replicated: self.cluster,
             ..crate::log::LogConfig::default()
         }
     }
@@ -563,6 +638,39 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_come_from_the_environment_and_a_node_needs_an_id() {
+        let c = load_env(&[
+            ("MAPQ_CLUSTER", "true"),
+            ("MAPQ_NODE_ID", "n1"),
+            (
+                "MAPQ_ETCD_ENDPOINTS",
+                "http://127.0.0.1:2379, http://127.0.0.1:22379",
+            ),
+        ])
+        .unwrap();
+        assert!(c.cluster);
+        assert_eq!(
+            c.etcd_endpoints,
+            vec!["http://127.0.0.1:2379", "http://127.0.0.1:22379"]
+        );
+        assert!(c.log_config(1 << 20).replicated);
+        let e = load_env(&[("MAPQ_CLUSTER", "true")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("node_id"), "{e}");
+        let e = load_env(&[
+            ("MAPQ_CLUSTER", "true"),
+            ("MAPQ_NODE_ID", "n1"),
+            ("MAPQ_ETCD_ENDPOINTS", "127.0.0.1:2379"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("etcd_endpoints"), "{e}");
+        // Outside a cluster nothing is asked of them, and partitions are not replicated.
+        assert!(!Config::defaults().log_config(1 << 20).replicated);
+    }
+
+    #[test]
     fn listen_takes_host_names() {
         let c = load_env(&[("MAPQ_LISTEN", "localhost:18090")]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:18090".parse().unwrap());
@@ -570,6 +678,7 @@ mod tests {
             listen: Some("localhost:0".into()),
             data_dir: None,
             kafka_listen: None,
+            cluster: false,
         };
         let c = Config::load(None, [], &flags).unwrap();
         assert!(c.listen.ip().is_loopback());
@@ -649,6 +758,7 @@ mod tests {
             listen: Some("127.0.0.1:3".into()),
             data_dir: Some("/tmp/x".into()),
             kafka_listen: Some(String::new()),
+            cluster: false,
         };
         let c = Config::load(Some(&f), env, &flags).unwrap();
         assert_eq!(c.listen.port(), 3);

@@ -35,6 +35,9 @@
 //!   writer and lock-free zero-copy readers, recovery, the file worker, the disk quota, the
 //!   tailer and verification. It knows nothing of HTTP or tokio.
 //!
+//! - [`cluster`]: several nodes coordinated by etcd: membership, the controller, partition
+//!   leaders and in-sync sets, followers fetching from leaders, acks=all.
+//!
 //! Beside it:
 //! - [`auth`]: bearer tokens and per-topic permissions; [`config`]: settings (embedded
 //!   defaults, file, environment, flags).
@@ -49,6 +52,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod kafka;
 pub mod log;

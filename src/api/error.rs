@@ -80,6 +80,10 @@ codes! {
     RequestTimedOut = ("request_timed_out", 503, "No answer within `request_timeout_ms`; the request may or may not have taken effect"),
     PartitionUnavailable = ("partition_unavailable", 503, "The partition stopped accepting writes after a failed flush"),
     TooManyOpenFiles = ("too_many_open_files", 503, "The server reached its limit of open files"),
+    NotLeader = ("not_leader", 307, "In a cluster: this node does not lead the partition; `Location` (and `leader`) name the node that does"),
+    FencedLeaderEpoch = ("fenced_leader_epoch", 409, "In a cluster: a replication request for another leader epoch than this node's"),
+    NotEnoughReplicas = ("not_enough_replicas", 503, "In a cluster: fewer in-sync replicas than `min_insync_replicas` (nothing appended), or fewer by the time the records were replicated (they may survive; not acknowledged)"),
+    LeaderNotAvailable = ("leader_not_available", 503, "In a cluster: the partition has no leader reachable from this node now (a failover is under way, or this node lost its etcd session); retry"),
     InsufficientStorage = ("insufficient_storage", 507, "No disk space left (or `max_disk_bytes` reached): nothing was appended"),
 }
 
@@ -107,6 +111,9 @@ pub struct ErrorDetail {
     /// On `offset_out_of_range`: the high watermark.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<u64>,
+    /// On `not_leader`: the node id of the partition's leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[cfg(test)]
@@ -119,7 +126,8 @@ mod tests {
             assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
             let back: ErrorCode = serde_json::from_value(c.as_str().into()).unwrap();
             assert_eq!(back, c);
-            assert!((400..600).contains(&c.status()), "{c}");
+            let redirect = c == ErrorCode::NotLeader && c.status() == 307;
+            assert!(redirect || (400..600).contains(&c.status()), "{c}");
         }
         let later: ErrorCode = serde_json::from_str("\"lease_lost\"").unwrap();
         assert_eq!(later, ErrorCode::Unknown);

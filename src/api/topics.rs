@@ -15,6 +15,14 @@ pub struct CreateTopic {
     /// Overrides of the server defaults; `null` means no limit.
     #[schema(value_type = Option<TopicConfigOut>)]
     pub config: Option<serde_json::Value>,
+    /// In a cluster: replicas of each partition. Default: `default_replication_factor`, or
+    /// the number of live nodes when fewer. Outside one: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<u32>,
+    /// In a cluster: in-sync replicas a write needs. Default:
+    /// `default_min_insync_replicas`, at most the replication factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<u32>,
 }
 
 /// A topic's effective settings.

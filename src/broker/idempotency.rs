@@ -392,7 +392,13 @@ impl Idempotency {
         let mut entries = self.lock();
         match entries.get_mut(key) {
             Some(e) if e.digest == digest && e.records == records => {
-                e.pieces.push(piece);
+                // Learned again (a cluster node taking up a leadership): once.
+                let known = e.pieces.iter().any(|p| {
+                    p.partition == piece.partition && p.first_offset == piece.first_offset
+                });
+                if !known {
+                    e.pieces.push(piece);
+                }
                 e.appended_ms = e.appended_ms.max(appended_ms);
             }
             Some(_) => {}
@@ -411,6 +417,18 @@ impl Idempotency {
                 );
             }
         }
+    }
+}
+
+impl Idempotency {
+    /// Forgets the parts stored in `partition` at or after `offset` (a cluster follower cut
+    /// its log there), and the keys left with none.
+    pub fn forget_from(&self, partition: u32, offset: u64) {
+        self.lock().retain(|_, e| {
+            e.pieces
+                .retain(|p| p.partition != partition || p.first_offset < offset);
+            !e.pieces.is_empty() || e.in_flight
+        });
     }
 }
 

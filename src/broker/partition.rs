@@ -39,11 +39,16 @@ impl Wait {
 }
 
 /// One partition: its log, and a watch of its end offset that wakes waiting consumers.
+///
+/// In a cluster the log is replicated, and consumers see it up to its high watermark
+/// (what every in-sync replica holds): the watch follows that, and `log_end` follows the
+/// appends (for the followers that fetch them).
 #[derive(Debug)]
 pub struct Partition {
     id: u32,
     log: PartitionLog,
     end_offset: watch::Sender<u64>,
+    log_end: watch::Sender<u64>,
     /// A flush of this partition is queued (after `flush_messages` records).
     flush_queued: AtomicBool,
     /// `durability=fsync` producers waiting, as tasks rather than threads, and answered by
@@ -63,10 +68,16 @@ impl Partition {
     ) -> Result<Self, BrokerError> {
         let (log, _report) = PartitionLog::open(dir, config.clone()).map_err(BrokerError::Log)?;
         let end = log.end_offset();
+        let visible = if log.is_replicated() {
+            log.replicated_offset()
+        } else {
+            end
+        };
         Ok(Partition {
             id,
             log,
-            end_offset: watch::Sender::new(end),
+            end_offset: watch::Sender::new(visible),
+            log_end: watch::Sender::new(end),
             flush_queued: AtomicBool::new(false),
             durable_waiters: DurableWaiters::default(),
             appended_records: AtomicU64::new(0),
@@ -126,7 +137,52 @@ impl Partition {
     pub(super) fn appended(&self, a: &super::PartitionAppend) {
         self.appended_records.fetch_add(a.count, Ordering::Relaxed);
         self.appended_bytes.fetch_add(a.bytes, Ordering::Relaxed);
-        self.notify(a.end_offset());
+        self.appended_to(a.end_offset());
+    }
+
+    /// Wakes what waits for records below `end`: consumers, unless the partition is
+    /// replicated (they wait for the high watermark), and followers fetching.
+    pub fn appended_to(&self, end: u64) {
+        if !self.log.is_replicated() {
+            self.notify(end);
+        }
+        self.log_end.send_if_modified(|current| {
+            let grew = end > *current;
+            if grew {
+                *current = end;
+            }
+            grew
+        });
+    }
+
+    /// A receiver that changes whenever records are appended, replicated or not.
+    pub fn subscribe_log_end(&self) -> watch::Receiver<u64> {
+        self.log_end.subscribe()
+    }
+
+    /// What consumers may read up to: the end, or in a replicated partition the high
+    /// watermark.
+    pub fn high_watermark(&self) -> u64 {
+        if self.log.is_replicated() {
+            self.log.replicated_offset()
+        } else {
+            self.log.end_offset()
+        }
+    }
+
+    /// Raises a replicated partition's high watermark (stored in its segments for local
+    /// tailers, see `PartitionLog::advance_replicated`) and wakes the consumers waiting
+    /// for the records below it. Blocks.
+    pub fn advance_high_watermark(&self, hw: u64) -> Result<(), BrokerError> {
+        self.log.advance_replicated(hw.min(self.log.end_offset()))?;
+        self.notify(self.log.replicated_offset());
+        Ok(())
+    }
+
+    /// After a truncation: the watches may stand above the new end.
+    pub fn truncated_to(&self, end: u64) {
+        self.log_end
+            .send_modify(|current| *current = (*current).min(end));
     }
 
     /// Records and bytes of frames appended since the partition was opened.
@@ -154,7 +210,7 @@ impl Partition {
         let log = &self.log;
         Ok(match at {
             StartAt::Earliest => log.start_offset(),
-            StartAt::Latest => log.end_offset(),
+            StartAt::Latest => self.high_watermark(),
             StartAt::Offset(o) => o,
             StartAt::Timestamp(ts) => log.offset_for_timestamp(ts)?.unwrap_or(log.end_offset()),
         })
@@ -163,6 +219,24 @@ impl Partition {
     /// Reads from `offset` within `limits`. Never waits for the writer; blocks only on the
     /// files (a segment closed while idle is reopened, cold pages fault in).
     pub fn read(&self, offset: u64, limits: ReadLimits) -> Result<ReadBatch, BrokerError> {
+        if !self.log.is_replicated() {
+            return Ok(self
+                .log
+                .read(offset, limits.max_records, limits.max_bytes)?);
+        }
+        // Up to the high watermark: a record above it may still be truncated away.
+        let hw = self.log.replicated_offset();
+        let below = usize::try_from(hw.saturating_sub(offset)).unwrap_or(usize::MAX);
+        let mut batch = self
+            .log
+            .read(offset, limits.max_records.min(below), limits.max_bytes)?;
+        batch.high_watermark = hw.max(batch.next_offset);
+        Ok(batch)
+    }
+
+    /// Reads from `offset` within `limits`, past the high watermark: what a follower
+    /// fetches. Blocks on the files like [`Partition::read`].
+    pub fn read_log(&self, offset: u64, limits: ReadLimits) -> Result<ReadBatch, BrokerError> {
         Ok(self
             .log
             .read(offset, limits.max_records, limits.max_bytes)?)

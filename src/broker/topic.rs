@@ -482,12 +482,52 @@ impl Topic {
         explicit: Option<u32>,
         key: Option<&[u8]>,
     ) -> Result<u32, BrokerError> {
+        self.choose_partition_among(explicit, key, &[])
+    }
+
+    /// [`Topic::choose_partition`], with the round-robin over `among` when it is not empty
+    /// (in a cluster: the partitions this node leads).
+    pub fn choose_partition_among(
+        &self,
+        explicit: Option<u32>,
+        key: Option<&[u8]>,
+        among: &[u32],
+    ) -> Result<u32, BrokerError> {
         let n = self.partition_count();
         match (explicit, key) {
             (Some(p), _) => self.partition(p).map(|_| p),
             (None, Some(k)) => Ok(super::partitioner::partition_for_key(k, n)),
+            (None, None) if !among.is_empty() => {
+                Ok(among[self.round_robin.next(among.len() as u32) as usize])
+            }
             (None, None) => Ok(self.round_robin.next(n)),
         }
+    }
+
+    /// Learns the idempotency keys stored in one partition's batch heads within the
+    /// window: a cluster node that becomes the partition's leader answers retries of
+    /// requests its predecessor stored. Blocks.
+    pub fn learn_idempotency(&self, partition: u32) -> Result<(), BrokerError> {
+        let p = self.partition(partition)?;
+        let now = crate::log::now_ms();
+        let since = self.idempotency.rebuild_since(now);
+        p.log().scan_batch_heads(since, |first_offset, head| {
+            if let Some(r) = head.request {
+                let piece = Piece {
+                    partition,
+                    first_offset,
+                    count: head.record_count,
+                    positions: r.has_positions().then(|| {
+                        (0..head.record_count as usize)
+                            .map(|i| r.position(i))
+                            .collect()
+                    }),
+                };
+                self.idempotency
+                    .remember(r.key, r.digest, r.records, piece, head.appended_ms);
+            }
+        })?;
+        Ok(())
     }
 }
 

@@ -71,6 +71,9 @@ pub enum Command {
         /// Kafka listen address, e.g. 127.0.0.1:9092 (port 0: any free port; empty: none).
         #[arg(long)]
         kafka_listen: Option<String>,
+        /// Join the cluster named by `etcd_endpoints` as `node_id` (see config/mapq.toml).
+        #[arg(long)]
+        cluster: bool,
     },
     /// HTTP load generator: produce N records, then consume them as frames and as JSON.
     Bench(crate::client::bench::BenchArgs),
@@ -139,12 +142,14 @@ pub fn run(cli: Cli) -> ExitCode {
             listen,
             data_dir,
             kafka_listen,
+            cluster,
         } => run_serve(
             config.as_deref(),
             Overrides {
                 listen,
                 data_dir,
                 kafka_listen,
+                cluster,
             },
             cli.log_format,
         ),

@@ -50,6 +50,9 @@ pub enum LogError {
     /// A replication operation on a partition that is not replicated.
     #[error("the partition is not replicated")]
     NotReplicated,
+    /// Frames fetched from a cluster leader that do not continue this log.
+    #[error("replicated frames do not continue the log: {0}")]
+    ReplicaMismatch(String),
 
     /// Frames handed to `append_frames` are not valid frames.
     #[error("invalid frame at byte {position}: {source}")]

@@ -31,6 +31,10 @@ pub const OFFSET_INDEX_EXT: &str = "index";
 pub const TIME_INDEX_EXT: &str = "timeindex";
 /// Suffix of a file still being created; renamed to its final name once its header is durable.
 pub const CREATING_SUFFIX: &str = "new";
+/// A cluster's leader-epoch history of a partition (`FORMAT.md` §7), in its directory, and
+/// the temporary name it is rewritten under.
+pub const LEADER_EPOCHS_FILE: &str = "leader-epochs";
+pub const LEADER_EPOCHS_TMP: &str = "leader-epochs.tmp";
 /// A segment's three files: its data file and its two index files.
 pub const SEGMENT_FILE_EXTS: [&str; 3] = [SEGMENT_EXT, OFFSET_INDEX_EXT, TIME_INDEX_EXT];
 

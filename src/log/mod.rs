@@ -41,7 +41,7 @@ pub use error::LogError;
 pub use format::{FrameView, Record};
 pub use partition::{
     batch_bytes, AppendGuard, Appended, DeleteReason, DeletedSegment, LogStats, PartitionLog,
-    ReadBatch, StoredRecord, Truncation, ValidFrames,
+    ReadBatch, ReplicaFrames, StoredRecord, Truncation, ValidFrames,
 };
 pub use quota::DiskQuota;
 pub use recovery::RecoveryReport;

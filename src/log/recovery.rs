@@ -247,6 +247,10 @@ fn scan_dir(dir: &Path, report: &mut RecoveryReport) -> Result<Vec<u64>> {
             report.stray_files.push(path);
             continue;
         };
+        if name == format::LEADER_EPOCHS_FILE || name == format::LEADER_EPOCHS_TMP {
+            // The cluster layer's, beside the log.
+            continue;
+        }
         if let Some(base) = format::parse_file_name(&name, format::SEGMENT_EXT) {
             bases.push(base);
         } else if let Some(spare) = name

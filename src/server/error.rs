@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub range: Option<(u64, u64)>,
+    /// On `not_leader`: the leader's node id and the URL the request goes to there.
+    pub redirect: Option<Box<(String, String)>>,
     detail: Option<String>,
 }
 
@@ -26,7 +28,19 @@ impl ApiError {
             code,
             message: message.into(),
             range: None,
+            redirect: None,
             detail: None,
+        }
+    }
+
+    /// `307 not_leader` to `url` on the node `leader`.
+    pub fn not_leader(leader: &str, url: String, what: &str) -> Self {
+        ApiError {
+            redirect: Some(Box::new((leader.to_owned(), url))),
+            ..Self::new(
+                ErrorCode::NotLeader,
+                format!("node {leader} leads {what}; send it there"),
+            )
         }
     }
 
@@ -156,6 +170,7 @@ impl From<LogError> for ApiError {
             | LogError::InsideBatch { .. }
             | LogError::OldFormat { .. }
             | LogError::NotReplicated
+            | LogError::ReplicaMismatch(_)
             | LogError::Corrupt { .. }
             | LogError::UnsupportedVersion { .. }
             | LogError::Io { .. } => Self::internal(msg),
@@ -185,9 +200,15 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 earliest: self.range.map(|r| r.0),
                 latest: self.range.map(|r| r.1),
+                leader: self.redirect.as_ref().map(|r| r.0.clone()),
             },
         };
         let mut resp = (status, Json(body)).into_response();
+        if let Some(url) = self.redirect.as_ref().map(|r| &r.1) {
+            if let Ok(v) = axum::http::HeaderValue::try_from(url.as_str()) {
+                resp.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+        }
         resp.extensions_mut().insert(self.code);
         if let Some(detail) = self.detail {
             resp.extensions_mut().insert(InternalDetail(detail));

@@ -184,6 +184,11 @@ impl Metrics {
         }
     }
 
+    /// Registers a cluster node's metrics.
+    pub fn register_cluster(&self, cluster: &Arc<crate::cluster::Cluster>) {
+        crate::cluster::metrics::register(&self.registry, cluster);
+    }
+
     /// The text exposition.
     pub fn render(&self, waiters: u64) -> String {
         self.long_poll_waiters.set(waiters as i64);

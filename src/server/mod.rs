@@ -36,7 +36,7 @@ pub use state::AppState;
 use crate::auth::Permission;
 use access::{Access, Routes};
 use error::{ApiError, ErrorCode};
-use routes::{consume, groups, members, ops, produce, queues, topics};
+use routes::{cluster, consume, groups, members, ops, produce, queues, topics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -45,7 +45,7 @@ use routes::{consume, groups, members, ops, produce, queues, topics};
         description = "HTTP API of mapq, a message queue on memory-mapped, segmented log files."
     ),
     tags(
-        (name = "topics"), (name = "records"), (name = "groups"), (name = "operations")
+        (name = "topics"), (name = "records"), (name = "groups"), (name = "operations"), (name = "cluster")
     ),
     components(schemas(crate::config::Durability, crate::api::ErrorBody, crate::api::ErrorDetail, crate::api::ErrorCode))
 )]
@@ -145,6 +145,22 @@ pub fn router(state: AppState) -> Router {
             Access::Holds(Consume),
             queues::ACK_ERRORS,
             routes!(queues::ack),
+        )
+        .add(
+            Access::AnyToken,
+            cluster::CLUSTER_ERRORS,
+            routes!(cluster::get_cluster),
+        )
+        // What followers call on leaders: a token that holds admin (`cluster_token`).
+        .add(
+            Access::Holds(Admin),
+            cluster::REPLICATE_ERRORS,
+            routes!(cluster::replicate),
+        )
+        .add(
+            Access::Holds(Admin),
+            cluster::REPLICATE_ERRORS,
+            routes!(cluster::epoch_end),
         )
         .add(Access::AnyToken, ops::HEALTHZ_ERRORS, routes!(ops::healthz))
         .add(Access::AnyToken, ops::READYZ_ERRORS, routes!(ops::readyz))

@@ -31,6 +31,8 @@ struct Inner {
     tokens: crate::auth::Tokens,
     /// What each route needs of a token, declared where the routes are registered.
     access: OnceLock<AccessTable>,
+    /// Set once the node has joined its cluster (never, outside one).
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -50,6 +52,7 @@ impl AppState {
             fsync_producers,
             metrics,
             access: OnceLock::new(),
+            cluster: OnceLock::new(),
         }))
     }
 
@@ -74,12 +77,41 @@ impl AppState {
         self.0.broker.get().cloned().ok_or_else(ApiError::not_ready)
     }
 
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.0.cluster.get()
+    }
+
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.0.cluster.set(cluster);
+    }
+
+    /// Whether the server runs in a cluster (known from its settings before it has joined).
+    pub fn in_cluster(&self) -> bool {
+        self.0.config.cluster
+    }
+
     pub fn set_broker(&self, broker: Arc<Broker>) {
         let _ = self.0.broker.set(broker);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.broker.get().is_some() && !self.0.shutting_down.load(Ordering::Acquire)
+        self.0.broker.get().is_some()
+            && (!self.in_cluster() || self.0.cluster.get().is_some())
+            && !self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// For a write: the cluster when the node is in one, `None` outside one; `503
+    /// not_ready` while it has not joined yet (a write must not bypass replication).
+    pub fn cluster_for_write(&self) -> ApiResult<Option<Arc<crate::cluster::Cluster>>> {
+        match (self.in_cluster(), self.0.cluster.get()) {
+            (false, _) => Ok(None),
+            (true, Some(c)) => Ok(Some(Arc::clone(c))),
+            (true, None) => Err(ApiError::new(
+                crate::api::ErrorCode::NotReady,
+                "the node has not joined its cluster yet",
+            )),
+        }
     }
 
     pub fn begin_shutdown(&self) {

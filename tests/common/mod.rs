@@ -1,6 +1,7 @@
 //! Helpers shared by the engine tests.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fuzz;
 pub mod kafka;
 pub mod lines;

@@ -36,6 +36,11 @@ impl Server {
         Self::spawn(data_dir, &[], None, listen)
     }
 
+    /// Starts a server on a given address with extra `MAPQ_*` settings.
+    pub fn start_env_at(data_dir: &Path, env: &[(&str, &str)], listen: &str) -> Server {
+        Self::spawn(data_dir, env, None, listen)
+    }
+
     /// Starts a server with a configuration file.
     pub fn start_with_config(data_dir: &Path, config: &Path) -> Server {
         Self::spawn(data_dir, &[], Some(config), "127.0.0.1:0")

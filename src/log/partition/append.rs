@@ -85,6 +85,22 @@ impl AppendGuard<'_> {
         })
     }
 
+    /// Appends frames a cluster follower fetched from its leader, byte for byte: the
+    /// offsets are the leader's (checked by [`ReplicaFrames::check`] against this log's
+    /// end), the timestamps and batch heads stay as they were.
+    pub fn append_replica(&mut self, frames: ReplicaFrames<'_>) -> Result<Appended> {
+        if frames.first_offset != self.w.next_offset() {
+            return Err(LogError::OffsetOutOfRange {
+                offset: frames.first_offset,
+                earliest: self.w.next_offset(),
+                latest: self.w.next_offset(),
+            });
+        }
+        self.append_with(frames.bytes.len(), frames.count, |w| {
+            w.append_frames(frames.bytes, frames.count, None)
+        })
+    }
+
     /// Makes room for `bytes` of `count` records, runs `write` (which appends and publishes
     /// them), and moves the partition's end.
     fn append_with(
@@ -189,7 +205,72 @@ impl<'a> ValidFrames<'a> {
     }
 }
 
+/// Frames fetched from a cluster leader, checked: whole batches of whole, CRC-correct
+/// frames at consecutive offsets from `first_offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaFrames<'a> {
+    first_offset: u64,
+    bytes: &'a [u8],
+    count: u64,
+}
+
+impl<'a> ReplicaFrames<'a> {
+    /// Checks frames read from a leader from `first_offset` on, and keeps the longest part
+    /// that ends between batches (a batch with a head is appended whole; the rest is
+    /// fetched again). A frame at the wrong offset, or damaged, is an error.
+    pub fn check(bytes: &'a [u8], first_offset: u64) -> Result<Self> {
+        let (mut at, mut count) = (0, 0u64);
+        let (mut whole_bytes, mut whole_count) = (0, 0);
+        let mut batch_end: Option<u64> = None;
+        while at < bytes.len() {
+            let f = decode_frame(&bytes[at..]).map_err(|source| LogError::InvalidFrame {
+                position: at,
+                source,
+            })?;
+            if f.offset != first_offset + count {
+                return Err(LogError::ReplicaMismatch(format!(
+                    "frame {count} fetched from offset {first_offset} holds offset {}",
+                    f.offset
+                )));
+            }
+            if let Some(head) = f.batch() {
+                batch_end = Some(f.offset + u64::from(head.record_count));
+            }
+            at += f.padded_len;
+            count += 1;
+            if batch_end.is_none_or(|end| f.offset + 1 >= end) {
+                batch_end = None;
+                (whole_bytes, whole_count) = (at, count);
+            }
+        }
+        Ok(ReplicaFrames {
+            first_offset,
+            bytes: &bytes[..whole_bytes],
+            count: whole_count,
+        })
+    }
+
+    /// How many frames (records).
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Bytes of all the frames.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
 impl PartitionLog {
+    /// Appends frames fetched from a cluster leader (see [`AppendGuard::append_replica`]).
+    pub fn append_replica(&self, frames: ReplicaFrames<'_>) -> Result<Appended> {
+        self.lock()?.append_replica(frames)
+    }
+
     /// Locks the writer for a group of appends that must all happen or none: see
     /// [`AppendGuard`].
     pub fn lock(&self) -> Result<AppendGuard<'_>> {

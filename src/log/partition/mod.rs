@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 
-pub use append::{batch_bytes, AppendGuard, Appended, ValidFrames};
+pub use append::{batch_bytes, AppendGuard, Appended, ReplicaFrames, ValidFrames};
 pub use read::{ReadBatch, StoredRecord};
 pub use retention::{DeleteReason, DeletedSegment};
 pub(crate) use roll::{new_header, RollState};
@@ -105,6 +105,14 @@ impl PartitionLog {
         }
     }
 
+    /// The partition's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+    /// Whether the partition is replicated (its segments keep a replicated end).
+    pub fn is_replicated(&self) -> bool {
+        self.config.replicated
+    }
     /// A snapshot of the segments, oldest first.
     pub fn segments(&self) -> Arc<Vec<Arc<Segment>>> {
         self.segments.load_full()

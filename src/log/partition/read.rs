@@ -173,6 +173,26 @@ impl PartitionLog {
         batch.high_watermark = end.max(batch.next_offset);
         Ok(batch)
     }
+    /// Bytes of frames from `offset` to the end (a follower's lag, in bytes). Blocks (it
+    /// may map the segment holding `offset` and scan from its nearest index checkpoint).
+    pub fn bytes_from(&self, offset: u64) -> Result<u64> {
+        let segs = self.segments.load_full();
+        let mut total = 0u64;
+        for seg in segs.iter().rev() {
+            if seg.base_offset() >= offset {
+                total += seg.size_bytes();
+                continue;
+            }
+            let m = seg.map_or_reopen()?;
+            let committed = m.committed_end();
+            if let Some(pos) = m.locate(offset, committed)? {
+                total += (committed - pos) as u64;
+            }
+            break;
+        }
+        Ok(total)
+    }
+
     /// Calls `f` with the first offset and the head of every batch that has one and was
     /// appended at or after `since_ms` (its `appended_ms`), oldest first: for what is rebuilt
     /// from the log when a partition opens (idempotency keys, producer sequences). A segment

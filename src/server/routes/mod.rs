@@ -2,6 +2,7 @@
 //! one broker operation and renders the answer; authorization is declared with the route
 //! (see [`super::access`]).
 
+pub mod cluster;
 pub mod consume;
 pub mod groups;
 pub mod members;

@@ -53,6 +53,12 @@ struct Request {
     chosen: std::sync::Mutex<Option<Vec<u32>>>,
     /// The request's `Idempotency-Key`, checked.
     idempotency_key: Option<Vec<u8>>,
+    /// In a cluster: the node's part, the request's path and query (for a redirect), and
+    /// the leadership generation of each partition appended to (see
+    /// `Cluster::wait_committed`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    uri: String,
+    generations: std::sync::Mutex<std::collections::HashMap<u32, u64>>,
 }
 
 /// Where an append runs.
@@ -102,11 +108,73 @@ impl Request {
         if let Some(c) = chosen.as_ref() {
             return Ok(c.clone());
         }
+        // In a cluster, records without a partition or key go to the partitions led here.
+        let led = self
+            .cluster
+            .as_ref()
+            .map(|c| c.led_partitions(topic.name()))
+            .unwrap_or_default();
         let c = records
-            .map(|(explicit, key)| topic.choose_partition(explicit, key))
+            .map(|(explicit, key)| topic.choose_partition_among(explicit, key, &led))
             .collect::<Result<Vec<_>, _>>()?;
         *chosen = Some(c.clone());
         Ok(c)
+    }
+
+    /// In a cluster: checks that this node leads each of `partitions` and may write now,
+    /// and notes the leadership each append is made under. Otherwise `307 not_leader` to
+    /// the leader (all the partitions led by one other node), `503`, or `400` for a request
+    /// whose records belong to partitions led by several nodes.
+    fn check_leaders(
+        &self,
+        topic: &Topic,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> ApiResult<()> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let mut generations = std::collections::HashMap::new();
+        let mut elsewhere: Vec<(u32, Option<String>)> = Vec::new();
+        for p in partitions {
+            if generations.contains_key(&p) {
+                continue;
+            }
+            match c.writable(topic.name(), p) {
+                Ok((_, generation)) => {
+                    generations.insert(p, generation);
+                }
+                Err((crate::cluster::Refusal::NotLeader, leader)) => {
+                    elsewhere.push((p, leader.map(|l| l.node_id)));
+                }
+                Err((refusal, _)) => {
+                    return Err(super::cluster::refusal_error(&refusal, topic.name(), p))
+                }
+            }
+        }
+        let Some((p, leader)) = elsewhere.first().cloned() else {
+            *self.generations.lock().unwrap_or_else(|e| e.into_inner()) = generations;
+            return Ok(());
+        };
+        let Some(leader) = leader else {
+            return Err(ApiError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!(
+                    "partition {p} of topic {} has no leader now; retry",
+                    topic.name()
+                ),
+            ));
+        };
+        if !generations.is_empty() || elsewhere.iter().any(|(_, l)| l.as_ref() != Some(&leader)) {
+            return Err(ApiError::bad_request(format!(
+                "the records of this request belong to partitions led by different nodes (partition {p} is led by {leader}); send each leader its partitions (GET /v1/cluster names them)"
+            )));
+        }
+        Err(super::cluster::redirect(
+            c,
+            &leader,
+            &self.uri,
+            &format!("partition {p} of topic {}", topic.name()),
+        ))
     }
 
     /// Decodes and appends the request's records; `None` when `Mode::Now` cannot (nothing
@@ -132,6 +200,7 @@ impl Request {
             };
             let partition =
                 self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
+            self.check_leaders(&topic, [partition])?;
             let a = match mode {
                 Mode::Blocking => Some(broker.append_frames(&topic, partition, frames)?),
                 Mode::Now => broker.try_append_frames(&topic, partition, frames)?,
@@ -152,6 +221,7 @@ impl Request {
             return Ok(None);
         };
         self.assign_partitions(&topic, &mut records)?;
+        self.check_leaders(&topic, records.iter().map(|r| r.partition))?;
         let headers = record_headers(&records);
         let (by_partition, places) = batches(&records, &headers);
         let appends = match mode {
@@ -225,13 +295,15 @@ impl Request {
             let n = frames.count() as u32;
             let pending = match topic.idempotency().claim(key, digest, n, now)? {
                 Claim::Replay { offsets, pieces } => {
-                    return Ok(produced(Arc::clone(&topic), offsets, &pieces, true))
+                    self.check_leaders(&topic, pieces.iter().map(|p| p.partition))?;
+                    return Ok(produced(Arc::clone(&topic), offsets, &pieces, true));
                 }
                 Claim::Append(pending) => pending,
             };
             // One partition, all or nothing: a stored part would be the whole request.
             let partition =
                 self.choose(&topic, &mut std::iter::once((self.query.partition, None)))?[0];
+            self.check_leaders(&topic, [partition])?;
             let head = request_head(key, digest, n, n, None, now);
             // The frames as checked (their own batch heads removed, if they had any).
             let body: &[u8] = stripped.as_deref().unwrap_or(&self.body);
@@ -258,11 +330,13 @@ impl Request {
         let n = records.len() as u32;
         let pending = match topic.idempotency().claim(key, digest, n, now)? {
             Claim::Replay { offsets, pieces } => {
-                return Ok(produced(Arc::clone(&topic), offsets, &pieces, true))
+                self.check_leaders(&topic, pieces.iter().map(|p| p.partition))?;
+                return Ok(produced(Arc::clone(&topic), offsets, &pieces, true));
             }
             Claim::Append(pending) => pending,
         };
         self.assign_partitions(&topic, &mut records)?;
+        self.check_leaders(&topic, records.iter().map(|r| r.partition))?;
         let headers = record_headers(&records);
         // The records not stored yet, by partition, with their request positions.
         let mut positions: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
@@ -599,6 +673,7 @@ pub const PRODUCE_ERRORS: &[ErrorCode] = &[
 pub async fn produce(
     State(state): State<AppState>,
     Path(topic_name): Path<String>,
+    uri: axum::http::Uri,
     query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -659,6 +734,10 @@ pub async fn produce(
         Durability::Memory => None,
     };
     let broker = state.broker()?;
+    let cluster = state.cluster_for_write()?;
+    if let Some(c) = &cluster {
+        super::cluster::ensure_topic(c, &topic_name).await?;
+    }
     let request = Arc::new(Request {
         topic: topic_name,
         kind,
@@ -667,6 +746,11 @@ pub async fn produce(
         max_record,
         chosen: Default::default(),
         idempotency_key,
+        cluster: cluster.clone(),
+        uri: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        generations: Default::default(),
     });
     // A small request to an existing topic is appended here when that is a copy into the
     // mapping (see `Topic::try_append`): cheaper than the hand-off to the blocking pool.
@@ -685,6 +769,7 @@ pub async fn produce(
         Some(done) => done,
         None => {
             let broker = Arc::clone(&broker);
+            let request = Arc::clone(&request);
             blocking(move || match &request.idempotency_key {
                 Some(key) => request.append_idempotent(&broker, key),
                 None => request
@@ -696,6 +781,16 @@ pub async fn produce(
     };
     if durability == Durability::Fsync {
         broker.wait_appends_durable(&topic, &appends).await?;
+    }
+    if let Some(c) = &cluster {
+        let generations = request
+            .generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        c.wait_committed(&topic, &appends, durability, &generations)
+            .await
+            .map_err(|r| super::cluster::uncommitted_error(&r, topic.name()))?;
     }
     state
         .metrics()

@@ -82,6 +82,38 @@ pub async fn create_topic(
         })?,
     };
     let broker = state.broker()?;
+    if let Some(c) = state.cluster_for_write()? {
+        let partitions = req.partitions.unwrap_or(broker.config().default_partitions);
+        let max = broker.config().max_partitions_per_topic;
+        if partitions == 0 || partitions > max {
+            return Err(ApiError::new(
+                ErrorCode::InvalidConfig,
+                format!("partitions must be between 1 and {max}"),
+            ));
+        }
+        crate::broker::validate_name(&req.name)?;
+        overrides.validate()?;
+        let t = c
+            .create_topic(
+                &req.name,
+                partitions,
+                req.replication_factor,
+                req.min_insync_replicas,
+                overrides,
+            )
+            .await
+            .map_err(super::cluster::cluster_error)?;
+        let described = blocking(move || Ok(describe(&t))).await?;
+        return Ok((StatusCode::CREATED, Json(described)));
+    }
+    if req.replication_factor.is_some_and(|rf| rf != 1)
+        || req.min_insync_replicas.is_some_and(|m| m != 1)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidConfig,
+            "replication_factor and min_insync_replicas above 1 need a cluster (mapq serve --cluster)",
+        ));
+    }
     // The description counts the idempotency keys under their lock: off the async workers.
     let described = blocking(move || {
         broker
@@ -163,6 +195,13 @@ pub async fn delete_topic(
     record_target(&topic, None);
     let broker = state.broker()?;
     let t = broker.topic(&topic)?;
+    if let Some(c) = state.cluster_for_write()? {
+        c.delete_topic(&topic)
+            .await
+            .map_err(super::cluster::cluster_error)?;
+        state.metrics().remove_topic(&topic, t.partition_count());
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let name = topic.clone();
     blocking(move || broker.delete_topic(&name).map_err(ApiError::from)).await?;
     state.metrics().remove_topic(&topic, t.partition_count());

@@ -1,0 +1,577 @@
+//! Clusters, end to end, with real processes on loopback: an etcd (Debian's, started here)
+//! and three `mapq serve --cluster` nodes.
+//!
+//! The chaos test: a topic of 6 partitions, replication factor 3, `min_insync_replicas` 2;
+//! four producers with acks=all (two with `durability=memory`, two with `fsync`) record
+//! every acknowledged (producer, sequence) with its offset, while the leader of a
+//! partition is killed with SIGKILL and restarted, cycle after cycle, and then a leader is
+//! frozen with SIGSTOP past its lease and resumed. Then: every acknowledged record is in
+//! the log exactly once at its acknowledged offset on every replica; the replicas are
+//! byte-identical up to the high watermark; `mapq verify` finds every data directory
+//! clean; a `--replicated-only` tailer saw nothing that is not in the final log; the frozen
+//! leader acknowledged nothing sent after its lease ended. It reports the failover times
+//! (kill to the first acknowledgement by the new leader).
+//!
+//! The normal run does 5 kill cycles; a long one:
+//!   MAPQ_CLUSTER_CYCLES=50 cargo test --release --test cluster -- --nocapture
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{start_node, Etcd};
+use common::server::{signal, Server};
+use serde_json::{json, Value};
+
+/// The default lease (`cluster_lease_ms`).
+const LEASE: Duration = Duration::from_millis(3000);
+const PARTITIONS: u32 = 6;
+
+/// Three nodes of one cluster, each restartable on its port and data directory.
+struct Nodes {
+    etcd: String,
+    ids: Vec<String>,
+    ports: Vec<u16>,
+    dirs: Vec<tempfile::TempDir>,
+    servers: Vec<Option<Server>>,
+}
+
+impl Nodes {
+    fn start(etcd: &Etcd, n: usize) -> Nodes {
+        let mut nodes = Nodes {
+            etcd: etcd.url.clone(),
+            ids: (1..=n).map(|i| format!("n{i}")).collect(),
+            ports: (0..n).map(|_| common::cluster::free_port()).collect(),
+            dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
+            servers: (0..n).map(|_| None).collect(),
+        };
+        for i in 0..n {
+            nodes.restart(i);
+        }
+        nodes
+    }
+
+    fn restart(&mut self, i: usize) {
+        assert!(self.servers[i].is_none(), "node {i} is running");
+        self.servers[i] = Some(start_node(
+            self.dirs[i].path(),
+            self.ports[i],
+            &self.etcd,
+            &self.ids[i],
+            &[("MAPQ_KAFKA_LISTEN", "")],
+        ));
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn index_of(&self, node_id: &str) -> usize {
+        self.ids.iter().position(|n| n == node_id).unwrap()
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.servers.len())
+            .filter(|&i| self.servers[i].is_some())
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.servers[i].take().expect("running").kill();
+    }
+}
+
+/// `GET /v1/cluster` from the first running node that answers.
+async fn cluster_state(http: &reqwest::Client, nodes: &Nodes) -> Value {
+    for i in nodes.running() {
+        if let Ok(r) = http
+            .get(format!("{}/v1/cluster", nodes.url(i)))
+            .send()
+            .await
+        {
+            if let Ok(v) = r.json::<Value>().await {
+                return v;
+            }
+        }
+    }
+    panic!("no node answers GET /v1/cluster");
+}
+
+fn leader_of(state: &Value, topic: &str, partition: u32) -> Option<String> {
+    state["partitions"]
+        .as_array()?
+        .iter()
+        .find(|p| p["topic"] == topic && p["partition"] == partition)?["leader"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Waits until every partition of `topic` has a leader and its full replica set in sync.
+async fn wait_all_in_sync(http: &reqwest::Client, nodes: &Nodes, topic: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = cluster_state(http, nodes).await;
+        let parts: Vec<&Value> = s["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .collect();
+        let ok = parts.len() == PARTITIONS as usize
+            && parts.iter().all(|p| {
+                !p["leader"].is_null()
+                    && p["isr"].as_array().map(Vec::len) == p["replicas"].as_array().map(Vec::len)
+            });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the partitions did not all get back in sync within {limit:?}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A record the tailer printed: partition, offset, producer, sequence.
+type Tailed = (u32, u64, u64, u64);
+
+/// An acknowledged record.
+#[derive(Debug, Clone)]
+struct Ack {
+    producer: u64,
+    seq: u64,
+    partition: u32,
+    offset: u64,
+    /// The node that answered, and when the request was sent and answered.
+    node: String,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// A producer: one record per request to an explicit partition (spread over all six), to
+/// the node it believes leads it; follows 307s (nothing was appended) and retries a
+/// request that could not connect (nothing was sent); any other failure leaves that
+/// sequence number unacknowledged (its fate unknown) and goes on with the next.
+async fn produce(
+    http: reqwest::Client,
+    producer: u64,
+    durability: &'static str,
+    urls: Vec<String>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut leaders: HashMap<u32, String> = HashMap::new();
+    let mut seq = 0u64;
+    let mut failed = 0u64;
+    let mut turn = producer as usize;
+    while !stop.load(Ordering::Relaxed) {
+        let partition = ((seq + producer) % u64::from(PARTITIONS)) as u32;
+        let body =
+            json!({"records": [{"value": {"p": producer, "s": seq}, "partition": partition}]});
+        let mut hops = 0;
+        loop {
+            let base = leaders
+                .get(&partition)
+                .cloned()
+                .unwrap_or_else(|| urls[turn % urls.len()].clone());
+            let sent = Instant::now();
+            let r = http
+                .post(format!(
+                    "{base}/v1/topics/chaos/records?durability={durability}"
+                ))
+                .json(&body)
+                .send()
+                .await;
+            hops += 1;
+            match r {
+                Ok(r) if r.status() == 200 => {
+                    let v: Value = r.json().await.unwrap();
+                    let node = base.clone();
+                    acks.lock().unwrap().push(Ack {
+                        producer,
+                        seq,
+                        partition,
+                        offset: v["offsets"][0]["offset"].as_u64().unwrap(),
+                        node,
+                        sent,
+                        answered: Instant::now(),
+                    });
+                    break;
+                }
+                Ok(r) if r.status() == 307 && hops < 50 => {
+                    let location = r.headers()["location"].to_str().unwrap().to_owned();
+                    let node = location.split("/v1/").next().unwrap().to_owned();
+                    leaders.insert(partition, node);
+                }
+                Err(e) if e.is_connect() && hops < 50 => {
+                    leaders.remove(&partition);
+                    turn += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => {
+                    // 503 (no leader yet, lease lapsed, too few replicas), a timeout, a
+                    // reset: the record's fate is unknown; it is not acknowledged.
+                    failed += 1;
+                    leaders.remove(&partition);
+                    turn += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+        seq += 1;
+    }
+    failed
+}
+
+/// Every frame of a partition below `hw`, as a node stores them (binary consume).
+async fn frames_below(http: &reqwest::Client, base: &str, partition: u32, hw: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < hw {
+        let r = http
+            .get(format!(
+                "{base}/v1/topics/chaos/partitions/{partition}/records?offset={offset}&max_records={}",
+                hw - offset
+            ))
+            .header("accept", "application/octet-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let next: u64 = r.headers()["x-mapq-next-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.extend_from_slice(&r.bytes().await.unwrap());
+        assert!(
+            next > offset,
+            "no progress reading {base} partition {partition}"
+        );
+        offset = next;
+    }
+    out
+}
+
+/// Every record of a partition below `hw` as `offset -> (producer, seq)`.
+async fn records_below(
+    http: &reqwest::Client,
+    base: &str,
+    partition: u32,
+    hw: u64,
+) -> BTreeMap<u64, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    let mut offset = 0;
+    while offset < hw {
+        let v: Value = http
+            .get(format!(
+                "{base}/v1/topics/chaos/partitions/{partition}/records?offset={offset}&max_records=1000"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for r in v["records"].as_array().unwrap() {
+            out.insert(
+                r["offset"].as_u64().unwrap(),
+                (
+                    r["value"]["p"].as_u64().unwrap(),
+                    r["value"]["s"].as_u64().unwrap(),
+                ),
+            );
+        }
+        offset = v["next_offset"].as_u64().unwrap();
+    }
+    out
+}
+
+/// The high watermark every node reports for `partition` once all are equal to the
+/// leader's end (all caught up, nothing being produced).
+async fn settled_hw(http: &reqwest::Client, nodes: &Nodes, partition: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut hws = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..nodes.ids.len() {
+            let s: Value = http
+                .get(format!("{}/v1/cluster", nodes.url(i)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let p = s["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["topic"] == "chaos" && p["partition"] == partition)
+                .unwrap()
+                .clone();
+            hws.push(p["high_watermark"].as_u64().unwrap_or(0));
+            let t: Value = http
+                .get(format!("{}/v1/topics/chaos", nodes.url(i)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ends.push(
+                t["partition_stats"][partition as usize]["end_offset"]
+                    .as_u64()
+                    .unwrap(),
+            );
+        }
+        if hws.iter().all(|h| *h == hws[0]) && ends.iter().all(|e| *e == hws[0]) {
+            return hws[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition {partition} did not settle: high watermarks {hws:?}, ends {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
+    let cycles = common::env_u64("MAPQ_CLUSTER_CYCLES", 5);
+    let etcd = Etcd::start();
+    let mut nodes = Nodes::start(&etcd, 3);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/topics", nodes.url(0)))
+        .json(&json!({"name": "chaos", "partitions": PARTITIONS, "replication_factor": 3, "min_insync_replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    wait_all_in_sync(&http, &nodes, "chaos", Duration::from_secs(20)).await;
+
+    // A local tailer of node 3's files that shows only what no failover can remove.
+    let mut tailer = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["tail", "--data-dir"])
+        .arg(nodes.dirs[2].path())
+        .args(["chaos", "--follow", "--replicated-only", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tailed: Arc<Mutex<Vec<Tailed>>> = Arc::default();
+    {
+        let out = tailer.stdout.take().unwrap();
+        let tailed = tailed.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                tailed.lock().unwrap().push((
+                    v["partition"].as_u64().unwrap() as u32,
+                    v["offset"].as_u64().unwrap(),
+                    v["value"]["p"].as_u64().unwrap(),
+                    v["value"]["s"].as_u64().unwrap(),
+                ));
+            }
+        });
+    }
+
+    let acks: Arc<Mutex<Vec<Ack>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls: Vec<String> = (0..3).map(|i| nodes.url(i)).collect();
+    let producers: Vec<_> = [(0, "memory"), (1, "memory"), (2, "fsync"), (3, "fsync")]
+        .into_iter()
+        .map(|(p, durability)| {
+            tokio::spawn(produce(
+                http.clone(),
+                p,
+                durability,
+                urls.clone(),
+                acks.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    let mut failovers = Vec::new();
+    for cycle in 0..cycles {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let partition = (cycle % u64::from(PARTITIONS)) as u32;
+        let state = cluster_state(&http, &nodes).await;
+        let leader = leader_of(&state, "chaos", partition).expect("a leader");
+        let victim = nodes.index_of(&leader);
+        let killed_url = nodes.url(victim);
+        let killed_at = Instant::now();
+        nodes.kill(victim);
+        // Failover: the first acknowledgement for the partition by another node.
+        let deadline = killed_at + Duration::from_secs(30);
+        let failover = loop {
+            let first = acks
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.partition == partition && a.sent > killed_at && a.node != killed_url)
+                .map(|a| a.answered)
+                .min();
+            if let Some(t) = first {
+                break t - killed_at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: no acknowledgement for partition {partition} within 30 s of killing its leader {leader}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        failovers.push(failover);
+        println!("cycle {cycle}: killed {leader} (leader of partition {partition}); failover {failover:?}");
+        nodes.restart(victim);
+        wait_all_in_sync(&http, &nodes, "chaos", Duration::from_secs(30)).await;
+    }
+
+    // A leader frozen past its lease, then resumed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state = cluster_state(&http, &nodes).await;
+    let frozen_id = leader_of(&state, "chaos", 0).expect("a leader");
+    let frozen = nodes.index_of(&frozen_id);
+    let frozen_url = nodes.url(frozen);
+    let frozen_at = Instant::now();
+    signal(
+        &nodes.servers[frozen].as_ref().unwrap().child,
+        libc::SIGSTOP,
+    );
+    tokio::time::sleep(LEASE + Duration::from_secs(2)).await;
+    signal(
+        &nodes.servers[frozen].as_ref().unwrap().child,
+        libc::SIGCONT,
+    );
+    println!(
+        "froze {frozen_id} (leader of partition 0) for {:?}",
+        frozen_at.elapsed()
+    );
+    wait_all_in_sync(&http, &nodes, "chaos", Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut unknown = 0;
+    for p in producers {
+        unknown += p.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    assert!(
+        acks.len() > 100,
+        "too few acknowledgements to mean anything: {}",
+        acks.len()
+    );
+
+    // The frozen leader acknowledged nothing sent after its lease ended.
+    let lease_end = frozen_at + LEASE;
+    let late: Vec<&Ack> = acks
+        .iter()
+        .filter(|a| {
+            a.node == frozen_url
+                && a.sent > lease_end
+                && a.sent < frozen_at + LEASE + Duration::from_secs(2)
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the frozen leader acknowledged requests sent after its lease ended: {late:?}"
+    );
+
+    // Every replica holds the same bytes up to the high watermark, and every acknowledged
+    // record is there exactly once, at its offset.
+    let mut finals: HashMap<u32, BTreeMap<u64, (u64, u64)>> = HashMap::new();
+    for partition in 0..PARTITIONS {
+        let hw = settled_hw(&http, &nodes, partition).await;
+        let reference = frames_below(&http, &nodes.url(0), partition, hw).await;
+        for i in 1..3 {
+            let other = frames_below(&http, &nodes.url(i), partition, hw).await;
+            assert!(
+                other == reference,
+                "partition {partition}: node {} differs from node {} below the high watermark {hw}",
+                nodes.ids[i],
+                nodes.ids[0]
+            );
+        }
+        let records = records_below(&http, &nodes.url(0), partition, hw).await;
+        assert_eq!(records.len() as u64, hw, "partition {partition}: a gap");
+        finals.insert(partition, records);
+    }
+    let mut where_is: HashMap<(u64, u64), Vec<(u32, u64)>> = HashMap::new();
+    for (&partition, records) in &finals {
+        for (&offset, &ps) in records {
+            where_is.entry(ps).or_default().push((partition, offset));
+        }
+    }
+    for a in &acks {
+        let found = where_is
+            .get(&(a.producer, a.seq))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            found,
+            vec![(a.partition, a.offset)],
+            "acknowledged record (producer {}, seq {}) at partition {} offset {} (answered by {}) is stored at {found:?}",
+            a.producer,
+            a.seq,
+            a.partition,
+            a.offset,
+            a.node
+        );
+    }
+
+    // The replicated-only tailer saw nothing that is not in the final log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = tailer.kill();
+    let _ = tailer.wait();
+    let tailed = tailed.lock().unwrap().clone();
+    assert!(!tailed.is_empty(), "the tailer printed nothing");
+    for (partition, offset, p, s) in &tailed {
+        assert_eq!(
+            finals[partition].get(offset),
+            Some(&(*p, *s)),
+            "the --replicated-only tailer printed (producer {p}, seq {s}) at partition {partition} offset {offset}, which the final log does not hold there"
+        );
+    }
+
+    // Every data directory is clean.
+    for i in 0..3 {
+        let code = nodes.servers[i].take().unwrap().terminate();
+        assert_eq!(code, 0, "node {} did not stop cleanly", nodes.ids[i]);
+        let out = Command::new(env!("CARGO_BIN_EXE_mapq"))
+            .args(["verify", "--data-dir"])
+            .arg(nodes.dirs[i].path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mapq verify on {}: {}{}",
+            nodes.ids[i],
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    failovers.sort();
+    println!(
+        "{} acknowledged, {} of unknown fate; {} tailed; failover (kill to first ack by the new leader) median {:?}, max {:?}",
+        acks.len(),
+        unknown,
+        tailed.len(),
+        failovers[failovers.len() / 2],
+        failovers[failovers.len() - 1]
+    );
+    drop(etcd);
+}
