@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{start_node, Etcd};
+use common::prom::{scrape, value};
 use common::server::{signal, Server};
 use serde_json::{json, Value};
 
@@ -111,30 +112,22 @@ fn leader_of(state: &Value, topic: &str, partition: u32) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Waits until every partition of `topic` has a leader and its full replica set in sync.
+/// Waits until every partition of `topic` (of [`PARTITIONS`]) has a leader and its full
+/// replica set in sync.
 async fn wait_all_in_sync(http: &reqwest::Client, nodes: &Nodes, topic: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
+    wait_all_in_sync_of(http, nodes, topic, PARTITIONS as usize, limit).await
+}
+
+/// Waits until the node at `base` holds `topic` (created in etcd, then on each node).
+async fn wait_for_topic(http: &reqwest::Client, base: &str, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = cluster_state(http, nodes).await;
-        let parts: Vec<&Value> = s["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["topic"] == topic)
-            .collect();
-        let ok = parts.len() == PARTITIONS as usize
-            && parts.iter().all(|p| {
-                !p["leader"].is_null()
-                    && p["isr"].as_array().map(Vec::len) == p["replicas"].as_array().map(Vec::len)
-            });
-        if ok {
+        let r = http.get(format!("{base}/v1/topics/{topic}")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the partitions did not all get back in sync within {limit:?}: {s}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "{base} never got topic {topic}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -361,6 +354,9 @@ async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
         .unwrap();
     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
     wait_all_in_sync(&http, &nodes, "chaos", Duration::from_secs(20)).await;
+    for i in 0..3 {
+        wait_for_topic(&http, &nodes.url(i), "chaos").await;
+    }
 
     // A local tailer of node 3's files that shows only what no failover can remove.
     let mut tailer = Command::new(env!("CARGO_BIN_EXE_mapq"))
@@ -368,9 +364,21 @@ async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
         .arg(nodes.dirs[2].path())
         .args(["chaos", "--follow", "--replicated-only", "--format", "json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let tailer_log: Arc<Mutex<String>> = Arc::default();
+    {
+        let err = tailer.stderr.take().unwrap();
+        let log = tailer_log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+    }
     let tailed: Arc<Mutex<Vec<Tailed>>> = Arc::default();
     {
         let out = tailer.stdout.take().unwrap();
@@ -534,6 +542,11 @@ async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
 
     // The replicated-only tailer saw nothing that is not in the final log.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        tailer.try_wait().unwrap().is_none(),
+        "the tailer stopped: {}",
+        tailer_log.lock().unwrap()
+    );
     let _ = tailer.kill();
     let _ = tailer.wait();
     let tailed = tailed.lock().unwrap().clone();
@@ -574,4 +587,280 @@ async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
         failovers[failovers.len() - 1]
     );
     drop(etcd);
+}
+
+/// Posts one record to partition 0 of `topic` on `base`: the status and the body.
+async fn produce_one(
+    http: &reqwest::Client,
+    base: &str,
+    topic: &str,
+) -> (u16, Value, Option<String>) {
+    let r = http
+        .post(format!("{base}/v1/topics/{topic}/records"))
+        .json(&json!({"records": [{"value": "x", "partition": 0}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned());
+    (status, r.json().await.unwrap_or(Value::Null), location)
+}
+
+/// The end offset of partition 0 of `topic` on `base`.
+async fn end_offset(http: &reqwest::Client, base: &str, topic: &str) -> u64 {
+    let t: Value = http
+        .get(format!("{base}/v1/topics/{topic}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    t["partition_stats"][0]["end_offset"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_get_clear_answers_and_lose_nothing() {
+    let mut etcd = Etcd::start();
+    let mut nodes = Nodes::start(&etcd, 3);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/v1/topics", nodes.url(0)))
+        .json(&json!({"name": "f", "partitions": 1, "replication_factor": 3, "min_insync_replicas": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for i in 0..3 {
+        wait_for_topic(&http, &nodes.url(i), "f").await;
+    }
+    let state = cluster_state(&http, &nodes).await;
+    assert_eq!(state["nodes"].as_array().unwrap().len(), 3, "{state}");
+    assert!(state["controller"].is_string(), "{state}");
+    let leader_id = leader_of(&state, "f", 0).unwrap();
+    let leader = nodes.index_of(&leader_id);
+    let follower = (leader + 1) % 3;
+
+    // The leader's metrics, read by a Prometheus parser: the partition fully replicated;
+    // every metric the cluster alerts use is exported.
+    let m = scrape(&http, &nodes.url(leader)).await;
+    let f0 = [("topic", "f"), ("partition", "0")];
+    assert_eq!(value(&m, "mapq_cluster_isr_size", &f0), 3.0);
+    assert_eq!(value(&m, "mapq_cluster_replicas", &f0), 3.0);
+    assert_eq!(
+        value(&m, "mapq_cluster_under_replicated_partitions", &[]),
+        0.0
+    );
+    assert_eq!(value(&m, "mapq_cluster_etcd_session_up", &[]), 1.0);
+    assert_eq!(value(&m, "mapq_cluster_nodes_alive", &[]), 3.0);
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/prometheus/cluster-alerts.yml"),
+    )
+    .unwrap();
+    let used: std::collections::BTreeSet<&str> = alerts
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("mapq_cluster_"))
+        .collect();
+    assert!(used.len() >= 5, "{used:?}");
+    for name in used {
+        assert!(
+            m.families.contains_key(name),
+            "{name} is used by cluster-alerts.yml but not exported"
+        );
+    }
+
+    // A write to a follower: 307 to the leader, naming it; nothing appended there.
+    let (status, body, location) = produce_one(&http, &nodes.url(follower), "f").await;
+    assert_eq!(status, 307, "{body}");
+    assert_eq!(body["error"]["code"], "not_leader");
+    assert_eq!(body["error"]["leader"], leader_id.as_str());
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("{}/v1/topics/f/records", nodes.url(leader)).as_str())
+    );
+    let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
+    assert_eq!(status, 200, "{body}");
+
+    // A second node under an id in use: refused, and it says why.
+    let other = tempfile::tempdir().unwrap();
+    let env = common::cluster::node_env(&nodes.etcd, &leader_id, &[]);
+    let (code, stderr) = refused_start(other.path(), env);
+    assert_ne!(code, 0, "a second {leader_id} started");
+    assert!(
+        stderr.contains(&format!("node_id \"{leader_id}\" is in use by a live node")),
+        "{stderr}"
+    );
+
+    // Too few in-sync replicas: both followers gone, the write is refused, nothing appended.
+    let before = end_offset(&http, &nodes.url(leader), "f").await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &followers {
+        nodes.kill(i);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
+        if status == 503 && body["error"]["code"] == "not_enough_replicas" {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still {status} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("min_insync_replicas"),
+        "{body}"
+    );
+    let (status, _, _) = produce_one(&http, &nodes.url(leader), "f").await;
+    assert_eq!(status, 503);
+    let m = scrape(&http, &nodes.url(leader)).await;
+    assert_eq!(value(&m, "mapq_cluster_isr_size", &f0), 1.0);
+    assert_eq!(
+        value(&m, "mapq_cluster_under_replicated_partitions", &[]),
+        1.0
+    );
+    assert_eq!(value(&m, "mapq_cluster_under_min_isr_partitions", &[]), 1.0);
+    let after = end_offset(&http, &nodes.url(leader), "f").await;
+    assert!(
+        after <= before + 1,
+        "refused writes appended records: end {before} -> {after}"
+    );
+    // A data directory of another node is refused.
+    let stale = followers[0];
+    let env = common::cluster::node_env(&nodes.etcd, "intruder", &[]);
+    let (code, stderr) = refused_start(nodes.dirs[stale].path(), env);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!("belongs to node \"{}\"", nodes.ids[stale])),
+        "{stderr}"
+    );
+    // The followers come back (with their stale data) and catch up.
+    for &i in &followers {
+        nodes.restart(i);
+    }
+    wait_all_in_sync_of(&http, &nodes, "f", 1, Duration::from_secs(30)).await;
+    let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
+    assert_eq!(status, 200, "{body}");
+
+    // etcd unreachable: once its lease may have lapsed, the leader acknowledges nothing,
+    // with a clear error; nobody takes its leadership.
+    let acked_before = end_offset(&http, &nodes.url(leader), "f").await;
+    etcd.kill();
+    let killed = Instant::now();
+    let refused = loop {
+        let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            killed.elapsed() < LEASE + Duration::from_secs(2),
+            "still acknowledging {:?} after etcd went away",
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        killed.elapsed() <= LEASE + Duration::from_secs(2),
+        "acknowledged for {:?} without etcd",
+        killed.elapsed()
+    );
+    assert_eq!(
+        refused["error"]["code"], "leader_not_available",
+        "{refused}"
+    );
+    let m = scrape(&http, &nodes.url(leader)).await;
+    assert_eq!(value(&m, "mapq_cluster_etcd_session_up", &[]), 0.0);
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcd"),
+        "{refused}"
+    );
+    // etcd back: the nodes register again and writes are acknowledged again, with every
+    // record acknowledged before still there.
+    etcd.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body, location) = produce_one(&http, &nodes.url(leader), "f").await;
+        if status == 200 {
+            break;
+        }
+        if status == 307 {
+            let (s2, b2, _) =
+                produce_one(&http, location.unwrap().split("/v1/").next().unwrap(), "f").await;
+            if s2 == 200 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no write accepted after etcd came back: {s2} {b2}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted after etcd came back: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let state = cluster_state(&http, &nodes).await;
+    let leader_now = nodes.index_of(&leader_of(&state, "f", 0).unwrap());
+    assert!(end_offset(&http, &nodes.url(leader_now), "f").await > acked_before);
+    drop(etcd);
+}
+
+/// Runs `mapq serve` on `dir` with `env`, expecting it to stop by itself: its exit code
+/// and standard error.
+fn refused_start(dir: &std::path::Path, env: Vec<(String, String)>) -> (i32, String) {
+    let mut cmd = common::server::serve_command("127.0.0.1:0", "");
+    cmd.arg("--data-dir").arg(dir).envs(env);
+    let out = common::server::output_with_deadline(&mut cmd, b"", Duration::from_secs(20));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`wait_all_in_sync`] for a topic of `partitions` partitions.
+async fn wait_all_in_sync_of(
+    http: &reqwest::Client,
+    nodes: &Nodes,
+    topic: &str,
+    partitions: usize,
+    limit: Duration,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = cluster_state(http, nodes).await;
+        let parts: Vec<&Value> = s["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .collect();
+        let ok = parts.len() == partitions
+            && parts.iter().all(|p| {
+                !p["leader"].is_null()
+                    && p["isr"].as_array().map(Vec::len) == p["replicas"].as_array().map(Vec::len)
+            });
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic} not in sync within {limit:?}: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

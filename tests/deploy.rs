@@ -70,6 +70,8 @@ fn yaml_and_json_files_parse_and_manifests_say_what_they_promise() {
         "prometheus/prometheus.yml",
         "prometheus/alerts.yml",
         "prometheus/alerts_test.yml",
+        "prometheus/cluster-alerts.yml",
+        "prometheus/cluster-alerts_test.yml",
         "prometheus/blackbox.yml",
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/mapq.yml",
@@ -262,6 +264,8 @@ fn promtool_accepts_the_config_and_the_rules() {
         vec!["check", "rules", "prometheus/alerts.yml"],
         // Among them: an empty but ready server raises no MapqNotReady.
         vec!["test", "rules", "prometheus/alerts_test.yml"],
+        vec!["check", "rules", "prometheus/cluster-alerts.yml"],
+        vec!["test", "rules", "prometheus/cluster-alerts_test.yml"],
     ] {
         let out = Command::new(promtool)
             .args(&args)
@@ -810,4 +814,106 @@ fn sysusers_creates_the_user_and_group_the_unit_runs_as() {
         .unwrap_or_else(|| panic!("no user {user}: {passwd}"));
     assert_eq!(entry[3], gid, "{user}'s group is {group_name}");
     assert_eq!(entry[5], "/var/lib/mapq");
+}
+
+/// The settings a cluster node of `deploy/` gets: `env` over the config file `config`.
+fn cluster_node_config(config: &str, env: Vec<(String, String)>) -> mapq::config::Config {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mapq.toml");
+    std::fs::write(&file, config).unwrap();
+    let loaded = mapq::config::Config::load(Some(&file), env, &Default::default())
+        .unwrap_or_else(|e| panic!("a cluster node's settings do not load: {e}"));
+    assert!(loaded.cluster, "not a cluster node");
+    assert!(!loaded.tokens.is_empty(), "tokens are off");
+    assert!(
+        !loaded.cluster_token.is_empty(),
+        "no token to replicate with"
+    );
+    loaded
+}
+
+#[test]
+fn the_cluster_files_make_three_distinct_nodes_of_one_cluster() {
+    // Compose: three nodes and an etcd; each node's settings load, with its own id and
+    // addresses, the same etcd, and the cluster token compose insists on.
+    let mut compose = yaml_docs("docker-compose.cluster.yml").remove(0);
+    // The nodes share their settings through YAML anchors and merge keys, as compose reads them.
+    compose.apply_merge().unwrap();
+    let compose = &compose;
+    let services = compose["services"].as_mapping().unwrap();
+    assert!(services.contains_key("etcd"));
+    let mut ids = BTreeSet::new();
+    for name in ["mapq-1", "mapq-2", "mapq-3"] {
+        let s = &compose["services"][name];
+        let command: Vec<&str> = s["command"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert!(command.contains(&"--cluster"), "{name}: {command:?}");
+        let mut env: Vec<(String, String)> = s["environment"]
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                let v = v.as_str().unwrap();
+                // Compose substitutes the exported secret; it refuses to start without it.
+                let v = if v.starts_with("${MAPQ_CLUSTER_TOKEN:?") {
+                    "the-secret"
+                } else {
+                    v
+                };
+                (k.as_str().unwrap().to_owned(), v.to_owned())
+            })
+            .collect();
+        env.push(("MAPQ_CLUSTER".into(), "true".into()));
+        let c = cluster_node_config(&read("mapq/mapq.toml"), env);
+        assert_eq!(c.etcd_endpoints, vec!["http://etcd:2379"]);
+        assert_eq!(c.advertised_http, format!("http://{name}:8080"));
+        ids.insert(c.node_id);
+    }
+    assert_eq!(ids.len(), 3, "node ids must differ: {ids:?}");
+
+    // Kubernetes: an etcd StatefulSet and three mapq pods named after themselves.
+    let k8s = yaml_docs("kubernetes/mapq-cluster.yaml");
+    let sets: Vec<&serde_yaml::Value> = k8s.iter().filter(|d| d["kind"] == "StatefulSet").collect();
+    assert_eq!(sets.len(), 2);
+    let mapq = sets
+        .iter()
+        .find(|s| s["metadata"]["name"] == "mapq")
+        .unwrap();
+    assert_eq!(mapq["spec"]["replicas"], 3);
+    let settings = k8s.iter().find(|d| d["kind"] == "ConfigMap").unwrap()["data"]
+        .as_mapping()
+        .unwrap()
+        .clone();
+    let secret = k8s.iter().find(|d| d["kind"] == "Secret").unwrap()["stringData"]["mapq.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let container = &mapq["spec"]["template"]["spec"]["containers"][0];
+    let mut ids = BTreeSet::new();
+    for pod in ["mapq-0", "mapq-1", "mapq-2"] {
+        let mut env: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().into(), v.as_str().unwrap().into()))
+            .collect();
+        for e in container["env"].as_sequence().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            let value = match e["value"].as_str() {
+                Some(v) => v.replace("$(POD_NAME)", pod),
+                // From the Secret mapq-cluster-token (made by hand, step 2) or the pod.
+                None => "from-a-secret".to_owned(),
+            };
+            env.push((name.to_owned(), value));
+        }
+        let c = cluster_node_config(&secret, env);
+        assert_eq!(
+            c.advertised_http,
+            format!("http://{pod}.mapq-cluster-headless:8080")
+        );
+        ids.insert(c.node_id);
+    }
+    assert_eq!(ids.len(), 3, "node ids must differ: {ids:?}");
 }

@@ -1022,6 +1022,9 @@ async fn operations_routes() {
         ("/healthz", vec!["get"]),
         ("/readyz", vec!["get"]),
         ("/openapi.json", vec!["get"]),
+        ("/v1/cluster", vec!["get"]),
+        ("/v1/internal/replicate/{topic}/{partition}", vec!["get"]),
+        ("/v1/internal/epoch-end/{topic}/{partition}", vec!["get"]),
     ];
     assert_eq!(
         paths.len(),

@@ -2,6 +2,7 @@
 //! shared by the server's handlers, the client commands and the OpenAPI document. `API.md`
 //! is the contract these types implement.
 
+pub mod cluster;
 pub mod error;
 pub mod groups;
 pub mod records;

@@ -188,7 +188,7 @@ impl Broker {
                 };
                 stats.groups.push(GroupStats {
                     group: group.clone(),
-                    lag: p.log().end_offset().saturating_sub(offset),
+                    lag: p.high_watermark().saturating_sub(offset),
                     topic,
                     partition,
                     offset,

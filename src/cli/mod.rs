@@ -91,6 +91,14 @@ pub enum Command {
         #[command(flatten)]
         client: crate::client::ClientArgs,
     },
+    /// A cluster over HTTP: `mapq cluster status` shows its nodes, controller and each
+    /// partition's leader and in-sync replicas.
+    Cluster {
+        #[command(subcommand)]
+        command: crate::client::ClusterCommand,
+        #[command(flatten)]
+        client: crate::client::ClientArgs,
+    },
     /// Queue groups over HTTP: `mapq queue work GROUP -- COMMAND` runs COMMAND per record
     /// and acks by its exit status.
     Queue {
@@ -178,6 +186,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Groups { command, client } => {
             client_command(|| async move { crate::client::groups(&client, &command).await })
+        }
+        Command::Cluster { command, client } => {
+            client_command(|| async move { crate::client::cluster(&client, &command).await })
         }
         Command::Queue { command, client } => {
             client_command(|| async move { crate::client::queue(&client, &command).await })

@@ -4,6 +4,7 @@
 //! unless `--json`. Bodies are the server's own types, from [`crate::api`].
 
 pub mod bench;
+mod cluster;
 mod consume;
 mod groups;
 mod member;
@@ -11,6 +12,7 @@ mod produce;
 mod queue;
 mod topics;
 
+pub use cluster::{cluster, ClusterCommand};
 pub use consume::{consume, ConsumeArgs, OutputFormat};
 pub use groups::{groups, GroupsCommand};
 pub use produce::{produce, ProduceArgs};

@@ -778,13 +778,13 @@ impl Cluster {
     /// records may or may not survive).
     pub async fn wait_committed(
         &self,
-        topic: &Topic,
+        topic: &str,
         appends: &[PartitionAppend],
         durability: Durability,
         generations: &HashMap<u32, u64>,
     ) -> Result<(), Refusal> {
         for a in appends {
-            let Some(r) = self.replica(topic.name(), a.partition) else {
+            let Some(r) = self.replica(topic, a.partition) else {
                 return Err(Refusal::NotLeader);
             };
             let generation = generations.get(&a.partition).copied().unwrap_or(u64::MAX);
@@ -854,6 +854,15 @@ fn controller_decision(view: &ClusterView, s: &PartitionState) -> Option<Partiti
             ..s.clone()
         }),
         None => None,
+    }
+}
+
+/// A node's broker id for Kafka clients (an `int32`): the node id itself when it is a
+/// number below 2^31, else a hash of it.
+pub fn kafka_broker_id(node_id: &str) -> i32 {
+    match node_id.parse::<i32>() {
+        Ok(n) if n >= 0 => n,
+        _ => (crc32c::crc32c(node_id.as_bytes()) & 0x7fff_ffff) as i32,
     }
 }
 
@@ -965,6 +974,14 @@ mod tests {
             controller_decision(&view(&["a", "b", "c"]), &ps(Some("a"), 2, &["a", "b"])),
             None
         );
+    }
+
+    #[test]
+    fn kafka_broker_ids_are_the_number_or_a_stable_hash() {
+        assert_eq!(kafka_broker_id("3"), 3);
+        assert_eq!(kafka_broker_id("n1"), kafka_broker_id("n1"));
+        assert_ne!(kafka_broker_id("n1"), kafka_broker_id("n2"));
+        assert!(kafka_broker_id("-4") >= 0);
     }
 
     #[test]

@@ -39,13 +39,36 @@ impl Ctx<'_> {
         out: &mut Outcome,
     ) -> MetadataResponse {
         let mut r = MetadataResponse::default();
-        let mut broker = MetadataResponseBroker::default();
-        broker.node_id = BrokerId(NODE_ID);
-        broker.host = self.kafka.host.clone();
-        broker.port = self.kafka.port;
-        r.brokers = vec![broker];
+        let cluster = self.kafka.state.cluster().map(|c| c.view());
+        match &cluster {
+            // In a cluster: every live node, by its broker id and advertised Kafka address.
+            Some(view) => {
+                for n in view.nodes.values() {
+                    let Some((host, port)) = n.advertised_kafka.rsplit_once(':') else {
+                        continue;
+                    };
+                    let mut b = MetadataResponseBroker::default();
+                    b.node_id = BrokerId(crate::cluster::kafka_broker_id(&n.node_id));
+                    b.host = StrBytes::from_string(host.to_owned());
+                    b.port = port.parse().unwrap_or(-1);
+                    r.brokers.push(b);
+                }
+                r.controller_id = BrokerId(
+                    view.controller
+                        .as_deref()
+                        .map_or(-1, crate::cluster::kafka_broker_id),
+                );
+            }
+            None => {
+                let mut broker = MetadataResponseBroker::default();
+                broker.node_id = BrokerId(NODE_ID);
+                broker.host = self.kafka.host.clone();
+                broker.port = self.kafka.port;
+                r.brokers = vec![broker];
+                r.controller_id = BrokerId(NODE_ID);
+            }
+        }
         r.cluster_id = Some(StrBytes::from_static_str("mapq"));
-        r.controller_id = BrokerId(NODE_ID);
         // Version 0 asks for every topic with an empty list, later versions with null.
         let names: Option<Vec<String>> = match req.topics {
             Some(t) if !(t.is_empty() && self.version == 0) => Some(
@@ -60,7 +83,7 @@ impl Ctx<'_> {
             None => {
                 for t in self.broker().topics() {
                     if self.principal.sees(t.name()) {
-                        r.topics.push(topic_metadata(&t));
+                        r.topics.push(topic_metadata(&t, cluster.as_deref()));
                     }
                 }
             }
@@ -72,17 +95,32 @@ impl Ctx<'_> {
                         let broker = Arc::clone(self.broker());
                         let n = name.clone();
                         let may_create = create && self.principal.may(Permission::Produce, &name);
-                        crate::broker::blocking(move || match broker.topic(&n) {
-                            Err(crate::broker::BrokerError::TopicNotFound(_)) if may_create => {
-                                broker.topic_for_produce(&n, [])
+                        match self.kafka.state.cluster() {
+                            // In a cluster, a topic is created in etcd, then on every node.
+                            Some(c) if may_create && broker.topic(&n).is_err() => {
+                                crate::server::routes::cluster::ensure_topic(c, &n)
+                                    .await
+                                    .map_err(|e| match e.code {
+                                        crate::api::ErrorCode::TopicNotFound => {
+                                            ResponseError::UnknownTopicOrPartition
+                                        }
+                                        _ => ResponseError::LeaderNotAvailable,
+                                    })
+                                    .and_then(|()| broker.topic(&n).map_err(|e| kafka_error(&e)))
                             }
-                            other => other,
-                        })
-                        .await
-                        .map_err(|e| kafka_error(&e))
+                            _ => crate::broker::blocking(move || match broker.topic(&n) {
+                                Err(crate::broker::BrokerError::TopicNotFound(_)) if may_create => {
+                                    broker.topic_for_produce(&n, [])
+                                }
+                                other => other,
+                            })
+                            .await
+                            .map_err(|e| kafka_error(&e)),
+                        }
                     };
+                    let view = self.kafka.state.cluster().map(|c| c.view());
                     match found {
-                        Ok(t) => r.topics.push(topic_metadata(&t)),
+                        Ok(t) => r.topics.push(topic_metadata(&t, view.as_deref())),
                         Err(e) => {
                             let mut t = MetadataResponseTopic::default();
                             t.name = Some(TopicName(StrBytes::from_string(name)));
@@ -328,17 +366,49 @@ fn entry(name: &'static str, value: String, source: i8) -> DescribeConfigsResour
     e
 }
 
-fn topic_metadata(t: &Topic) -> MetadataResponseTopic {
+/// A topic's metadata: one broker leads every partition, or in a cluster, each
+/// partition's leader, epoch, replicas and in-sync replicas as etcd holds them.
+fn topic_metadata(
+    t: &Topic,
+    cluster: Option<&crate::cluster::state::ClusterView>,
+) -> MetadataResponseTopic {
+    let ids = |nodes: &[String]| -> Vec<BrokerId> {
+        nodes
+            .iter()
+            .map(|n| BrokerId(crate::cluster::kafka_broker_id(n)))
+            .collect()
+    };
     let mut m = MetadataResponseTopic::default();
     m.name = Some(TopicName(StrBytes::from_string(t.name().to_owned())));
     m.partitions = (0..t.partition_count())
         .map(|i| {
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i as i32;
-            p.leader_id = BrokerId(NODE_ID);
-            p.leader_epoch = 0;
-            p.replica_nodes = vec![BrokerId(NODE_ID)];
-            p.isr_nodes = vec![BrokerId(NODE_ID)];
+            match cluster {
+                None => {
+                    p.leader_id = BrokerId(NODE_ID);
+                    p.leader_epoch = 0;
+                    p.replica_nodes = vec![BrokerId(NODE_ID)];
+                    p.isr_nodes = vec![BrokerId(NODE_ID)];
+                }
+                Some(view) => match view.partition(t.name(), i) {
+                    Some(v) => {
+                        let s = &v.state;
+                        let alive = s.leader.as_deref().filter(|l| view.is_alive(l));
+                        p.leader_id = BrokerId(alive.map_or(-1, crate::cluster::kafka_broker_id));
+                        if alive.is_none() {
+                            p.error_code = ResponseError::LeaderNotAvailable.code();
+                        }
+                        p.leader_epoch = s.leader_epoch as i32;
+                        p.replica_nodes = ids(&s.replicas);
+                        p.isr_nodes = ids(&s.isr);
+                    }
+                    None => {
+                        p.leader_id = BrokerId(-1);
+                        p.error_code = ResponseError::LeaderNotAvailable.code();
+                    }
+                },
+            }
             p
         })
         .collect();

@@ -104,7 +104,7 @@ impl Ctx<'_> {
             // wait begins, still wakes the wait.
             let ends: Vec<u64> = wanted
                 .iter()
-                .map(|w| w.partition.log().end_offset().max(w.offset))
+                .map(|w| w.partition.high_watermark().max(w.offset))
                 .collect();
             let read = self.read_all(&wanted, max_bytes).await;
             let total: usize = read.iter().map(|r| r.as_ref().map_or(0, |b| b.len())).sum();
@@ -121,7 +121,7 @@ impl Ctx<'_> {
                     let p_out = &mut response.responses[w.topic].partitions[w.slot];
                     match r {
                         Ok(bytes) => {
-                            p_out.high_watermark = w.partition.log().end_offset() as i64;
+                            p_out.high_watermark = w.partition.high_watermark() as i64;
                             p_out.last_stable_offset = p_out.high_watermark;
                             if !bytes.is_empty() {
                                 p_out.records = Some(bytes.freeze());
@@ -239,7 +239,7 @@ impl Ctx<'_> {
                             let offset = p.resolve(at)?;
                             // The timestamp of the record found, when one was asked for.
                             let ts = match at {
-                                StartAt::Timestamp(_) if offset < p.log().end_offset() => p
+                                StartAt::Timestamp(_) if offset < p.high_watermark() => p
                                     .read(
                                         offset,
                                         ReadLimits {
@@ -252,8 +252,8 @@ impl Ctx<'_> {
                                     .map_or(-1, |r| r.timestamp_ms),
                                 _ => -1,
                             };
-                            let none = matches!(at, StartAt::Timestamp(_))
-                                && offset >= p.log().end_offset();
+                            let none =
+                                matches!(at, StartAt::Timestamp(_)) && offset >= p.high_watermark();
                             Ok((offset, ts, none))
                         })
                         .await;

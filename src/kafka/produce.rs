@@ -51,6 +51,8 @@ struct PartitionProducers {
     /// The partition this state is of: a topic deleted and created again starts afresh.
     of: Weak<Partition>,
     loaded: bool,
+    /// The cluster leadership the state was loaded under (0 outside clusters).
+    generation: u64,
     by_id: HashMap<i64, ProducerEntry>,
 }
 
@@ -139,11 +141,23 @@ impl Producers {
         }
         let id = ids.0;
         ids.0 += 1;
+        // In a cluster each node gives ids of its own: its broker id in the high half.
+        if broker.config().cluster {
+            let node = crate::cluster::kafka_broker_id(&broker.config().node_id);
+            return Ok((i64::from(node) << 32) | (id & 0xffff_ffff));
+        }
         Ok(id)
     }
 
-    /// The sequence state of `p`, loaded from its log on first use. Blocks.
-    fn of(&self, topic: &str, p: &Arc<Partition>) -> Result<SharedProducers, BrokerError> {
+    /// The sequence state of `p`, loaded from its log on first use, and again when the
+    /// cluster leadership it was loaded under (`generation`; 0 outside clusters) changed:
+    /// other leaders appended meanwhile. Blocks.
+    fn of(
+        &self,
+        topic: &str,
+        p: &Arc<Partition>,
+        generation: u64,
+    ) -> Result<SharedProducers, BrokerError> {
         let state = Arc::clone(
             self.partitions
                 .lock()
@@ -154,10 +168,11 @@ impl Producers {
         {
             let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
             let same = s.of.upgrade().is_some_and(|cur| Arc::ptr_eq(&cur, p));
-            if !same || !s.loaded {
+            if !same || !s.loaded || s.generation != generation {
                 let mut fresh = PartitionProducers {
                     of: Arc::downgrade(p),
                     loaded: false,
+                    generation,
                     by_id: HashMap::new(),
                 };
                 let since = crate::log::now_ms() - PRODUCER_EXPIRY_MS;
@@ -181,8 +196,9 @@ impl Producers {
 /// How one partition's records went.
 struct Appended {
     error: Result<u64, ResponseError>,
-    /// The append to wait on for durability (none for a duplicate).
-    wait: Option<(Arc<Partition>, u64)>,
+    /// The append to wait on for durability and replication (none for a duplicate), with
+    /// the leadership it was made under in a cluster.
+    wait: Option<(Arc<Partition>, PartitionAppend, Option<u64>)>,
 }
 
 impl Ctx<'_> {
@@ -272,13 +288,41 @@ impl Ctx<'_> {
         }
         // acks=all waits for what the server's durability promises (fsync: on disk);
         // acks=1 for the leader's log, the mapping (it survives a crash of the process).
-        if acks == -1 && self.broker().config().default_durability == Durability::Fsync {
+        let durability = self.broker().config().default_durability;
+        if acks == -1 && durability == Durability::Fsync {
             let _turn = self.kafka.state.fsync_producers().acquire().await;
-            for ((p, end), pi, ti) in waits {
-                if let Err(e) = self.broker().wait_durable(&p, end).await {
+            for ((p, a, _), pi, ti) in &waits {
+                if let Err(e) = self.broker().wait_durable(p, a.end_offset()).await {
                     tracing::warn!(error = %e, "Kafka produce: records appended but not made durable");
                     let code = out.error(ResponseError::KafkaStorageError);
-                    response.responses[ti].partition_responses[pi].error_code = code;
+                    response.responses[*ti].partition_responses[*pi].error_code = code;
+                }
+            }
+        }
+        // In a cluster, acks=all also waits until every in-sync replica holds them.
+        if let (Some(c), -1) = (self.kafka.state.cluster(), acks) {
+            for ((_, a, generation), pi, ti) in &waits {
+                let r_out = &mut response.responses[*ti];
+                if r_out.partition_responses[*pi].error_code != 0 {
+                    continue;
+                }
+                let generations = HashMap::from([(a.partition, generation.unwrap_or(u64::MAX))]);
+                let committed = c
+                    .wait_committed(
+                        &r_out.name.0,
+                        std::slice::from_ref(a),
+                        durability,
+                        &generations,
+                    )
+                    .await;
+                if let Err(refusal) = committed {
+                    let e = match refusal {
+                        crate::cluster::Refusal::NotEnoughReplicas { .. } => {
+                            ResponseError::NotEnoughReplicasAfterAppend
+                        }
+                        _ => ResponseError::NotLeaderOrFollower,
+                    };
+                    r_out.partition_responses[*pi].error_code = out.error(e);
                 }
             }
         }
@@ -330,18 +374,29 @@ impl Ctx<'_> {
         if batch.transactional {
             return fail(ResponseError::TransactionalIdAuthorizationFailed);
         }
+        // In a cluster, only the leader appends, and only with enough in-sync replicas.
+        let generation = match self.kafka.state.cluster() {
+            None => None,
+            Some(c) => match c.writable(topic.name(), p.id()) {
+                Ok((_, generation)) => Some(generation),
+                Err((crate::cluster::Refusal::NotEnoughReplicas { .. }, _)) => {
+                    return fail(ResponseError::NotEnoughReplicas)
+                }
+                Err(_) => return fail(ResponseError::NotLeaderOrFollower),
+            },
+        };
         let broker = Arc::clone(self.broker());
         let topic = Arc::clone(topic);
         let producers = self.kafka.producers_handle();
         let part = Arc::clone(&p);
         let result = crate::broker::blocking(move || {
-            append_batch(&broker, &topic, &part, &batch, &producers, now)
+            append_batch(&broker, &topic, &part, &batch, &producers, now, generation)
         })
         .await;
         match result {
             Ok(Ok((offset, appended))) => Appended {
                 error: Ok(offset),
-                wait: appended.map(|a| (p, a.end_offset())),
+                wait: appended.map(|a| (p, a, generation)),
             },
             Ok(Err(e)) => fail(e),
             Err(e) => {
@@ -407,6 +462,7 @@ fn append_batch(
     batch: &IncomingBatch,
     producers: &Producers,
     now: i64,
+    generation: Option<u64>,
 ) -> Result<Result<(u64, Option<PartitionAppend>), ResponseError>, BrokerError> {
     let headers = records::header_lists(batch);
     let count = batch.records.len() as u32;
@@ -422,7 +478,7 @@ fn append_batch(
             Err(e) => Ok(Err(kafka_error(&e))),
         };
     };
-    let state = producers.of(topic.name(), p)?;
+    let state = producers.of(topic.name(), p, generation.unwrap_or(0))?;
     let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
     match state.check(stamp, count) {
         Err(e) => Ok(Err(e)),

@@ -6,6 +6,7 @@ pub mod fuzz;
 pub mod kafka;
 pub mod lines;
 pub mod nobody;
+pub mod prom;
 pub mod server;
 
 use mapq::log::{LogConfig, PartitionLog, Record};

@@ -9,8 +9,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::api::cluster::{ClusterOut, NodeOut, PartitionOut};
 
 use crate::broker::ReadLimits;
 use crate::cluster::{self, Cluster, Refusal};
@@ -111,41 +113,6 @@ fn no_cluster() -> ApiError {
         ErrorCode::NotFound,
         "this server does not run in a cluster (start it with --cluster)",
     )
-}
-
-/// A node, as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct NodeOut {
-    pub node_id: String,
-    pub advertised_http: String,
-    pub advertised_kafka: String,
-    /// Registered in etcd now (its lease is alive).
-    pub alive: bool,
-}
-
-/// A partition, as `GET /v1/cluster` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PartitionOut {
-    pub topic: String,
-    pub partition: u32,
-    /// Node id; `null` while the partition has no live in-sync replica.
-    pub leader: Option<String>,
-    pub leader_epoch: u32,
-    pub replicas: Vec<String>,
-    pub isr: Vec<String>,
-    /// What every in-sync replica holds, as this node knows it (`null` where this node
-    /// holds no replica).
-    pub high_watermark: Option<u64>,
-}
-
-/// `GET /v1/cluster`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ClusterOut {
-    /// The node that answered.
-    pub node_id: String,
-    pub nodes: Vec<NodeOut>,
-    pub controller: Option<String>,
-    pub partitions: Vec<PartitionOut>,
 }
 
 pub const CLUSTER_ERRORS: &[ErrorCode] = &[ErrorCode::NotFound, ErrorCode::NotReady];

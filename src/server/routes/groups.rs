@@ -156,7 +156,7 @@ pub async fn get_offsets(
         let Ok(p) = t.partition(partition) else {
             continue;
         };
-        let hwm = p.log().end_offset();
+        let hwm = p.high_watermark();
         offsets.push(OffsetOut {
             topic,
             partition,

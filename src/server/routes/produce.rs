@@ -788,7 +788,7 @@ pub async fn produce(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        c.wait_committed(&topic, &appends, durability, &generations)
+        c.wait_committed(topic.name(), &appends, durability, &generations)
             .await
             .map_err(|r| super::cluster::uncommitted_error(&r, topic.name()))?;
     }
