@@ -38,16 +38,23 @@ struct Nodes {
     etcd: String,
     ids: Vec<String>,
     ports: Vec<u16>,
+    /// Kafka listeners' ports, when the nodes have them.
+    kafka: Option<Vec<u16>>,
     dirs: Vec<tempfile::TempDir>,
     servers: Vec<Option<Server>>,
 }
 
 impl Nodes {
     fn start(etcd: &Etcd, n: usize) -> Nodes {
+        Self::start_with(etcd, n, false)
+    }
+
+    fn start_with(etcd: &Etcd, n: usize, kafka: bool) -> Nodes {
         let mut nodes = Nodes {
             etcd: etcd.url.clone(),
             ids: (1..=n).map(|i| format!("n{i}")).collect(),
             ports: (0..n).map(|_| common::cluster::free_port()).collect(),
+            kafka: kafka.then(|| (0..n).map(|_| common::cluster::free_port()).collect()),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             servers: (0..n).map(|_| None).collect(),
         };
@@ -59,12 +66,16 @@ impl Nodes {
 
     fn restart(&mut self, i: usize) {
         assert!(self.servers[i].is_none(), "node {i} is running");
+        let kafka = self
+            .kafka
+            .as_ref()
+            .map_or(String::new(), |k| format!("127.0.0.1:{}", k[i]));
         self.servers[i] = Some(start_node(
             self.dirs[i].path(),
             self.ports[i],
             &self.etcd,
             &self.ids[i],
-            &[("MAPQ_KAFKA_LISTEN", "")],
+            &[("MAPQ_KAFKA_LISTEN", &kafka)],
         ));
     }
 
@@ -863,4 +874,151 @@ async fn wait_all_in_sync_of(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_find_each_partitions_leader() {
+    use common::kafka::{batch, KafkaClient};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{MetadataRequest, ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let etcd = Etcd::start();
+    let nodes = Nodes::start_with(&etcd, 3, true);
+    let kafka: Vec<String> = nodes
+        .kafka
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v1/topics", nodes.url(0)))
+        .json(&json!({"name": "k", "partitions": 3, "replication_factor": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for i in 0..3 {
+        wait_for_topic(&http, &nodes.url(i), "k").await;
+    }
+    wait_all_in_sync_of(&http, &nodes, "k", 3, Duration::from_secs(20)).await;
+    let state = cluster_state(&http, &nodes).await;
+
+    // Metadata, from any node: every node as a broker, each partition's leader and epoch.
+    let mut c = KafkaClient::connect(&kafka[2]);
+    let mut all = MetadataRequest::default();
+    all.topics = None;
+    let meta = c.call(9, &all);
+    assert_eq!(meta.brokers.len(), 3);
+    for (i, id) in nodes.ids.iter().enumerate() {
+        let b = meta
+            .brokers
+            .iter()
+            .find(|b| b.node_id.0 == mapq::cluster::kafka_broker_id(id))
+            .unwrap_or_else(|| panic!("{id} is not among the brokers"));
+        assert_eq!(format!("{}:{}", b.host, b.port), kafka[i]);
+    }
+    let topic = meta
+        .topics
+        .iter()
+        .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "k"))
+        .unwrap();
+    for p in &topic.partitions {
+        let leader = leader_of(&state, "k", p.partition_index as u32).unwrap();
+        assert_eq!(p.leader_id.0, mapq::cluster::kafka_broker_id(&leader));
+        assert_eq!(p.replica_nodes.len(), 3);
+        assert_eq!(p.isr_nodes.len(), 3);
+    }
+
+    // A produce to a follower: NOT_LEADER_OR_FOLLOWER, nothing appended; to the leader: stored.
+    let produce = |index: i32| {
+        let mut p = PartitionProduceData::default();
+        p.index = index;
+        p.records = Some(batch(0, 2, None));
+        let mut t = TopicProduceData::default();
+        t.name = TopicName(StrBytes::from_static_str("k"));
+        t.partition_data = vec![p];
+        let mut r = ProduceRequest::default();
+        r.acks = -1;
+        r.timeout_ms = 10_000;
+        r.topic_data = vec![t];
+        r
+    };
+    let leader = nodes.index_of(&leader_of(&state, "k", 0).unwrap());
+    let follower = (leader + 1) % 3;
+    let mut f = KafkaClient::connect(&kafka[follower]);
+    let r = f.call(9, &produce(0));
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        kafka_protocol::ResponseError::NotLeaderOrFollower.code()
+    );
+    let mut l = KafkaClient::connect(&kafka[leader]);
+    let r = l.call(9, &produce(0));
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 0));
+
+    // A real client (librdkafka) bootstrapped from one node produces with acks=all to
+    // every partition's leader, and reads everything back from another.
+    common::kafka::clients();
+    let lines: String = (0..30).map(|i| format!("m{i}\n")).collect();
+    let mut kcat = Command::new("kcat");
+    kcat.args([
+        "-b",
+        &kafka[0],
+        "-P",
+        "-t",
+        "k",
+        "-X",
+        "acks=all",
+        "-X",
+        "socket.timeout.ms=10000",
+    ]);
+    let out =
+        common::server::output_with_deadline(&mut kcat, lines.as_bytes(), Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "kcat -P: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut kcat = Command::new("kcat");
+    kcat.args([
+        "-b",
+        &kafka[1],
+        "-C",
+        "-t",
+        "k",
+        "-e",
+        "-q",
+        "-f",
+        "%p:%s\n",
+        "-X",
+        "socket.timeout.ms=10000",
+    ]);
+    let out = common::server::output_with_deadline(&mut kcat, b"", Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "kcat -C: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut got: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(_, v)| v))
+        .filter(|v| v.starts_with('m'))
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "{text}");
+    let partitions: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_once(':').map(|(p, _)| p))
+        .collect();
+    assert!(
+        partitions.len() > 1,
+        "librdkafka used one partition only: {text}"
+    );
+    drop(etcd);
 }
