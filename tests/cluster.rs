@@ -962,26 +962,31 @@ async fn kafka_clients_find_each_partitions_leader() {
     // A real client (librdkafka) bootstrapped from one node produces with acks=all to
     // every partition's leader, and reads everything back from another.
     common::kafka::clients();
-    let lines: String = (0..30).map(|i| format!("m{i}\n")).collect();
-    let mut kcat = Command::new("kcat");
-    kcat.args([
-        "-b",
-        &kafka[0],
-        "-P",
-        "-t",
-        "k",
-        "-X",
-        "acks=all",
-        "-X",
-        "socket.timeout.ms=10000",
-    ]);
-    let out =
-        common::server::output_with_deadline(&mut kcat, lines.as_bytes(), Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "kcat -P: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // (One partition per run: each run's writes go to that partition's leader.)
+    for partition in 0..3 {
+        let lines: String = (0..10).map(|i| format!("m{partition}-{i}\n")).collect();
+        let mut kcat = Command::new("kcat");
+        kcat.args([
+            "-b",
+            &kafka[0],
+            "-P",
+            "-t",
+            "k",
+            "-p",
+            &partition.to_string(),
+        ])
+        .args(["-X", "acks=all", "-X", "socket.timeout.ms=10000"]);
+        let out = common::server::output_with_deadline(
+            &mut kcat,
+            lines.as_bytes(),
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "kcat -P: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let mut kcat = Command::new("kcat");
     kcat.args([
         "-b",
@@ -1009,16 +1014,95 @@ async fn kafka_clients_find_each_partitions_leader() {
         .filter(|v| v.starts_with('m'))
         .collect();
     got.sort();
-    let mut want: Vec<String> = (0..30).map(|i| format!("m{i}")).collect();
+    let mut want: Vec<String> = (0..3)
+        .flat_map(|p| (0..10).map(move |i| format!("m{p}-{i}")))
+        .collect();
     want.sort();
     assert_eq!(got, want, "{text}");
-    let partitions: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.split_once(':').map(|(p, _)| p))
-        .collect();
+    // Each record in the partition it was sent to.
     assert!(
-        partitions.len() > 1,
-        "librdkafka used one partition only: {text}"
+        text.lines()
+            .filter(|l| l.contains(":m"))
+            .all(|l| l[..1] == l[3..4]),
+        "{text}"
+    );
+
+    // A consumer group (librdkafka) commits; its offsets outlive its coordinator.
+    let confluent = |bootstrap: &str, args: &[&str]| {
+        let mut c = Command::new(common::python());
+        c.arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/kafka_confluent.py"),
+        )
+        .args(["consume", bootstrap, "k", "kg"])
+        .args(args);
+        let out = common::server::output_with_deadline(&mut c, b"", Duration::from_secs(90));
+        assert!(
+            out.status.success(),
+            "confluent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<Value>>()
+    };
+    let first = confluent(&kafka[0], &["10", "10"]);
+    let last = first.last().unwrap();
+    let (cp, co) = (
+        last["partition"].as_u64().unwrap(),
+        last["offset"].as_u64().unwrap() + 1,
+    );
+    // Every node serves the commit (it is in etcd).
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v: Value = http
+                .get(format!("{}/v1/groups/kg/offsets", nodes.url(i)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let seen = v["offsets"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|e| e["partition"] == cp && e["offset"] == co));
+            if seen {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} does not show the commit: {v}",
+                nodes.ids[i]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The coordinator, as FindCoordinator names it, dies.
+    let mut find = kafka_protocol::messages::FindCoordinatorRequest::default();
+    find.key = StrBytes::from_static_str("kg");
+    let coordinator = KafkaClient::connect(&kafka[0]).call(2, &find).node_id.0;
+    let dead = (0..3)
+        .find(|&i| mapq::cluster::kafka_broker_id(&nodes.ids[i]) == coordinator)
+        .expect("the coordinator is a node");
+    let mut nodes = nodes;
+    nodes.kill(dead);
+    let survivor = (dead + 1) % 3;
+    // The group goes on from its commit on another coordinator.
+    let second = confluent(&kafka[survivor], &["40"]);
+    for r in &second {
+        let (p, o) = (
+            r["partition"].as_u64().unwrap(),
+            r["offset"].as_u64().unwrap(),
+        );
+        assert!(
+            p != cp || o >= co,
+            "after its coordinator died the group read partition {p} offset {o} again, below its commit {co}"
+        );
+    }
+    assert!(
+        !second.is_empty(),
+        "the group read nothing after its coordinator died"
     );
     drop(etcd);
 }

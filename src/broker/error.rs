@@ -77,6 +77,9 @@ pub enum BrokerError {
     TaskFailed(String),
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
+    /// In a cluster: etcd, which holds committed offsets, did not take a commit.
+    #[error("the commit could not be stored in the cluster's etcd: {0}")]
+    ClusterStore(String),
     #[error(transparent)]
     Log(#[from] LogError),
 }

@@ -73,10 +73,21 @@ struct Entry {
     offset: u64,
 }
 
+/// Where a cluster keeps committed offsets, for every node (etcd): commits are written
+/// there before they are acknowledged, and each node's copy follows it.
+pub trait SharedOffsets: Send + Sync + std::fmt::Debug {
+    /// Stores `entries` of `group`: the store's revision after the write. Blocks.
+    fn commit(&self, group: &str, entries: &[(String, u32, u64)]) -> Result<i64, BrokerError>;
+}
+
 /// All groups.
 #[derive(Debug)]
 pub struct Groups {
     dir: PathBuf,
+    /// In a cluster: the shared store, and the revision of this node's last commit of each
+    /// group (a copy read before it must not undo it).
+    shared: std::sync::OnceLock<Box<dyn SharedOffsets>>,
+    committed_at: Mutex<HashMap<String, i64>>,
     /// Groups by name. Held only to find or insert a group's entry; each group's own mutex
     /// serializes its commits, including the file write (lock order: this map, then the
     /// group).
@@ -97,6 +108,8 @@ impl Groups {
         }
         Ok(Groups {
             dir: dir.to_owned(),
+            shared: std::sync::OnceLock::new(),
+            committed_at: Mutex::new(HashMap::new()),
             groups: RwLock::new(groups),
         })
     }
@@ -159,7 +172,17 @@ impl Groups {
         for (topic, partition, offset) in entries {
             next.insert((topic.clone(), *partition), *offset);
         }
-        let result = self.write(group, &next);
+        // In a cluster the commit is the shared store's first; the file is this node's copy.
+        let shared = match self.shared.get() {
+            Some(store) => store.commit(group, entries).map(|revision| {
+                self.committed_at
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(group.to_owned(), revision);
+            }),
+            None => Ok(()),
+        };
+        let result = shared.and_then(|()| self.write(group, &next));
         if result.is_ok() {
             *offsets = next;
         } else if offsets.is_empty() {
@@ -214,6 +237,41 @@ impl Groups {
             }
         }
         Ok(())
+    }
+
+    /// Makes the cluster's shared store the place commits go (once, when the node joins).
+    pub fn share(&self, store: Box<dyn SharedOffsets>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// Takes the committed offsets of every group from the cluster's store, as read at
+    /// `revision`: groups this node committed to after that keep their copy. Memory only
+    /// (the files hold what this node committed; the next read corrects them).
+    pub fn follow_shared(&self, revision: i64, all: BTreeMap<String, GroupOffsets>) {
+        let committed_at = self
+            .committed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let newer = |g: &str| committed_at.get(g).is_some_and(|&r| r > revision);
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        groups.retain(|name, _| all.contains_key(name) || newer(name));
+        for (name, offsets) in all {
+            if newer(&name) {
+                continue;
+            }
+            match groups.get(&name) {
+                Some(g) => {
+                    let mut current = g.lock().unwrap_or_else(|p| p.into_inner());
+                    if *current != offsets {
+                        *current = offsets;
+                    }
+                }
+                None => {
+                    groups.insert(name, Arc::new(Mutex::new(offsets)));
+                }
+            }
+        }
     }
 
     /// Replaces a group's file with `offsets`, durably. Blocks.

@@ -108,7 +108,7 @@ struct Lease {
 pub struct Cluster {
     settings: Settings,
     instance: String,
-    etcd: Etcd,
+    etcd: Arc<Etcd>,
     http: reqwest::Client,
     broker: Arc<Broker>,
     view: ArcSwap<ClusterView>,
@@ -139,7 +139,7 @@ impl Cluster {
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, ClusterError> {
         let instance = claim_data_dir(&broker.config().data_dir, &settings.node_id)?;
-        let etcd = Etcd::new(&settings.etcd_endpoints, Duration::from_secs(2))?;
+        let etcd = Arc::new(Etcd::new(&settings.etcd_endpoints, Duration::from_secs(2))?);
         let mut headers = reqwest::header::HeaderMap::new();
         if !settings.token.is_empty() {
             let value =
@@ -178,6 +178,11 @@ impl Cluster {
             settings,
         });
         cluster.register(id).await?;
+        // Committed offsets live in etcd from now on.
+        cluster.broker.groups().share(Box::new(EtcdOffsets {
+            etcd: Arc::clone(&cluster.etcd),
+            runtime: tokio::runtime::Handle::current(),
+        }));
         tracing::info!(node_id = %cluster.settings.node_id, advertised_http = %cluster.settings.advertised_http, "joined the cluster");
         cluster.poll_once().await;
         tokio::spawn(Arc::clone(&cluster).session_loop());
@@ -369,6 +374,9 @@ impl Cluster {
         };
         let view = Arc::new(ClusterView::from_kvs(revision, &kvs));
         self.view.store(Arc::clone(&view));
+        self.broker
+            .groups()
+            .follow_shared(view.revision, view.offsets.clone());
         if let Err(e) = self.reconcile(&view).await {
             tracing::error!(error = %e, "cannot take up this node's roles");
         }
@@ -714,24 +722,31 @@ impl Cluster {
         Ok(self.broker.topic(name)?)
     }
 
-    /// Deletes a topic from the cluster (each node deletes its copy when it sees that).
+    /// Deletes a topic from the cluster (each node deletes its copy when it sees that),
+    /// with the offsets groups committed on it.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<(), ClusterError> {
-        let deleted = self
-            .etcd
-            .txn(
-                &[],
-                &[
-                    Op::Delete {
-                        key: state::topic_key(name),
+        self.poll_once().await;
+        let mut ops = vec![
+            Op::Delete {
+                key: state::topic_key(name),
+                prefix: false,
+            },
+            Op::Delete {
+                key: format!("{}partitions/{name}/", state::PREFIX),
+                prefix: true,
+            },
+        ];
+        for (group, offsets) in &self.view().offsets {
+            for (topic, partition) in offsets.keys() {
+                if topic == name {
+                    ops.push(Op::Delete {
+                        key: state::offset_key(group, topic, *partition),
                         prefix: false,
-                    },
-                    Op::Delete {
-                        key: format!("{}partitions/{name}/", state::PREFIX),
-                        prefix: true,
-                    },
-                ],
-            )
-            .await?;
+                    });
+                }
+            }
+        }
+        let deleted = self.etcd.txn(&[], &ops).await?;
         if deleted.is_none() {
             return Err(ClusterError::Refused("the deletion was not applied".into()));
         }
@@ -758,6 +773,23 @@ impl Cluster {
             Err(Refusal::NotLeader) => Err((Refusal::NotLeader, leader())),
             Err(e) => Err((e, None)),
         }
+    }
+
+    /// The node that coordinates `group` (Kafka consumer groups): of the live nodes, the one
+    /// whose hash with the group is highest (rendezvous hashing), so every node names the
+    /// same one, and a node's loss moves only its own groups. Their committed offsets are
+    /// in etcd; their members rejoin, as after a Kafka coordinator move.
+    pub fn coordinator_of(&self, group: &str) -> Option<NodeInfo> {
+        let view = self.view();
+        view.nodes
+            .values()
+            .max_by_key(|n| {
+                let mut key = group.as_bytes().to_vec();
+                key.push(0);
+                key.extend_from_slice(n.node_id.as_bytes());
+                (crc32c::crc32c(&key), n.node_id.clone())
+            })
+            .cloned()
     }
 
     /// The partitions of `topic` this node leads now.
@@ -824,6 +856,34 @@ impl Cluster {
             return Err(Refusal::LeaseLapsed);
         }
         Ok(())
+    }
+}
+
+/// Committed offsets kept in etcd (see [`crate::broker::groups::SharedOffsets`]).
+#[derive(Debug)]
+struct EtcdOffsets {
+    etcd: Arc<Etcd>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl crate::broker::groups::SharedOffsets for EtcdOffsets {
+    fn commit(&self, group: &str, entries: &[(String, u32, u64)]) -> Result<i64, BrokerError> {
+        let ops: Vec<Op> = entries
+            .iter()
+            .map(|(topic, partition, offset)| Op::Put {
+                key: state::offset_key(group, topic, *partition),
+                value: offset.to_string().into_bytes(),
+                lease: 0,
+            })
+            .collect();
+        // Commits run on the blocking pool, where waiting on the runtime is allowed.
+        match self.runtime.block_on(self.etcd.txn(&[], &ops)) {
+            Ok(Some(revision)) => Ok(revision),
+            Ok(None) => Err(BrokerError::ClusterStore(
+                "the transaction was not applied".into(),
+            )),
+            Err(e) => Err(BrokerError::ClusterStore(e.to_string())),
+        }
     }
 }
 

@@ -7,6 +7,8 @@
 //! - `topics/<topic>`: partitions, replication factor, minimum in-sync replicas, overrides.
 //! - `partitions/<topic>/<partition>`: a [`PartitionState`], changed only by transactions
 //!   that compare its `mod_revision` (the fence).
+//! - `offsets/<group>/<topic>/<partition>`: a committed offset (decimal), as Kafka kept
+//!   them in ZooKeeper: every node serves them, and they survive any node.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +30,10 @@ pub fn topic_key(topic: &str) -> String {
 
 pub fn partition_key(topic: &str, partition: u32) -> String {
     format!("{PREFIX}partitions/{topic}/{partition}")
+}
+
+pub fn offset_key(group: &str, topic: &str, partition: u32) -> String {
+    format!("{PREFIX}offsets/{group}/{topic}/{partition}")
 }
 
 /// A registered node.
@@ -77,6 +83,8 @@ pub struct ClusterView {
     pub controller: Option<String>,
     pub topics: BTreeMap<String, TopicSpec>,
     pub partitions: BTreeMap<(String, u32), Versioned>,
+    /// Committed offsets by group.
+    pub offsets: BTreeMap<String, crate::broker::groups::GroupOffsets>,
 }
 
 impl ClusterView {
@@ -101,6 +109,24 @@ impl ClusterView {
                 serde_json::from_slice::<TopicSpec>(&kv.value).map(|s| {
                     view.topics.insert(t.to_owned(), s);
                 })
+            } else if let Some(gtp) = rest.strip_prefix("offsets/") {
+                let parsed = gtp.split_once('/').and_then(|(g, tp)| {
+                    let (t, p) = tp.rsplit_once('/')?;
+                    let offset = std::str::from_utf8(&kv.value).ok()?.parse::<u64>().ok()?;
+                    Some((g, t, p.parse::<u32>().ok()?, offset))
+                });
+                match parsed {
+                    Some((g, t, p, offset)) => {
+                        view.offsets
+                            .entry(g.to_owned())
+                            .or_default()
+                            .insert((t.to_owned(), p), offset);
+                    }
+                    None => {
+                        tracing::warn!(key = %kv.key, "an etcd offset key that does not parse; skipped")
+                    }
+                }
+                Ok(())
             } else if let Some(tp) = rest.strip_prefix("partitions/") {
                 let Some((t, p)) = tp
                     .rsplit_once('/')
@@ -214,6 +240,7 @@ mod tests {
                     7,
                 ),
                 kv("/mapq/partitions/t/x", "{}", 8),
+                kv("/mapq/offsets/g/t/0", "41", 9),
                 kv("/mapq/nodes/b", "not json", 8),
             ],
         );
@@ -225,5 +252,6 @@ mod tests {
             view.leader_of("t", 0).unwrap().advertised_http,
             "http://h:1"
         );
+        assert_eq!(view.offsets["g"][&("t".to_owned(), 0)], 41);
     }
 }

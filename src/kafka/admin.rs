@@ -332,6 +332,24 @@ impl Ctx<'_> {
                 c.error_code = out.error(ResponseError::CoordinatorNotAvailable);
                 c.node_id = BrokerId(-1);
                 c.port = -1;
+            } else if let Some(cluster) = self.kafka.state.cluster() {
+                // In a cluster: the node that coordinates the group (all nodes agree).
+                let node = cluster.coordinator_of(c.key.as_str());
+                match node.as_ref().and_then(|n| {
+                    let (host, port) = n.advertised_kafka.rsplit_once(':')?;
+                    Some((n, host.to_owned(), port.parse::<i32>().ok()?))
+                }) {
+                    Some((n, host, port)) => {
+                        c.node_id = BrokerId(crate::cluster::kafka_broker_id(&n.node_id));
+                        c.host = StrBytes::from_string(host);
+                        c.port = port;
+                    }
+                    None => {
+                        c.error_code = out.error(ResponseError::CoordinatorNotAvailable);
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                    }
+                }
             } else {
                 c.node_id = BrokerId(NODE_ID);
                 c.host = self.kafka.host.clone();

@@ -424,7 +424,18 @@ impl Ctx<'_> {
         if b.is_member_group(group) || b.is_queue_group(group) {
             return Some(ResponseError::InconsistentGroupProtocol);
         }
-        None
+        self.not_coordinator(group)
+    }
+
+    /// In a cluster, a group is coordinated by one node (see `Cluster::coordinator_of`):
+    /// the others answer NOT_COORDINATOR, and the client asks FindCoordinator again.
+    pub(super) fn not_coordinator(&self, group: &str) -> Option<ResponseError> {
+        let c = self.kafka.state.cluster()?;
+        match c.coordinator_of(group) {
+            Some(n) if n.node_id == c.node_id() => None,
+            Some(_) => Some(ResponseError::NotCoordinator),
+            None => Some(ResponseError::CoordinatorNotAvailable),
+        }
     }
 
     pub(super) async fn join_group(
@@ -938,6 +949,10 @@ impl Ctx<'_> {
         }
         if !self.principal.holds(Permission::Consume) {
             r.error_code = out.error(ResponseError::GroupAuthorizationFailed);
+            return r;
+        }
+        if let Some(e) = self.not_coordinator(&name) {
+            r.error_code = out.error(e);
             return r;
         }
         let broker = Arc::clone(self.broker());

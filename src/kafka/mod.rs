@@ -579,6 +579,7 @@ pub(crate) fn kafka_error(e: &BrokerError) -> ResponseError {
         BrokerError::Log(LogError::NoSpace { .. }) => ResponseError::KafkaStorageError,
         BrokerError::Log(LogError::Deleted) => ResponseError::UnknownTopicOrPartition,
         BrokerError::TooManyWaiters => ResponseError::ThrottlingQuotaExceeded,
+        BrokerError::ClusterStore(_) => ResponseError::CoordinatorNotAvailable,
         BrokerError::WrongGroupType { .. }
         | BrokerError::GroupExists(_)
         | BrokerError::MembersOnly(_)

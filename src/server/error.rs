@@ -127,6 +127,7 @@ impl From<BrokerError> for ApiError {
                 )
             }
             BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
+            BrokerError::ClusterStore(_) => Self::new(ErrorCode::LeaderNotAvailable, msg),
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_)
             | BrokerError::Locked { .. }
