@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{start_node, Etcd};
+use common::cluster::start_node;
+use common::etcd::Etcd;
 use common::prom::{scrape, value};
 use common::server::{signal, Server};
 use serde_json::{json, Value};
@@ -53,8 +54,8 @@ impl Nodes {
         let mut nodes = Nodes {
             etcd: etcd.url.clone(),
             ids: (1..=n).map(|i| format!("n{i}")).collect(),
-            ports: (0..n).map(|_| common::cluster::free_port()).collect(),
-            kafka: kafka.then(|| (0..n).map(|_| common::cluster::free_port()).collect()),
+            ports: (0..n).map(|_| common::etcd::free_port()).collect(),
+            kafka: kafka.then(|| (0..n).map(|_| common::etcd::free_port()).collect()),
             dirs: (0..n).map(|_| tempfile::tempdir().unwrap()).collect(),
             servers: (0..n).map(|_| None).collect(),
         };

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod fuzz;
 pub mod kafka;
 pub mod lines;
