@@ -701,6 +701,83 @@ async fn faults_get_clear_answers_and_lose_nothing() {
     let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
     assert_eq!(status, 200, "{body}");
 
+    // A group is served by one node, its coordinator; the others send its requests there.
+    let mut coordinators = Vec::new();
+    for i in 0..3 {
+        let r = http
+            .put(format!("{}/v1/groups/hg/members/m1", nodes.url(i)))
+            .json(&json!({"topics": ["f"], "member_epoch": 0}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => coordinators.push(i),
+            307 => {
+                let location = r.headers()["location"].to_str().unwrap().to_owned();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "not_leader", "{body}");
+                let to = nodes.index_of(body["error"]["leader"].as_str().unwrap());
+                assert_eq!(
+                    location,
+                    format!("{}/v1/groups/hg/members/m1", nodes.url(to))
+                );
+            }
+            other => panic!("{other}: {}", r.text().await.unwrap()),
+        }
+    }
+    assert_eq!(
+        coordinators.len(),
+        1,
+        "group hg answered by {coordinators:?}"
+    );
+
+    // The leader killed and restarted before its lease ran out: it leads again, under a
+    // new epoch, and what it acknowledged is still there.
+    let epoch_of = |s: &Value| {
+        s["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["topic"] == "f")
+            .unwrap()["leader_epoch"]
+            .as_u64()
+            .unwrap()
+    };
+    let before_epoch = epoch_of(&cluster_state(&http, &nodes).await);
+    let end_before = end_offset(&http, &nodes.url(leader), "f").await;
+    nodes.kill(leader);
+    nodes.restart(leader);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = cluster_state(&http, &nodes).await;
+        if epoch_of(&s) > before_epoch && leader_of(&s, "f", 0).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new epoch after a quick restart: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_all_in_sync_of(&http, &nodes, "f", 1, Duration::from_secs(20)).await;
+    let state = cluster_state(&http, &nodes).await;
+    let leader_id = leader_of(&state, "f", 0).unwrap();
+    let leader = nodes.index_of(&leader_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body, _) = produce_one(&http, &nodes.url(leader), "f").await;
+        if status == 200 {
+            assert_eq!(
+                body["offsets"][0]["offset"].as_u64().unwrap(),
+                end_before,
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A second node under an id in use: refused, and it says why.
     let other = tempfile::tempdir().unwrap();
     let env = common::cluster::node_env(&nodes.etcd, &leader_id, &[]);

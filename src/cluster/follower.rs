@@ -70,9 +70,15 @@ fn decode_epochs(text: &str) -> Vec<EpochStart> {
         .collect()
 }
 
-/// Follows `leader_url` at `epoch` until this replica's role changes or the server stops.
-pub(super) async fn follow(cluster: Arc<Cluster>, r: Arc<Replica>, leader_url: String, epoch: u32) {
-    let generation = r.generation();
+/// Follows `leader_url` at `epoch` while this replica's role is still `generation` (the
+/// follower role it was started for) and the server runs.
+pub(super) async fn follow(
+    cluster: Arc<Cluster>,
+    r: Arc<Replica>,
+    leader_url: String,
+    epoch: u32,
+    generation: u64,
+) {
     let mut changes = r.subscribe_generation();
     let mut max_bytes = FETCH_BYTES;
     let mut truncated = false;

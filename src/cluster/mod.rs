@@ -119,6 +119,10 @@ pub struct Cluster {
     stop: watch::Receiver<bool>,
     stopped: AtomicBool,
     metrics: metrics::ClusterMetrics,
+    polling: tokio::sync::Mutex<()>,
+    /// The etcd revision this process registered at: a leadership given before it was
+    /// given to an earlier process of this node.
+    registered_at: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -175,6 +179,8 @@ impl Cluster {
             known_topics: Mutex::new(Default::default()),
             stop,
             stopped: AtomicBool::new(false),
+            polling: tokio::sync::Mutex::new(()),
+            registered_at: std::sync::atomic::AtomicI64::new(0),
             settings,
         });
         cluster.register(id).await?;
@@ -243,8 +249,14 @@ impl Cluster {
 
     /// Puts this node's key under `lease`: created, or taken over from an earlier process
     /// on the same data directory whose lease has not expired yet. Another instance under
-    /// the same id is refused.
+    /// the same id is refused. Notes the revision it registered at.
     async fn register(&self, lease: i64) -> Result<(), ClusterError> {
+        let revision = self.register_at(lease).await?;
+        self.registered_at.fetch_max(revision, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn register_at(&self, lease: i64) -> Result<i64, ClusterError> {
         let key = state::node_key(&self.settings.node_id);
         let value = serde_json::to_vec(&self.node_info()).expect("serializable");
         let put = [Op::Put {
@@ -253,13 +265,8 @@ impl Cluster {
             lease,
         }];
         for _ in 0..5 {
-            if self
-                .etcd
-                .txn(&[Compare::Absent(key.clone())], &put)
-                .await?
-                .is_some()
-            {
-                return Ok(());
+            if let Some(revision) = self.etcd.txn(&[Compare::Absent(key.clone())], &put).await? {
+                return Ok(revision);
             }
             let Some(existing) = self.etcd.get(&key).await? else {
                 continue;
@@ -268,8 +275,8 @@ impl Cluster {
             match theirs {
                 Some(n) if n.instance == self.instance => {
                     let fenced = [Compare::ModRevision(key.clone(), existing.mod_revision)];
-                    if self.etcd.txn(&fenced, &put).await?.is_some() {
-                        return Ok(());
+                    if let Some(revision) = self.etcd.txn(&fenced, &put).await? {
+                        return Ok(revision);
                     }
                 }
                 Some(n) => {
@@ -364,6 +371,8 @@ impl Cluster {
     /// Reads the state, takes up this node's roles, and does the controller's and the
     /// leaders' work.
     pub async fn poll_once(self: &Arc<Self>) {
+        // One at a time (the state loop, a topic's creation): roles are taken up once.
+        let _turn = self.polling.lock().await;
         let (revision, kvs) = match self.etcd.range_prefix(state::PREFIX).await {
             Ok(r) => r,
             Err(e) => {
@@ -596,6 +605,18 @@ impl Cluster {
             };
             let min_isr = view.topics.get(topic).map_or(1, |t| t.min_insync_replicas);
             match s.leader.as_deref() {
+                // Led by this node's previous process (restarted before its lease ran out):
+                // it leads again under a new epoch, as any new leader does, so that every
+                // follower truncates to what this process holds.
+                Some(l)
+                    if l == me
+                        && r.is_fresh()
+                        && v.mod_revision < self.registered_at.load(Ordering::Acquire) =>
+                {
+                    if self.lease_valid() {
+                        self.new_epoch(topic, *partition, v).await;
+                    }
+                }
                 Some(l) if l == me => match r.role() {
                     Role::Leader(held) if held.epoch == s.leader_epoch => {
                         r.refresh_leader(s.leader_epoch, &s.isr, v.mod_revision, min_isr);
@@ -627,12 +648,13 @@ impl Cluster {
                     }
                     match view.nodes.get(l) {
                         Some(info) => {
-                            r.become_follower(l, s.leader_epoch);
+                            let generation = r.become_follower(l, s.leader_epoch);
                             tokio::spawn(follower::follow(
                                 Arc::clone(self),
                                 Arc::clone(&r),
                                 info.advertised_http.trim_end_matches('/').to_owned(),
                                 s.leader_epoch,
+                                generation,
                             ));
                         }
                         None => r.become_idle(),
@@ -642,6 +664,39 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Writes the next leader epoch for a partition this node leads (fenced on the revision
+    /// read): the next read makes this node its leader at that epoch.
+    async fn new_epoch(&self, topic: &str, partition: u32, v: &state::Versioned) {
+        let next = PartitionState {
+            leader_epoch: v.state.leader_epoch + 1,
+            ..v.state.clone()
+        };
+        let key = state::partition_key(topic, partition);
+        let written = self
+            .etcd
+            .txn(
+                &[Compare::ModRevision(key.clone(), v.mod_revision)],
+                &[Op::Put {
+                    key,
+                    value: serde_json::to_vec(&next).expect("serializable"),
+                    lease: 0,
+                }],
+            )
+            .await;
+        match written {
+            Ok(Some(_)) => {
+                tracing::info!(
+                    topic,
+                    partition,
+                    epoch = next.leader_epoch,
+                    "leading again after a restart, under a new epoch"
+                );
+            }
+            Ok(None) => self.metrics.fenced_writes.inc(),
+            Err(e) => tracing::warn!(topic, partition, error = %e, "new leader epoch not written"),
+        }
     }
 
     /// Creates a topic in the cluster (then here): replicas placed over the live nodes,

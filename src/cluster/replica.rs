@@ -69,7 +69,8 @@ pub struct Replica {
     pub epochs: EpochHistory,
     node_id: String,
     role: Mutex<Role>,
-    /// Bumped on every role change: ends what waited under the old role.
+    /// Bumped on every role change: ends what waited under the old role (0: no role taken
+    /// up yet in this process).
     generation: watch::Sender<u64>,
     marks: watch::Sender<Marks>,
 }
@@ -111,6 +112,11 @@ impl Replica {
         *self.generation.borrow()
     }
 
+    /// Whether this process has taken up no role for the partition yet.
+    pub fn is_fresh(&self) -> bool {
+        self.generation() == 0
+    }
+
     pub fn subscribe_generation(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
     }
@@ -123,9 +129,16 @@ impl Replica {
         self.marks.subscribe()
     }
 
-    fn set_role(&self, role: Role) {
-        *self.lock() = role;
-        self.generation.send_modify(|g| *g += 1);
+    /// Takes up `role`: the generation it has.
+    fn set_role(&self, role: Role) -> u64 {
+        let mut held = self.lock();
+        *held = role;
+        let mut generation = 0;
+        self.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
     }
 
     /// Leads from `epoch` on: the epoch starts at the log's end. Blocks (the history file).
@@ -137,7 +150,7 @@ impl Replica {
         min_isr: u32,
     ) -> Result<(), BrokerError> {
         self.epochs.assign(epoch, self.p.log().end_offset())?;
-        self.set_role(Role::Leader(LeaderRole {
+        let _ = self.set_role(Role::Leader(LeaderRole {
             epoch,
             isr,
             mod_revision,
@@ -149,17 +162,20 @@ impl Replica {
         self.update_marks()
     }
 
-    pub fn become_follower(&self, leader: &str, epoch: u32) {
-        self.set_role(Role::Follower {
+    /// Follows `leader` at `epoch`: the generation of that role (its fetch loop runs while
+    /// it lasts).
+    pub fn become_follower(&self, leader: &str, epoch: u32) -> u64 {
+        let generation = self.set_role(Role::Follower {
             leader: leader.to_owned(),
             epoch,
         });
         tracing::info!(topic = %self.topic, partition = self.partition, leader, epoch, "following");
+        generation
     }
 
     pub fn become_idle(&self) {
         if !matches!(*self.lock(), Role::Idle) {
-            self.set_role(Role::Idle);
+            let _ = self.set_role(Role::Idle);
         }
     }
 

@@ -147,9 +147,33 @@ impl Ctx<'_> {
             let created = if !self.principal.may(Permission::Admin, &name) {
                 Err((ResponseError::TopicAuthorizationFailed, None))
             } else {
-                match overrides_of(&topic) {
+                let cluster = self.kafka.state.cluster();
+                match overrides_of(&topic, cluster.is_some()) {
                     Err(e) => Err(e),
-                    Ok(overrides) => {
+                    // In a cluster the topic is created in etcd, then on every node.
+                    Ok(c) if cluster.is_some() && !req.validate_only => {
+                        let cluster = cluster.expect("checked");
+                        let partitions = u32::try_from(topic.num_partitions)
+                            .unwrap_or(self.broker().config().default_partitions);
+                        let rf = c.replication_factor;
+                        match cluster
+                            .create_topic(&name, partitions, rf, c.min_insync_replicas, c.overrides)
+                            .await
+                        {
+                            Ok(t) => Ok(Some(t)),
+                            Err(e) => {
+                                use crate::cluster::ClusterError as E;
+                                let code = match &e {
+                                    E::TopicExists(_) => ResponseError::TopicAlreadyExists,
+                                    E::InvalidConfig(_) => ResponseError::InvalidReplicationFactor,
+                                    E::Broker(b) => kafka_error(b),
+                                    _ => ResponseError::LeaderNotAvailable,
+                                };
+                                Err((code, Some(e.to_string())))
+                            }
+                        }
+                    }
+                    Ok(Creation { overrides, .. }) => {
                         let broker = Arc::clone(self.broker());
                         let partitions = u32::try_from(topic.num_partitions).ok();
                         let validate_only = req.validate_only;
@@ -172,7 +196,14 @@ impl Ctx<'_> {
             match created {
                 Ok(topic) => {
                     t.num_partitions = topic.as_ref().map_or(-1, |t| t.partition_count() as i32);
-                    t.replication_factor = 1;
+                    t.replication_factor = match (self.kafka.state.cluster(), &topic) {
+                        (Some(c), Some(topic)) => c
+                            .view()
+                            .topics
+                            .get(topic.name())
+                            .map_or(-1, |s| s.replication_factor as i16),
+                        _ => 1,
+                    };
                 }
                 Err((e, message)) => {
                     t.error_code = out.error(e);
@@ -198,6 +229,15 @@ impl Ctx<'_> {
             let name = name.0.to_string();
             let result = if !self.principal.may(Permission::Admin, &name) {
                 Err(ResponseError::TopicAuthorizationFailed)
+            } else if let Some(c) = self.kafka.state.cluster() {
+                // In a cluster: deleted in etcd, then by every node.
+                match self.broker().topic(&name) {
+                    Err(e) => Err(kafka_error(&e)),
+                    Ok(_) => c
+                        .delete_topic(&name)
+                        .await
+                        .map_err(|_| ResponseError::LeaderNotAvailable),
+                }
             } else {
                 let broker = Arc::clone(self.broker());
                 crate::broker::blocking(move || broker.delete_topic(&name))
@@ -433,10 +473,35 @@ fn topic_metadata(
     m
 }
 
+/// What a CreateTopics entry asks for, in mapq's terms.
+struct Creation {
+    overrides: TopicOverrides,
+    /// In a cluster: the replication factor and `min.insync.replicas`, when given.
+    replication_factor: Option<u32>,
+    min_insync_replicas: Option<u32>,
+}
+
 /// A CreateTopics entry's settings as mapq's topic overrides; Kafka settings mapq has no
-/// counterpart for are refused, rather than silently ignored.
-fn overrides_of(topic: &CreatableTopic) -> Result<TopicOverrides, (ResponseError, Option<String>)> {
-    if !matches!(topic.replication_factor, -1 | 1) {
+/// counterpart for are refused, rather than silently ignored. In a cluster the
+/// replication factor and `min.insync.replicas` are taken too.
+fn overrides_of(
+    topic: &CreatableTopic,
+    cluster: bool,
+) -> Result<Creation, (ResponseError, Option<String>)> {
+    let mut creation = Creation {
+        overrides: TopicOverrides::default(),
+        replication_factor: u32::try_from(topic.replication_factor)
+            .ok()
+            .filter(|&r| r > 0),
+        min_insync_replicas: None,
+    };
+    if cluster && (topic.replication_factor == 0 || topic.replication_factor < -1) {
+        return Err((
+            ResponseError::InvalidReplicationFactor,
+            Some("the replication factor must be at least 1 (or -1: the default)".into()),
+        ));
+    }
+    if !cluster && !matches!(topic.replication_factor, -1 | 1) {
         return Err((
             ResponseError::InvalidReplicationFactor,
             Some("mapq keeps one copy of each partition: replication factor 1".into()),
@@ -489,9 +554,14 @@ fn overrides_of(topic: &CreatableTopic) -> Result<TopicOverrides, (ResponseError
             },
             "cleanup.policy" if value.as_deref() == Some("delete") => {}
             "cleanup.policy" => return bad("only \"delete\" (compaction is not offered)"),
+            "min.insync.replicas" if cluster => match number(&value) {
+                Some(n) if n > 0 => creation.min_insync_replicas = Some(n as u32),
+                _ => return bad("must be a positive number"),
+            },
             "min.insync.replicas" if value.as_deref() == Some("1") => {}
             _ => return bad("not a setting mapq has"),
         }
     }
-    Ok(o)
+    creation.overrides = o;
+    Ok(creation)
 }

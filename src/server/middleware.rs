@@ -212,3 +212,49 @@ pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
         ),
     )
 }
+
+/// In a cluster, every request about one group (`/v1/groups/{group}/...`: members, leases,
+/// acks, offsets) goes to the node that coordinates it, the one Kafka's FindCoordinator
+/// names too: elsewhere it gets `307 not_leader` there. Outside a cluster, and for other
+/// routes, nothing changes.
+pub(super) async fn route_to_coordinator(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(cluster) = state.cluster() else {
+        return next.run(req).await;
+    };
+    let in_group = req
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str().starts_with("/v1/groups/{group}"));
+    let group = in_group
+        .then(|| req.uri().path().strip_prefix("/v1/groups/"))
+        .flatten()
+        .and_then(|rest| rest.split('/').next())
+        .map(str::to_owned);
+    let Some(group) = group else {
+        return next.run(req).await;
+    };
+    match cluster.coordinator_of(&group) {
+        Some(n) if n.node_id == cluster.node_id() => next.run(req).await,
+        Some(n) => {
+            let uri = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
+            ApiError::not_leader(
+                &n.node_id,
+                format!("{}{uri}", n.advertised_http.trim_end_matches('/')),
+                &format!("the coordination of group {group}"),
+            )
+            .into_response()
+        }
+        None => ApiError::new(
+            ErrorCode::LeaderNotAvailable,
+            "no node of the cluster is alive to coordinate this group",
+        )
+        .into_response(),
+    }
+}

@@ -184,6 +184,10 @@ fn assemble(
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(mw::from_fn_with_state(
+            state.clone(),
+            middleware::route_to_coordinator,
+        ))
         .layer(mw::from_fn_with_state(state.clone(), middleware::authorize))
         .layer(mw::from_fn_with_state(
             Duration::from_millis(state.config().request_timeout_ms),

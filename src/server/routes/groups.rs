@@ -36,6 +36,8 @@ pub const COMMIT_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::RequestTimeout,
     ErrorCode::PayloadTooLarge,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Commit a group's offsets. Durable (fsync) before the answer. In a group with members,
@@ -98,6 +100,8 @@ pub const GET_OFFSETS_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidName,
     ErrorCode::GroupNotFound,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// A group's committed offsets and lag, on the topics the token may consume.

@@ -62,6 +62,8 @@ pub const PUT_GROUP_ERRORS: &[ErrorCode] = &[
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Create a group, or (a group with members) change its settings; absent fields take
@@ -176,6 +178,8 @@ pub const JOIN_ERRORS: &[ErrorCode] = &[
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Join a group (`member_epoch` 0) or heartbeat: the same idempotent call. `member` is
@@ -252,6 +256,8 @@ pub const LEAVE_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidName,
     ErrorCode::UnknownMember,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Leave the group: the member's partitions are free at once (durably, before the answer).
@@ -296,6 +302,8 @@ pub const MEMBER_RECORDS_ERRORS: &[ErrorCode] = &[
     ErrorCode::UnknownMember,
     ErrorCode::FencedMember,
     ErrorCode::TooManyWaiters,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Read records of the partitions the member owns (not those it is letting go of), from
@@ -417,6 +425,8 @@ pub const DESCRIBE_GROUP_ERRORS: &[ErrorCode] = &[
     ErrorCode::InvalidName,
     ErrorCode::GroupNotFound,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// A group. With members (or committed offsets only): its settings, members with their

@@ -643,6 +643,9 @@ pub const PRODUCE_ERRORS: &[ErrorCode] = &[
     ErrorCode::ShuttingDown,
     ErrorCode::IdempotencyKeyMismatch,
     ErrorCode::IdempotencyKeyInFlight,
+    ErrorCode::NotLeader,
+    ErrorCode::NotEnoughReplicas,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Produce records to a topic.

@@ -104,6 +104,8 @@ pub const LEASE_ERRORS: &[ErrorCode] = &[
     ErrorCode::RequestTimeout,
     ErrorCode::TooManyWaiters,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Lease records of a queue group: each is handed to this caller alone until its lease
@@ -255,6 +257,8 @@ pub const ACK_ERRORS: &[ErrorCode] = &[
     ErrorCode::PayloadTooLarge,
     ErrorCode::RequestTimeout,
     ErrorCode::NotReady,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Ack leased records, in order: `accept` (settled), `release` (available again after

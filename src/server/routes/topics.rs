@@ -57,6 +57,7 @@ pub const CREATE_TOPIC_ERRORS: &[ErrorCode] = &[
     ErrorCode::TooManyOpenFiles,
     ErrorCode::NotReady,
     ErrorCode::ShuttingDown,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Create a topic.
@@ -179,6 +180,7 @@ pub const DELETE_TOPIC_ERRORS: &[ErrorCode] = &[
     ErrorCode::TopicNotFound,
     ErrorCode::NotReady,
     ErrorCode::ShuttingDown,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Delete a topic and its files. Local tailers holding mappings keep reading what they
