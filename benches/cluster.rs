@@ -9,6 +9,9 @@
 //! acks=all. All four servers and the load share this machine's cores: the cluster does
 //! three times the copying and fsyncing of the single node on the same CPUs and disk.
 //!
+//! The same again with 16 connections: a replicated write waits a round trip of the
+//! followers' fetches, so more producers in flight keep the followers' fetches full.
+//!
 //! Knobs: `MAPQ_BENCH_RECORDS` (default 200000; fsync runs use a fifth), `MAPQ_BENCH_RUNS`
 //! (default 3; the median run is reported).
 
@@ -66,7 +69,7 @@ fn post(url: &str, body: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
-fn run(server: &Server, topic: &str, durability: &str, records: u64) -> Figures {
+fn run(server: &Server, topic: &str, durability: &str, records: u64, connections: u32) -> Figures {
     produce_figures(
         server,
         &[
@@ -78,6 +81,8 @@ fn run(server: &Server, topic: &str, durability: &str, records: u64) -> Figures 
             &records.to_string(),
             "--durability",
             durability,
+            "--connections",
+            &connections.to_string(),
         ],
     )
 }
@@ -117,23 +122,28 @@ fn main() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    println!("1 KiB records, batches of 100 (binary frames), 4 connections, 1 partition; median of {runs} runs");
+    println!("1 KiB records, batches of 100 (binary frames), 1 partition; median of {runs} runs");
     println!(
-        "{:<44} {:>12} {:>9} {:>9} {:>9} {:>7}",
+        "{:<50} {:>12} {:>9} {:>9} {:>9} {:>7}",
         "", "records/s", "MB/s", "p50 ms", "p99 ms", "ratio"
     );
-    for (durability, n) in [("memory", records), ("fsync", records / 5)] {
+    for (durability, n, connections) in [
+        ("memory", records, 4),
+        ("memory", records, 16),
+        ("fsync", records / 5, 4),
+        ("fsync", records / 5, 16),
+    ] {
         let mut singles = Vec::new();
         let mut clustered = Vec::new();
         for r in 0..runs {
             // A fresh topic per run, on each side.
-            let topic = format!("b-{durability}-{r}");
+            let topic = format!("b-{durability}-{connections}-{r}");
             let status = post(
                 &format!("{}/v1/topics", single.base),
                 &format!(r#"{{"name":"{topic}","partitions":1}}"#),
             );
             assert!(status.contains("201"), "{status}");
-            singles.push(run(&single, &topic, durability, n));
+            singles.push(run(&single, &topic, durability, n, connections));
             let status = post(
                 &format!("{}/v1/topics", nodes[0].base),
                 &format!(
@@ -154,13 +164,13 @@ fn main() {
             let i: usize = leader[1..].parse::<usize>().unwrap() - 1;
             // The leader has taken up its role, and the followers theirs.
             std::thread::sleep(Duration::from_millis(500));
-            clustered.push(run(&nodes[i], &topic, durability, n));
+            clustered.push(run(&nodes[i], &topic, durability, n, connections));
         }
         let (s, c) = (median(singles), median(clustered));
         let ratio = c["records_per_s"] / s["records_per_s"];
         let row = |name: &str, f: &Figures, ratio: Option<f64>| {
             println!(
-                "{:<44} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>7}",
+                "{:<50} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>7}",
                 name,
                 f["records_per_s"],
                 f["mb_per_s"],
@@ -169,13 +179,17 @@ fn main() {
                 ratio.map_or("1.00".to_owned(), |r| format!("{r:.2}"))
             );
         };
-        row(&format!("single node, durability={durability}"), &s, None);
         row(
-            &format!("3 replicas acks=all, durability={durability}"),
+            &format!("single node, {durability}, {connections} connections"),
+            &s,
+            None,
+        );
+        row(
+            &format!("3 replicas acks=all, {durability}, {connections} conn."),
             &c,
             Some(ratio),
         );
-        println!("RESULT cluster_{durability} ratio={ratio:.3}");
+        println!("RESULT cluster_{durability}_c{connections} ratio={ratio:.3}");
     }
     drop(nodes);
     drop(single);

@@ -106,8 +106,10 @@ pub(super) async fn follow(
             }
             Err(e) => {
                 failures += 1;
-                // Once, then every 50th time: a leader that is gone fails every fetch.
-                if failures == 1 || failures.is_multiple_of(50) {
+                // Once, then every 50th time: a leader that is gone fails every fetch. A
+                // leader that has not taken up its role yet (409) is normal for a moment.
+                let early_409 = matches!(e, FollowError::Refused(409, _)) && failures < 10;
+                if !early_409 && (failures == 1 || failures.is_multiple_of(50)) {
                     tracing::warn!(topic = %r.topic, partition = r.partition, leader = %leader_url, error = %e, failures, "replication fetch failed");
                 }
                 true

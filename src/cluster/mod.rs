@@ -880,8 +880,15 @@ impl Cluster {
             if fsync {
                 r.want_durable(end);
             }
-            let r2 = Arc::clone(&r);
-            let _ = tokio::task::spawn_blocking(move || r2.update_marks()).await;
+            // The followers' next fetches move the high watermark over these records; the
+            // leader alone (no follower in sync) or a flush of its own must move it here.
+            let alone = r
+                .leader_state()
+                .is_some_and(|l| l.isr.iter().all(|n| n == self.node_id()));
+            if alone || fsync {
+                let r2 = Arc::clone(&r);
+                let _ = tokio::task::spawn_blocking(move || r2.update_marks()).await;
+            }
             let mut marks = r.subscribe_marks();
             let mut changes = r.subscribe_generation();
             let committed = |m: &Marks| m.hw >= end && (!fsync || m.durable_hw >= end);

@@ -240,19 +240,20 @@ pub async fn replicate(
         e.range = Some((r.p.log().start_offset(), log_end));
         return Err(e);
     }
-    let r2 = Arc::clone(&r);
-    let (node, epoch, offset, durable) = (q.node.clone(), q.leader_epoch, q.offset, q.durable);
-    blocking(move || {
-        r2.follower_fetched(&node, epoch, offset, durable)
-            .map_err(|_| fenced(&r2.topic, r2.partition, epoch))
-    })
-    .await?;
     let limits = ReadLimits {
         max_records: 1 << 20,
         max_bytes: q.max_bytes.clamp(1, c.max_fetch_bytes().max(1)),
     };
-    let p = Arc::clone(&r.p);
-    let mut batch = blocking(move || p.read_log(offset, limits).map_err(ApiError::from)).await?;
+    // The follower's position first (it may move the high watermark), then the read: one
+    // trip to the blocking pool.
+    let r2 = Arc::clone(&r);
+    let (node, epoch, offset, durable) = (q.node.clone(), q.leader_epoch, q.offset, q.durable);
+    let mut batch = blocking(move || {
+        r2.follower_fetched(&node, epoch, offset, durable)
+            .map_err(|_| fenced(&r2.topic, r2.partition, epoch))?;
+        r2.p.read_log(offset, limits).map_err(ApiError::from)
+    })
+    .await?;
     let news = |m: &cluster::Marks| m.hw > q.hw || (m.flush_to > q.durable && q.durable < q.offset);
     if batch.record_count == 0 && q.wait_ms > 0 && !news(&r.marks()) {
         let mut appended = r.p.subscribe_log_end();
