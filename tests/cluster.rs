@@ -643,6 +643,20 @@ async fn faults_get_clear_answers_and_lose_nothing() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    // A topic in etcd that no node can create (written there by hand, bypassing the
+    // checks): the nodes say so in their logs, and take up every other role all the same.
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let put = http
+        .post(format!("{}/v3/kv/put", etcd.url))
+        .json(&json!({
+            "key": b64("/mapq/topics/bad"),
+            "value": b64(r#"{"partitions":1,"replication_factor":1,"min_insync_replicas":1,"overrides":{"segment_bytes":1}}"#),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
     let r = http
         .post(format!("{}/v1/topics", nodes.url(0)))
         .json(&json!({"name": "f", "partitions": 1, "replication_factor": 3, "min_insync_replicas": 2}))

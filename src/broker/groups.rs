@@ -247,24 +247,29 @@ impl Groups {
     /// Takes the committed offsets of every group from the cluster's store, as read at
     /// `revision`: groups this node committed to after that keep their copy. Memory only
     /// (the files hold what this node committed; the next read corrects them).
+    ///
+    /// Never waits for a group's lock: a group whose commit is in progress (its lock held,
+    /// across the etcd write) keeps its copy until the next read. So this runs on an async
+    /// worker without ever waiting on a commit that needs the runtime to finish.
     pub fn follow_shared(&self, revision: i64, all: BTreeMap<String, GroupOffsets>) {
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
         let committed_at = self
             .committed_at
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let newer = |g: &str| committed_at.get(g).is_some_and(|&r| r > revision);
-        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
-        groups.retain(|name, _| all.contains_key(name) || newer(name));
+        groups.retain(|name, g| all.contains_key(name) || newer(name) || g.try_lock().is_err());
         for (name, offsets) in all {
             if newer(&name) {
                 continue;
             }
             match groups.get(&name) {
                 Some(g) => {
-                    let mut current = g.lock().unwrap_or_else(|p| p.into_inner());
-                    if *current != offsets {
-                        *current = offsets;
+                    if let Ok(mut current) = g.try_lock() {
+                        if *current != offsets {
+                            *current = offsets;
+                        }
                     }
                 }
                 None => {

@@ -114,6 +114,19 @@ impl EpochHistory {
         Ok(())
     }
 
+    /// Forgets the epochs that start at or past `end`, the last one too (a follower cut its
+    /// log there: the epochs it learns next come from its leader).
+    pub fn truncate_strictly(&self, end: u64) -> Result<(), BrokerError> {
+        let mut entries = self.lock();
+        let keep = entries.iter().take_while(|e| e.start < end).count();
+        if keep < entries.len() {
+            let next = entries[..keep].to_vec();
+            self.save(&next)?;
+            *entries = next;
+        }
+        Ok(())
+    }
+
     /// Where `epoch` ends in this log (KIP-101's OffsetsForLeaderEpoch, with KIP-279's
     /// answer): the largest epoch known that is at most `epoch`, and the start of the epoch
     /// after it (or `log_end`, when it is the latest). `None` when every epoch known is

@@ -104,6 +104,11 @@ impl Etcd {
             let at = (first + i) % n;
             let url = format!("{}{path}", self.endpoints[at]);
             match self.http.post(&url).json(&body).send().await {
+                // A member that cannot serve (no leader, cut off from the others): the
+                // next one may.
+                Ok(resp) if resp.status().is_server_error() && i + 1 < n => {
+                    last_error = format!("{}: {}", self.endpoints[at], resp.status());
+                }
                 Ok(resp) => {
                     let status = resp.status();
                     let text = resp.text().await.map_err(|e| EtcdError::Unreachable {
@@ -143,7 +148,11 @@ impl Etcd {
         let v = self
             .call("/v3/lease/keepalive", json!({ "ID": lease.to_string() }))
             .await?;
-        // The gateway streams the answers; one request gives one `result`.
+        // The gateway streams the answers; one request gives one `result`, or an `error`
+        // (a failure, not an expired lease). An expired lease has no TTL (or 0).
+        if !v["error"].is_null() {
+            return Err(bad(&v, "/v3/lease/keepalive"));
+        }
         Ok(number(&v["result"]["TTL"]).unwrap_or(0))
     }
 
@@ -222,6 +231,9 @@ impl Etcd {
         }
     }
 }
+
+/// Writes per transaction at most: etcd refuses more than `--max-txn-ops` (128 by default).
+pub const MAX_TXN_OPS: usize = 100;
 
 /// The end of the range of keys that start with `prefix`.
 fn prefix_end(prefix: &str) -> Vec<u8> {

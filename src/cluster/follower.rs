@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::epochs::EpochStart;
 use super::replica::Replica;
 use super::Cluster;
+use crate::broker::BrokerError;
 use crate::log::ReplicaFrames;
 
 /// Bytes asked for per fetch at first; doubled (up to `max_request_bytes`) when one batch
@@ -45,6 +46,8 @@ enum FollowError {
     Diverged,
     #[error("a batch larger than {0} bytes")]
     BatchTooLarge(usize),
+    #[error("this node's role changed")]
+    RoleChanged,
     #[error("{0}")]
     Local(String),
 }
@@ -82,15 +85,22 @@ pub(super) async fn follow(
     let mut changes = r.subscribe_generation();
     let mut max_bytes = FETCH_BYTES;
     let mut truncated = false;
+    // The log's end after this loop's last step: if it moved otherwise (an append made
+    // while this node still thought it led), the history is asked again and the log cut.
+    let mut expected_end: Option<u64> = None;
     let mut failures = 0u32;
     while r.generation() == generation && !cluster.stopping() {
+        if expected_end.is_some_and(|e| e != r.p.log().end_offset()) {
+            truncated = false;
+        }
         let step = if truncated {
-            fetch_once(&cluster, &r, &leader_url, epoch, max_bytes).await
+            fetch_once(&cluster, &r, &leader_url, epoch, max_bytes, generation).await
         } else {
-            truncate_to_leader(&cluster, &r, &leader_url, epoch)
+            truncate_to_leader(&cluster, &r, &leader_url, epoch, generation)
                 .await
                 .map(|()| truncated = true)
         };
+        expected_end = Some(r.p.log().end_offset());
         let failed = match step {
             Ok(()) => {
                 failures = 0;
@@ -100,7 +110,7 @@ pub(super) async fn follow(
                 truncated = false;
                 true
             }
-            Err(FollowError::BatchTooLarge(n)) => {
+            Err(FollowError::BatchTooLarge(n)) if n < cluster.max_fetch_bytes() => {
                 max_bytes = (n * 2).min(cluster.max_fetch_bytes());
                 false
             }
@@ -128,9 +138,10 @@ pub(super) async fn follow(
 /// (never below the high watermark: those records are on every in-sync replica).
 async fn truncate_to_leader(
     cluster: &Cluster,
-    r: &Replica,
+    r: &Arc<Replica>,
     leader_url: &str,
     epoch: u32,
+    generation: u64,
 ) -> Result<(), FollowError> {
     let log = r.p.log();
     let end = log.end_offset();
@@ -169,15 +180,19 @@ async fn truncate_to_leader(
             "the leader's history puts the cut at {point}, below the high watermark {replicated}: not truncating"
         )));
     }
-    let p = Arc::clone(&r.p);
-    let cut = tokio::task::spawn_blocking(move || p.log().truncate_to(point))
-        .await
-        .map_err(|e| FollowError::Local(e.to_string()))?
-        .map_err(|e| FollowError::Local(e.to_string()))?;
-    r.epochs
-        .truncate(point)
-        .map_err(|e| FollowError::Local(e.to_string()))?;
-    r.truncated(point);
+    let r2 = Arc::clone(r);
+    let cut = tokio::task::spawn_blocking(move || {
+        r2.under_role(generation, || {
+            let cut = r2.p.log().truncate_to(point)?;
+            r2.epochs.truncate_strictly(point)?;
+            r2.p.truncated_to(point);
+            Ok::<_, BrokerError>(cut)
+        })
+    })
+    .await
+    .map_err(|e| FollowError::Local(e.to_string()))?
+    .ok_or(FollowError::RoleChanged)?
+    .map_err(|e| FollowError::Local(e.to_string()))?;
     if let Ok(t) = cluster.broker().topic(&r.topic) {
         t.idempotency().forget_from(r.partition, point);
     }
@@ -193,6 +208,7 @@ async fn fetch_once(
     leader_url: &str,
     epoch: u32,
     max_bytes: usize,
+    generation: u64,
 ) -> Result<(), FollowError> {
     let log = r.p.log();
     let end = log.end_offset();
@@ -242,27 +258,31 @@ async fn fetch_once(
             return Err(FollowError::BatchTooLarge(body.len()));
         }
         let new_end = end + frames.count();
-        // The epochs first: a crash between the two leaves an epoch that starts past the
-        // end, which the history drops when it opens.
-        for e in epochs.iter().filter(|e| e.start < new_end) {
-            r2.epochs
-                .assign(e.epoch, e.start)
-                .map_err(|e| FollowError::Local(e.to_string()))?;
-        }
-        if !frames.is_empty() {
-            r2.p.log()
-                .append_replica(frames)
-                .map_err(|e| FollowError::Local(e.to_string()))?;
-            r2.p.appended_to(new_end);
-        }
+        r2.under_role(generation, || {
+            // The epochs first: a crash between the two leaves an epoch that starts past
+            // the end, which the history drops when it opens.
+            for e in epochs.iter().filter(|e| e.start < new_end) {
+                r2.epochs.assign(e.epoch, e.start)?;
+            }
+            if !frames.is_empty() {
+                r2.p.log().append_replica(frames)?;
+                r2.p.appended_to(new_end);
+            }
+            Ok::<_, BrokerError>(())
+        })
+        .ok_or(FollowError::RoleChanged)?
+        .map_err(|e| FollowError::Local(e.to_string()))?;
         let mut durable = r2.p.log().durable_offset();
         if flush_to > durable {
             durable = broker
                 .flush(&r2.p, flush_to.min(new_end))
                 .map_err(|e| FollowError::Local(e.to_string()))?;
         }
-        r2.advance(leader_hw.min(new_end), leader_durable_hw.min(durable))
-            .map_err(|e| FollowError::Local(e.to_string()))?;
+        r2.under_role(generation, || {
+            r2.advance(leader_hw.min(new_end), leader_durable_hw.min(durable))
+        })
+        .ok_or(FollowError::RoleChanged)?
+        .map_err(|e| FollowError::Local(e.to_string()))?;
         Ok(new_end - end)
     })
     .await

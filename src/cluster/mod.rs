@@ -90,7 +90,8 @@ impl Settings {
             default_replication_factor: config.default_replication_factor,
             default_min_insync_replicas: config.default_min_insync_replicas,
             token: config.cluster_token.clone(),
-            max_fetch_bytes: config.max_request_bytes as usize,
+            // A batch's frames may be somewhat larger than the request that brought them.
+            max_fetch_bytes: (config.max_request_bytes as usize).saturating_mul(2),
         }
     }
 }
@@ -120,6 +121,8 @@ pub struct Cluster {
     stopped: AtomicBool,
     metrics: metrics::ClusterMetrics,
     polling: tokio::sync::Mutex<()>,
+    /// What failed to be taken up at the last poll (logged once).
+    failing: Mutex<std::collections::HashSet<String>>,
     /// The etcd revision this process registered at: a leadership given before it was
     /// given to an earlier process of this node.
     registered_at: std::sync::atomic::AtomicI64,
@@ -180,6 +183,7 @@ impl Cluster {
             stop,
             stopped: AtomicBool::new(false),
             polling: tokio::sync::Mutex::new(()),
+            failing: Mutex::new(Default::default()),
             registered_at: std::sync::atomic::AtomicI64::new(0),
             settings,
         });
@@ -386,9 +390,7 @@ impl Cluster {
         self.broker
             .groups()
             .follow_shared(view.revision, view.offsets.clone());
-        if let Err(e) = self.reconcile(&view).await {
-            tracing::error!(error = %e, "cannot take up this node's roles");
-        }
+        self.reconcile(&view).await;
         if !self.lease_valid() {
             return;
         }
@@ -504,9 +506,13 @@ impl Cluster {
                 }
                 Ok(None) => {
                     // Someone else changed the partition: the next read shows what.
+                    r.isr_change_failed();
                     self.metrics.fenced_writes.inc();
                 }
-                Err(e) => tracing::warn!(error = %e, "in-sync set not written"),
+                Err(e) => {
+                    r.isr_change_failed();
+                    tracing::warn!(error = %e, "in-sync set not written")
+                }
             }
         }
     }
@@ -523,29 +529,61 @@ impl Cluster {
     }
 
     /// Takes up the roles `view` gives this node: topics created and deleted locally,
-    /// leaderships, followings.
-    async fn reconcile(self: &Arc<Self>, view: &ClusterView) -> Result<(), ClusterError> {
-        let me = self.settings.node_id.clone();
-        // Topics.
+    /// leaderships, followings. A topic or partition that fails is logged (once, until it
+    /// works) and skipped: the others still get their roles.
+    async fn reconcile(self: &Arc<Self>, view: &ClusterView) {
         for (name, spec) in &view.topics {
-            self.known_topics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name.clone());
-            if self.broker.topic(name).is_err() {
-                let broker = Arc::clone(&self.broker);
-                let (name, spec) = (name.clone(), spec.clone());
-                let created = tokio::task::spawn_blocking(move || {
-                    broker.create_topic(&name, Some(spec.partitions), spec.overrides)
-                })
-                .await
-                .map_err(|e| ClusterError::Refused(e.to_string()))?;
-                match created {
-                    Ok(_) | Err(BrokerError::TopicExists(_)) => {}
-                    Err(e) => return Err(e.into()),
+            let result = self.take_up_topic(name, spec).await;
+            self.note_failure(name, result);
+        }
+        self.drop_deleted_topics(view).await;
+        for ((topic, partition), v) in &view.partitions {
+            let result = self.take_up_partition(view, topic, *partition, v).await;
+            self.note_failure(&format!("{topic}/{partition}"), result);
+        }
+    }
+
+    /// Logs a failure to take up `what` when it starts failing, and when it works again.
+    fn note_failure(&self, what: &str, result: Result<(), ClusterError>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                if failing.remove(what) {
+                    tracing::info!(what, "taken up after failures");
+                }
+            }
+            Err(e) => {
+                if failing.insert(what.to_owned()) {
+                    tracing::error!(what, error = %e, "cannot take up this node's role (retried every poll)");
                 }
             }
         }
+    }
+
+    /// Creates `name` here if the cluster has it and this node does not yet.
+    async fn take_up_topic(&self, name: &str, spec: &TopicSpec) -> Result<(), ClusterError> {
+        self.known_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+        if self.broker.topic(name).is_ok() {
+            return Ok(());
+        }
+        let broker = Arc::clone(&self.broker);
+        let (name, spec) = (name.to_owned(), spec.clone());
+        let created = tokio::task::spawn_blocking(move || {
+            broker.create_topic(&name, Some(spec.partitions), spec.overrides)
+        })
+        .await
+        .map_err(|e| ClusterError::Refused(e.to_string()))?;
+        match created {
+            Ok(_) | Err(BrokerError::TopicExists(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes here the topics this process saw in the cluster and the cluster no longer has.
+    async fn drop_deleted_topics(&self, view: &ClusterView) {
         let gone: Vec<String> = {
             let mut known = self.known_topics.lock().unwrap_or_else(|p| p.into_inner());
             let gone: Vec<String> = known
@@ -574,94 +612,100 @@ impl Cluster {
                 }
             }
         }
-        // Roles.
-        for ((topic, partition), v) in &view.partitions {
-            let s = &v.state;
-            if !s.replicas.contains(&me) {
-                if let Some(r) = self.lock_replicas().remove(&(topic.clone(), *partition)) {
-                    r.become_idle();
-                }
-                continue;
+    }
+
+    /// Takes up this node's role for one partition.
+    async fn take_up_partition(
+        self: &Arc<Self>,
+        view: &ClusterView,
+        topic: &str,
+        partition: u32,
+        v: &state::Versioned,
+    ) -> Result<(), ClusterError> {
+        let me = self.settings.node_id.clone();
+        let s = &v.state;
+        if !s.replicas.contains(&me) {
+            if let Some(r) = self.lock_replicas().remove(&(topic.to_owned(), partition)) {
+                r.become_idle();
             }
-            let r = match self.replica(topic, *partition) {
-                Some(r) => r,
-                None => {
-                    let Ok(t) = self.broker.topic(topic) else {
-                        continue;
-                    };
-                    let p = Arc::clone(t.partition(*partition)?);
-                    let (topic2, me2) = (topic.clone(), me.clone());
-                    let partition = *partition;
-                    let r = tokio::task::spawn_blocking(move || {
-                        Replica::open(&topic2, partition, p, &me2)
+            return Ok(());
+        }
+        let r = match self.replica(topic, partition) {
+            Some(r) => r,
+            None => {
+                let Ok(t) = self.broker.topic(topic) else {
+                    return Ok(());
+                };
+                let p = Arc::clone(t.partition(partition)?);
+                let (topic2, me2) = (topic.to_owned(), me.clone());
+                let r =
+                    tokio::task::spawn_blocking(move || Replica::open(&topic2, partition, p, &me2))
+                        .await
+                        .map_err(|e| ClusterError::Refused(e.to_string()))??;
+                let r = Arc::new(r);
+                self.lock_replicas()
+                    .insert((topic.to_owned(), partition), Arc::clone(&r));
+                r
+            }
+        };
+        let min_isr = view.topics.get(topic).map_or(1, |t| t.min_insync_replicas);
+        match s.leader.as_deref() {
+            // Led by this node's previous process (restarted before its lease ran out):
+            // it leads again under a new epoch, as any new leader does, so that every
+            // follower truncates to what this process holds.
+            Some(l)
+                if l == me
+                    && r.is_fresh()
+                    && v.mod_revision < self.registered_at.load(Ordering::Acquire) =>
+            {
+                if self.lease_valid() {
+                    self.new_epoch(topic, partition, v).await;
+                }
+            }
+            Some(l) if l == me => match r.role() {
+                Role::Leader(held) if held.epoch == s.leader_epoch => {
+                    r.refresh_leader(s.leader_epoch, &s.isr, v.mod_revision, min_isr);
+                }
+                _ if self.lease_valid() => {
+                    let (r2, isr, epoch, rev) = (
+                        Arc::clone(&r),
+                        s.isr.clone(),
+                        s.leader_epoch,
+                        v.mod_revision,
+                    );
+                    let t = self.broker.topic(topic)?;
+                    tokio::task::spawn_blocking(move || {
+                        // Retries of requests the previous leader stored are answered
+                        // from the log.
+                        t.learn_idempotency(r2.partition)?;
+                        r2.become_leader(epoch, isr, rev, min_isr)
                     })
                     .await
                     .map_err(|e| ClusterError::Refused(e.to_string()))??;
-                    let r = Arc::new(r);
-                    self.lock_replicas()
-                        .insert((topic.clone(), partition), Arc::clone(&r));
-                    r
+                    self.metrics.leaderships_taken.inc();
                 }
-            };
-            let min_isr = view.topics.get(topic).map_or(1, |t| t.min_insync_replicas);
-            match s.leader.as_deref() {
-                // Led by this node's previous process (restarted before its lease ran out):
-                // it leads again under a new epoch, as any new leader does, so that every
-                // follower truncates to what this process holds.
-                Some(l)
-                    if l == me
-                        && r.is_fresh()
-                        && v.mod_revision < self.registered_at.load(Ordering::Acquire) =>
-                {
-                    if self.lease_valid() {
-                        self.new_epoch(topic, *partition, v).await;
-                    }
+                _ => {}
+            },
+            Some(l) => {
+                let following = matches!(r.role(), Role::Follower { leader, epoch } if leader == l && epoch == s.leader_epoch);
+                if following {
+                    return Ok(());
                 }
-                Some(l) if l == me => match r.role() {
-                    Role::Leader(held) if held.epoch == s.leader_epoch => {
-                        r.refresh_leader(s.leader_epoch, &s.isr, v.mod_revision, min_isr);
-                    }
-                    _ if self.lease_valid() => {
-                        let (r2, isr, epoch, rev) = (
+                match view.nodes.get(l) {
+                    Some(info) => {
+                        let generation = r.become_follower(l, s.leader_epoch);
+                        tokio::spawn(follower::follow(
+                            Arc::clone(self),
                             Arc::clone(&r),
-                            s.isr.clone(),
+                            info.advertised_http.trim_end_matches('/').to_owned(),
                             s.leader_epoch,
-                            v.mod_revision,
-                        );
-                        let t = self.broker.topic(topic)?;
-                        tokio::task::spawn_blocking(move || {
-                            // Retries of requests the previous leader stored are answered
-                            // from the log.
-                            t.learn_idempotency(r2.partition)?;
-                            r2.become_leader(epoch, isr, rev, min_isr)
-                        })
-                        .await
-                        .map_err(|e| ClusterError::Refused(e.to_string()))??;
-                        self.metrics.leaderships_taken.inc();
+                            generation,
+                        ));
                     }
-                    _ => {}
-                },
-                Some(l) => {
-                    let following = matches!(r.role(), Role::Follower { leader, epoch } if leader == l && epoch == s.leader_epoch);
-                    if following {
-                        continue;
-                    }
-                    match view.nodes.get(l) {
-                        Some(info) => {
-                            let generation = r.become_follower(l, s.leader_epoch);
-                            tokio::spawn(follower::follow(
-                                Arc::clone(self),
-                                Arc::clone(&r),
-                                info.advertised_http.trim_end_matches('/').to_owned(),
-                                s.leader_epoch,
-                                generation,
-                            ));
-                        }
-                        None => r.become_idle(),
-                    }
+                    None => r.become_idle(),
                 }
-                None => r.become_idle(),
             }
+            None => r.become_idle(),
         }
         Ok(())
     }
@@ -709,6 +753,16 @@ impl Cluster {
         min_insync_replicas: Option<u32>,
         overrides: TopicOverrides,
     ) -> Result<Arc<Topic>, ClusterError> {
+        // What every node must be able to create (a topic no node can open would be
+        // retried by all of them forever).
+        crate::broker::validate_name(name)?;
+        overrides.validate()?;
+        let max = self.broker.config().max_partitions_per_topic;
+        if partitions == 0 || partitions > max {
+            return Err(ClusterError::InvalidConfig(format!(
+                "partitions must be between 1 and {max}"
+            )));
+        }
         // Placement over the nodes alive now, not as of the last read.
         self.poll_once().await;
         let view = self.view();
@@ -737,11 +791,7 @@ impl Cluster {
             min_insync_replicas: min_isr,
             overrides,
         };
-        let mut ops = vec![Op::Put {
-            key: state::topic_key(name),
-            value: serde_json::to_vec(&spec).expect("serializable"),
-            lease: 0,
-        }];
+        let mut ops = Vec::new();
         for (p, replicas) in state::place(name, partitions, rf as usize, &nodes)
             .into_iter()
             .enumerate()
@@ -758,13 +808,31 @@ impl Cluster {
                 lease: 0,
             });
         }
-        // A topic deleted a moment ago may still have partition keys: create over none.
-        let created = self
+        // The topic's key first (its creation is the fence), then its partitions' keys, in
+        // transactions etcd takes (at most `MAX_TXN_OPS` writes each), each fenced on the
+        // topic key still being the one written: a deletion meanwhile stops them.
+        let topic_key = state::topic_key(name);
+        let mut chunks = ops.chunks(etcd::MAX_TXN_OPS);
+        let mut first = vec![Op::Put {
+            key: topic_key.clone(),
+            value: serde_json::to_vec(&spec).expect("serializable"),
+            lease: 0,
+        }];
+        first.extend(chunks.next().unwrap_or_default().iter().cloned());
+        let Some(revision) = self
             .etcd
-            .txn(&[Compare::Absent(state::topic_key(name))], &ops)
-            .await?;
-        if created.is_none() {
+            .txn(&[Compare::Absent(topic_key.clone())], &first)
+            .await?
+        else {
             return Err(ClusterError::TopicExists(name.to_owned()));
+        };
+        for chunk in chunks {
+            let fence = [Compare::ModRevision(topic_key.clone(), revision)];
+            if self.etcd.txn(&fence, chunk).await?.is_none() {
+                return Err(ClusterError::Refused(format!(
+                    "topic {name} was changed while it was being created"
+                )));
+            }
         }
         tracing::info!(
             topic = name,
@@ -801,9 +869,10 @@ impl Cluster {
                 }
             }
         }
-        let deleted = self.etcd.txn(&[], &ops).await?;
-        if deleted.is_none() {
-            return Err(ClusterError::Refused("the deletion was not applied".into()));
+        for chunk in ops.chunks(etcd::MAX_TXN_OPS) {
+            if self.etcd.txn(&[], chunk).await?.is_none() {
+                return Err(ClusterError::Refused("the deletion was not applied".into()));
+            }
         }
         self.poll_once().await;
         Ok(())
@@ -911,7 +980,11 @@ impl Cluster {
                     _ = lease_check.tick() => {}
                 }
             }
-            // Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: committed by too few.
+            // Still the leadership that appended them, and Kafka's
+            // NOT_ENOUGH_REPLICAS_AFTER_APPEND: committed by too few.
+            if r.generation() != generation {
+                return Err(Refusal::NotLeader);
+            }
             r.check_writable()?;
         }
         if !self.lease_valid() {

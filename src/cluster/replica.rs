@@ -39,6 +39,10 @@ pub struct LeaderRole {
     /// fence of the leader's own changes to the in-sync set.
     pub mod_revision: i64,
     pub min_isr: u32,
+    /// Followers this leader is adding to the in-sync set (its etcd write in flight): the
+    /// high watermark counts them already, so that it cannot pass a member's end before
+    /// etcd lists it (KIP-497's "maximal ISR").
+    pub joining: Vec<String>,
     pub followers: HashMap<String, FollowerPos>,
     pub since: Instant,
 }
@@ -112,6 +116,14 @@ impl Replica {
         *self.generation.borrow()
     }
 
+    /// Runs `f` while the role is still the one of `generation` (a role change waits for
+    /// it): what a follower appends, cuts or publishes is never done under a role it no
+    /// longer has. `None` when the role changed.
+    pub fn under_role<R>(&self, generation: u64, f: impl FnOnce() -> R) -> Option<R> {
+        let _role = self.lock();
+        (self.generation() == generation).then(f)
+    }
+
     /// Whether this process has taken up no role for the partition yet.
     pub fn is_fresh(&self) -> bool {
         self.generation() == 0
@@ -155,6 +167,7 @@ impl Replica {
             isr,
             mod_revision,
             min_isr,
+            joining: Vec::new(),
             followers: HashMap::new(),
             since: Instant::now(),
         }));
@@ -196,6 +209,7 @@ impl Replica {
                 Role::Leader(l) if l.epoch == epoch && mod_revision > l.mod_revision => {
                     let changed = l.isr != isr;
                     l.isr = isr.to_vec();
+                    l.joining.retain(|j| !isr.contains(j));
                     l.mod_revision = mod_revision;
                     l.min_isr = min_isr;
                     changed
@@ -276,7 +290,12 @@ impl Replica {
             };
             let current = self.marks();
             let (mut hw, mut durable) = (log.end_offset(), log.durable_offset());
-            for member in l.isr.iter().filter(|m| **m != self.node_id) {
+            for member in l
+                .isr
+                .iter()
+                .chain(&l.joining)
+                .filter(|m| **m != self.node_id)
+            {
                 match l.followers.get(member) {
                     Some(f) => {
                         hw = hw.min(f.end);
@@ -317,11 +336,6 @@ impl Replica {
         });
     }
 
-    /// After a truncation of a follower's log.
-    pub fn truncated(&self, end: u64) {
-        self.p.truncated_to(end);
-    }
-
     /// The leader's changes to its in-sync set: followers that have not caught up within
     /// `lag` leave it; replicas (alive per `alive`) that have caught up with the high
     /// watermark join it. `None` when it stays as it is.
@@ -331,8 +345,8 @@ impl Replica {
         replicas: &[String],
         alive: impl Fn(&str) -> bool,
     ) -> Option<(Vec<String>, i64, u32)> {
-        let role = self.lock();
-        let Role::Leader(l) = &*role else {
+        let mut role = self.lock();
+        let Role::Leader(l) = &mut *role else {
             return None;
         };
         let now = Instant::now();
@@ -351,16 +365,32 @@ impl Replica {
                 }
         };
         let mut isr: Vec<String> = l.isr.iter().filter(|n| keeps(n)).cloned().collect();
+        let mut joining = Vec::new();
         for r in replicas {
             if !isr.contains(r) && alive(r) && in_sync(r) {
                 isr.push(r.clone());
+                joining.push(r.clone());
             }
         }
         // In replica order, as the controller writes it.
-        isr.sort_by_key(|n| replicas.iter().position(|r| r == n));
-        let mut current = l.isr.clone();
-        current.sort_by_key(|n| replicas.iter().position(|r| r == n));
-        (isr != current).then_some((isr, l.mod_revision, l.epoch))
+        let in_order = |mut v: Vec<String>| {
+            v.sort_by_key(|n| replicas.iter().position(|r| r == n));
+            v
+        };
+        let isr = in_order(isr);
+        if isr == in_order(l.isr.clone()) {
+            return None;
+        }
+        l.joining = joining;
+        Some((isr, l.mod_revision, l.epoch))
+    }
+
+    /// The in-sync set change proposed by [`Replica::isr_change`] was not written: its
+    /// joining followers stop counting.
+    pub fn isr_change_failed(&self) {
+        if let Role::Leader(l) = &mut *self.lock() {
+            l.joining.clear();
+        }
     }
 
     /// The in-sync set and its size rule, when this node leads.

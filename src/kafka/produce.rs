@@ -196,8 +196,8 @@ impl Producers {
 /// How one partition's records went.
 struct Appended {
     error: Result<u64, ResponseError>,
-    /// The append to wait on for durability and replication (none for a duplicate), with
-    /// the leadership it was made under in a cluster.
+    /// The append to wait on for durability and replication (for a duplicate, the batch
+    /// stored before), with the leadership it was made under in a cluster.
     wait: Option<(Arc<Partition>, PartitionAppend, Option<u64>)>,
 }
 
@@ -389,15 +389,26 @@ impl Ctx<'_> {
         let topic = Arc::clone(topic);
         let producers = self.kafka.producers_handle();
         let part = Arc::clone(&p);
+        let count = batch.records.len() as u64;
         let result = crate::broker::blocking(move || {
             append_batch(&broker, &topic, &part, &batch, &producers, now, generation)
         })
         .await;
         match result {
-            Ok(Ok((offset, appended))) => Appended {
-                error: Ok(offset),
-                wait: appended.map(|a| (p, a, generation)),
-            },
+            Ok(Ok((offset, appended))) => {
+                // A retried batch stored before is answered as its first attempt would
+                // have been: after the same waits (durability, the in-sync replicas).
+                let a = appended.unwrap_or(PartitionAppend {
+                    partition: p.id(),
+                    first_offset: offset,
+                    count,
+                    bytes: 0,
+                });
+                Appended {
+                    error: Ok(offset),
+                    wait: Some((p, a, generation)),
+                }
+            }
             Ok(Err(e)) => fail(e),
             Err(e) => {
                 tracing::warn!(error = %e, "Kafka produce failed");

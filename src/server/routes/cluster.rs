@@ -201,6 +201,20 @@ pub const REPLICATE_ERRORS: &[ErrorCode] = &[
     ErrorCode::BadRequest,
 ];
 
+/// This node's replica of a partition it leads at `epoch`, with its lease valid (a leader
+/// that may have been replaced serves no follower); else `409 fenced_leader_epoch`.
+fn leading_at(
+    c: &Cluster,
+    topic: &str,
+    partition: u32,
+    epoch: u32,
+) -> ApiResult<Arc<cluster::Replica>> {
+    match c.replica(topic, partition) {
+        Some(r) if r.leading() == Some(epoch) && c.lease_valid() => Ok(r),
+        _ => Err(fenced(topic, partition, epoch)),
+    }
+}
+
 fn fenced(topic: &str, partition: u32, epoch: u32) -> ApiError {
     ApiError::new(
         ErrorCode::FencedLeaderEpoch,
@@ -222,12 +236,7 @@ pub async fn replicate(
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let c = state.cluster().ok_or_else(no_cluster)?;
-    let r = c
-        .replica(&topic, partition)
-        .ok_or_else(|| fenced(&topic, partition, q.leader_epoch))?;
-    if r.leading() != Some(q.leader_epoch) {
-        return Err(fenced(&topic, partition, q.leader_epoch));
-    }
+    let r = leading_at(c, &topic, partition, q.leader_epoch)?;
     let log_end = r.p.log().end_offset();
     if q.offset > log_end || q.offset < r.p.log().start_offset() {
         let mut e = ApiError::new(
@@ -310,12 +319,7 @@ pub async fn epoch_end(
 ) -> ApiResult<Json<cluster::EpochEnd>> {
     let Query(q) = query?;
     let c = state.cluster().ok_or_else(no_cluster)?;
-    let r = c
-        .replica(&topic, partition)
-        .ok_or_else(|| fenced(&topic, partition, q.leader_epoch))?;
-    if r.leading() != Some(q.leader_epoch) {
-        return Err(fenced(&topic, partition, q.leader_epoch));
-    }
+    let r = leading_at(c, &topic, partition, q.leader_epoch)?;
     let end = r.p.log().end_offset();
     Ok(Json(match r.epochs.end_of(q.epoch, end) {
         Some((epoch, end_offset)) => cluster::EpochEnd {

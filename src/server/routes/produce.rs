@@ -156,12 +156,10 @@ impl Request {
             return Ok(());
         };
         let Some(leader) = leader else {
-            return Err(ApiError::new(
-                ErrorCode::LeaderNotAvailable,
-                format!(
-                    "partition {p} of topic {} has no leader now; retry",
-                    topic.name()
-                ),
+            return Err(super::cluster::refusal_error(
+                &crate::cluster::Refusal::NotLeader,
+                topic.name(),
+                p,
             ));
         };
         if !generations.is_empty() || elsewhere.iter().any(|(_, l)| l.as_ref() != Some(&leader)) {
