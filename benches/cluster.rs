@@ -26,8 +26,28 @@ use std::time::{Duration, Instant};
 
 use server::{env_u64, produce_figures, Server};
 
-/// One producer run: records/s and MB/s, and the latency percentiles of its requests.
+/// One producer run: records/s and MB/s, and the latency percentiles of its requests (and
+/// `cpu_ms_per_k`: the servers' CPU time per 1,000 records).
 type Figures = BTreeMap<String, f64>;
+
+/// CPU time (user and system) a process has used, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command (in parentheses): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
+        f.iter().filter_map(|t| t.parse::<f64>().ok()).sum()
+    });
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz.max(1.0)
+}
+
+fn cpu_of(servers: &[&Server]) -> f64 {
+    servers.iter().map(|s| cpu_ms(s.pid())).sum()
+}
 
 fn median(mut runs: Vec<Figures>) -> Figures {
     runs.sort_by(|a, b| a["records_per_s"].total_cmp(&b["records_per_s"]));
@@ -124,8 +144,8 @@ fn main() {
 
     println!("1 KiB records, batches of 100 (binary frames), 1 partition; median of {runs} runs");
     println!(
-        "{:<50} {:>12} {:>9} {:>9} {:>9} {:>7}",
-        "", "records/s", "MB/s", "p50 ms", "p99 ms", "ratio"
+        "{:<50} {:>12} {:>9} {:>9} {:>9} {:>7} {:>12}",
+        "", "records/s", "MB/s", "p50 ms", "p99 ms", "ratio", "CPU ms/1k"
     );
     for (durability, n, connections) in [
         ("memory", records, 4),
@@ -143,7 +163,13 @@ fn main() {
                 &format!(r#"{{"name":"{topic}","partitions":1}}"#),
             );
             assert!(status.contains("201"), "{status}");
-            singles.push(run(&single, &topic, durability, n, connections));
+            let before = cpu_of(&[&single]);
+            let mut f = run(&single, &topic, durability, n, connections);
+            f.insert(
+                "cpu_ms_per_k".into(),
+                (cpu_of(&[&single]) - before) * 1000.0 / n as f64,
+            );
+            singles.push(f);
             let status = post(
                 &format!("{}/v1/topics", nodes[0].base),
                 &format!(
@@ -164,19 +190,27 @@ fn main() {
             let i: usize = leader[1..].parse::<usize>().unwrap() - 1;
             // The leader has taken up its role, and the followers theirs.
             std::thread::sleep(Duration::from_millis(500));
-            clustered.push(run(&nodes[i], &topic, durability, n, connections));
+            let all: Vec<&Server> = nodes.iter().collect();
+            let before = cpu_of(&all);
+            let mut f = run(&nodes[i], &topic, durability, n, connections);
+            f.insert(
+                "cpu_ms_per_k".into(),
+                (cpu_of(&all) - before) * 1000.0 / n as f64,
+            );
+            clustered.push(f);
         }
         let (s, c) = (median(singles), median(clustered));
         let ratio = c["records_per_s"] / s["records_per_s"];
         let row = |name: &str, f: &Figures, ratio: Option<f64>| {
             println!(
-                "{:<50} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>7}",
+                "{:<50} {:>12.0} {:>9.1} {:>9.2} {:>9.2} {:>7} {:>12.2}",
                 name,
                 f["records_per_s"],
                 f["mb_per_s"],
                 f["p50_us"] / 1000.0,
                 f["p99_us"] / 1000.0,
-                ratio.map_or("1.00".to_owned(), |r| format!("{r:.2}"))
+                ratio.map_or("1.00".to_owned(), |r| format!("{r:.2}")),
+                f["cpu_ms_per_k"]
             );
         };
         row(
