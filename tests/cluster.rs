@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::cluster::start_node;
 use common::etcd::Etcd;
 use common::prom::{scrape, value};
-use common::server::{signal, Server};
+use common::server::{get_json, signal, Server};
 use serde_json::{json, Value};
 
 /// The default lease (`cluster_lease_ms`).
@@ -275,16 +275,9 @@ async fn records_below(
     let mut out = BTreeMap::new();
     let mut offset = 0;
     while offset < hw {
-        let v: Value = http
-            .get(format!(
+        let v: Value = get_json(http, format!(
                 "{base}/v1/topics/chaos/partitions/{partition}/records?offset={offset}&max_records=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            )).await;
         for r in v["records"].as_array().unwrap() {
             out.insert(
                 r["offset"].as_u64().unwrap(),
@@ -307,14 +300,7 @@ async fn settled_hw(http: &reqwest::Client, nodes: &Nodes, partition: u32) -> u6
         let mut hws = Vec::new();
         let mut ends = Vec::new();
         for i in 0..nodes.ids.len() {
-            let s: Value = http
-                .get(format!("{}/v1/cluster", nodes.url(i)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let s: Value = get_json(http, format!("{}/v1/cluster", nodes.url(i))).await;
             let p = s["partitions"]
                 .as_array()
                 .unwrap()
@@ -323,14 +309,7 @@ async fn settled_hw(http: &reqwest::Client, nodes: &Nodes, partition: u32) -> u6
                 .unwrap()
                 .clone();
             hws.push(p["high_watermark"].as_u64().unwrap_or(0));
-            let t: Value = http
-                .get(format!("{}/v1/topics/chaos", nodes.url(i)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let t: Value = get_json(http, format!("{}/v1/topics/chaos", nodes.url(i))).await;
             ends.push(
                 t["partition_stats"][partition as usize]["end_offset"]
                     .as_u64()
@@ -623,14 +602,7 @@ async fn produce_one(
 
 /// The end offset of partition 0 of `topic` on `base`.
 async fn end_offset(http: &reqwest::Client, base: &str, topic: &str) -> u64 {
-    let t: Value = http
-        .get(format!("{base}/v1/topics/{topic}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let t: Value = get_json(http, format!("{base}/v1/topics/{topic}")).await;
     t["partition_stats"][0]["end_offset"].as_u64().unwrap()
 }
 
@@ -790,6 +762,73 @@ async fn faults_get_clear_answers_and_lose_nothing() {
         }
         assert!(Instant::now() < deadline, "{status} {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // acks=leader answers once the leader has the records; acks=all waits for the in-sync
+    // followers, here frozen (still in the set, their lag not yet over replica_lag_ms).
+    wait_all_in_sync_of(&http, &nodes, "f", 1, Duration::from_secs(20)).await;
+    let frozen: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    for &i in &frozen {
+        signal(&nodes.servers[i].as_ref().unwrap().child, libc::SIGSTOP);
+    }
+    let produce_acks = |acks: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/v1/topics/f/records?acks={acks}", nodes.url(leader));
+        async move {
+            let sent = Instant::now();
+            let r = http
+                .post(url)
+                .timeout(Duration::from_millis(1500))
+                .json(&json!({"records": [{"value": acks, "partition": 0}]}))
+                .send()
+                .await;
+            (r.map(|r| r.status().as_u16()).ok(), sent.elapsed())
+        }
+    };
+    let (status, took) = produce_acks("leader").await;
+    assert_eq!(status, Some(200), "acks=leader with frozen followers");
+    assert!(
+        took < Duration::from_millis(1000),
+        "acks=leader took {took:?}"
+    );
+    let (status, _) = produce_acks("all").await;
+    assert_eq!(
+        status, None,
+        "acks=all answered while every follower was frozen"
+    );
+    for &i in &frozen {
+        signal(&nodes.servers[i].as_ref().unwrap().child, libc::SIGCONT);
+    }
+    wait_all_in_sync_of(&http, &nodes, "f", 1, Duration::from_secs(30)).await;
+
+    // A partition with one replica: the other nodes send its reads to it.
+    let r = http
+        .post(format!("{}/v1/topics", nodes.url(0)))
+        .json(&json!({"name": "one", "partitions": 1, "replication_factor": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let state = cluster_state(&http, &nodes).await;
+    let holder = nodes.index_of(&leader_of(&state, "one", 0).unwrap());
+    for i in (0..3).filter(|&i| i != holder) {
+        wait_for_topic(&http, &nodes.url(i), "one").await;
+        let r = http
+            .get(format!(
+                "{}/v1/topics/one/partitions/0/records?offset=0",
+                nodes.url(i)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 307, "a read on a node without a replica");
+        assert_eq!(
+            r.headers()["location"].to_str().unwrap(),
+            format!(
+                "{}/v1/topics/one/partitions/0/records?offset=0",
+                nodes.url(holder)
+            )
+        );
     }
 
     // A second node under an id in use: refused, and it says why.
@@ -1148,14 +1187,7 @@ async fn kafka_clients_find_each_partitions_leader() {
     for i in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let v: Value = http
-                .get(format!("{}/v1/groups/kg/offsets", nodes.url(i)))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&http, format!("{}/v1/groups/kg/offsets", nodes.url(i))).await;
             let seen = v["offsets"]
                 .as_array()
                 .is_some_and(|o| o.iter().any(|e| e["partition"] == cp && e["offset"] == co));

@@ -223,6 +223,16 @@ async fn fetch_once(
     let resp = cluster.http().get(&url).send().await?;
     let status = resp.status();
     if status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+        // Past the leader's end: this log has records the leader does not (cut them).
+        // Before its start: the leader's retention deleted what this log lacks, which no
+        // fetch can bring back.
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        let earliest = body["error"]["earliest"].as_u64().unwrap_or(0);
+        if end < earliest {
+            return Err(FollowError::Local(format!(
+                "this replica ends at {end}, and the leader's retention deleted everything before {earliest}: it cannot catch up (a replica that starts again at the leader's first offset is not offered yet)"
+            )));
+        }
         return Err(FollowError::Diverged);
     }
     if !status.is_success() {

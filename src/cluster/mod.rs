@@ -434,18 +434,8 @@ impl Cluster {
             let Some(next) = controller_decision(view, &v.state) else {
                 continue;
             };
-            let key = state::partition_key(topic, *partition);
-            let value = serde_json::to_vec(&next).expect("serializable");
             let written = self
-                .etcd
-                .txn(
-                    &[Compare::ModRevision(key.clone(), v.mod_revision)],
-                    &[Op::Put {
-                        key,
-                        value,
-                        lease: 0,
-                    }],
-                )
+                .write_partition(topic, *partition, v.mod_revision, &next)
                 .await;
             match written {
                 Ok(Some(_)) if next.leader != v.state.leader => {
@@ -481,17 +471,8 @@ impl Cluster {
                 replicas: v.state.replicas.clone(),
                 isr: isr.clone(),
             };
-            let key = state::partition_key(&r.topic, r.partition);
             let written = self
-                .etcd
-                .txn(
-                    &[Compare::ModRevision(key.clone(), mod_revision)],
-                    &[Op::Put {
-                        key,
-                        value: serde_json::to_vec(&next).expect("serializable"),
-                        lease: 0,
-                    }],
-                )
+                .write_partition(&r.topic, r.partition, mod_revision, &next)
                 .await;
             match written {
                 Ok(Some(revision)) => {
@@ -710,6 +691,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// Writes a partition's state if its key is still at `mod_revision` (the fence every
+    /// change of partition state goes through): the new revision, or `None` when someone
+    /// changed it first.
+    async fn write_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        mod_revision: i64,
+        next: &PartitionState,
+    ) -> Result<Option<i64>, EtcdError> {
+        let key = state::partition_key(topic, partition);
+        self.etcd
+            .txn(
+                &[Compare::ModRevision(key.clone(), mod_revision)],
+                &[Op::Put {
+                    key,
+                    value: serde_json::to_vec(next).expect("serializable"),
+                    lease: 0,
+                }],
+            )
+            .await
+    }
+
     /// Writes the next leader epoch for a partition this node leads (fenced on the revision
     /// read): the next read makes this node its leader at that epoch.
     async fn new_epoch(&self, topic: &str, partition: u32, v: &state::Versioned) {
@@ -717,17 +721,8 @@ impl Cluster {
             leader_epoch: v.state.leader_epoch + 1,
             ..v.state.clone()
         };
-        let key = state::partition_key(topic, partition);
         let written = self
-            .etcd
-            .txn(
-                &[Compare::ModRevision(key.clone(), v.mod_revision)],
-                &[Op::Put {
-                    key,
-                    value: serde_json::to_vec(&next).expect("serializable"),
-                    lease: 0,
-                }],
-            )
+            .write_partition(topic, partition, v.mod_revision, &next)
             .await;
         match written {
             Ok(Some(_)) => {

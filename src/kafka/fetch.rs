@@ -58,13 +58,26 @@ impl Ctx<'_> {
                         .and_then(|i| t.partition(i).ok().map(Arc::clone))
                         .ok_or(ResponseError::UnknownTopicOrPartition)
                 });
+                // In a cluster, a node that holds no replica of the partition serves none
+                // of it: the client asks Metadata again and fetches from a replica.
+                let partition = partition.and_then(|p| match self.kafka.state.cluster() {
+                    Some(c)
+                        if c.replica(&name, p.id()).is_none()
+                            && c.view().partition(&name, p.id()).is_some_and(|v| {
+                                !v.state.replicas.iter().any(|r| r == c.node_id())
+                            }) =>
+                    {
+                        Err(ResponseError::NotLeaderOrFollower)
+                    }
+                    _ => Ok(p),
+                });
                 match partition {
                     Err(e) => p_out.error_code = out.error(e),
                     Ok(p) => {
                         let log = p.log();
                         let (start, end) = (log.start_offset(), log.end_offset());
-                        p_out.high_watermark = end as i64;
-                        p_out.last_stable_offset = end as i64;
+                        p_out.high_watermark = p.high_watermark() as i64;
+                        p_out.last_stable_offset = p_out.high_watermark;
                         p_out.log_start_offset = start as i64;
                         let offset = part.fetch_offset;
                         if offset < start as i64 || offset > end as i64 {

@@ -601,6 +601,9 @@ impl Ctx<'_> {
             r.error_code = out.error(e);
             r
         };
+        if let Some(e) = self.not_coordinator(&name) {
+            return fail(out, e);
+        }
         let Some(group) = self.kafka.groups.get(&name) else {
             return fail(out, ResponseError::UnknownMemberId);
         };
@@ -672,6 +675,10 @@ impl Ctx<'_> {
 
     pub(super) fn heartbeat(&self, req: HeartbeatRequest, out: &mut Outcome) -> HeartbeatResponse {
         let mut r = HeartbeatResponse::default();
+        if let Some(e) = self.not_coordinator(req.group_id.0.as_str()) {
+            r.error_code = out.error(e);
+            return r;
+        }
         let Some(group) = self.kafka.groups.get(req.group_id.0.as_str()) else {
             r.error_code = out.error(ResponseError::UnknownMemberId);
             return r;
@@ -701,6 +708,10 @@ impl Ctx<'_> {
         out: &mut Outcome,
     ) -> LeaveGroupResponse {
         let mut r = LeaveGroupResponse::default();
+        if let Some(e) = self.not_coordinator(req.group_id.0.as_str()) {
+            r.error_code = out.error(e);
+            return r;
+        }
         let group = self.kafka.groups.get(req.group_id.0.as_str());
         // Who leaves: (member id as asked, static instance id as asked). From version 3 a
         // static member may leave by its instance id alone.

@@ -47,7 +47,7 @@ use routes::{cluster, consume, groups, members, ops, produce, queues, topics};
     tags(
         (name = "topics"), (name = "records"), (name = "groups"), (name = "operations"), (name = "cluster")
     ),
-    components(schemas(crate::config::Durability, crate::api::ErrorBody, crate::api::ErrorDetail, crate::api::ErrorCode))
+    components(schemas(crate::config::Durability, routes::produce::Acks, crate::api::ErrorBody, crate::api::ErrorDetail, crate::api::ErrorCode))
 )]
 struct ApiDoc;
 

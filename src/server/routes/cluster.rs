@@ -30,6 +30,38 @@ pub fn redirect(c: &Cluster, leader: &str, uri: &str, what: &str) -> ApiError {
     ApiError::not_leader(leader, format!("{base}{uri}"), what)
 }
 
+/// In a cluster, a read of a partition this node holds no replica of goes to its leader:
+/// `307 not_leader` there. `None`: read here (a replica, or no cluster).
+pub fn read_elsewhere(
+    state: &AppState,
+    topic: &str,
+    partition: u32,
+    uri: &axum::http::Uri,
+) -> Option<ApiError> {
+    let c = state.cluster()?;
+    if c.replica(topic, partition).is_some() {
+        return None;
+    }
+    let view = c.view();
+    let v = view.partition(topic, partition)?;
+    if v.state.replicas.iter().any(|r| r == c.node_id()) {
+        // A replica this node has not opened yet: it reads what it has.
+        return None;
+    }
+    let Some(leader) = view.leader_of(topic, partition) else {
+        return Some(refusal_error(&Refusal::NotLeader, topic, partition));
+    };
+    let path = uri
+        .path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    Some(redirect(
+        c,
+        &leader.node_id,
+        &path,
+        &format!("partition {partition} of topic {topic} (this node holds no replica of it)"),
+    ))
+}
+
 /// A write refused before anything was appended.
 pub fn refusal_error(refusal: &Refusal, topic: &str, partition: u32) -> ApiError {
     match refusal {

@@ -169,6 +169,8 @@ pub const CONSUME_ERRORS: &[ErrorCode] = &[
     ErrorCode::PartitionNotFound,
     ErrorCode::OffsetOutOfRange,
     ErrorCode::TooManyWaiters,
+    ErrorCode::NotLeader,
+    ErrorCode::LeaderNotAvailable,
 ];
 
 /// Read records from a partition.
@@ -189,12 +191,16 @@ pub async fn consume(
     Path((topic, partition)): Path<(String, String)>,
     query: Result<Query<ConsumeQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> ApiResult<Response> {
     let Query(q) = query?;
     let broker = state.broker_for_read()?;
     let t = broker.topic(&topic)?;
     let p = parse_partition(&t, &partition)?;
     record_target(&topic, Some(p.id()));
+    if let Some(elsewhere) = super::cluster::read_elsewhere(&state, &topic, p.id(), &uri) {
+        return Err(elsewhere);
+    }
     let (limits, wait_ms) = read_budget(q.max_records, q.max_bytes, q.wait_ms)?;
     let start = start_at(q.offset.as_deref(), q.timestamp_ms, false)?;
     let wait = wait_for(&state, Duration::from_millis(wait_ms));
@@ -280,12 +286,16 @@ pub async fn stream(
     Path((topic, partition)): Path<(String, String)>,
     query: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let Query(q) = query?;
     let broker = state.broker_for_read()?;
     let t = broker.topic(&topic)?;
     let p = parse_partition(&t, &partition)?;
     record_target(&topic, Some(p.id()));
+    if let Some(elsewhere) = super::cluster::read_elsewhere(&state, &topic, p.id(), &uri) {
+        return Err(elsewhere);
+    }
     let resume = headers
         .get("last-event-id")
         .map(|v| {

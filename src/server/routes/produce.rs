@@ -36,6 +36,20 @@ pub struct ProduceQuery {
     key: Option<String>,
     /// Partition, for `application/octet-stream` and `application/vnd.mapq.frames`.
     partition: Option<u32>,
+    /// In a cluster: `all` (default) answers once every in-sync replica holds the records
+    /// (with `durability=fsync`, has made them durable); `leader` once the leader has.
+    /// Outside a cluster both mean this server's log.
+    acks: Option<Acks>,
+}
+
+/// Which replicas hold a write before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// The partition's leader.
+    Leader,
+    /// Every in-sync replica.
+    All,
 }
 
 /// Bodies up to this size are appended on the async worker when that needs no file work.
@@ -727,6 +741,7 @@ pub async fn produce(
         ));
     }
     let durability = query.durability.unwrap_or(config.default_durability);
+    let acks = query.acks.unwrap_or(Acks::All);
     // Durable producers take turns (see `max_fsync_in_flight`): a flush answers every one it
     // covered at once, and a bounded crowd keeps that burst, and the requests it sets off,
     // short for everyone else.
@@ -783,7 +798,7 @@ pub async fn produce(
     if durability == Durability::Fsync {
         broker.wait_appends_durable(&topic, &appends).await?;
     }
-    if let Some(c) = &cluster {
+    if let (Some(c), Acks::All) = (&cluster, acks) {
         let generations = request
             .generations
             .lock()
