@@ -37,22 +37,7 @@ fn rebuild_idempotency(partitions: &[Arc<Partition>], window_ms: u64) -> Idempot
     }
     idempotency.reserve(heads);
     for p in partitions {
-        let scanned = p.log().scan_batch_heads(since, |first_offset, head| {
-            if let Some(r) = head.request {
-                let piece = Piece {
-                    partition: p.id(),
-                    first_offset,
-                    count: head.record_count,
-                    positions: r.has_positions().then(|| {
-                        (0..head.record_count as usize)
-                            .map(|i| r.position(i))
-                            .collect()
-                    }),
-                };
-                idempotency.remember(r.key, r.digest, r.records, piece, head.appended_ms);
-            }
-        });
-        if let Err(e) = scanned {
+        if let Err(e) = learn_heads(&idempotency, p, since) {
             // The records read as they are; only the keys after the damage are not known.
             tracing::error!(topic_partition = p.id(), error = %e, "idempotency keys not read back from this partition");
         }
@@ -63,6 +48,30 @@ fn rebuild_idempotency(partitions: &[Arc<Partition>], window_ms: u64) -> Idempot
         std::sync::atomic::Ordering::Relaxed,
     );
     idempotency
+}
+
+/// Remembers the idempotency keys in the batch heads of partition `p` appended at or after
+/// `since_ms`.
+fn learn_heads(
+    idempotency: &Idempotency,
+    p: &Partition,
+    since_ms: i64,
+) -> Result<(), crate::log::LogError> {
+    p.log().scan_batch_heads(since_ms, |first_offset, head| {
+        if let Some(r) = head.request {
+            let piece = Piece {
+                partition: p.id(),
+                first_offset,
+                count: head.record_count,
+                positions: r.has_positions().then(|| {
+                    (0..head.record_count as usize)
+                        .map(|i| r.position(i))
+                        .collect()
+                }),
+            };
+            idempotency.remember(r.key, r.digest, r.records, piece, head.appended_ms);
+        }
+    })
 }
 
 /// A topic's overrides of the server's defaults. Absent: the server default applies;
@@ -511,22 +520,7 @@ impl Topic {
         let p = self.partition(partition)?;
         let now = crate::log::now_ms();
         let since = self.idempotency.rebuild_since(now);
-        p.log().scan_batch_heads(since, |first_offset, head| {
-            if let Some(r) = head.request {
-                let piece = Piece {
-                    partition,
-                    first_offset,
-                    count: head.record_count,
-                    positions: r.has_positions().then(|| {
-                        (0..head.record_count as usize)
-                            .map(|i| r.position(i))
-                            .collect()
-                    }),
-                };
-                self.idempotency
-                    .remember(r.key, r.digest, r.records, piece, head.appended_ms);
-            }
-        })?;
+        learn_heads(&self.idempotency, p, since)?;
         Ok(())
     }
 }
