@@ -188,8 +188,18 @@ fn main() {
                 .expect("a leader")
                 .to_owned();
             let i: usize = leader[1..].parse::<usize>().unwrap() - 1;
-            // The leader has taken up its role, and the followers theirs.
-            std::thread::sleep(Duration::from_millis(500));
+            // The leader has taken up its role and its followers theirs once a write is
+            // acknowledged by all three.
+            let probe = format!("{}/v1/topics/{topic}/records", nodes[i].base);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !post(&probe, r#"{"records":[{"value":"probe","partition":0}]}"#).contains("200")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "no write acknowledged on {topic}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let all: Vec<&Server> = nodes.iter().collect();
             let before = cpu_of(&all);
             let mut f = run(&nodes[i], &topic, durability, n, connections);

@@ -531,8 +531,19 @@ async fn acknowledged_records_survive_leader_kills_and_a_frozen_leader() {
         );
     }
 
-    // The replicated-only tailer saw nothing that is not in the final log.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The replicated-only tailer saw nothing that is not in the final log, once it has
+    // read up to the high watermarks (all of it: they are node 3's replicated ends).
+    let total: usize = finals.values().map(BTreeMap::len).sum();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tailed.lock().unwrap().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "the tailer printed {} of the {total} replicated records: {}",
+            tailed.lock().unwrap().len(),
+            tailer_log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         tailer.try_wait().unwrap().is_none(),
         "the tailer stopped: {}",

@@ -35,9 +35,7 @@ pub type Result<T> = std::result::Result<T, EtcdError>;
 pub struct Kv {
     pub key: String,
     pub value: Vec<u8>,
-    pub create_revision: i64,
     pub mod_revision: i64,
-    pub lease: i64,
 }
 
 /// A condition of a transaction.
@@ -47,8 +45,6 @@ pub enum Compare {
     Absent(String),
     /// The key was last changed at this revision (it exists and nobody wrote it since).
     ModRevision(String, i64),
-    /// The key holds exactly this value.
-    Value(String, Vec<u8>),
 }
 
 /// A write of a transaction.
@@ -197,10 +193,6 @@ impl Etcd {
                     "key": B64.encode(key), "target": "MOD", "result": "EQUAL",
                     "mod_revision": rev.to_string()
                 }),
-                Compare::Value(key, value) => json!({
-                    "key": B64.encode(key), "target": "VALUE", "result": "EQUAL",
-                    "value": B64.encode(value)
-                }),
             })
             .collect();
         let success: Vec<Value> = ops
@@ -266,11 +258,7 @@ struct RawKv {
     #[serde(default)]
     value: String,
     #[serde(default)]
-    create_revision: Value,
-    #[serde(default)]
     mod_revision: Value,
-    #[serde(default)]
-    lease: Value,
 }
 
 fn kvs(v: &Value) -> Vec<Kv> {
@@ -284,9 +272,7 @@ fn kvs(v: &Value) -> Vec<Kv> {
             Some(Kv {
                 key,
                 value: B64.decode(r.value).ok()?,
-                create_revision: number(&r.create_revision).unwrap_or(0),
                 mod_revision: number(&r.mod_revision).unwrap_or(0),
-                lease: number(&r.lease).unwrap_or(0),
             })
         })
         .collect()
@@ -311,9 +297,7 @@ mod tests {
             vec![Kv {
                 key: "/mapq/x".into(),
                 value: b"hello".to_vec(),
-                create_revision: 2,
                 mod_revision: 5,
-                lease: 77
             }]
         );
         assert!(kvs(&Value::Null).is_empty());

@@ -145,7 +145,10 @@ impl Cluster {
         broker: Arc<Broker>,
         stop: watch::Receiver<bool>,
     ) -> Result<Arc<Self>, ClusterError> {
-        let instance = claim_data_dir(&broker.config().data_dir, &settings.node_id)?;
+        let (dir, id) = (broker.config().data_dir.clone(), settings.node_id.clone());
+        let instance = tokio::task::spawn_blocking(move || claim_data_dir(&dir, &id))
+            .await
+            .map_err(|e| ClusterError::Refused(e.to_string()))??;
         let etcd = Arc::new(Etcd::new(&settings.etcd_endpoints, Duration::from_secs(2))?);
         let mut headers = reqwest::header::HeaderMap::new();
         if !settings.token.is_empty() {
@@ -481,9 +484,9 @@ impl Cluster {
                         .get(&r.topic)
                         .map_or(1, |t| t.min_insync_replicas);
                     tracing::info!(topic = %r.topic, partition = r.partition, ?isr, "in-sync replicas changed");
-                    r.refresh_leader(epoch, &isr, revision, min_isr);
-                    let p = Arc::clone(&r);
-                    let _ = tokio::task::spawn_blocking(move || p.update_marks()).await;
+                    if r.refresh_leader(epoch, &isr, revision, min_isr) {
+                        self.move_marks(&r).await;
+                    }
                 }
                 Ok(None) => {
                     // Someone else changed the partition: the next read shows what.
@@ -643,11 +646,14 @@ impl Cluster {
                     self.new_epoch(topic, partition, v).await;
                 }
             }
-            Some(l) if l == me => match r.role() {
-                Role::Leader(held) if held.epoch == s.leader_epoch => {
-                    r.refresh_leader(s.leader_epoch, &s.isr, v.mod_revision, min_isr);
-                }
-                _ if self.lease_valid() => {
+            Some(l) if l == me => {
+                let leading =
+                    matches!(r.role(), Role::Leader(held) if held.epoch == s.leader_epoch);
+                if leading {
+                    if r.refresh_leader(s.leader_epoch, &s.isr, v.mod_revision, min_isr) {
+                        self.move_marks(&r).await;
+                    }
+                } else if self.lease_valid() {
                     let (r2, isr, epoch, rev) = (
                         Arc::clone(&r),
                         s.isr.clone(),
@@ -665,8 +671,7 @@ impl Cluster {
                     .map_err(|e| ClusterError::Refused(e.to_string()))??;
                     self.metrics.leaderships_taken.inc();
                 }
-                _ => {}
-            },
+            }
             Some(l) => {
                 let following = matches!(r.role(), Role::Follower { leader, epoch } if leader == l && epoch == s.leader_epoch);
                 if following {
@@ -689,6 +694,16 @@ impl Cluster {
             None => r.become_idle(),
         }
         Ok(())
+    }
+
+    /// Moves a leader's marks (after its in-sync set or its own end changed), on the
+    /// blocking pool: the high watermark is stored in the segments.
+    async fn move_marks(&self, r: &Arc<Replica>) {
+        let r2 = Arc::clone(r);
+        let moved = tokio::task::spawn_blocking(move || r2.update_marks()).await;
+        if let Ok(Err(e)) = moved {
+            tracing::error!(topic = %r.topic, partition = r.partition, error = %e, "high watermark not moved");
+        }
     }
 
     /// Writes a partition's state if its key is still at `mod_revision` (the fence every
@@ -950,8 +965,7 @@ impl Cluster {
                 .leader_state()
                 .is_some_and(|l| l.isr.iter().all(|n| n == self.node_id()));
             if alone || fsync {
-                let r2 = Arc::clone(&r);
-                let _ = tokio::task::spawn_blocking(move || r2.update_marks()).await;
+                self.move_marks(&r).await;
             }
             let mut marks = r.subscribe_marks();
             let mut changes = r.subscribe_generation();

@@ -202,25 +202,25 @@ impl Replica {
 
     /// Takes the in-sync set and the revision from etcd when it is newer than the one held
     /// (the controller removed a dead follower, or this leader's own change came back).
-    pub fn refresh_leader(&self, epoch: u32, isr: &[String], mod_revision: i64, min_isr: u32) {
-        let changed = {
-            let mut role = self.lock();
-            match &mut *role {
-                Role::Leader(l) if l.epoch == epoch && mod_revision > l.mod_revision => {
-                    let changed = l.isr != isr;
-                    l.isr = isr.to_vec();
-                    l.joining.retain(|j| !isr.contains(j));
-                    l.mod_revision = mod_revision;
-                    l.min_isr = min_isr;
-                    changed
-                }
-                _ => false,
+    /// Whether the in-sync set changed: the caller then moves the marks
+    /// ([`Replica::update_marks`], which blocks).
+    pub fn refresh_leader(
+        &self,
+        epoch: u32,
+        isr: &[String],
+        mod_revision: i64,
+        min_isr: u32,
+    ) -> bool {
+        match &mut *self.lock() {
+            Role::Leader(l) if l.epoch == epoch && mod_revision > l.mod_revision => {
+                let changed = l.isr != isr;
+                l.isr = isr.to_vec();
+                l.joining.retain(|j| !isr.contains(j));
+                l.mod_revision = mod_revision;
+                l.min_isr = min_isr;
+                changed
             }
-        };
-        if changed {
-            if let Err(e) = self.update_marks() {
-                tracing::error!(topic = %self.topic, partition = self.partition, error = %e, "high watermark not moved");
-            }
+            _ => false,
         }
     }
 

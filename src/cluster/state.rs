@@ -216,9 +216,7 @@ mod tests {
         let kv = |key: &str, value: &str, rev| Kv {
             key: key.into(),
             value: value.as_bytes().to_vec(),
-            create_revision: 1,
             mod_revision: rev,
-            lease: 0,
         };
         let view = ClusterView::from_kvs(
             9,
