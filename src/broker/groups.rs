@@ -197,8 +197,10 @@ impl Groups {
     /// landed meanwhile).
     fn remove_if_empty(&self, group: &str, g: &Arc<Mutex<GroupOffsets>>) {
         let mut all = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        // Never waiting for the group's lock under the map's: a commit in progress (which
+        // may be waiting on etcd) keeps the group.
         if all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g))
-            && g.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+            && g.try_lock().is_ok_and(|offsets| offsets.is_empty())
         {
             all.remove(group);
         }
@@ -253,12 +255,13 @@ impl Groups {
     /// worker without ever waiting on a commit that needs the runtime to finish.
     pub fn follow_shared(&self, revision: i64, all: BTreeMap<String, GroupOffsets>) {
         let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
-        let committed_at = self
-            .committed_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let newer = |g: &str| committed_at.get(g).is_some_and(|&r| r > revision);
+        let committed_at = {
+            let mut at = self.committed_at.lock().unwrap_or_else(|p| p.into_inner());
+            // Commits this read includes need no protection any more.
+            at.retain(|_, r| *r > revision);
+            at.clone()
+        };
+        let newer = |g: &str| committed_at.contains_key(g);
         groups.retain(|name, g| all.contains_key(name) || newer(name) || g.try_lock().is_err());
         for (name, offsets) in all {
             if newer(&name) {
@@ -267,9 +270,7 @@ impl Groups {
             match groups.get(&name) {
                 Some(g) => {
                     if let Ok(mut current) = g.try_lock() {
-                        if *current != offsets {
-                            *current = offsets;
-                        }
+                        *current = offsets;
                     }
                 }
                 None => {

@@ -95,30 +95,25 @@ impl EpochHistory {
         Ok(())
     }
 
-    /// Forgets the epochs that start at or past `end` (the log was cut there).
-    pub fn truncate(&self, end: u64) -> Result<(), BrokerError> {
-        let mut entries = self.lock();
-        let keep = entries.iter().take_while(|e| e.start < end).count();
-        // An epoch of the current leader that has no records yet starts at the end: keep it.
-        let keep =
-            if keep < entries.len() && entries[keep].start == end && keep + 1 == entries.len() {
-                keep + 1
-            } else {
-                keep
-            };
-        if keep < entries.len() {
-            let next = entries[..keep].to_vec();
-            self.save(&next)?;
-            *entries = next;
-        }
-        Ok(())
+    /// Forgets the epochs that start at or past `end` (a crash took their records), but
+    /// the last one when it starts exactly at `end` (the current leader's epoch, with no
+    /// record yet).
+    fn truncate(&self, end: u64) -> Result<(), BrokerError> {
+        self.cut(end, true)
     }
 
     /// Forgets the epochs that start at or past `end`, the last one too (a follower cut its
     /// log there: the epochs it learns next come from its leader).
     pub fn truncate_strictly(&self, end: u64) -> Result<(), BrokerError> {
+        self.cut(end, false)
+    }
+
+    fn cut(&self, end: u64, keep_empty_last: bool) -> Result<(), BrokerError> {
         let mut entries = self.lock();
-        let keep = entries.iter().take_while(|e| e.start < end).count();
+        let mut keep = entries.iter().take_while(|e| e.start < end).count();
+        if keep_empty_last && keep + 1 == entries.len() && entries[keep].start == end {
+            keep += 1;
+        }
         if keep < entries.len() {
             let next = entries[..keep].to_vec();
             self.save(&next)?;

@@ -181,11 +181,16 @@ async fn truncate_to_leader(
         )));
     }
     let r2 = Arc::clone(r);
+    let broker = Arc::clone(cluster.broker());
     let cut = tokio::task::spawn_blocking(move || {
         r2.under_role(generation, || {
             let cut = r2.p.log().truncate_to(point)?;
             r2.epochs.truncate_strictly(point)?;
             r2.p.truncated_to(point);
+            // Retries are answered from the log: not from records it no longer has.
+            if let Ok(t) = broker.topic(&r2.topic) {
+                t.idempotency().forget_from(r2.partition, point);
+            }
             Ok::<_, BrokerError>(cut)
         })
     })
@@ -193,9 +198,6 @@ async fn truncate_to_leader(
     .map_err(|e| FollowError::Local(e.to_string()))?
     .ok_or(FollowError::RoleChanged)?
     .map_err(|e| FollowError::Local(e.to_string()))?;
-    if let Ok(t) = cluster.broker().topic(&r.topic) {
-        t.idempotency().forget_from(r.partition, point);
-    }
     cluster.metrics().truncations.inc();
     tracing::warn!(topic = %r.topic, partition = r.partition, old_end = cut.old_end, new_end = cut.new_end, "truncated to the leader's history");
     Ok(())

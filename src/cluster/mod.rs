@@ -359,9 +359,8 @@ impl Cluster {
         self.stopped.store(true, Ordering::Release);
         let id = self.lock_lease().id;
         let _ = self.etcd.revoke(id).await;
-        for r in self.lock_replicas().values() {
-            r.become_idle();
-        }
+        let all: Vec<Arc<Replica>> = self.lock_replicas().values().cloned().collect();
+        idle(all).await;
     }
 
     async fn state_loop(self: Arc<Self>) {
@@ -581,12 +580,16 @@ impl Cluster {
             gone
         };
         for name in gone {
-            self.lock_replicas().retain(|(t, _), r| {
-                if *t == name {
-                    r.become_idle();
-                }
-                *t != name
-            });
+            let dropped: Vec<Arc<Replica>> = {
+                let mut replicas = self.lock_replicas();
+                let keys: Vec<(String, u32)> = replicas
+                    .keys()
+                    .filter(|(t, _)| *t == name)
+                    .cloned()
+                    .collect();
+                keys.iter().filter_map(|k| replicas.remove(k)).collect()
+            };
+            idle(dropped).await;
             let broker = Arc::clone(&self.broker);
             let n = name.clone();
             let deleted = tokio::task::spawn_blocking(move || broker.delete_topic(&n)).await;
@@ -609,9 +612,8 @@ impl Cluster {
         let me = self.settings.node_id.clone();
         let s = &v.state;
         if !s.replicas.contains(&me) {
-            if let Some(r) = self.lock_replicas().remove(&(topic.to_owned(), partition)) {
-                r.become_idle();
-            }
+            let dropped = self.lock_replicas().remove(&(topic.to_owned(), partition));
+            idle(dropped.into_iter().collect()).await;
             return Ok(());
         }
         let r = match self.replica(topic, partition) {
@@ -679,7 +681,11 @@ impl Cluster {
                 }
                 match view.nodes.get(l) {
                     Some(info) => {
-                        let generation = r.become_follower(l, s.leader_epoch);
+                        let (r2, leader, epoch) = (Arc::clone(&r), l.to_owned(), s.leader_epoch);
+                        let generation =
+                            tokio::task::spawn_blocking(move || r2.become_follower(&leader, epoch))
+                                .await
+                                .map_err(|e| ClusterError::Refused(e.to_string()))?;
                         tokio::spawn(follower::follow(
                             Arc::clone(self),
                             Arc::clone(&r),
@@ -688,10 +694,10 @@ impl Cluster {
                             generation,
                         ));
                     }
-                    None => r.become_idle(),
+                    None => idle(vec![r]).await,
                 }
             }
-            None => r.become_idle(),
+            None => idle(vec![r]).await,
         }
         Ok(())
     }
@@ -926,6 +932,16 @@ impl Cluster {
             .cloned()
     }
 
+    /// Whether the cluster has this partition and this node holds no replica of it (its
+    /// reads are served by the replicas).
+    pub fn holds_no_replica(&self, topic: &str, partition: u32) -> bool {
+        self.replica(topic, partition).is_none()
+            && self
+                .view()
+                .partition(topic, partition)
+                .is_some_and(|v| !v.state.replicas.iter().any(|r| r == self.node_id()))
+    }
+
     /// The partitions of `topic` this node leads now.
     pub fn led_partitions(&self, topic: &str) -> Vec<u32> {
         let mut led: Vec<u32> = self
@@ -1001,6 +1017,20 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+/// Gives up the roles of `replicas`, on the blocking pool (a role change waits for a
+/// follower's disk work under the old role).
+async fn idle(replicas: Vec<Arc<Replica>>) {
+    if replicas.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for r in replicas {
+            r.become_idle();
+        }
+    })
+    .await;
 }
 
 /// Committed offsets kept in etcd (see [`crate::broker::groups::SharedOffsets`]).

@@ -72,7 +72,12 @@ pub struct Replica {
     pub p: Arc<Partition>,
     pub epochs: EpochHistory,
     node_id: String,
+    /// Held briefly, by anyone who reads or sets the role (produce paths included).
     role: Mutex<Role>,
+    /// Held by a role change, and by a follower's work under its role (appends, cuts,
+    /// high-watermark moves: disk work), so that a role change waits for that work and no
+    /// such work runs under a role that has ended. Never taken on an async worker.
+    fence: Mutex<()>,
     /// Bumped on every role change: ends what waited under the old role (0: no role taken
     /// up yet in this process).
     generation: watch::Sender<u64>,
@@ -94,6 +99,7 @@ impl Replica {
             epochs,
             node_id: node_id.to_owned(),
             role: Mutex::new(Role::Idle),
+            fence: Mutex::new(()),
             generation: watch::Sender::new(0),
             marks: watch::Sender::new(Marks {
                 hw,
@@ -119,8 +125,9 @@ impl Replica {
     /// Runs `f` while the role is still the one of `generation` (a role change waits for
     /// it): what a follower appends, cuts or publishes is never done under a role it no
     /// longer has. `None` when the role changed.
+    /// Blocks.
     pub fn under_role<R>(&self, generation: u64, f: impl FnOnce() -> R) -> Option<R> {
-        let _role = self.lock();
+        let _fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
         (self.generation() == generation).then(f)
     }
 
@@ -141,16 +148,29 @@ impl Replica {
         self.marks.subscribe()
     }
 
-    /// Takes up `role`: the generation it has.
+    /// Takes up `role` (after the work under the old one): the generation it has. Blocks.
     fn set_role(&self, role: Role) -> u64 {
+        self.change_role(|held| {
+            *held = role;
+            true
+        })
+        .unwrap_or_else(|| self.generation())
+    }
+
+    /// Runs `change` on the role, after the work under it; when it changed the role, bumps
+    /// the generation and returns the new one. Blocks.
+    fn change_role(&self, change: impl FnOnce(&mut Role) -> bool) -> Option<u64> {
+        let _fence = self.fence.lock().unwrap_or_else(|p| p.into_inner());
         let mut held = self.lock();
-        *held = role;
+        if !change(&mut held) {
+            return None;
+        }
         let mut generation = 0;
         self.generation.send_modify(|g| {
             *g += 1;
             generation = *g;
         });
-        generation
+        Some(generation)
     }
 
     /// Leads from `epoch` on: the epoch starts at the log's end. Blocks (the history file).
@@ -176,7 +196,7 @@ impl Replica {
     }
 
     /// Follows `leader` at `epoch`: the generation of that role (its fetch loop runs while
-    /// it lasts).
+    /// it lasts). Blocks (see [`Replica::set_role`]).
     pub fn become_follower(&self, leader: &str, epoch: u32) -> u64 {
         let generation = self.set_role(Role::Follower {
             leader: leader.to_owned(),
@@ -186,10 +206,9 @@ impl Replica {
         generation
     }
 
+    /// Gives up any role. Blocks (see [`Replica::set_role`]).
     pub fn become_idle(&self) {
-        if !matches!(*self.lock(), Role::Idle) {
-            let _ = self.set_role(Role::Idle);
-        }
+        self.change_role(|held| !matches!(std::mem::replace(held, Role::Idle), Role::Idle));
     }
 
     /// The leader epoch when this node leads.

@@ -47,6 +47,15 @@ pub struct NodeInfo {
     pub instance: String,
 }
 
+impl NodeInfo {
+    /// The host and port of its advertised Kafka address; `None` when that is not
+    /// `host:port`.
+    pub fn kafka_host_port(&self) -> Option<(&str, i32)> {
+        let (host, port) = self.advertised_kafka.rsplit_once(':')?;
+        Some((host, port.parse().ok()?))
+    }
+}
+
 /// A topic as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicSpec {

@@ -44,13 +44,13 @@ impl Ctx<'_> {
             // In a cluster: every live node, by its broker id and advertised Kafka address.
             Some(view) => {
                 for n in view.nodes.values() {
-                    let Some((host, port)) = n.advertised_kafka.rsplit_once(':') else {
+                    let Some((host, port)) = n.kafka_host_port() else {
                         continue;
                     };
                     let mut b = MetadataResponseBroker::default();
                     b.node_id = BrokerId(crate::cluster::kafka_broker_id(&n.node_id));
                     b.host = StrBytes::from_string(host.to_owned());
-                    b.port = port.parse().unwrap_or(-1);
+                    b.port = port;
                     r.brokers.push(b);
                 }
                 r.controller_id = BrokerId(
@@ -148,11 +148,10 @@ impl Ctx<'_> {
                 Err((ResponseError::TopicAuthorizationFailed, None))
             } else {
                 let cluster = self.kafka.state.cluster();
-                match overrides_of(&topic, cluster.is_some()) {
-                    Err(e) => Err(e),
+                match (overrides_of(&topic, cluster.is_some()), cluster) {
+                    (Err(e), _) => Err(e),
                     // In a cluster the topic is created in etcd, then on every node.
-                    Ok(c) if cluster.is_some() && !req.validate_only => {
-                        let cluster = cluster.expect("checked");
+                    (Ok(c), Some(cluster)) if !req.validate_only => {
                         let partitions = u32::try_from(topic.num_partitions)
                             .unwrap_or(self.broker().config().default_partitions);
                         let rf = c.replication_factor;
@@ -173,7 +172,7 @@ impl Ctx<'_> {
                             }
                         }
                     }
-                    Ok(Creation { overrides, .. }) => {
+                    (Ok(Creation { overrides, .. }), _) => {
                         let broker = Arc::clone(self.broker());
                         let partitions = u32::try_from(topic.num_partitions).ok();
                         let validate_only = req.validate_only;
@@ -375,13 +374,10 @@ impl Ctx<'_> {
             } else if let Some(cluster) = self.kafka.state.cluster() {
                 // In a cluster: the node that coordinates the group (all nodes agree).
                 let node = cluster.coordinator_of(c.key.as_str());
-                match node.as_ref().and_then(|n| {
-                    let (host, port) = n.advertised_kafka.rsplit_once(':')?;
-                    Some((n, host.to_owned(), port.parse::<i32>().ok()?))
-                }) {
-                    Some((n, host, port)) => {
+                match node.as_ref().and_then(|n| Some((n, n.kafka_host_port()?))) {
+                    Some((n, (host, port))) => {
                         c.node_id = BrokerId(crate::cluster::kafka_broker_id(&n.node_id));
-                        c.host = StrBytes::from_string(host);
+                        c.host = StrBytes::from_string(host.to_owned());
                         c.port = port;
                     }
                     None => {

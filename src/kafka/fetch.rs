@@ -61,12 +61,7 @@ impl Ctx<'_> {
                 // In a cluster, a node that holds no replica of the partition serves none
                 // of it: the client asks Metadata again and fetches from a replica.
                 let partition = partition.and_then(|p| match self.kafka.state.cluster() {
-                    Some(c)
-                        if c.replica(&name, p.id()).is_none()
-                            && c.view().partition(&name, p.id()).is_some_and(|v| {
-                                !v.state.replicas.iter().any(|r| r == c.node_id())
-                            }) =>
-                    {
+                    Some(c) if c.holds_no_replica(&name, p.id()) => {
                         Err(ResponseError::NotLeaderOrFollower)
                     }
                     _ => Ok(p),

@@ -239,18 +239,12 @@ pub(super) async fn route_to_coordinator(
     };
     match cluster.coordinator_of(&group) {
         Some(n) if n.node_id == cluster.node_id() => next.run(req).await,
-        Some(n) => {
-            let uri = req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
-            ApiError::not_leader(
-                &n.node_id,
-                format!("{}{uri}", n.advertised_http.trim_end_matches('/')),
-                &format!("the coordination of group {group}"),
-            )
-            .into_response()
-        }
+        Some(n) => super::routes::cluster::redirect_to(
+            &n,
+            &super::routes::cluster::request_target(req.uri()),
+            &format!("the coordination of group {group}"),
+        )
+        .into_response(),
         None => ApiError::new(
             ErrorCode::LeaderNotAvailable,
             "no node of the cluster is alive to coordinate this group",

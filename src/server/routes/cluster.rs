@@ -15,19 +15,29 @@ use utoipa::IntoParams;
 use crate::api::cluster::{ClusterOut, NodeOut, PartitionOut};
 
 use crate::broker::ReadLimits;
+use crate::cluster::state::NodeInfo;
 use crate::cluster::{self, Cluster, Refusal};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::{blocking, AppState};
 
-/// `307 not_leader` to the same path and query on `leader`.
-pub fn redirect(c: &Cluster, leader: &str, uri: &str, what: &str) -> ApiError {
-    let base = c
-        .view()
-        .nodes
-        .get(leader)
-        .map(|n| n.advertised_http.trim_end_matches('/').to_owned())
-        .unwrap_or_default();
-    ApiError::not_leader(leader, format!("{base}{uri}"), what)
+/// The path and query of a request: what a redirect sends on.
+pub fn request_target(uri: &axum::http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// `307 not_leader` to `target` (a path and query) on `node`.
+pub fn redirect_to(node: &NodeInfo, target: &str, what: &str) -> ApiError {
+    let base = node.advertised_http.trim_end_matches('/');
+    ApiError::not_leader(&node.node_id, format!("{base}{target}"), what)
+}
+
+/// [`redirect_to`] the node `leader`, as the cluster's last read names it.
+pub fn redirect(c: &Cluster, leader: &str, target: &str, what: &str) -> ApiError {
+    match c.view().nodes.get(leader) {
+        Some(node) => redirect_to(node, target, what),
+        None => ApiError::not_leader(leader, target.to_owned(), what),
+    }
 }
 
 /// In a cluster, a read of a partition this node holds no replica of goes to its leader:
@@ -39,27 +49,17 @@ pub fn read_elsewhere(
     uri: &axum::http::Uri,
 ) -> Option<ApiError> {
     let c = state.cluster()?;
-    if c.replica(topic, partition).is_some() {
+    if !c.holds_no_replica(topic, partition) {
         return None;
     }
-    let view = c.view();
-    let v = view.partition(topic, partition)?;
-    if v.state.replicas.iter().any(|r| r == c.node_id()) {
-        // A replica this node has not opened yet: it reads what it has.
-        return None;
-    }
-    let Some(leader) = view.leader_of(topic, partition) else {
-        return Some(refusal_error(&Refusal::NotLeader, topic, partition));
-    };
-    let path = uri
-        .path_and_query()
-        .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
-    Some(redirect(
-        c,
-        &leader.node_id,
-        &path,
-        &format!("partition {partition} of topic {topic} (this node holds no replica of it)"),
-    ))
+    Some(match c.view().leader_of(topic, partition) {
+        Some(leader) => redirect_to(
+            leader,
+            &request_target(uri),
+            &format!("partition {partition} of topic {topic} (this node holds no replica of it)"),
+        ),
+        None => refusal_error(&Refusal::NotLeader, topic, partition),
+    })
 }
 
 /// A write refused before anything was appended.

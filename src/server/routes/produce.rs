@@ -763,9 +763,7 @@ pub async fn produce(
         chosen: Default::default(),
         idempotency_key,
         cluster: cluster.clone(),
-        uri: uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()),
+        uri: super::cluster::request_target(&uri),
         generations: Default::default(),
     });
     // A small request to an existing topic is appended here when that is a copy into the

@@ -84,16 +84,8 @@ pub async fn create_topic(
     };
     let broker = state.broker()?;
     if let Some(c) = state.cluster_for_write()? {
+        // `Cluster::create_topic` checks the name, the partitions and the overrides.
         let partitions = req.partitions.unwrap_or(broker.config().default_partitions);
-        let max = broker.config().max_partitions_per_topic;
-        if partitions == 0 || partitions > max {
-            return Err(ApiError::new(
-                ErrorCode::InvalidConfig,
-                format!("partitions must be between 1 and {max}"),
-            ));
-        }
-        crate::broker::validate_name(&req.name)?;
-        overrides.validate()?;
         let t = c
             .create_topic(
                 &req.name,
