@@ -1241,3 +1241,323 @@ async fn kafka_clients_find_each_partitions_leader() {
     );
     drop(etcd);
 }
+
+/// Sends a JSON request to the node `nodes.url(i)` first, following 307s to the node named
+/// in `Location`, and trying the other running nodes and again (up to 30 s) while the
+/// answer is a 503 or no answer: the status and body of the first other answer.
+async fn call(
+    http: &reqwest::Client,
+    nodes: &Nodes,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut turn = 0;
+    loop {
+        let running = nodes.running();
+        let mut url = format!("{}{path}", nodes.url(running[turn % running.len()]));
+        turn += 1;
+        for _ in 0..3 {
+            let mut req = http.request(method.clone(), &url);
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let Ok(r) = req.send().await else {
+                break;
+            };
+            let status = r.status().as_u16();
+            let location = r
+                .headers()
+                .get("location")
+                .map(|l| l.to_str().unwrap().to_owned());
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            match (status, location) {
+                (307, Some(to)) => url = to,
+                (503, _) => break,
+                _ => return (status, body),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{method} {path}: no node answered but with 503 or nothing for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A leased record: partition, offset, lease token, delivery.
+type Leased = (u32, u64, String, u64);
+
+async fn lease(http: &reqwest::Client, nodes: &Nodes, group: &str, max: usize) -> Vec<Leased> {
+    let (status, body) = call(
+        http,
+        nodes,
+        reqwest::Method::POST,
+        &format!("/v1/groups/{group}/leases"),
+        Some(json!({"member": "w", "max_records": max, "wait_ms": 500})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_u64().unwrap() as u32,
+                r["offset"].as_u64().unwrap(),
+                r["lease"].as_str().unwrap().to_owned(),
+                r["delivery"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Acks `leases` with `kind`: each one's status.
+async fn ack(
+    http: &reqwest::Client,
+    nodes: &Nodes,
+    group: &str,
+    leases: &[&Leased],
+    kind: &str,
+) -> Vec<String> {
+    let acks: Vec<Value> = leases
+        .iter()
+        .map(|l| json!({"lease": l.2, "type": kind}))
+        .collect();
+    let (status, body) = call(
+        http,
+        nodes,
+        reqwest::Method::POST,
+        &format!("/v1/groups/{group}/acks"),
+        Some(json!({ "acks": acks })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Groups outlive the node that coordinates them: a queue group's journal is replicated
+/// and its next leader takes the group up (leases granted before the kill can still be
+/// acked, accepted records never come back, delivery counts go on), and a group with
+/// members keeps its settings, members and epochs in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_outlive_their_coordinators() {
+    let etcd = Etcd::start();
+    let mut nodes = Nodes::start(&etcd, 3);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let (status, body) = call(
+        &http,
+        &nodes,
+        reqwest::Method::POST,
+        "/v1/topics",
+        Some(json!({"name": "jobs", "partitions": 2, "replication_factor": 3, "min_insync_replicas": 2})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    for i in 0..3 {
+        wait_for_topic(&http, &nodes.url(i), "jobs").await;
+    }
+    for partition in 0..2u32 {
+        let records: Vec<Value> = (0..50)
+            .map(|k| json!({"value": format!("job {partition}/{k}"), "partition": partition}))
+            .collect();
+        let (status, body) = call(
+            &http,
+            &nodes,
+            reqwest::Method::POST,
+            "/v1/topics/jobs/records",
+            Some(json!({ "records": records })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // A queue group, and a group with members with a long session.
+    let settings =
+        json!({"type": "queue", "topics": ["jobs"], "lease_ms": 60000, "max_deliveries": 5});
+    let (status, body) = call(
+        &http,
+        &nodes,
+        reqwest::Method::PUT,
+        "/v1/groups/q",
+        Some(settings),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = call(
+        &http,
+        &nodes,
+        reqwest::Method::PUT,
+        "/v1/groups/m",
+        Some(json!({"type": "partitioned", "session_timeout_ms": 60000})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, joined) = call(
+        &http,
+        &nodes,
+        reqwest::Method::PUT,
+        "/v1/groups/m/members/w1",
+        Some(json!({"topics": ["jobs"], "member_epoch": 0})),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    let epoch = joined["member_epoch"].as_u64().unwrap();
+
+    // The queue group's journal is replicated on all three nodes before the kill.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let coordinator = loop {
+        let state = cluster_state(&http, &nodes).await;
+        let journal = state["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["topic"] == "@queue.q")
+            .cloned();
+        if let Some(j) = journal.filter(|j| j["isr"].as_array().unwrap().len() == 3) {
+            break j["leader"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the journal never had 3 in-sync replicas: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // 40 leased, 30 of them accepted; 10 in flight when the coordinator dies.
+    let mut leased = Vec::new();
+    while leased.len() < 40 {
+        leased.extend(lease(&http, &nodes, "q", 40 - leased.len()).await);
+    }
+    assert!(leased.iter().all(|l| l.3 == 1), "{leased:?}");
+    let (accepted, in_flight) = leased.split_at(30);
+    let accepted: Vec<&Leased> = accepted.iter().collect();
+    assert!(ack(&http, &nodes, "q", &accepted, "accept")
+        .await
+        .iter()
+        .all(|s| s == "ok"));
+
+    nodes.kill(nodes.index_of(&coordinator));
+
+    // The next coordinator honours the leases granted before the kill: five accepted,
+    // five released (due again at once, on their second delivery).
+    let (to_accept, to_release) = in_flight.split_at(5);
+    let to_accept: Vec<&Leased> = to_accept.iter().collect();
+    let to_release: Vec<&Leased> = to_release.iter().collect();
+    assert_eq!(
+        ack(&http, &nodes, "q", &to_accept, "accept").await,
+        vec!["ok"; 5]
+    );
+    assert_eq!(
+        ack(&http, &nodes, "q", &to_release, "release").await,
+        vec!["ok"; 5]
+    );
+    let state = cluster_state(&http, &nodes).await;
+    assert_ne!(
+        leader_of(&state, "@queue.q", 0).as_deref(),
+        Some(coordinator.as_str())
+    );
+
+    // What is left: the 60 never leased (first delivery), the 5 released (second); never
+    // an accepted one.
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rest.len() < 65 {
+        rest.extend(lease(&http, &nodes, "q", 65 - rest.len()).await);
+        assert!(
+            Instant::now() < deadline,
+            "only {} records came back",
+            rest.len()
+        );
+    }
+    assert!(
+        lease(&http, &nodes, "q", 10).await.is_empty(),
+        "more than the 65 left"
+    );
+    let done: std::collections::BTreeSet<(u32, u64)> = accepted
+        .iter()
+        .chain(&to_accept)
+        .map(|l| (l.0, l.1))
+        .collect();
+    let released: std::collections::BTreeSet<(u32, u64)> =
+        to_release.iter().map(|l| (l.0, l.1)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for (partition, offset, _, delivery) in &rest {
+        assert!(
+            !done.contains(&(*partition, *offset)),
+            "accepted {partition}/{offset} came back"
+        );
+        assert!(
+            seen.insert((*partition, *offset)),
+            "{partition}/{offset} leased twice"
+        );
+        let expected = if released.contains(&(*partition, *offset)) {
+            2
+        } else {
+            1
+        };
+        assert_eq!(*delivery, expected, "{partition}/{offset}");
+    }
+    assert_eq!(seen.len() + done.len(), 100);
+    let (status, q) = call(&http, &nodes, reqwest::Method::GET, "/v1/groups/q", None).await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(q["settings"]["lease_ms"], 60000, "{q}");
+    assert_eq!(q["in_flight"], 65, "{q}");
+
+    // The group with members: its coordinator killed too (the first node back first),
+    // then its settings, its member and its epoch are the next coordinator's; the
+    // member's heartbeat at its epoch is answered, not fenced.
+    nodes.restart(nodes.index_of(&coordinator));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let m_coordinator = loop {
+        let mut answering = Vec::new();
+        for i in nodes.running() {
+            let r = http
+                .get(format!("{}/v1/groups/m", nodes.url(i)))
+                .send()
+                .await;
+            if r.is_ok_and(|r| r.status() == 200) {
+                answering.push(i);
+            }
+        }
+        if let [i] = answering[..] {
+            if nodes.running().len() == 3 {
+                break i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single coordinator of group m: {answering:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    nodes.kill(m_coordinator);
+    let (status, m) = call(&http, &nodes, reqwest::Method::GET, "/v1/groups/m", None).await;
+    assert_eq!(status, 200, "{m}");
+    let members = m["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{m}");
+    assert_eq!(members[0]["member"], "w1", "{m}");
+    let (status, beat) = call(
+        &http,
+        &nodes,
+        reqwest::Method::PUT,
+        "/v1/groups/m/members/w1",
+        Some(json!({"topics": ["jobs"], "member_epoch": epoch, "owned": joined["assignment"].as_array().unwrap().iter().map(|a| json!({"topic": a["topic"], "partition": a["partition"]})).collect::<Vec<_>>()})),
+    )
+    .await;
+    assert_eq!(status, 200, "{beat}");
+    assert_eq!(beat["session_timeout_ms"], 60000, "{beat}");
+    assert_eq!(beat["assignment"].as_array().unwrap().len(), 2, "{beat}");
+    drop(etcd);
+}

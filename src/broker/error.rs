@@ -77,9 +77,13 @@ pub enum BrokerError {
     TaskFailed(String),
     #[error("corrupt metadata: {0}")]
     Corrupt(String),
-    /// In a cluster: etcd, which holds committed offsets, did not take a commit.
-    #[error("the commit could not be stored in the cluster's etcd: {0}")]
+    /// In a cluster: etcd, which holds committed offsets and groups' state, did not take a
+    /// change.
+    #[error("the cluster's etcd did not take this change: {0}")]
     ClusterStore(String),
+    /// In a cluster: another node coordinates this group now (or is taking it up).
+    #[error("this node no longer coordinates group '{0}' (another node took it up); retry")]
+    NotCoordinator(String),
     #[error(transparent)]
     Log(#[from] LogError),
 }

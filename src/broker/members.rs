@@ -3,6 +3,12 @@
 //! whose call changed them, so that a server `kill -9` moves no partition and fences no
 //! member, and read back when the broker opens.
 //!
+//! In a cluster the same state lives in the cluster's store instead ([`SharedGroups`]:
+//! etcd), written with a fence on the revision its coordinator last wrote or read, so that
+//! a group outlives the node that coordinated it: the next coordinator takes it from there
+//! (members, assignments and epochs as they were), and a deposed coordinator's writes are
+//! refused.
+//!
 //! Each group has its own lock, held across its file's write (calls on different groups
 //! proceed at once), and a watch bumped whenever its state changes, which long-polling
 //! heartbeats and fetches wait on. Fetch positions live in memory only: after a restart a
@@ -101,7 +107,28 @@ impl GroupSettings {
     }
 }
 
-/// A group's file.
+/// Where a cluster keeps the state of its groups with members (etcd), instead of each
+/// node's files.
+pub trait SharedGroups: Send + Sync + std::fmt::Debug {
+    /// Writes `value` (`None`: deletes it) as `group`'s state if the state is still at
+    /// `revision` (0: absent). The new revision (0 after a deletion), or `None` when another
+    /// node wrote it since (this node no longer coordinates the group). Blocks.
+    fn write(
+        &self,
+        group: &str,
+        value: Option<&[u8]>,
+        revision: i64,
+    ) -> Result<Option<i64>, BrokerError>;
+}
+
+/// Where a group's state is written.
+#[derive(Debug, Clone)]
+enum Store {
+    File(PathBuf),
+    Shared(Arc<dyn SharedGroups>),
+}
+
+/// A group's file (and, in a cluster, its value in the cluster's store).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct GroupFile {
     settings: GroupSettings,
@@ -162,7 +189,13 @@ pub struct GroupState {
     rebalancing_since: Option<i64>,
     /// Removed from the groups (its file deleted): nothing may write it again.
     removed: bool,
+    /// In a cluster: the store's revision of the state this node holds (0: not written
+    /// yet; [`STALE`]: another node wrote it since, and this copy answers nothing).
+    revision: i64,
 }
+
+/// See [`GroupState::revision`].
+const STALE: i64 = -1;
 
 impl GroupState {
     fn new(settings: GroupSettings) -> Self {
@@ -176,7 +209,37 @@ impl GroupState {
             fenced: BTreeSet::new(),
             rebalancing_since: None,
             removed: false,
+            revision: 0,
         }
+    }
+
+    /// The state a group's file holds, with every member's session starting at `now_ms`
+    /// (the members could not reach this coordinator before); `partitions` gives the
+    /// partitions of the topics its members subscribe to now.
+    fn restore(
+        file: GroupFile,
+        partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) -> Self {
+        let topics: BTreeSet<String> = file
+            .state
+            .members
+            .iter()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect();
+        let mut st = GroupState::new(file.settings);
+        st.coordinator = Coordinator::restore(
+            file.settings.timeouts(),
+            &file.state,
+            partitions(&topics),
+            now_ms,
+        );
+        st.topics = file.topics.clone();
+        st.written = Some(file);
+        if !st.coordinator.is_reconciled() {
+            st.rebalancing_since = Some(now_ms);
+        }
+        st
     }
 
     fn file(&self) -> GroupFile {
@@ -349,7 +412,7 @@ impl GroupState {
 #[derive(Debug)]
 pub struct MemberGroup {
     name: String,
-    path: PathBuf,
+    store: Store,
     state: Mutex<GroupState>,
     /// Bumped whenever the group's persisted state changes.
     changes: watch::Sender<u64>,
@@ -358,10 +421,10 @@ pub struct MemberGroup {
 }
 
 impl MemberGroup {
-    fn new(name: &str, path: PathBuf, state: GroupState) -> Self {
+    fn new(name: &str, store: Store, state: GroupState) -> Self {
         MemberGroup {
             name: name.to_owned(),
-            path,
+            store,
             state: Mutex::new(state),
             changes: watch::Sender::new(0),
             cursor: AtomicUsize::new(0),
@@ -394,6 +457,9 @@ impl MemberGroup {
         if st.removed {
             return Err(BrokerError::GroupNotFound(self.name.clone()));
         }
+        if st.revision == STALE {
+            return Err(self.not_coordinator());
+        }
         let epoch = st.coordinator.group_epoch();
         let before = (st.coordinator.clone(), st.settings, st.topics.clone());
         let r = f(&mut st);
@@ -417,7 +483,7 @@ impl MemberGroup {
         let file = st.file();
         if st.written.as_ref() != Some(&file) {
             let json = serde_json::to_vec_pretty(&file).expect("a group file serializes");
-            if let Err(e) = write_durably(&self.path, &json) {
+            if let Err(e) = self.save(&mut st, Some(&json)) {
                 (st.coordinator, st.settings, st.topics) = before;
                 return Err(e);
             }
@@ -425,6 +491,35 @@ impl MemberGroup {
             self.changes.send_modify(|v| *v += 1);
         }
         Ok((r, self.changes.subscribe()))
+    }
+
+    /// Writes the group's state (`None`: removes it) where it is kept, under its lock.
+    /// In a cluster, a write that another node's came before marks this copy stale (it
+    /// answers nothing until the next read of the store replaces it). Blocks.
+    fn save(&self, st: &mut GroupState, json: Option<&[u8]>) -> Result<(), BrokerError> {
+        match &self.store {
+            Store::File(path) => match json {
+                Some(json) => write_durably(path, json),
+                None => remove_durably(path),
+            },
+            // Never written: nothing to remove.
+            Store::Shared(_) if json.is_none() && st.revision == 0 => Ok(()),
+            Store::Shared(store) => match store.write(&self.name, json, st.revision)? {
+                Some(revision) => {
+                    st.revision = revision;
+                    Ok(())
+                }
+                None => {
+                    st.revision = STALE;
+                    self.changes.send_modify(|v| *v += 1);
+                    Err(self.not_coordinator())
+                }
+            },
+        }
+    }
+
+    fn not_coordinator(&self) -> BrokerError {
+        BrokerError::NotCoordinator(self.name.clone())
     }
 
     /// Runs `f` under the group's lock without writing anything (a commit holds it across
@@ -449,6 +544,11 @@ pub struct MemberGroups {
     dir: PathBuf,
     /// Held only to find or insert a group (lock order: this map, then a group).
     groups: RwLock<HashMap<String, Arc<MemberGroup>>>,
+    /// In a cluster: the store every group's state is written to.
+    shared: std::sync::OnceLock<Arc<dyn SharedGroups>>,
+    /// In a cluster: the groups the store held at its last read (a node lists them all,
+    /// not only those it coordinates).
+    known: RwLock<BTreeSet<String>>,
 }
 
 impl MemberGroups {
@@ -457,6 +557,8 @@ impl MemberGroups {
         MemberGroups {
             dir: PathBuf::new(),
             groups: RwLock::new(HashMap::new()),
+            shared: std::sync::OnceLock::new(),
+            known: RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -470,36 +572,108 @@ impl MemberGroups {
     ) -> Result<Self, BrokerError> {
         let mut groups = HashMap::new();
         for (name, file) in read_group_files::<GroupFile>(dir, "group members")? {
-            let topics: BTreeSet<String> = file
-                .state
-                .members
-                .iter()
-                .flat_map(|m| m.topics.iter().cloned())
-                .collect();
-            let mut st = GroupState::new(file.settings);
-            st.coordinator = Coordinator::restore(
-                file.settings.timeouts(),
-                &file.state,
-                partitions(&topics),
-                now_ms,
-            );
-            st.topics = file.topics.clone();
-            st.written = Some(file);
-            if !st.coordinator.is_reconciled() {
-                st.rebalancing_since = Some(now_ms);
-            }
-            let path = dir.join(format!("{name}.json"));
-            groups.insert(name.clone(), Arc::new(MemberGroup::new(&name, path, st)));
+            let st = GroupState::restore(file, &partitions, now_ms);
+            let store = Store::File(dir.join(format!("{name}.json")));
+            groups.insert(name.clone(), Arc::new(MemberGroup::new(&name, store, st)));
         }
         Ok(MemberGroups {
             dir: dir.to_owned(),
             groups: RwLock::new(groups),
+            shared: std::sync::OnceLock::new(),
+            known: RwLock::new(BTreeSet::new()),
         })
     }
 
-    /// Names of the groups with members (or that had some), sorted.
+    /// Makes the cluster's store the place groups are kept (once, when the node joins a
+    /// cluster): this node's own files are left as they are, and its groups are those the
+    /// store holds from now on.
+    pub fn share(&self, store: Arc<dyn SharedGroups>) {
+        if self.shared.set(store).is_ok() {
+            self.groups
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
+    /// Takes the groups' states from the cluster's store, as read at `revision`: the
+    /// groups `mine` says this node coordinates are taken up (or replaced, when the store
+    /// holds a newer state than this node's copy), the others dropped, as are the groups
+    /// the store no longer holds. Memory only.
+    ///
+    /// Never waits for a group's lock (a call holds it across its etcd write): a busy
+    /// group is looked at again at the next read. So this runs on an async worker.
+    pub fn follow_shared(
+        &self,
+        revision: i64,
+        all: &BTreeMap<String, (Vec<u8>, i64)>,
+        mine: impl Fn(&str) -> bool,
+        partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) {
+        let Some(store) = self.shared.get() else {
+            return;
+        };
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = all.keys().cloned().collect();
+        let mut groups = self.groups.write().unwrap_or_else(|p| p.into_inner());
+        // Dropped: the groups another node coordinates, and those the store no longer
+        // holds that this node wrote before the read. Marked removed, so that a call
+        // holding one looks the group up again.
+        groups.retain(|name, g| {
+            let Ok(mut st) = g.state.try_lock() else {
+                return true;
+            };
+            let gone_from_store =
+                !all.contains_key(name) && st.revision != 0 && st.revision <= revision;
+            if mine(name) && !gone_from_store {
+                return true;
+            }
+            st.removed = true;
+            drop(st);
+            g.changes.send_modify(|v| *v += 1);
+            false
+        });
+        for (name, (json, at)) in all {
+            if !mine(name) {
+                continue;
+            }
+            if let Some(g) = groups.get(name) {
+                let Ok(mut st) = g.state.try_lock() else {
+                    continue;
+                };
+                if st.revision != STALE && st.revision >= *at {
+                    continue;
+                }
+                st.removed = true;
+                drop(st);
+                g.changes.send_modify(|v| *v += 1);
+            }
+            let file = match serde_json::from_slice::<GroupFile>(json) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(group = %name, error = %e, "a group's state in the cluster's store does not decode; not taken up");
+                    groups.remove(name);
+                    continue;
+                }
+            };
+            let mut st = GroupState::restore(file, &partitions, now_ms);
+            st.revision = *at;
+            let g = MemberGroup::new(name, Store::Shared(Arc::clone(store)), st);
+            groups.insert(name.clone(), Arc::new(g));
+        }
+    }
+
+    /// Names of the groups with members (or that had some), sorted; in a cluster, those
+    /// of the whole cluster.
     pub fn names(&self) -> Vec<String> {
-        super::groups::sorted_names(&self.groups)
+        let mut names = super::groups::sorted_names(&self.groups);
+        if self.shared.get().is_some() {
+            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+            names.extend(known.iter().cloned());
+            names.sort();
+            names.dedup();
+        }
+        names
     }
 
     pub fn get(&self, group: &str) -> Option<Arc<MemberGroup>> {
@@ -521,14 +695,17 @@ impl MemberGroups {
         if let Some(g) = self.get(group) {
             return Ok(g);
         }
-        let path = self.dir.join(format!("{group}.json"));
+        let store = match self.shared.get() {
+            Some(s) => Store::Shared(Arc::clone(s)),
+            None => Store::File(self.dir.join(format!("{group}.json"))),
+        };
         Ok(Arc::clone(
             self.groups
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .entry(group.to_owned())
                 .or_insert_with(|| {
-                    Arc::new(MemberGroup::new(group, path, GroupState::new(settings)))
+                    Arc::new(MemberGroup::new(group, store, GroupState::new(settings)))
                 }),
         ))
     }
@@ -602,12 +779,13 @@ impl MemberGroups {
         if !gone(&st) {
             return Ok(());
         }
-        // Marked removed (nothing writes it again) and out of the map; the file goes
-        // without the map's lock, which readers on async workers take.
-        st.removed = true;
+        // Out of the map, and its state removed without the map's lock, which readers
+        // on async workers take; then marked removed (nothing writes it again).
         all.remove(group);
         drop(all);
-        remove_durably(&g.path)
+        let removed = g.save(&mut st, None);
+        st.removed = true;
+        removed
     }
 
     /// Every group, for a walk over all of them.

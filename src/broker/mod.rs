@@ -299,6 +299,29 @@ impl Broker {
         &self.groups
     }
 
+    /// In a cluster: keeps the state of groups with members in the cluster's store (once,
+    /// when the node joins).
+    pub fn share_member_groups(&self, store: Arc<dyn members::SharedGroups>) {
+        self.members.share(store);
+    }
+
+    /// In a cluster: takes up the groups with members this node coordinates from the
+    /// cluster's store as read at `revision` (see [`members::MemberGroups::follow_shared`]).
+    pub fn follow_member_groups(
+        &self,
+        revision: i64,
+        all: &std::collections::BTreeMap<String, (Vec<u8>, i64)>,
+        mine: impl Fn(&str) -> bool,
+    ) {
+        self.members.follow_shared(
+            revision,
+            all,
+            mine,
+            |topics| self.existing_partitions_of(topics),
+            crate::log::now_ms(),
+        );
+    }
+
     /// The topic called `name`, if it exists.
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
         validate_name(name)?;

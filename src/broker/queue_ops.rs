@@ -124,6 +124,10 @@ impl Broker {
         if let Some(g) = self.queues.get(group) {
             return Ok(g);
         }
+        if self.queues.in_cluster(group).is_some() {
+            // Its journal's leader coordinates it: this node does not (or not yet).
+            return Err(BrokerError::NotCoordinator(group.to_owned()));
+        }
         if self.members.get(group).is_some()
             || self.groups.exists(group)
             || self.has_kafka_members(group)
@@ -138,7 +142,12 @@ impl Broker {
 
     /// Whether `group` names a queue group.
     pub fn is_queue_group(&self, group: &str) -> bool {
-        self.queues.get(group).is_some()
+        self.queues.get(group).is_some() || self.queues.in_cluster(group).is_some()
+    }
+
+    /// The queue groups (in a cluster: those it has, and those this node coordinates).
+    pub fn queue_groups(&self) -> &super::queues::QueueGroups {
+        &self.queues
     }
 
     /// Leases up to `max` records: first those due for another delivery, then new ones,
@@ -273,7 +282,7 @@ impl Broker {
             exp,
         }));
         inner.commit(&events)?;
-        let durable = inner.to_sync();
+        let settle = inner.settle();
         let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
         g.counters
             .first_deliveries
@@ -303,9 +312,7 @@ impl Broker {
             .collect();
         let next_due = inner.state.next_due(now);
         drop(inner);
-        if let Some(journal) = durable {
-            journal.flush()?;
-        }
+        settle.wait()?;
         Ok((
             LeaseAnswer {
                 records,
@@ -498,11 +505,9 @@ impl Broker {
         if let Some(e) = failed {
             return Err(e);
         }
-        let durable = inner.to_sync();
+        let settle = inner.settle();
         drop(inner);
-        if let Some(journal) = durable {
-            journal.flush()?;
-        }
+        settle.wait()?;
         if released {
             g.notify();
         }
@@ -567,14 +572,14 @@ impl Broker {
         let now = now_ms();
         let settled = self.settle_due(g, &mut inner, now);
         let changed = inner.commit_staged()?;
-        let durable = inner.to_sync().filter(|_| changed);
+        let settle = changed.then(|| inner.settle());
         let expired = inner
             .state
             .next_due(now - 1_000)
             .is_some_and(|at| at <= now);
         drop(inner);
-        if let Some(journal) = durable {
-            journal.flush()?;
+        if let Some(settle) = settle {
+            settle.wait()?;
         }
         if changed || expired {
             g.notify();
@@ -600,7 +605,11 @@ impl Broker {
         for g in self.queues.all() {
             // The msync runs without the group's lock: leases and acks go on meanwhile.
             let journal = g.lock().journal();
-            journal.flush()?;
+            journal.log().flush()?;
+        }
+        // In a cluster, the journals this node follows too.
+        for journal in self.queues.cluster_journals() {
+            journal.log().flush()?;
         }
         Ok(())
     }

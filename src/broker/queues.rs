@@ -10,6 +10,12 @@
 //! default `memory` durability: a `kill -9` of the server loses none; the flush task makes
 //! them durable with the data's. With `default_durability = "fsync"` each change is flushed
 //! before its answer.
+//!
+//! In a cluster the journal is a replicated partition (`@queue.<group>` in the cluster's
+//! state) and the group's coordinator is its leader: every change is appended under that
+//! leadership and held on every in-sync replica before its answer
+//! ([`JournalReplication`]), and the node that leads the journal next replays it. The
+//! settings live in the cluster's store; only the groups this node coordinates are open.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,9 +26,49 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::error::BrokerError;
+use super::partition::Partition;
 use super::queue::{Event, QueueState};
 use super::topic::write_durably;
 use crate::log::{LogConfig, PartitionLog, Record};
+
+/// In a cluster: the replication of a queue group's journal, which this node leads.
+pub trait JournalReplication: Send + Sync + std::fmt::Debug {
+    /// Runs `append` as the journal's leader, while that leadership lasts (a change of role
+    /// waits for it); otherwise nothing runs and the answer is `NotCoordinator`. Blocks.
+    fn as_leader(
+        &self,
+        append: &mut dyn FnMut() -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError>;
+    /// Waits until every in-sync replica holds the journal below `end` (with `fsync`, has
+    /// made it durable), under the leadership it was appended under. Blocks.
+    fn wait_replicated(&self, end: u64, fsync: bool) -> Result<(), BrokerError>;
+    /// The leadership this replication appends under (it changes with every role change).
+    fn generation(&self) -> u64;
+}
+
+/// What an answer that changed a group waits for once the group's lock is let go: the
+/// journal flushed (`default_durability = "fsync"`), held by the in-sync replicas (in a
+/// cluster).
+#[must_use]
+#[derive(Debug)]
+pub struct Settle {
+    journal: Arc<Partition>,
+    fsync: bool,
+    replicated: Option<(Arc<dyn JournalReplication>, u64)>,
+}
+
+impl Settle {
+    /// Blocks until the changes are as safe as the answer says.
+    pub fn wait(self) -> Result<(), BrokerError> {
+        if self.fsync {
+            self.journal.log().flush()?;
+        }
+        match self.replicated {
+            Some((r, end)) => r.wait_replicated(end, self.fsync),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Name of the directory holding queue groups.
 pub const QUEUES_DIR: &str = "@queues";
@@ -43,6 +89,15 @@ pub struct QueueSettings {
 }
 
 impl QueueSettings {
+    /// The settings validated, their topics sorted and deduplicated (the same topics in
+    /// another order are the same settings).
+    pub fn normalized(mut self) -> Result<Self, BrokerError> {
+        self.validate()?;
+        self.topics.sort();
+        self.topics.dedup();
+        Ok(self)
+    }
+
     pub const DEFAULT_LEASE_MS: u64 = 30_000;
     pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
     pub const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
@@ -108,7 +163,9 @@ pub struct QueueInner {
     /// the journal, so the group answers nothing until the server restarts.
     poisoned: bool,
     snapshot_every: u64,
-    journal: Arc<PartitionLog>,
+    journal: Arc<Partition>,
+    /// In a cluster: the journal's replication, under whose leadership it is written.
+    replication: Option<Arc<dyn JournalReplication>>,
     since_snapshot: u64,
     fsync: bool,
     /// Events applied but not journalled yet (see [`QueueInner::stage`]).
@@ -159,15 +216,18 @@ impl QueueInner {
                 ..Record::value(b, now)
             })
             .collect();
-        if let Err(e) = self.journal.append(&records) {
-            match replay(&self.journal, "(after a failed append)") {
+        if let Err(e) = self.as_leader(&mut || {
+            self.journal.log().append(&records)?;
+            Ok(())
+        }) {
+            match replay(self.journal.log(), "(after a failed append)") {
                 Ok((state, since)) => (self.state, self.since_snapshot) = (state, since),
                 Err(again) => {
                     tracing::error!(error = %again, "a queue group's state could not be rebuilt from its journal; it answers nothing until a restart");
                     self.poisoned = true;
                 }
             }
-            return Err(e.into());
+            return Err(e);
         }
         self.since_snapshot += staged.len() as u64;
         if self.since_snapshot >= self.snapshot_every {
@@ -180,34 +240,58 @@ impl QueueInner {
         Ok(true)
     }
 
+    /// Runs the journal's `append` (in a cluster, as the journal's leader), and wakes its
+    /// followers' fetches. Blocks.
+    fn as_leader(
+        &self,
+        append: &mut dyn FnMut() -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
+        match &self.replication {
+            Some(r) => r.as_leader(append)?,
+            None => append()?,
+        }
+        self.journal.appended_to(self.journal.log().end_offset());
+        Ok(())
+    }
+
     /// Writes the state as one snapshot at the head of a new segment, and deletes the
-    /// segments before it. Blocks.
+    /// segments before it (a cluster's followers delete theirs when they see the leader's
+    /// start move). Blocks.
     fn compact(&mut self) -> Result<(), BrokerError> {
-        self.journal.roll()?;
         let snapshot = Event::Snapshot {
             state: Box::new(self.state.clone()),
         };
         let bytes = serde_json::to_vec(&snapshot).expect("a snapshot serializes");
-        let at = self
-            .journal
-            .append(&[Record::value(&bytes, crate::log::now_ms())])?
-            .first_offset;
-        self.journal.flush()?;
-        self.journal.delete_segments_below(at)?;
+        let log = self.journal.log();
+        self.as_leader(&mut || {
+            log.roll()?;
+            let at = log
+                .append(&[Record::value(&bytes, crate::log::now_ms())])?
+                .first_offset;
+            log.flush()?;
+            log.delete_segments_below(at)?;
+            Ok(())
+        })?;
         self.since_snapshot = 0;
         Ok(())
     }
 
-    /// With `default_durability = "fsync"`: the journal to flush before the answer, which
-    /// the caller does once it let go of the group's lock (so that the group's other
-    /// calls do not wait on the disk).
-    pub fn to_sync(&self) -> Option<Arc<PartitionLog>> {
-        self.fsync.then(|| Arc::clone(&self.journal))
+    /// What the answer waits for once the caller let go of the group's lock (so that the
+    /// group's other calls wait neither on the disk nor on the followers).
+    pub fn settle(&self) -> Settle {
+        Settle {
+            journal: Arc::clone(&self.journal),
+            fsync: self.fsync,
+            replicated: self
+                .replication
+                .as_ref()
+                .map(|r| (Arc::clone(r), self.journal.log().end_offset())),
+        }
     }
 
     /// The journal, to flush without holding the group's lock (the maintenance task's,
     /// with the data's).
-    pub fn journal(&self) -> Arc<PartitionLog> {
+    pub fn journal(&self) -> Arc<Partition> {
         Arc::clone(&self.journal)
     }
 }
@@ -250,7 +334,7 @@ impl QueueGroup {
     }
 }
 
-/// Every queue group.
+/// Every queue group (in a cluster: those this node coordinates).
 #[derive(Debug)]
 pub struct QueueGroups {
     dir: PathBuf,
@@ -259,13 +343,18 @@ pub struct QueueGroups {
     fsync: bool,
     snapshot_every: u64,
     groups: RwLock<BTreeMap<String, Arc<QueueGroup>>>,
+    /// In a cluster: every queue group of the cluster, with its settings.
+    cluster: RwLock<Option<BTreeMap<String, QueueSettings>>>,
+    /// In a cluster: the journals this node holds a replica of, opened once.
+    journals: Mutex<BTreeMap<String, Arc<Partition>>>,
 }
 
-fn journal_config() -> LogConfig {
+fn journal_config(replicated: bool) -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 20,
         reserve_chunk_bytes: 1 << 20,
         prefault_bytes: 256 << 10,
+        replicated,
         ..LogConfig::default()
     }
 }
@@ -337,6 +426,8 @@ impl QueueGroups {
             fsync,
             snapshot_every,
             groups: RwLock::new(groups),
+            cluster: RwLock::new(None),
+            journals: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -347,10 +438,29 @@ impl QueueGroups {
         fsync: bool,
         snapshot_every: u64,
     ) -> Result<QueueGroup, BrokerError> {
-        let (journal, _) = PartitionLog::open(&path.join("journal"), journal_config())?;
+        let journal = Partition::open(&path.join("journal"), 0, &journal_config(false))?;
+        Self::replayed(
+            Arc::new(journal),
+            None,
+            name,
+            settings,
+            fsync,
+            snapshot_every,
+        )
+    }
+
+    /// A group whose state is read back from `journal`. Blocks.
+    fn replayed(
+        journal: Arc<Partition>,
+        replication: Option<Arc<dyn JournalReplication>>,
+        name: &str,
+        settings: QueueSettings,
+        fsync: bool,
+        snapshot_every: u64,
+    ) -> Result<QueueGroup, BrokerError> {
         let started = std::time::Instant::now();
-        let (state, since_snapshot) = replay(&journal, name)?;
-        if journal.end_offset() > 0 {
+        let (state, since_snapshot) = replay(journal.log(), name)?;
+        if journal.log().end_offset() > 0 {
             tracing::info!(
                 group = name,
                 events = since_snapshot,
@@ -365,7 +475,8 @@ impl QueueGroups {
                 state,
                 poisoned: false,
                 snapshot_every,
-                journal: Arc::new(journal),
+                journal,
+                replication,
                 since_snapshot,
                 fsync,
                 staged: Vec::new(),
@@ -384,6 +495,112 @@ impl QueueGroups {
             fsync: false,
             snapshot_every: SNAPSHOT_EVERY,
             groups: RwLock::new(BTreeMap::new()),
+            cluster: RwLock::new(None),
+            journals: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Makes the cluster's queue groups this node's (once, when it joins a cluster): its
+    /// own are left on disk as they are, and none is open until this node leads its
+    /// journal.
+    pub fn enter_cluster(&self) {
+        let mut cluster = self.cluster.write().unwrap_or_else(|p| p.into_inner());
+        if cluster.is_none() {
+            *cluster = Some(BTreeMap::new());
+            self.groups
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+    }
+
+    /// In a cluster: the queue groups it has now, with their settings.
+    pub fn follow_cluster(&self, all: BTreeMap<String, QueueSettings>) {
+        let mut cluster = self.cluster.write().unwrap_or_else(|p| p.into_inner());
+        if cluster.is_some() {
+            *cluster = Some(all);
+        }
+    }
+
+    /// In a cluster: the settings of the cluster's queue group `group`; outside one, `None`.
+    pub fn in_cluster(&self, group: &str) -> Option<QueueSettings> {
+        let cluster = self.cluster.read().unwrap_or_else(|p| p.into_inner());
+        cluster.as_ref()?.get(group).cloned()
+    }
+
+    /// Whether this node is part of a cluster.
+    pub fn clustered(&self) -> bool {
+        self.cluster
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// In a cluster: this node's replica of `group`'s journal, opened (created) once, as a
+    /// partition of the cluster's journal `@queue.<group>`. Blocks.
+    pub fn cluster_journal(&self, group: &str) -> Result<Arc<Partition>, BrokerError> {
+        super::validate_name(group)?;
+        let mut journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = journals.get(group) {
+            return Ok(Arc::clone(j));
+        }
+        // Apart from the journal of a queue group of that name this node had on its own.
+        let path = self.dir.join(group).join("cluster-journal");
+        std::fs::create_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
+        let j = Arc::new(Partition::open(&path, 0, &journal_config(true))?);
+        journals.insert(group.to_owned(), Arc::clone(&j));
+        Ok(j)
+    }
+
+    /// In a cluster: the journals this node holds a replica of.
+    pub fn cluster_journals(&self) -> Vec<Arc<Partition>> {
+        let journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
+        journals.values().cloned().collect()
+    }
+
+    /// In a cluster: opens `group` as its coordinator, its state replayed from the journal
+    /// this node now leads under `replication`. Blocks.
+    pub fn activate(
+        &self,
+        group: &str,
+        settings: QueueSettings,
+        replication: Arc<dyn JournalReplication>,
+    ) -> Result<(), BrokerError> {
+        let journal = self.cluster_journal(group)?;
+        let g = Self::replayed(
+            journal,
+            Some(replication),
+            group,
+            settings,
+            self.fsync,
+            self.snapshot_every,
+        )?;
+        tracing::info!(group, "coordinating the queue group");
+        self.groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(group.to_owned(), Arc::new(g));
+        Ok(())
+    }
+
+    /// In a cluster: the leadership `group` is open under here, if it is.
+    pub fn active_generation(&self, group: &str) -> Option<u64> {
+        let g = self.get(group)?;
+        let inner = g.lock();
+        inner.replication.as_ref().map(|r| r.generation())
+    }
+
+    /// In a cluster: closes `group` here (another node coordinates it now; what its calls
+    /// still append under the old leadership is refused).
+    pub fn deactivate(&self, group: &str) {
+        let removed = self
+            .groups
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(group);
+        if let Some(g) = removed {
+            tracing::info!(group, "no longer coordinating the queue group");
+            g.notify();
         }
     }
 
@@ -404,7 +621,11 @@ impl QueueGroups {
             .collect()
     }
 
+    /// The queue groups' names, sorted (in a cluster, all of the cluster's).
     pub fn names(&self) -> Vec<String> {
+        if let Some(all) = &*self.cluster.read().unwrap_or_else(|p| p.into_inner()) {
+            return all.keys().cloned().collect();
+        }
         self.groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -415,11 +636,8 @@ impl QueueGroups {
 
     /// Creates a queue group; `Ok(false)` when it exists with the same settings,
     /// `GroupExists` when with others. Durable before it returns. Blocks.
-    pub fn create(&self, group: &str, mut settings: QueueSettings) -> Result<bool, BrokerError> {
-        settings.validate()?;
-        // The same topics in another order are the same settings.
-        settings.topics.sort();
-        settings.topics.dedup();
+    pub fn create(&self, group: &str, settings: QueueSettings) -> Result<bool, BrokerError> {
+        let settings = settings.normalized()?;
         // Creations take turns; the map's lock, which readers on async workers take, is
         // held only to look up and to insert, never across the file work.
         let _creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());

@@ -26,6 +26,9 @@ pub const HW_HEADER: &str = "x-mapq-high-watermark";
 pub const DURABLE_HW_HEADER: &str = "x-mapq-durable-high-watermark";
 pub const FLUSH_TO_HEADER: &str = "x-mapq-flush-to";
 pub const EPOCHS_HEADER: &str = "x-mapq-leader-epochs";
+/// The leader's first offset: a follower deletes its segments below it (and below its high
+/// watermark), as the leader's retention or a queue group journal's compaction did.
+pub const LOG_START_HEADER: &str = "x-mapq-log-start";
 
 /// The answer of `GET /v1/internal/epoch-end/...`.
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
@@ -254,10 +257,11 @@ async fn fetch_once(
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let (leader_hw, leader_durable_hw, flush_to) = (
+    let (leader_hw, leader_durable_hw, flush_to, leader_start) = (
         number(HW_HEADER),
         number(DURABLE_HW_HEADER),
         number(FLUSH_TO_HEADER),
+        number(LOG_START_HEADER),
     );
     let epochs = decode_epochs(&header(EPOCHS_HEADER).unwrap_or_default());
     let body = resp.bytes().await?;
@@ -291,7 +295,12 @@ async fn fetch_once(
                 .map_err(|e| FollowError::Local(e.to_string()))?;
         }
         r2.under_role(generation, || {
-            r2.advance(leader_hw.min(new_end), leader_durable_hw.min(durable))
+            r2.advance(leader_hw.min(new_end), leader_durable_hw.min(durable))?;
+            let below = leader_start.min(r2.marks().hw);
+            if below > r2.p.log().start_offset() {
+                r2.p.log().delete_segments_below(below)?;
+            }
+            Ok::<_, BrokerError>(())
         })
         .ok_or(FollowError::RoleChanged)?
         .map_err(|e| FollowError::Local(e.to_string()))?;

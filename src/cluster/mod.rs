@@ -12,6 +12,7 @@
 pub mod epochs;
 pub mod etcd;
 mod follower;
+mod journals;
 pub mod metrics;
 pub mod replica;
 pub mod state;
@@ -30,7 +31,7 @@ use crate::config::{Config, Durability};
 use etcd::{Compare, Etcd, EtcdError, Op};
 pub use follower::{
     encode_epochs, EpochEnd, DURABLE_HW_HEADER, EPOCHS_HEADER, FETCH_WAIT_MS, FLUSH_TO_HEADER,
-    HW_HEADER,
+    HW_HEADER, LOG_START_HEADER,
 };
 pub use replica::{Marks, Refusal, Replica, Role};
 use state::{ClusterView, NodeInfo, PartitionState, TopicSpec};
@@ -192,10 +193,15 @@ impl Cluster {
         });
         cluster.register(id).await?;
         // Committed offsets live in etcd from now on.
-        cluster.broker.groups().share(Box::new(EtcdOffsets {
+        let store = EtcdOffsets {
             etcd: Arc::clone(&cluster.etcd),
             runtime: tokio::runtime::Handle::current(),
-        }));
+        };
+        cluster.broker.groups().share(Box::new(store.clone()));
+        // So do groups with members: their next coordinator takes them up from there.
+        cluster.broker.share_member_groups(Arc::new(store));
+        // Queue groups are opened where their journals are led.
+        cluster.broker.queue_groups().enter_cluster();
         tracing::info!(node_id = %cluster.settings.node_id, advertised_http = %cluster.settings.advertised_http, "joined the cluster");
         cluster.poll_once().await;
         tokio::spawn(Arc::clone(&cluster).session_loop());
@@ -392,6 +398,17 @@ impl Cluster {
         self.broker
             .groups()
             .follow_shared(view.revision, view.offsets.clone());
+        self.broker
+            .follow_member_groups(view.revision, &view.member_groups, |g| {
+                self.coordinator_of(g)
+                    .is_some_and(|n| n.node_id == self.settings.node_id)
+            });
+        self.broker.queue_groups().follow_cluster(
+            view.queues
+                .iter()
+                .map(|(g, q)| (g.clone(), q.settings.clone()))
+                .collect(),
+        );
         self.reconcile(&view).await;
         if !self.lease_valid() {
             return;
@@ -478,10 +495,7 @@ impl Cluster {
                 .await;
             match written {
                 Ok(Some(revision)) => {
-                    let min_isr = view
-                        .topics
-                        .get(&r.topic)
-                        .map_or(1, |t| t.min_insync_replicas);
+                    let min_isr = view.min_isr(&r.topic);
                     tracing::info!(topic = %r.topic, partition = r.partition, ?isr, "in-sync replicas changed");
                     if r.refresh_leader(epoch, &isr, revision, min_isr) {
                         self.move_marks(&r).await;
@@ -523,6 +537,11 @@ impl Cluster {
         for ((topic, partition), v) in &view.partitions {
             let result = self.take_up_partition(view, topic, *partition, v).await;
             self.note_failure(&format!("{topic}/{partition}"), result);
+            if let Some(r) = self.replica(topic, *partition) {
+                self.sync_queue_group(view, &r).await;
+            } else if let Some(group) = state::group_of_journal(topic) {
+                self.broker.queue_groups().deactivate(group);
+            }
         }
     }
 
@@ -619,10 +638,22 @@ impl Cluster {
         let r = match self.replica(topic, partition) {
             Some(r) => r,
             None => {
-                let Ok(t) = self.broker.topic(topic) else {
-                    return Ok(());
+                let p = match state::group_of_journal(topic) {
+                    Some(group) => {
+                        let (broker, group) = (Arc::clone(&self.broker), group.to_owned());
+                        tokio::task::spawn_blocking(move || {
+                            broker.queue_groups().cluster_journal(&group)
+                        })
+                        .await
+                        .map_err(|e| ClusterError::Refused(e.to_string()))??
+                    }
+                    None => {
+                        let Ok(t) = self.broker.topic(topic) else {
+                            return Ok(());
+                        };
+                        Arc::clone(t.partition(partition)?)
+                    }
                 };
-                let p = Arc::clone(t.partition(partition)?);
                 let (topic2, me2) = (topic.to_owned(), me.clone());
                 let r =
                     tokio::task::spawn_blocking(move || Replica::open(&topic2, partition, p, &me2))
@@ -634,7 +665,7 @@ impl Cluster {
                 r
             }
         };
-        let min_isr = view.topics.get(topic).map_or(1, |t| t.min_insync_replicas);
+        let min_isr = view.min_isr(topic);
         match s.leader.as_deref() {
             // Led by this node's previous process (restarted before its lease ran out):
             // it leads again under a new epoch, as any new leader does, so that every
@@ -662,11 +693,17 @@ impl Cluster {
                         s.leader_epoch,
                         v.mod_revision,
                     );
-                    let t = self.broker.topic(topic)?;
+                    // A queue group's journal has no idempotency keys.
+                    let t = match state::group_of_journal(topic) {
+                        Some(_) => None,
+                        None => Some(self.broker.topic(topic)?),
+                    };
                     tokio::task::spawn_blocking(move || {
                         // Retries of requests the previous leader stored are answered
                         // from the log.
-                        t.learn_idempotency(r2.partition)?;
+                        if let Some(t) = t {
+                            t.learn_idempotency(r2.partition)?;
+                        }
                         r2.become_leader(epoch, isr, rev, min_isr)
                     })
                     .await
@@ -915,12 +952,18 @@ impl Cluster {
         }
     }
 
-    /// The node that coordinates `group` (Kafka consumer groups): of the live nodes, the one
-    /// whose hash with the group is highest (rendezvous hashing), so every node names the
-    /// same one, and a node's loss moves only its own groups. Their committed offsets are
-    /// in etcd; their members rejoin, as after a Kafka coordinator move.
+    /// The node that coordinates `group` (a group with members, a Kafka consumer group):
+    /// of the live nodes, the one whose hash with the group is highest (rendezvous
+    /// hashing), so every node names the same one, and a node's loss moves only its own
+    /// groups. Their committed offsets are in etcd, and so is the state of a group with
+    /// members, which the next coordinator takes up; Kafka consumers rejoin, as after a
+    /// Kafka coordinator move. A queue group's coordinator is its journal's leader (none
+    /// while the journal has no leader).
     pub fn coordinator_of(&self, group: &str) -> Option<NodeInfo> {
         let view = self.view();
+        if view.queues.contains_key(group) {
+            return view.leader_of(&state::journal_topic(group), 0).cloned();
+        }
         view.nodes
             .values()
             .max_by_key(|n| {
@@ -1033,8 +1076,9 @@ async fn idle(replicas: Vec<Arc<Replica>>) {
     .await;
 }
 
-/// Committed offsets kept in etcd (see [`crate::broker::groups::SharedOffsets`]).
-#[derive(Debug)]
+/// Committed offsets and groups with members kept in etcd (see
+/// [`crate::broker::groups::SharedOffsets`] and [`crate::broker::members::SharedGroups`]).
+#[derive(Debug, Clone)]
 struct EtcdOffsets {
     etcd: Arc<Etcd>,
     runtime: tokio::runtime::Handle,
@@ -1056,6 +1100,36 @@ impl crate::broker::groups::SharedOffsets for EtcdOffsets {
             Ok(None) => Err(BrokerError::ClusterStore(
                 "the transaction was not applied".into(),
             )),
+            Err(e) => Err(BrokerError::ClusterStore(e.to_string())),
+        }
+    }
+}
+
+impl crate::broker::members::SharedGroups for EtcdOffsets {
+    fn write(
+        &self,
+        group: &str,
+        value: Option<&[u8]>,
+        revision: i64,
+    ) -> Result<Option<i64>, BrokerError> {
+        let key = state::group_key(group);
+        let fence = if revision == 0 {
+            Compare::Absent(key.clone())
+        } else {
+            Compare::ModRevision(key.clone(), revision)
+        };
+        let op = match value {
+            Some(v) => Op::Put {
+                key,
+                value: v.to_vec(),
+                lease: 0,
+            },
+            None => Op::Delete { key, prefix: false },
+        };
+        // Group calls run on the blocking pool, where waiting on the runtime is allowed.
+        match self.runtime.block_on(self.etcd.txn(&[fence], &[op])) {
+            Ok(Some(at)) => Ok(Some(if value.is_some() { at } else { 0 })),
+            Ok(None) => Ok(None),
             Err(e) => Err(BrokerError::ClusterStore(e.to_string())),
         }
     }

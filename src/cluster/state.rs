@@ -9,6 +9,10 @@
 //!   that compare its `mod_revision` (the fence).
 //! - `offsets/<group>/<topic>/<partition>`: a committed offset (decimal), as Kafka kept
 //!   them in ZooKeeper: every node serves them, and they survive any node.
+//! - `groups/<group>`: a group with members (its settings, members, assignments and
+//!   epochs), written by its coordinator with a fence on the revision it last wrote.
+//! - `queues/<group>`: a queue group's settings; its journal is the partition
+//!   `partitions/@queue.<group>/0`, whose leader coordinates the group.
 
 use std::collections::BTreeMap;
 
@@ -30,6 +34,26 @@ pub fn topic_key(topic: &str) -> String {
 
 pub fn partition_key(topic: &str, partition: u32) -> String {
     format!("{PREFIX}partitions/{topic}/{partition}")
+}
+
+pub fn queue_key(group: &str) -> String {
+    format!("{PREFIX}queues/{group}")
+}
+
+/// The name, in the cluster's state, of a queue group's journal: `@` is in no topic's name.
+pub fn journal_topic(group: &str) -> String {
+    format!("{JOURNAL_PREFIX}{group}")
+}
+
+/// The queue group whose journal `topic` names, if it names one.
+pub fn group_of_journal(topic: &str) -> Option<&str> {
+    topic.strip_prefix(JOURNAL_PREFIX)
+}
+
+pub const JOURNAL_PREFIX: &str = "@queue.";
+
+pub fn group_key(group: &str) -> String {
+    format!("{PREFIX}groups/{group}")
 }
 
 pub fn offset_key(group: &str, topic: &str, partition: u32) -> String {
@@ -54,6 +78,14 @@ impl NodeInfo {
         let (host, port) = self.advertised_kafka.rsplit_once(':')?;
         Some((host, port.parse().ok()?))
     }
+}
+
+/// A queue group as the cluster knows it: its settings, and its journal's replication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSpec {
+    pub settings: crate::broker::queues::QueueSettings,
+    pub replication_factor: u32,
+    pub min_insync_replicas: u32,
 }
 
 /// A topic as the cluster knows it.
@@ -94,6 +126,10 @@ pub struct ClusterView {
     pub partitions: BTreeMap<(String, u32), Versioned>,
     /// Committed offsets by group.
     pub offsets: BTreeMap<String, crate::broker::groups::GroupOffsets>,
+    /// Groups with members: their state (JSON) and its revision.
+    pub member_groups: BTreeMap<String, (Vec<u8>, i64)>,
+    /// Queue groups.
+    pub queues: BTreeMap<String, QueueSpec>,
 }
 
 impl ClusterView {
@@ -118,6 +154,14 @@ impl ClusterView {
                 serde_json::from_slice::<TopicSpec>(&kv.value).map(|s| {
                     view.topics.insert(t.to_owned(), s);
                 })
+            } else if let Some(g) = rest.strip_prefix("queues/") {
+                serde_json::from_slice::<QueueSpec>(&kv.value).map(|q| {
+                    view.queues.insert(g.to_owned(), q);
+                })
+            } else if let Some(g) = rest.strip_prefix("groups/") {
+                view.member_groups
+                    .insert(g.to_owned(), (kv.value.clone(), kv.mod_revision));
+                Ok(())
             } else if let Some(gtp) = rest.strip_prefix("offsets/") {
                 let parsed = gtp.split_once('/').and_then(|(g, tp)| {
                     let (t, p) = tp.rsplit_once('/')?;
@@ -160,6 +204,14 @@ impl ClusterView {
             }
         }
         view
+    }
+
+    /// The minimum in-sync replicas of a topic's (or a queue group journal's) partitions.
+    pub fn min_isr(&self, topic: &str) -> u32 {
+        match group_of_journal(topic) {
+            Some(g) => self.queues.get(g).map_or(1, |q| q.min_insync_replicas),
+            None => self.topics.get(topic).map_or(1, |t| t.min_insync_replicas),
+        }
     }
 
     pub fn is_alive(&self, node: &str) -> bool {

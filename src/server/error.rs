@@ -127,7 +127,9 @@ impl From<BrokerError> for ApiError {
                 )
             }
             BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
-            BrokerError::ClusterStore(_) => Self::new(ErrorCode::LeaderNotAvailable, msg),
+            BrokerError::ClusterStore(_) | BrokerError::NotCoordinator(_) => {
+                Self::new(ErrorCode::LeaderNotAvailable, msg)
+            }
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_)
             | BrokerError::Locked { .. }

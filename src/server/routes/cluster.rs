@@ -98,31 +98,7 @@ pub fn uncommitted_error(refusal: &Refusal, topic: &str) -> ApiError {
 /// Makes sure `name` exists in the cluster before a write: created with the defaults when
 /// missing and `auto_create_topics` is on.
 pub async fn ensure_topic(c: &Arc<Cluster>, name: &str) -> ApiResult<()> {
-    let known = |c: &Cluster| c.view().topics.contains_key(name) && c.broker().topic(name).is_ok();
-    if known(c) {
-        return Ok(());
-    }
-    // Perhaps created a moment ago through another node.
-    c.poll_once().await;
-    if known(c) {
-        return Ok(());
-    }
-    let config = c.broker().config();
-    if !config.auto_create_topics {
-        return Err(crate::broker::BrokerError::TopicNotFound(name.to_owned()).into());
-    }
-    let partitions = config.default_partitions;
-    match c
-        .create_topic(name, partitions, None, None, Default::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(cluster::ClusterError::TopicExists(_)) => {
-            c.poll_once().await;
-            Ok(())
-        }
-        Err(e) => Err(cluster_error(e)),
-    }
+    c.ensure_topic(name).await.map_err(cluster_error)
 }
 
 /// An error of the cluster layer as an answer.
@@ -322,6 +298,10 @@ pub async fn replicate(
         HeaderValue::from(marks.durable_hw),
     );
     h.insert(cluster::FLUSH_TO_HEADER, HeaderValue::from(marks.flush_to));
+    h.insert(
+        cluster::LOG_START_HEADER,
+        HeaderValue::from(r.p.log().start_offset()),
+    );
     if let Ok(v) = HeaderValue::try_from(epochs) {
         h.insert(cluster::EPOCHS_HEADER, v);
     }

@@ -135,8 +135,16 @@ pub async fn put_group(
             if !consumes || !produces_dlq {
                 return Err(crate::server::forbidden(&principal));
             }
-            let (name, s) = (group.clone(), settings.clone());
-            let created = blocking(move || Ok(broker.create_queue_group(&name, s)?)).await?;
+            let created = match state.cluster_for_write()? {
+                Some(c) => c
+                    .create_queue_group(&group, settings.clone())
+                    .await
+                    .map_err(super::cluster::cluster_error)?,
+                None => {
+                    let (name, s) = (group.clone(), settings.clone());
+                    blocking(move || Ok(broker.create_queue_group(&name, s)?)).await?
+                }
+            };
             (
                 created,
                 PutGroupOut::Queue(super::queues::settings_out(&group, &settings)),
