@@ -42,6 +42,11 @@ pub struct PartitionStats {
     pub start_offset: u64,
     /// The high watermark: the offset the next record will get.
     pub end_offset: u64,
+    /// Records below this offset are durable (msynced).
+    pub durable_offset: u64,
+    /// What consumers may read up to: the end offset, or in a cluster what every in-sync
+    /// replica holds.
+    pub high_watermark: u64,
     pub size_bytes: u64,
     pub segments: u64,
 }

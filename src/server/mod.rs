@@ -12,6 +12,7 @@
 
 pub mod access;
 mod body;
+pub mod console;
 pub mod error;
 pub mod metrics;
 mod middleware;
@@ -200,6 +201,8 @@ fn assemble(
         // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::Extension(api))
+        // The web console's files and whoami, outside the API's authorization.
+        .merge(console::routes())
         .with_state(state)
 }
 

@@ -36,6 +36,8 @@ pub fn describe(t: &Topic) -> TopicDescription {
                     partition: p.id(),
                     start_offset: log.start_offset(),
                     end_offset: log.end_offset(),
+                    durable_offset: log.durable_offset(),
+                    high_watermark: p.high_watermark(),
                     size_bytes: log.size_bytes(),
                     segments: log.segment_count() as u64,
                 }
