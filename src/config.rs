@@ -36,6 +36,8 @@ pub struct Config {
     pub segment_ms: Option<u64>,
     /// How long an `Idempotency-Key` is remembered after its records were appended.
     pub idempotency_window_ms: u64,
+    /// Events after which a queue group's journal is compacted into a snapshot.
+    pub queue_snapshot_every: u64,
     #[serde(deserialize_with = "nullable")]
     pub retention_ms: Option<u64>,
     #[serde(deserialize_with = "nullable")]
@@ -366,6 +368,9 @@ impl Config {
                 "default_partitions",
                 "must be between 1 and max_partitions_per_topic",
             );
+        }
+        if self.queue_snapshot_every < 10 {
+            return bad("queue_snapshot_every", "must be at least 10");
         }
         if self.max_record_bytes > self.max_request_bytes {
             return bad("max_record_bytes", "must not exceed max_request_bytes");

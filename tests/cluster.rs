@@ -43,6 +43,8 @@ struct Nodes {
     kafka: Option<Vec<u16>>,
     dirs: Vec<tempfile::TempDir>,
     servers: Vec<Option<Server>>,
+    /// More `MAPQ_*` settings of every node.
+    env: Vec<(String, String)>,
 }
 
 impl Nodes {
@@ -51,7 +53,15 @@ impl Nodes {
     }
 
     fn start_with(etcd: &Etcd, n: usize, kafka: bool) -> Nodes {
+        Self::start_env(etcd, n, kafka, &[])
+    }
+
+    fn start_env(etcd: &Etcd, n: usize, kafka: bool, env: &[(&str, &str)]) -> Nodes {
         let mut nodes = Nodes {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             etcd: etcd.url.clone(),
             ids: (1..=n).map(|i| format!("n{i}")).collect(),
             ports: (0..n).map(|_| common::etcd::free_port()).collect(),
@@ -71,12 +81,14 @@ impl Nodes {
             .kafka
             .as_ref()
             .map_or(String::new(), |k| format!("127.0.0.1:{}", k[i]));
+        let mut env: Vec<(&str, &str)> = vec![("MAPQ_KAFKA_LISTEN", &kafka)];
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         self.servers[i] = Some(start_node(
             self.dirs[i].path(),
             self.ports[i],
             &self.etcd,
             &self.ids[i],
-            &[("MAPQ_KAFKA_LISTEN", &kafka)],
+            &env,
         ));
     }
 
@@ -1286,6 +1298,22 @@ async fn call(
     }
 }
 
+/// The first offset of the queue group journal's replica in a node's data directory.
+fn journal_start(data_dir: &std::path::Path, group: &str) -> u64 {
+    let dir = data_dir.join("@queues").join(group).join("cluster-journal");
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_suffix(".log")?.parse::<u64>().ok()
+                })
+                .min()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 /// A leased record: partition, offset, lease token, delivery.
 type Leased = (u32, u64, String, u64);
 
@@ -1350,7 +1378,9 @@ async fn ack(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_outlive_their_coordinators() {
     let etcd = Etcd::start();
-    let mut nodes = Nodes::start(&etcd, 3);
+    // Journals compacted every 20 events: compaction and its following on the replicas run
+    // through the failover too.
+    let mut nodes = Nodes::start_env(&etcd, 3, false, &[("MAPQ_QUEUE_SNAPSHOT_EVERY", "20")]);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(10))
@@ -1414,6 +1444,60 @@ async fn groups_outlive_their_coordinators() {
     .await;
     assert_eq!(status, 200, "{joined}");
     let epoch = joined["member_epoch"].as_u64().unwrap();
+
+    // Dead letters go to the dead-letter partition's leader, once each, whichever node
+    // coordinates the group.
+    let (status, body) = call(
+        &http,
+        &nodes,
+        reqwest::Method::PUT,
+        "/v1/groups/d",
+        Some(json!({"type": "queue", "topics": ["jobs"], "lease_ms": 200, "max_deliveries": 1, "dead_letter_topic": "jobs.dlq"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(lease(&http, &nodes, "d", 3).await.len(), 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let (_, dlq) = call(
+            &http,
+            &nodes,
+            reqwest::Method::GET,
+            "/v1/topics/jobs.dlq/partitions/0/records?offset=0",
+            None,
+        )
+        .await;
+        let records = dlq["records"].as_array().cloned().unwrap_or_default();
+        if records.len() >= 3 {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "dead letters: {dlq}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, dlq) = call(
+        &http,
+        &nodes,
+        reqwest::Method::GET,
+        "/v1/topics/jobs.dlq/partitions/0/records?offset=0",
+        None,
+    )
+    .await;
+    assert_eq!(dlq["records"].as_array().unwrap().len(), 3, "{dlq}");
+    let origins: std::collections::BTreeSet<(String, String)> = dead
+        .iter()
+        .map(|r| {
+            assert_eq!(r["headers"]["dlq.group"], "d", "{r}");
+            assert_eq!(r["headers"]["dlq.reason"], "max_deliveries", "{r}");
+            (
+                r["headers"]["dlq.partition"].as_str().unwrap().to_owned(),
+                r["headers"]["dlq.offset"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(origins.len(), 3, "{dead:?}");
+    let (_, d) = call(&http, &nodes, reqwest::Method::GET, "/v1/groups/d", None).await;
+    assert_eq!(d["dead_lettered"], 3, "{d}");
 
     // The queue group's journal is replicated on all three nodes before the kill.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -1519,6 +1603,48 @@ async fn groups_outlive_their_coordinators() {
     // then its settings, its member and its epoch are the next coordinator's; the
     // member's heartbeat at its epoch is answered, not fenced.
     nodes.restart(nodes.index_of(&coordinator));
+    // The journal was compacted while the first coordinator was away: its leader deleted
+    // what the snapshots replaced, and the returning node, whose journal ended before the
+    // leader's start, started its replica again there and caught up (all three in sync).
+    let returning = nodes.index_of(&coordinator);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = cluster_state(&http, &nodes).await;
+        let leader = leader_of(&state, "@queue.q", 0).map(|l| nodes.index_of(&l));
+        let isr = state["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["topic"] == "@queue.q")
+            .map_or(0, |p| p["isr"].as_array().unwrap().len());
+        let starts: Vec<u64> = (0..3)
+            .map(|i| journal_start(nodes.dirs[i].path(), "q"))
+            .collect();
+        if isr == 3 && leader.is_some_and(|l| starts[l] > 0) && starts[returning] > 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = nodes
+                .servers
+                .iter()
+                .flatten()
+                .map(|s| {
+                    s.log_text()
+                        .lines()
+                        .filter(|l| l.contains("queue") || l.contains("journal"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+                .collect();
+            panic!(
+                "journal starts {starts:?} (leader {leader:?}, returning {returning}, {isr} in sync); logs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, q) = call(&http, &nodes, reqwest::Method::GET, "/v1/groups/q", None).await;
+    assert_eq!((status, &q["in_flight"]), (200, &json!(65)), "{q}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let m_coordinator = loop {
         let mut answering = Vec::new();
@@ -1559,5 +1685,9 @@ async fn groups_outlive_their_coordinators() {
     assert_eq!(status, 200, "{beat}");
     assert_eq!(beat["session_timeout_ms"], 60000, "{beat}");
     assert_eq!(beat["assignment"].as_array().unwrap().len(), 2, "{beat}");
+    // The queue group, wherever it is led now (perhaps by the replica that started again
+    // at a snapshot), still holds its 65 leases.
+    let (status, q) = call(&http, &nodes, reqwest::Method::GET, "/v1/groups/q", None).await;
+    assert_eq!((status, &q["in_flight"]), (200, &json!(65)), "{q}");
     drop(etcd);
 }

@@ -699,3 +699,29 @@ fn a_deletion_interrupted_by_a_crash_leaves_no_deleted_mark_behind() {
     }
     assert_eq!(read, 8);
 }
+
+#[test]
+fn an_empty_partition_can_start_at_any_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let cfg = small_config(64 << 10);
+    PartitionLog::create_empty_at(&path, &cfg, 1000).unwrap();
+    assert!(
+        PartitionLog::create_empty_at(&path, &cfg, 5).is_err(),
+        "an existing directory is never replaced"
+    );
+    {
+        let (log, _) = PartitionLog::open(&path, cfg.clone()).unwrap();
+        assert_eq!((log.start_offset(), log.end_offset()), (1000, 1000));
+        assert!(matches!(
+            log.read(999, 10, 1 << 20),
+            Err(LogError::OffsetOutOfRange { earliest: 1000, .. })
+        ));
+        assert_eq!(append_range(&log, 1000, 1500), 1000);
+        log.flush().unwrap();
+    }
+    // Reopened (recovered): it keeps its start, and its records at their offsets.
+    let (log, _) = PartitionLog::open(&path, cfg).unwrap();
+    assert_eq!((log.start_offset(), log.end_offset()), (1000, 1500));
+    assert_eq!(check_all(&log, 1000), 1500);
+}

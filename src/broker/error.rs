@@ -81,6 +81,13 @@ pub enum BrokerError {
     /// change.
     #[error("the cluster's etcd did not take this change: {0}")]
     ClusterStore(String),
+    /// In a cluster: fewer in-sync replicas than the minimum (of a queue group's journal).
+    #[error("{what} has {isr} in-sync replicas, fewer than min_insync_replicas ({min}); nothing changed")]
+    NotEnoughReplicas { what: String, isr: usize, min: u32 },
+    /// In a cluster: a queue group's dead letter could not be handed to the leader of its
+    /// dead-letter partition (it stays due, and is tried again).
+    #[error("a dead letter could not be appended: {0}")]
+    DeadLetter(String),
     /// In a cluster: another node coordinates this group now (or is taking it up).
     #[error("this node no longer coordinates group '{0}' (another node took it up); retry")]
     NotCoordinator(String),

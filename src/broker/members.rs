@@ -311,6 +311,15 @@ impl GroupState {
         }
     }
 
+    /// In a cluster: `NotCoordinator` when this copy is no longer the group's current state
+    /// (another node wrote it since, or the cluster's newer state replaced it here).
+    pub fn check_current(&self, group: &str) -> Result<(), BrokerError> {
+        if self.revision == STALE || (self.removed && self.revision != 0) {
+            return Err(BrokerError::NotCoordinator(group.to_owned()));
+        }
+        Ok(())
+    }
+
     /// Why `member` may not call: `fenced_member` if it was removed, else `unknown_member`.
     fn missing(&self, member: &str) -> CoordinatorError {
         if self.fenced.contains(member) {
@@ -542,7 +551,9 @@ impl MemberGroup {
 #[derive(Debug)]
 pub struct MemberGroups {
     dir: PathBuf,
-    /// Held only to find or insert a group (lock order: this map, then a group).
+    /// Held only to find, insert or remove a group, never while waiting for a group's lock
+    /// (which a call holds across its write, to etcd in a cluster): a removal locks the
+    /// group first, then this map; the cluster's reads only try the groups' locks.
     groups: RwLock<HashMap<String, Arc<MemberGroup>>>,
     /// In a cluster: the store every group's state is written to.
     shared: std::sync::OnceLock<Arc<dyn SharedGroups>>,
@@ -609,6 +620,7 @@ impl MemberGroups {
         all: &BTreeMap<String, (Vec<u8>, i64)>,
         mine: impl Fn(&str) -> bool,
         partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
+        have_topics: impl Fn(&BTreeSet<String>) -> bool,
         now_ms: i64,
     ) {
         let Some(store) = self.shared.get() else {
@@ -656,6 +668,19 @@ impl MemberGroups {
                     continue;
                 }
             };
+            // Taken up once this node has the topics its members subscribe to (a node that
+            // has just joined creates them first): restored without them, the group would
+            // drop every assignment, and hand partitions out again without revoking them.
+            let subscribed: BTreeSet<String> = file
+                .state
+                .members
+                .iter()
+                .flat_map(|m| m.topics.iter().cloned())
+                .collect();
+            if !have_topics(&subscribed) {
+                groups.remove(name);
+                continue;
+            }
             let mut st = GroupState::restore(file, &partitions, now_ms);
             st.revision = *at;
             let g = MemberGroup::new(name, Store::Shared(Arc::clone(store)), st);
@@ -771,18 +796,19 @@ impl MemberGroups {
         g: &Arc<MemberGroup>,
         gone: impl FnOnce(&GroupState) -> bool,
     ) -> Result<(), BrokerError> {
-        let mut all = self.groups.write().unwrap_or_else(|p| p.into_inner());
-        if !all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g)) {
+        let mut st = g.lock();
+        if st.removed || !gone(&st) {
             return Ok(());
         }
-        let mut st = g.lock();
-        if !gone(&st) {
-            return Ok(());
+        {
+            let mut all = self.groups.write().unwrap_or_else(|p| p.into_inner());
+            if !all.get(group).is_some_and(|cur| Arc::ptr_eq(cur, g)) {
+                return Ok(());
+            }
+            all.remove(group);
         }
         // Out of the map, and its state removed without the map's lock, which readers
         // on async workers take; then marked removed (nothing writes it again).
-        all.remove(group);
-        drop(all);
         let removed = g.save(&mut st, None);
         st.removed = true;
         removed

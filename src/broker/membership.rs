@@ -424,6 +424,8 @@ impl Broker {
         };
         // Under the group's lock: no rebalance between the fencing check and the write.
         g.with(|st| {
+            // In a cluster, a copy another node's state replaced commits nothing.
+            st.check_current(group)?;
             let tps: Vec<TopicPartition> =
                 entries.iter().map(|(t, p, _)| (t.clone(), *p)).collect();
             match member {
@@ -558,20 +560,32 @@ impl Broker {
     /// Removes the members of every group whose session or rebalance timeout passed, and
     /// follows topics created, grown or deleted. For the maintenance task. Blocks.
     pub fn expire_members(&self) -> Result<(), BrokerError> {
+        let mut first_error = None;
         for (_, g) in self.members.all() {
             let now = now_ms();
-            let (gone, _) = g.update(now, |st| {
+            let expired = g.update(now, |st| {
                 // A group without members has nothing to assign (and no epoch to bump).
                 if st.coordinator.members().next().is_some() {
                     let topics = st.coordinator.subscribed_topics();
                     st.set_partitions(self.existing_partitions_of(&topics));
                 }
                 st.expire(now)
-            })?;
+            });
+            // One group's failure (in a cluster, a copy another node took over) does not
+            // keep the others from their expiry.
+            let gone = match expired {
+                Ok((gone, _)) => gone,
+                Err(BrokerError::GroupNotFound(_)) => continue,
+                Err(e) => {
+                    tracing::warn!(group = g.name(), error = %e, "group maintenance failed");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
             for (member, why) in gone {
                 tracing::info!(group = g.name(), member = %member, reason = ?why, "group member removed: its partitions move");
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }

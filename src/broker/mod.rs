@@ -182,6 +182,8 @@ pub struct Broker {
     /// Whether a group has Kafka consumers in it now (set by the Kafka listener): HTTP
     /// members, HTTP commits and queue groups keep off such a group.
     kafka_groups: std::sync::OnceLock<KafkaGroups>,
+    /// In a cluster: where queue groups' dead letters go (see [`queues::DeadLetterSink`]).
+    dead_letters: std::sync::OnceLock<Arc<dyn queues::DeadLetterSink>>,
     /// The data directory's lock, held while the broker lives.
     _lock: fs::File,
 }
@@ -237,6 +239,7 @@ impl Broker {
             flush_receiver: std::sync::Mutex::new(Some(flush_receiver)),
             flush_observer: std::sync::OnceLock::new(),
             kafka_groups: std::sync::OnceLock::new(),
+            dead_letters: std::sync::OnceLock::new(),
             _lock: lock,
         };
         let mut topics = BTreeMap::new();
@@ -275,8 +278,11 @@ impl Broker {
         )?;
         broker.members = members;
         let fsync = broker.config.default_durability == crate::config::Durability::Fsync;
-        broker.queues =
-            queues::QueueGroups::open(&broker.data_dir.join(queues::QUEUES_DIR), fsync)?;
+        broker.queues = queues::QueueGroups::open_compacting(
+            &broker.data_dir.join(queues::QUEUES_DIR),
+            fsync,
+            broker.config.queue_snapshot_every,
+        )?;
         Ok(broker)
     }
 
@@ -299,6 +305,11 @@ impl Broker {
         &self.groups
     }
 
+    /// In a cluster: sends queue groups' dead letters to `sink` (once, when the node joins).
+    pub fn send_dead_letters_to(&self, sink: Arc<dyn queues::DeadLetterSink>) {
+        let _ = self.dead_letters.set(sink);
+    }
+
     /// In a cluster: keeps the state of groups with members in the cluster's store (once,
     /// when the node joins).
     pub fn share_member_groups(&self, store: Arc<dyn members::SharedGroups>) {
@@ -318,6 +329,7 @@ impl Broker {
             all,
             mine,
             |topics| self.existing_partitions_of(topics),
+            |topics| topics.iter().all(|t| self.topic(t).is_ok()),
             crate::log::now_ms(),
         );
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::assignor::TopicPartition;
 use super::idempotency::{request_digest, request_head, Claim, Piece};
 use super::queue::{AckKind, AckOutcome, DeadReason, Event, Rec, Token};
-use super::queues::{QueueGroup, QueueInner, QueueSettings};
+use super::queues::{QueueGroup, QueueInner, QueueSettings, Settle};
 use super::{blocking, Broker, BrokerError, Partition, Wait};
 use crate::log::format::Header;
 use crate::log::{now_ms, ReadBatch, Record, StoredRecord};
@@ -31,6 +31,44 @@ fn with_frames(batch: &ReadBatch) -> Vec<(StoredRecord, Bytes)> {
         }
     }
     batch.records().zip(frames).collect()
+}
+
+/// A dead letter as one record of a JSON produce request: the record's key, value (its
+/// JSON, or its bytes in base64), timestamp and headers, plus the `dlq.*` headers. Header
+/// values that are not UTF-8 are carried with replacement characters (a JSON request has
+/// text headers).
+fn dead_letter_json(r: &StoredRecord, partition: u32, values: &[String; 6]) -> serde_json::Value {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let mut headers = serde_json::Map::new();
+    for (k, v) in r.headers() {
+        let v = v.map(|v| serde_json::Value::String(String::from_utf8_lossy(v).into_owned()));
+        headers.insert(
+            String::from_utf8_lossy(k).into_owned(),
+            v.unwrap_or(serde_json::Value::Null),
+        );
+    }
+    for (k, v) in DLQ_HEADERS.iter().zip(values) {
+        headers.insert((*k).to_owned(), serde_json::Value::String(v.clone()));
+    }
+    let mut record = serde_json::json!({
+        "partition": partition,
+        "timestamp_ms": r.timestamp_ms,
+        "headers": headers,
+    });
+    if let Some(k) = r.key.as_deref() {
+        record["key_b64"] = b64(k).into();
+    }
+    if let Some(v) = r.value.as_deref() {
+        match serde_json::from_slice::<serde_json::Value>(v)
+            .ok()
+            .filter(|_| r.value_is_json())
+        {
+            Some(json) => record["value"] = json,
+            None => record["value_b64"] = b64(v).into(),
+        }
+    }
+    record
 }
 
 /// A record handed out under a lease.
@@ -168,7 +206,11 @@ impl Broker {
         loop {
             let mut changes = g.subscribe();
             let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
-            let (answer, watched, next_due) = blocking(move || broker.lease_once(&g2, max)).await?;
+            let (answer, watched, next_due, settle) =
+                blocking(move || broker.lease_once(&g2, max)).await?;
+            // In a cluster: the leases (their delivery counts) are on every in-sync replica
+            // of the journal before the answer.
+            settle.replicated().await?;
             let (Some(w), Some(deadline)) = (wait.as_ref(), deadline) else {
                 return Ok(answer);
             };
@@ -200,8 +242,9 @@ impl Broker {
         &self,
         g: &QueueGroup,
         max: usize,
-    ) -> Result<(LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>), BrokerError> {
+    ) -> Result<(LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>, Settle), BrokerError> {
         let mut inner = g.lock();
+        inner.ready()?;
         let now = now_ms();
         let settled = self.settle_due(g, &mut inner, now);
         // What was dead-lettered is journalled, whatever happened next.
@@ -312,7 +355,7 @@ impl Broker {
             .collect();
         let next_due = inner.state.next_due(now);
         drop(inner);
-        settle.wait()?;
+        settle.flush()?;
         Ok((
             LeaseAnswer {
                 records,
@@ -320,6 +363,7 @@ impl Broker {
             },
             watched,
             next_due,
+            settle,
         ))
     }
 
@@ -383,6 +427,7 @@ impl Broker {
             self.read_one(tp, offset)?,
         ) {
             let topic = self.topic_for_produce(&dlq, [])?;
+            let partition = tp.1 % topic.partition_count().max(1);
             let key = format!(
                 "dlq-{:032x}",
                 u128::from_le_bytes(request_digest(&[
@@ -392,20 +437,26 @@ impl Broker {
                     &offset.to_le_bytes()
                 ]))
             );
+            let values = [
+                g.name().to_owned(),
+                tp.0.clone(),
+                tp.1.to_string(),
+                offset.to_string(),
+                deliveries.to_string(),
+                reason.as_str().to_owned(),
+            ];
+            if let Some(sink) = self.dead_letters.get() {
+                // In a cluster: to the dead-letter partition's leader.
+                let record = dead_letter_json(&r, partition, &values);
+                sink.append(&dlq, record, &key)?;
+                return self.dead_lettered(g, inner, tp, offset, reason);
+            }
             let digest = request_digest(&[key.as_bytes()]);
             let now = now_ms();
             let claim = topic.idempotency().claim(key.as_bytes(), digest, 1, now)?;
             match claim {
                 Claim::Replay { .. } => {}
                 Claim::Append(pending) => {
-                    let values = [
-                        g.name().to_owned(),
-                        tp.0.clone(),
-                        tp.1.to_string(),
-                        offset.to_string(),
-                        deliveries.to_string(),
-                        reason.as_str().to_owned(),
-                    ];
                     let mut headers: Vec<Header<'_>> = r.headers().collect();
                     headers.extend(
                         DLQ_HEADERS
@@ -413,7 +464,6 @@ impl Broker {
                             .zip(&values)
                             .map(|(k, v)| (k.as_bytes(), Some(v.as_bytes()))),
                     );
-                    let partition = tp.1 % topic.partition_count().max(1);
                     let record = Record {
                         key: r.key.as_deref(),
                         value: r.value.as_deref(),
@@ -439,6 +489,18 @@ impl Broker {
                 }
             }
         }
+        self.dead_lettered(g, inner, tp, offset, reason)
+    }
+
+    /// Stages the record settled as dead.
+    fn dead_lettered(
+        &self,
+        g: &QueueGroup,
+        inner: &mut QueueInner,
+        tp: &TopicPartition,
+        offset: u64,
+        reason: DeadReason,
+    ) -> Result<(), BrokerError> {
         inner.stage(&Event::Dead {
             t: tp.0.clone(),
             p: tp.1,
@@ -455,9 +517,10 @@ impl Broker {
         &self,
         group: &str,
         acks: &[(String, Token, AckKind)],
-    ) -> Result<Vec<AckResult>, BrokerError> {
+    ) -> Result<(Vec<AckResult>, Settle), BrokerError> {
         let g = self.queue_group(group)?;
         let mut inner = g.lock();
+        inner.ready()?;
         let now = now_ms();
         let max = g.settings.max_deliveries;
         let mut results = Vec::with_capacity(acks.len());
@@ -507,11 +570,11 @@ impl Broker {
         }
         let settle = inner.settle();
         drop(inner);
-        settle.wait()?;
+        settle.flush()?;
         if released {
             g.notify();
         }
-        Ok(results)
+        Ok((results, settle))
     }
 
     /// A queue group's backlog, in-flight records, oldest unacked age and dead letters,
@@ -569,6 +632,12 @@ impl Broker {
 
     fn tick_queue_group(&self, g: &QueueGroup) -> Result<(), BrokerError> {
         let mut inner = g.lock();
+        // In a cluster, a group whose journal this node may not write now waits: its next
+        // leader (or the in-sync replicas' return) settles what is due.
+        if inner.ready().is_err() {
+            return Ok(());
+        }
+        inner.cut_committed();
         let now = now_ms();
         let settled = self.settle_due(g, &mut inner, now);
         let changed = inner.commit_staged()?;
@@ -578,8 +647,9 @@ impl Broker {
             .next_due(now - 1_000)
             .is_some_and(|at| at <= now);
         drop(inner);
+        // Nobody waits for this answer: flushed with `fsync`; replicated in the background.
         if let Some(settle) = settle {
-            settle.wait()?;
+            settle.flush()?;
         }
         if changed || expired {
             g.notify();

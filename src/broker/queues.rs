@@ -31,24 +31,44 @@ use super::queue::{Event, QueueState};
 use super::topic::write_durably;
 use crate::log::{LogConfig, PartitionLog, Record};
 
+/// In a cluster: where a queue group's dead letters go. A dead-letter partition is led by
+/// whichever node the cluster chose, seldom the group's coordinator: the record is sent to
+/// that leader, once under an idempotency key (a retry after a failure appends nothing
+/// more), and acknowledged once its in-sync replicas hold it.
+pub trait DeadLetterSink: Send + Sync + std::fmt::Debug {
+    /// Appends `record` (one record of a JSON produce request, its partition named) to
+    /// `topic`, under the Idempotency-Key `key`. Blocks.
+    fn append(&self, topic: &str, record: serde_json::Value, key: &str) -> Result<(), BrokerError>;
+}
+
+/// A wait for replication, run on an async worker.
+pub type Replicated =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BrokerError>> + Send>>;
+
 /// In a cluster: the replication of a queue group's journal, which this node leads.
 pub trait JournalReplication: Send + Sync + std::fmt::Debug {
+    /// Whether this node may append to the journal now: it still leads it, under its
+    /// etcd lease, with enough in-sync replicas (else `NotCoordinator` or
+    /// `NotEnoughReplicas`).
+    fn check(&self) -> Result<(), BrokerError>;
     /// Runs `append` as the journal's leader, while that leadership lasts (a change of role
-    /// waits for it); otherwise nothing runs and the answer is `NotCoordinator`. Blocks.
+    /// waits for it); otherwise nothing runs and the answer is why. Blocks.
     fn as_leader(
         &self,
         append: &mut dyn FnMut() -> Result<(), BrokerError>,
     ) -> Result<(), BrokerError>;
     /// Waits until every in-sync replica holds the journal below `end` (with `fsync`, has
-    /// made it durable), under the leadership it was appended under. Blocks.
-    fn wait_replicated(&self, end: u64, fsync: bool) -> Result<(), BrokerError>;
+    /// made it durable), under the leadership it was appended under.
+    fn wait_replicated(&self, end: u64, fsync: bool) -> Replicated;
+    /// What every in-sync replica holds: the journal's high watermark.
+    fn committed(&self) -> u64;
     /// The leadership this replication appends under (it changes with every role change).
     fn generation(&self) -> u64;
 }
 
 /// What an answer that changed a group waits for once the group's lock is let go: the
-/// journal flushed (`default_durability = "fsync"`), held by the in-sync replicas (in a
-/// cluster).
+/// journal flushed (`default_durability = "fsync"`), then held by the in-sync replicas (in
+/// a cluster).
 #[must_use]
 #[derive(Debug)]
 pub struct Settle {
@@ -58,13 +78,19 @@ pub struct Settle {
 }
 
 impl Settle {
-    /// Blocks until the changes are as safe as the answer says.
-    pub fn wait(self) -> Result<(), BrokerError> {
+    /// The flush, with `fsync`. Blocks.
+    pub fn flush(&self) -> Result<(), BrokerError> {
         if self.fsync {
             self.journal.log().flush()?;
         }
+        Ok(())
+    }
+
+    /// Waits (on an async worker, never holding a blocking thread) until the in-sync
+    /// replicas hold the changes.
+    pub async fn replicated(self) -> Result<(), BrokerError> {
         match self.replicated {
-            Some((r, end)) => r.wait_replicated(end, self.fsync),
+            Some((r, end)) => r.wait_replicated(end, self.fsync).await,
             None => Ok(()),
         }
     }
@@ -170,9 +196,39 @@ pub struct QueueInner {
     fsync: bool,
     /// Events applied but not journalled yet (see [`QueueInner::stage`]).
     staged: Vec<Vec<u8>>,
+    /// In a cluster: the offset of a snapshot whose older segments go once every in-sync
+    /// replica holds it (before, a follower could be left without the snapshot and without
+    /// the events it replaces).
+    cut_at: Option<u64>,
 }
 
 impl QueueInner {
+    /// In a cluster: refuses (before anything is staged) when this node may not append
+    /// to the journal now.
+    pub fn ready(&self) -> Result<(), BrokerError> {
+        match &self.replication {
+            Some(r) => r.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Deletes the segments before the last snapshot once every in-sync replica holds it.
+    /// Blocks.
+    pub fn cut_committed(&mut self) {
+        let (Some(at), Some(r)) = (self.cut_at, &self.replication) else {
+            return;
+        };
+        if r.committed() <= at {
+            return;
+        }
+        match self.journal.log().delete_segments_below(at) {
+            Ok(_) => self.cut_at = None,
+            Err(e) => {
+                tracing::warn!(error = %e, "deleting a queue group journal's compacted segments failed; tried again later")
+            }
+        }
+    }
+
     /// Appends `events` to the journal (one publication: all or none) and applies them;
     /// compacts the journal when it is due. On error, nothing was applied. Durable with
     /// [`QueueInner::sync`]. Blocks.
@@ -230,6 +286,7 @@ impl QueueInner {
             return Err(e);
         }
         self.since_snapshot += staged.len() as u64;
+        self.cut_committed();
         if self.since_snapshot >= self.snapshot_every {
             // The events are journalled: a failed compaction loses nothing (the journal
             // keeps them; the next commit tries again).
@@ -255,23 +312,29 @@ impl QueueInner {
     }
 
     /// Writes the state as one snapshot at the head of a new segment, and deletes the
-    /// segments before it (a cluster's followers delete theirs when they see the leader's
-    /// start move). Blocks.
+    /// segments before it: at once on a lone server; in a cluster once every in-sync
+    /// replica holds the snapshot ([`QueueInner::cut_committed`]; the followers delete
+    /// theirs when they see the leader's start move). Blocks.
     fn compact(&mut self) -> Result<(), BrokerError> {
         let snapshot = Event::Snapshot {
             state: Box::new(self.state.clone()),
         };
         let bytes = serde_json::to_vec(&snapshot).expect("a snapshot serializes");
         let log = self.journal.log();
+        let mut at = 0;
         self.as_leader(&mut || {
             log.roll()?;
-            let at = log
+            at = log
                 .append(&[Record::value(&bytes, crate::log::now_ms())])?
                 .first_offset;
             log.flush()?;
-            log.delete_segments_below(at)?;
             Ok(())
         })?;
+        if self.replication.is_some() {
+            self.cut_at = Some(at);
+        } else {
+            log.delete_segments_below(at)?;
+        }
         self.since_snapshot = 0;
         Ok(())
     }
@@ -308,6 +371,8 @@ pub struct QueueGroup {
     pub counters: QueueCounters,
     /// Where the next lease starts its round of the partitions.
     cursor: AtomicU64,
+    /// In a cluster: the journal leadership the group was opened under.
+    generation: Option<u64>,
 }
 
 impl QueueGroup {
@@ -365,6 +430,10 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
     let mut state = QueueState::default();
     let mut offset = journal.start_offset();
     let mut events = 0u64;
+    // Compaction deletes only what a snapshot replaces: a journal that starts past its
+    // beginning holds one (what comes before it there is replaced by it), or it lacks what
+    // its state was built from.
+    let mut needs_snapshot = offset > 0;
     while offset < journal.end_offset() {
         let batch = journal.read(offset, 10_000, 16 << 20)?;
         if batch.record_count == 0 {
@@ -375,6 +444,11 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
                 Ok(e) => {
                     if matches!(e, Event::Snapshot { .. }) {
                         events = 0;
+                        needs_snapshot = false;
+                    } else if needs_snapshot {
+                        // Before the first snapshot of a journal whose start was cut (a
+                        // follower's segments end elsewhere than its leader's): replaced.
+                        continue;
                     }
                     state.apply(&e);
                     events += 1;
@@ -385,6 +459,12 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
             }
         }
         offset = batch.next_offset;
+    }
+    if needs_snapshot && journal.end_offset() > journal.start_offset() {
+        return Err(BrokerError::Corrupt(format!(
+            "the journal of queue group {group} starts at offset {} without a snapshot after it",
+            journal.start_offset()
+        )));
     }
     Ok((state, events))
 }
@@ -476,14 +556,16 @@ impl QueueGroups {
                 poisoned: false,
                 snapshot_every,
                 journal,
-                replication,
+                replication: replication.clone(),
                 since_snapshot,
                 fsync,
                 staged: Vec::new(),
+                cut_at: None,
             }),
             changes: watch::Sender::new(0),
             counters: QueueCounters::default(),
             cursor: AtomicU64::new(0),
+            generation: replication.as_ref().map(|r| r.generation()),
         })
     }
 
@@ -552,6 +634,30 @@ impl QueueGroups {
         Ok(j)
     }
 
+    /// In a cluster: replaces this node's replica of `group`'s journal by an empty one that
+    /// starts at `start` (its leader's first offset): the old one moves aside and is
+    /// deleted; [`QueueGroups::cluster_journal`] opens the new one. Blocks.
+    pub fn restart_journal(&self, group: &str, start: u64) -> Result<(), BrokerError> {
+        super::validate_name(group)?;
+        let mut journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
+        journals.remove(group);
+        let path = self.dir.join(group).join("cluster-journal");
+        let aside = self
+            .dir
+            .join(group)
+            .join(format!("cluster-journal.replaced-{}", crate::log::now_ms()));
+        if path.exists() {
+            std::fs::rename(&path, &aside).map_err(|e| BrokerError::io(&path, e))?;
+        }
+        PartitionLog::create_empty_at(&path, &journal_config(true), start)?;
+        // The old files may still be mapped by the replica that just ended: unlinking them
+        // is harmless (what was mapped stays readable until it is unmapped).
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            tracing::warn!(path = %aside.display(), error = %e, "cannot delete a replaced journal; delete it by hand");
+        }
+        Ok(())
+    }
+
     /// In a cluster: the journals this node holds a replica of.
     pub fn cluster_journals(&self) -> Vec<Arc<Partition>> {
         let journals = self.journals.lock().unwrap_or_else(|p| p.into_inner());
@@ -585,9 +691,7 @@ impl QueueGroups {
 
     /// In a cluster: the leadership `group` is open under here, if it is.
     pub fn active_generation(&self, group: &str) -> Option<u64> {
-        let g = self.get(group)?;
-        let inner = g.lock();
-        inner.replication.as_ref().map(|r| r.generation())
+        self.get(group)?.generation
     }
 
     /// In a cluster: closes `group` here (another node coordinates it now; what its calls

@@ -51,6 +51,8 @@ enum FollowError {
     BatchTooLarge(usize),
     #[error("this node's role changed")]
     RoleChanged,
+    #[error("the leader's log starts at {0}, past this replica's end")]
+    Behind(u64),
     #[error("{0}")]
     Local(String),
 }
@@ -116,6 +118,26 @@ pub(super) async fn follow(
             Err(FollowError::BatchTooLarge(n)) if n < cluster.max_fetch_bytes() => {
                 max_bytes = (n * 2).min(cluster.max_fetch_bytes());
                 false
+            }
+            // A queue group's journal starts again at the leader's start (a snapshot there
+            // holds everything before it): this role ends, the next poll takes it up anew.
+            Err(FollowError::Behind(start))
+                if super::state::group_of_journal(&r.topic).is_some() =>
+            {
+                match cluster.restart_journal(&r, start).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(topic = %r.topic, error = %e, "cannot start this journal's replica again at its leader's start");
+                        true
+                    }
+                }
+            }
+            Err(FollowError::Behind(start)) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(50) {
+                    tracing::error!(topic = %r.topic, partition = r.partition, end = r.p.log().end_offset(), leader_start = start, "this replica ends before its leader's first offset (the leader's retention deleted what it lacks): it cannot catch up");
+                }
+                true
             }
             Err(e) => {
                 failures += 1;
@@ -234,9 +256,7 @@ async fn fetch_once(
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         let earliest = body["error"]["earliest"].as_u64().unwrap_or(0);
         if end < earliest {
-            return Err(FollowError::Local(format!(
-                "this replica ends at {end}, and the leader's retention deleted everything before {earliest}: it cannot catch up (a replica that starts again at the leader's first offset is not offered yet)"
-            )));
+            return Err(FollowError::Behind(earliest));
         }
         return Err(FollowError::Diverged);
     }
@@ -296,9 +316,10 @@ async fn fetch_once(
         }
         r2.under_role(generation, || {
             r2.advance(leader_hw.min(new_end), leader_durable_hw.min(durable))?;
-            let below = leader_start.min(r2.marks().hw);
-            if below > r2.p.log().start_offset() {
-                r2.p.log().delete_segments_below(below)?;
+            // Only once this replica holds the record at the leader's start (a queue group
+            // journal's snapshot there replaces what comes before): never without it.
+            if leader_start < r2.marks().hw && leader_start > r2.p.log().start_offset() {
+                r2.p.log().delete_segments_below(leader_start)?;
             }
             Ok::<_, BrokerError>(())
         })

@@ -12,7 +12,7 @@ use super::etcd::{Compare, Op};
 use super::replica::{Refusal, Replica, Role};
 use super::state::{self, ClusterView, PartitionState, QueueSpec};
 use super::{Cluster, ClusterError};
-use crate::broker::queues::{JournalReplication, QueueSettings};
+use crate::broker::queues::{DeadLetterSink, JournalReplication, QueueSettings, Replicated};
 use crate::broker::{BrokerError, PartitionAppend};
 use crate::config::Durability;
 
@@ -23,28 +23,28 @@ struct JournalLeader {
     cluster: Weak<Cluster>,
     replica: Arc<Replica>,
     generation: u64,
-    runtime: tokio::runtime::Handle,
 }
 
 impl JournalLeader {
     fn refusal(&self, r: Refusal) -> BrokerError {
-        match r {
-            Refusal::NotEnoughReplicas { isr, min } => BrokerError::ClusterStore(format!(
-                "the journal of queue group {} has {isr} in-sync replicas, fewer than min_insync_replicas ({min}); nothing changed",
-                self.group
-            )),
-            Refusal::NotLeader | Refusal::LeaseLapsed => {
-                BrokerError::NotCoordinator(self.group.clone())
-            }
-        }
+        refusal(&self.group, r)
+    }
+}
+
+/// Why a queue group's journal refused a change.
+fn refusal(group: &str, r: Refusal) -> BrokerError {
+    match r {
+        Refusal::NotEnoughReplicas { isr, min } => BrokerError::NotEnoughReplicas {
+            what: format!("the journal of queue group {group}"),
+            isr,
+            min,
+        },
+        Refusal::NotLeader | Refusal::LeaseLapsed => BrokerError::NotCoordinator(group.to_owned()),
     }
 }
 
 impl JournalReplication for JournalLeader {
-    fn as_leader(
-        &self,
-        append: &mut dyn FnMut() -> Result<(), BrokerError>,
-    ) -> Result<(), BrokerError> {
+    fn check(&self) -> Result<(), BrokerError> {
         let Some(cluster) = self.cluster.upgrade() else {
             return Err(BrokerError::NotCoordinator(self.group.clone()));
         };
@@ -52,44 +52,104 @@ impl JournalReplication for JournalLeader {
             return Err(self.refusal(Refusal::LeaseLapsed));
         }
         match self.replica.check_writable() {
-            Ok((_, generation)) if generation == self.generation => {}
-            Ok(_) => return Err(self.refusal(Refusal::NotLeader)),
-            Err(r) => return Err(self.refusal(r)),
+            Ok((_, generation)) if generation == self.generation => Ok(()),
+            Ok(_) => Err(self.refusal(Refusal::NotLeader)),
+            Err(r) => Err(self.refusal(r)),
         }
+    }
+
+    fn as_leader(
+        &self,
+        append: &mut dyn FnMut() -> Result<(), BrokerError>,
+    ) -> Result<(), BrokerError> {
+        self.check()?;
         self.replica
             .under_role(self.generation, append)
             .unwrap_or_else(|| Err(self.refusal(Refusal::NotLeader)))
     }
 
-    fn wait_replicated(&self, end: u64, fsync: bool) -> Result<(), BrokerError> {
-        let Some(cluster) = self.cluster.upgrade() else {
-            return Err(BrokerError::NotCoordinator(self.group.clone()));
-        };
-        let appended = PartitionAppend {
-            partition: self.replica.partition,
-            first_offset: end,
-            count: 0,
-            bytes: 0,
-        };
-        let durability = if fsync {
-            Durability::Fsync
-        } else {
-            Durability::Memory
-        };
-        let generations = HashMap::from([(self.replica.partition, self.generation)]);
-        // Group calls run on the blocking pool, where waiting on the runtime is allowed.
-        self.runtime
-            .block_on(cluster.wait_committed(
-                &self.replica.topic,
-                &[appended],
-                durability,
-                &generations,
-            ))
-            .map_err(|r| self.refusal(r))
+    fn wait_replicated(&self, end: u64, fsync: bool) -> Replicated {
+        let (cluster, replica, generation, group) = (
+            self.cluster.upgrade(),
+            Arc::clone(&self.replica),
+            self.generation,
+            self.group.clone(),
+        );
+        Box::pin(async move {
+            let Some(cluster) = cluster else {
+                return Err(BrokerError::NotCoordinator(group));
+            };
+            let appended = PartitionAppend {
+                partition: replica.partition,
+                first_offset: end,
+                count: 0,
+                bytes: 0,
+            };
+            let durability = if fsync {
+                Durability::Fsync
+            } else {
+                Durability::Memory
+            };
+            let generations = HashMap::from([(replica.partition, generation)]);
+            cluster
+                .wait_committed(&replica.topic, &[appended], durability, &generations)
+                .await
+                .map_err(|r| refusal(&group, r))
+        })
+    }
+
+    fn committed(&self) -> u64 {
+        self.replica.marks().hw
     }
 
     fn generation(&self) -> u64 {
         self.generation
+    }
+}
+
+/// Sends queue groups' dead letters to the leader of their dead-letter partition, over
+/// HTTP (the node itself, when it leads it): `acks=all`, with the dead letter's
+/// Idempotency-Key, so that a retry after any failure stores it once.
+#[derive(Debug)]
+pub(super) struct DeadLetterForward {
+    pub(super) cluster: Weak<Cluster>,
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+impl DeadLetterSink for DeadLetterForward {
+    fn append(&self, topic: &str, record: serde_json::Value, key: &str) -> Result<(), BrokerError> {
+        let fail = BrokerError::DeadLetter;
+        let Some(cluster) = self.cluster.upgrade() else {
+            return Err(fail("the node is stopping".into()));
+        };
+        let partition = record["partition"].as_u64().unwrap_or(0) as u32;
+        let Some(leader) = cluster.view().leader_of(topic, partition).cloned() else {
+            return Err(fail(format!(
+                "partition {partition} of topic {topic} has no leader now"
+            )));
+        };
+        let url = format!(
+            "{}/v1/topics/{topic}/records?acks=all",
+            leader.advertised_http.trim_end_matches('/')
+        );
+        let body = serde_json::json!({ "records": [record] });
+        // Dead-lettering runs on the blocking pool, where waiting on the runtime is allowed.
+        self.runtime.block_on(async {
+            let resp = cluster
+                .http()
+                .post(&url)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| fail(format!("sending it to {url}: {e}")))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let text = resp.text().await.unwrap_or_default();
+            Err(fail(format!("{url} answered {status}: {text}")))
+        })
     }
 }
 
@@ -114,7 +174,6 @@ impl Cluster {
                     cluster: Arc::downgrade(self),
                     replica: Arc::clone(r),
                     generation,
-                    runtime: tokio::runtime::Handle::current(),
                 });
                 let (broker, group2, settings) = (
                     Arc::clone(&self.broker),
@@ -131,6 +190,40 @@ impl Cluster {
             }
             _ => queues.deactivate(group),
         }
+    }
+
+    /// Starts this node's replica of a queue group's journal again, empty, at `start`, its
+    /// leader's first offset (a snapshot: the leader deleted what came before it once every
+    /// in-sync replica held it, while this node was away): the replica leaves this node's
+    /// roles, and the next poll takes it up again on the new journal, which then fetches
+    /// from the leader.
+    pub(super) async fn restart_journal(
+        self: &Arc<Self>,
+        r: &Arc<Replica>,
+        start: u64,
+    ) -> Result<(), ClusterError> {
+        let Some(group) = state::group_of_journal(&r.topic).map(str::to_owned) else {
+            return Err(ClusterError::Refused(format!(
+                "{} is not a journal",
+                r.topic
+            )));
+        };
+        {
+            let mut replicas = self.lock_replicas();
+            let key = (r.topic.clone(), r.partition);
+            if replicas.get(&key).is_some_and(|held| Arc::ptr_eq(held, r)) {
+                replicas.remove(&key);
+            }
+        }
+        let (r2, broker) = (Arc::clone(r), Arc::clone(&self.broker));
+        tokio::task::spawn_blocking(move || {
+            r2.become_idle();
+            broker.queue_groups().restart_journal(&group, start)
+        })
+        .await
+        .map_err(|e| ClusterError::Refused(e.to_string()))??;
+        tracing::warn!(topic = %r.topic, start, "this journal's replica started again at its leader's first offset");
+        Ok(())
     }
 
     /// Creates a queue group in the cluster (`true`), or finds it with the same settings

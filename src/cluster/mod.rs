@@ -202,6 +202,13 @@ impl Cluster {
         cluster.broker.share_member_groups(Arc::new(store));
         // Queue groups are opened where their journals are led.
         cluster.broker.queue_groups().enter_cluster();
+        // Their dead letters go to the dead-letter partitions' leaders.
+        cluster
+            .broker
+            .send_dead_letters_to(Arc::new(journals::DeadLetterForward {
+                cluster: Arc::downgrade(&cluster),
+                runtime: tokio::runtime::Handle::current(),
+            }));
         tracing::info!(node_id = %cluster.settings.node_id, advertised_http = %cluster.settings.advertised_http, "joined the cluster");
         cluster.poll_once().await;
         tokio::spawn(Arc::clone(&cluster).session_loop());
@@ -398,11 +405,6 @@ impl Cluster {
         self.broker
             .groups()
             .follow_shared(view.revision, view.offsets.clone());
-        self.broker
-            .follow_member_groups(view.revision, &view.member_groups, |g| {
-                self.coordinator_of(g)
-                    .is_some_and(|n| n.node_id == self.settings.node_id)
-            });
         self.broker.queue_groups().follow_cluster(
             view.queues
                 .iter()
@@ -410,6 +412,12 @@ impl Cluster {
                 .collect(),
         );
         self.reconcile(&view).await;
+        // After the topics are taken up: a group is restored with its topics' partitions.
+        self.broker
+            .follow_member_groups(view.revision, &view.member_groups, |g| {
+                self.coordinator_of(g)
+                    .is_some_and(|n| n.node_id == self.settings.node_id)
+            });
         if !self.lease_valid() {
             return;
         }
@@ -1114,9 +1122,13 @@ impl crate::broker::members::SharedGroups for EtcdOffsets {
     ) -> Result<Option<i64>, BrokerError> {
         let key = state::group_key(group);
         let fence = if revision == 0 {
-            Compare::Absent(key.clone())
+            // A new group: no queue group may have the name either.
+            vec![
+                Compare::Absent(key.clone()),
+                Compare::Absent(state::queue_key(group)),
+            ]
         } else {
-            Compare::ModRevision(key.clone(), revision)
+            vec![Compare::ModRevision(key.clone(), revision)]
         };
         let op = match value {
             Some(v) => Op::Put {
@@ -1127,7 +1139,7 @@ impl crate::broker::members::SharedGroups for EtcdOffsets {
             None => Op::Delete { key, prefix: false },
         };
         // Group calls run on the blocking pool, where waiting on the runtime is allowed.
-        match self.runtime.block_on(self.etcd.txn(&[fence], &[op])) {
+        match self.runtime.block_on(self.etcd.txn(&fence, &[op])) {
             Ok(Some(at)) => Ok(Some(if value.is_some() { at } else { 0 })),
             Ok(None) => Ok(None),
             Err(e) => Err(BrokerError::ClusterStore(e.to_string())),

@@ -41,6 +41,32 @@ impl PartitionLog {
     /// process opens a partition once (the broker's data-directory lock sees to both for
     /// mapq's server). Tailers, which map read-only, are fine. Opening a partition that is
     /// open already in this process fails with [`LogError::AlreadyOpen`].
+    /// Creates, in `dir` (which must not exist), an empty partition whose first record
+    /// will get `base_offset`: the replica of a leader whose log starts there (its older
+    /// segments deleted). Durable when it returns; [`PartitionLog::open`] opens it. Blocks.
+    pub fn create_empty_at(dir: &Path, config: &LogConfig, base_offset: u64) -> Result<()> {
+        if dir.exists() {
+            return Err(LogError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::AlreadyExists, "the directory exists"),
+            ));
+        }
+        fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
+        let seg = Segment::create(
+            dir,
+            new_header(config, base_offset, 0),
+            config.quota.as_ref(),
+            true,
+        )?;
+        seg.release_files();
+        drop(seg);
+        crate::log::util::sync_dir(dir)?;
+        if let Some(parent) = dir.parent() {
+            crate::log::util::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
     pub fn open(dir: &Path, config: LogConfig) -> Result<(Self, RecoveryReport)> {
         fs::create_dir_all(dir).map_err(|e| LogError::io(dir, e))?;
         let claim = OpenPartition::claim(dir)?;

@@ -127,9 +127,10 @@ impl From<BrokerError> for ApiError {
                 )
             }
             BrokerError::TooManyWaiters => Self::new(ErrorCode::TooManyWaiters, msg),
-            BrokerError::ClusterStore(_) | BrokerError::NotCoordinator(_) => {
-                Self::new(ErrorCode::LeaderNotAvailable, msg)
-            }
+            BrokerError::NotEnoughReplicas { .. } => Self::new(ErrorCode::NotEnoughReplicas, msg),
+            BrokerError::ClusterStore(_)
+            | BrokerError::NotCoordinator(_)
+            | BrokerError::DeadLetter(_) => Self::new(ErrorCode::LeaderNotAvailable, msg),
             BrokerError::Log(e) => e.into(),
             BrokerError::Corrupt(_)
             | BrokerError::Locked { .. }

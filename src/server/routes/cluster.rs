@@ -257,6 +257,9 @@ pub async fn replicate(
         e.range = Some((r.p.log().start_offset(), log_end));
         return Err(e);
     }
+    // Before the read: a start the read's records follow (a compaction meanwhile moves it
+    // past them, and the follower would delete what the snapshot has not replaced yet).
+    let log_start = r.p.log().start_offset();
     let limits = ReadLimits {
         max_records: 1 << 20,
         max_bytes: q.max_bytes.clamp(1, c.max_fetch_bytes().max(1)),
@@ -298,10 +301,7 @@ pub async fn replicate(
         HeaderValue::from(marks.durable_hw),
     );
     h.insert(cluster::FLUSH_TO_HEADER, HeaderValue::from(marks.flush_to));
-    h.insert(
-        cluster::LOG_START_HEADER,
-        HeaderValue::from(r.p.log().start_offset()),
-    );
+    h.insert(cluster::LOG_START_HEADER, HeaderValue::from(log_start));
     if let Ok(v) = HeaderValue::try_from(epochs) {
         h.insert(cluster::EPOCHS_HEADER, v);
     }

@@ -323,7 +323,9 @@ pub async fn ack(
         };
         acks.push((a.lease, token, kind));
     }
-    let results = blocking(move || Ok(broker.ack(&group, &acks)?)).await?;
+    let (results, settle) = blocking(move || Ok(broker.ack(&group, &acks)?)).await?;
+    // In a cluster: the acks are on every in-sync replica of the journal before the answer.
+    settle.replicated().await?;
     Ok(axum::Json(AckResponse {
         results: results
             .into_iter()
