@@ -57,9 +57,16 @@ async fn drive(mode: &str, base: &str, extra: &[&str]) -> Value {
     serde_json::from_str(stdout.lines().last().unwrap_or("{}")).expect("measurements")
 }
 
-async fn post(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+/// Sends `body` with `method` to `path`: the JSON answer (the call must succeed).
+async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    base: &str,
+    path: &str,
+    body: Value,
+) -> Value {
     let r = http
-        .post(format!("{base}{path}"))
+        .request(method, format!("{base}{path}"))
         .json(&body)
         .send()
         .await
@@ -68,15 +75,12 @@ async fn post(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Va
     r.json().await.unwrap_or(Value::Null)
 }
 
+async fn post(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    send(http, reqwest::Method::POST, base, path, body).await
+}
+
 async fn put(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
-    let r = http
-        .put(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "{path}: {}", r.status());
-    r.json().await.unwrap_or(Value::Null)
+    send(http, reqwest::Method::PUT, base, path, body).await
 }
 
 /// Topics with JSON, text, binary and markup records; a group with a member; a queue group

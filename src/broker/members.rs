@@ -139,6 +139,17 @@ struct GroupFile {
     topics: BTreeSet<String>,
 }
 
+impl GroupFile {
+    /// The topics its members subscribe to.
+    fn subscribed(&self) -> BTreeSet<String> {
+        self.state
+            .members
+            .iter()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect()
+    }
+}
+
 /// What the group's members did, since the server started: the counters of its metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupCounters {
@@ -221,12 +232,7 @@ impl GroupState {
         partitions: impl Fn(&BTreeSet<String>) -> BTreeSet<TopicPartition>,
         now_ms: i64,
     ) -> Self {
-        let topics: BTreeSet<String> = file
-            .state
-            .members
-            .iter()
-            .flat_map(|m| m.topics.iter().cloned())
-            .collect();
+        let topics = file.subscribed();
         let mut st = GroupState::new(file.settings);
         st.coordinator = Coordinator::restore(
             file.settings.timeouts(),
@@ -671,13 +677,7 @@ impl MemberGroups {
             // Taken up once this node has the topics its members subscribe to (a node that
             // has just joined creates them first): restored without them, the group would
             // drop every assignment, and hand partitions out again without revoking them.
-            let subscribed: BTreeSet<String> = file
-                .state
-                .members
-                .iter()
-                .flat_map(|m| m.topics.iter().cloned())
-                .collect();
-            if !have_topics(&subscribed) {
+            if !have_topics(&file.subscribed()) {
                 groups.remove(name);
                 continue;
             }
