@@ -294,6 +294,15 @@ impl Tailer {
     /// The next record, a zero-copy view of the mapping. `None` at the end of the log when
     /// not following; when following, waits for it.
     pub fn next_record(&mut self) -> Result<Option<FrameView<'_>>> {
+        self.next_record_until(None)
+    }
+
+    /// [`Tailer::next_record`], waiting (when following) until `deadline` at the most:
+    /// `None` once it has passed with no record.
+    pub fn next_record_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<FrameView<'_>>> {
         loop {
             let end = self.visible_end();
             if self.pos < end {
@@ -324,8 +333,11 @@ impl Tailer {
             if !self.opts.follow || self.stopped() {
                 return Ok(None);
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
             self.populate_ahead();
-            self.wait(end)?;
+            self.wait(end, deadline)?;
             if self.stopped() {
                 return Ok(None);
             }
@@ -471,17 +483,21 @@ impl Tailer {
             || self.stopped()
     }
 
-    /// Waits until something changed (see [`Tailer::changed_since`]), or a while has passed.
-    fn wait(&self, end: usize) -> Result<()> {
+    /// Waits until something changed (see [`Tailer::changed_since`]), or a while has passed
+    /// (at most until `deadline`).
+    fn wait(&self, end: usize, deadline: Option<Instant>) -> Result<()> {
         let changed = || self.changed_since(end);
+        let started = Instant::now();
+        let most = deadline.map_or(CHECK_EVERY, |d| {
+            d.saturating_duration_since(started).min(CHECK_EVERY)
+        });
         match self.opts.wait {
             WaitMode::Spin => {
-                let started = Instant::now();
                 let mut spins = 0u32;
                 while !changed() {
                     std::hint::spin_loop();
                     spins = spins.wrapping_add(1);
-                    if spins.is_multiple_of(1 << 16) && started.elapsed() >= CHECK_EVERY {
+                    if spins.is_multiple_of(1 << 10) && started.elapsed() >= most {
                         break;
                     }
                 }
@@ -489,21 +505,21 @@ impl Tailer {
             WaitMode::Block => {
                 // Records often come in bursts: look for a few microseconds before paying for
                 // a sleep and a wake-up (a futex wake costs 15-80 µs here).
-                let started = Instant::now();
-                while started.elapsed() < BLOCK_SPIN {
+                while started.elapsed() < BLOCK_SPIN.min(most) {
                     if changed() {
                         return Ok(());
                     }
                     std::hint::spin_loop();
                 }
-                self.block(end)
+                self.block(end, most)
             }
         }
         Ok(())
     }
 
-    /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md).
-    fn block(&self, end: usize) {
+    /// Sleeps in a futex wait on the segment's wake word (section 5.1 of FORMAT.md), `most`
+    /// at the longest.
+    fn block(&self, end: usize, most: Duration) {
         let changed = || self.changed_since(end);
         match &self.waiter {
             Some(rw) => {
@@ -514,7 +530,7 @@ impl Tailer {
                 // of WAITERS, so either it sees us registered or we see its publish.
                 waiters.fetch_add(1, Ordering::SeqCst);
                 if !changed() {
-                    futex_wait(seq, expected, CHECK_EVERY);
+                    futex_wait(seq, expected, most);
                 }
                 waiters.fetch_sub(1, Ordering::SeqCst);
             }
@@ -522,7 +538,7 @@ impl Tailer {
                 let seq = self.m.wake_seq();
                 let expected = seq.load(Ordering::Acquire);
                 if !changed() {
-                    futex_wait(seq, expected, UNREGISTERED_POLL);
+                    futex_wait(seq, expected, UNREGISTERED_POLL.min(most));
                 }
             }
         }

@@ -1,0 +1,87 @@
+"""A Python program on mapq's Python tailer (src/capi/python), for tests/tail_ffi.rs. The
+same modes and output as tail_c.c:
+
+    tail_py.py follow DATA_DIR TOPIC PARTITION COUNT
+    tail_py.py errors DATA_DIR TOPIC
+    tail_py.py deleted DATA_DIR TOPIC
+"""
+
+import sys
+
+from mapq_tail import Tailer, TailError
+
+
+def hexed(view):
+    return "-" if view is None else "x" + bytes(view).hex()
+
+
+def follow(data_dir, topic, partition, count):
+    with Tailer(data_dir, topic, partition, follow=True) as t:
+        seen, idle = 0, 0
+        previous = None
+        while seen < count:
+            r = t.next(timeout=0.1)
+            if previous is not None:
+                # The last record's views were released by this call: using one fails.
+                try:
+                    bytes(previous)
+                    raise SystemExit("a record's value was still readable after the next call")
+                except ValueError:
+                    pass
+                previous = None
+            if r is None:
+                idle += 1
+                if idle > 600:
+                    raise SystemExit(f"no record for 60 s after {seen}")
+                continue
+            idle = 0
+            headers = ",".join(f"{hexed(n)}={hexed(v)}" for n, v in r.headers)
+            json = "j" if r.value_is_json else ""
+            print(f"{r.offset} {hexed(r.key)} {json}{hexed(r.value)} {headers}")
+            if r.value is not None:
+                previous = r.value
+            seen += 1
+    sys.stdout.flush()
+
+
+def try_open(what, data_dir, topic, partition):
+    try:
+        Tailer(data_dir, topic, partition).close()
+        print(f"{what} 0 ")
+    except TailError as e:
+        print(f"{what} {e.code} {e}")
+
+
+def errors(data_dir, topic):
+    try_open("not_a_data_dir", "/proc/self", topic, 0)
+    try_open("no_topic", data_dir, "no-such-topic", 0)
+    try_open("no_partition", data_dir, topic, 99)
+    try:
+        Tailer(data_dir, topic, 0, start=1_000_000)
+        print("beyond_end 0 ")
+    except TailError as e:
+        print(f"beyond_end {e.code} {e}")
+
+
+def deleted(data_dir, topic):
+    with Tailer(data_dir, topic, 0, follow=True) as t:
+        print("ready", flush=True)
+        for _ in range(600):
+            try:
+                t.next(timeout=0.1)
+            except TailError as e:
+                print(f"deleted {e.code} {e}")
+                return
+    print("deleted 0 never")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1]
+    if mode == "follow":
+        follow(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "errors":
+        errors(sys.argv[2], sys.argv[3])
+    elif mode == "deleted":
+        deleted(sys.argv[2], sys.argv[3])
+    else:
+        raise SystemExit(f"unknown mode {mode}")
