@@ -4,8 +4,12 @@
 //! latency. Measured for spin and block waits, then the tailer's maximum throughput over a
 //! pre-written log, then the CPU an idle blocking tailer uses.
 //!
-//! `cargo bench --bench tail_latency` (under a minute). The bench re-runs its own binary as
-//! the writer and the tailer (`MAPQ_TAIL_ROLE`). Ends with `RESULT` lines. (Pinning the two
+//! The same runs are made with the C tailer (`benches/tail_c.c` on `libmapq_tail.so`, built
+//! here with cargo and gcc) and the Python one (`benches/tail_py.py` on the package in
+//! `src/capi/python`, installed here with pip), against the Rust tailer in the same run.
+//!
+//! `cargo bench --bench tail_latency` (a few minutes). The bench re-runs its own binary as
+//! the writer and the Rust tailer (`MAPQ_TAIL_ROLE`). Ends with `RESULT` lines. (Pinning the
 //! processes to their own CPUs made the tail worse on the 2-core VM, so they are not pinned.)
 
 use std::io::Write;
@@ -37,6 +41,116 @@ fn bench_dir() -> PathBuf {
     std::env::var_os("MAPQ_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
+}
+
+/// The partition inside a bench's data directory (`t/0`, as the server lays it out, with
+/// the `@lock` file that marks a data directory: the C and Python tailers open it by name).
+fn partition_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("t").join("0")
+}
+
+fn new_data_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("mapq-bench-tail-")
+        .tempdir_in(bench_dir())
+        .expect("temp dir");
+    std::fs::write(dir.path().join(mapq::broker::LOCK_FILE), b"").expect("@lock");
+    std::fs::create_dir_all(partition_dir(dir.path())).expect("partition dir");
+    dir
+}
+
+/// The C tailer program, the Python package's directory and the library, built for this
+/// run; `None` (with the reason printed) when a tool is missing.
+struct Foreign {
+    c: PathBuf,
+    python_path: PathBuf,
+    library: PathBuf,
+}
+
+fn build_foreign(work: &Path) -> Result<Foreign, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mapq-tail",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo: {e}"))?;
+    if !out.status.success() {
+        return Err("cargo build --release -p mapq-tail failed".into());
+    }
+    let library = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "mapq_tail")
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "so"))
+        .ok_or("cargo built no libmapq_tail.so")?;
+    let libdir = library.parent().expect("a directory");
+    let c = work.join("tail_c");
+    let status = Command::new("gcc")
+        .args(["-std=c11", "-O2", "-Wall", "-Werror"])
+        .arg("-I")
+        .arg(root.join("src/capi/include"))
+        .arg(root.join("benches/tail_c.c"))
+        .arg("-o")
+        .arg(&c)
+        .arg("-L")
+        .arg(libdir)
+        .arg("-lmapq_tail")
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .status()
+        .map_err(|e| format!("gcc: {e}"))?;
+    if !status.success() {
+        return Err("gcc failed on benches/tail_c.c".into());
+    }
+    // pip writes build files next to the sources: it gets a copy.
+    let source = work.join("python-source");
+    std::fs::create_dir_all(source.join("mapq_tail")).map_err(|e| e.to_string())?;
+    for file in ["pyproject.toml", "mapq_tail/__init__.py"] {
+        std::fs::copy(root.join("src/capi/python").join(file), source.join(file))
+            .map_err(|e| e.to_string())?;
+    }
+    let python_path = work.join("python");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+        .arg(&python_path)
+        .arg(&source)
+        .status()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !status.success() {
+        return Err("pip install src/capi/python failed".into());
+    }
+    Ok(Foreign {
+        c,
+        python_path,
+        library,
+    })
+}
+
+/// A foreign tailer process: `lang` "c" or "python", with `args`.
+fn foreign_child(f: &Foreign, lang: &str, args: &[&str]) -> std::process::Child {
+    let mut cmd = match lang {
+        "c" => Command::new(&f.c),
+        _ => {
+            let mut c = Command::new("python3");
+            c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/tail_py.py"))
+                .env("PYTHONPATH", &f.python_path)
+                .env("MAPQ_TAIL_LIBRARY", &f.library);
+            c
+        }
+    };
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn a foreign tailer")
 }
 
 fn open_log(dir: &Path, prefaulter: &FileWorker) -> PartitionLog {
@@ -148,18 +262,29 @@ fn read_line(c: &mut std::process::Child) -> String {
     line
 }
 
-fn latency_run(wait: &str, records: u64, interval: Duration) -> Vec<u64> {
-    let dir = tempfile::Builder::new()
-        .prefix("mapq-bench-tail-")
-        .tempdir_in(bench_dir())
-        .expect("temp dir");
+/// One latency run with the tailer in `lang` ("rust", "c" or "python").
+fn latency_run(
+    lang: &str,
+    foreign: Option<&Foreign>,
+    wait: &str,
+    records: u64,
+    interval: Duration,
+) -> Vec<u64> {
+    let dir = new_data_dir();
+    let part = partition_dir(dir.path());
     let mut w = child(
         "writer",
-        dir.path(),
+        &part,
         &format!("{records} {}", interval.as_nanos()),
     );
     assert_eq!(read_line(&mut w), "ready");
-    let mut t = child("tailer", dir.path(), &format!("{wait} {records}"));
+    let data = dir.path().to_str().expect("a UTF-8 path");
+    let n = records.to_string();
+    let mut t = match (lang, foreign) {
+        ("rust", _) => child("tailer", &part, &format!("{wait} {records}")),
+        (_, Some(f)) => foreign_child(f, lang, &["latency", wait, data, &n]),
+        _ => unreachable!("a foreign tailer without its build"),
+    };
     assert_eq!(read_line(&mut t), "ready");
     writeln!(w.stdin.as_mut().expect("stdin")).expect("go");
     let line = read_line(&mut t);
@@ -233,60 +358,115 @@ fn main() {
         return;
     }
     let mut lines = Vec::new();
+    let work = tempfile::tempdir().expect("temp dir");
+    let foreign = build_foreign(work.path())
+        .map_err(|e| println!("the C and Python tailers are not measured: {e}"))
+        .ok();
+    let langs: &[&str] = if foreign.is_some() {
+        &["rust", "c", "python"]
+    } else {
+        &["rust"]
+    };
     // 50 000 records/s for both waits, then a slow 2 000 records/s for the blocking wait,
     // where the tailer really sleeps between records (its short spin cannot bridge 500 µs).
+    let mut p99 = std::collections::BTreeMap::new();
     for (wait, records, interval) in [
         ("spin", LATENCY_RECORDS, INTERVAL),
         ("block", LATENCY_RECORDS, INTERVAL),
         ("block", 5_000, Duration::from_micros(500)),
     ] {
-        let v = latency_run(wait, records, interval);
-        let rate = 1_000_000_000 / interval.as_nanos();
-        let line = format!(
-            "RESULT tail_latency_{wait}_100B_{rate}_per_s records={records} p50_ns={} p99_ns={} p999_ns={} max_ns={}",
-            v[0], v[1], v[2], v[3]
-        );
-        println!("{line}");
-        lines.push(line);
+        for &lang in langs {
+            let v = latency_run(lang, foreign.as_ref(), wait, records, interval);
+            let rate = 1_000_000_000 / interval.as_nanos();
+            let name = if lang == "rust" {
+                String::new()
+            } else {
+                format!("{lang}_")
+            };
+            let line = format!(
+                "RESULT tail_latency_{name}{wait}_100B_{rate}_per_s records={records} p50_ns={} p99_ns={} p999_ns={} max_ns={}",
+                v[0], v[1], v[2], v[3]
+            );
+            println!("{line}");
+            lines.push(line);
+            p99.insert((lang, wait, rate), (v[0], v[1]));
+        }
+    }
+    for &lang in langs.iter().filter(|l| **l != "rust") {
+        for (wait, rate) in [("spin", 50_000), ("block", 50_000)] {
+            let (Some(r), Some(o)) = (p99.get(&("rust", wait, rate)), p99.get(&(lang, wait, rate)))
+            else {
+                continue;
+            };
+            let line = format!(
+                "RESULT tail_latency_{lang}_vs_rust_{wait}_50000_per_s p50_ratio={:.2} p99_ratio={:.2}",
+                o.0 as f64 / r.0.max(1) as f64,
+                o.1 as f64 / r.1.max(1) as f64
+            );
+            println!("{line}");
+            lines.push(line);
+        }
     }
 
     // Throughput: write a log in this process, read it in another.
-    let dir = tempfile::Builder::new()
-        .prefix("mapq-bench-tail-")
-        .tempdir_in(bench_dir())
-        .expect("temp dir");
+    let dir = new_data_dir();
+    let part = partition_dir(dir.path());
     {
         let prefaulter = FileWorker::spawn().expect("prefaulter");
-        let log = open_log(dir.path(), &prefaulter);
+        let log = open_log(&part, &prefaulter);
         let value = [7u8; VALUE_BYTES];
         let batch: Vec<Record<'_>> = (0..1000).map(|_| Record::value(&value, 1)).collect();
         for _ in 0..THROUGHPUT_RECORDS / 1000 {
             log.append(&batch).expect("append");
         }
     }
-    let mut r = child("reader", dir.path(), "");
-    let line = read_line(&mut r);
-    let status = r.wait().expect("reader");
-    assert!(status.success(), "the reader failed: {status}");
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .map(|v| v.parse().expect("number"))
-        .collect();
-    let rps = v[0] as f64 / (v[1] as f64 / 1e9);
     // Bytes per record in the log: the frame of one record, padding included.
     let frame_bytes = Record::value(&[0u8; VALUE_BYTES], 1)
         .padded_len()
         .expect("a 100 B record fits a frame");
-    let line = format!(
-        "RESULT tail_throughput_100B records={} records_per_s={rps:.0} mb_per_s={:.1}",
-        v[0],
-        rps * frame_bytes as f64 / 1e6
-    );
-    println!("{line}");
-    lines.push(line);
+    let mut rates = Vec::new();
+    for &lang in langs {
+        let data = dir.path().to_str().expect("a UTF-8 path");
+        let mut r = match (lang, foreign.as_ref()) {
+            ("rust", _) => child("reader", &part, ""),
+            (_, Some(f)) => {
+                let mut c = foreign_child(f, lang, &["throughput", data]);
+                assert_eq!(read_line(&mut c), "ready");
+                c
+            }
+            _ => unreachable!("a foreign tailer without its build"),
+        };
+        let line = read_line(&mut r);
+        let status = r.wait().expect("reader");
+        assert!(status.success(), "the {lang} reader failed: {status}");
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .map(|v| v.parse().expect("number"))
+            .collect();
+        assert_eq!(
+            v[0], THROUGHPUT_RECORDS,
+            "the {lang} reader read {} records",
+            v[0]
+        );
+        let rps = v[0] as f64 / (v[1] as f64 / 1e9);
+        rates.push(rps);
+        let name = if lang == "rust" {
+            String::new()
+        } else {
+            format!("{lang}_")
+        };
+        let line = format!(
+            "RESULT tail_{name}throughput_100B records={} records_per_s={rps:.0} mb_per_s={:.1} vs_rust={:.2}",
+            v[0],
+            rps * frame_bytes as f64 / 1e6,
+            rps / rates[0]
+        );
+        println!("{line}");
+        lines.push(line);
+    }
 
     // An idle blocking tailer: CPU over two seconds.
-    let mut idle = child("idle", dir.path(), "");
+    let mut idle = child("idle", &part, "");
     assert_eq!(read_line(&mut idle), "ready");
     let pid = idle.id();
     let before = cpu_ticks(pid);
