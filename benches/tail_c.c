@@ -5,6 +5,7 @@
  *                                           CLOCK_MONOTONIC ns, little-endian)
  *   tail_c throughput DATA_DIR             "records ns" to read the whole log once
  */
+#define _POSIX_C_SOURCE 199309L
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -425,12 +425,18 @@ fn main() {
         .padded_len()
         .expect("a 100 B record fits a frame");
     let mut rates = Vec::new();
-    for &lang in langs {
+    // Python twice: records as objects (`for record in tailer`), and `Tailer.values()`.
+    let readers: Vec<(&str, &str)> = langs
+        .iter()
+        .map(|&l| (l, "records"))
+        .chain(foreign.as_ref().map(|_| ("python", "values")))
+        .collect();
+    for (lang, api) in readers {
         let data = dir.path().to_str().expect("a UTF-8 path");
         let mut r = match (lang, foreign.as_ref()) {
             ("rust", _) => child("reader", &part, ""),
             (_, Some(f)) => {
-                let mut c = foreign_child(f, lang, &["throughput", data]);
+                let mut c = foreign_child(f, lang, &["throughput", data, api]);
                 assert_eq!(read_line(&mut c), "ready");
                 c
             }
@@ -450,10 +456,10 @@ fn main() {
         );
         let rps = v[0] as f64 / (v[1] as f64 / 1e9);
         rates.push(rps);
-        let name = if lang == "rust" {
-            String::new()
-        } else {
-            format!("{lang}_")
+        let name = match (lang, api) {
+            ("rust", _) => String::new(),
+            ("python", "values") => "python_values_".into(),
+            _ => format!("{lang}_"),
         };
         let line = format!(
             "RESULT tail_{name}throughput_100B records={} records_per_s={rps:.0} mb_per_s={:.1} vs_rust={:.2}",

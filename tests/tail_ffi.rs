@@ -282,6 +282,27 @@ async fn c_and_python_tailers_read_what_http_consume_returns_through_rolls_and_a
             );
         }
     }
+    // Python's fast path, Tailer.values(): the same offsets and values.
+    let out = tailer("python", &["values", &data, "t", "0"])
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<String> = expected
+        .iter()
+        .map(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            format!("{} {}", w[0], w[2].trim_start_matches('j'))
+        })
+        .collect();
+    assert_eq!(got, want, "Tailer.values() and HTTP consume");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mapq::log::format::HeaderIter;
 use mapq::log::tailer::{OnDeleted, StartAt, TailError, TailOptions, Tailer, WaitMode};
@@ -316,33 +316,11 @@ pub unsafe extern "C" fn mapq_tail_next(
         }
         // SAFETY: a live tailer, used by this thread only, by the caller's contract.
         let t = unsafe { &mut *t };
-        let deadline = u64::try_from(timeout_ms)
-            .ok()
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let follow = t.follow;
-        match t.inner.next_record_until(deadline) {
+        match t.inner.next_record_within(timeout(timeout_ms)) {
             Ok(Some(f)) => {
-                let key = f.key();
-                let value = f.value();
-                let headers = &f.bytes[f.headers_range.clone()];
-                let r = mapq_record {
-                    offset: f.offset,
-                    timestamp_ms: f.timestamp_ms,
-                    key: key.map_or(std::ptr::null(), <[u8]>::as_ptr),
-                    key_len: key.map_or(0, <[u8]>::len),
-                    value: value.map_or(std::ptr::null(), <[u8]>::as_ptr),
-                    value_len: value.map_or(0, <[u8]>::len),
-                    headers: headers.as_ptr(),
-                    headers_len: headers.len(),
-                    header_count: f.header_count,
-                    flags: if f.value_is_json() {
-                        MAPQ_RECORD_VALUE_JSON
-                    } else {
-                        0
-                    },
-                };
                 // SAFETY: `out` is not null and writable by the caller's contract.
-                unsafe { *out = r };
+                unsafe { *out = record(&f) };
                 MAPQ_TAIL_OK
             }
             Ok(None) if follow => MAPQ_TAIL_TIMEOUT,
@@ -350,6 +328,87 @@ pub unsafe extern "C" fn mapq_tail_next(
             Err(e) => tail_error(&e),
         }
     })
+}
+
+/// Up to `max` records into `out[0 .. *count)`, for callers that pay per call (an
+/// interpreter): the first as `mapq_tail_next` returns it (waiting up to `timeout_ms`), the
+/// others only those readable at once in the same segment, so that every one of them stays
+/// valid until the next call on this tailer. Returns as `mapq_tail_next` does (`*count` is
+/// 0 unless `MAPQ_TAIL_OK`); an error after the first record ends the batch, and the next
+/// call returns it.
+///
+/// # Safety
+/// As `mapq_tail_next`; `out` points to writable storage for `max` records, and `count` to
+/// a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn mapq_tail_next_batch(
+    t: *mut mapq_tailer,
+    timeout_ms: i64,
+    out: *mut mapq_record,
+    max: usize,
+    count: *mut usize,
+) -> i32 {
+    guarded(|| {
+        if t.is_null() || out.is_null() || count.is_null() || max == 0 {
+            return fail(
+                MAPQ_TAIL_ERR_ARGUMENT,
+                "the tailer, out or count is NULL, or max is 0",
+            );
+        }
+        // SAFETY: writable by the caller's contract.
+        unsafe { *count = 0 };
+        // SAFETY: a live tailer, used by this thread only, by the caller's contract.
+        let t = unsafe { &mut *t };
+        let follow = t.follow;
+        let first = match t.inner.next_record_within(timeout(timeout_ms)) {
+            Ok(Some(f)) => record(&f),
+            Ok(None) if follow => return MAPQ_TAIL_TIMEOUT,
+            Ok(None) => return MAPQ_TAIL_END,
+            Err(e) => return tail_error(&e),
+        };
+        // SAFETY: `out` has room for `max` (at least 1) records by the caller's contract.
+        unsafe { *out = first };
+        let mut n = 1;
+        while n < max {
+            match t.inner.next_record_here() {
+                // SAFETY: `n < max`: within the caller's storage.
+                Ok(Some(f)) => unsafe { *out.add(n) = record(&f) },
+                _ => break,
+            }
+            n += 1;
+        }
+        // SAFETY: writable by the caller's contract.
+        unsafe { *count = n };
+        MAPQ_TAIL_OK
+    })
+}
+
+/// A timeout in ms as the tailer takes it: negative, as long as it takes.
+fn timeout(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+/// A record as C sees it: pointers into the mapping.
+fn record(f: &mapq::log::FrameView<'_>) -> mapq_record {
+    let key = f.key();
+    let value = f.value();
+    let headers = &f.bytes[f.headers_range.clone()];
+    mapq_record {
+        offset: f.offset,
+        timestamp_ms: f.timestamp_ms,
+        key: key.map_or(std::ptr::null(), <[u8]>::as_ptr),
+        key_len: key.map_or(0, <[u8]>::len),
+        value: value.map_or(std::ptr::null(), <[u8]>::as_ptr),
+        value_len: value.map_or(0, <[u8]>::len),
+        headers: headers.as_ptr(),
+        headers_len: headers.len(),
+        header_count: f.header_count,
+        flags: if f.value_is_json() {
+            MAPQ_RECORD_VALUE_JSON
+        } else {
+            0
+        },
+    }
 }
 
 /// Header `index` (from 0) of `record`, into `*out`: `MAPQ_TAIL_OK`, or

@@ -294,38 +294,55 @@ impl Tailer {
     /// The next record, a zero-copy view of the mapping. `None` at the end of the log when
     /// not following; when following, waits for it.
     pub fn next_record(&mut self) -> Result<Option<FrameView<'_>>> {
-        self.next_record_until(None)
+        self.next_record_within(None)
     }
 
-    /// [`Tailer::next_record`], waiting (when following) until `deadline` at the most:
-    /// `None` once it has passed with no record.
-    pub fn next_record_until(
+    /// The next record if it is readable now in the segment the tailer is in: never waits,
+    /// and never moves to another segment (so that the records returned since the last
+    /// call to any other method stay mapped: the C library's batches).
+    pub fn next_record_here(&mut self) -> Result<Option<FrameView<'_>>> {
+        let end = self.visible_end();
+        if self.pos >= end {
+            return Ok(None);
+        }
+        self.read_at(end).map(Some)
+    }
+
+    /// Decodes the frame at the tailer's position (below `end`) and moves past it.
+    fn read_at(&mut self, end: usize) -> Result<FrameView<'_>> {
+        let at = self.pos;
+        let m = &self.m;
+        let f = decode_frame(m.published(at, end))
+            .map_err(|e| LogError::corrupt(self.seg.path(), format!("at byte {at}: {e}")))?;
+        if f.offset != self.next_offset {
+            return Err(LogError::corrupt(
+                self.seg.path(),
+                format!(
+                    "offset {} where {} was expected",
+                    f.offset, self.next_offset
+                ),
+            )
+            .into());
+        }
+        self.pos += f.padded_len;
+        self.next_offset = f.offset.checked_add(1).ok_or_else(|| {
+            LogError::corrupt(self.seg.path(), "offset u64::MAX has no successor")
+        })?;
+        Ok(f)
+    }
+
+    /// [`Tailer::next_record`], waiting (when following) for `timeout` at the most (`None`:
+    /// as long as it takes): `None` once it has passed with no record.
+    pub fn next_record_within(
         &mut self,
-        deadline: Option<Instant>,
+        timeout: Option<Duration>,
     ) -> Result<Option<FrameView<'_>>> {
+        // The clock is read only when there is nothing to read at once.
+        let mut deadline = None;
         loop {
             let end = self.visible_end();
             if self.pos < end {
-                let at = self.pos;
-                let m = &self.m;
-                let f = decode_frame(m.published(at, end)).map_err(|e| {
-                    LogError::corrupt(self.seg.path(), format!("at byte {at}: {e}"))
-                })?;
-                if f.offset != self.next_offset {
-                    return Err(LogError::corrupt(
-                        self.seg.path(),
-                        format!(
-                            "offset {} where {} was expected",
-                            f.offset, self.next_offset
-                        ),
-                    )
-                    .into());
-                }
-                self.pos += f.padded_len;
-                self.next_offset = f.offset.checked_add(1).ok_or_else(|| {
-                    LogError::corrupt(self.seg.path(), "offset u64::MAX has no successor")
-                })?;
-                return Ok(Some(f));
+                return self.read_at(end).map(Some);
             }
             if self.advance(false)? {
                 continue;
@@ -333,6 +350,7 @@ impl Tailer {
             if !self.opts.follow || self.stopped() {
                 return Ok(None);
             }
+            let deadline = timeout.map(|t| *deadline.get_or_insert_with(|| Instant::now() + t));
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }

@@ -4,6 +4,7 @@ same modes and output as tail_c.c:
     tail_py.py follow DATA_DIR TOPIC PARTITION COUNT
     tail_py.py errors DATA_DIR TOPIC
     tail_py.py deleted DATA_DIR TOPIC
+    tail_py.py values DATA_DIR TOPIC PARTITION       (Tailer.values(): "offset value" lines)
 """
 
 import sys
@@ -44,6 +45,22 @@ def follow(data_dir, topic, partition, count):
     sys.stdout.flush()
 
 
+def values(data_dir, topic, partition):
+    """Tailer.values(), not following: "offset value" lines; each view released at the next."""
+    previous = None
+    with Tailer(data_dir, topic, partition) as t:
+        for offset, value in t.values():
+            if previous is not None:
+                try:
+                    bytes(previous)
+                    raise SystemExit("a value was still readable after the next one")
+                except ValueError:
+                    pass
+            print(f"{offset} {hexed(value)}")
+            previous = value
+    sys.stdout.flush()
+
+
 def try_open(what, data_dir, topic, partition):
     try:
         Tailer(data_dir, topic, partition).close()
@@ -79,6 +96,8 @@ if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "follow":
         follow(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    elif mode == "values":
+        values(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif mode == "errors":
         errors(sys.argv[2], sys.argv[3])
     elif mode == "deleted":

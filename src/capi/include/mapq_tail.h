@@ -145,6 +145,22 @@ int32_t mapq_tail_open(const char *data_dir,
 // points to writable storage for a record.
 int32_t mapq_tail_next(struct mapq_tailer *t, int64_t timeout_ms, struct mapq_record *out);
 
+// Up to `max` records into `out[0 .. *count)`, for callers that pay per call (an
+// interpreter): the first as `mapq_tail_next` returns it (waiting up to `timeout_ms`), the
+// others only those readable at once in the same segment, so that every one of them stays
+// valid until the next call on this tailer. Returns as `mapq_tail_next` does (`*count` is
+// 0 unless `MAPQ_TAIL_OK`); an error after the first record ends the batch, and the next
+// call returns it.
+//
+// # Safety
+// As `mapq_tail_next`; `out` points to writable storage for `max` records, and `count` to
+// a writable `size_t`.
+int32_t mapq_tail_next_batch(struct mapq_tailer *t,
+                             int64_t timeout_ms,
+                             struct mapq_record *out,
+                             size_t max,
+                             size_t *count);
+
 // Header `index` (from 0) of `record`, into `*out`: `MAPQ_TAIL_OK`, or
 // `MAPQ_TAIL_ERR_ARGUMENT` past the last one. Valid as long as the record.
 //

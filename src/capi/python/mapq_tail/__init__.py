@@ -52,31 +52,42 @@ class _Options(ctypes.Structure):
     ]
 
 
-_Bytes = ctypes.POINTER(ctypes.c_uint8)
-
-
 class _Record(ctypes.Structure):
     _fields_ = [
         ("offset", ctypes.c_uint64),
         ("timestamp_ms", ctypes.c_int64),
-        ("key", _Bytes),
+        ("key", ctypes.c_void_p),
         ("key_len", ctypes.c_size_t),
-        ("value", _Bytes),
+        ("value", ctypes.c_void_p),
         ("value_len", ctypes.c_size_t),
-        ("headers", _Bytes),
+        ("headers", ctypes.c_void_p),
         ("headers_len", ctypes.c_size_t),
         ("header_count", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
     ]
 
 
+# A record is nine 64-bit words (its last holds header_count, then flags): a batch is read
+# as words, which is several times faster than through ctypes' fields.
+_WORDS = ctypes.sizeof(_Record) // 8
+assert _WORDS == 9 and ctypes.sizeof(ctypes.c_void_p) == 8, "a 64-bit platform"
+_BATCH = 256
+
+
 class _Header(ctypes.Structure):
     _fields_ = [
-        ("name", _Bytes),
+        ("name", ctypes.c_void_p),
         ("name_len", ctypes.c_size_t),
-        ("value", _Bytes),
+        ("value", ctypes.c_void_p),
         ("value_len", ctypes.c_size_t),
     ]
+
+
+# A read-only memoryview of memory the library owns, made in one call (no copy).
+_from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
+_from_memory.restype = ctypes.py_object
+_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
+_PyBUF_READ = 0x100
 
 
 class TailError(Exception):
@@ -110,6 +121,9 @@ def load(path=None):
     lib.mapq_tail_open.restype = ctypes.c_int32
     lib.mapq_tail_next.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Record)]
     lib.mapq_tail_next.restype = ctypes.c_int32
+    lib.mapq_tail_next_batch.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.POINTER(_Record),
+                                         ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]
+    lib.mapq_tail_next_batch.restype = ctypes.c_int32
     lib.mapq_record_header.argtypes = [ctypes.POINTER(_Record), ctypes.c_uint32, ctypes.POINTER(_Header)]
     lib.mapq_record_header.restype = ctypes.c_int32
     lib.mapq_tail_position.argtypes = [ctypes.c_void_p]
@@ -121,43 +135,63 @@ def load(path=None):
     return lib
 
 
-def _view(ptr, length):
-    """A read-only memoryview of `length` bytes at `ptr` (None for a null pointer)."""
-    if not ptr:
-        return None
-    if length == 0:
-        return memoryview(b"")
-    array = (ctypes.c_uint8 * length).from_address(ctypes.cast(ptr, ctypes.c_void_p).value)
-    return memoryview(array).cast("B").toreadonly()
-
-
 class Record:
-    """One record: `offset`, `timestamp_ms`, `key` and `value` (memoryviews, or None for
-    null), `headers` (a list of (name, value) memoryviews), `value_is_json`. Valid until
-    the next record is read."""
+    """One record: `offset`, `timestamp_ms`, `value_is_json`, and `key`, `value` (memoryviews
+    of the mapping, or None for null) and `headers` (a list of (name, value) memoryviews),
+    made when first asked for. Valid until the next record is read."""
 
-    __slots__ = ("offset", "timestamp_ms", "key", "value", "headers", "value_is_json", "_views")
+    __slots__ = ("offset", "timestamp_ms", "value_is_json", "_key", "_key_len", "_value",
+                 "_value_len", "_header_count", "_raw", "_at", "_views", "_lib")
 
-    def __init__(self, raw, lib):
-        self.offset = raw.offset
-        self.timestamp_ms = raw.timestamp_ms
-        self.value_is_json = bool(raw.flags & VALUE_JSON)
-        self.key = _view(raw.key, raw.key_len)
-        self.value = _view(raw.value, raw.value_len)
-        headers = []
+    def __init__(self, words, at, batch, lib):
+        self.offset = words[at]
+        ts = words[at + 1]
+        self.timestamp_ms = ts - (1 << 64) if ts >= 1 << 63 else ts
+        self._key, self._key_len = words[at + 2], words[at + 3]
+        self._value, self._value_len = words[at + 4], words[at + 5]
+        last = words[at + 8]
+        self._header_count = last & 0xFFFFFFFF
+        self.value_is_json = bool((last >> 32) & VALUE_JSON)
+        self._raw = batch  # the record is at word `at` of it (for its headers)
+        self._at = at
+        self._views = []
+        self._lib = lib
+
+    def _view(self, address, length):
+        if not address:
+            return None
+        if self._views is None:
+            raise ValueError("this record was released: the next one was read")
+        v = _from_memory(address, length, _PyBUF_READ)
+        self._views.append(v)
+        return v
+
+    @property
+    def key(self):
+        return self._view(self._key, self._key_len)
+
+    @property
+    def value(self):
+        return self._view(self._value, self._value_len)
+
+    @property
+    def headers(self):
+        out = []
         h = _Header()
-        for i in range(raw.header_count):
-            rc = lib.mapq_record_header(ctypes.byref(raw), i, ctypes.byref(h))
+        for i in range(self._header_count):
+            if self._views is None:
+                raise ValueError("this record was released: the next one was read")
+            record = ctypes.cast(ctypes.byref(self._raw, self._at * 8), ctypes.POINTER(_Record))
+            rc = self._lib.mapq_record_header(record, i, ctypes.byref(h))
             if rc != OK:
-                raise TailError(rc, lib.mapq_tail_error().decode(errors="replace"))
-            headers.append((_view(h.name, h.name_len), _view(h.value, h.value_len)))
-        self.headers = headers
-        self._views = [v for v in [self.key, self.value] + [x for pair in headers for x in pair] if v is not None]
+                raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+            out.append((self._view(h.name, h.name_len), self._view(h.value, h.value_len)))
+        return out
 
     def _release(self):
-        for v in self._views:
+        for v in self._views or ():
             v.release()
-        self._views = []
+        self._views = None
 
     def __repr__(self):
         return f"Record(offset={self.offset}, timestamp_ms={self.timestamp_ms})"
@@ -190,7 +224,10 @@ class Tailer:
         o.spin, o.jump_when_deleted = spin, jump_when_deleted
         self._follow = follow
         self._handle = ctypes.c_void_p()
-        self._raw = _Record()
+        self._batch = (_Record * _BATCH)()
+        self._words = memoryview(self._batch).cast("B").cast("Q")
+        self._count = ctypes.c_size_t(0)
+        self._n = self._i = 0
         self._last = None
         rc = self._lib.mapq_tail_open(os.fsencode(data_dir), topic.encode(), partition,
                                       ctypes.byref(o), ctypes.byref(self._handle))
@@ -206,19 +243,64 @@ class Tailer:
         if self._last is not None:
             self._last._release()
             self._last = None
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        rc = self._lib.mapq_tail_next(self._handle, ms, ctypes.byref(self._raw))
-        if rc == OK:
-            self._last = Record(self._raw, self._lib)
-            return self._last
-        if rc in (END, TIMEOUT):
-            return None
-        raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+        if self._i >= self._n:
+            # A batch: the records the library can give at once, all valid until its next
+            # call, which comes only once each of them was released.
+            ms = -1 if timeout is None else max(0, int(timeout * 1000))
+            rc = self._lib.mapq_tail_next_batch(self._handle, ms, self._batch, _BATCH,
+                                                ctypes.byref(self._count))
+            if rc in (END, TIMEOUT):
+                return None
+            if rc != OK:
+                raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+            self._n, self._i = self._count.value, 0
+        i = self._i
+        self._i = i + 1
+        r = Record(self._words, i * _WORDS, self._batch, self._lib)
+        self._last = r
+        return r
 
     @property
     def position(self):
         """The offset of the next record it will return."""
+        if self._i < self._n:
+            return self._words[self._i * _WORDS]
         return self._lib.mapq_tail_position(self._handle)
+
+    def values(self, timeout=None):
+        """The fast path: (offset, value) pairs, the value a memoryview of the mapping (None
+        for a null value), released when the next pair is made, as a record's are. Stops at
+        the end (not following) or, following, once `timeout` seconds passed without a
+        record (None: never)."""
+        if self._last is not None:
+            self._last._release()
+            self._last = None
+        words, batch, count = self._words, self._batch, self._count
+        lib, handle, from_memory = self._lib, self._handle, _from_memory
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        view = None
+        try:
+            while True:
+                if self._i >= self._n:
+                    if view is not None:
+                        view.release()
+                        view = None
+                    rc = lib.mapq_tail_next_batch(handle, ms, batch, _BATCH, ctypes.byref(count))
+                    if rc in (END, TIMEOUT):
+                        return
+                    if rc != OK:
+                        raise TailError(rc, lib.mapq_tail_error().decode(errors="replace"))
+                    self._n, self._i = count.value, 0
+                at = self._i * _WORDS
+                self._i += 1
+                if view is not None:
+                    view.release()
+                address = words[at + 4]
+                view = from_memory(address, words[at + 5], _PyBUF_READ) if address else None
+                yield words[at], view
+        finally:
+            if view is not None:
+                view.release()
 
     def __iter__(self):
         while True:
