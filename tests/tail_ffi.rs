@@ -178,8 +178,9 @@ async fn consumed(http: &reqwest::Client, base: &str, topic: &str) -> Vec<String
                 .map(|(k, v)| format!("{}={}", hexed(None, Some(k)), hexed(None, v.as_str())))
                 .collect();
             lines.push(format!(
-                "{} {} {} {}",
+                "{} {} {} {} {}",
                 rec["offset"],
+                rec["timestamp_ms"],
                 hexed(rec["key_b64"].as_str(), rec["key"].as_str()),
                 value.unwrap_or_else(|| hexed(rec["value_b64"].as_str(), None)),
                 headers.join(",")
@@ -299,7 +300,7 @@ async fn c_and_python_tailers_read_what_http_consume_returns_through_rolls_and_a
         .iter()
         .map(|l| {
             let w: Vec<&str> = l.split(' ').collect();
-            format!("{} {}", w[0], w[2].trim_start_matches('j'))
+            format!("{} {}", w[0], w[3].trim_start_matches('j'))
         })
         .collect();
     assert_eq!(got, want, "Tailer.values() and HTTP consume");
@@ -352,6 +353,15 @@ async fn bad_inputs_get_clear_error_codes() {
             assert_eq!(code("null_topic"), -1, "{text}");
             assert_eq!(code("bad_option"), -1, "{text}");
             assert_eq!(code("null_tailer"), -1, "{text}");
+            // From offset 2 of 4, in batches: 2 records, then MAPQ_TAIL_END (1).
+            assert!(text.contains("from_offset_batches 1 2 2\n"), "{text}");
+            // Following from the end, no wait: MAPQ_TAIL_TIMEOUT (2), at offset 4.
+            assert!(text.contains("latest_no_wait 2 4\n"), "{text}");
+        } else {
+            assert!(text.contains("from_offset 2 2\n"), "{text}");
+            assert!(text.contains("latest_no_wait True 4\n"), "{text}");
+            assert!(text.contains("stale_record refused\n"), "{text}");
+            assert!(text.contains("closed refused\n"), "{text}");
         }
     }
     // A topic deleted while followed: both tailers stop with TOPIC_DELETED.

@@ -11,8 +11,9 @@
 //!     return 1;
 //! }
 //! mapq_record r;
-//! while (mapq_tail_next(t, 1000, &r) >= MAPQ_TAIL_OK) {  /* OK, or TIMEOUT */
-//!     ...  /* r.value[0 .. r.value_len): valid until the next call on t */
+//! int rc;
+//! while ((rc = mapq_tail_next(t, 1000, &r)) == MAPQ_TAIL_OK || rc == MAPQ_TAIL_TIMEOUT) {
+//!     if (rc == MAPQ_TAIL_OK) { ... }  /* r.value[0 .. r.value_len): until the next call */
 //! }
 //! mapq_tail_close(t);
 //! ```
@@ -75,7 +76,8 @@ pub const MAPQ_TAIL_FROM_TIMESTAMP: u32 = 3;
 /// `mapq_record.flags`: the value was produced as JSON.
 pub const MAPQ_RECORD_VALUE_JSON: u32 = 1;
 
-/// How a tailer reads: the Rust tailer's `TailOptions`.
+/// How a tailer reads: the Rust tailer's `TailOptions`. The flags are bytes, 0 for no and
+/// anything else for yes (so that any FFI can set them).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mapq_tail_options {
@@ -84,16 +86,16 @@ pub struct mapq_tail_options {
     /// The offset or timestamp of `MAPQ_TAIL_FROM_OFFSET` / `MAPQ_TAIL_FROM_TIMESTAMP`.
     pub from_value: i64,
     /// Wait for new records at the end instead of stopping there.
-    pub follow: bool,
+    pub follow: u8,
     /// Read only records msync has made durable.
-    pub durable_only: bool,
+    pub durable_only: u8,
     /// Read only records every in-sync replica holds (in a cluster).
-    pub replicated_only: bool,
+    pub replicated_only: u8,
     /// Spin while waiting (lowest latency, a core busy) instead of a futex wait.
-    pub spin: bool,
+    pub spin: u8,
     /// Jump to the earliest record when unread records were deleted by retention, instead
     /// of failing with `MAPQ_TAIL_ERR_OFFSET_DELETED`.
-    pub jump_when_deleted: bool,
+    pub jump_when_deleted: u8,
 }
 
 /// One record: pointers into the mapping, valid until the next call on its tailer.
@@ -192,11 +194,11 @@ pub extern "C" fn mapq_tail_options_default() -> mapq_tail_options {
     mapq_tail_options {
         from: MAPQ_TAIL_FROM_EARLIEST,
         from_value: 0,
-        follow: false,
-        durable_only: false,
-        replicated_only: false,
-        spin: false,
-        jump_when_deleted: false,
+        follow: 0,
+        durable_only: 0,
+        replicated_only: 0,
+        spin: 0,
+        jump_when_deleted: 0,
     }
 }
 
@@ -218,15 +220,15 @@ fn options(o: &mapq_tail_options) -> Result<TailOptions, i32> {
     };
     Ok(TailOptions {
         from,
-        follow: o.follow,
-        durable_only: o.durable_only,
-        replicated_only: o.replicated_only,
-        wait: if o.spin {
+        follow: o.follow != 0,
+        durable_only: o.durable_only != 0,
+        replicated_only: o.replicated_only != 0,
+        wait: if o.spin != 0 {
             WaitMode::Spin
         } else {
             WaitMode::Block
         },
-        on_deleted: if o.jump_when_deleted {
+        on_deleted: if o.jump_when_deleted != 0 {
             OnDeleted::Jump
         } else {
             OnDeleted::Fail
@@ -481,9 +483,12 @@ pub unsafe extern "C" fn mapq_tail_close(t: *mut mapq_tailer) {
     }
 }
 
-/// The message of the last error on the calling thread ("" when none): valid until the
-/// thread's next call into the library.
+/// The message of the last error on the calling thread ("" when there was none yet; a
+/// successful call leaves it as it was): valid until the thread's next failing call into
+/// the library.
 #[no_mangle]
 pub extern "C" fn mapq_tail_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }

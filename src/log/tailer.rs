@@ -352,6 +352,14 @@ impl Tailer {
             }
             let deadline = timeout.map(|t| *deadline.get_or_insert_with(|| Instant::now() + t));
             if deadline.is_some_and(|d| Instant::now() >= d) {
+                // A caller that never waits (a timeout of 0) gets the periodic checks too.
+                if self.last_check.elapsed() >= CHECK_EVERY {
+                    self.last_check = Instant::now();
+                    if self.advance(true)? {
+                        continue;
+                    }
+                    self.check_still_there()?;
+                }
                 return Ok(None);
             }
             self.populate_ahead();

@@ -48,7 +48,7 @@ static int follow(const char *dir, const char *topic, uint32_t partition, long c
             return 1;
         }
         idle = 0;
-        printf("%llu ", (unsigned long long)r.offset);
+        printf("%llu %lld ", (unsigned long long)r.offset, (long long)r.timestamp_ms);
         hex(r.key, r.key_len, r.key == NULL);
         putchar(' ');
         if (r.flags & MAPQ_RECORD_VALUE_JSON) putchar('j');
@@ -103,6 +103,29 @@ int main(int argc, char **argv) {
         o.from_value = 1000000;
         printf("beyond_end %d %s\n", mapq_tail_open(argv[2], argv[3], 0, &o, &t), mapq_tail_error());
         printf("null_tailer %d\n", mapq_tail_next(NULL, 0, NULL));
+        /* Not following, from offset 2, in batches: to the end, then MAPQ_TAIL_END. */
+        o = mapq_tail_options_default();
+        o.from = MAPQ_TAIL_FROM_OFFSET;
+        o.from_value = 2;
+        if (mapq_tail_open(argv[2], argv[3], 0, &o, &t) != MAPQ_TAIL_OK) return 1;
+        mapq_record batch[8];
+        size_t n = 0, got = 0;
+        unsigned long long first = 0;
+        int rc;
+        while ((rc = mapq_tail_next_batch(t, 0, batch, 8, &n)) == MAPQ_TAIL_OK) {
+            if (!got) first = batch[0].offset;
+            got += n;
+        }
+        printf("from_offset_batches %d %zu %llu\n", rc, got, first);
+        mapq_tail_close(t);
+        /* Following from the end, a timeout of 0: no record, MAPQ_TAIL_TIMEOUT at once. */
+        o = mapq_tail_options_default();
+        o.from = MAPQ_TAIL_FROM_LATEST;
+        o.follow = 1;
+        if (mapq_tail_open(argv[2], argv[3], 0, &o, &t) != MAPQ_TAIL_OK) return 1;
+        printf("latest_no_wait %d %llu\n", mapq_tail_next(t, 0, &batch[0]),
+               (unsigned long long)mapq_tail_position(t));
+        mapq_tail_close(t);
         return 0;
     }
     if (argc >= 4 && strcmp(argv[1], "deleted") == 0) {

@@ -38,7 +38,7 @@ def follow(data_dir, topic, partition, count):
             idle = 0
             headers = ",".join(f"{hexed(n)}={hexed(v)}" for n, v in r.headers)
             json = "j" if r.value_is_json else ""
-            print(f"{r.offset} {hexed(r.key)} {json}{hexed(r.value)} {headers}")
+            print(f"{r.offset} {r.timestamp_ms} {hexed(r.key)} {json}{hexed(r.value)} {headers}")
             if r.value is not None:
                 previous = r.value
             seen += 1
@@ -78,6 +78,26 @@ def errors(data_dir, topic):
         print("beyond_end 0 ")
     except TailError as e:
         print(f"beyond_end {e.code} {e}")
+    with Tailer(data_dir, topic, 0, start=2) as t:
+        offsets = [r.offset for r in t]
+        print(f"from_offset {len(offsets)} {offsets[0] if offsets else -1}")
+    with Tailer(data_dir, topic, 0, follow=True, start="latest") as t:
+        print(f"latest_no_wait {t.next(timeout=0) is None} {t.position}")
+    # A record asked for after the tailer read on, and a closed tailer.
+    t = Tailer(data_dir, topic, 0)
+    first = t.next()
+    t.next()
+    try:
+        first.value
+        print("stale_record readable")
+    except ValueError:
+        print("stale_record refused")
+    t.close()
+    try:
+        t.next()
+        print("closed readable")
+    except ValueError:
+        print("closed refused")
 
 
 def deleted(data_dir, topic):

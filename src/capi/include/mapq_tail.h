@@ -67,23 +67,24 @@
 // A tailer of one partition (opaque).
 typedef struct mapq_tailer mapq_tailer;
 
-// How a tailer reads: the Rust tailer's `TailOptions`.
+// How a tailer reads: the Rust tailer's `TailOptions`. The flags are bytes, 0 for no and
+// anything else for yes (so that any FFI can set them).
 typedef struct mapq_tail_options {
   // `MAPQ_TAIL_FROM_*`.
   uint32_t from;
   // The offset or timestamp of `MAPQ_TAIL_FROM_OFFSET` / `MAPQ_TAIL_FROM_TIMESTAMP`.
   int64_t from_value;
   // Wait for new records at the end instead of stopping there.
-  bool follow;
+  uint8_t follow;
   // Read only records msync has made durable.
-  bool durable_only;
+  uint8_t durable_only;
   // Read only records every in-sync replica holds (in a cluster).
-  bool replicated_only;
+  uint8_t replicated_only;
   // Spin while waiting (lowest latency, a core busy) instead of a futex wait.
-  bool spin;
+  uint8_t spin;
   // Jump to the earliest record when unread records were deleted by retention, instead
   // of failing with `MAPQ_TAIL_ERR_OFFSET_DELETED`.
-  bool jump_when_deleted;
+  uint8_t jump_when_deleted;
 } mapq_tail_options;
 
 // One record: pointers into the mapping, valid until the next call on its tailer.
@@ -184,8 +185,9 @@ uint64_t mapq_tail_position(const struct mapq_tailer *t);
 // `t` is NULL or a tailer from `mapq_tail_open`, not closed yet.
 void mapq_tail_close(struct mapq_tailer *t);
 
-// The message of the last error on the calling thread ("" when none): valid until the
-// thread's next call into the library.
+// The message of the last error on the calling thread ("" when there was none yet; a
+// successful call leaves it as it was): valid until the thread's next failing call into
+// the library.
 const char *mapq_tail_error(void);
 
 #ifdef __cplusplus

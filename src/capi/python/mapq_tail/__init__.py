@@ -7,9 +7,11 @@
             print(record.offset, bytes(record.value))
 
 Records come straight from the partition's memory mapping: `key`, `value` and the headers
-are memoryviews of it, not copies. They are valid until the next record is read; then they
-are released, and using one raises ValueError (copy with bytes() what you keep; a slice or
-a cast of a view is a view of the same memory, and must not be kept either). Following, the
+are memoryviews of it, not copies. They are valid until the tailer calls the library again
+(the next record or batch, close); then they are released, and using one raises ValueError.
+Copy with bytes() what you keep: a slice of a view (or memoryview(view)) is not released
+with it and must not be kept past that call; an array made from a view (numpy.frombuffer)
+keeps it from being released, and the tailer then refuses to read on (BufferError). Following, the
 wait for the next record is a futex wait (or a spin) inside the library, with the GIL
 released.
 
@@ -20,6 +22,9 @@ by the system's loader (ctypes.util.find_library).
 import ctypes
 import ctypes.util
 import os
+import sys
+import threading
+import time
 
 __all__ = ["Tailer", "Record", "TailError", "load"]
 
@@ -44,11 +49,11 @@ class _Options(ctypes.Structure):
     _fields_ = [
         ("from_", ctypes.c_uint32),
         ("from_value", ctypes.c_int64),
-        ("follow", ctypes.c_bool),
-        ("durable_only", ctypes.c_bool),
-        ("replicated_only", ctypes.c_bool),
-        ("spin", ctypes.c_bool),
-        ("jump_when_deleted", ctypes.c_bool),
+        ("follow", ctypes.c_uint8),
+        ("durable_only", ctypes.c_uint8),
+        ("replicated_only", ctypes.c_uint8),
+        ("spin", ctypes.c_uint8),
+        ("jump_when_deleted", ctypes.c_uint8),
     ]
 
 
@@ -70,7 +75,8 @@ class _Record(ctypes.Structure):
 # A record is nine 64-bit words (its last holds header_count, then flags): a batch is read
 # as words, which is several times faster than through ctypes' fields.
 _WORDS = ctypes.sizeof(_Record) // 8
-assert _WORDS == 9 and ctypes.sizeof(ctypes.c_void_p) == 8, "a 64-bit platform"
+if _WORDS != 9 or ctypes.sizeof(ctypes.c_void_p) != 8 or sys.byteorder != "little":
+    raise ImportError("mapq_tail needs a 64-bit little-endian platform")
 _BATCH = 256
 
 
@@ -87,7 +93,7 @@ class _Header(ctypes.Structure):
 _from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
 _from_memory.restype = ctypes.py_object
 _from_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
-_PyBUF_READ = 0x100
+_PYBUF_READ = 0x100
 
 
 class TailError(Exception):
@@ -108,6 +114,9 @@ def load(path=None):
     global _lib
     if _lib is not None and path is None:
         return _lib
+    named = path or os.environ.get("MAPQ_TAIL_LIBRARY")
+    if named and not os.path.exists(named):
+        raise OSError(f"{named} (the mapq_tail library named) does not exist")
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmapq_tail.so")
     candidates = [path, os.environ.get("MAPQ_TAIL_LIBRARY"), here, ctypes.util.find_library("mapq_tail")]
     name = next((c for c in candidates if c and (os.path.exists(c) or not os.sep in c)), None)
@@ -138,12 +147,14 @@ def load(path=None):
 class Record:
     """One record: `offset`, `timestamp_ms`, `value_is_json`, and `key`, `value` (memoryviews
     of the mapping, or None for null) and `headers` (a list of (name, value) memoryviews),
-    made when first asked for. Valid until the next record is read."""
+    made when first asked for. Valid until the tailer's next call (the next record, or
+    close): then its views are released, and asking for them raises ValueError."""
 
     __slots__ = ("offset", "timestamp_ms", "value_is_json", "_key", "_key_len", "_value",
-                 "_value_len", "_header_count", "_raw", "_at", "_views", "_lib")
+                 "_value_len", "_header_count", "_at", "_tailer", "_epoch")
 
-    def __init__(self, words, at, batch, lib):
+    def __init__(self, tailer, at):
+        words = tailer._words
         self.offset = words[at]
         ts = words[at + 1]
         self.timestamp_ms = ts - (1 << 64) if ts >= 1 << 63 else ts
@@ -152,46 +163,37 @@ class Record:
         last = words[at + 8]
         self._header_count = last & 0xFFFFFFFF
         self.value_is_json = bool((last >> 32) & VALUE_JSON)
-        self._raw = batch  # the record is at word `at` of it (for its headers)
         self._at = at
-        self._views = []
-        self._lib = lib
+        self._tailer = tailer
+        self._epoch = tailer._epoch
 
-    def _view(self, address, length):
-        if not address:
-            return None
-        if self._views is None:
-            raise ValueError("this record was released: the next one was read")
-        v = _from_memory(address, length, _PyBUF_READ)
-        self._views.append(v)
-        return v
+    def _check(self):
+        if self._epoch != self._tailer._epoch:
+            raise ValueError("this record was released: the tailer read on (or closed)")
 
     @property
     def key(self):
-        return self._view(self._key, self._key_len)
+        self._check()
+        return self._tailer._view(self._key, self._key_len)
 
     @property
     def value(self):
-        return self._view(self._value, self._value_len)
+        self._check()
+        return self._tailer._view(self._value, self._value_len)
 
     @property
     def headers(self):
+        self._check()
+        t = self._tailer
         out = []
         h = _Header()
+        record = ctypes.cast(ctypes.byref(t._batch, self._at * 8), ctypes.POINTER(_Record))
         for i in range(self._header_count):
-            if self._views is None:
-                raise ValueError("this record was released: the next one was read")
-            record = ctypes.cast(ctypes.byref(self._raw, self._at * 8), ctypes.POINTER(_Record))
-            rc = self._lib.mapq_record_header(record, i, ctypes.byref(h))
+            rc = t._lib.mapq_record_header(record, i, ctypes.byref(h))
             if rc != OK:
-                raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
-            out.append((self._view(h.name, h.name_len), self._view(h.value, h.value_len)))
+                raise TailError(rc, t._lib.mapq_tail_error().decode(errors="replace"))
+            out.append((t._view(h.name, h.name_len), t._view(h.value, h.value_len)))
         return out
-
-    def _release(self):
-        for v in self._views or ():
-            v.release()
-        self._views = None
 
     def __repr__(self):
         return f"Record(offset={self.offset}, timestamp_ms={self.timestamp_ms})"
@@ -228,79 +230,105 @@ class Tailer:
         self._words = memoryview(self._batch).cast("B").cast("Q")
         self._count = ctypes.c_size_t(0)
         self._n = self._i = 0
-        self._last = None
+        # Every view handed out since the library's last call, released before its next
+        # one; and a count of those releases (a record made before one is stale).
+        self._views = []
+        self._epoch = 0
+        # One call into the library at a time (the GIL is released while it waits).
+        self._lock = threading.RLock()
         rc = self._lib.mapq_tail_open(os.fsencode(data_dir), topic.encode(), partition,
                                       ctypes.byref(o), ctypes.byref(self._handle))
         if rc != OK:
+            self._handle = None
             raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+
+    def _view(self, address, length):
+        if not address:
+            return None
+        v = _from_memory(address, length, _PYBUF_READ)
+        self._views.append(v)
+        return v
+
+    def _release(self):
+        """Releases every view handed out, before a call that may unmap what they show.
+        A view that cannot be released (a slice or an array made from it still exists)
+        stops the tailer here: reading on could leave that view on unmapped memory."""
+        kept = []
+        for v in self._views:
+            try:
+                v.release()
+            except BufferError:
+                kept.append(v)
+        self._views = kept
+        self._epoch += 1
+        if kept:
+            raise BufferError(
+                f"{len(kept)} view(s) of the last record are still in use by a slice or an "
+                "array made from them: copy (bytes(...)) what you keep, then drop them")
+
+    def _batch_call(self, timeout):
+        """Fills the batch: True, or False at the end / after `timeout` seconds."""
+        if self._handle is None:
+            raise ValueError("the tailer is closed")
+        # Waits as long as asked, but in slices of 200 ms, so that the interpreter runs its
+        # signal handlers (Ctrl-C) in between.
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            rc = self._lib.mapq_tail_next_batch(self._handle, int(left * 1000), self._batch,
+                                                _BATCH, ctypes.byref(self._count))
+            if rc == OK:
+                self._n, self._i = self._count.value, 0
+                return True
+            if rc == END:
+                return False
+            if rc != TIMEOUT:
+                raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
 
     def next(self, timeout=None):
         """The next record; None at the end (not following) or when `timeout` seconds
         passed without one (following; None: wait as long as it takes). Releases the views
         of the record before."""
-        if self._handle is None:
-            raise ValueError("the tailer is closed")
-        if self._last is not None:
-            self._last._release()
-            self._last = None
-        if self._i >= self._n:
-            # A batch: the records the library can give at once, all valid until its next
-            # call, which comes only once each of them was released.
-            ms = -1 if timeout is None else max(0, int(timeout * 1000))
-            rc = self._lib.mapq_tail_next_batch(self._handle, ms, self._batch, _BATCH,
-                                                ctypes.byref(self._count))
-            if rc in (END, TIMEOUT):
+        with self._lock:
+            self._release()
+            if self._handle is None:
+                raise ValueError("the tailer is closed")
+            if self._i >= self._n and not self._batch_call(timeout):
                 return None
-            if rc != OK:
-                raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
-            self._n, self._i = self._count.value, 0
-        i = self._i
-        self._i = i + 1
-        r = Record(self._words, i * _WORDS, self._batch, self._lib)
-        self._last = r
-        return r
+            i = self._i
+            self._i = i + 1
+            return Record(self, i * _WORDS)
 
     @property
     def position(self):
         """The offset of the next record it will return."""
-        if self._i < self._n:
-            return self._words[self._i * _WORDS]
-        return self._lib.mapq_tail_position(self._handle)
+        with self._lock:
+            if self._handle is None:
+                raise ValueError("the tailer is closed")
+            if self._i < self._n:
+                return self._words[self._i * _WORDS]
+            return self._lib.mapq_tail_position(self._handle)
 
     def values(self, timeout=None):
         """The fast path: (offset, value) pairs, the value a memoryview of the mapping (None
-        for a null value), released when the next pair is made, as a record's are. Stops at
+        for a null value), released when the tailer reads on, as a record's are. Stops at
         the end (not following) or, following, once `timeout` seconds passed without a
         record (None: never)."""
-        if self._last is not None:
-            self._last._release()
-            self._last = None
-        words, batch, count = self._words, self._batch, self._count
-        lib, handle, from_memory = self._lib, self._handle, _from_memory
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        view = None
-        try:
-            while True:
-                if self._i >= self._n:
-                    if view is not None:
-                        view.release()
-                        view = None
-                    rc = lib.mapq_tail_next_batch(handle, ms, batch, _BATCH, ctypes.byref(count))
-                    if rc in (END, TIMEOUT):
-                        return
-                    if rc != OK:
-                        raise TailError(rc, lib.mapq_tail_error().decode(errors="replace"))
-                    self._n, self._i = count.value, 0
+        words = self._words
+        while True:
+            with self._lock:
+                self._release()
+                if self._handle is None:
+                    raise ValueError("the tailer is closed")
+                if self._i >= self._n and not self._batch_call(timeout):
+                    return
                 at = self._i * _WORDS
                 self._i += 1
-                if view is not None:
-                    view.release()
-                address = words[at + 4]
-                view = from_memory(address, words[at + 5], _PyBUF_READ) if address else None
-                yield words[at], view
-        finally:
-            if view is not None:
-                view.release()
+                offset = words[at]
+                value = self._view(words[at + 4], words[at + 5])
+            yield offset, value
 
     def __iter__(self):
         while True:
@@ -312,12 +340,14 @@ class Tailer:
             yield r
 
     def close(self):
-        if self._last is not None:
-            self._last._release()
-            self._last = None
-        if self._handle is not None:
+        """Releases the views handed out, and closes the tailer (once)."""
+        with self._lock:
+            if self._handle is None:
+                return
+            self._release()
             self._lib.mapq_tail_close(self._handle)
             self._handle = None
+            self._n = self._i = 0
 
     def __enter__(self):
         return self
