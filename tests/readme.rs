@@ -36,7 +36,7 @@ const README: &str = include_str!("../README.md");
 const BLOCK_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Fence tags of blocks that are shown, not run.
-const SHOWN_ONLY: &[&str] = &["shell", "rust", "toml", "text", "json"];
+const SHOWN_ONLY: &[&str] = &["shell", "rust", "toml", "text", "json", "c", "python"];
 
 /// Printed after each step (with `\036`, the ASCII record separator, in front), so that the
 /// output of a block can be cut into the outputs of its steps.
