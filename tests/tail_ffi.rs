@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::server::Server;
+use common::server::{get_json, Server};
 use serde_json::{json, Value};
 
 fn root() -> &'static Path {
@@ -126,6 +126,20 @@ fn tailer(lang: &str, args: &[&str]) -> std::process::Child {
         .unwrap_or_else(|e| panic!("start the {lang} tailer: {e}"))
 }
 
+/// What a tailer process printed, line by line, once it exited (it must succeed).
+fn output_lines(child: std::process::Child, what: &str) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the {what} tailer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 fn hexed(b64: Option<&str>, text: Option<&str>) -> String {
     match (b64, text) {
         (Some(b), _) => format!(
@@ -150,16 +164,13 @@ async fn consumed(http: &reqwest::Client, base: &str, topic: &str) -> Vec<String
     let mut lines = Vec::new();
     let mut offset = 0;
     loop {
-        let r: Value = http
-            .get(format!(
+        let r = get_json(
+            http,
+            format!(
                 "{base}/v1/topics/{topic}/partitions/0/records?offset={offset}&max_records=1000"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+        )
+        .await;
         let records = r["records"].as_array().unwrap();
         if records.is_empty() {
             return lines;
@@ -258,18 +269,9 @@ async fn c_and_python_tailers_read_what_http_consume_returns_through_rolls_and_a
         "only {segments} segments: no rolls to read through"
     );
     for (lang, child) in [("C", c), ("Python", py)] {
-        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        let got = tokio::task::spawn_blocking(move || output_lines(child, lang))
             .await
             .unwrap();
-        assert!(
-            out.status.success(),
-            "the {lang} tailer failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_owned)
-            .collect();
         assert_eq!(
             got.len(),
             TOTAL,
@@ -284,18 +286,10 @@ async fn c_and_python_tailers_read_what_http_consume_returns_through_rolls_and_a
         }
     }
     // Python's fast path, Tailer.values(): the same offsets and values.
-    let out = tailer("python", &["values", &data, "t", "0"])
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let got = output_lines(
+        tailer("python", &["values", &data, "t", "0"]),
+        "Python values()",
     );
-    let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
     let want: Vec<String> = expected
         .iter()
         .map(|l| {
