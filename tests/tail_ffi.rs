@@ -355,6 +355,11 @@ async fn bad_inputs_get_clear_error_codes() {
             assert!(text.contains("from_offset 2 2\n"), "{text}");
             assert!(text.contains("latest_no_wait True 4\n"), "{text}");
             assert!(text.contains("stale_record refused\n"), "{text}");
+            // From another thread: refused, and the tailer still works in its own.
+            assert!(
+                text.contains("other_thread refused refused refused True\n"),
+                "{text}"
+            );
             assert!(text.contains("closed refused\n"), "{text}");
         }
     }

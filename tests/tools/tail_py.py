@@ -8,6 +8,7 @@ same modes and output as tail_c.c:
 """
 
 import sys
+import threading
 
 from mapq_tail import Tailer, TailError
 
@@ -92,6 +93,24 @@ def errors(data_dir, topic):
         print("stale_record readable")
     except ValueError:
         print("stale_record refused")
+    # A tailer and its records are used only from the thread that opened it.
+    third = t.next()
+    outcome = []
+
+    def elsewhere():
+        for what in (t.next, lambda: third.value, t.close):
+            try:
+                what()
+                outcome.append("used")
+            except RuntimeError:
+                outcome.append("refused")
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    worker.join()
+    with Tailer(data_dir, topic, 0, start=2) as again:
+        same = bytes(third.value) == bytes(again.next().value)
+    print(f"other_thread {' '.join(outcome)} {same}")
     t.close()
     try:
         t.next()

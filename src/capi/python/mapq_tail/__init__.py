@@ -7,13 +7,13 @@
             print(record.offset, bytes(record.value))
 
 Records come straight from the partition's memory mapping: `key`, `value` and the headers
-are memoryviews of it, not copies. They are valid until the tailer calls the library again
-(the next record or batch, close); then they are released, and using one raises ValueError.
-Copy with bytes() what you keep: a slice of a view (or memoryview(view)) is not released
-with it and must not be kept past that call; an array made from a view (numpy.frombuffer)
-keeps it from being released, and the tailer then refuses to read on (BufferError). Following, the
-wait for the next record is a futex wait (or a spin) inside the library, with the GIL
-released.
+are memoryviews of it, not copies. They are valid until the tailer reads on (the next
+record, or close); then they are released, and using one raises ValueError. Copy with
+bytes() what you keep: a slice of a view (or memoryview(view)) is not released with it and
+must not be kept past that point; an array made from a view (numpy.frombuffer) keeps it from
+being released, and the tailer then refuses to read on (BufferError). Following, the wait
+for the next record is a futex wait (or a spin) inside the library, with the GIL released.
+A tailer is used from the thread that opened it (another thread gets RuntimeError).
 
 The library is found through MAPQ_TAIL_LIBRARY (a path), then next to this package, then
 by the system's loader (ctypes.util.find_library).
@@ -78,6 +78,7 @@ _WORDS = ctypes.sizeof(_Record) // 8
 if _WORDS != 9 or ctypes.sizeof(ctypes.c_void_p) != 8 or sys.byteorder != "little":
     raise ImportError("mapq_tail needs a 64-bit little-endian platform")
 _BATCH = 256
+_ident = threading.get_ident
 
 
 class _Header(ctypes.Structure):
@@ -147,48 +148,45 @@ def load(path=None):
 class Record:
     """One record: `offset`, `timestamp_ms`, `value_is_json`, and `key`, `value` (memoryviews
     of the mapping, or None for null) and `headers` (a list of (name, value) memoryviews),
-    made when first asked for. Valid until the tailer's next call (the next record, or
-    close): then its views are released, and asking for them raises ValueError."""
+    made when first asked for. Valid until the tailer reads on (the next record, or close):
+    then its views are released, and asking for them raises ValueError."""
 
-    __slots__ = ("offset", "timestamp_ms", "value_is_json", "_key", "_key_len", "_value",
-                 "_value_len", "_header_count", "_at", "_tailer", "_epoch")
+    __slots__ = ("offset", "timestamp_ms", "value_is_json", "_at", "_tailer", "_epoch")
 
     def __init__(self, tailer, at):
-        words = tailer._words
-        self.offset = words[at]
-        ts = words[at + 1]
-        self.timestamp_ms = ts - (1 << 64) if ts >= 1 << 63 else ts
-        self._key, self._key_len = words[at + 2], words[at + 3]
-        self._value, self._value_len = words[at + 4], words[at + 5]
-        last = words[at + 8]
-        self._header_count = last & 0xFFFFFFFF
-        self.value_is_json = bool((last >> 32) & VALUE_JSON)
+        self.offset = tailer._words[at]
+        self.timestamp_ms = tailer._signed[at + 1]
+        self.value_is_json = bool((tailer._words[at + 8] >> 32) & VALUE_JSON)
         self._at = at
         self._tailer = tailer
         self._epoch = tailer._epoch
 
-    def _check(self):
-        if self._epoch != self._tailer._epoch:
+    def _live(self):
+        """The tailer, once checked that this record's batch is still the one it holds."""
+        t = self._tailer
+        if self._epoch != t._epoch:
             raise ValueError("this record was released: the tailer read on (or closed)")
+        if t._owner != _ident():
+            t._wrong_thread()
+        return t
 
     @property
     def key(self):
-        self._check()
-        return self._tailer._view(self._key, self._key_len)
+        t = self._live()
+        return t._view(t._words[self._at + 2], t._words[self._at + 3])
 
     @property
     def value(self):
-        self._check()
-        return self._tailer._view(self._value, self._value_len)
+        t = self._live()
+        return t._view(t._words[self._at + 4], t._words[self._at + 5])
 
     @property
     def headers(self):
-        self._check()
-        t = self._tailer
+        t = self._live()
         out = []
         h = _Header()
         record = ctypes.cast(ctypes.byref(t._batch, self._at * 8), ctypes.POINTER(_Record))
-        for i in range(self._header_count):
+        for i in range(t._words[self._at + 8] & 0xFFFFFFFF):
             rc = t._lib.mapq_record_header(record, i, ctypes.byref(h))
             if rc != OK:
                 raise TailError(rc, t._lib.mapq_tail_error().decode(errors="replace"))
@@ -205,11 +203,16 @@ class Tailer:
     `start`: "earliest" (default), "latest", or an offset (int); `timestamp_ms`: start at
     the first record at or after it instead. `follow`: wait at the end for new records
     (iteration then never ends; `next(timeout)` returns None when none came in time).
+
+    A tailer belongs to the thread that opened it, as an sqlite3 connection does: used from
+    another thread, it raises RuntimeError. (Every check that keeps a view from outliving
+    the mapping then costs no lock.)
     """
 
     def __init__(self, data_dir, topic, partition=0, *, follow=False, start="earliest",
                  timestamp_ms=None, durable_only=False, replicated_only=False, spin=False,
                  jump_when_deleted=False, library=None):
+        self._handle = None
         self._lib = load(library)
         o = self._lib.mapq_tail_options_default()
         if timestamp_ms is not None:
@@ -225,49 +228,90 @@ class Tailer:
         o.follow, o.durable_only, o.replicated_only = follow, durable_only, replicated_only
         o.spin, o.jump_when_deleted = spin, jump_when_deleted
         self._follow = follow
-        self._handle = ctypes.c_void_p()
+        self._owner = _ident()
         self._batch = (_Record * _BATCH)()
         self._words = memoryview(self._batch).cast("B").cast("Q")
+        self._signed = memoryview(self._batch).cast("B").cast("q")
         self._count = ctypes.c_size_t(0)
+        self._count_ref = ctypes.byref(self._count)
         self._n = self._i = 0
-        # Every view handed out since the library's last call, released before its next
-        # one; and a count of those releases (a record made before one is stale).
+        # Every view handed out since the last record, released before the next one; and
+        # a count of those releases (a record made before one is stale).
         self._views = []
         self._epoch = 0
-        # One call into the library at a time (the GIL is released while it waits).
-        self._lock = threading.RLock()
+        # A view of the part of the mapping that the batch's records lie in (a batch never
+        # leaves one segment), and its address: a record's views are slices of it, which
+        # costs far less than a view made through ctypes for each. Released, with every
+        # view, before each call into the library.
+        self._region = None
+        self._base = 0
+        handle = ctypes.c_void_p()
         rc = self._lib.mapq_tail_open(os.fsencode(data_dir), topic.encode(), partition,
-                                      ctypes.byref(o), ctypes.byref(self._handle))
+                                      ctypes.byref(o), ctypes.byref(handle))
         if rc != OK:
-            self._handle = None
             raise TailError(rc, self._lib.mapq_tail_error().decode(errors="replace"))
+        self._handle = handle
+
+    def _wrong_thread(self):
+        raise RuntimeError("a Tailer is used only from the thread that opened it (open one "
+                           "per thread)")
 
     def _view(self, address, length):
         if not address:
             return None
-        v = _from_memory(address, length, _PYBUF_READ)
+        at = address - self._base
+        v = self._region[at:at + length]
         self._views.append(v)
         return v
 
-    def _release(self):
-        """Releases every view handed out, before a call that may unmap what they show.
-        A view that cannot be released (a slice or an array made from it still exists)
-        stops the tailer here: reading on could leave that view on unmapped memory."""
+    def _map_batch(self):
+        """Makes the view of the batch's region: from the lowest address of its first
+        record to the end of its last (records lie in ascending order in one segment)."""
+        words, last = self._words, (self._n - 1) * _WORDS
+        lo = words[6]  # the headers' address, never NULL; a key or value may be
+        key, value = words[2], words[4]
+        if key and key < lo:
+            lo = key
+        if value and value < lo:
+            lo = value
+        hi = max(words[last + 2] + words[last + 3], words[last + 4] + words[last + 5],
+                 words[last + 6] + words[last + 7])
+        self._region = _from_memory(lo, hi - lo, _PYBUF_READ)
+        self._base = lo
+
+    def _release_views(self):
+        """Releases every view handed out, before the next record. A view that cannot be
+        released (an array made from it still exists) stops the tailer here: reading on
+        could leave that view on unmapped memory."""
+        views = self._views
+        self._epoch += 1
+        if not views:
+            return
         kept = []
-        for v in self._views:
+        for v in views:
             try:
                 v.release()
             except BufferError:
                 kept.append(v)
-        self._views = kept
-        self._epoch += 1
+        views[:] = kept
         if kept:
             raise BufferError(
                 f"{len(kept)} view(s) of the last record are still in use by a slice or an "
                 "array made from them: copy (bytes(...)) what you keep, then drop them")
 
-    def _batch_call(self, timeout):
-        """Fills the batch: True, or False at the end / after `timeout` seconds."""
+    def _release(self):
+        """Releases the views handed out and the batch's region, before a call into the
+        library (which may unmap what they show)."""
+        self._release_views()
+        self._n = self._i = 0
+        if self._region is not None:
+            self._region.release()
+            self._region = None
+
+    def _refill(self, timeout):
+        """Releases everything and fills the batch: True, or False at the end / after
+        `timeout` seconds."""
+        self._release()
         if self._handle is None:
             raise ValueError("the tailer is closed")
         # Waits as long as asked, but in slices of 200 ms, so that the interpreter runs its
@@ -276,9 +320,10 @@ class Tailer:
         while True:
             left = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
             rc = self._lib.mapq_tail_next_batch(self._handle, int(left * 1000), self._batch,
-                                                _BATCH, ctypes.byref(self._count))
+                                                _BATCH, self._count_ref)
             if rc == OK:
-                self._n, self._i = self._count.value, 0
+                self._n = self._count.value
+                self._map_batch()
                 return True
             if rc == END:
                 return False
@@ -291,63 +336,93 @@ class Tailer:
         """The next record; None at the end (not following) or when `timeout` seconds
         passed without one (following; None: wait as long as it takes). Releases the views
         of the record before."""
-        with self._lock:
-            self._release()
-            if self._handle is None:
-                raise ValueError("the tailer is closed")
-            if self._i >= self._n and not self._batch_call(timeout):
+        if self._owner != _ident():
+            self._wrong_thread()
+        self._release_views()
+        i = self._i
+        if i >= self._n:
+            if not self._refill(timeout):
                 return None
-            i = self._i
-            self._i = i + 1
-            return Record(self, i * _WORDS)
+            i = 0
+        self._i = i + 1
+        return Record(self, i * _WORDS)
 
     @property
     def position(self):
         """The offset of the next record it will return."""
-        with self._lock:
-            if self._handle is None:
-                raise ValueError("the tailer is closed")
-            if self._i < self._n:
-                return self._words[self._i * _WORDS]
-            return self._lib.mapq_tail_position(self._handle)
+        if self._owner != _ident():
+            self._wrong_thread()
+        if self._handle is None:
+            raise ValueError("the tailer is closed")
+        if self._i < self._n:
+            return self._words[self._i * _WORDS]
+        return self._lib.mapq_tail_position(self._handle)
 
     def values(self, timeout=None):
         """The fast path: (offset, value) pairs, the value a memoryview of the mapping (None
         for a null value), released when the tailer reads on, as a record's are. Stops at
         the end (not following) or, following, once `timeout` seconds passed without a
         record (None: never)."""
-        words = self._words
+        words, views, owner = self._words, self._views, self._owner
         while True:
-            with self._lock:
-                self._release()
-                if self._handle is None:
-                    raise ValueError("the tailer is closed")
-                if self._i >= self._n and not self._batch_call(timeout):
+            if _ident() != owner:
+                self._wrong_thread()
+            # _release_views, inline for its common case: one view, released.
+            self._epoch += 1
+            if views:
+                if len(views) == 1:
+                    try:
+                        views[0].release()
+                        views.clear()
+                    except BufferError:
+                        self._release_views()
+                else:
+                    self._release_views()
+            i = self._i
+            if i >= self._n:
+                if not self._refill(timeout):
                     return
-                at = self._i * _WORDS
-                self._i += 1
-                offset = words[at]
-                value = self._view(words[at + 4], words[at + 5])
-            yield offset, value
+                i = 0
+            self._i = i + 1
+            at = i * _WORDS
+            address = words[at + 4]
+            if address:
+                start = address - self._base
+                value = self._region[start:start + words[at + 5]]
+                views.append(value)
+                yield words[at], value
+            else:
+                yield words[at], None
 
     def __iter__(self):
+        owner = self._owner
         while True:
-            r = self.next()
-            if r is None:
-                if self._follow:
-                    continue
-                return
-            yield r
+            # next(), inline.
+            if _ident() != owner:
+                self._wrong_thread()
+            self._release_views()
+            i = self._i
+            if i >= self._n:
+                if not self._refill(None):
+                    if self._follow:
+                        continue
+                    return
+                i = 0
+            self._i = i + 1
+            yield Record(self, i * _WORDS)
 
     def close(self):
         """Releases the views handed out, and closes the tailer (once)."""
-        with self._lock:
-            if self._handle is None:
-                return
-            self._release()
-            self._lib.mapq_tail_close(self._handle)
-            self._handle = None
-            self._n = self._i = 0
+        if self._owner != _ident():
+            self._wrong_thread()
+        self._close()
+
+    def _close(self):
+        if self._handle is None:
+            return
+        self._release()
+        self._lib.mapq_tail_close(self._handle)
+        self._handle = None
 
     def __enter__(self):
         return self
@@ -356,7 +431,8 @@ class Tailer:
         self.close()
 
     def __del__(self):
+        # Nothing else can hold the tailer now, so any thread may close it.
         try:
-            self.close()
+            self._close()
         except Exception:
             pass
