@@ -95,6 +95,13 @@ _from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
 _from_memory.restype = ctypes.py_object
 _from_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
 _PYBUF_READ = 0x100
+# A read-only view of the whole address space above the first page, never handed out and
+# never read: a record's views are slices of it at the addresses the library returned for
+# the current batch (memory it keeps mapped until its next call), which costs a fraction of
+# a view made through ctypes for each. Every slice is released before the library is
+# called again, so none outlives its mapping.
+_BASE = 4096
+_MEMORY = _from_memory(_BASE, sys.maxsize - _BASE, _PYBUF_READ)
 
 
 class TailError(Exception):
@@ -239,12 +246,6 @@ class Tailer:
         # a count of those releases (a record made before one is stale).
         self._views = []
         self._epoch = 0
-        # A view of the part of the mapping that the batch's records lie in (a batch never
-        # leaves one segment), and its address: a record's views are slices of it, which
-        # costs far less than a view made through ctypes for each. Released, with every
-        # view, before each call into the library.
-        self._region = None
-        self._base = 0
         handle = ctypes.c_void_p()
         rc = self._lib.mapq_tail_open(os.fsencode(data_dir), topic.encode(), partition,
                                       ctypes.byref(o), ctypes.byref(handle))
@@ -259,25 +260,10 @@ class Tailer:
     def _view(self, address, length):
         if not address:
             return None
-        at = address - self._base
-        v = self._region[at:at + length]
+        at = address - _BASE
+        v = _MEMORY[at:at + length]
         self._views.append(v)
         return v
-
-    def _map_batch(self):
-        """Makes the view of the batch's region: from the lowest address of its first
-        record to the end of its last (records lie in ascending order in one segment)."""
-        words, last = self._words, (self._n - 1) * _WORDS
-        lo = words[6]  # the headers' address, never NULL; a key or value may be
-        key, value = words[2], words[4]
-        if key and key < lo:
-            lo = key
-        if value and value < lo:
-            lo = value
-        hi = max(words[last + 2] + words[last + 3], words[last + 4] + words[last + 5],
-                 words[last + 6] + words[last + 7])
-        self._region = _from_memory(lo, hi - lo, _PYBUF_READ)
-        self._base = lo
 
     def _release_views(self):
         """Releases every view handed out, before the next record. A view that cannot be
@@ -300,13 +286,10 @@ class Tailer:
                 "array made from them: copy (bytes(...)) what you keep, then drop them")
 
     def _release(self):
-        """Releases the views handed out and the batch's region, before a call into the
+        """Releases the views handed out and forgets the batch, before a call into the
         library (which may unmap what they show)."""
         self._release_views()
         self._n = self._i = 0
-        if self._region is not None:
-            self._region.release()
-            self._region = None
 
     def _refill(self, timeout):
         """Releases everything and fills the batch: True, or False at the end / after
@@ -323,7 +306,6 @@ class Tailer:
                                                 _BATCH, self._count_ref)
             if rc == OK:
                 self._n = self._count.value
-                self._map_batch()
                 return True
             if rc == END:
                 return False
@@ -387,8 +369,8 @@ class Tailer:
             at = i * _WORDS
             address = words[at + 4]
             if address:
-                start = address - self._base
-                value = self._region[start:start + words[at + 5]]
+                start = address - _BASE
+                value = _MEMORY[start:start + words[at + 5]]
                 views.append(value)
                 yield words[at], value
             else:
