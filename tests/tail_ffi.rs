@@ -355,6 +355,9 @@ async fn bad_inputs_get_clear_error_codes() {
             assert!(text.contains("from_offset 2 2\n"), "{text}");
             assert!(text.contains("latest_no_wait True 4\n"), "{text}");
             assert!(text.contains("stale_record refused\n"), "{text}");
+            // A view held by something else stops the tailer until it is let go; then it
+            // goes on with the next record (offset 1).
+            assert!(text.contains("held_view refused 1\n"), "{text}");
             // From another thread: refused, and the tailer still works in its own.
             assert!(
                 text.contains("other_thread refused refused refused True\n"),

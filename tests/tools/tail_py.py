@@ -7,6 +7,7 @@ same modes and output as tail_c.c:
     tail_py.py values DATA_DIR TOPIC PARTITION       (Tailer.values(): "offset value" lines)
 """
 
+import pickle
 import sys
 import threading
 
@@ -93,6 +94,16 @@ def errors(data_dir, topic):
         print("stale_record readable")
     except ValueError:
         print("stale_record refused")
+    # Something holding a view's buffer (as numpy.frombuffer would) keeps the tailer from
+    # reading on, until it lets go.
+    with Tailer(data_dir, topic, 0) as held:
+        holder = pickle.PickleBuffer(held.next().value)
+        try:
+            held.next()
+            print("held_view read_on")
+        except BufferError:
+            holder.release()
+            print(f"held_view refused {held.next().offset}")
     # A tailer and its records are used only from the thread that opened it.
     third = t.next()
     outcome = []
