@@ -559,8 +559,9 @@ fn accept(o: u64) -> mapq::broker::queue::Event {
     }
 }
 
-/// The journal cut at every byte of its last events (a torn write): the group opens, with
-/// exactly the state of the events wholly before the cut.
+/// The journal cut at every byte of its last records (a torn write): the group opens, with
+/// exactly the state of the records wholly before the cut. A commit of several events is
+/// one record (all of them or none).
 #[test]
 fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
     use mapq::broker::queue::{Event, QueueState};
@@ -586,18 +587,29 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
         exp: 20_000,
     });
     events.push(accept(3));
+    // The leases in two commits of three, then the acks one by one, then two together.
+    let commits: Vec<&[Event]> = vec![
+        &events[0..3],
+        &events[3..6],
+        &events[6..7],
+        &events[7..8],
+        &events[8..10],
+    ];
     {
         let groups = QueueGroups::open(dir.path(), false).unwrap();
         groups.create("work", settings).unwrap();
         let g = groups.get("work").unwrap();
-        for e in &events {
-            g.lock().commit(std::slice::from_ref(e)).unwrap();
+        for c in &commits {
+            g.lock().commit(c).unwrap();
         }
     }
-    let prefix: Vec<QueueState> = (0..=events.len())
+    let prefix: Vec<QueueState> = (0..=commits.len())
         .map(|k| {
             let mut s = QueueState::default();
-            events[..k].iter().for_each(|e| s.apply(e));
+            commits[..k]
+                .iter()
+                .flat_map(|c| c.iter())
+                .for_each(|e| s.apply(e));
             s
         })
         .collect();
@@ -616,7 +628,7 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
         ends.push(at + len as usize);
         at += f.padded_len;
     }
-    assert_eq!(ends.len(), events.len());
+    assert_eq!(ends.len(), commits.len());
     let data_end = at;
     let tail_from = ends[ends.len() - 3];
     for cut in tail_from..data_end {
@@ -627,7 +639,10 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
             .unwrap_or_else(|e| panic!("cut at byte {cut}: {e}"));
         let kept = ends.iter().filter(|&&e| e <= cut).count();
         let state = groups.get("work").unwrap().lock().state.clone();
-        assert_eq!(state, prefix[kept], "cut at byte {cut}: {kept} events kept");
+        assert_eq!(
+            state, prefix[kept],
+            "cut at byte {cut}: {kept} records kept"
+        );
     }
 }
 

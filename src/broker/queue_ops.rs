@@ -88,6 +88,9 @@ pub struct LeasedRecord {
 #[derive(Debug, Clone, Default)]
 pub struct LeaseAnswer {
     pub records: Vec<LeasedRecord>,
+    /// The records' frames, in the same order, in as few pieces as they lie in the
+    /// mapping (what the binary answer sends).
+    pub frames: Vec<Bytes>,
     /// The in-flight window (`max_in_flight`) was full: fewer records (or none) than asked.
     pub window_full: bool,
 }
@@ -261,11 +264,13 @@ impl Broker {
             g.counters.window_full.fetch_add(1, Ordering::Relaxed);
         }
         let mut picked: Vec<(TopicPartition, (StoredRecord, Bytes), u32)> = Vec::new();
+        let mut frames = Vec::new();
         // Records due for another delivery first.
         for (tp, o, d) in inner.state.redeliverable(now, s.max_deliveries, want) {
             let Some(r) = self.read_one(&tp, o)? else {
                 continue;
             };
+            frames.push(r.1.clone());
             if let Some(Rec::Leased { .. }) = inner.state.queue(&tp).and_then(|q| q.recs.get(&o)) {
                 g.counters.expired_leases.fetch_add(1, Ordering::Relaxed);
             }
@@ -311,7 +316,13 @@ impl Broker {
                 watched.push((p, from));
                 continue;
             }
-            for r in with_frames(&batch) {
+            let read = with_frames(&batch);
+            if read.len() == batch.record_count {
+                frames.extend(batch.chunks.iter().cloned());
+            } else {
+                frames.extend(read.iter().map(|(_, f)| f.clone()));
+            }
+            for r in read {
                 picked.push((tp.clone(), r, 1));
             }
         }
@@ -359,6 +370,7 @@ impl Broker {
         Ok((
             LeaseAnswer {
                 records,
+                frames,
                 window_full,
             },
             watched,

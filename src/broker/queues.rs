@@ -194,8 +194,10 @@ pub struct QueueInner {
     replication: Option<Arc<dyn JournalReplication>>,
     since_snapshot: u64,
     fsync: bool,
-    /// Events applied but not journalled yet (see [`QueueInner::stage`]).
-    staged: Vec<Vec<u8>>,
+    /// Events applied but not journalled yet (see [`QueueInner::stage`]), as the JSON
+    /// array they are journalled as (its closing bracket aside), and how many.
+    staged: Vec<u8>,
+    staged_events: u64,
     /// In a cluster: the offset of a snapshot whose older segments go once every in-sync
     /// replica holds it (before, a follower could be left without the snapshot and without
     /// the events it replaces).
@@ -247,35 +249,45 @@ impl QueueInner {
             return;
         }
         self.staged
-            .push(serde_json::to_vec(e).expect("an event serializes"));
+            .push(if self.staged_events == 0 { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.staged, e).expect("an event serializes");
+        self.staged_events += 1;
         self.state.apply(e);
     }
 
-    /// Journals the staged events in one publication. If that fails, the state is rebuilt
-    /// from the journal (the staged events were applied but are not in it) and the error
-    /// returned. Returns whether anything was written. Blocks.
+    /// Journals the staged events as one record: the event's JSON object when there is
+    /// one, else a JSON array of them. If that fails, the state is rebuilt from the journal
+    /// (the staged events were applied but are not in it) and the error returned. Returns
+    /// whether anything was written. Blocks.
     pub fn commit_staged(&mut self) -> Result<bool, BrokerError> {
         if self.poisoned {
             return Err(BrokerError::Corrupt(
                 "this queue group's state could not be rebuilt after a failed journal write; restart the server".into(),
             ));
         }
-        if self.staged.is_empty() {
+        if self.staged_events == 0 {
             return Ok(false);
         }
-        let now = crate::log::now_ms();
-        let staged = std::mem::take(&mut self.staged);
-        let records: Vec<Record<'_>> = staged
-            .iter()
-            .map(|b| Record {
-                value_is_json: true,
-                ..Record::value(b, now)
-            })
-            .collect();
-        if let Err(e) = self.as_leader(&mut || {
-            self.journal.log().append(&records)?;
+        let events = std::mem::take(&mut self.staged_events);
+        let mut staged = std::mem::take(&mut self.staged);
+        let json = if events == 1 {
+            &staged[1..]
+        } else {
+            staged.push(b']');
+            &staged[..]
+        };
+        let record = Record {
+            value_is_json: true,
+            ..Record::value(json, crate::log::now_ms())
+        };
+        let appended = self.as_leader(&mut || {
+            self.journal.log().append(std::slice::from_ref(&record))?;
             Ok(())
-        }) {
+        });
+        // The buffer is kept for the next request's events.
+        staged.clear();
+        self.staged = staged;
+        if let Err(e) = appended {
             match replay(self.journal.log(), "(after a failed append)") {
                 Ok((state, since)) => (self.state, self.since_snapshot) = (state, since),
                 Err(again) => {
@@ -285,7 +297,7 @@ impl QueueInner {
             }
             return Err(e);
         }
-        self.since_snapshot += staged.len() as u64;
+        self.since_snapshot += events;
         self.cut_committed();
         if self.since_snapshot >= self.snapshot_every {
             // The events are journalled: a failed compaction loses nothing (the journal
@@ -440,22 +452,31 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
             break;
         }
         for r in batch.records() {
-            match serde_json::from_slice::<Event>(r.value.as_deref().unwrap_or_default()) {
-                Ok(e) => {
-                    if matches!(e, Event::Snapshot { .. }) {
-                        events = 0;
-                        needs_snapshot = false;
-                    } else if needs_snapshot {
-                        // Before the first snapshot of a journal whose start was cut (a
-                        // follower's segments end elsewhere than its leader's): replaced.
-                        continue;
-                    }
-                    state.apply(&e);
-                    events += 1;
-                }
+            // A record holds one event (an object) or the events of one request (an array).
+            let value = r.value.as_deref().unwrap_or_default();
+            let decoded = if value.first() == Some(&b'[') {
+                serde_json::from_slice::<Vec<Event>>(value)
+            } else {
+                serde_json::from_slice::<Event>(value).map(|e| vec![e])
+            };
+            let decoded = match decoded {
+                Ok(d) => d,
                 Err(e) => {
-                    tracing::error!(group, offset = r.offset, error = %e, "a queue journal event that does not decode; skipped")
+                    tracing::error!(group, offset = r.offset, error = %e, "a queue journal record that does not decode; skipped");
+                    continue;
                 }
+            };
+            for e in decoded {
+                if matches!(e, Event::Snapshot { .. }) {
+                    events = 0;
+                    needs_snapshot = false;
+                } else if needs_snapshot {
+                    // Before the first snapshot of a journal whose start was cut (a
+                    // follower's segments end elsewhere than its leader's): replaced.
+                    continue;
+                }
+                state.apply(&e);
+                events += 1;
             }
         }
         offset = batch.next_offset;
@@ -560,6 +581,7 @@ impl QueueGroups {
                 since_snapshot,
                 fsync,
                 staged: Vec::new(),
+                staged_events: 0,
                 cut_at: None,
             }),
             changes: watch::Sender::new(0),

@@ -298,22 +298,26 @@ async fn queue(api: &Api, args: &BenchArgs, topic: &str, workers: usize) -> anyh
                 let len = body
                     .get(..4)
                     .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-                let got: serde_json::Value = serde_json::from_slice(
+                // Typed and borrowing, as a worker in Rust would read it: the load
+                // generator's own cost must not be what is measured.
+                let got: LeasePrelude<'_> = serde_json::from_slice(
                     body.get(4..4 + len)
                         .ok_or_else(|| anyhow::anyhow!("a lease answer cut short"))?,
                 )?;
-                let acks: Vec<serde_json::Value> = got["records"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                let acks: Vec<AcceptAck<'_>> = got
+                    .records
                     .iter()
-                    .map(|r| json!({"lease": r["lease"], "type": "accept"}))
+                    .map(|r| AcceptAck {
+                        lease: &r.lease,
+                        kind: "accept",
+                    })
                     .collect();
                 if acks.is_empty() {
                     continue;
                 }
                 http.post(api.url(&format!("/v1/groups/{group}/acks")))
-                    .json(&json!({ "acks": acks }))
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&AckBody { acks: &acks })?)
                     .send()
                     .await?
                     .error_for_status()?;
@@ -337,6 +341,31 @@ async fn queue(api: &Api, args: &BenchArgs, topic: &str, workers: usize) -> anyh
         elapsed,
         latency_us,
     })
+}
+
+/// The JSON prelude of a binary lease answer, as far as the bench reads it.
+#[derive(serde::Deserialize)]
+struct LeasePrelude<'a> {
+    #[serde(borrow)]
+    records: Vec<LeaseToken<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct LeaseToken<'a> {
+    #[serde(borrow)]
+    lease: std::borrow::Cow<'a, str>,
+}
+
+#[derive(serde::Serialize)]
+struct AcceptAck<'a> {
+    lease: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct AckBody<'a> {
+    acks: &'a [AcceptAck<'a>],
 }
 
 /// A consume probe on a thread, a runtime and a connection of its own, so that the load

@@ -18,7 +18,7 @@ use crate::api::records::{LeaseResponse, LeasedRecordOut};
 use crate::auth::{Permission, Principal};
 use crate::broker::queue::{AckKind, AckOutcome, Token};
 use crate::broker::queues::{QueueSettings, MAX_LEASE_MS};
-use crate::broker::{validate_name, Broker, LeasedRecord};
+use crate::broker::{validate_name, Broker, LeaseAnswer, LeasedRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::routes::consume::{
     accepts, check_wait_ms, count_read, json_records_response, record_json, wait_for,
@@ -166,7 +166,7 @@ pub async fn lease(
     }
     drop(served);
     if accepts(&headers, LEASES_MEDIA_TYPE) {
-        return lease_frames(answer.records, answer.window_full);
+        return lease_frames(answer);
     }
     blocking(move || Ok(lease_json(&answer.records, answer.window_full))).await
 }
@@ -177,7 +177,8 @@ pub async fn lease(
 /// the same order, sent from the mapping without a copy.
 pub const LEASES_MEDIA_TYPE: &str = "application/vnd.mapq.leases";
 
-fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> ApiResult<Response> {
+fn lease_frames(answer: LeaseAnswer) -> ApiResult<Response> {
+    let (records, window_full) = (&answer.records, answer.window_full);
     #[derive(serde::Serialize)]
     struct Lease<'a> {
         topic: &'a str,
@@ -212,9 +213,8 @@ fn lease_frames(records: Vec<LeasedRecord>, window_full: bool) -> ApiResult<Resp
     let mut head = Vec::with_capacity(4 + prelude.len());
     head.extend_from_slice(&(prelude.len() as u32).to_le_bytes());
     head.extend_from_slice(&prelude);
-    let len = head.len() + records.iter().map(|r| r.frame.len()).sum::<usize>();
-    let chunks =
-        std::iter::once(bytes::Bytes::from(head)).chain(records.into_iter().map(|r| r.frame));
+    let len = head.len() + answer.frames.iter().map(bytes::Bytes::len).sum::<usize>();
+    let chunks = std::iter::once(bytes::Bytes::from(head)).chain(answer.frames);
     let body = axum::body::Body::from_stream(futures_util::stream::iter(
         chunks.map(Ok::<_, std::convert::Infallible>),
     ));
