@@ -309,6 +309,25 @@ impl QueueInner {
         Ok(true)
     }
 
+    /// Whether journalling `events` more events, whose JSON takes at most `json_bytes`,
+    /// takes neither waiting nor file work: a lone server's journal (no replication), not
+    /// flushed before each answer, with no compaction due, whose writer is free and has the
+    /// room made. An async caller then does it on its own thread. Blocks never.
+    pub fn can_commit_now(&self, events: u64, json_bytes: usize) -> bool {
+        if self.poisoned
+            || self.replication.is_some()
+            || self.fsync
+            || self.since_snapshot + events >= self.snapshot_every
+        {
+            return false;
+        }
+        let frame = Record::value(&[], 0).padded_len().unwrap_or(usize::MAX);
+        match self.journal.log().try_lock() {
+            Ok(Some(w)) => w.ready_for(frame.saturating_add(json_bytes).saturating_add(8)),
+            _ => false,
+        }
+    }
+
     /// Runs the journal's `append` (in a cluster, as the journal's leader), and wakes its
     /// followers' fetches. Blocks.
     fn as_leader(
@@ -399,6 +418,15 @@ impl QueueGroup {
 
     pub fn lock(&self) -> MutexGuard<'_, QueueInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lock when it is free now; `None` when another call holds it.
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, QueueInner>> {
+        match self.inner.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Wakes waiting lease requests (records became available).

@@ -323,7 +323,12 @@ pub async fn ack(
         };
         acks.push((a.lease, token, kind));
     }
-    let (results, settle) = blocking(move || Ok(broker.ack(&group, &acks)?)).await?;
+    // Accepts and extends are applied here when that takes no waiting (see
+    // `Broker::try_ack_now`): cheaper than the hand-off to the blocking pool.
+    let (results, settle) = match broker.try_ack_now(&group, &acks)? {
+        Some(done) => done,
+        None => blocking(move || Ok(broker.ack(&group, &acks)?)).await?,
+    };
     // In a cluster: the acks are on every in-sync replica of the journal before the answer.
     settle.replicated().await?;
     Ok(axum::Json(AckResponse {
