@@ -25,7 +25,7 @@ use crate::auth::{Grant, Principal};
 struct Asset {
     content_type: &'static str,
     raw: &'static [u8],
-    packed: OnceLock<(Vec<u8>, String)>,
+    packed: OnceLock<(bytes::Bytes, String)>,
 }
 
 impl Asset {
@@ -37,13 +37,15 @@ impl Asset {
         }
     }
 
-    fn packed(&self) -> &(Vec<u8>, String) {
+    /// The compressed form and the ETag, made at the first call ([`routes`] makes them at
+    /// start-up, off the request path).
+    fn packed(&self) -> &(bytes::Bytes, String) {
         self.packed.get_or_init(|| {
             let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             gz.write_all(self.raw).expect("compressing into memory");
             let gzipped = gz.finish().expect("compressing into memory");
             let etag = format!("\"{:08x}\"", crc32c::crc32c(self.raw));
-            (gzipped, etag)
+            (bytes::Bytes::from(gzipped), etag)
         })
     }
 
@@ -165,6 +167,9 @@ async fn whoami(State(state): State<AppState>, headers: HeaderMap) -> Response {
 
 /// The console's routes.
 pub fn routes() -> Router<AppState> {
+    for asset in [&INDEX, &SCRIPT, &STYLE] {
+        asset.packed();
+    }
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(|h: HeaderMap| async move { INDEX.serve(&h) }))
