@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::server::Server;
+use common::server::{get_json, Server};
 use mapq::log::format::{encode_frame, Record};
 use reqwest::Client;
 use serde_json::{json, Value};
@@ -175,14 +175,7 @@ async fn a_refused_produce_creates_no_topic() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = http
-        .get(server.url("/v1/topics/ok"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&http, server.url("/v1/topics/ok")).await;
     assert_eq!(v["partitions"], 2);
     assert_eq!(v["partition_stats"][1]["end_offset"], 1);
 }

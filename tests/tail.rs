@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::lines::LineProcess;
 use common::server::{
-    create_topic, delete_topic, get_text, post_json, signal, wait_for_blocked_tailer, Server,
+    create_topic, delete_topic, get_json, get_text, post_json, signal, wait_for_blocked_tailer,
+    Server,
 };
 use mapq::log::format::{get_u32, segment_header as sh};
 use reqwest::Client;
@@ -57,14 +58,7 @@ fn check_sequence(records: &[Value], first: u64) {
 
 /// The number of segments of partition 0 of `topic`, as the server describes it.
 async fn segments(http: &Client, base: &str, topic: &str) -> u64 {
-    let d: Value = http
-        .get(format!("{base}/v1/topics/{topic}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = get_json(http, format!("{base}/v1/topics/{topic}")).await;
     d["partition_stats"][0]["segments"].as_u64().unwrap()
 }
 

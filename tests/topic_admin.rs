@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::server::Server;
+use common::server::{get_json, Server};
 use reqwest::Client;
 use serde_json::json;
 
@@ -51,14 +51,7 @@ async fn concurrent_creations_and_deletions_keep_their_promises() {
         })
         .collect();
     assert_eq!(spawn_all(produce).await, vec![200; 16]);
-    let auto: serde_json::Value = http
-        .get(format!("{base}/v1/topics/auto"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let auto: serde_json::Value = get_json(&http, format!("{base}/v1/topics/auto")).await;
     assert_eq!(auto["partition_stats"][0]["end_offset"], 16);
     // 60 different names against a limit of 40 topics (2 exist): exactly 38 created.
     let many: Vec<_> = (0..60)
@@ -111,26 +104,10 @@ async fn concurrent_creations_and_deletions_keep_their_promises() {
         names.sort();
         names
     };
-    let before = listed(
-        http.get(format!("{base}/v1/topics"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let before = listed(get_json(&http, format!("{base}/v1/topics")).await);
     server.kill();
     let server = Server::start(dir.path(), &[("MAPQ_MAX_TOPICS", "40")]);
-    let after = listed(
-        http.get(format!("{}/v1/topics", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap(),
-    );
+    let after = listed(get_json(&http, format!("{}/v1/topics", server.base)).await);
     assert_eq!(before, after);
 }
 
