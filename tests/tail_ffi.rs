@@ -358,6 +358,9 @@ async fn bad_inputs_get_clear_error_codes() {
             // A view held by something else stops the tailer until it is let go; then it
             // goes on with the next record (offset 1).
             assert!(text.contains("held_view refused 1\n"), "{text}");
+            // A slice of record 2's value (of 3 bytes) kept: record 3 is read, then the
+            // end of the batch is refused until it is dropped; then the end.
+            assert!(text.contains("derived_view refused [3] 2 None\n"), "{text}");
             // From another thread: refused, and the tailer still works in its own.
             assert!(
                 text.contains("other_thread refused refused refused True\n"),

@@ -532,12 +532,12 @@ impl Broker {
     ) -> Result<(Vec<AckResult>, Settle), BrokerError> {
         let g = self.queue_group(group)?;
         let inner = g.lock();
-        self.ack_locked(&g, inner, acks)
+        self.ack_locked(&g, inner, None, acks)
     }
 
     /// [`Broker::ack`] at once, when that takes neither waiting nor file work: accepts and
     /// extends only (nothing can be dead-lettered), the group's lock free, and its journal
-    /// ready to take them without a flush ([`QueueInner::can_commit_now`]). `None`
+    /// ready to take them without a flush ([`QueueInner::writer_now`]). `None`
     /// otherwise, having changed nothing: the caller then calls [`Broker::ack`] on the
     /// blocking pool. For an async caller (it saves two thread hand-offs).
     pub fn try_ack_now(
@@ -562,16 +562,19 @@ impl Broker {
             .map(|(_, t, _)| 6 * t.topic.len() + 100)
             .sum::<usize>()
             + 2;
-        if !inner.can_commit_now(acks.len() as u64, json_bytes) {
+        let journal = inner.journal();
+        let Some(writer) = inner.writer_now(&journal, acks.len() as u64, json_bytes) else {
             return Ok(None);
-        }
-        self.ack_locked(&g, inner, acks).map(Some)
+        };
+        self.ack_locked(&g, inner, Some(writer), acks).map(Some)
     }
 
+    /// [`Broker::ack`] under the group's lock; through the journal's `writer` when given.
     fn ack_locked(
         &self,
         g: &QueueGroup,
         mut inner: std::sync::MutexGuard<'_, QueueInner>,
+        mut writer: Option<crate::log::AppendGuard<'_>>,
         acks: &[(String, Token, AckKind)],
     ) -> Result<(Vec<AckResult>, Settle), BrokerError> {
         inner.ready()?;
@@ -618,7 +621,8 @@ impl Broker {
                 outcome,
             });
         }
-        inner.commit_staged()?;
+        inner.commit_staged_with(writer.as_mut())?;
+        drop(writer);
         if let Some(e) = failed {
             return Err(e);
         }

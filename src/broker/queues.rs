@@ -260,6 +260,15 @@ impl QueueInner {
     /// (the staged events were applied but are not in it) and the error returned. Returns
     /// whether anything was written. Blocks.
     pub fn commit_staged(&mut self) -> Result<bool, BrokerError> {
+        self.commit_staged_with(None)
+    }
+
+    /// [`QueueInner::commit_staged`], appending through `writer` when given (the journal's
+    /// writer, taken by [`QueueInner::writer_now`]).
+    pub fn commit_staged_with(
+        &mut self,
+        writer: Option<&mut crate::log::AppendGuard<'_>>,
+    ) -> Result<bool, BrokerError> {
         if self.poisoned {
             return Err(BrokerError::Corrupt(
                 "this queue group's state could not be rebuilt after a failed journal write; restart the server".into(),
@@ -280,10 +289,16 @@ impl QueueInner {
             value_is_json: true,
             ..Record::value(json, crate::log::now_ms())
         };
-        let appended = self.as_leader(&mut || {
-            self.journal.log().append(std::slice::from_ref(&record))?;
-            Ok(())
-        });
+        let appended = match writer {
+            Some(w) => w
+                .append(std::slice::from_ref(&record))
+                .map(|_| self.journal.appended_to(self.journal.log().end_offset()))
+                .map_err(BrokerError::from),
+            None => self.as_leader(&mut || {
+                self.journal.log().append(std::slice::from_ref(&record))?;
+                Ok(())
+            }),
+        };
         // The buffer is kept for the next request's events.
         staged.clear();
         self.staged = staged;
@@ -309,23 +324,29 @@ impl QueueInner {
         Ok(true)
     }
 
-    /// Whether journalling `events` more events, whose JSON takes at most `json_bytes`,
-    /// takes neither waiting nor file work: a lone server's journal (no replication), not
-    /// flushed before each answer, with no compaction due, whose writer is free and has the
-    /// room made. An async caller then does it on its own thread. Blocks never.
-    pub fn can_commit_now(&self, events: u64, json_bytes: usize) -> bool {
+    /// The writer of `journal` (this group's: [`QueueInner::journal`]) when journalling
+    /// `events` more events, whose JSON takes at most `json_bytes`, takes neither waiting
+    /// nor file work: a lone server's journal (no replication), not flushed before each
+    /// answer, with no compaction due, whose writer is free and has the room made. An async
+    /// caller then commits through it ([`QueueInner::commit_staged_with`]) on its own
+    /// thread. Blocks never.
+    pub fn writer_now<'j>(
+        &self,
+        journal: &'j Partition,
+        events: u64,
+        json_bytes: usize,
+    ) -> Option<crate::log::AppendGuard<'j>> {
         if self.poisoned
             || self.replication.is_some()
             || self.fsync
             || self.since_snapshot + events >= self.snapshot_every
         {
-            return false;
+            return None;
         }
-        let frame = Record::value(&[], 0).padded_len().unwrap_or(usize::MAX);
-        match self.journal.log().try_lock() {
-            Ok(Some(w)) => w.ready_for(frame.saturating_add(json_bytes).saturating_add(8)),
-            _ => false,
-        }
+        let frame = Record::value(&[], 0).padded_len()?;
+        let w = journal.log().try_lock().ok()??;
+        w.ready_for(frame.saturating_add(json_bytes).saturating_add(8))
+            .then_some(w)
     }
 
     /// Runs the journal's `append` (in a cluster, as the journal's leader), and wakes its
@@ -483,7 +504,21 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
             // A record holds one event (an object) or the events of one request (an array).
             let value = r.value.as_deref().unwrap_or_default();
             let decoded = if value.first() == Some(&b'[') {
-                serde_json::from_slice::<Vec<Event>>(value)
+                // An event that does not decode is skipped alone, not with its request's.
+                serde_json::from_slice::<Vec<Event>>(value).or_else(|_| {
+                    serde_json::from_slice::<Vec<serde_json::Value>>(value).map(|events| {
+                        events
+                            .into_iter()
+                            .filter_map(|e| match serde_json::from_value::<Event>(e) {
+                                Ok(e) => Some(e),
+                                Err(e) => {
+                                    tracing::error!(group, offset = r.offset, error = %e, "a queue journal event that does not decode; skipped");
+                                    None
+                                }
+                            })
+                            .collect()
+                    })
+                })
             } else {
                 serde_json::from_slice::<Event>(value).map(|e| vec![e])
             };

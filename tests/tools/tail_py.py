@@ -94,8 +94,7 @@ def errors(data_dir, topic):
         print("stale_record readable")
     except ValueError:
         print("stale_record refused")
-    # Something holding a view's buffer (as numpy.frombuffer would) keeps the tailer from
-    # reading on, until it lets go.
+    # Something holding a view's buffer keeps the tailer from reading on, until it lets go.
     with Tailer(data_dir, topic, 0) as held:
         holder = pickle.PickleBuffer(held.next().value)
         try:
@@ -104,6 +103,23 @@ def errors(data_dir, topic):
         except BufferError:
             holder.release()
             print(f"held_view refused {held.next().offset}")
+    # A view made from a record's (a slice, memoryview(view), what numpy.frombuffer keeps)
+    # outlives the record: the tailer reads on within its batch, refuses to go past it
+    # (the library could unmap what the view shows), and goes on once it is dropped.
+    with Tailer(data_dir, topic, 0) as derived:
+        derived.next()
+        derived.next()
+        kept = derived.next().value[1:]  # offset 2: 3 bytes
+        seen = []
+        try:
+            while (r := derived.next()) is not None:
+                seen.append(r.offset)
+            print("derived_view read_on")
+        except BufferError:
+            copy = bytes(kept)
+            del kept
+            rest = derived.next()
+            print(f"derived_view refused {seen} {len(copy)} {rest}")
     # A tailer and its records are used only from the thread that opened it.
     third = t.next()
     outcome = []

@@ -9,11 +9,11 @@
 Records come straight from the partition's memory mapping: `key`, `value` and the headers
 are memoryviews of it, not copies. They are valid until the tailer reads on (the next
 record, or close); then they are released, and using one raises ValueError. Copy with
-bytes() what you keep: a slice of a view (or memoryview(view)) is not released with it and
-must not be kept past that point; an array made from a view (numpy.frombuffer) keeps it from
-being released, and the tailer then refuses to read on (BufferError). Following, the wait
-for the next record is a futex wait (or a spin) inside the library, with the GIL released.
-A tailer is used from the thread that opened it (another thread gets RuntimeError).
+bytes() what you keep. A view made from one (a slice, memoryview(view), numpy.frombuffer)
+is not released with it: while one lives, the tailer refuses (BufferError) to go past the
+batch it came from, which could unmap what it shows. Following, the wait for the next
+record is a futex wait (or a spin) inside the library, with the GIL released. A tailer is
+used from the thread that opened it (another thread gets RuntimeError).
 
 The library is found through MAPQ_TAIL_LIBRARY (a path), then next to this package, then
 by the system's loader (ctypes.util.find_library).
@@ -90,18 +90,14 @@ class _Header(ctypes.Structure):
     ]
 
 
-# A read-only memoryview of memory the library owns, made in one call (no copy).
-_from_memory = ctypes.pythonapi.PyMemoryView_FromMemory
-_from_memory.restype = ctypes.py_object
-_from_memory.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.c_int]
-_PYBUF_READ = 0x100
-# A read-only view of the whole address space above the first page, never handed out and
-# never read: a record's views are slices of it at the addresses the library returned for
-# the current batch (memory it keeps mapped until its next call), which costs a fraction of
-# a view made through ctypes for each. Every slice is released before the library is
-# called again, so none outlives its mapping.
+# The address space above the first page, as a ctypes array type: each tailer makes one
+# object of it (no memory is allocated or touched), and for each batch a read-only view of
+# it that its records' views are slices of, at the addresses the library returned. Every
+# view derived from a record's (a slice, memoryview(view), an array made from one) keeps
+# that batch's view alive, and with it a reference to the object: the tailer counts those
+# references before it lets the library go on, and refuses while one remains.
 _BASE = 4096
-_MEMORY = _from_memory(_BASE, sys.maxsize - _BASE, _PYBUF_READ)
+_SPACE = ctypes.c_ubyte * (sys.maxsize - _BASE)
 
 
 class TailError(Exception):
@@ -246,6 +242,9 @@ class Tailer:
         # a count of those releases (a record made before one is stale).
         self._views = []
         self._epoch = 0
+        # See _SPACE: the object, and the batch's view of it.
+        self._space = _SPACE.from_address(_BASE)
+        self._region = None
         handle = ctypes.c_void_p()
         rc = self._lib.mapq_tail_open(os.fsencode(data_dir), topic.encode(), partition,
                                       ctypes.byref(o), ctypes.byref(handle))
@@ -261,14 +260,14 @@ class Tailer:
         if not address:
             return None
         at = address - _BASE
-        v = _MEMORY[at:at + length]
+        v = self._region[at:at + length]
         self._views.append(v)
         return v
 
     def _release_views(self):
         """Releases every view handed out, before the next record. A view that cannot be
-        released (an array made from it still exists) stops the tailer here: reading on
-        could leave that view on unmapped memory."""
+        released (something holds its buffer, as pickle.PickleBuffer does) stops the tailer
+        here: reading on could leave that view on unmapped memory."""
         views = self._views
         self._epoch += 1
         if not views:
@@ -282,14 +281,35 @@ class Tailer:
         views[:] = kept
         if kept:
             raise BufferError(
-                f"{len(kept)} view(s) of the last record are still in use by a slice or an "
-                "array made from them: copy (bytes(...)) what you keep, then drop them")
+                f"{len(kept)} view(s) of the last record are still in use (something holds "
+                "their buffer): copy (bytes(...)) what you keep, then drop them")
+
+    def _map(self, n):
+        """Takes a batch of `n` records the library filled: a new read-only view of the
+        address space for its records' views."""
+        whole = memoryview(self._space)
+        readonly = whole.toreadonly()
+        self._region = readonly.cast("B")
+        readonly.release()
+        whole.release()
+        self._n, self._i = n, 0
 
     def _release(self):
-        """Releases the views handed out and forgets the batch, before a call into the
-        library (which may unmap what they show)."""
+        """Releases the views handed out and the batch's view, before a call into the
+        library (which may unmap what they show). Refuses (BufferError) while a view made
+        from one of them lives on: a slice, memoryview(view), an array made from one."""
         self._release_views()
         self._n = self._i = 0
+        if self._region is not None:
+            self._region.release()
+            self._region = None
+        # Two references: the attribute and getrefcount's argument. A third is a view of
+        # the batch that something still holds.
+        if sys.getrefcount(self._space) > 2:
+            raise BufferError(
+                "a view made from a record's (a slice, memoryview(view), an array made from "
+                "one) is still alive: the tailer does not read on, which could unmap what it "
+                "shows, until it is dropped (copy with bytes() what you keep)")
 
     def _refill(self, timeout):
         """Releases everything and fills the batch: True, or False at the end / after
@@ -297,6 +317,13 @@ class Tailer:
         self._release()
         if self._handle is None:
             raise ValueError("the tailer is closed")
+        # A batch the library filled, whose call was interrupted (Ctrl-C) before it was
+        # taken: the library sets the count last, and it is zeroed once taken.
+        n = self._count.value
+        if n:
+            self._count.value = 0
+            self._map(n)
+            return True
         # Waits as long as asked, but in slices of 200 ms, so that the interpreter runs its
         # signal handlers (Ctrl-C) in between.
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -305,7 +332,9 @@ class Tailer:
             rc = self._lib.mapq_tail_next_batch(self._handle, int(left * 1000), self._batch,
                                                 _BATCH, self._count_ref)
             if rc == OK:
-                self._n = self._count.value
+                n = self._count.value
+                self._count.value = 0
+                self._map(n)
                 return True
             if rc == END:
                 return False
@@ -370,7 +399,7 @@ class Tailer:
             address = words[at + 4]
             if address:
                 start = address - _BASE
-                value = _MEMORY[start:start + words[at + 5]]
+                value = self._region[start:start + words[at + 5]]
                 views.append(value)
                 yield words[at], value
             else:
@@ -413,7 +442,8 @@ class Tailer:
         self.close()
 
     def __del__(self):
-        # Nothing else can hold the tailer now, so any thread may close it.
+        # Nothing else can hold the tailer now, so any thread may close it. While a view
+        # made from a record's lives on, it is not closed (BufferError): its mapping stays.
         try:
             self._close()
         except Exception:
