@@ -99,7 +99,7 @@ impl Settle {
 /// Name of the directory holding queue groups.
 pub const QUEUES_DIR: &str = "@queues";
 /// Events after which the journal is compacted into a snapshot.
-pub const SNAPSHOT_EVERY: u64 = 100_000;
+pub const SNAPSHOT_EVERY: u64 = 1_000_000;
 /// Longest lease (and release delay) a worker may ask for: 12 hours, as SQS allows.
 pub const MAX_LEASE_MS: u64 = 12 * 3600 * 1000;
 
