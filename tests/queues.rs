@@ -728,7 +728,7 @@ fn a_compacted_journal_keeps_the_state_and_drops_its_old_segments() {
     let dir = tempfile::tempdir().unwrap();
     let settings = journal_test_settings();
     let state = {
-        let groups = QueueGroups::open_compacting(dir.path(), false, 50).unwrap();
+        let groups = QueueGroups::open_compacting(dir.path(), false, 50, None).unwrap();
         groups.create("work", settings).unwrap();
         let g = groups.get("work").unwrap();
         let mut inner = g.lock();

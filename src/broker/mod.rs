@@ -282,6 +282,7 @@ impl Broker {
             &broker.data_dir.join(queues::QUEUES_DIR),
             fsync,
             broker.config.queue_snapshot_every,
+            Some(broker.prefaulter.handle()),
         )?;
         Ok(broker)
     }

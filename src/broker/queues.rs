@@ -29,7 +29,7 @@ use super::error::BrokerError;
 use super::partition::Partition;
 use super::queue::{Event, QueueState};
 use super::topic::write_durably;
-use crate::log::{LogConfig, PartitionLog, Record};
+use crate::log::{LogConfig, PartitionLog, Record, WorkerHandle};
 
 /// In a cluster: where a queue group's dead letters go. A dead-letter partition is led by
 /// whichever node the cluster chose, seldom the group's coordinator: the record is sent to
@@ -473,14 +473,18 @@ pub struct QueueGroups {
     cluster: RwLock<Option<BTreeMap<String, QueueSettings>>>,
     /// In a cluster: the journals this node holds a replica of, opened once.
     journals: Mutex<BTreeMap<String, Arc<Partition>>>,
+    /// The broker's file worker, which reserves and pre-faults the journals' segments ahead
+    /// of their appends (without one, an append does it itself, under the group's lock).
+    worker: Option<WorkerHandle>,
 }
 
-fn journal_config(replicated: bool) -> LogConfig {
+fn journal_config(replicated: bool, worker: Option<&WorkerHandle>) -> LogConfig {
     LogConfig {
         segment_bytes: 64 << 20,
         reserve_chunk_bytes: 1 << 20,
         prefault_bytes: 256 << 10,
         replicated,
+        worker: worker.cloned(),
         ..LogConfig::default()
     }
 }
@@ -556,14 +560,16 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
 impl QueueGroups {
     /// Opens every queue group in `dir` (created if missing), replaying its journal.
     pub fn open(dir: &Path, fsync: bool) -> Result<Self, BrokerError> {
-        Self::open_compacting(dir, fsync, SNAPSHOT_EVERY)
+        Self::open_compacting(dir, fsync, SNAPSHOT_EVERY, None)
     }
 
-    /// [`QueueGroups::open`], compacting journals after `snapshot_every` events.
+    /// [`QueueGroups::open`], compacting journals after `snapshot_every` events, with the
+    /// broker's file `worker` doing the journals' file work ahead of their appends.
     pub fn open_compacting(
         dir: &Path,
         fsync: bool,
         snapshot_every: u64,
+        worker: Option<WorkerHandle>,
     ) -> Result<Self, BrokerError> {
         std::fs::create_dir_all(dir).map_err(|e| BrokerError::io(dir, e))?;
         let mut groups = BTreeMap::new();
@@ -581,7 +587,14 @@ impl QueueGroups {
                 std::fs::read(&settings_path).map_err(|e| BrokerError::io(&settings_path, e))?;
             let settings: QueueSettings = serde_json::from_slice(&bytes)
                 .map_err(|e| BrokerError::Corrupt(format!("{}: {e}", settings_path.display())))?;
-            let g = Self::open_group(&path, &name, settings, fsync, snapshot_every)?;
+            let g = Self::open_group(
+                &path,
+                &name,
+                settings,
+                fsync,
+                snapshot_every,
+                worker.as_ref(),
+            )?;
             groups.insert(name, Arc::new(g));
         }
         Ok(QueueGroups {
@@ -592,6 +605,7 @@ impl QueueGroups {
             groups: RwLock::new(groups),
             cluster: RwLock::new(None),
             journals: Mutex::new(BTreeMap::new()),
+            worker,
         })
     }
 
@@ -601,8 +615,9 @@ impl QueueGroups {
         settings: QueueSettings,
         fsync: bool,
         snapshot_every: u64,
+        worker: Option<&WorkerHandle>,
     ) -> Result<QueueGroup, BrokerError> {
-        let journal = Partition::open(&path.join("journal"), 0, &journal_config(false))?;
+        let journal = Partition::open(&path.join("journal"), 0, &journal_config(false, worker))?;
         Self::replayed(
             Arc::new(journal),
             None,
@@ -664,6 +679,7 @@ impl QueueGroups {
             groups: RwLock::new(BTreeMap::new()),
             cluster: RwLock::new(None),
             journals: Mutex::new(BTreeMap::new()),
+            worker: None,
         }
     }
 
@@ -714,7 +730,11 @@ impl QueueGroups {
         // Apart from the journal of a queue group of that name this node had on its own.
         let path = self.dir.join(group).join("cluster-journal");
         std::fs::create_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
-        let j = Arc::new(Partition::open(&path, 0, &journal_config(true))?);
+        let j = Arc::new(Partition::open(
+            &path,
+            0,
+            &journal_config(true, self.worker.as_ref()),
+        )?);
         journals.insert(group.to_owned(), Arc::clone(&j));
         Ok(j)
     }
@@ -734,7 +754,7 @@ impl QueueGroups {
         if path.exists() {
             std::fs::rename(&path, &aside).map_err(|e| BrokerError::io(&path, e))?;
         }
-        PartitionLog::create_empty_at(&path, &journal_config(true), start)?;
+        PartitionLog::create_empty_at(&path, &journal_config(true, self.worker.as_ref()), start)?;
         // The old files may still be mapped by the replica that just ended: unlinking them
         // is harmless (what was mapped stays readable until it is unmapped).
         if let Err(e) = std::fs::remove_dir_all(&aside) {
@@ -844,7 +864,14 @@ impl QueueGroups {
         }
         std::fs::create_dir_all(&path).map_err(|e| BrokerError::io(&path, e))?;
         let json = serde_json::to_vec_pretty(&settings).expect("settings serialize");
-        let g = Self::open_group(&path, group, settings, self.fsync, self.snapshot_every)?;
+        let g = Self::open_group(
+            &path,
+            group,
+            settings,
+            self.fsync,
+            self.snapshot_every,
+            self.worker.as_ref(),
+        )?;
         // The settings file last: a group directory without it is not a group.
         write_durably(&path.join("settings.json"), &json)?;
         crate::log::sync_dir(&self.dir).map_err(BrokerError::Log)?;
