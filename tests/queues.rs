@@ -718,6 +718,24 @@ async fn mapq_queue_work_acks_by_exit_status() {
         "{text}"
     );
     assert!(text.contains("dead-lettered 6"), "{text}");
+    // The group's journal, read from its files as the README shows: the JSON events of
+    // each request (an object, or an array of several), the 24 accepts among them.
+    let journal = Command::new(env!("CARGO_BIN_EXE_mapq"))
+        .args(["tail", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["@queues/work/journal", "--format", "value"])
+        .output()
+        .unwrap();
+    assert!(journal.status.success(), "{journal:?}");
+    let accepts: usize = String::from_utf8_lossy(&journal.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let events = v.as_array().cloned().unwrap_or_else(|| vec![v]);
+            events.iter().filter(|e| e["e"] == "accept").count()
+        })
+        .sum();
+    assert_eq!(accepts, 24, "{}", String::from_utf8_lossy(&journal.stdout));
 }
 
 /// A journal compacted into snapshots: the old segments go, and the group opens again with

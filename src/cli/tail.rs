@@ -10,7 +10,7 @@ pub struct TailArgs {
     /// The server's data directory.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The topic to read.
+    /// The topic to read (or a queue group's journal: `@queues/<group>/journal`).
     pub topic: String,
     /// Only this partition (default: every partition of the topic, one after the other;
     /// all at once with `--follow`).
@@ -76,10 +76,15 @@ fn parse_from(from: &str) -> Result<StartAt, String> {
 
 pub(super) fn run_tail(args: &TailArgs) -> Result<(), String> {
     use std::io::Write;
-    crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
+    let journal = queue_journal(&args.topic).is_some();
+    if !journal {
+        crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
+    }
     let from = parse_from(&args.from)?;
     let partitions: Vec<u32> = match args.partition {
+        Some(p) if journal && p != 0 => return Err(format!("{} has one partition, 0", args.topic)),
         Some(p) => vec![p],
+        None if journal => vec![0],
         None => {
             let n = crate::broker::topic::partition_count(&args.data_dir.join(&args.topic))
                 .map_err(|e| match e {
@@ -213,6 +218,16 @@ fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
     }
 }
 
+/// The group whose journal `topic` names (`@queues/<group>/journal`: one partition, its
+/// segments in that directory of the data directory), if it names one.
+fn queue_journal(topic: &str) -> Option<&str> {
+    let group = topic
+        .strip_prefix(crate::broker::queues::QUEUES_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix("/journal")?;
+    crate::broker::validate_name(group).ok().map(|()| group)
+}
+
 /// Reads one partition, handing each record to `each` until it returns false or the log
 /// ends (never, with `follow`). Errors are explained for a person.
 fn tail_partition(
@@ -227,6 +242,10 @@ fn tail_partition(
         TailError::OffsetDeleted { .. } => format!(
             "partition {partition}: {e} (start again with --from earliest, or pass --skip-deleted to jump)"
         ),
+        TailError::NoPartition(_) if queue_journal(topic).is_some() => format!(
+            "no queue group journal {topic:?} in {}",
+            data_dir.display()
+        ),
         TailError::NoPartition(_) => format!(
             "no topic {topic:?} with partition {partition} in {}",
             data_dir.display()
@@ -234,7 +253,11 @@ fn tail_partition(
         e => e.to_string(),
     }
     };
-    let mut tailer = Tailer::open(data_dir, topic, partition, options).map_err(explain)?;
+    let mut tailer = match queue_journal(topic) {
+        Some(_) => Tailer::open_dir(&data_dir.join(topic), options),
+        None => Tailer::open(data_dir, topic, partition, options),
+    }
+    .map_err(explain)?;
     loop {
         match tailer.next_record() {
             Ok(Some(f)) => {
