@@ -361,6 +361,9 @@ async fn bad_inputs_get_clear_error_codes() {
             // A slice of record 2's value (of 3 bytes) kept: record 3 is read, then the
             // end of the batch is refused until it is dropped; then the end.
             assert!(text.contains("derived_view refused [3] 2 None\n"), "{text}");
+            // The same for memoryview(view); and close() refuses while such a view lives.
+            assert!(text.contains("wrapped_view refused None\n"), "{text}");
+            assert!(text.contains("close_with_view refused\n"), "{text}");
             // From another thread: refused, and the tailer still works in its own.
             assert!(
                 text.contains("other_thread refused refused refused True\n"),

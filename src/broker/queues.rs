@@ -377,7 +377,10 @@ impl QueueInner {
         self.as_leader(&mut || {
             log.roll()?;
             at = log
-                .append(&[Record::value(&bytes, crate::log::now_ms())])?
+                .append(&[Record {
+                    value_is_json: true,
+                    ..Record::value(&bytes, crate::log::now_ms())
+                }])?
                 .first_offset;
             log.flush()?;
             Ok(())

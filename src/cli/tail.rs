@@ -10,7 +10,8 @@ pub struct TailArgs {
     /// The server's data directory.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The topic to read (or a queue group's journal: `@queues/<group>/journal`).
+    /// The topic to read (or a queue group's journal: `@queues/<group>/journal`, on a
+    /// cluster node `@queues/<group>/cluster-journal`).
     pub topic: String,
     /// Only this partition (default: every partition of the topic, one after the other;
     /// all at once with `--follow`).
@@ -218,13 +219,16 @@ fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
     }
 }
 
-/// The group whose journal `topic` names (`@queues/<group>/journal`: one partition, its
-/// segments in that directory of the data directory), if it names one.
+/// The group whose journal `topic` names (`@queues/<group>/journal`, or on a cluster node
+/// `@queues/<group>/cluster-journal`: one partition, its segments in that directory of the
+/// data directory), if it names one.
 fn queue_journal(topic: &str) -> Option<&str> {
-    let group = topic
+    let rest = topic
         .strip_prefix(crate::broker::queues::QUEUES_DIR)?
-        .strip_prefix('/')?
-        .strip_suffix("/journal")?;
+        .strip_prefix('/')?;
+    let group = rest
+        .strip_suffix("/journal")
+        .or_else(|| rest.strip_suffix("/cluster-journal"))?;
     crate::broker::validate_name(group).ok().map(|()| group)
 }
 

@@ -120,6 +120,25 @@ def errors(data_dir, topic):
             del kept
             rest = derived.next()
             print(f"derived_view refused {seen} {len(copy)} {rest}")
+    # The same for memoryview(view); and close() refuses while such a view lives.
+    with Tailer(data_dir, topic, 0) as wrapping:
+        wrapped = memoryview(wrapping.next().value)
+        try:
+            while wrapping.next() is not None:
+                pass
+            print("wrapped_view read_on")
+        except BufferError:
+            del wrapped
+            print(f"wrapped_view refused {wrapping.next()}")
+    closing = Tailer(data_dir, topic, 0)
+    kept = closing.next().value[:1]
+    try:
+        closing.close()
+        print("close_with_view closed")
+    except BufferError:
+        del kept
+        closing.close()
+        print("close_with_view refused")
     # A tailer and its records are used only from the thread that opened it.
     third = t.next()
     outcome = []

@@ -11,7 +11,7 @@ are memoryviews of it, not copies. They are valid until the tailer reads on (the
 record, or close); then they are released, and using one raises ValueError. Copy with
 bytes() what you keep. A view made from one (a slice, memoryview(view), numpy.frombuffer)
 is not released with it: while one lives, the tailer refuses (BufferError) to go past the
-batch it came from, which could unmap what it shows. Following, the wait for the next
+batch it came from, or to close, which could unmap what it shows. Following, the wait for the next
 record is a futex wait (or a spin) inside the library, with the GIL released. A tailer is
 used from the thread that opened it (another thread gets RuntimeError).
 
