@@ -5,6 +5,7 @@
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     println!("cargo:rerun-if-changed=lib.rs");
+    println!("cargo:rerun-if-changed=sys.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let config = cbindgen::Config::from_file(format!("{dir}/cbindgen.toml"))
         .expect("src/capi/cbindgen.toml");
@@ -14,6 +15,6 @@ fn main() {
         Ok(bindings) => {
             bindings.write_to_file(&header);
         }
-        Err(e) => panic!("cbindgen could not read src/capi/lib.rs: {e}"),
+        Err(e) => panic!("cbindgen could not read src/capi: {e}"),
     }
 }

@@ -1,6 +1,8 @@
 //! mapq's local tailer for C, and every language with a C FFI: the Rust tailer
 //! (`mapq::log::tailer`) behind a handful of functions. `include/mapq_tail.h` is generated
-//! from this file.
+//! from this crate. The functions C calls are in [`sys`], the only module with `unsafe`:
+//! each turns its pointers into references and slices there, under the caller's contract,
+//! and calls the safe functions of this file.
 //!
 //! ```c
 //! mapq_tail_options o = mapq_tail_options_default();
@@ -25,9 +27,10 @@
 //! message for the calling thread (`mapq_tail_error`). No call panics across the boundary.
 
 #![allow(non_camel_case_types)]
+#![deny(unsafe_code)]
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
@@ -151,6 +154,8 @@ fn fail(code: i32, message: impl Into<String>) -> i32 {
     code
 }
 
+pub mod sys;
+
 /// Runs `f`, turning a panic into `MAPQ_TAIL_ERR_INTERNAL`.
 fn guarded(f: impl FnOnce() -> i32) -> i32 {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
@@ -173,24 +178,16 @@ fn tail_error(e: &TailError) -> i32 {
     fail(code, e.to_string())
 }
 
-/// A C string argument as UTF-8, or why not.
-///
-/// # Safety
-/// `s` is null or a NUL-terminated string valid for the call.
-unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<&'a str, i32> {
-    if s.is_null() {
-        return Err(fail(MAPQ_TAIL_ERR_ARGUMENT, format!("{what} is NULL")));
-    }
-    // SAFETY: not null, and NUL-terminated and valid for the call by the caller's contract.
-    unsafe { CStr::from_ptr(s) }
+/// A C string argument (`None`: NULL) as UTF-8, or why not.
+fn text<'a>(s: Option<&'a CStr>, what: &str) -> Result<&'a str, i32> {
+    s.ok_or_else(|| fail(MAPQ_TAIL_ERR_ARGUMENT, format!("{what} is NULL")))?
         .to_str()
         .map_err(|_| fail(MAPQ_TAIL_ERR_ARGUMENT, format!("{what} is not UTF-8")))
 }
 
 /// The default options: from the earliest record, not following, a futex wait, failing
 /// when unread records were deleted.
-#[no_mangle]
-pub extern "C" fn mapq_tail_options_default() -> mapq_tail_options {
+pub fn default_options() -> mapq_tail_options {
     mapq_tail_options {
         from: MAPQ_TAIL_FROM_EARLIEST,
         from_value: 0,
@@ -237,157 +234,66 @@ fn options(o: &mapq_tail_options) -> Result<TailOptions, i32> {
     })
 }
 
-/// Opens partition `partition` of `topic` in the data directory `data_dir` (read-only
-/// access is enough; the server need not run). `options` may be NULL (the defaults).
-/// On success `*out` is the tailer, to close with `mapq_tail_close`.
-///
-/// # Safety
-/// `data_dir` and `topic` are NUL-terminated strings; `options` is NULL or points to
-/// options; `out` points to writable storage for a pointer.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_tail_open(
-    data_dir: *const c_char,
-    topic: *const c_char,
+/// `mapq_tail_open`: a tailer of partition `partition` of `topic` in `data_dir`, or the
+/// error's code.
+fn open(
+    data_dir: Option<&CStr>,
+    topic: Option<&CStr>,
     partition: u32,
-    options: *const mapq_tail_options,
-    out: *mut *mut mapq_tailer,
-) -> i32 {
-    guarded(|| {
-        if out.is_null() {
-            return fail(MAPQ_TAIL_ERR_ARGUMENT, "out is NULL");
-        }
-        // SAFETY: the caller's contract: strings valid for the call.
-        let (dir, topic) = match unsafe { (text(data_dir, "data_dir"), text(topic, "topic")) } {
-            (Ok(d), Ok(t)) => (Path::new(d), t),
-            (Err(code), _) | (_, Err(code)) => return code,
-        };
-        let opts = if options.is_null() {
-            mapq_tail_options_default()
-        } else {
-            // SAFETY: not null, and points to options by the caller's contract.
-            unsafe { *options }
-        };
-        let opts = match self::options(&opts) {
-            Ok(o) => o,
-            Err(code) => return code,
-        };
-        if !dir.is_dir() || !dir.join(mapq::broker::LOCK_FILE).exists() {
-            return fail(
-                MAPQ_TAIL_ERR_NOT_A_DATA_DIR,
-                format!("{} is not a mapq data directory", dir.display()),
-            );
-        }
-        if mapq::broker::validate_name(topic).is_err() || !dir.join(topic).is_dir() {
-            return fail(
-                MAPQ_TAIL_ERR_NO_TOPIC,
-                format!("{} has no topic {topic:?}", dir.display()),
-            );
-        }
-        match Tailer::open(dir, topic, partition, opts) {
-            Ok(inner) => {
-                let t = Box::new(mapq_tailer {
-                    inner,
-                    follow: opts.follow,
-                });
-                // SAFETY: `out` is not null and writable by the caller's contract.
-                unsafe { *out = Box::into_raw(t) };
-                MAPQ_TAIL_OK
-            }
-            Err(e) => tail_error(&e),
-        }
-    })
+    options: Option<&mapq_tail_options>,
+) -> Result<Box<mapq_tailer>, i32> {
+    let dir = Path::new(text(data_dir, "data_dir")?);
+    let topic = text(topic, "topic")?;
+    let opts = self::options(options.unwrap_or(&default_options()))?;
+    if !dir.is_dir() || !dir.join(mapq::broker::LOCK_FILE).exists() {
+        return Err(fail(
+            MAPQ_TAIL_ERR_NOT_A_DATA_DIR,
+            format!("{} is not a mapq data directory", dir.display()),
+        ));
+    }
+    if mapq::broker::validate_name(topic).is_err() || !dir.join(topic).is_dir() {
+        return Err(fail(
+            MAPQ_TAIL_ERR_NO_TOPIC,
+            format!("{} has no topic {topic:?}", dir.display()),
+        ));
+    }
+    match Tailer::open(dir, topic, partition, opts) {
+        Ok(inner) => Ok(Box::new(mapq_tailer {
+            inner,
+            follow: opts.follow,
+        })),
+        Err(e) => Err(tail_error(&e)),
+    }
 }
 
-/// The next record, into `*out`: `MAPQ_TAIL_OK`; at the end of the log
-/// `MAPQ_TAIL_END` (not following) or, following, `MAPQ_TAIL_TIMEOUT` once `timeout_ms`
-/// passed with no record (`-1`: wait as long as it takes; `0`: do not wait). The record's
-/// pointers are valid until the next call on this tailer.
-///
-/// # Safety
-/// `t` is a tailer from `mapq_tail_open`, not closed, used by this thread only; `out`
-/// points to writable storage for a record.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_tail_next(
-    t: *mut mapq_tailer,
-    timeout_ms: i64,
-    out: *mut mapq_record,
-) -> i32 {
-    guarded(|| {
-        if t.is_null() || out.is_null() {
-            return fail(MAPQ_TAIL_ERR_ARGUMENT, "the tailer or out is NULL");
-        }
-        // SAFETY: a live tailer, used by this thread only, by the caller's contract.
-        let t = unsafe { &mut *t };
-        let follow = t.follow;
-        match t.inner.next_record_within(timeout(timeout_ms)) {
-            Ok(Some(f)) => {
-                // SAFETY: `out` is not null and writable by the caller's contract.
-                unsafe { *out = record(&f) };
-                MAPQ_TAIL_OK
-            }
-            Ok(None) if follow => MAPQ_TAIL_TIMEOUT,
-            Ok(None) => MAPQ_TAIL_END,
-            Err(e) => tail_error(&e),
-        }
-    })
+/// The next record, waiting up to `timeout_ms` for it: the record, or the code to return
+/// (`MAPQ_TAIL_END`, `MAPQ_TAIL_TIMEOUT`, an error).
+fn next(t: &mut mapq_tailer, timeout_ms: i64) -> Result<mapq_record, i32> {
+    let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+    match t.inner.next_record_within(timeout) {
+        Ok(Some(f)) => Ok(record(&f)),
+        Ok(None) if t.follow => Err(MAPQ_TAIL_TIMEOUT),
+        Ok(None) => Err(MAPQ_TAIL_END),
+        Err(e) => Err(tail_error(&e)),
+    }
 }
 
-/// Up to `max` records into `out[0 .. *count)`, for callers that pay per call (an
-/// interpreter): the first as `mapq_tail_next` returns it (waiting up to `timeout_ms`), the
-/// others only those readable at once in the same segment, so that every one of them stays
-/// valid until the next call on this tailer. Returns as `mapq_tail_next` does (`*count` is
-/// 0 unless `MAPQ_TAIL_OK`); an error after the first record ends the batch, and the next
-/// call returns it.
-///
-/// # Safety
-/// As `mapq_tail_next`; `out` points to writable storage for `max` records, and `count` to
-/// a writable `size_t`.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_tail_next_batch(
-    t: *mut mapq_tailer,
-    timeout_ms: i64,
-    out: *mut mapq_record,
-    max: usize,
-    count: *mut usize,
-) -> i32 {
-    guarded(|| {
-        if t.is_null() || out.is_null() || count.is_null() || max == 0 {
-            return fail(
-                MAPQ_TAIL_ERR_ARGUMENT,
-                "the tailer, out or count is NULL, or max is 0",
-            );
+/// `mapq_tail_next_batch`: the next record into `out[0]` (as [`next`]), then those readable
+/// at once in the same segment into the rest of `out` (not empty); how many.
+fn next_batch(t: &mut mapq_tailer, timeout_ms: i64, out: &mut [mapq_record]) -> Result<usize, i32> {
+    let (first, rest) = out
+        .split_first_mut()
+        .ok_or_else(|| fail(MAPQ_TAIL_ERR_ARGUMENT, "max is 0"))?;
+    *first = next(t, timeout_ms)?;
+    let mut n = 1;
+    for slot in rest {
+        match t.inner.next_record_here() {
+            Ok(Some(f)) => *slot = record(&f),
+            _ => break,
         }
-        // SAFETY: writable by the caller's contract.
-        unsafe { *count = 0 };
-        // SAFETY: a live tailer, used by this thread only, by the caller's contract.
-        let t = unsafe { &mut *t };
-        let follow = t.follow;
-        let first = match t.inner.next_record_within(timeout(timeout_ms)) {
-            Ok(Some(f)) => record(&f),
-            Ok(None) if follow => return MAPQ_TAIL_TIMEOUT,
-            Ok(None) => return MAPQ_TAIL_END,
-            Err(e) => return tail_error(&e),
-        };
-        // SAFETY: `out` has room for `max` (at least 1) records by the caller's contract.
-        unsafe { *out = first };
-        let mut n = 1;
-        while n < max {
-            match t.inner.next_record_here() {
-                // SAFETY: `n < max`: within the caller's storage.
-                Ok(Some(f)) => unsafe { *out.add(n) = record(&f) },
-                _ => break,
-            }
-            n += 1;
-        }
-        // SAFETY: writable by the caller's contract.
-        unsafe { *count = n };
-        MAPQ_TAIL_OK
-    })
-}
-
-/// A timeout in ms as the tailer takes it: negative, as long as it takes.
-fn timeout(ms: i64) -> Option<Duration> {
-    u64::try_from(ms).ok().map(Duration::from_millis)
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// A record as C sees it: pointers into the mapping.
@@ -413,81 +319,28 @@ fn record(f: &mapq::log::FrameView<'_>) -> mapq_record {
     }
 }
 
-/// Header `index` (from 0) of `record`, into `*out`: `MAPQ_TAIL_OK`, or
-/// `MAPQ_TAIL_ERR_ARGUMENT` past the last one. Valid as long as the record.
-///
-/// # Safety
-/// `record` points to a record `mapq_tail_next` filled, still valid; `out` points to
-/// writable storage for a header.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_record_header(
-    record: *const mapq_record,
-    index: u32,
-    out: *mut mapq_header,
-) -> i32 {
-    guarded(|| {
-        if record.is_null() || out.is_null() {
-            return fail(MAPQ_TAIL_ERR_ARGUMENT, "the record or out is NULL");
-        }
-        // SAFETY: points to a record, by the caller's contract.
-        let r = unsafe { &*record };
-        if index >= r.header_count || r.headers.is_null() {
-            return fail(
-                MAPQ_TAIL_ERR_ARGUMENT,
-                format!("the record has {} headers", r.header_count),
-            );
-        }
-        // SAFETY: the record's headers, validated with its frame when it was read, and
-        // still mapped (the record is still valid by the caller's contract).
-        let bytes = unsafe { std::slice::from_raw_parts(r.headers, r.headers_len) };
-        let Some((name, value)) = HeaderIter::new_validated(bytes).nth(index as usize) else {
-            return fail(MAPQ_TAIL_ERR_ARGUMENT, "no such header");
-        };
-        let h = mapq_header {
-            name: name.as_ptr(),
-            name_len: name.len(),
-            value: value.map_or(std::ptr::null(), <[u8]>::as_ptr),
-            value_len: value.map_or(0, <[u8]>::len),
-        };
-        // SAFETY: `out` is not null and writable by the caller's contract.
-        unsafe { *out = h };
-        MAPQ_TAIL_OK
+/// `mapq_record_header`: header `index` of a record with `header_count` headers encoded
+/// in `headers` (validated with its frame when it was read).
+fn record_header(header_count: u32, headers: &[u8], index: u32) -> Result<mapq_header, i32> {
+    if index >= header_count {
+        return Err(fail(
+            MAPQ_TAIL_ERR_ARGUMENT,
+            format!("the record has {header_count} headers"),
+        ));
+    }
+    let (name, value) = HeaderIter::new_validated(headers)
+        .nth(index as usize)
+        .ok_or_else(|| fail(MAPQ_TAIL_ERR_ARGUMENT, "no such header"))?;
+    Ok(mapq_header {
+        name: name.as_ptr(),
+        name_len: name.len(),
+        value: value.map_or(std::ptr::null(), <[u8]>::as_ptr),
+        value_len: value.map_or(0, <[u8]>::len),
     })
 }
 
-/// The offset of the next record the tailer will return (after `MAPQ_TAIL_ERR_TRUNCATED`,
-/// where it goes on). 0 for a NULL tailer.
-///
-/// # Safety
-/// `t` is NULL or a tailer from `mapq_tail_open`, not closed.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_tail_position(t: *const mapq_tailer) -> u64 {
-    if t.is_null() {
-        return 0;
-    }
-    // SAFETY: a live tailer by the caller's contract.
-    unsafe { &*t }.inner.position()
-}
-
-/// Closes a tailer (NULL: nothing). Its records' pointers are invalid from then on.
-///
-/// # Safety
-/// `t` is NULL or a tailer from `mapq_tail_open`, not closed yet.
-#[no_mangle]
-pub unsafe extern "C" fn mapq_tail_close(t: *mut mapq_tailer) {
-    if !t.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: from `Box::into_raw` in `mapq_tail_open`, closed once by contract.
-            drop(unsafe { Box::from_raw(t) });
-        }));
-    }
-}
-
-/// The message of the last error on the calling thread ("" when there was none yet; a
-/// successful call leaves it as it was): valid until the thread's next failing call into
-/// the library.
-#[no_mangle]
-pub extern "C" fn mapq_tail_error() -> *const c_char {
+/// The thread's last error message, as C reads it.
+fn last_error() -> *const std::ffi::c_char {
     LAST_ERROR
         .try_with(|e| e.borrow().as_ptr())
         .unwrap_or(c"".as_ptr())

@@ -1,5 +1,5 @@
 /* mapq's local tailer, for C (and any language with a C FFI).
- * Generated from src/capi/lib.rs by cbindgen when the library is built: do not edit. */
+ * Generated from src/capi/lib.rs and sys.rs by cbindgen when the library is built: do not edit. */
 
 #ifndef MAPQ_TAIL_H
 #define MAPQ_TAIL_H
