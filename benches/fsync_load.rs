@@ -4,8 +4,8 @@
 //! what a reader waits meanwhile.
 //!
 //! `cargo bench --bench fsync_load` (about a minute). It runs a real `mapq serve` of this
-//! build and `mapq bench --produce-only --probe-ms 10` against it, twice: with the default
-//! `max_fsync_in_flight` (32) and with no bound (1,000,000), and measures the disk's own
+//! build and `mapq bench --produce-only --probe-ms 10` against it, three times: with
+//! `max_fsync_in_flight` at 32, at its default (128) and with no bound (1,000,000), and measures the disk's own
 //! limit in the same run: one thread doing `write` + `fdatasync` of a 100 B record in a loop.
 //! It prints records/s, the producers' latency, the probe's p50/p99 idle and under load, and
 //! `RESULT` lines. Set `MAPQ_BENCH_RECORDS` (default 200,000) and `MAPQ_BENCH_DIR` (default:
@@ -122,7 +122,11 @@ fn main() {
     let disk = fdatasync_rate();
     println!("baseline write+fdatasync of 100 B: {disk:.0} /s");
     println!("RESULT fdatasync_baseline_100B records_per_s={disk:.0}");
-    for (label, bound) in [("bounded32", 32), ("unbounded", 1_000_000)] {
+    for (label, bound) in [
+        ("bounded32", 32),
+        ("default128", 128),
+        ("unbounded", 1_000_000),
+    ] {
         let figures = run(bound, records);
         let produce = figures
             .iter()

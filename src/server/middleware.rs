@@ -1,5 +1,6 @@
-//! The middleware every request passes: authorization (by the access its route declared),
-//! the request timeout, and tracing with the request metrics.
+//! The middleware every request passes, as one layer ([`every_request`]): tracing with the
+//! request metrics, the request timeout, authorization (by the access its route declared)
+//! and, in a cluster, the redirection of a group's requests to its coordinator.
 
 use std::time::{Duration, Instant};
 
@@ -12,14 +13,33 @@ use super::access::{Access, Declared};
 use super::error::{ApiError, ErrorCode, InternalDetail};
 use super::state::AppState;
 
+/// The middleware of every API request, as one layer (each layer of its own boxed the
+/// request's future and was polled through again at each wake-up, a cost paid several times
+/// by a request that waits, as a durable producer does): tracing with the request metrics
+/// (outermost), then the request timeout, then authorization, then, in a cluster, the
+/// redirection of a group's requests to its coordinator.
+pub(super) async fn every_request(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let limit = Duration::from_millis(state.config().request_timeout_ms);
+    traced(&state, req, async |req| {
+        time_limited(limit, req, async |req| {
+            match authorize(&state, req).and_then(|req| route_to_coordinator(&state, req)) {
+                Ok(req) => next.run(req).await,
+                Err(refused) => *refused,
+            }
+        })
+        .await
+    })
+    .await
+}
+
 /// Authenticates the bearer token (401 without a valid one) and checks the permission the
 /// route needs on its topic (403). Routes whose check needs the body (topic creation,
 /// group commits) finish it in their handler, with the [`Principal`] left in the request.
-pub(super) async fn authorize(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+fn authorize(state: &AppState, mut req: Request) -> Result<Request, Box<Response>> {
     use crate::auth::Principal;
     let route = req
         .extensions()
@@ -32,14 +52,14 @@ pub(super) async fn authorize(
         (Some(route), Some(table)) => match table.lookup(req.method(), route) {
             Declared::Access(a) => Some(a),
             Declared::OtherMethod => None,
-            Declared::Undeclared => return undeclared(route),
+            Declared::Undeclared => return Err(Box::new(undeclared(route))),
         },
-        (Some(route), None) => return undeclared(route),
+        (Some(route), None) => return Err(Box::new(undeclared(route))),
     };
     let route = route.unwrap_or_default();
     if state.tokens().is_empty() || state.config().open_routes.contains(&route) {
         req.extensions_mut().insert(Principal::Anyone);
-        return next.run(req).await;
+        return Ok(req);
     }
     let bearer = req
         .headers()
@@ -53,7 +73,7 @@ pub(super) async fn authorize(
             axum::http::header::WWW_AUTHENTICATE,
             axum::http::HeaderValue::from_static("Bearer"),
         );
-        return resp;
+        return Err(Box::new(resp));
     };
     let allowed = match access {
         None | Some(Access::AnyToken) => true,
@@ -64,16 +84,16 @@ pub(super) async fn authorize(
             // (one percent-encoded, say) is refused here, before a pattern could match its
             // encoding and the handler serve the decoded name.
             if let Err(e) = crate::broker::validate_name(&topic) {
-                return ApiError::from(e).into_response();
+                return Err(Box::new(ApiError::from(e).into_response()));
             }
             principal.may(what, &topic)
         }
     };
     if !allowed {
-        return forbidden(&principal).into_response();
+        return Err(Box::new(forbidden(&principal).into_response()));
     }
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    Ok(req)
 }
 
 /// A route registered without a declared access: refused, whoever asks.
@@ -86,12 +106,13 @@ fn undeclared(route: &str) -> Response {
     .into_response()
 }
 
-/// `503 request_timed_out` for a request not answered within `request_timeout_ms` (plus its
-/// own `wait_ms`). A handler that returns a stream has answered once the stream starts.
-pub(super) async fn request_timeout(
-    State(limit): State<Duration>,
+/// `503 request_timed_out` for a request not answered within `limit` (`request_timeout_ms`)
+/// plus its own `wait_ms`. A handler that returns a stream has answered once the stream
+/// starts.
+pub(super) async fn time_limited(
+    limit: Duration,
     req: Request,
-    next: Next,
+    run: impl AsyncFnOnce(Request) -> Response,
 ) -> Response {
     let wait_ms = req
         .uri()
@@ -103,7 +124,7 @@ pub(super) async fn request_timeout(
         .unwrap_or(0)
         .min(super::routes::consume::MAX_WAIT_MS);
     let limit = limit + Duration::from_millis(wait_ms);
-    match tokio::time::timeout(limit, next.run(req)).await {
+    match tokio::time::timeout(limit, run(req)).await {
         Ok(resp) => resp,
         Err(_) => ApiError::new(ErrorCode::RequestTimedOut,
             format!(
@@ -132,10 +153,10 @@ struct Target {
 /// (the same fields, around everything logged while it runs) is at `debug` level: at the
 /// default `info` it is not built, since building one per request cost about a twentieth of
 /// a small produce's CPU.
-pub(super) async fn trace_request(
-    State(state): State<AppState>,
+async fn traced(
+    state: &AppState,
     req: Request,
-    next: Next,
+    run: impl AsyncFnOnce(Request) -> Response,
 ) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -150,7 +171,7 @@ pub(super) async fn trace_request(
         status = tracing::field::Empty,
         latency_us = tracing::field::Empty,
     );
-    let run = tracing::Instrument::instrument(next.run(req), span.clone());
+    let run = tracing::Instrument::instrument(run(req), span.clone());
     let (resp, target) = TARGET
         .scope(Default::default(), async {
             let resp = run.await;
@@ -217,13 +238,9 @@ pub(crate) fn forbidden(principal: &crate::auth::Principal) -> ApiError {
 /// acks, offsets) goes to the node that coordinates it, the one Kafka's FindCoordinator
 /// names too: elsewhere it gets `307 not_leader` there. Outside a cluster, and for other
 /// routes, nothing changes.
-pub(super) async fn route_to_coordinator(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
+fn route_to_coordinator(state: &AppState, req: Request) -> Result<Request, Box<Response>> {
     let Some(cluster) = state.cluster() else {
-        return next.run(req).await;
+        return Ok(req);
     };
     let in_group = req
         .extensions()
@@ -235,20 +252,24 @@ pub(super) async fn route_to_coordinator(
         .and_then(|rest| rest.split('/').next())
         .map(str::to_owned);
     let Some(group) = group else {
-        return next.run(req).await;
+        return Ok(req);
     };
     match cluster.coordinator_of(&group) {
-        Some(n) if n.node_id == cluster.node_id() => next.run(req).await,
-        Some(n) => super::routes::cluster::redirect_to(
-            &n,
-            &super::routes::cluster::request_target(req.uri()),
-            &format!("the coordination of group {group}"),
-        )
-        .into_response(),
-        None => ApiError::new(
-            ErrorCode::LeaderNotAvailable,
-            "no node of the cluster is alive to coordinate this group",
-        )
-        .into_response(),
+        Some(n) if n.node_id == cluster.node_id() => Ok(req),
+        Some(n) => Err(Box::new(
+            super::routes::cluster::redirect_to(
+                &n,
+                &super::routes::cluster::request_target(req.uri()),
+                &format!("the coordination of group {group}"),
+            )
+            .into_response(),
+        )),
+        None => Err(Box::new(
+            ApiError::new(
+                ErrorCode::LeaderNotAvailable,
+                "no node of the cluster is alive to coordinate this group",
+            )
+            .into_response(),
+        )),
     }
 }

@@ -21,7 +21,6 @@ mod state;
 pub mod transport;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware as mw;
@@ -187,16 +186,7 @@ fn assemble(
         .method_not_allowed_fallback(method_not_allowed)
         .layer(mw::from_fn_with_state(
             state.clone(),
-            middleware::route_to_coordinator,
-        ))
-        .layer(mw::from_fn_with_state(state.clone(), middleware::authorize))
-        .layer(mw::from_fn_with_state(
-            Duration::from_millis(state.config().request_timeout_ms),
-            middleware::request_timeout,
-        ))
-        .layer(mw::from_fn_with_state(
-            state.clone(),
-            middleware::trace_request,
+            middleware::every_request,
         ))
         // Produce enforces `max_request_bytes` itself, answering 413 in the contract's shape.
         .layer(DefaultBodyLimit::disable())
@@ -251,6 +241,7 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use metrics::Metrics;
+    use std::time::Duration;
     use tower::ServiceExt;
 
     fn state() -> AppState {
@@ -283,10 +274,11 @@ mod tests {
                     "done"
                 }),
             )
-            .layer(mw::from_fn_with_state(
-                Duration::from_millis(100),
-                middleware::request_timeout,
-            ));
+            .layer(mw::from_fn(|req: Request<Body>, next: mw::Next| {
+                middleware::time_limited(Duration::from_millis(100), req, async |req| {
+                    next.run(req).await
+                })
+            }));
         let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
         let resp = slow.clone().oneshot(get("/slow")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -31,6 +31,9 @@ use super::config::LogConfig;
 use super::error::{LogError, Result};
 use super::segment::{Segment, SegmentWriter};
 
+/// How often [`PartitionLog::try_lock_writer`] tries a busy writer lock before it gives up.
+const TRY_LOCK_SPINS: u32 = 64;
+
 /// A partition's log. Appends are serialized by one writer lock; reads never take it.
 #[derive(Debug)]
 pub struct PartitionLog {
@@ -164,15 +167,25 @@ impl PartitionLog {
     pub fn segment_count(&self) -> usize {
         self.segments.load().len()
     }
-    /// The writer lock if it is free right now (`None` if someone holds it).
+    /// The writer, if it is free now or within [`TRY_LOCK_SPINS`] tries.
     pub(super) fn try_lock_writer(&self) -> Result<Option<MutexGuard<'_, SegmentWriter>>> {
         if let Some(reason) = self.stopped.get() {
             return Err(LogError::Stopped(reason.clone()));
         }
-        let w = match self.writer.try_lock() {
-            Ok(w) => w,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        // Another thread's append holds the lock for a microsecond or two: a few tries are
+        // cheaper for an async caller than its hand-off to the blocking pool. A writer busy
+        // for longer (a roll, file work) is left to that hand-off.
+        let mut tries = 0;
+        let w = loop {
+            match self.writer.try_lock() {
+                Ok(w) => break w,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if tries < TRY_LOCK_SPINS => {
+                    tries += 1;
+                    std::hint::spin_loop();
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+            }
         };
         if self.rolls.deleted.load(Ordering::Acquire) {
             return Err(LogError::Deleted);
