@@ -600,7 +600,7 @@ fn a_journal_cut_at_every_byte_of_its_tail_recovers_a_prefix() {
         groups.create("work", settings).unwrap();
         let g = groups.get("work").unwrap();
         for c in &commits {
-            g.lock().commit(c).unwrap();
+            g.lock().commit(c.iter().cloned()).unwrap();
         }
     }
     let prefix: Vec<QueueState> = (0..=commits.len())
@@ -751,9 +751,9 @@ fn a_compacted_journal_keeps_the_state_and_drops_its_old_segments() {
         let g = groups.get("work").unwrap();
         let mut inner = g.lock();
         for o in 0..200u64 {
-            inner.commit(&[lease(o)]).unwrap();
+            inner.commit([lease(o)]).unwrap();
             if o % 3 != 0 {
-                inner.commit(&[accept(o)]).unwrap();
+                inner.commit([accept(o)]).unwrap();
             }
         }
         inner.state.clone()

@@ -70,6 +70,23 @@ pub enum Event {
         p: u32,
         o: u64,
     },
+    /// The records `o` to `o + n - 1` of `t`/`p` leased for their `d`-th delivery until
+    /// `exp`: `n` [`Event::Lease`]s in a row, journalled as one (see [`Event::absorb`]).
+    LeaseRun {
+        t: String,
+        p: u32,
+        o: u64,
+        n: u64,
+        d: u32,
+        exp: i64,
+    },
+    /// The records `o` to `o + n - 1` of `t`/`p` accepted: `n` [`Event::Accept`]s in a row.
+    AcceptRun {
+        t: String,
+        p: u32,
+        o: u64,
+        n: u64,
+    },
     /// Available again from `at`.
     Release {
         t: String,
@@ -108,6 +125,85 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Takes `next`, the event staged right after this one, into this one when together
+    /// they are a run ([`Event::LeaseRun`], [`Event::AcceptRun`]): the next record of the
+    /// same partition, with the same delivery and expiry. Whether it did.
+    pub fn absorb(&mut self, next: &Event) -> bool {
+        match (&mut *self, next) {
+            (
+                Event::Lease { t, p, o, d, exp },
+                Event::Lease {
+                    t: t2,
+                    p: p2,
+                    o: o2,
+                    d: d2,
+                    exp: exp2,
+                },
+            ) if (t2, p2, d2, exp2) == (t, p, d, exp) && Some(*o2) == o.checked_add(1) => {
+                *self = Event::LeaseRun {
+                    t: std::mem::take(t),
+                    p: *p,
+                    o: *o,
+                    n: 2,
+                    d: *d,
+                    exp: *exp,
+                };
+                true
+            }
+            (
+                Event::LeaseRun { t, p, o, n, d, exp },
+                Event::Lease {
+                    t: t2,
+                    p: p2,
+                    o: o2,
+                    d: d2,
+                    exp: exp2,
+                },
+            ) if (t2, p2, d2, exp2) == (t, p, d, exp) && Some(*o2) == o.checked_add(*n) => {
+                *n += 1;
+                true
+            }
+            (
+                Event::Accept { t, p, o },
+                Event::Accept {
+                    t: t2,
+                    p: p2,
+                    o: o2,
+                },
+            ) if (t2, p2) == (t, p) && Some(*o2) == o.checked_add(1) => {
+                *self = Event::AcceptRun {
+                    t: std::mem::take(t),
+                    p: *p,
+                    o: *o,
+                    n: 2,
+                };
+                true
+            }
+            (
+                Event::AcceptRun { t, p, o, n },
+                Event::Accept {
+                    t: t2,
+                    p: p2,
+                    o: o2,
+                },
+            ) if (t2, p2) == (t, p) && Some(*o2) == o.checked_add(*n) => {
+                *n += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many single-record events this one stands for (a run's length; else 1).
+    pub fn weight(&self) -> u64 {
+        match self {
+            Event::LeaseRun { n, .. } | Event::AcceptRun { n, .. } => *n,
+            _ => 1,
+        }
+    }
+}
+
 /// One partition's queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionQueue {
@@ -120,14 +216,63 @@ pub struct PartitionQueue {
     pub recs: BTreeMap<u64, Rec>,
     /// The last [`RECENT`] records settled below the floor: offset -> (delivery, accepted),
     /// so that a late ack of one still gets its exact answer.
-    #[serde(default, with = "as_list")]
-    pub recent: BTreeMap<u64, (u32, bool)>,
+    #[serde(default)]
+    pub recent: Recent,
     /// Records dead-lettered so far.
     pub dead_lettered: u64,
 }
 
 /// Settled records remembered below a partition's floor.
 pub const RECENT: usize = 10_000;
+
+/// The last [`RECENT`] records settled below a partition's floor, by offset: (delivery,
+/// accepted). The floor only rises, so they come in offset order: a ring, oldest first,
+/// searched by bisection (a map cost three tree operations per settled record). In a
+/// snapshot, a list of `[offset, [delivery, accepted]]` pairs, as the map was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recent(std::collections::VecDeque<(u64, (u32, bool))>);
+
+impl Recent {
+    /// Remembers `o`, above every offset remembered; forgets the oldest past [`RECENT`].
+    fn push(&mut self, o: u64, settled: (u32, bool)) {
+        self.0.push_back((o, settled));
+        if self.0.len() > RECENT {
+            self.0.pop_front();
+        }
+    }
+
+    pub fn get(&self, o: u64) -> Option<&(u32, bool)> {
+        self.0
+            .binary_search_by_key(&o, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Recent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Recent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut pairs = Vec::<(u64, (u32, bool))>::deserialize(d)?;
+        // Kept in offset order, one per offset, the newest RECENT, whatever the list held.
+        pairs.sort_by_key(|(o, _)| *o);
+        pairs.dedup_by_key(|(o, _)| *o);
+        let extra = pairs.len().saturating_sub(RECENT);
+        Ok(Recent(pairs.into_iter().skip(extra).collect()))
+    }
+}
 
 /// A map with integer keys as a list of pairs: JSON object keys are strings, which the
 /// journal's tagged events could not read back as integers.
@@ -167,10 +312,7 @@ impl PartitionQueue {
                 break;
             }
             self.recs.remove(&o);
-            self.recent.insert(o, (d, accepted));
-            if self.recent.len() > RECENT {
-                self.recent.pop_first();
-            }
+            self.recent.push(o, (d, accepted));
             self.floor += 1;
         }
         if self.recs.is_empty() {
@@ -305,15 +447,18 @@ impl QueueState {
     pub fn apply(&mut self, e: &Event) {
         match e {
             Event::Snapshot { state } => *self = (**state).clone(),
-            Event::Lease { t, p, o, d, exp } => {
-                let q = self.queue_mut(t, *p, *o);
-                if *o < q.floor {
-                    return;
+            Event::Lease { t, p, o, d, exp } => self.lease(t, *p, *o, *d, *exp),
+            Event::LeaseRun { t, p, o, n, d, exp } => {
+                for o in *o..o.saturating_add(*n) {
+                    self.lease(t, *p, o, *d, *exp);
                 }
-                q.recs.insert(*o, Rec::Leased { d: *d, exp: *exp });
-                q.next = q.next.max(o + 1);
             }
             Event::Accept { t, p, o } => self.settle(t, *p, *o, true),
+            Event::AcceptRun { t, p, o, n } => {
+                for o in *o..o.saturating_add(*n) {
+                    self.settle(t, *p, o, true);
+                }
+            }
             Event::Forget { t } => self.partitions.retain(|(pt, _, _)| pt != t),
             Event::Skip { t, p, to } => {
                 let q = self.queue_mut(t, *p, *to);
@@ -341,6 +486,15 @@ impl QueueState {
                 }
             }
         }
+    }
+
+    fn lease(&mut self, t: &str, p: u32, o: u64, d: u32, exp: i64) {
+        let q = self.queue_mut(t, p, o);
+        if o < q.floor {
+            return;
+        }
+        q.recs.insert(o, Rec::Leased { d, exp });
+        q.next = q.next.max(o + 1);
     }
 
     fn settle(&mut self, t: &str, p: u32, o: u64, accepted: bool) {
@@ -442,7 +596,7 @@ impl QueueState {
         };
         let (t, p, o) = (token.topic.clone(), token.partition, token.offset);
         let settled = if o < q.floor {
-            match q.recent.get(&o) {
+            match q.recent.get(o) {
                 Some(&(d, accepted)) => Some(Rec::Settled { d, accepted }),
                 // Settled long ago: an accept may be a retry of the one that settled it.
                 None if kind == AckKind::Accept => {
@@ -547,6 +701,104 @@ mod tests {
         ] {
             assert_eq!(Token::decode(bad), None, "{bad:?}");
         }
+    }
+
+    /// Consecutive leases of one partition with one delivery and expiry, and consecutive
+    /// accepts, are journalled as runs; applying a run is applying its events one by one.
+    #[test]
+    fn runs_take_the_next_record_only_and_apply_as_their_events() {
+        let accept = |o| Event::Accept {
+            t: T.into(),
+            p: 0,
+            o,
+        };
+        let mut run = lease(5, 1, 100);
+        assert!(run.absorb(&lease(6, 1, 100)));
+        assert!(run.absorb(&lease(7, 1, 100)));
+        assert_eq!(
+            run,
+            Event::LeaseRun {
+                t: T.into(),
+                p: 0,
+                o: 5,
+                n: 3,
+                d: 1,
+                exp: 100
+            }
+        );
+        assert_eq!(run.weight(), 3);
+        // Not the next offset, another delivery, another expiry, another partition, or
+        // another kind: not taken.
+        for other in [
+            lease(9, 1, 100),
+            lease(7, 1, 100),
+            lease(8, 2, 100),
+            lease(8, 1, 101),
+            Event::Lease {
+                t: T.into(),
+                p: 1,
+                o: 8,
+                d: 1,
+                exp: 100,
+            },
+            accept(8),
+        ] {
+            let before = run.clone();
+            assert!(!run.absorb(&other), "{other:?}");
+            assert_eq!(run, before);
+        }
+        let mut accepts = accept(5);
+        assert!(accepts.absorb(&accept(6)));
+        assert!(!accepts.absorb(&accept(6)));
+        assert!(!accepts.absorb(&lease(7, 1, 100)));
+        assert_eq!(accepts.weight(), 2);
+        // The JSON a journal holds, and the state it gives.
+        assert_eq!(
+            serde_json::to_string(&run).unwrap(),
+            r#"{"e":"lease_run","t":"jobs","p":0,"o":5,"n":3,"d":1,"exp":100}"#
+        );
+        let mut one_by_one = QueueState::default();
+        for o in 5..8 {
+            one_by_one.apply(&lease(o, 1, 100));
+        }
+        one_by_one.apply(&accept(5));
+        one_by_one.apply(&accept(6));
+        let mut by_runs = QueueState::default();
+        by_runs.apply(&run);
+        by_runs.apply(&accepts);
+        assert_eq!(by_runs, one_by_one);
+        assert_eq!(by_runs.queue(&(T.into(), 0)).unwrap().floor, 7);
+    }
+
+    /// The settled records remembered below the floor: the newest RECENT, found by offset,
+    /// read from a snapshot's list of pairs in any order.
+    #[test]
+    fn recent_keeps_the_newest_and_reads_a_snapshots_pairs() {
+        let mut r = Recent::default();
+        for o in 0..(RECENT as u64 + 5) {
+            r.push(o, ((o % 7) as u32, o % 2 == 0));
+        }
+        assert_eq!(r.len(), RECENT);
+        assert_eq!(r.get(4), None);
+        assert_eq!(r.get(5), Some(&(5, false)));
+        assert_eq!(
+            r.get(RECENT as u64 + 4),
+            Some(&(((RECENT + 4) % 7) as u32, true))
+        );
+        assert_eq!(r.get(RECENT as u64 + 5), None);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.starts_with("[[5,[5,false]],[6,[6,true]],"),
+            "{}",
+            &json[..40]
+        );
+        assert_eq!(serde_json::from_str::<Recent>(&json).unwrap(), r);
+        let read: Recent =
+            serde_json::from_str("[[9,[2,false]],[3,[1,true]],[9,[2,false]]]").unwrap();
+        assert_eq!(
+            (read.len(), read.get(3), read.get(9)),
+            (2, Some(&(1, true)), Some(&(2, false)))
+        );
     }
 
     #[test]

@@ -335,7 +335,7 @@ impl Broker {
             d: *d,
             exp,
         }));
-        inner.commit(&events)?;
+        inner.commit(events)?;
         let settle = inner.settle();
         let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
         g.counters
@@ -513,7 +513,7 @@ impl Broker {
         offset: u64,
         reason: DeadReason,
     ) -> Result<(), BrokerError> {
-        inner.stage(&Event::Dead {
+        inner.stage(Event::Dead {
             t: tp.0.clone(),
             p: tp.1,
             o: offset,
@@ -589,7 +589,7 @@ impl Broker {
             let (outcome, event, dead) = inner.state.ack(token, *kind, now, max);
             if let Some(e) = event {
                 released |= matches!(e, Event::Release { .. });
-                inner.stage(&e);
+                inner.stage(e);
             }
             let tp = (token.topic.clone(), token.partition);
             if let Some(reason) = dead {
@@ -720,7 +720,7 @@ impl Broker {
     pub(super) fn forget_queue_topic(&self, topic: &str) -> Result<(), BrokerError> {
         for g in self.queues.all() {
             if g.settings.topics.iter().any(|t| t == topic) {
-                g.lock().commit(&[Event::Forget {
+                g.lock().commit([Event::Forget {
                     t: topic.to_owned(),
                 }])?;
             }

@@ -194,9 +194,13 @@ pub struct QueueInner {
     replication: Option<Arc<dyn JournalReplication>>,
     since_snapshot: u64,
     fsync: bool,
-    /// Events applied but not journalled yet (see [`QueueInner::stage`]), as the JSON
-    /// array they are journalled as (its closing bracket aside), and how many.
+    /// Events applied but not journalled yet (see [`QueueInner::stage`]): the JSON array
+    /// they are journalled as (its closing bracket aside) and how many items it holds, then
+    /// the last one, kept apart while later ones may join its run; and how many single-record
+    /// events they stand for.
     staged: Vec<u8>,
+    staged_items: u64,
+    pending: Option<Event>,
     staged_events: u64,
     /// In a cluster: the offset of a snapshot whose older segments go once every in-sync
     /// replica holds it (before, a follower could be left without the snapshot and without
@@ -234,7 +238,7 @@ impl QueueInner {
     /// Appends `events` to the journal (one publication: all or none) and applies them;
     /// compacts the journal when it is due. On error, nothing was applied. Durable with
     /// [`QueueInner::sync`]. Blocks.
-    pub fn commit(&mut self, events: &[Event]) -> Result<(), BrokerError> {
+    pub fn commit(&mut self, events: impl IntoIterator<Item = Event>) -> Result<(), BrokerError> {
         for e in events {
             self.stage(e);
         }
@@ -244,15 +248,28 @@ impl QueueInner {
     /// Applies an event now, to be journalled by the next [`QueueInner::commit_staged`]
     /// (which the caller must reach before it answers): later decisions of the same
     /// request see it.
-    pub fn stage(&mut self, e: &Event) {
+    pub fn stage(&mut self, e: Event) {
         if self.poisoned {
             return;
         }
+        self.state.apply(&e);
+        self.staged_events += e.weight();
+        if let Some(last) = &mut self.pending {
+            if last.absorb(&e) {
+                return;
+            }
+        }
+        if let Some(last) = self.pending.replace(e) {
+            self.write_staged(&last);
+        }
+    }
+
+    /// Adds `e` to the staged JSON array.
+    fn write_staged(&mut self, e: &Event) {
         self.staged
-            .push(if self.staged_events == 0 { b'[' } else { b',' });
+            .push(if self.staged_items == 0 { b'[' } else { b',' });
         serde_json::to_writer(&mut self.staged, e).expect("an event serializes");
-        self.staged_events += 1;
-        self.state.apply(e);
+        self.staged_items += 1;
     }
 
     /// Journals the staged events as one record: the event's JSON object when there is
@@ -277,9 +294,13 @@ impl QueueInner {
         if self.staged_events == 0 {
             return Ok(false);
         }
+        if let Some(last) = self.pending.take() {
+            self.write_staged(&last);
+        }
         let events = std::mem::take(&mut self.staged_events);
+        let items = std::mem::take(&mut self.staged_items);
         let mut staged = std::mem::take(&mut self.staged);
-        let json = if events == 1 {
+        let json = if items == 1 {
             &staged[1..]
         } else {
             staged.push(b']');
@@ -546,7 +567,7 @@ fn replay(journal: &PartitionLog, group: &str) -> Result<(QueueState, u64), Brok
                     continue;
                 }
                 state.apply(&e);
-                events += 1;
+                events += e.weight();
             }
         }
         offset = batch.next_offset;
@@ -662,6 +683,8 @@ impl QueueGroups {
                 since_snapshot,
                 fsync,
                 staged: Vec::new(),
+                staged_items: 0,
+                pending: None,
                 staged_events: 0,
                 cut_at: None,
             }),
