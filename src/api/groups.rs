@@ -1,6 +1,8 @@
 //! Consumer group bodies: committed offsets, the group list, and groups with members
 //! (settings, joins and heartbeats, member fetches, the description of a group).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -141,9 +143,10 @@ pub struct LeaseRequest {
 /// One ack (`POST /v1/groups/{group}/acks`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AckIn {
+pub struct AckIn<'a> {
     /// The token the lease came with.
-    pub lease: String,
+    #[serde(borrow)]
+    pub lease: Cow<'a, str>,
     /// `accept`, `release` (with `delay_ms`), `reject`, or `extend` (with `lease_ms`).
     #[serde(rename = "type")]
     pub ack_type: AckType,
@@ -167,14 +170,16 @@ pub enum AckType {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AckRequest {
-    pub acks: Vec<AckIn>,
+pub struct AckRequest<'a> {
+    #[serde(borrow)]
+    pub acks: Vec<AckIn<'a>>,
 }
 
 /// What one ack did.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AckResultOut {
-    pub lease: String,
+pub struct AckResultOut<'a> {
+    #[serde(borrow)]
+    pub lease: Cow<'a, str>,
     /// `ok`, or `lease_lost` (the record was leased again since: the ack acted on nothing).
     pub status: AckStatus,
     /// An `accept` of a record this token had accepted already.
@@ -189,8 +194,9 @@ pub enum AckStatus {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AckResponse {
-    pub results: Vec<AckResultOut>,
+pub struct AckResponse<'a> {
+    #[serde(borrow)]
+    pub results: Vec<AckResultOut<'a>>,
 }
 
 /// One partition of a queue group.

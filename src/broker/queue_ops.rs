@@ -95,13 +95,6 @@ pub struct LeaseAnswer {
     pub window_full: bool,
 }
 
-/// One ack's answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AckResult {
-    pub lease: String,
-    pub outcome: AckOutcome,
-}
-
 /// One partition of a queue group, as described.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueuePartitionStats {
@@ -528,8 +521,8 @@ impl Broker {
     pub fn ack(
         &self,
         group: &str,
-        acks: &[(String, Token, AckKind)],
-    ) -> Result<(Vec<AckResult>, Settle), BrokerError> {
+        acks: &[(Token, AckKind)],
+    ) -> Result<(Vec<AckOutcome>, Settle), BrokerError> {
         let g = self.queue_group(group)?;
         let inner = g.lock();
         self.ack_locked(&g, inner, None, acks)
@@ -543,11 +536,11 @@ impl Broker {
     pub fn try_ack_now(
         &self,
         group: &str,
-        acks: &[(String, Token, AckKind)],
-    ) -> Result<Option<(Vec<AckResult>, Settle)>, BrokerError> {
+        acks: &[(Token, AckKind)],
+    ) -> Result<Option<(Vec<AckOutcome>, Settle)>, BrokerError> {
         if !acks
             .iter()
-            .all(|(_, _, k)| matches!(k, AckKind::Accept | AckKind::Extend { .. }))
+            .all(|(_, k)| matches!(k, AckKind::Accept | AckKind::Extend { .. }))
         {
             return Ok(None);
         }
@@ -559,7 +552,7 @@ impl Broker {
         // bytes of names and numbers; then the array's brackets.
         let json_bytes = acks
             .iter()
-            .map(|(_, t, _)| 6 * t.topic.len() + 100)
+            .map(|(t, _)| 6 * t.topic.len() + 100)
             .sum::<usize>()
             + 2;
         let journal = inner.journal();
@@ -575,8 +568,8 @@ impl Broker {
         g: &QueueGroup,
         mut inner: std::sync::MutexGuard<'_, QueueInner>,
         mut writer: Option<crate::log::AppendGuard<'_>>,
-        acks: &[(String, Token, AckKind)],
-    ) -> Result<(Vec<AckResult>, Settle), BrokerError> {
+        acks: &[(Token, AckKind)],
+    ) -> Result<(Vec<AckOutcome>, Settle), BrokerError> {
         inner.ready()?;
         let now = now_ms();
         let max = g.settings.max_deliveries;
@@ -585,7 +578,7 @@ impl Broker {
         // room in a full window).
         let mut released = false;
         let mut failed = None;
-        for (lease, token, kind) in acks {
+        for (token, kind) in acks {
             let (outcome, event, dead) = inner.state.ack(token, *kind, now, max);
             if let Some(e) = event {
                 released |= matches!(e, Event::Release { .. });
@@ -616,10 +609,7 @@ impl Broker {
             if let Some(counter) = counter {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            results.push(AckResult {
-                lease: lease.clone(),
-                outcome,
-            });
+            results.push(outcome);
         }
         inner.commit_staged_with(writer.as_mut())?;
         drop(writer);

@@ -44,9 +44,22 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
     config: &Config,
     body: axum::body::Body,
 ) -> ApiResult<T> {
+    parse_json(&read_small_body(config, body).await?)
+}
+
+/// Reads a small body whole, whatever its `Content-Type`, for [`parse_json`] into a type that
+/// borrows from it.
+pub(crate) async fn read_small_body(
+    config: &Config,
+    body: axum::body::Body,
+) -> ApiResult<bytes::Bytes> {
     let limit_name = || format!("{ADMIN_BODY_LIMIT} bytes");
-    let bytes = read_body(config, body, ADMIN_BODY_LIMIT, limit_name).await?;
-    serde_json::from_slice(&bytes)
+    read_body(config, body, ADMIN_BODY_LIMIT, limit_name).await
+}
+
+/// Parses a JSON body, with the same error wording as [`read_json`].
+pub(crate) fn parse_json<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))
 }
 

@@ -29,7 +29,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub(crate) use body::{blocking, read_body, read_json};
+pub(crate) use body::{blocking, parse_json, read_body, read_json, read_small_body};
 pub(crate) use middleware::{forbidden, record_target};
 pub use state::AppState;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use crate::api::groups::{
@@ -276,16 +276,18 @@ pub async fn ack(
     Extension(principal): Extension<Principal>,
     Path(group): Path<String>,
     body: axum::body::Body,
-) -> ApiResult<axum::Json<AckResponse>> {
+) -> ApiResult<Response> {
     validate_name(&group)?;
-    let req: AckRequest = crate::server::read_json(state.config(), body).await?;
+    // The tokens are borrowed from the body, and the answer's from them: no copy of each.
+    let body = crate::server::read_small_body(state.config(), body).await?;
+    let req: AckRequest = crate::server::parse_json(&body)?;
     if req.acks.is_empty() {
         return Err(ApiError::bad_request("`acks` is empty"));
     }
     let broker = state.broker()?;
     let default_lease = may_work(&broker, &principal, &group)?.settings.lease_ms;
     let mut acks = Vec::with_capacity(req.acks.len());
-    for (i, a) in req.acks.into_iter().enumerate() {
+    for (i, a) in req.acks.iter().enumerate() {
         let token = Token::decode(&a.lease).ok_or_else(|| {
             ApiError::bad_request(format!("acks[{i}]: {:?} is not a lease token", a.lease))
         })?;
@@ -321,7 +323,7 @@ pub async fn ack(
                 lease_ms: check("lease_ms", a.lease_ms, default_lease)?,
             },
         };
-        acks.push((a.lease, token, kind));
+        acks.push((token, kind));
     }
     // Accepts and extends are applied here when that takes no waiting (see
     // `Broker::try_ack_now`): cheaper than the hand-off to the blocking pool.
@@ -332,19 +334,22 @@ pub async fn ack(
     // In a cluster: the acks are on every in-sync replica of the journal before the answer.
     settle.replicated().await?;
     Ok(axum::Json(AckResponse {
-        results: results
-            .into_iter()
-            .map(|r| {
-                let (status, repeat) = match r.outcome {
+        results: req
+            .acks
+            .iter()
+            .zip(results)
+            .map(|(a, outcome)| {
+                let (status, repeat) = match outcome {
                     AckOutcome::Ok { repeat } => (AckStatus::Ok, repeat),
                     AckOutcome::LeaseLost => (AckStatus::LeaseLost, false),
                 };
                 AckResultOut {
-                    lease: r.lease,
+                    lease: std::borrow::Cow::Borrowed(&a.lease),
                     status,
                     repeat,
                 }
             })
             .collect(),
-    }))
+    })
+    .into_response())
 }
