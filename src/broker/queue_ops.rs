@@ -95,6 +95,11 @@ pub struct LeaseAnswer {
     pub window_full: bool,
 }
 
+/// What one round of leasing gives: the records leased, the partitions to watch when there
+/// were none (with the offset that would come next), when the next lease expires or release
+/// falls due, and what makes the changes durable.
+type LeaseRound = (LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>, Settle);
+
 /// One partition of a queue group, as described.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueuePartitionStats {
@@ -201,9 +206,15 @@ impl Broker {
         let mut permit = None;
         loop {
             let mut changes = g.subscribe();
-            let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
-            let (answer, watched, next_due, settle) =
-                blocking(move || broker.lease_once(&g2, max)).await?;
+            // Leased here when that takes no waiting (see `Broker::try_lease_now`): cheaper
+            // than the hand-off to the blocking pool.
+            let (answer, watched, next_due, settle) = match self.try_lease_now(&g, max)? {
+                Some(done) => done,
+                None => {
+                    let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
+                    blocking(move || broker.lease_once(&g2, max)).await?
+                }
+            };
             // In a cluster: the leases (their delivery counts) are on every in-sync replica
             // of the journal before the answer.
             settle.replicated().await?;
@@ -233,15 +244,52 @@ impl Broker {
     /// One round of [`Broker::lease`], on the blocking pool: the records leased, the
     /// partitions to watch when there were none (with the offset that would come next), and
     /// when the next lease expires or release falls due.
-    #[allow(clippy::type_complexity)]
-    fn lease_once(
+    fn lease_once(&self, g: &QueueGroup, max: usize) -> Result<LeaseRound, BrokerError> {
+        self.lease_locked(g, g.lock(), None, max, now_ms())
+    }
+
+    /// [`Broker::lease_once`] at once, when that takes neither waiting nor file work:
+    /// nothing due for dead-lettering, the group's lock free, and its journal ready to take
+    /// the leases without a flush ([`QueueInner::writer_now`]). The records are read from
+    /// the mappings here, as a consume request reads them. `None` otherwise, having changed
+    /// nothing. For an async caller (it saves two thread hand-offs).
+    fn try_lease_now(&self, g: &QueueGroup, max: usize) -> Result<Option<LeaseRound>, BrokerError> {
+        let Some(inner) = g.try_lock() else {
+            return Ok(None);
+        };
+        let s = &g.settings;
+        let now = now_ms();
+        if !inner.state.due_dead(now, s.max_deliveries).is_empty() {
+            return Ok(None);
+        }
+        // At most a skip per partition and an event per record, each an object of its
+        // topic (escaped: at most 6 bytes a byte) and at most 100 bytes of names and
+        // numbers; then the array's brackets.
+        let partitions = self
+            .existing_partitions_of(&s.topics.iter().cloned().collect())
+            .len();
+        let longest = s.topics.iter().map(String::len).max().unwrap_or(0);
+        let events = max.saturating_add(partitions);
+        let json_bytes = events.saturating_mul(6 * longest + 100).saturating_add(2);
+        let journal = inner.journal();
+        let Some(writer) = inner.writer_now(&journal, events as u64, json_bytes) else {
+            return Ok(None);
+        };
+        self.lease_locked(g, inner, Some(writer), max, now)
+            .map(Some)
+    }
+
+    /// [`Broker::lease_once`] under the group's lock at `now`; through the journal's `writer`
+    /// when given.
+    fn lease_locked(
         &self,
         g: &QueueGroup,
+        mut inner: std::sync::MutexGuard<'_, QueueInner>,
+        mut writer: Option<crate::log::AppendGuard<'_>>,
         max: usize,
-    ) -> Result<(LeaseAnswer, Vec<(Arc<Partition>, u64)>, Option<i64>, Settle), BrokerError> {
-        let mut inner = g.lock();
+        now: i64,
+    ) -> Result<LeaseRound, BrokerError> {
         inner.ready()?;
-        let now = now_ms();
         let settled = self.settle_due(g, &mut inner, now);
         // What was dead-lettered is journalled, whatever happened next.
         inner.commit_staged()?;
@@ -328,7 +376,11 @@ impl Broker {
             d: *d,
             exp,
         }));
-        inner.commit(events)?;
+        for e in events {
+            inner.stage(e);
+        }
+        inner.commit_staged_with(writer.as_mut())?;
+        drop(writer);
         let settle = inner.settle();
         let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
         g.counters
