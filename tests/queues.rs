@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::server::{create_topic, get_json, Server};
@@ -288,6 +288,84 @@ async fn every_kind_of_ack_and_tokens_that_stop_once_their_record_is_leased_agai
 }
 
 /// Leases granted before a `kill -9` are acked after it, and delivery counts survive it.
+/// The binary lease answer (`Accept: application/vnd.mapq.leases`): a 4-byte length, the
+/// JSON answer without keys, values and headers, then each record's frame as on disk; its
+/// tokens ack as the JSON answer's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_lease_answer_holds_the_json_leases_then_the_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    create_topic(
+        &Client::new(),
+        &server.base,
+        json!({"name": "jobs", "partitions": 2}),
+    )
+    .await;
+    let values: Vec<String> = (0..6).map(|i| format!("job-{i}")).collect();
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    produce(&server.base, "jobs", &refs).await;
+    let q = Queue::new(&server.base, "work");
+    let (status, body) = q
+        .put(json!({"type": "queue", "topics": ["jobs"], "lease_ms": 60000}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let r = q
+        .http
+        .post(format!("{}/v1/groups/work/leases", q.base))
+        .header("accept", "application/vnd.mapq.leases")
+        .json(&json!({"max_records": 10}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/vnd.mapq.leases");
+    let bytes = r.bytes().await.unwrap();
+    let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    let prelude: Value = serde_json::from_slice(&bytes[4..4 + len]).unwrap();
+    assert_eq!(prelude["window_full"], false, "{prelude}");
+    let leases = prelude["records"].as_array().unwrap();
+    assert_eq!(leases.len(), 6, "{prelude}");
+    // Each lease in the JSON answer's fields, then the frames in the same order.
+    let mut frames = &bytes[4 + len..];
+    let mut seen = BTreeSet::new();
+    for l in leases {
+        let fields: BTreeSet<&str> = l.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            BTreeSet::from([
+                "topic",
+                "partition",
+                "offset",
+                "timestamp_ms",
+                "lease",
+                "delivery",
+                "lease_expires_ms"
+            ]),
+            "{l}"
+        );
+        let (p, o) = (
+            l["partition"].as_u64().unwrap(),
+            l["offset"].as_u64().unwrap(),
+        );
+        assert_eq!(l["topic"], "jobs");
+        assert_eq!(l["delivery"], 1);
+        assert_eq!(l["lease"], format!("1.{p}.{o}.jobs"), "{l}");
+        assert!(l["lease_expires_ms"].as_i64().unwrap() > l["timestamp_ms"].as_i64().unwrap());
+        let f = mapq::log::format::decode_frame(frames).unwrap();
+        assert_eq!(f.offset, o, "{l}");
+        seen.insert(String::from_utf8(f.value().unwrap().to_vec()).unwrap());
+        frames = &frames[f.padded_len..];
+    }
+    assert!(frames.is_empty());
+    // (JSON records' values are kept as their JSON text.)
+    assert_eq!(seen, values.iter().map(|v| format!("{v:?}")).collect());
+    let acks: Vec<Value> = leases
+        .iter()
+        .map(|l| json!({"lease": l["lease"], "type": "accept"}))
+        .collect();
+    assert_eq!(q.ack(Value::from(acks)).await, vec![ok(false); 6]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_delivery_counts_survive_a_kill() {
     let dir = tempfile::tempdir().unwrap();

@@ -386,12 +386,33 @@ pub struct Token {
     pub delivery: u32,
 }
 
-impl Token {
-    pub fn encode(&self) -> String {
-        format!(
+/// A token's text, written from borrowed parts (see [`Token::encode`]).
+pub(crate) struct TokenOf<'a> {
+    pub topic: &'a str,
+    pub partition: u32,
+    pub offset: u64,
+    pub delivery: u32,
+}
+
+impl std::fmt::Display for TokenOf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
             "{}.{}.{}.{}",
             self.delivery, self.partition, self.offset, self.topic
         )
+    }
+}
+
+impl Token {
+    pub fn encode(&self) -> String {
+        TokenOf {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            delivery: self.delivery,
+        }
+        .to_string()
     }
 
     /// `None` for a string that is not a token.

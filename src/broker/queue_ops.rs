@@ -79,9 +79,21 @@ pub struct LeasedRecord {
     pub record: StoredRecord,
     /// The record's frame as it lies in the segment (a view of the mapping, not a copy).
     pub frame: Bytes,
-    pub token: String,
     pub delivery: u32,
     pub expires_ms: i64,
+}
+
+impl LeasedRecord {
+    /// The lease token for this delivery of the record (what [`Token::encode`] gives),
+    /// written where it goes rather than built for each record.
+    pub fn token(&self) -> impl std::fmt::Display + '_ {
+        super::queue::TokenOf {
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.record.offset,
+            delivery: self.delivery,
+        }
+    }
 }
 
 /// What a lease request got.
@@ -393,13 +405,6 @@ impl Broker {
             .into_iter()
             .map(
                 |((topic, partition), (record, frame), delivery)| LeasedRecord {
-                    token: Token {
-                        topic: topic.clone(),
-                        partition,
-                        offset: record.offset,
-                        delivery,
-                    }
-                    .encode(),
                     topic,
                     partition,
                     record,
