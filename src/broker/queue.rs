@@ -130,78 +130,58 @@ impl Event {
     /// they are a run ([`Event::LeaseRun`], [`Event::AcceptRun`]): the next record of the
     /// same partition, with the same delivery and expiry. Whether it did.
     pub fn absorb(&mut self, next: &Event) -> bool {
-        match (&mut *self, next) {
-            (
-                Event::Lease { t, p, o, d, exp },
-                Event::Lease {
-                    t: t2,
-                    p: p2,
-                    o: o2,
-                    d: d2,
-                    exp: exp2,
-                },
-            ) if (t2, p2, d2, exp2) == (t, p, d, exp) && Some(*o2) == o.checked_add(1) => {
-                *self = Event::LeaseRun {
-                    t: std::mem::take(t),
-                    p: *p,
-                    o: *o,
-                    n: 2,
-                    d: *d,
-                    exp: *exp,
-                };
-                true
-            }
-            (
-                Event::LeaseRun { t, p, o, n, d, exp },
-                Event::Lease {
-                    t: t2,
-                    p: p2,
-                    o: o2,
-                    d: d2,
-                    exp: exp2,
-                },
-            ) if (t2, p2, d2, exp2) == (t, p, d, exp) && Some(*o2) == o.checked_add(*n) => {
-                *n += 1;
-                true
-            }
-            (
-                Event::Accept { t, p, o },
-                Event::Accept {
-                    t: t2,
-                    p: p2,
-                    o: o2,
-                },
-            ) if (t2, p2) == (t, p) && Some(*o2) == o.checked_add(1) => {
-                *self = Event::AcceptRun {
-                    t: std::mem::take(t),
-                    p: *p,
-                    o: *o,
-                    n: 2,
-                };
-                true
-            }
-            (
-                Event::AcceptRun { t, p, o, n },
-                Event::Accept {
-                    t: t2,
-                    p: p2,
-                    o: o2,
-                },
-            ) if (t2, p2) == (t, p) && Some(*o2) == o.checked_add(*n) => {
-                *n += 1;
-                true
-            }
-            _ => false,
+        let (Some(run), Some(one)) = (self.run(), next.run()) else {
+            return false;
+        };
+        let joins = one.n == 1
+            && (one.t, one.p, one.lease) == (run.t, run.p, run.lease)
+            && run.o.checked_add(run.n) == Some(one.o);
+        if !joins {
+            return false;
         }
+        let Run { p, o, n, lease, .. } = run;
+        let t = match self {
+            Event::Lease { t, .. }
+            | Event::LeaseRun { t, .. }
+            | Event::Accept { t, .. }
+            | Event::AcceptRun { t, .. } => std::mem::take(t),
+            _ => return false,
+        };
+        let n = n + 1;
+        *self = match lease {
+            Some((d, exp)) => Event::LeaseRun { t, p, o, n, d, exp },
+            None => Event::AcceptRun { t, p, o, n },
+        };
+        true
+    }
+
+    /// A lease or an accept as a run.
+    fn run(&self) -> Option<Run<'_>> {
+        let (t, p, o, n, lease) = match self {
+            Event::Lease { t, p, o, d, exp } => (t, *p, *o, 1, Some((*d, *exp))),
+            Event::LeaseRun { t, p, o, n, d, exp } => (t, *p, *o, *n, Some((*d, *exp))),
+            Event::Accept { t, p, o } => (t, *p, *o, 1, None),
+            Event::AcceptRun { t, p, o, n } => (t, *p, *o, *n, None),
+            _ => return None,
+        };
+        Some(Run { t, p, o, n, lease })
     }
 
     /// How many single-record events this one stands for (a run's length; else 1).
     pub fn weight(&self) -> u64 {
-        match self {
-            Event::LeaseRun { n, .. } | Event::AcceptRun { n, .. } => *n,
-            _ => 1,
-        }
+        self.run().map_or(1, |r| r.n)
     }
+}
+
+/// Leases or accepts of consecutive records: topic, partition, first offset, how many, and
+/// the leases' delivery and expiry (`None` for accepts).
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    t: &'a str,
+    p: u32,
+    o: u64,
+    n: u64,
+    lease: Option<(u32, i64)>,
 }
 
 /// One partition's queue.
