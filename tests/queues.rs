@@ -287,7 +287,6 @@ async fn every_kind_of_ack_and_tokens_that_stop_once_their_record_is_leased_agai
     }
 }
 
-/// Leases granted before a `kill -9` are acked after it, and delivery counts survive it.
 /// The binary lease answer (`Accept: application/vnd.mapq.leases`): a 4-byte length, the
 /// JSON answer without keys, values and headers, then each record's frame as on disk; its
 /// tokens ack as the JSON answer's do.
@@ -366,6 +365,7 @@ async fn a_binary_lease_answer_holds_the_json_leases_then_the_frames() {
     assert_eq!(q.ack(Value::from(acks)).await, vec![ok(false); 6]);
 }
 
+/// Leases granted before a `kill -9` are acked after it, and delivery counts survive it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_delivery_counts_survive_a_kill() {
     let dir = tempfile::tempdir().unwrap();

@@ -30,7 +30,7 @@ pub use membership::{
 };
 pub use partition::{any_grows, Partition, PartitionTail, ReadLimits, StartAt, Wait};
 pub use queue_ops::{
-    LeaseAnswer, LeasedRecord, QueueDescription, QueuePartitionStats, DLQ_HEADERS,
+    at_once, LeaseAnswer, LeasedRecord, QueueDescription, QueuePartitionStats, DLQ_HEADERS,
 };
 pub use stats::{
     BrokerStats, GroupStats, IdempotencyStats, MemberGroupStats, PartitionStats, QueueGroupStats,

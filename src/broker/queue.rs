@@ -205,6 +205,10 @@ pub struct PartitionQueue {
 /// Settled records remembered below a partition's floor.
 pub const RECENT: usize = 10_000;
 
+/// The longest run of leases or accepts a journal event may hold: more than one request
+/// makes (a lease takes at most 10,000 records, an ack request's body holds fewer acks).
+const MAX_RUN: u64 = 1_000_000;
+
 /// The last [`RECENT`] records settled below a partition's floor, by offset: (delivery,
 /// accepted). The floor only rises, so they come in offset order: a ring, oldest first,
 /// searched by bisection (a map cost three tree operations per settled record). In a
@@ -215,6 +219,7 @@ pub struct Recent(std::collections::VecDeque<(u64, (u32, bool))>);
 impl Recent {
     /// Remembers `o`, above every offset remembered; forgets the oldest past [`RECENT`].
     fn push(&mut self, o: u64, settled: (u32, bool)) {
+        debug_assert!(self.0.back().is_none_or(|(last, _)| *last < o));
         self.0.push_back((o, settled));
         if self.0.len() > RECENT {
             self.0.pop_front();
@@ -449,6 +454,8 @@ impl QueueState {
         match e {
             Event::Snapshot { state } => *self = (**state).clone(),
             Event::Lease { t, p, o, d, exp } => self.lease(t, *p, *o, *d, *exp),
+            // (A run longer than any request makes does not fit: skipped.)
+            Event::LeaseRun { n, .. } | Event::AcceptRun { n, .. } if *n > MAX_RUN => {}
             Event::LeaseRun { t, p, o, n, d, exp } => {
                 for o in *o..o.saturating_add(*n) {
                     self.lease(t, *p, o, *d, *exp);

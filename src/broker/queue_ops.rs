@@ -107,6 +107,39 @@ pub struct LeaseAnswer {
     pub window_full: bool,
 }
 
+/// What a `try_..._now` call of an async caller did.
+pub enum Now<T> {
+    /// Done at once.
+    Done(T),
+    /// The group's lock was held by another call: it may be free after a yield.
+    Busy,
+    /// Not to be done at once (waiting or file work): for the blocking pool.
+    Later,
+}
+
+/// How often [`at_once`] yields to the runtime while a group's lock is busy.
+const BUSY_YIELDS: u32 = 4;
+
+/// Calls `now` until it is done or cannot be done at once, yielding to the runtime while
+/// the group's lock is busy (another worker thread is leasing or acking: a few tens of
+/// microseconds), at most [`BUSY_YIELDS`] times. `None`: for the blocking pool, which
+/// would cost two thread hand-offs.
+pub async fn at_once<T>(
+    mut now: impl FnMut() -> Result<Now<T>, BrokerError>,
+) -> Result<Option<T>, BrokerError> {
+    let mut yields = 0;
+    loop {
+        match now()? {
+            Now::Done(done) => return Ok(Some(done)),
+            Now::Busy if yields < BUSY_YIELDS => {
+                yields += 1;
+                tokio::task::yield_now().await;
+            }
+            Now::Busy | Now::Later => return Ok(None),
+        }
+    }
+}
+
 /// What one round of leasing gives: the records leased, the partitions to watch when there
 /// were none (with the offset that would come next), when the next lease expires or release
 /// falls due, and what makes the changes durable.
@@ -220,13 +253,14 @@ impl Broker {
             let mut changes = g.subscribe();
             // Leased here when that takes no waiting (see `Broker::try_lease_now`): cheaper
             // than the hand-off to the blocking pool.
-            let (answer, watched, next_due, settle) = match self.try_lease_now(&g, max)? {
-                Some(done) => done,
-                None => {
-                    let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
-                    blocking(move || broker.lease_once(&g2, max)).await?
-                }
-            };
+            let (answer, watched, next_due, settle) =
+                match at_once(|| self.try_lease_now(&g, max)).await? {
+                    Some(done) => done,
+                    None => {
+                        let (broker, g2) = (Arc::clone(self), Arc::clone(&g));
+                        blocking(move || broker.lease_once(&g2, max)).await?
+                    }
+                };
             // In a cluster: the leases (their delivery counts) are on every in-sync replica
             // of the journal before the answer.
             settle.replicated().await?;
@@ -261,34 +295,44 @@ impl Broker {
     }
 
     /// [`Broker::lease_once`] at once, when that takes neither waiting nor file work:
-    /// nothing due for dead-lettering, the group's lock free, and its journal ready to take
-    /// the leases without a flush ([`QueueInner::writer_now`]). The records are read from
-    /// the mappings here, as a consume request reads them. `None` otherwise, having changed
+    /// nothing due for dead-lettering, the group's lock free, every segment the lease may
+    /// read mapped now (`PartitionLog::is_mapped_from`), and its journal ready to take the
+    /// leases without a flush ([`QueueInner::writer_now`]). `None` otherwise, having changed
     /// nothing. For an async caller (it saves two thread hand-offs).
-    fn try_lease_now(&self, g: &QueueGroup, max: usize) -> Result<Option<LeaseRound>, BrokerError> {
+    fn try_lease_now(&self, g: &QueueGroup, max: usize) -> Result<Now<LeaseRound>, BrokerError> {
         let Some(inner) = g.try_lock() else {
-            return Ok(None);
+            return Ok(Now::Busy);
         };
         let s = &g.settings;
         let now = now_ms();
         if !inner.state.due_dead(now, s.max_deliveries).is_empty() {
-            return Ok(None);
+            return Ok(Now::Later);
+        }
+        // Every record a lease may read (a redelivery or a new one) is at or above its
+        // partition's floor: read here only when no segment from there needs reopening.
+        let partitions = self.existing_partitions_of(&s.topics.iter().cloned().collect());
+        for tp in &partitions {
+            let Ok(p) = self.partition(tp) else {
+                continue;
+            };
+            let log = p.log();
+            let floor = inner.state.queue(tp).map_or(0, |q| q.floor);
+            if !log.is_mapped_from(floor.max(log.start_offset())) {
+                return Ok(Now::Later);
+            }
         }
         // At most a skip per partition and an event per record, each an object of its
         // topic (escaped: at most 6 bytes a byte) and at most 100 bytes of names and
         // numbers; then the array's brackets.
-        let partitions = self
-            .existing_partitions_of(&s.topics.iter().cloned().collect())
-            .len();
         let longest = s.topics.iter().map(String::len).max().unwrap_or(0);
-        let events = max.saturating_add(partitions);
+        let events = max.saturating_add(partitions.len());
         let json_bytes = events.saturating_mul(6 * longest + 100).saturating_add(2);
         let journal = inner.journal();
         let Some(writer) = inner.writer_now(&journal, events as u64, json_bytes) else {
-            return Ok(None);
+            return Ok(Now::Later);
         };
         self.lease_locked(g, inner, Some(writer), max, now)
-            .map(Some)
+            .map(Now::Done)
     }
 
     /// [`Broker::lease_once`] under the group's lock at `now`; through the journal's `writer`
@@ -304,7 +348,7 @@ impl Broker {
         inner.ready()?;
         let settled = self.settle_due(g, &mut inner, now);
         // What was dead-lettered is journalled, whatever happened next.
-        inner.commit_staged()?;
+        inner.commit_staged_with(writer.as_mut())?;
         if let Err(e) = settled {
             // Retried by the next tick; leasing goes on meanwhile.
             tracing::warn!(group = g.name(), error = %e, "dead-lettering failed; it will be tried again");
@@ -594,16 +638,16 @@ impl Broker {
         &self,
         group: &str,
         acks: &[(Token, AckKind)],
-    ) -> Result<Option<(Vec<AckOutcome>, Settle)>, BrokerError> {
+    ) -> Result<Now<(Vec<AckOutcome>, Settle)>, BrokerError> {
         if !acks
             .iter()
             .all(|(_, k)| matches!(k, AckKind::Accept | AckKind::Extend { .. }))
         {
-            return Ok(None);
+            return Ok(Now::Later);
         }
         let g = self.queue_group(group)?;
         let Some(inner) = g.try_lock() else {
-            return Ok(None);
+            return Ok(Now::Busy);
         };
         // An event's JSON: its topic (escaped: at most 6 bytes a byte) and at most 100
         // bytes of names and numbers; then the array's brackets.
@@ -614,9 +658,10 @@ impl Broker {
             + 2;
         let journal = inner.journal();
         let Some(writer) = inner.writer_now(&journal, acks.len() as u64, json_bytes) else {
-            return Ok(None);
+            return Ok(Now::Later);
         };
-        self.ack_locked(&g, inner, Some(writer), acks).map(Some)
+        self.ack_locked(&g, inner, Some(writer), acks)
+            .map(Now::Done)
     }
 
     /// [`Broker::ack`] under the group's lock; through the journal's `writer` when given.

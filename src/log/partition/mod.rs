@@ -164,6 +164,18 @@ impl PartitionLog {
             .sum()
     }
 
+    /// Whether every segment holding records from `offset` on is mapped now, so that a
+    /// read from there opens no file ([`Segment::map_or_reopen`] reopens a segment closed
+    /// while idle). A segment mapped now was read or written lately: its pages are likely
+    /// in memory too.
+    pub fn is_mapped_from(&self, offset: u64) -> bool {
+        let segs = self.segments.load();
+        let first = segs
+            .partition_point(|s| s.base_offset() <= offset)
+            .saturating_sub(1);
+        segs[first..].iter().all(|s| s.mapping_if_open().is_some())
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.load().len()
     }

@@ -18,7 +18,7 @@ use crate::api::records::{LeaseResponse, LeasedRecordOut};
 use crate::auth::{Permission, Principal};
 use crate::broker::queue::{AckKind, AckOutcome, Token};
 use crate::broker::queues::{QueueSettings, MAX_LEASE_MS};
-use crate::broker::{validate_name, Broker, LeaseAnswer, LeasedRecord};
+use crate::broker::{at_once, validate_name, Broker, LeaseAnswer, LeasedRecord};
 use crate::server::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::routes::consume::{
     accepts, check_wait_ms, count_read, json_records_response, record_json, wait_for,
@@ -326,7 +326,7 @@ pub async fn ack(
     }
     // Accepts and extends are applied here when that takes no waiting (see
     // `Broker::try_ack_now`): cheaper than the hand-off to the blocking pool.
-    let (results, settle) = match broker.try_ack_now(&group, &acks)? {
+    let (results, settle) = match at_once(|| broker.try_ack_now(&group, &acks)).await? {
         Some(done) => done,
         None => blocking(move || Ok(broker.ack(&group, &acks)?)).await?,
     };
