@@ -321,14 +321,11 @@ impl Broker {
                 return Ok(Now::Later);
             }
         }
-        // At most a skip per partition and an event per record, each an object of its
-        // topic (escaped: at most 6 bytes a byte) and at most 100 bytes of names and
-        // numbers; then the array's brackets.
+        // At most a skip per partition and an event per record.
+        let events = max.saturating_add(partitions.len()) as u64;
         let longest = s.topics.iter().map(String::len).max().unwrap_or(0);
-        let events = max.saturating_add(partitions.len());
-        let json_bytes = events.saturating_mul(6 * longest + 100).saturating_add(2);
         let journal = inner.journal();
-        let Some(writer) = inner.writer_now(&journal, events as u64, json_bytes) else {
+        let Some(writer) = inner.writer_now(&journal, events, longest) else {
             return Ok(Now::Later);
         };
         self.lease_locked(g, inner, Some(writer), max, now)
@@ -432,10 +429,7 @@ impl Broker {
             d: *d,
             exp,
         }));
-        for e in events {
-            inner.stage(e);
-        }
-        inner.commit_staged_with(writer.as_mut())?;
+        inner.commit_with(events, writer.as_mut())?;
         drop(writer);
         let settle = inner.settle();
         let first = picked.iter().filter(|(_, _, d)| *d == 1).count() as u64;
@@ -649,15 +643,9 @@ impl Broker {
         let Some(inner) = g.try_lock() else {
             return Ok(Now::Busy);
         };
-        // An event's JSON: its topic (escaped: at most 6 bytes a byte) and at most 100
-        // bytes of names and numbers; then the array's brackets.
-        let json_bytes = acks
-            .iter()
-            .map(|(t, _)| 6 * t.topic.len() + 100)
-            .sum::<usize>()
-            + 2;
+        let longest = acks.iter().map(|(t, _)| t.topic.len()).max().unwrap_or(0);
         let journal = inner.journal();
-        let Some(writer) = inner.writer_now(&journal, acks.len() as u64, json_bytes) else {
+        let Some(writer) = inner.writer_now(&journal, acks.len() as u64, longest) else {
             return Ok(Now::Later);
         };
         self.ack_locked(&g, inner, Some(writer), acks)

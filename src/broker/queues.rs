@@ -239,10 +239,20 @@ impl QueueInner {
     /// compacts the journal when it is due. On error, nothing was applied. Durable with
     /// [`QueueInner::sync`]. Blocks.
     pub fn commit(&mut self, events: impl IntoIterator<Item = Event>) -> Result<(), BrokerError> {
+        self.commit_with(events, None)
+    }
+
+    /// [`QueueInner::commit`], appending through `writer` when given (see
+    /// [`QueueInner::commit_staged_with`]).
+    pub fn commit_with(
+        &mut self,
+        events: impl IntoIterator<Item = Event>,
+        writer: Option<&mut crate::log::AppendGuard<'_>>,
+    ) -> Result<(), BrokerError> {
         for e in events {
             self.stage(e);
         }
-        self.commit_staged().map(|_| ())
+        self.commit_staged_with(writer).map(|_| ())
     }
 
     /// Applies an event now, to be journalled by the next [`QueueInner::commit_staged`]
@@ -346,7 +356,7 @@ impl QueueInner {
     }
 
     /// The writer of `journal` (this group's: [`QueueInner::journal`]) when journalling
-    /// `events` more events, whose JSON takes at most `json_bytes`, takes neither waiting
+    /// `events` more events, about topics of at most `topic_len` bytes, takes neither waiting
     /// nor file work: a lone server's journal (no replication), not flushed before each
     /// answer, with no compaction due, whose writer is free and has the room made. An async
     /// caller then commits through it ([`QueueInner::commit_staged_with`]) on its own
@@ -355,7 +365,7 @@ impl QueueInner {
         &self,
         journal: &'j Partition,
         events: u64,
-        json_bytes: usize,
+        topic_len: usize,
     ) -> Option<crate::log::AppendGuard<'j>> {
         if self.poisoned
             || self.replication.is_some()
@@ -364,6 +374,11 @@ impl QueueInner {
         {
             return None;
         }
+        // Each event an object of its topic (escaped: at most 6 bytes a byte) and at most
+        // 100 bytes of names and numbers; then the array's brackets.
+        let json_bytes = (events as usize)
+            .saturating_mul(topic_len.saturating_mul(6).saturating_add(100))
+            .saturating_add(2);
         let frame = Record::value(&[], 0).padded_len()?;
         let w = journal.log().try_lock().ok()??;
         w.ready_for(frame.saturating_add(json_bytes).saturating_add(8))

@@ -77,7 +77,7 @@ fn parse_from(from: &str) -> Result<StartAt, String> {
 
 pub(super) fn run_tail(args: &TailArgs) -> Result<(), String> {
     use std::io::Write;
-    let journal = queue_journal(&args.topic).is_some();
+    let journal = is_queue_journal(&args.topic);
     if !journal {
         crate::broker::validate_name(&args.topic).map_err(|e| e.to_string())?;
     }
@@ -219,17 +219,18 @@ fn tail_options(args: &TailArgs, from: StartAt) -> TailOptions {
     }
 }
 
-/// The group whose journal `topic` names (`@queues/<group>/journal`, or on a cluster node
-/// `@queues/<group>/cluster-journal`: one partition, its segments in that directory of the
-/// data directory), if it names one.
-fn queue_journal(topic: &str) -> Option<&str> {
-    let rest = topic
-        .strip_prefix(crate::broker::queues::QUEUES_DIR)?
-        .strip_prefix('/')?;
-    let group = rest
-        .strip_suffix("/journal")
-        .or_else(|| rest.strip_suffix("/cluster-journal"))?;
-    crate::broker::validate_name(group).ok().map(|()| group)
+/// Whether `topic` names a queue group's journal (`@queues/<group>/journal`, or on a
+/// cluster node `@queues/<group>/cluster-journal`: one partition, its segments in that
+/// directory of the data directory).
+fn is_queue_journal(topic: &str) -> bool {
+    let group = topic
+        .strip_prefix(crate::broker::queues::QUEUES_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .and_then(|rest| {
+            rest.strip_suffix("/journal")
+                .or_else(|| rest.strip_suffix("/cluster-journal"))
+        });
+    group.is_some_and(|g| crate::broker::validate_name(g).is_ok())
 }
 
 /// Reads one partition, handing each record to `each` until it returns false or the log
@@ -246,7 +247,7 @@ fn tail_partition(
         TailError::OffsetDeleted { .. } => format!(
             "partition {partition}: {e} (start again with --from earliest, or pass --skip-deleted to jump)"
         ),
-        TailError::NoPartition(_) if queue_journal(topic).is_some() => format!(
+        TailError::NoPartition(_) if is_queue_journal(topic) => format!(
             "no queue group journal {topic:?} in {}",
             data_dir.display()
         ),
@@ -257,9 +258,10 @@ fn tail_partition(
         e => e.to_string(),
     }
     };
-    let mut tailer = match queue_journal(topic) {
-        Some(_) => Tailer::open_dir(&data_dir.join(topic), options),
-        None => Tailer::open(data_dir, topic, partition, options),
+    let mut tailer = if is_queue_journal(topic) {
+        Tailer::open_dir(&data_dir.join(topic), options)
+    } else {
+        Tailer::open(data_dir, topic, partition, options)
     }
     .map_err(explain)?;
     loop {
